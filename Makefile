@@ -1,0 +1,185 @@
+# Makefile: builds libcav (lib/ + kernels/cpu), the tools (one per bin/*.c), the HDF5 zstd filter plugin and
+# the tests into build/, and runs them. The first run installs missing Debian packages (as root; otherwise it
+# prints the apt-get line) and writes build/config.mk with what it found, one line per dependency.
+#   make              build everything          make check       unit tests (+ASan/UBSan) and tool tests
+#   make refs         regenerate golden data    make check-long  the long runs
+#   make bench        benchmarks                make check-cuda  CUDA parity tests (needs a GPU)
+#   make install PREFIX=/usr/local              make clean
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+BUILD ?= build
+PREFIX ?= /usr/local
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+
+BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
+  libswscale-dev libfftw3-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
+CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
+  python3-sklearn python3-opencv python3-pil
+
+# ensure_debs: install what is missing (root), or say exactly what to run (not root).
+define ensure_debs
+if command -v dpkg >/dev/null 2>&1; then \
+  missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+  if [ -n "$$missing" ]; then \
+    if [ "$$(id -u)" = 0 ]; then \
+      echo "make: installing Debian packages:$$missing"; \
+      (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing) \
+        >$(BUILD)/apt.log 2>&1 || { tail -20 $(BUILD)/apt.log; echo "make: apt-get failed (log: $(BUILD)/apt.log)"; exit 3; }; \
+    else \
+      echo "make: missing Debian packages; install them with:"; echo "  sudo apt-get install$$missing"; exit 1; \
+    fi; \
+  fi; \
+else echo "make: no dpkg here; relying on pkg-config to find the libraries"; fi
+endef
+
+PKGS := libavformat libavcodec libavutil libswresample libswscale fftw3f hdf5 libzstd openblas libjpeg
+
+$(BUILD)/config.mk: Makefile
+	@mkdir -p $(BUILD)
+	@$(call ensure_debs,$(BUILD_DEBS))
+	@set -e; { \
+	  echo "# written by make; delete to detect again"; \
+	  cf=""; lf=""; \
+	  for p in $(PKGS); do \
+	    if pkg-config --exists $$p; then \
+	      echo "make: found $$p $$(pkg-config --modversion $$p)" >&2; \
+	      cf="$$cf $$(pkg-config --cflags $$p)"; lf="$$lf $$(pkg-config --libs $$p)"; \
+	    else echo "make: $$p not found (pkg-config $$p)" >&2; exit 1; fi; \
+	  done; \
+	  echo "DEP_CFLAGS := $$(echo $$cf | tr ' ' '\n' | awk '!seen[$$0]++' | tr '\n' ' ')"; echo "DEP_LIBS :=$$lf"; \
+	  if pkg-config --exists ompi-c; then \
+	    echo "make: found Open MPI $$(pkg-config --modversion ompi-c)" >&2; \
+	    echo "MPI_CFLAGS := $$(pkg-config --cflags ompi-c) -DCAV_HAVE_MPI=1"; echo "MPI_LIBS := $$(pkg-config --libs ompi-c)"; \
+	  else echo "make: Open MPI not found: training tools run single-process" >&2; fi; \
+	  nvcc=$$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true); \
+	  if [ -n "$$nvcc" ]; then \
+	    home=$$(dirname $$(dirname $$nvcc)); \
+	    echo "make: found CUDA $$($$nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') at $$home" >&2; \
+	    echo "NVCC := $$nvcc"; echo "CUDA_HOME := $$home"; \
+	    if ls $$home/lib64/libcublasLt.so >/dev/null 2>&1; then echo "make: found cuBLAS/cuBLASLt in $$home/lib64" >&2; echo "HAVE_CUBLAS := 1"; \
+	    else echo "make: cuBLAS not found in $$home/lib64" >&2; fi; \
+	    nccl=$$(ls $$home/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so 2>/dev/null | head -1); \
+	    if [ -n "$$nccl" ]; then echo "make: found NCCL $$nccl" >&2; echo "HAVE_NCCL := 1"; \
+	    else echo "make: NCCL not found: multi-GPU training disabled" >&2; fi; \
+	  else echo "make: nvcc not found: CPU build only" >&2; fi; \
+	} >$@.tmp 2>$(BUILD)/config.txt; st=$$?; cat $(BUILD)/config.txt; [ $$st = 0 ] && mv $@.tmp $@
+
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+-include $(BUILD)/config.mk
+endif
+
+CC ?= cc
+WERROR := $(if $(filter true,$(CI)),-Werror)
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp -Ilib -Ikernels -Itests \
+  -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
+OPT ?= -O2 -march=x86-64-v2
+CFLAGS_REL := $(CFLAGS_BASE) $(OPT)
+CFLAGS_ASAN := $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LIBS := $(DEP_LIBS) -fopenmp -lm -lpthread
+
+LIB_SRC := $(filter-out lib/h5zstd_plugin.c,$(wildcard lib/*.c)) $(wildcard kernels/cpu/*.c)
+TOOLS := $(patsubst bin/%.c,%,$(wildcard bin/*.c))
+UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+TOOL_TESTS := $(sort $(wildcard tests/tools/test_*.sh tests/tools/test_*.py))
+LONG_TESTS := $(sort $(wildcard tests/long/test_*.sh tests/long/test_*.py))
+REF_GENS := $(wildcard tests/ref/gen_*.py)
+# The tools that train link MPI (data parallelism); the others do not need it.
+MPI_TOOLS := cav-pretrain cav-finetune
+
+# V=1 shows the full commands.
+Q := $(if $(V),,@)
+.SECONDARY:
+
+REL := $(BUILD)/rel
+ASAN := $(BUILD)/asan
+PLUGIN := $(BUILD)/plugin/libcav_h5zstd.so
+
+.PHONY: all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config
+all: tools $(if $(wildcard lib/h5zstd_plugin.c),$(PLUGIN))
+tools: $(TOOLS:%=$(BUILD)/bin/%)
+config: $(BUILD)/config.mk
+	@cat $(BUILD)/config.txt
+
+# Objects mirror the source tree under $(REL)/ and $(ASAN)/; headers are tracked with -MMD.
+$(REL)/%.o: %.c $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+$(ASAN)/%.o: %.c $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+$(REL)/libcav.a: $(LIB_SRC:%.c=$(REL)/%.o)
+	@rm -f $@; ar rcs $@ $^
+$(ASAN)/libcav.a: $(LIB_SRC:%.c=$(ASAN)/%.o)
+	@rm -f $@; ar rcs $@ $^
+
+$(BUILD)/bin/%: $(REL)/bin/%.o $(REL)/libcav.a
+	@mkdir -p $(@D)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS) $(if $(filter $*,$(MPI_TOOLS)),$(MPI_LIBS))
+$(ASAN)/bin/%: $(ASAN)/bin/%.o $(ASAN)/libcav.a
+	@mkdir -p $(@D)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS) $(if $(filter $*,$(MPI_TOOLS)),$(MPI_LIBS))
+$(REL)/tests/%: $(REL)/tests/unit/%.o $(REL)/libcav.a
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS) $(MPI_LIBS)
+$(ASAN)/tests/%: $(ASAN)/tests/unit/%.o $(ASAN)/libcav.a
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS) $(MPI_LIBS)
+
+# The HDF5 filter plugin: the same filter code as libcav, plus the plugin entry points.
+$(PLUGIN): lib/h5zstd_plugin.c lib/h5zstd.c $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_REL) $(OPT) -fPIC -shared lib/h5zstd_plugin.c lib/h5zstd.c -o $@ $(DEP_LIBS)
+
+tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) all
+
+# Golden data from the independent references (tests/ref/gen_*.py, Debian's python3 packages) goes to
+# $(BUILD)/ref/NAME/; a generator reruns when its script is newer than its stamp.
+$(BUILD)/ref/%.stamp: tests/ref/%.py $(wildcard tests/ref/*.py) | $(BUILD)/.check-deps
+	@mkdir -p $(BUILD)/ref/$*
+	/usr/bin/python3 $< $(BUILD)/ref/$*
+	@touch $@
+refs: $(REF_GENS:tests/ref/%.py=$(BUILD)/ref/%.stamp)
+
+$(BUILD)/.check-deps: $(BUILD)/config.mk
+	@$(call ensure_debs,$(CHECK_DEBS))
+	@touch $@
+
+# What the tests see: the built tools first on PATH, the filter plugin for h5py/h5dump, the golden data.
+TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bin)" \
+  CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
+  CAV_REF="$(abspath $(BUILD)/ref)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
+  CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2
+
+check: tests refs | $(BUILD)/.check-deps
+	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; st=0; \
+	$(TEST_ENV) tests/run.sh unit $(UNIT_TESTS:%=$(REL)/tests/%) || st=1; \
+	$(TEST_ENV) tests/run.sh asan $(UNIT_TESTS:%=$(ASAN)/tests/%) || st=1; \
+	$(if $(TOOL_TESTS),$(TEST_ENV) tests/run.sh tools $(TOOL_TESTS) || st=1;) \
+	$(TEST_ENV) tests/run.sh --total || st=1; exit $$st
+
+check-long: tests refs | $(BUILD)/.check-deps
+	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; \
+	$(TEST_ENV) CAV_TEST_TIMEOUT=36000 tests/run.sh long $(LONG_TESTS); $(TEST_ENV) tests/run.sh --total
+
+bench: all refs | $(BUILD)/.check-deps
+	@for b in $(sort $(wildcard tests/bench/bench_*.sh tests/bench/bench_*.py)); do \
+	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) /usr/bin/python3 $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+	  $(DESTDIR)$(PREFIX)/share/man/man7 $(DESTDIR)$(PREFIX)/lib/hdf5/plugin
+	install -m 755 $(TOOLS:%=$(BUILD)/bin/%) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(wildcard man/man1/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
+	$(if $(wildcard man/man5/*.5),install -m 644 $(wildcard man/man5/*.5) $(DESTDIR)$(PREFIX)/share/man/man5)
+	$(if $(wildcard man/man7/*.7),install -m 644 $(wildcard man/man7/*.7) $(DESTDIR)$(PREFIX)/share/man/man7)
+	$(if $(wildcard lib/h5zstd_plugin.c),install -m 755 $(PLUGIN) $(DESTDIR)$(PREFIX)/lib/hdf5/plugin)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,166 @@
+/* cli.c: diagnostics, --help/--version, option-value parsing and the terminal progress line shared by
+ * every tool (see cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CAV_VERSION
+#define CAV_VERSION "unknown"
+#endif
+
+static const char *tool_name = "cav";
+
+void cav_set_tool(const char *name) {
+    const char *slash = strrchr(name, '/');
+    tool_name = slash ? slash + 1 : name;
+}
+const char *cav_tool(void) { return tool_name; }
+const char *cav_version_string(void) { return CAV_VERSION; }
+
+static void vmsg(const char *fmt, va_list ap) {
+    fprintf(stderr, "%s: ", tool_name);
+    vfprintf(stderr, fmt, ap);
+    size_t n = strlen(fmt);
+    if (n == 0 || fmt[n - 1] != '\n') fputc('\n', stderr);
+}
+
+void cav_msg(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+}
+
+void cav_die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    exit(code);
+}
+
+void cav_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help' for more information.\n", tool_name);
+    exit(CAV_EXIT_USAGE);
+}
+
+void cav_help(const char *usage) {
+    fputs(usage, stdout);
+    exit(fflush(stdout) == 0 ? CAV_EXIT_OK : CAV_EXIT_INTERNAL);
+}
+
+void cav_version(void) {
+    printf("%s (cav-mae) %s\n", tool_name, CAV_VERSION);
+    exit(fflush(stdout) == 0 ? CAV_EXIT_OK : CAV_EXIT_INTERNAL);
+}
+
+void cav_std_option(int c, const char *usage) {
+    if (c == CAV_OPT_HELP) cav_help(usage);
+    if (c == CAV_OPT_VERSION) cav_version();
+    if (c == '?' || c == ':') { /* getopt already said what was wrong */
+        fprintf(stderr, "Try '%s --help' for more information.\n", tool_name);
+        exit(CAV_EXIT_USAGE);
+    }
+}
+
+long long cav_parse_int(const char *opt, const char *s, long long min, long long max) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        cav_usage_error("option --%s: '%s' is not an integer", opt, s);
+    if (v < min || v > max) cav_usage_error("option --%s: %lld is outside [%lld, %lld]", opt, v, min, max);
+    return v;
+}
+
+double cav_parse_double(const char *opt, const char *s, double min, double max) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) cav_usage_error("option --%s: '%s' is not a number", opt, s);
+    if (v < min || v > max) cav_usage_error("option --%s: %g is outside [%g, %g]", opt, v, min, max);
+    return v;
+}
+
+int cav_parse_doubles(const char *opt, const char *s, double *out, int n) {
+    int k = 0;
+    const char *p = s;
+    while (*p) {
+        if (k == n) cav_usage_error("option --%s: more than %d values in '%s'", opt, n, s);
+        char *end;
+        errno = 0;
+        double v = strtod(p, &end);
+        if (errno || end == p || !isfinite(v) || (*end && *end != ','))
+            cav_usage_error("option --%s: '%s' is not a comma-separated list of numbers", opt, s);
+        out[k++] = v;
+        p = *end ? end + 1 : end;
+    }
+    return k;
+}
+
+double cav_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+struct cav_progress {
+    char what[64];
+    int64_t total, done;
+    double t0, last;
+    int on;
+};
+
+cav_progress *cav_progress_start(const char *what, int64_t total) {
+    cav_progress *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    snprintf(p->what, sizeof p->what, "%s", what);
+    p->total = total;
+    p->t0 = p->last = cav_now();
+    const char *force = getenv("CAV_PROGRESS");
+    p->on = force ? atoi(force) != 0 : isatty(STDERR_FILENO);
+    return p;
+}
+
+static void progress_draw(cav_progress *p, double now, int final) {
+    double el = now - p->t0;
+    double rate = el > 0 ? (double)p->done / el : 0;
+    fprintf(stderr, "\r%s: %s %lld", tool_name, p->what, (long long)p->done);
+    if (p->total > 0) fprintf(stderr, "/%lld", (long long)p->total);
+    fprintf(stderr, "  %.1f/s", rate);
+    if (p->total > 0 && rate > 0 && !final) {
+        double eta = (double)(p->total - p->done) / rate;
+        fprintf(stderr, "  ETA %dm%02ds", (int)(eta / 60), (int)fmod(eta, 60));
+    } else if (final) {
+        fprintf(stderr, "  in %.1fs", el);
+    }
+    fputs(final ? "\033[K\n" : "\033[K", stderr);
+}
+
+void cav_progress_add(cav_progress *p, int64_t n) {
+    if (!p) return;
+    p->done += n;
+    if (!p->on) return;
+    double now = cav_now();
+    if (now - p->last >= 0.25) {
+        p->last = now;
+        progress_draw(p, now, 0);
+    }
+}
+
+void cav_progress_end(cav_progress *p) {
+    if (!p) return;
+    if (p->on) progress_draw(p, cav_now(), 1);
+    free(p);
+}

@@ -1,0 +1,34 @@
+/* io.h: reading and writing records through the two containers: the record stream (cav-stream(5), for
+ * pipes) and the HDF5 shard (cav-shard(5), for files). Readers sniff the format from the first bytes, so
+ * every tool reads either; "-" is stdin/stdout. Dataset-level attributes (sample rate, fbank settings, label
+ * names, provenance) travel in both containers beside the records. */
+#ifndef CAV_IO_H
+#define CAV_IO_H
+
+#include "record.h"
+
+typedef enum { CAV_FMT_STREAM = 0, CAV_FMT_SHARD = 1 } cav_format;
+
+/* Shard for names ending in .h5 / .hdf5, stream otherwise ("-" included). */
+cav_format cav_format_for_path(const char *path);
+
+typedef struct cav_reader cav_reader;
+cav_reader *cav_reader_open(const char *path, cav_err *err);
+const char *cav_reader_path(const cav_reader *rd);
+const cav_attrs *cav_reader_attrs(const cav_reader *rd);
+/* 1: a record was read into rec (cleared first); 0: end of input; -1: error (err names file, record,
+ * field). After an error in a shard the reader may continue with the next row; in a stream it cannot. */
+int cav_reader_next(cav_reader *rd, cav_record *rec, cav_err *err);
+int64_t cav_reader_index(const cav_reader *rd); /* 0-based index of the last record returned */
+void cav_reader_close(cav_reader *rd);
+
+typedef struct cav_writer cav_writer;
+/* attrs: dataset-level attributes written once (may be NULL). */
+cav_writer *cav_writer_open(const char *path, cav_format fmt, const cav_attrs *attrs, cav_err *err);
+int cav_writer_put(cav_writer *w, const cav_record *rec, cav_err *err); /* 0 ok, -1 error */
+int cav_writer_close(cav_writer *w, cav_err *err); /* flushes; 0 ok, -1 error (the file is then incomplete) */
+
+/* Adds the standard provenance attributes ("tool", "version", "args") for the running tool. */
+int cav_attrs_provenance(cav_attrs *a, int argc, char **argv);
+
+#endif
