@@ -159,6 +159,13 @@ int cav_writer_put(cav_writer *w, const cav_record *rec, cav_err *err) {
 
 int64_t cav_writer_count(const cav_writer *w) { return w->count; }
 
+void cav_writer_abort(cav_writer *w) {
+    if (!w) return;
+    if (w->sh) cav_shard_writer_abort(w->sh);
+    if (w->st) cav_stream_writer_abort(w->st);
+    free(w);
+}
+
 uint64_t cav_writer_bytes(cav_writer *w) {
     if (w->sh) return cav_shard_writer_bytes(w->sh);
     long pos = w->is_stdout ? -1 : ftell(w->f);

@@ -196,6 +196,12 @@ int cav_stream_writer_close(cav_stream_writer *w, cav_err *err) {
     return st;
 }
 
+void cav_stream_writer_abort(cav_stream_writer *w) {
+    if (!w) return;
+    if (w->f) fflush(w->f);
+    writer_free(w);
+}
+
 /* ==================================== reader ==================================== */
 struct cav_stream_reader {
     FILE *f;

@@ -33,5 +33,7 @@ cav_stream_writer *cav_stream_writer_open(FILE *f, const char *name, const cav_a
 int cav_stream_writer_put(cav_stream_writer *w, const cav_record *rec, cav_err *err);
 /* Writes the end frame and flushes; frees w either way. 0 ok, -1 error. */
 int cav_stream_writer_close(cav_stream_writer *w, cav_err *err);
+/* Stops without the end frame (readers will report the stream as truncated); frees w. */
+void cav_stream_writer_abort(cav_stream_writer *w);
 
 #endif
