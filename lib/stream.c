@@ -522,7 +522,7 @@ cav_stream_reader *cav_stream_reader_open(FILE *f, const char *name, int magic_d
     }
     return r;
 fail:
-    if (!close_file) r->f = NULL;
+    r->f = NULL; /* on failure the caller keeps the file */
     cav_stream_reader_close(r);
     return NULL;
 }

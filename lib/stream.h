@@ -17,7 +17,8 @@
 
 typedef struct cav_stream_reader cav_stream_reader;
 /* Reads the magic (unless magic_done: the caller already consumed and checked the 8 bytes), the version
- * and the header frame. name is used in messages. close_file: fclose(f) on close. */
+ * and the header frame. name is used in messages. close_file: fclose(f) on close (on failure f stays
+ * open: the caller closes it). */
 cav_stream_reader *cav_stream_reader_open(FILE *f, const char *name, int magic_done, int close_file,
                                           cav_err *err);
 const cav_attrs *cav_stream_reader_attrs(const cav_stream_reader *r);
