@@ -8,8 +8,8 @@ SPEC 1.1/1.2 describe:
   audio:  `ffmpeg -i X -vn -ar 16000 inter.wav` then `sox inter.wav out.wav remix 1`  -> NAME.ref.s16
           (plus the channel mean of inter.wav, rounded, for --downmix)                 -> NAME.mix.s16
   frames: OpenCV VideoCapture, CAP_PROP_POS_FRAMES seek to int(i*total/10)-1 + read, BGR->RGB, then
-          torchvision's Resize(224) (PIL bilinear, antialiased) and CenterCrop(224), reimplemented with PIL
-          exactly as torchvision 0.14 does (torchvision is not packaged)               -> NAME.frames.u8
+          torchvision's Resize(224) (PIL bilinear, antialiased) and CenterCrop(224), ToTensor, save_image,
+          with torchvision itself when installed (else a PIL reimplementation, checked equal) -> NAME.frames.u8
           the same frames through PIL's JPEG encoder at its defaults (save_image)     -> NAME.{0..9}.jpg
           and those JPEGs decoded back by PIL (as the training loader reads them)     -> NAME.jpgdec.u8
 Writes cases.tsv: kind name file and, for video, fps / frame count / total / indices as OpenCV reports them.
@@ -20,6 +20,12 @@ import numpy as np
 import cv2
 from PIL import Image
 from sklearn.datasets import load_sample_images
+try:  # the reference's own transforms when Debian's python3-torchvision is there
+    import torch
+    import torchvision.transforms as T
+    from torchvision.utils import save_image
+except ImportError:
+    T = None
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -184,12 +190,18 @@ def frame_ref(path, name):
         ok, fr = vidcap.read()
         assert ok, (path, i)
         im = Image.fromarray(cv2.cvtColor(fr, cv2.COLOR_BGR2RGB))
-        im = tv_resize_crop(im)
-        frames[i] = np.asarray(im)
-        # save_image: uint8(clamp(x*255+0.5)) of ToTensor(x)=u8/255 gives the u8 back; PIL JPEG defaults.
-        x = (np.asarray(im).astype(np.float32) / 255.0) * 255.0 + 0.5
         jp = os.path.join(out, "video", "%s.%d.jpg" % (name, i))
-        Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(jp)
+        mine = np.asarray(tv_resize_crop(im))
+        if T is not None:  # extract_video_frame.py's transform and save, verbatim in substance
+            x = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor()])(im)
+            save_image(x, jp)
+            frames[i] = (x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            assert np.array_equal(frames[i], mine), "PIL reimplementation of Resize/CenterCrop disagrees"
+        else:
+            frames[i] = mine
+            # save_image: uint8(clamp(x*255+0.5)) of ToTensor(x)=u8/255 gives the u8 back; PIL JPEG defaults.
+            x = (mine.astype(np.float32) / 255.0) * 255.0 + 0.5
+            Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(jp)
         jdec[i] = np.asarray(Image.open(jp).convert("RGB"))  # what the training loader's PIL decode gives
     frames.tofile(os.path.join(out, "video", name + ".frames.u8"))
     jdec.tofile(os.path.join(out, "video", name + ".jpgdec.u8"))
