@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Loops over fewer elements than this run on one thread: below it, waking the OpenMP team costs more than
+ * the work (and far more on a loaded machine). */
+#define CAV_PAR_MIN 32768
+
 /* ---- dense layers ------------------------------------------------------------------------------ */
 
 /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear. */

@@ -11,7 +11,7 @@
 void cav_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC) {
     /* torch's addmm: the bias is the C operand of the gemm (beta = 1). */
     if (b) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) memcpy(out + (size_t)m * OC, b, sizeof(float) * OC);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out,
@@ -25,7 +25,7 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
     if (dw)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
         for (int o = 0; o < OC; o++) {
             double s = 0;
             for (int m = 0; m < M; m++) s += dout[(size_t)m * OC + o];
@@ -36,7 +36,7 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
 
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int M, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *x = inp + (size_t)m * C;
         float *y = out + (size_t)m * C;
@@ -54,7 +54,7 @@ void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *mean, const float *rstd, int M, int C) {
     if (dinp) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) {
             const float *x = inp + (size_t)m * C, *dy = dout + (size_t)m * C;
             float *dx = dinp + (size_t)m * C;
@@ -74,7 +74,7 @@ void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
     }
     if (dw || db) {
         /* Column sums: threads own disjoint column ranges, so no reduction races. */
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
         for (int c0 = 0; c0 < C; c0 += 64) {
             int c1 = c0 + 64 < C ? c0 + 64 : C;
             double sw[64] = {0}, sb[64] = {0};
@@ -94,7 +94,7 @@ void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
 }
 
 void cav_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if(n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
@@ -103,7 +103,7 @@ void cav_gelu_forward(float *out, const float *inp, size_t n) {
 
 void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2); /* 1/sqrt(2 pi) */
-#pragma omp parallel for
+#pragma omp parallel for if(n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
@@ -124,12 +124,12 @@ static void softmax_row(float *y, const float *x, int N) {
 }
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) softmax_row(out + (size_t)m * N, inp + (size_t)m * N, N);
 }
 
 void cav_softmax_backward(float *dinp, const float *dout, const float *out, int M, int N) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *y = out + (size_t)m * N, *dy = dout + (size_t)m * N;
         float *dx = dinp + (size_t)m * N;
@@ -140,12 +140,12 @@ void cav_softmax_backward(float *dinp, const float *dout, const float *out, int 
 }
 
 void cav_add_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if(n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void cav_accumulate(float *dst, const float *src, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if(n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
@@ -179,7 +179,7 @@ void cav_attention_backward(float *dqkv, float *scratch, const float *dout, cons
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, scratch, N);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
             /* through the softmax and the scale, in place */
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)N * N > CAV_PAR_MIN)
             for (int i = 0; i < N; i++) {
                 float *g = scratch + (size_t)i * N;
                 const float *y = a + (size_t)i * N;

@@ -114,7 +114,7 @@ void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a,
 }
 
 void cav_normpix(float *t, int M, int P) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         float *r = t + (size_t)m * P;
         double s = 0, ss = 0;
@@ -145,7 +145,7 @@ void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const
                              int P) {
     double den = 0;
     for (int m = 0; m < M; m++) den += mask[m];
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         if (mask[m] == 0) continue;
         float g = (float)((double)dloss * mask[m] / den * 2.0 / P);
@@ -201,7 +201,7 @@ void cav_adam_step(float *p, const float *grad, float *m, float *v, size_t n, do
     float step = (float)(-(lr / bc1)), bc2s = (float)sqrt(bc2);
     float c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
     float b1 = (float)beta1, b2 = (float)beta2, epsf = (float)eps, wdf = (float)wd;
-#pragma omp parallel for
+#pragma omp parallel for if(n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] + wdf * p[i];
         m[i] = m[i] * b1 + c1 * g;

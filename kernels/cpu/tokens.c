@@ -7,7 +7,7 @@
 #include "kernels.h"
 
 void cav_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * L * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++)
             memcpy(out + ((size_t)b * L + l) * C, inp + ((size_t)b * N + idx[(size_t)b * L + l]) * C,
@@ -16,7 +16,7 @@ void cav_gather_tokens_forward(float *out, const float *inp, const int64_t *idx,
 
 void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L, int C) {
     /* Indices within a sample may repeat in principle; one thread per sample keeps the += race-free. */
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)B * L * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++) {
             float *d = dinp + ((size_t)b * N + idx[(size_t)b * L + l]) * C;
@@ -27,7 +27,7 @@ void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *i
 
 void cav_unshuffle_forward(float *out, const float *src, const int64_t *idx, const float *fill, int B, int N,
                            int L, int Ns, int off, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++) {
         for (int n = 0; n < N; n++) memcpy(out + ((size_t)b * N + n) * C, fill, sizeof(float) * C);
         for (int l = 0; l < L; l++)
@@ -75,7 +75,7 @@ void cav_concat_backward(float *da, float *db, const float *dout, int B, int N1,
 }
 
 void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++) {
             float *r = x + ((size_t)b * Ntot + off + n) * C;
@@ -89,14 +89,14 @@ void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, in
 
 void cav_add_pos_backward(float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C) {
     if (dpos)
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
         for (int n = 0; n < N; n++)
             for (int b = 0; b < B; b++) {
                 const float *r = dx + ((size_t)b * Ntot + off + n) * C;
                 for (int c = 0; c < C; c++) dpos[(size_t)n * C + c] += r[c];
             }
     if (dmod)
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
         for (int c = 0; c < C; c++) {
             double s = 0;
             for (int b = 0; b < B; b++)
@@ -106,7 +106,7 @@ void cav_add_pos_backward(float *dpos, float *dmod, const float *dx, int B, int 
 }
 
 void cav_mean_tokens_forward(float *out, const float *inp, int B, int N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             double s = 0;
@@ -116,7 +116,7 @@ void cav_mean_tokens_forward(float *out, const float *inp, int B, int N, int C) 
 }
 
 void cav_mean_tokens_backward(float *dinp, const float *dout, int B, int N, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++) dinp[((size_t)b * N + n) * C + c] += dout[(size_t)b * C + c] / N;
@@ -124,7 +124,7 @@ void cav_mean_tokens_backward(float *dinp, const float *dout, int B, int N, int 
 
 void cav_patchify_audio(float *out, const float *a, int B, int T, int F) {
     int gf = F / 16, gt = T / 16, L = gf * gt;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * L * 256 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int f = k / gt, t = k % gt;
@@ -137,7 +137,7 @@ void cav_patchify_audio(float *out, const float *a, int B, int T, int F) {
 
 void cav_patchify_video(float *out, const float *v, int B, int S) {
     int g = S / 16, L = g * g;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * L * 768 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int r = k / g, c = k % g;
@@ -151,7 +151,7 @@ void cav_patchify_video(float *out, const float *v, int B, int S) {
 
 void cav_im2col_video(float *out, const float *v, int B, int S) {
     int g = S / 16, L = g * g;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if((size_t)B * L * 768 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int r = k / g, c = k % g;
