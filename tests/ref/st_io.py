@@ -78,3 +78,12 @@ def load(path):
     if pos != len(body):
         raise ValueError('%s: data area has trailing bytes' % path)
     return out, meta
+
+
+def read_header(path):
+    """-> (header dict without __metadata__, metadata dict), reading only the header."""
+    with open(path, 'rb') as f:
+        (n,) = struct.unpack('<Q', f.read(8))
+        header = json.loads(f.read(n).decode())
+    meta = header.pop('__metadata__', {}) or {}
+    return header, meta
