@@ -581,3 +581,95 @@ def count_params(model):
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ImageNet-MAE initialisation (SPEC 3.5)
+
+def adapt_mae_state(mae, model):
+    """The CAV-MAE starting point built from a MAE ViT state dict `mae` (timm names: patch_embed.proj,
+    cls_token, pos_embed [1, 1+N, D], blocks.i, norm, mask_token, decoder_embed, decoder_pos_embed,
+    decoder_blocks.i, decoder_norm, decoder_pred), with the reference's mapping, into CAVMAE `model`
+    (whose own initialisation supplies what MAE lacks: modality embeddings, the audio position tables and
+    the modality LayerNorms of the modality-specific and decoder blocks). Generalised to any depth: MAE
+    block i < msd goes to blocks_a.i and blocks_v.i, block msd + j to blocks_u.j (the reference: 0..10
+    and 11 -> blocks_u.0). Returns the new state dict."""
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    msd = len(model.blocks_a)
+    parts = ('norm1', 'norm2', 'attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2')
+
+    def put(dst, src):
+        if sd[dst].shape != mae[src].shape:
+            raise ValueError('%s %s vs MAE %s %s' % (dst, tuple(sd[dst].shape), src, tuple(mae[src].shape)))
+        sd[dst] = mae[src].clone().float()
+
+    for i in range(msd):
+        for p in parts:
+            for wb in ('weight', 'bias'):
+                put('blocks_a.%d.%s.%s' % (i, p, wb), 'blocks.%d.%s.%s' % (i, p, wb))
+                put('blocks_v.%d.%s.%s' % (i, p, wb), 'blocks.%d.%s.%s' % (i, p, wb))
+    for j in range(len(model.blocks_u)):
+        for p in parts:
+            for wb in ('weight', 'bias'):
+                put('blocks_u.%d.%s.%s' % (j, p, wb), 'blocks.%d.%s.%s' % (msd + j, p, wb))
+        for n in ('norm1', 'norm2'):
+            for m in ('_a', '_v'):
+                for wb in ('weight', 'bias'):
+                    put('blocks_u.%d.%s%s.%s' % (j, n, m, wb), 'blocks.%d.%s.%s' % (msd + j, n, wb))
+    for n in ('norm', 'norm_a', 'norm_v'):
+        for wb in ('weight', 'bias'):
+            put('%s.%s' % (n, wb), 'norm.%s' % wb)
+    for k in mae:
+        if k.startswith(('decoder_embed.', 'decoder_blocks.', 'decoder_norm.')) or k == 'mask_token':
+            put(k, k)
+    sd['pos_embed_v'] = mae['pos_embed'][:, 1:].clone().float()
+    sd['decoder_pos_embed_v'] = mae['decoder_pos_embed'][:, 1:].clone().float()
+    sd['patch_embed_a.proj.weight'] = mae['patch_embed.proj.weight'].sum(dim=1, keepdim=True).float()
+    put('patch_embed_a.proj.bias', 'patch_embed.proj.bias')
+    put('patch_embed_v.proj.weight', 'patch_embed.proj.weight')
+    put('patch_embed_v.proj.bias', 'patch_embed.proj.bias')
+    n_a = sd['decoder_pred_a.weight'].shape[0]
+    sd['decoder_pred_a.weight'] = mae['decoder_pred.weight'][:n_a].clone().float()
+    sd['decoder_pred_a.bias'] = mae['decoder_pred.bias'][:n_a].clone().float()
+    put('decoder_pred_v.weight', 'decoder_pred.weight')
+    put('decoder_pred_v.bias', 'decoder_pred.bias')
+    return sd
+
+
+def mae_like_state(embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, img_size=224, mlp_ratio=4.0,
+                   generator=None):
+    """A MAE ViT state dict with MAE's names and shapes (random values; position tables sin-cos with the
+    cls slot), for testing the mapping without the real 1 GB checkpoint."""
+    g = generator
+    N = (img_size // 16) ** 2
+    sd = {}
+
+    def rnd(*shape):
+        return 0.02 * torch.randn(*shape, generator=g)
+
+    def block(prefix, d):
+        h = int(d * mlp_ratio)
+        for n in ('norm1', 'norm2'):
+            sd[prefix + n + '.weight'] = 1 + rnd(d)
+            sd[prefix + n + '.bias'] = rnd(d)
+        sd[prefix + 'attn.qkv.weight'], sd[prefix + 'attn.qkv.bias'] = rnd(3 * d, d), rnd(3 * d)
+        sd[prefix + 'attn.proj.weight'], sd[prefix + 'attn.proj.bias'] = rnd(d, d), rnd(d)
+        sd[prefix + 'mlp.fc1.weight'], sd[prefix + 'mlp.fc1.bias'] = rnd(h, d), rnd(h)
+        sd[prefix + 'mlp.fc2.weight'], sd[prefix + 'mlp.fc2.bias'] = rnd(d, h), rnd(d)
+
+    g_ = img_size // 16
+    sd['cls_token'] = rnd(1, 1, embed_dim)
+    sd['pos_embed'] = torch.cat([torch.zeros(1, embed_dim), sincos_2d(embed_dim, g_, g_)]).unsqueeze(0)
+    sd['patch_embed.proj.weight'], sd['patch_embed.proj.bias'] = rnd(embed_dim, 3, 16, 16), rnd(embed_dim)
+    for i in range(depth):
+        block('blocks.%d.' % i, embed_dim)
+    sd['norm.weight'], sd['norm.bias'] = 1 + rnd(embed_dim), rnd(embed_dim)
+    sd['mask_token'] = rnd(1, 1, decoder_embed_dim)
+    sd['decoder_embed.weight'], sd['decoder_embed.bias'] = rnd(decoder_embed_dim, embed_dim), rnd(decoder_embed_dim)
+    sd['decoder_pos_embed'] = torch.cat([torch.zeros(1, decoder_embed_dim),
+                                         sincos_2d(decoder_embed_dim, g_, g_)]).unsqueeze(0)
+    for i in range(decoder_depth):
+        block('decoder_blocks.%d.' % i, decoder_embed_dim)
+    sd['decoder_norm.weight'], sd['decoder_norm.bias'] = 1 + rnd(decoder_embed_dim), rnd(decoder_embed_dim)
+    sd['decoder_pred.weight'], sd['decoder_pred.bias'] = rnd(16 * 16 * 3, decoder_embed_dim), rnd(16 * 16 * 3)
+    return sd

@@ -12,6 +12,12 @@ Written:
 - wrapped_state.pth: {"model": state_dict, "epoch": 3}, as MAE checkpoints are saved;
 - views.pth / views_legacy.pth / views.raw: transposed, sliced (storage offset), shared-storage and
   expanded (stride 0) views, f64/f16/bf16/int64/int32/uint8 tensors, a 0-d scalar and an empty tensor;
+- mae_tiny.pth: {"model": MAE ViT state dict} with MAE's names and shapes at tiny sizes (192-dim, 3 blocks,
+  3 heads, decoder 128 x 2, 96 x 96 images), and cavmae_from_mae_tiny.safetensors: the CAV-MAE start state
+  the reference's mapping (SPEC 3.5, cavmae_ref.adapt_mae_state) builds from it for CAVMAE(embed_dim 192,
+  depth 3, modality_specific_depth 2, num_heads 3, decoder 128 x 2 with 4 heads, audio_length 256,
+  img_size 96); metadata `config` (those arguments) and `random_init` (JSON list of the tensors that come
+  from the model's own random initialisation, not from MAE: compare them by shape only);
 - hostile files, each must be refused with exit code 2: bad_global.pth (argparse.Namespace in the dict),
   bad_exec.pth (a hand-made data.pkl calling os.system, which must never run), truncated.pth (the zip cut
   in half), truncated_legacy.pth, short_storage.pth (one storage entry 4 bytes short), not_torch.pth.
@@ -20,6 +26,7 @@ Written:
 import argparse
 import collections
 import io
+import json
 import os
 import struct
 import sys
@@ -97,6 +104,19 @@ def main():
     torch.save(v, P('views.pth'))
     torch.save(v, P('views_legacy.pth'), _use_new_zipfile_serialization=False)
     write_raw(P('views.raw'), v)
+
+    gm = torch.Generator().manual_seed(11)
+    mae = R.mae_like_state(192, 3, 3, 128, 2, img_size=96, generator=gm)
+    torch.save({'model': mae}, P('mae_tiny.pth'))
+    cfg = dict(embed_dim=192, depth=3, modality_specific_depth=2, num_heads=3, decoder_embed_dim=128,
+               decoder_depth=2, decoder_num_heads=4, audio_length=256, img_size=96)
+    torch.manual_seed(12)
+    cav = R.CAVMAE(**cfg)
+    adapted = R.adapt_mae_state(mae, cav)
+    cav.load_state_dict(adapted, strict=True)
+    rnd = ['modality_a', 'modality_v', 'decoder_modality_a', 'decoder_modality_v']
+    st_io.save(P('cavmae_from_mae_tiny.safetensors'), adapted,
+               {'format': 'cav-checkpoint/1', 'config': json.dumps(cfg, sort_keys=True), 'random_init': json.dumps(rnd)})
 
     # Hostile files.
     small = collections.OrderedDict(w=torch.arange(6.0).reshape(2, 3), b=torch.ones(3))

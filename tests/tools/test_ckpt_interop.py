@@ -144,6 +144,40 @@ def test_hostile():
     report('pickle_never_executes', not os.path.exists('/tmp/pwn') and 'os.system refused' in r.stderr, r.stderr)
 
 
+def test_mae_fixture(tmp):
+    """The MAE-shaped .pth reads in C as torch wrote it, and the expected CAV-MAE start state follows SPEC 3.5
+    statement by statement (checked here independently of cavmae_ref.adapt_mae_state)."""
+    out = os.path.join(tmp, 'mae.safetensors')
+    r = ckpt('convert', os.path.join(REF, 'mae_tiny.pth'), out)
+    if r.returncode != 0:
+        report('mae_fixture', False, r.stderr.strip())
+        return
+    mae, _ = st_io.load(out)
+    want = torch.load(os.path.join(REF, 'mae_tiny.pth'))['model']
+    same = set(mae) == set(want) and all(torch.equal(mae[k], want[k]) for k in want)
+    cav, meta = st_io.load(os.path.join(REF, 'cavmae_from_mae_tiny.safetensors'))
+    checks = {
+        'patch_embed_a = channel sum': torch.equal(cav['patch_embed_a.proj.weight'],
+                                                   mae['patch_embed.proj.weight'].sum(1, keepdim=True)),
+        'patch_embed_v copied': torch.equal(cav['patch_embed_v.proj.weight'], mae['patch_embed.proj.weight']),
+        'blocks 0..msd-1 to a and v': all(torch.equal(cav['blocks_%s.1.mlp.fc1.weight' % m],
+                                                      mae['blocks.1.mlp.fc1.weight']) for m in 'av'),
+        'last block to blocks_u.0': torch.equal(cav['blocks_u.0.attn.qkv.weight'], mae['blocks.2.attn.qkv.weight']),
+        'joint norms copied to _a/_v': all(torch.equal(cav['blocks_u.0.norm%d_%s.bias' % (n, m)],
+                                                       mae['blocks.2.norm%d.bias' % n]) for n in (1, 2) for m in 'av'),
+        'norm to norm, norm_a, norm_v': all(torch.equal(cav[k + '.weight'], mae['norm.weight'])
+                                            for k in ('norm', 'norm_a', 'norm_v')),
+        'pos_embed_v without cls': torch.equal(cav['pos_embed_v'], mae['pos_embed'][:, 1:]),
+        'decoder_pos_embed_v without cls': torch.equal(cav['decoder_pos_embed_v'], mae['decoder_pos_embed'][:, 1:]),
+        'decoder_pred_a = first 256 rows': torch.equal(cav['decoder_pred_a.bias'], mae['decoder_pred.bias'][:256]),
+        'decoder by name': torch.equal(cav['decoder_blocks.1.mlp.fc2.weight'], mae['decoder_blocks.1.mlp.fc2.weight'])
+        and torch.equal(cav['mask_token'], mae['mask_token']),
+        'audio pos table sin-cos': torch.equal(cav['pos_embed_a'][0], R.sincos_2d(192, 8, 16)),
+    }
+    bad = [k for k, v in checks.items() if not v]
+    report('mae_fixture', same and not bad, 'C read equal %s; SPEC 3.5 violations %s' % (same, bad))
+
+
 def main():
     if not os.path.exists(os.path.join(REF, 'tiny_state.pth')):
         print('FAIL ckpt_interop: golden data %s missing (make refs)' % REF)
@@ -152,6 +186,7 @@ def main():
         test_pth_to_safetensors(tmp)
         test_views(tmp)
         test_safetensors_roundtrip(tmp)
+        test_mae_fixture(tmp)
         test_hostile()
     return 1 if failed else 0
 
