@@ -12,7 +12,8 @@ Each OUTDIR/NAME.safetensors holds:
 - pretraining outputs `out.loss`, `out.loss_mae`, `out.loss_mae_a`, `out.loss_mae_v`, `out.loss_c`, `out.c_acc`
   (f32 [1]) and `out.pred_a` [B, La, 256] / `out.pred_v` [B, Lv, 768] when the decoder runs
   (mae_loss_weight != 0) for the modalities present; fine-tuning outputs `out.logits` and `out.loss`;
-- `grad.<name>` for every trainable parameter: d out.loss / d param (zeros where the loss does not reach).
+- `grad.<name>` for every trainable parameter: d out.loss / d param (zeros where the loss does not reach);
+- in FEAT_STATES also `out.feat_a` / `out.feat_v`, forward_feat of the inputs (no gradient).
 
 Also OUTDIR/adam5_tiny.safetensors: the tiny start state, fixed inputs and masks, `out.losses` f32 [6] (the
 loss before each of 5 torch.optim.Adam steps, lr in the config, weight_decay 5e-7, betas (0.95, 0.999),
@@ -35,6 +36,10 @@ import cavmae_ref as R  # noqa: E402
 import st_io  # noqa: E402
 
 FORMAT = 'cav-debug-state/1'
+# States that also hold forward_feat's outputs on their inputs (SPEC 2.11: unmasked, blocks_u chained with
+# the modality LayerNorms): `out.feat_a` [B, La, D] and `out.feat_v` [B, Lv, D]; joint2 has two joint layers,
+# where the chained forward_feat and the pretraining loop's quirk differ.
+FEAT_STATES = ('tiny_small_input', 'joint2')
 
 # Tiny sizes: 192-dim, 3 heads, 2 modality-specific + 1 joint layer, decoder 128 x 2 with 4 heads.
 TINY = dict(embed_dim=192, num_heads=3, depth=3, modality_specific_depth=2, decoder_embed_dim=128,
@@ -229,6 +234,9 @@ def main():
         model, gen = build(cfg, 1000 + i)
         ins = inputs(cfg, model, gen)
         outs, grads = run(cfg, model, ins)
+        if name in FEAT_STATES:
+            with torch.no_grad():
+                outs['out.feat_a'], outs['out.feat_v'] = model.forward_feat(ins['in.audio'], ins['in.video'])
         write_state(os.path.join(outdir, name + '.safetensors'), cfg, model, ins, outs, grads)
         print('gen_debug_states: %-28s loss %.6f  %.2f s' % (name, float(outs['out.loss']), time.time() - t0),
               flush=True)
