@@ -4,6 +4,7 @@
  * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. */
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -25,11 +26,16 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
     if (dw)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
+        /* column sums over rows read contiguously: each thread owns a band of 256 columns */
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int m = 0; m < M; m++) s += dout[(size_t)m * OC + o];
-            db[o] += (float)s;
+        for (int o0 = 0; o0 < OC; o0 += 256) {
+            int n = OC - o0 < 256 ? OC - o0 : 256;
+            double s[256] = {0};
+            for (int m = 0; m < M; m++) {
+                const float *r = dout + (size_t)m * OC + o0;
+                for (int o = 0; o < n; o++) s[o] += r[o];
+            }
+            for (int o = 0; o < n; o++) db[o0 + o] += (float)s[o];
         }
     }
 }
@@ -112,12 +118,33 @@ void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
     }
 }
 
+/* exp for the softmax's arguments (x <= 0 after the max is subtracted), written so the compiler vectorizes
+ * it: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by Cephes' expf polynomial, 2^n
+ * through the exponent bits. Within 2 ulp of expf; arguments below -87.3 (results under FLT_MIN) give
+ * exp(-87.3), which a softmax cannot tell from 0 next to its maximum's 1. */
+static inline float softmax_exp(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+               1.6666665459e-1f) * r + 5.0000001201e-1f;
+    p = p * z + r + 1.0f;
+    union {
+        uint32_t u;
+        float f;
+    } sc = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * sc.f;
+}
+
 static void softmax_row(float *y, const float *x, int N) {
     float mx = x[0];
     for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int j = 0; j < N; j++) {
-        y[j] = expf(x[j] - mx);
+        y[j] = softmax_exp(x[j] - mx);
         s += y[j];
     }
     for (int j = 0; j < N; j++) y[j] /= s;
