@@ -118,6 +118,11 @@ void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
     }
 }
 
+/* Without trapping-math, the compare in the clamp below is a blend and the loop vectorizes (no exception
+ * flags are ever read in this project). */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
 /* exp for the softmax's arguments (x <= 0 after the max is subtracted), written so the compiler vectorizes
  * it: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by Cephes' expf polynomial, 2^n
  * through the exponent bits. Within 2 ulp of expf; arguments below -87.3 (results under FLT_MIN) give
@@ -131,24 +136,26 @@ static inline float softmax_exp(float x) {
     float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
                1.6666665459e-1f) * r + 5.0000001201e-1f;
     p = p * z + r + 1.0f;
-    union {
-        uint32_t u;
-        float f;
-    } sc = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return p * sc.f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
 static void softmax_row(float *y, const float *x, int N) {
     float mx = x[0];
     for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int j = 0; j < N; j++) {
-        y[j] = softmax_exp(x[j] - mx);
-        s += y[j];
-    }
-    for (int j = 0; j < N; j++) y[j] /= s;
+#pragma omp simd
+    for (int j = 0; j < N; j++) y[j] = softmax_exp(x[j] - mx);
+    float s4[4] = {0, 0, 0, 0}, s;
+    int j = 0;
+    for (; j + 4 <= N; j += 4)
+        for (int k = 0; k < 4; k++) s4[k] += y[j + k];
+    s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    for (; j < N; j++) s += y[j];
+    for (j = 0; j < N; j++) y[j] /= s;
 }
+#pragma GCC pop_options
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
 #pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
