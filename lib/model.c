@@ -43,7 +43,10 @@ cav_config cav_config_default(cav_task task) {
     return c;
 }
 
-int cav_config_variant(cav_config *c, const char *name) {
+int cav_config_variant(cav_config *c, const char *variant) {
+    char name[32];
+    snprintf(name, sizeof name, "%s", variant);
+    for (char *q = name; *q; q++) *q = *q == '_' ? '-' : *q;
     if (!strcmp(name, "cav-mae")) {
         c->mae_loss_weight = 1, c->contrast_loss_weight = 0.01;
     } else if (!strcmp(name, "av-mae")) {
@@ -58,6 +61,79 @@ int cav_config_variant(cav_config *c, const char *name) {
         return -1;
     }
     return 0;
+}
+
+static int parse_bool(const char *v) {
+    if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1")) return 1;
+    if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0")) return 0;
+    return -1;
+}
+
+static int parse_int(const char *v, int *out) {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || d != (int)d) return -1;
+    *out = (int)d;
+    return 0;
+}
+
+static int parse_num(const char *v, double *out) {
+    char *end;
+    *out = strtod(v, &end);
+    return end == v || *end ? -1 : 0;
+}
+
+int cav_config_set(cav_config *c, const char *key, const char *v) {
+    int b;
+    struct {
+        const char *k;
+        int *p;
+    } ints[] = {{"embed_dim", &c->embed_dim},
+                {"modality_specific_depth", &c->modality_specific_depth},
+                {"num_heads", &c->num_heads},
+                {"decoder_embed_dim", &c->decoder_embed_dim},
+                {"decoder_depth", &c->decoder_depth},
+                {"decoder_num_heads", &c->decoder_num_heads},
+                {"depth", &c->depth},
+                {"label_dim", &c->label_dim},
+                {"audio_length", &c->audio_length},
+                {"img_size", &c->img_size}};
+    struct {
+        const char *k;
+        double *p;
+    } nums[] = {{"mlp_ratio", &c->mlp_ratio},
+                {"mask_ratio_a", &c->mask_ratio_a},
+                {"mask_ratio_v", &c->mask_ratio_v},
+                {"mae_loss_weight", &c->mae_loss_weight},
+                {"contrast_loss_weight", &c->contrast_loss_weight}};
+    struct {
+        const char *k;
+        int *p;
+    } bools[] = {{"norm_pix_loss", &c->norm_pix_loss},
+                 {"tr_pos", &c->tr_pos},
+                 {"bidirect_contrast", &c->bidirect_contrast},
+                 {"chain_contrast_streams", &c->chain_contrast_streams}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (!strcmp(key, ints[i].k)) return parse_int(v, ints[i].p);
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (!strcmp(key, nums[i].k)) return parse_num(v, nums[i].p);
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++)
+        if (!strcmp(key, bools[i].k)) return (b = parse_bool(v)) < 0 ? -1 : (*bools[i].p = b, 0);
+    if (!strcmp(key, "mask_mode")) return (b = cav_mask_mode_parse(v)) < 0 ? -1 : (c->mask_mode = b, 0);
+    if (!strcmp(key, "mode")) return (b = cav_ft_mode_parse(v)) < 0 ? -1 : (c->mode = b, 0);
+    if (!strcmp(key, "loss")) {
+        if (strcmp(v, "ce") && strcmp(v, "bce")) return -1;
+        c->loss_ce = !strcmp(v, "ce");
+        return 0;
+    }
+    if (!strcmp(key, "modalities")) {
+        if (strcmp(v, "a") && strcmp(v, "v") && strcmp(v, "av")) return -1;
+        c->use_audio = strchr(v, 'a') != NULL, c->use_video = strchr(v, 'v') != NULL;
+        return 0;
+    }
+    if (!strcmp(key, "patch_size")) return strcmp(v, "16") ? -1 : 0;
+    if (!strcmp(key, "in_chans")) return strcmp(v, "3") ? -1 : 0;
+    return -2;
 }
 
 int cav_ft_mode_parse(const char *s) {

@@ -64,8 +64,16 @@ typedef struct {
 cav_config cav_config_default(cav_task task);
 /* Sets the pretraining variant of the paper's Table 1 on top of cfg: "cav-mae", "av-mae" (lambda_c 0),
  * "vanilla-av-mae" (12 joint layers, lambda_c 0), "cav" (MAE weight 0), "audio-mae" and "visual-mae"
- * (12 joint layers, one modality, lambda_c 0). Returns -1 for an unknown name. */
+ * (12 joint layers, one modality, lambda_c 0); '_' may stand for '-'. Returns -1 for an unknown name. */
 int cav_config_variant(cav_config *cfg, const char *name);
+/* Sets one knob by the reference's constructor/forward argument name (the debug state's config keys):
+ * embed_dim, modality_specific_depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads,
+ * mlp_ratio, norm_pix_loss, tr_pos, mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight,
+ * mask_mode, bidirect_contrast, depth, label_dim, mode, loss ("bce"/"ce"), and the extensions
+ * audio_length, img_size, modalities ("a", "v", "av"), chain_contrast_streams; patch_size and in_chans
+ * are accepted only at 16 and 3. value is the JSON text (numbers, true/false, bare strings). Returns 0,
+ * -1 for a bad value, -2 for an unknown key. */
+int cav_config_set(cav_config *cfg, const char *key, const char *value);
 /* "multimodal", "audioonly", ... -> mode, or -1. */
 int cav_ft_mode_parse(const char *name);
 int cav_mask_mode_parse(const char *name);

@@ -4,6 +4,7 @@
  * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. */
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -25,11 +26,16 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
     if (dw)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
+        /* column sums over rows read contiguously: each thread owns a band of 256 columns */
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int m = 0; m < M; m++) s += dout[(size_t)m * OC + o];
-            db[o] += (float)s;
+        for (int o0 = 0; o0 < OC; o0 += 256) {
+            int n = OC - o0 < 256 ? OC - o0 : 256;
+            double s[256] = {0};
+            for (int m = 0; m < M; m++) {
+                const float *r = dout + (size_t)m * OC + o0;
+                for (int o = 0; o < n; o++) s[o] += r[o];
+            }
+            for (int o = 0; o < n; o++) db[o0 + o] += (float)s[o];
         }
     }
 }
@@ -112,16 +118,44 @@ void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
     }
 }
 
+/* Without trapping-math, the compare in the clamp below is a blend and the loop vectorizes (no exception
+ * flags are ever read in this project). */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
+/* exp for the softmax's arguments (x <= 0 after the max is subtracted), written so the compiler vectorizes
+ * it: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by Cephes' expf polynomial, 2^n
+ * through the exponent bits. Within 2 ulp of expf; arguments below -87.3 (results under FLT_MIN) give
+ * exp(-87.3), which a softmax cannot tell from 0 next to its maximum's 1. */
+static inline float softmax_exp(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+               1.6666665459e-1f) * r + 5.0000001201e-1f;
+    p = p * z + r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 static void softmax_row(float *y, const float *x, int N) {
     float mx = x[0];
     for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
-    float s = 0;
-    for (int j = 0; j < N; j++) {
-        y[j] = expf(x[j] - mx);
-        s += y[j];
-    }
-    for (int j = 0; j < N; j++) y[j] /= s;
+#pragma omp simd
+    for (int j = 0; j < N; j++) y[j] = softmax_exp(x[j] - mx);
+    float s4[4] = {0, 0, 0, 0}, s;
+    int j = 0;
+    for (; j + 4 <= N; j += 4)
+        for (int k = 0; k < 4; k++) s4[k] += y[j + k];
+    s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    for (; j < N; j++) s += y[j];
+    for (j = 0; j < N; j++) y[j] /= s;
 }
+#pragma GCC pop_options
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
 #pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)

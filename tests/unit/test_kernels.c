@@ -156,6 +156,23 @@ static void test_gelu_softmax(void) {
         for (int j = 0; j < 9; j++) ref[m * 9 + j] = exp(c.x[m * 9 + j]) / s;
     }
     CHECK(max_abs_diff(c.y, ref, 36) < 1e-6);
+    /* a wide range of arguments (the exp is the kernel's own): relative error against double */
+    {
+        enum { W = 200 };
+        float x[W], y[W];
+        double z = 0, worst = 0;
+        for (int j = 0; j < W; j++) x[j] = (float)(-100.0 * j / W + 3.0 * urand());
+        cav_softmax_forward(y, x, 1, W);
+        double mx = x[0];
+        for (int j = 0; j < W; j++) mx = fmax(mx, x[j]);
+        /* exp of the float difference, as the kernel (and torch) form it */
+        for (int j = 0; j < W; j++) z += exp((double)(float)(x[j] - (float)mx));
+        for (int j = 0; j < W; j++) {
+            double want = exp((double)(float)(x[j] - (float)mx)) / z;
+            if (want > 1e-30) worst = fmax(worst, fabs(y[j] - want) / want);
+        }
+        CHECK(worst < 1e-6);
+    }
     memset(dx, 0, sizeof(float) * 36);
     cav_softmax_backward(dx, c.r, c.y, 4, 9);
     CHECK(gradcheck(c.x, 36, dx, softmax_obj, &c, 1e-2) < 1e-3);

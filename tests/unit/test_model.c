@@ -315,7 +315,32 @@ static void test_model_adam(void) {
     cav_model_free(m);
 }
 
+/* The debug state's config keys map onto the config; bad values and unknown keys are told apart. */
+static void test_config_set(void) {
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    CHECK(cav_config_set(&c, "embed_dim", "192") == 0 && c.embed_dim == 192);
+    CHECK(cav_config_set(&c, "mask_ratio_a", "0.5") == 0 && c.mask_ratio_a == 0.5);
+    CHECK(cav_config_set(&c, "norm_pix_loss", "true") == 0 && c.norm_pix_loss == 1);
+    CHECK(cav_config_set(&c, "mask_mode", "tf") == 0 && c.mask_mode == CAV_MASK_TF);
+    CHECK(cav_config_set(&c, "modalities", "v") == 0 && !c.use_audio && c.use_video);
+    CHECK(cav_config_set(&c, "mode", "missingvideoonly") == 0 && c.mode == CAV_FT_MISSINGVIDEOONLY);
+    CHECK(cav_config_set(&c, "loss", "ce") == 0 && c.loss_ce == 1);
+    CHECK(cav_config_set(&c, "depth", "12.5") == -1);
+    CHECK(cav_config_set(&c, "mask_mode", "random") == -1);
+    CHECK(cav_config_set(&c, "patch_size", "8") == -1);
+    CHECK(cav_config_set(&c, "batch", "4") == -2);
+    cav_config v = cav_config_default(CAV_TASK_PRETRAIN);
+    CHECK(cav_config_variant(&v, "vanilla_av_mae") == 0 && v.modality_specific_depth == 0 && v.contrast_loss_weight == 0);
+    CHECK(cav_config_variant(&v, "cav") == 0 && v.mae_loss_weight == 0 && v.contrast_loss_weight > 0);
+    CHECK(cav_config_variant(&v, "bert") == -1);
+    cav_err err = {0};
+    v = cav_config_default(CAV_TASK_PRETRAIN);
+    v.embed_dim = 100, v.num_heads = 12;
+    CHECK(cav_config_check(&v, &err) == -1 && err.code == 1 && strstr(err.msg, "embed_dim"));
+}
+
 int main(void) {
+    TEST(test_config_set);
     TEST(test_param_counts);
     TEST(test_param_table);
     TEST(test_gradcheck_pretrain_variants);
