@@ -8,6 +8,7 @@
 
 #include "json.h"
 #include "model.h"
+#include "optim.h"
 #include "safetensors.h"
 
 static int apply_config(cav_config *cfg, const cav_json *j, int *batch, cav_err *err, const char *path) {
@@ -19,6 +20,7 @@ static int apply_config(cav_config *cfg, const cav_json *j, int *batch, cav_err 
             *batch = (int)v->number;
             continue;
         }
+        if (strncmp(key, "adam_", 5) == 0) continue; /* the optimiser run of an Adam state, read later */
         switch (v->type) {
         case CAV_JSON_NUMBER: snprintf(text, sizeof text, "%.17g", v->number); break;
         case CAV_JSON_BOOL: snprintf(text, sizeof text, "%s", v->boolean ? "true" : "false"); break;
@@ -93,7 +95,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     /* Parameters: every model parameter must be in the file, and the file must hold no other. */
     int nparam_file = 0;
     for (int i = 0; i < st.n; i++)
-        if (strncmp(st.t[i].name, "in.", 3) && strncmp(st.t[i].name, "out.", 4) && strncmp(st.t[i].name, "grad.", 5)) {
+        if (strncmp(st.t[i].name, "in.", 3) && strncmp(st.t[i].name, "out.", 4) && strncmp(st.t[i].name, "grad.", 5) &&
+            strncmp(st.t[i].name, "final.", 6)) {
             nparam_file++;
             if (!cav_model_param(m, st.t[i].name)) {
                 cav_fail(err, 2, "%s: %s: not a parameter of the C model", path, st.t[i].name);
@@ -216,6 +219,63 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         rep->max_rel_grad = worse(rep->max_rel_grad, rel);
         fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", gname, ma, rel);
         rep->tensors++;
+    }
+    /* An Adam state: the losses before each of adam_steps torch.optim.Adam steps and after the last, and
+     * the parameters at the end. */
+    const cav_json *as = cav_json_get(cj, "adam_steps");
+    if (as) {
+        const cav_json *betas = cav_json_get(cj, "adam_betas");
+        const cav_st_tensor *tl = cav_st_find(&st, "out.losses");
+        int steps = (int)as->number;
+        if (!betas || betas->type != CAV_JSON_ARRAY || betas->n != 2 || !tl || tl->numel != (size_t)steps + 1) {
+            cav_fail(err, 2, "%s: adam_betas or out.losses malformed", path);
+            goto done;
+        }
+        float losses[64];
+        if (steps + 1 > 64 || cav_st_copy_f32(&st, tl, losses, tl->numel, err)) {
+            if (steps + 1 > 64) cav_fail(err, 2, "%s: adam_steps %d: too many", path, steps);
+            goto done;
+        }
+        unsigned char *reached = calloc((size_t)m->ntable, 1);
+        if (!reached || cav_optim_alloc(m)) {
+            free(reached);
+            cav_fail(err, 3, "out of memory");
+            rc = 3;
+            goto done;
+        }
+        cav_optim_mark_reached(m, reached); /* from step 0's backward, above */
+        for (int k = 0; k <= steps; k++) {
+            if (k > 0) cav_model_forward(m); /* step 0 ran above, with its backward */
+            double rel = fabs((double)m->out.loss - losses[k]) / fabs((double)losses[k]);
+            rep->max_rel_loss = worse(rep->max_rel_loss, rel);
+            fprintf(out, "adam.loss[%d]%36s max_abs=%.3e max_rel=%.3e\n", k, "", fabs((double)m->out.loss - losses[k]), rel);
+            if (k == steps) break;
+            if (k > 0) cav_model_backward(m);
+            cav_optim_adam(m, reached, cav_json_get_number(cj, "adam_lr", 0), 1.0, betas->items[0]->number,
+                           betas->items[1]->number, cav_json_get_number(cj, "adam_eps", 1e-8),
+                           cav_json_get_number(cj, "adam_weight_decay", 0));
+        }
+        free(reached);
+        for (int i = 0; i < m->ntable; i++) {
+            char fname[80];
+            snprintf(fname, sizeof fname, "final.%s", m->table[i].name);
+            const cav_st_tensor *t = cav_st_find(&st, fname);
+            free(buf);
+            buf = t ? malloc(t->numel * sizeof *buf) : NULL;
+            if (!t || !buf || t->numel != m->table[i].numel || cav_st_copy_f32(&st, t, buf, t->numel, err)) {
+                if (!t || (buf && t->numel != m->table[i].numel)) cav_fail(err, 2, "%s: %s missing or misshapen", path, fname);
+                else if (!buf) cav_fail(err, 3, "out of memory");
+                goto done;
+            }
+            /* Reported, not gated: the contract is the losses at every step. Parameters whose gradient is
+             * zero in exact arithmetic (the attention key bias: softmax ignores a constant shift) get
+             * rounding noise for a gradient, and Adam divides it by its own tiny RMS, so both
+             * implementations move them by noise of order lr. */
+            double ma, rel;
+            compare(m->table[i].data, buf, t->numel, &ma, &rel);
+            rep->max_rel_final = worse(rep->max_rel_final, rel);
+            fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e (after the steps; not gated)\n", fname, ma, rel);
+        }
     }
     fprintf(out, "max_rel_loss=%.3e max_rel_grad=%.3e\n", rep->max_rel_loss, worse(rep->max_rel_grad, rep->max_rel_out));
     rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD &&

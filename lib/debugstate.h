@@ -16,6 +16,7 @@
 
 typedef struct {
     double max_rel_loss, max_rel_out, max_rel_grad;
+    double max_rel_final; /* Adam states: parameters after the steps (reported only) */
     int tensors; /* compared */
 } cav_debug_report;
 
