@@ -279,16 +279,15 @@ static float rng_gauss(uint64_t *s) {
 void cav_logf_vec(const float *restrict x, float *restrict y, int n) {
 #pragma omp simd
     for (int i = 0; i < n; i++) {
-        union {
-            float f;
-            uint32_t u;
-        } v = {.f = x[i]};
-        int32_t e = (int32_t)(v.u >> 23) - 126; /* x = m * 2^e with m in [0.5, 1) */
-        v.u = (v.u & 0x007FFFFFu) | 0x3F000000u;
-        float m = v.f;
-        int small = m < 0.70710678f;
-        e -= small;
-        float r = (small ? m + m : m) - 1.0f;
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        int32_t e = (int32_t)(u >> 23) - 126; /* x = m * 2^e with m in [0.5, 1) */
+        uint32_t mu = (u & 0x007FFFFFu) | 0x3F000000u;
+        float m;
+        memcpy(&m, &mu, 4);
+        int32_t small = (int32_t)((mu - 0x3F3504F3u) >> 31); /* m < sqrt(1/2): use 2m, e-1 */
+        float fe = (float)(e - small);
+        float r = m * (float)(1 + small) - 1.0f;
         float z = r * r;
         float p = 7.0376836292e-2f;
         p = p * r - 1.1514610310e-1f;
@@ -299,7 +298,6 @@ void cav_logf_vec(const float *restrict x, float *restrict y, int n) {
         p = p * r + 2.0000714765e-1f;
         p = p * r - 2.4999993993e-1f;
         p = p * r + 3.3333331174e-1f;
-        float fe = (float)e;
         float t = p * r * z + fe * -2.12194440e-4f - 0.5f * z;
         y[i] = (r + t) + fe * 0.693359375f;
     }
