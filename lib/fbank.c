@@ -45,8 +45,6 @@ struct cav_fbank {
     fftwf_complex *fft_out; /* [nfft/2+1] */
     float *power;         /* [nfft/2, BLK] */
     float *energy;        /* [nbins, BLK] */
-    float *centered;      /* [cap] the clip after mean subtraction */
-    int64_t cap;
     fftwf_plan plan;
     uint64_t rng;
 };
@@ -251,7 +249,6 @@ void cav_fbank_free(cav_fbank *fb) {
     fftwf_free(fb->fft_out);
     free(fb->power);
     free(fb->energy);
-    free(fb->centered);
     free(fb);
 }
 
@@ -367,17 +364,9 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     if (n < fb->win)
         return cav_fail(err, CAV_EXIT_INPUT, "%lld samples: shorter than one %d-sample frame (%g ms at %g Hz)",
                         (long long)n, fb->win, fb->o.frame_length_ms, fb->o.sample_rate);
-    if (n > fb->cap) {
-        float *c = realloc(fb->centered, sizeof(float) * n);
-        if (!c) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory for %lld samples", (long long)n);
-        fb->centered = c;
-        fb->cap = n;
-    }
-    /* waveform - waveform.mean(): one float32 scalar, then a float32 subtraction per sample. */
-    float mean = fb->o.subtract_clip_mean ? (float)(sum / (double)(n * channels)) : 0.0f;
-    float *restrict wc = fb->centered;
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) wc[i] = wave[i] - mean;
+    /* waveform - waveform.mean(): one float32 scalar, then a float32 subtraction per sample; done per frame
+     * below (into the frame scratch) rather than over the whole clip, to stay in L1. */
+    const float mean = fb->o.subtract_clip_mean ? (float)(sum / (double)(n * channels)) : 0.0f;
 
     const int win = fb->win, nbins = fb->nbins, half = fb->nfft / 2;
     const float pre = (float)fb->o.preemph, inv_win = 1.0f / (float)win;
@@ -391,12 +380,12 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     for (int64_t t0 = 0; t0 < used; t0 += BLK) {
         int nb = used - t0 < BLK ? (int)(used - t0) : BLK;
         for (int f = 0; f < nb; f++) {
-            const float *x = wc + (t0 + f) * fb->shift;
-            float *restrict in = fb->fft_in;
-            if (dither) {
-                for (int j = 0; j < win; j++) fr[j] = x[j] + rng_gauss(&fb->rng) * (float)fb->o.dither;
-                x = fr;
-            }
+            const float *src = wave + (t0 + f) * fb->shift;
+            float *restrict in = fb->fft_in, *restrict x = fr;
+#pragma omp simd
+            for (int j = 0; j < win; j++) x[j] = src[j] - mean;
+            if (dither)
+                for (int j = 0; j < win; j++) x[j] += rng_gauss(&fb->rng) * (float)fb->o.dither;
             float dc = 0.0f;
             if (fb->o.remove_dc) dc = frame_sum(x, win) * inv_win;
             /* x - dc, then y[j] - pre * y[max(j-1, 0)], then the window; float32 throughout as torch. */
