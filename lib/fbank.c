@@ -25,6 +25,46 @@ static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
 /* The hot loops are compiled twice, for the baseline and for AVX2+FMA, picked at load time (GNU ifunc).
  * The results are the same bits: -std=c11 keeps floating-point contraction off, so FMA is never fused
  * into the source's separate multiplies and adds. */
+/* An 8x8 transpose in registers (GCC vector extensions, lowered to the shuffles of the target): moves
+ * spectra between frame-major and bin-major order without scalar strided stores. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32)));
+
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+
+#define LOAD8(v, p)                                                                                          \
+    v8f v;                                                                                                   \
+    memcpy(&v, (p), 32)
+
+/* Written out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
+static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d, int64_t ds) {
+    LOAD8(r0, s);
+    LOAD8(r1, s + ss);
+    LOAD8(r2, s + 2 * ss);
+    LOAD8(r3, s + 3 * ss);
+    LOAD8(r4, s + 4 * ss);
+    LOAD8(r5, s + 5 * ss);
+    LOAD8(r6, s + 6 * ss);
+    LOAD8(r7, s + 7 * ss);
+    /* interleave pairs of rows, then pairs of pairs, within each 128-bit half */
+    v8f t0 = SHUF(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUF(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t2 = SHUF(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUF(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t4 = SHUF(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13), t5 = SHUF(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t6 = SHUF(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13), t7 = SHUF(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f u0 = SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), u1 = SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u2 = SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), u3 = SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u4 = SHUF(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13), u5 = SHUF(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u6 = SHUF(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13), u7 = SHUF(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
+    /* u0..u3: columns 0,1,2,3 of rows 0-3 (low half) and 4,5,6,7 (high half); u4..u7 the same of rows 4-7 */
+    v8f c0 = SHUF(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11), c4 = SHUF(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c1 = SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11), c5 = SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c2 = SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11), c6 = SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c3 = SHUF(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11), c7 = SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(d, &c0, 32), memcpy(d + ds, &c1, 32), memcpy(d + 2 * ds, &c2, 32), memcpy(d + 3 * ds, &c3, 32);
+    memcpy(d + 4 * ds, &c4, 32), memcpy(d + 5 * ds, &c5, 32), memcpy(d + 6 * ds, &c6, 32);
+    memcpy(d + 7 * ds, &c7, 32);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define HOT __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
@@ -44,6 +84,7 @@ struct cav_fbank {
     float *fft_in;        /* [nfft] FFTW-aligned; the tail past win stays zero */
     fftwf_complex *fft_out; /* [nfft/2+1] */
     float *power;         /* [nfft/2, BLK] */
+    float *pframes;       /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
     float *energy;        /* [nbins, BLK] */
     fftwf_plan plan;
     uint64_t rng;
@@ -191,9 +232,10 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     fb->fft_in = fftwf_malloc(sizeof(float) * nfft);
     fb->fft_out = fftwf_malloc(sizeof(fftwf_complex) * nfreq);
     fb->power = malloc(sizeof(float) * nfreq * BLK);
+    fb->pframes = malloc(sizeof(float) * nfreq * BLK);
     fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
     if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->frame ||
-        !fb->fft_in || !fb->fft_out || !fb->power || !fb->energy)
+        !fb->fft_in || !fb->fft_out || !fb->power || !fb->pframes || !fb->energy)
         goto oom;
     make_window(o, win, fb->window);
     make_mel(o, nfft, fb->nbins, high, fb->mel_dense);
@@ -248,6 +290,7 @@ void cav_fbank_free(cav_fbank *fb) {
     fftwf_free(fb->fft_in);
     fftwf_free(fb->fft_out);
     free(fb->power);
+    free(fb->pframes);
     free(fb->energy);
     free(fb);
 }
@@ -314,25 +357,29 @@ HOT void cav_logf_vec(const float *x, float *y, int n) {
     }
 }
 
-/* Sum of x[0..n) in double, and whether all are finite (exponent bits not all ones), in one pass. */
+/* Sum of x[0..n) and whether all are finite (exponent bits not all ones), in one pass: float partial sums
+ * over chunks of 2048 samples (16 lanes), chunk totals in double. */
 HOT static double sum_finite(const float *x, int64_t n, int *finite) {
-    double acc[8] = {0};
+    double s = 0;
     uint32_t bad = 0;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
+    while (i + 16 <= n) {
+        float acc[16] = {0};
+        int64_t end = i + 2048 <= n ? i + 2048 : n - (n - i) % 16;
+        for (; i < end; i += 16)
 #pragma omp simd reduction(| : bad)
-        for (int l = 0; l < 8; l++) {
-            uint32_t u;
-            memcpy(&u, &x[i + l], 4);
-            bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
-            acc[l] += x[i + l];
-        }
-    double s = 0;
+            for (int l = 0; l < 16; l++) {
+                uint32_t u;
+                memcpy(&u, &x[i + l], 4);
+                bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+                acc[l] += x[i + l];
+            }
+        for (int l = 0; l < 16; l++) s += acc[l];
+    }
     for (; i < n; i++) {
         bad |= !isfinite(x[i]);
         s += x[i];
     }
-    for (int l = 0; l < 8; l++) s += acc[l];
     *finite = !bad;
     return s;
 }
@@ -395,9 +442,14 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
             for (int j = 1; j < win; j++) in[j] = ((x[j] - dc) - pre * (x[j - 1] - dc)) * w[j];
             fftwf_execute(fb->plan);
             const float *c = (const float *)fb->fft_out;
+            float *restrict pf = fb->pframes + (size_t)f * half;
 #pragma omp simd
-            for (int k = 0; k < half; k++) pw[k * BLK + f] = c[2 * k] * c[2 * k] + c[2 * k + 1] * c[2 * k + 1];
+            for (int k = 0; k < half; k++) pf[k] = c[2 * k] * c[2 * k] + c[2 * k + 1] * c[2 * k + 1];
         }
+        int k8 = half & ~7;
+        for (int k = 0; k < k8; k += 8) transpose8(fb->pframes + k, half, pw + k * BLK, BLK);
+        for (int k = k8; k < half; k++)
+            for (int f = 0; f < BLK; f++) pw[k * BLK + f] = fb->pframes[(size_t)f * half + k];
         /* Lanes past nb in a last partial block hold stale values: computed, never written out. */
         for (int b = 0; b < nbins; b++) {
             const float *bw = fb->band_w + fb->band_off[b];
@@ -413,9 +465,11 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
             for (int f = 0; f < BLK; f++) en[b * BLK + f] = acc[f] > eps ? acc[f] : eps;
         }
         cav_logf_vec(en, en, nbins * BLK);
+        int b8 = nb == BLK ? nbins & ~7 : 0;
+        for (int b = 0; b < b8; b += 8) transpose8(en + b * BLK, BLK, out + t0 * nbins + b, nbins);
         for (int f = 0; f < nb; f++) {
             float *o = out + (t0 + f) * nbins;
-            for (int b = 0; b < nbins; b++) o[b] = en[b * BLK + f];
+            for (int b = b8; b < nbins; b++) o[b] = en[b * BLK + f];
         }
     }
     if (rows > used) memset(out + used * nbins, 0, sizeof(float) * (size_t)(rows - used) * nbins);
