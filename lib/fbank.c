@@ -488,6 +488,3 @@ double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     return check;
 }
 
-void cav_fbank_normalize(float *x, int64_t count, float mean, float std) {
-    for (int64_t i = 0; i < count; i++) x[i] = (x[i] - mean) / std;
-}

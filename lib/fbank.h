@@ -5,7 +5,8 @@
  *
  * A cav_fbank holds everything that depends only on the options (window, mel weights, FFT plan, scratch
  * buffers): build one per thread and per sample rate, then call cav_fbank_compute for each clip. Plan
- * creation and destruction are serialised internally, so objects may be built from several threads. */
+ * creation and destruction are serialised internally, so objects may be built from several threads.
+ * The loader's normalisation (x - mean) / std is cav_fbank_normalize in augment.h. */
 #ifndef CAV_FBANK_H
 #define CAV_FBANK_H
 
@@ -73,9 +74,6 @@ void cav_fbank_reseed(cav_fbank *fb, uint64_t seed);
 /* The FFT floor for benchmarks: runs the same FFTW transform over the clip's frames (the frame copy only,
  * no other processing) and returns a checksum so the work cannot be optimised away. */
 double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n);
-
-/* (x - mean) / std in place over count values. */
-void cav_fbank_normalize(float *x, int64_t count, float mean, float std);
 
 /* Fast natural log of x >= FLT_MIN for the feature path (branch-free, vectorisable; error below 2 ulp
  * of the result for the values fbank produces). Exposed for its unit test. */

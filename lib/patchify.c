@@ -1,5 +1,5 @@
-/* patchify.c: patch tokens in the reference's element orders, their inverse, norm_pix targets and the
- * ImageNet frame normalisation (see patchify.h). */
+/* patchify.c: patch tokens in the reference's element orders, their inverse and the norm_pix targets (see
+ * patchify.h). */
 #include "patchify.h"
 
 #include <math.h>
@@ -13,6 +13,10 @@ cav_plane cav_plane_fbank(int frames, int bins) {
 
 cav_plane cav_plane_hwc(int h, int w, int c) {
     return (cav_plane){.h = h, .w = w, .c = c, .sh = (int64_t)w * c, .sw = c, .sc = 1};
+}
+
+cav_plane cav_plane_chw(int c, int h, int w) {
+    return (cav_plane){.h = h, .w = w, .c = c, .sh = w, .sw = 1, .sc = (int64_t)h * w};
 }
 
 int cav_patch_grid(int size, int patch, int stride) {
@@ -103,10 +107,4 @@ void cav_norm_pix(float *tok, int ntok, int dim, float eps) {
         float m = (float)mean, d = (float)sqrt(var + (double)eps);
         for (int k = 0; k < dim; k++) t[k] = (t[k] - m) / d;
     }
-}
-
-void cav_image_normalize(const uint8_t *src, int64_t pixels, int c, const float *mean, const float *std,
-                         float *dst) {
-    for (int64_t i = 0; i < pixels; i++)
-        for (int k = 0; k < c; k++) dst[i * c + k] = ((float)src[i * c + k] / 255.0f - mean[k]) / std[k];
 }

@@ -20,9 +20,11 @@ typedef struct {
     int64_t sh, sw, sc;        /* element strides of row, column and channel */
 } cav_plane;
 
-/* The audio view of fbank [frames, bins] and the HWC view of a frame. */
+/* The audio view of fbank [frames, bins], the HWC view of a stored frame, and the CHW view of a
+ * normalised image (cav_image_normalize of augment.h: ToTensor + Normalize, as the model sees frames). */
 cav_plane cav_plane_fbank(int frames, int bins);
 cav_plane cav_plane_hwc(int h, int w, int c);
+cav_plane cav_plane_chw(int c, int h, int w);
 
 /* Grid size along one side; 0 when the patch does not fit or the arguments are invalid. */
 int cav_patch_grid(int size, int patch, int stride);
@@ -38,10 +40,5 @@ int64_t cav_unpatchify_f32(const cav_plane *pl, const float *tok, int patch, int
 
 /* norm_pix_loss targets in place: each token (t - mean) / sqrt(var + eps), var unbiased (÷ dim-1). */
 void cav_norm_pix(float *tok, int ntok, int dim, float eps);
-
-/* Frames as the model sees them (SPEC 1.5): x/255, then (x - mean[c]) / std[c] per channel (ImageNet
- * values by default in the tool), u8 HWC -> f32 HWC. */
-void cav_image_normalize(const uint8_t *src, int64_t pixels, int c, const float *mean, const float *std,
-                         float *dst);
 
 #endif

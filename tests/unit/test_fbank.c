@@ -2,6 +2,7 @@
  * frame counts and sizes from the options, refusals (options, non-finite, empty, short input), cut/pad,
  * dither reproducibility, normalisation, thread-safe construction, and the WAV parser on good and
  * malformed bytes. The comparison with torchaudio is test_fbank_ref.c. */
+#include "augment.h"
 #include "fbank.h"
 #include "harness.h"
 #include "wav.h"

@@ -2,6 +2,7 @@
  * PatchEmbed conv order, unfold for overlapping patches, norm_pix targets, ImageNet normalisation), and
  * round trips patchify -> unpatchify. */
 #include "harness.h"
+#include "augment.h"
 #include "patchify.h"
 
 #include <stdint.h>
@@ -57,15 +58,18 @@ static void video_tokens_match_reference(void) {
     REQUIRE(frame && norm && ref && conv);
     const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
     float *x = malloc(4 * 224 * 224 * 3), *tok = malloc(4 * 196 * 768), *back = malloc(4 * 224 * 224 * 3);
-    cav_image_normalize(frame, 224 * 224, 3, mean, std, x);
-    int64_t nd = ndiff(x, norm, 224 * 224 * 3, 0);
-    printf("  ImageNet normalisation: %lld of %d values differ from torchvision's, max tol 1e-6\n", (long long)nd,
-           224 * 224 * 3);
-    CHECK(ndiff(x, norm, 224 * 224 * 3, 1e-6) == 0);
-    cav_plane pl = cav_plane_hwc(224, 224, 3);
+    /* augment.h's normalisation gives CHW; patchify reads it through a CHW plane */
+    cav_image_normalize(frame, 224, 224, mean, std, x);
+    cav_plane chw = cav_plane_chw(3, 224, 224);
     int ntok, dim;
-    REQUIRE(cav_patch_shape(&pl, 16, 16, &ntok, &dim));
+    REQUIRE(cav_patch_shape(&chw, 16, 16, &ntok, &dim));
     CHECK(ntok == 196 && dim == 768);
+    cav_patchify_f32(&chw, x, 16, 16, tok);
+    int64_t nd = ndiff(tok, ref, 196 * 768, 0);
+    printf("  tokens of the normalised u8 frame: %lld of %d differ from the reference's (tol 1e-6)\n",
+           (long long)nd, 196 * 768);
+    CHECK(ndiff(tok, ref, 196 * 768, 1e-6) == 0);
+    cav_plane pl = cav_plane_hwc(224, 224, 3);
     cav_patchify_f32(&pl, norm, 16, 16, tok);
     CHECK(ndiff(tok, ref, 196 * 768, 0) == 0);
     /* PatchEmbed sees the same pixels per token in (c, p, q) order: element (p*16+q)*3+c = conv c*256+p*16+q */
