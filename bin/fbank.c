@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "augment.h"
+#include "avdecode.h"
 #include "cli.h"
 #include "fbank.h"
 #include "io.h"
@@ -184,19 +185,21 @@ int main(int argc, char **argv) {
     st.default_rate = 16000;
     const char *output = "-";
     char **wavs = calloc(argc, sizeof *wavs);
+    int *decode = calloc(argc, sizeof *decode); /* per file: 1 = through FFmpeg, 0 = WAV reader */
     int nwavs = 0;
     static const struct option longopts[] = {
-        {"output", 1, 0, 'o'}, {"wav", 1, 0, 'w'}, {"sample-rate", 1, 0, 'r'}, {"bins", 1, 0, 'b'},
+        {"output", 1, 0, 'o'}, {"wav", 1, 0, 'w'}, {"audio", 1, 0, 'a'}, {"sample-rate", 1, 0, 'r'}, {"bins", 1, 0, 'b'},
         {"frame-length", 1, 0, OPT_FLEN}, {"frame-shift", 1, 0, OPT_FSHIFT}, {"window", 1, 0, OPT_WINDOW},
         {"blackman-coeff", 1, 0, OPT_BCOEF}, {"low-freq", 1, 0, OPT_LOW}, {"high-freq", 1, 0, OPT_HIGH},
         {"preemphasis", 1, 0, OPT_PRE}, {"dither", 1, 0, OPT_DITHER}, {"seed", 1, 0, OPT_SEED},
         {"target-length", 1, 0, 't'}, {"normalize", 1, 0, OPT_NORM}, {"half", 0, 0, OPT_HALF},
         {"drop-wave", 0, 0, OPT_DROP}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "o:w:r:b:t:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:w:a:r:b:t:", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
         case 'w': wavs[nwavs++] = optarg; break;
+        case 'a': decode[nwavs] = 1, wavs[nwavs++] = optarg; break;
         case 'r': st.default_rate = cav_parse_double("--sample-rate", optarg, 1, 1e7); break;
         case 'b': st.o.num_mel_bins = (int)cav_parse_int("--bins", optarg, 4, 4096); break;
         case OPT_FLEN: st.o.frame_length_ms = cav_parse_double("--frame-length", optarg, 0.01, 10000); break;
@@ -241,11 +244,27 @@ int main(int argc, char **argv) {
     int64_t count = 0;
     cav_progress *prog = cav_progress_start("records", 0);
     if (nwavs) {
-        if (optind < argc) cav_usage_error("give either --wav files or record INPUTs, not both");
+        if (optind < argc) cav_usage_error("give either --wav/--audio files or record INPUTs, not both");
         open_writer(output, NULL, &st, argc, argv);
         for (int i = 0; i < nwavs; i++) {
             cav_wav w;
-            if (cav_wav_read(wavs[i], &w, &err)) fail(&err);
+            if (decode[i]) {
+                cav_av_opts ao;
+                cav_av_opts_default(&ao);
+                ao.video = 0;
+                cav_av_clip clip = {0};
+                cav_err e2 = {0};
+                if (cav_av_decode_file(wavs[i], &ao, &clip, &e2) != CAV_AV_OK) {
+                    cav_fail(&err, e2.code ? e2.code : CAV_EXIT_INPUT, "%s: %s", wavs[i], e2.msg);
+                    fail(&err);
+                }
+                w = (cav_wav){.rate = CAV_AV_RATE, .channels = 1, .frames = clip.nsamples, .dtype = CAV_I16,
+                              .data = clip.wave};
+                clip.wave = NULL;
+                cav_av_clip_free(&clip);
+            } else if (cav_wav_read(wavs[i], &w, &err)) {
+                fail(&err);
+            }
             char id[256], rate[32];
             int64_t shape[2] = {w.channels, w.frames};
             snprintf(rate, sizeof rate, "%d", w.rate);
@@ -291,6 +310,7 @@ int main(int argc, char **argv) {
     free(st.samples);
     free(st.out);
     free(wavs);
+    free(decode);
     (void)count;
     return 0;
 }

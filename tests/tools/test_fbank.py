@@ -90,6 +90,19 @@ def wav_input_matches_torchaudio():
         assert not fb[m:].any(), "padding rows are not zero"
 
 
+def audio_files_through_ffmpeg():
+    # FLAC is lossless and already 16 kHz mono: --audio (FFmpeg, as av-extract) must give the same values
+    # as --wav on the original.
+    wav = os.path.join(REF, "speech16k.wav")
+    flac = os.path.join(tmp, "speech16k.flac")
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", wav, flac], check=True)
+    a = records(run(["--wav", wav])[0])["speech16k"][1]
+    b = records(run(["--audio", flac])[0])["speech16k"][1]
+    assert np.array_equal(a["wave"], b["wave"]) and np.array_equal(a["fbank"], b["fbank"])
+    _, err = run(["--audio", "/etc/hostname"], code=2)
+    assert "/etc/hostname" in err, err
+
+
 def stream_in_shard_out_keeps_fields():
     rng = np.random.default_rng(5)
     wave16 = (rng.standard_normal(20000) * 3000).astype(np.int16)
@@ -162,6 +175,7 @@ def sanitizer_build_agrees():
 
 
 test(wav_input_matches_torchaudio)
+test(audio_files_through_ffmpeg)
 test(stream_in_shard_out_keeps_fields)
 test(options_normalize_half_length)
 test(bad_input_exits_2_naming_the_record)
