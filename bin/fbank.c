@@ -37,6 +37,8 @@ static const char usage[] =
     "      --normalize=MEAN,STD store (x-MEAN)/STD (the reference's loader uses -5.081,4.4849); default raw\n"
     "      --half               store float16 instead of float32\n"
     "      --drop-wave          remove the waveform from the output records\n"
+    "  -l, --level=N            zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
+    "                           compress little, so -l 1 or -l -3 saves most of the writing time)\n"
     "      --help               print this help and exit\n"
     "      --version            print the version and exit\n"
     "\n"
@@ -59,6 +61,7 @@ typedef struct {
 } state;
 
 static cav_writer *writer;
+static int level; /* 0 = the container's default */
 
 static noreturn void fail(const cav_err *err) {
     if (writer) cav_writer_abort(writer);
@@ -164,7 +167,7 @@ static void open_writer(const char *output, const cav_attrs *from, const state *
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     settings_attr(st, &a);
     cav_err err = {0};
-    writer = cav_writer_open(output, cav_format_for_path(output), &a, &err);
+    writer = cav_writer_open_level(output, cav_format_for_path(output), &a, level, &err);
     cav_attrs_clear(&a);
     if (!writer) fail(&err);
 }
@@ -188,16 +191,17 @@ int main(int argc, char **argv) {
     int *decode = calloc(argc, sizeof *decode); /* per file: 1 = through FFmpeg, 0 = WAV reader */
     int nwavs = 0;
     static const struct option longopts[] = {
-        {"output", 1, 0, 'o'}, {"wav", 1, 0, 'w'}, {"audio", 1, 0, 'a'}, {"sample-rate", 1, 0, 'r'}, {"bins", 1, 0, 'b'},
+        {"output", 1, 0, 'o'}, {"level", 1, 0, 'l'}, {"wav", 1, 0, 'w'}, {"audio", 1, 0, 'a'}, {"sample-rate", 1, 0, 'r'}, {"bins", 1, 0, 'b'},
         {"frame-length", 1, 0, OPT_FLEN}, {"frame-shift", 1, 0, OPT_FSHIFT}, {"window", 1, 0, OPT_WINDOW},
         {"blackman-coeff", 1, 0, OPT_BCOEF}, {"low-freq", 1, 0, OPT_LOW}, {"high-freq", 1, 0, OPT_HIGH},
         {"preemphasis", 1, 0, OPT_PRE}, {"dither", 1, 0, OPT_DITHER}, {"seed", 1, 0, OPT_SEED},
         {"target-length", 1, 0, 't'}, {"normalize", 1, 0, OPT_NORM}, {"half", 0, 0, OPT_HALF},
         {"drop-wave", 0, 0, OPT_DROP}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "o:w:a:r:b:t:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:l:w:a:r:b:t:", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
+        case 'l': level = (int)cav_parse_int("--level", optarg, -7, 19); break;
         case 'w': wavs[nwavs++] = optarg; break;
         case 'a': decode[nwavs] = 1, wavs[nwavs++] = optarg; break;
         case 'r': st.default_rate = cav_parse_double("--sample-rate", optarg, 1, 1e7); break;

@@ -35,6 +35,8 @@ static const char usage[] =
     "                           --image-norm, rounded as torchvision's save_image)\n"
     "      --fbank-size=TxF     fbank shape for --inverse (default 1024x128)\n"
     "      --image-size=HxW     frame shape for --inverse (default 224x224)\n"
+    "  -l, --level=N            zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
+    "                           compress little, so -l 1 or -l -3 saves most of the writing time)\n"
     "      --help               print this help and exit\n"
     "      --version            print the version and exit\n"
     "\n"
@@ -53,6 +55,7 @@ static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] 
 static const float unit_mean[3] = {0, 0, 0}, unit_std[3] = {1, 1, 1};
 
 static cav_writer *writer;
+static int level; /* 0 = the container's default */
 
 static noreturn void fail(const cav_err *err) {
     if (writer) cav_writer_abort(writer);
@@ -248,14 +251,15 @@ int main(int argc, char **argv) {
               .im_h = 224, .im_w = 224};
     const char *output = "-";
     static const struct option longopts[] = {
-        {"output", 1, 0, 'o'}, {"patch", 1, 0, 'p'}, {"stride", 1, 0, 's'}, {"norm-pix", 0, 0, OPT_NORMPIX},
+        {"output", 1, 0, 'o'}, {"level", 1, 0, 'l'}, {"patch", 1, 0, 'p'}, {"stride", 1, 0, 's'}, {"norm-pix", 0, 0, OPT_NORMPIX},
         {"image-norm", 1, 0, OPT_IMGNORM}, {"frame", 1, 0, OPT_FRAME}, {"audio-only", 0, 0, OPT_AONLY},
         {"video-only", 0, 0, OPT_VONLY}, {"drop-input", 0, 0, OPT_DROP}, {"inverse", 0, 0, OPT_INV},
         {"fbank-size", 1, 0, OPT_FBSIZE}, {"image-size", 1, 0, OPT_IMSIZE}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "o:p:s:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:l:p:s:", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
+        case 'l': level = (int)cav_parse_int("--level", optarg, -7, 19); break;
         case 'p': o.patch = (int)cav_parse_int("--patch", optarg, 1, 4096); break;
         case 's': o.stride = (int)cav_parse_int("--stride", optarg, 1, 4096); break;
         case OPT_NORMPIX: o.norm_pix = 1; break;
@@ -300,7 +304,7 @@ int main(int argc, char **argv) {
             if (cav_attrs_copy(&a, cav_reader_attrs(rd)) || cav_attrs_provenance(&a, argc, argv) ||
                 cav_attrs_set(&a, "patchify", s))
                 cav_die(CAV_EXIT_INTERNAL, "out of memory");
-            writer = cav_writer_open(output, cav_format_for_path(output), &a, &err);
+            writer = cav_writer_open_level(output, cav_format_for_path(output), &a, level, &err);
             cav_attrs_clear(&a);
             if (!writer) fail(&err);
         }

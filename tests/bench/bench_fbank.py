@@ -6,6 +6,7 @@ measured in one run as thread CPU time (the machine is shared), best of 5 passes
 nothing (not a test). Run by `make bench`; results go to tests/bench/RESULTS.md by hand."""
 import glob
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,27 @@ print(f"libcav fbank:                      {t_fb * 1e3:.3f} ms/clip  {1 / t_fb:8
 print(f"FFT floor (998 FFTW r2c 512):      {t_fft * 1e3:.3f} ms/clip  {1 / t_fft:8.1f} clips/s")
 print(f"ratio: fbank vs torchaudio {t_torch / t_fb:.2f}x faster (goal >= 2.5x); "
       f"fbank / FFT floor {t_fb / t_fft:.2f}x (goal <= 1.3x)")
+
+# The fbank tool end to end on a record stream of the same clips (decode the input stream, compute, zstd
+# the output stream), as child CPU time.
+sys.path.insert(0, os.path.join(src, "tests/tools"))
+import cavstream  # noqa: E402
+
+pcms = [np.frombuffer(wave.open(c).readframes(160000), "<i2") for c in clips]
+stream = cavstream.encode([(f"c{r}_{i}", {"sample_rate": "16000"}, [("wave", p)])
+                           for r in range(REPS) for i, p in enumerate(pcms)])
+tool = os.path.join(os.environ.get("CAV_BIN", os.path.join(build, "bin")), "fbank")
+for label, args in (("fbank tool, f32 output", []), ("fbank tool, -l -3", ["-l", "-3"]),
+                    ("fbank tool, --half --drop-wave", ["--half", "--drop-wave"])):
+    best = 1e30
+    for _ in range(3):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([tool] + args, input=stream, stdout=subprocess.DEVNULL, check=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
+    print(f"{label + ':':35s}{best / n * 1e3:.3f} ms/clip  {n / best:8.1f} clips/s  "
+          f"({t_torch / (best / n):.2f}x torchaudio's compute alone; stream in and out)")
 for f in glob.glob(os.path.join(tmp, "*")):
     os.unlink(f)
 os.rmdir(tmp)
