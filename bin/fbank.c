@@ -15,7 +15,8 @@
 
 static const char usage[] =
     "Usage: fbank [OPTION]... [INPUT]...\n"
-    "Add the log-mel filterbank `fbank` (f32 [1024,128] by default) of each record's `wave` (i16 or f32 [n] or\n"
+    "Add the log-mel filterbank `fbank` (f32 [1024,128] by default) of each record's `wave` (i16 or f32 [n] "
+    "or\n"
     "[channels,n], record attribute sample_rate) to the records of INPUTs (record streams or shards; '-' or\n"
     "none = stdin), computed exactly as the reference (torchaudio.compliance.kaldi.fbank), and write them.\n"
     "\n"
@@ -44,8 +45,20 @@ static const char usage[] =
     "\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
 
-enum { OPT_FLEN = 0x100, OPT_FSHIFT, OPT_WINDOW, OPT_BCOEF, OPT_LOW, OPT_HIGH, OPT_PRE, OPT_DITHER, OPT_SEED,
-       OPT_NORM, OPT_HALF, OPT_DROP };
+enum {
+    OPT_FLEN = 0x100,
+    OPT_FSHIFT,
+    OPT_WINDOW,
+    OPT_BCOEF,
+    OPT_LOW,
+    OPT_HIGH,
+    OPT_PRE,
+    OPT_DITHER,
+    OPT_SEED,
+    OPT_NORM,
+    OPT_HALF,
+    OPT_DROP
+};
 
 typedef struct {
     cav_fbank_opts o;
@@ -79,13 +92,14 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
     const char *id = rec->id ? rec->id : "";
     cav_tensor *wv = cav_record_find(rec, "wave");
     if (!wv)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): no 'wave' field", source, (long long)index,
-                        id);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): no 'wave' field", source,
+                        (long long)index, id);
     if ((wv->dtype != CAV_I16 && wv->dtype != CAV_F32) || wv->ndim < 1 || wv->ndim > 2)
-        return cav_fail(err, CAV_EXIT_INPUT,
-                        "%s: record %lld (id '%s'): wave: %s with %d dimensions; need i16 or f32 [n] or [channels,n]",
-                        source, (long long)index, id, cav_dtype_name(wv->dtype) ? cav_dtype_name(wv->dtype) : "?",
-                        wv->ndim);
+        return cav_fail(
+            err, CAV_EXIT_INPUT,
+            "%s: record %lld (id '%s'): wave: %s with %d dimensions; need i16 or f32 [n] or [channels,n]",
+            source, (long long)index, id, cav_dtype_name(wv->dtype) ? cav_dtype_name(wv->dtype) : "?",
+            wv->ndim);
     int channels = wv->ndim == 2 ? (int)wv->shape[0] : 1;
     int64_t n = wv->shape[wv->ndim - 1];
     double rate = st->default_rate;
@@ -94,8 +108,8 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
         char *end;
         rate = strtod(ra, &end);
         if (end == ra || *end || !(rate > 0) || rate > 1e7)
-            return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): sample_rate: '%s' is not a rate", source,
-                            (long long)index, id, ra);
+            return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): sample_rate: '%s' is not a rate",
+                            source, (long long)index, id, ra);
     }
     cav_fbank *fb = NULL;
     for (int i = 0; i < st->nbanks; i++)
@@ -106,7 +120,8 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
         cav_err e2;
         fb = cav_fbank_new(&o, &e2);
         if (!fb)
-            return cav_fail(err, e2.code, "%s: record %lld (id '%s'): sample_rate: unsupported rate %g Hz: %s", source,
+            return cav_fail(err, e2.code,
+                            "%s: record %lld (id '%s'): sample_rate: unsupported rate %g Hz: %s", source,
                             (long long)index, id, rate, e2.msg);
         if (st->nbanks == 16) cav_fbank_free(st->banks[--st->nbanks]);
         st->rates[st->nbanks] = rate;
@@ -133,7 +148,8 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
     if (st->o.dither != 0) cav_fbank_reseed(fb, id_seed(st->o.dither_seed, id));
     cav_err e2;
     if (cav_fbank_compute(fb, x, channels, n, st->out, NULL, &e2))
-        return cav_fail(err, e2.code, "%s: record %lld (id '%s'): wave: %s", source, (long long)index, id, e2.msg);
+        return cav_fail(err, e2.code, "%s: record %lld (id '%s'): wave: %s", source, (long long)index, id,
+                        e2.msg);
     if (st->normalize) cav_fbank_normalize(st->out, rows * bins, st->norm_mean, st->norm_std);
     int64_t shape[2] = {rows, bins};
     cav_tensor *t = cav_record_add(rec, "fbank", st->half ? CAV_F16 : CAV_F32, 2, shape);
@@ -190,37 +206,81 @@ int main(int argc, char **argv) {
     char **wavs = calloc(argc, sizeof *wavs);
     int *decode = calloc(argc, sizeof *decode); /* per file: 1 = through FFmpeg, 0 = WAV reader */
     int nwavs = 0;
-    static const struct option longopts[] = {
-        {"output", 1, 0, 'o'}, {"level", 1, 0, 'l'}, {"wav", 1, 0, 'w'}, {"audio", 1, 0, 'a'}, {"sample-rate", 1, 0, 'r'}, {"bins", 1, 0, 'b'},
-        {"frame-length", 1, 0, OPT_FLEN}, {"frame-shift", 1, 0, OPT_FSHIFT}, {"window", 1, 0, OPT_WINDOW},
-        {"blackman-coeff", 1, 0, OPT_BCOEF}, {"low-freq", 1, 0, OPT_LOW}, {"high-freq", 1, 0, OPT_HIGH},
-        {"preemphasis", 1, 0, OPT_PRE}, {"dither", 1, 0, OPT_DITHER}, {"seed", 1, 0, OPT_SEED},
-        {"target-length", 1, 0, 't'}, {"normalize", 1, 0, OPT_NORM}, {"half", 0, 0, OPT_HALF},
-        {"drop-wave", 0, 0, OPT_DROP}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"output", 1, 0, 'o'},
+                                             {"level", 1, 0, 'l'},
+                                             {"wav", 1, 0, 'w'},
+                                             {"audio", 1, 0, 'a'},
+                                             {"sample-rate", 1, 0, 'r'},
+                                             {"bins", 1, 0, 'b'},
+                                             {"frame-length", 1, 0, OPT_FLEN},
+                                             {"frame-shift", 1, 0, OPT_FSHIFT},
+                                             {"window", 1, 0, OPT_WINDOW},
+                                             {"blackman-coeff", 1, 0, OPT_BCOEF},
+                                             {"low-freq", 1, 0, OPT_LOW},
+                                             {"high-freq", 1, 0, OPT_HIGH},
+                                             {"preemphasis", 1, 0, OPT_PRE},
+                                             {"dither", 1, 0, OPT_DITHER},
+                                             {"seed", 1, 0, OPT_SEED},
+                                             {"target-length", 1, 0, 't'},
+                                             {"normalize", 1, 0, OPT_NORM},
+                                             {"half", 0, 0, OPT_HALF},
+                                             {"drop-wave", 0, 0, OPT_DROP},
+                                             CAV_STD_OPTIONS,
+                                             {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "o:l:w:a:r:b:t:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'o': output = optarg; break;
-        case 'l': level = (int)cav_parse_int("--level", optarg, -7, 19); break;
-        case 'w': wavs[nwavs++] = optarg; break;
-        case 'a': decode[nwavs] = 1, wavs[nwavs++] = optarg; break;
-        case 'r': st.default_rate = cav_parse_double("--sample-rate", optarg, 1, 1e7); break;
-        case 'b': st.o.num_mel_bins = (int)cav_parse_int("--bins", optarg, 4, 4096); break;
-        case OPT_FLEN: st.o.frame_length_ms = cav_parse_double("--frame-length", optarg, 0.01, 10000); break;
-        case OPT_FSHIFT: st.o.frame_shift_ms = cav_parse_double("--frame-shift", optarg, 0.01, 10000); break;
+        case 'o':
+            output = optarg;
+            break;
+        case 'l':
+            level = (int)cav_parse_int("--level", optarg, -7, 19);
+            break;
+        case 'w':
+            wavs[nwavs++] = optarg;
+            break;
+        case 'a':
+            decode[nwavs] = 1, wavs[nwavs++] = optarg;
+            break;
+        case 'r':
+            st.default_rate = cav_parse_double("--sample-rate", optarg, 1, 1e7);
+            break;
+        case 'b':
+            st.o.num_mel_bins = (int)cav_parse_int("--bins", optarg, 4, 4096);
+            break;
+        case OPT_FLEN:
+            st.o.frame_length_ms = cav_parse_double("--frame-length", optarg, 0.01, 10000);
+            break;
+        case OPT_FSHIFT:
+            st.o.frame_shift_ms = cav_parse_double("--frame-shift", optarg, 0.01, 10000);
+            break;
         case OPT_WINDOW: {
             int w = cav_window_parse(optarg);
             if (w < 0) cav_usage_error("option --window: unknown window '%s'", optarg);
             st.o.window = (cav_window)w;
             break;
         }
-        case OPT_BCOEF: st.o.blackman_coeff = cav_parse_double("--blackman-coeff", optarg, -10, 10); break;
-        case OPT_LOW: st.o.low_freq = cav_parse_double("--low-freq", optarg, 0, 1e7); break;
-        case OPT_HIGH: st.o.high_freq = cav_parse_double("--high-freq", optarg, -1e7, 1e7); break;
-        case OPT_PRE: st.o.preemph = cav_parse_double("--preemphasis", optarg, 0, 1); break;
-        case OPT_DITHER: st.o.dither = cav_parse_double("--dither", optarg, 0, 1e3); break;
-        case OPT_SEED: st.o.dither_seed = (uint64_t)cav_parse_int("--seed", optarg, 0, INT64_MAX); break;
-        case 't': st.o.target_length = (int)cav_parse_int("--target-length", optarg, 0, 1 << 24); break;
+        case OPT_BCOEF:
+            st.o.blackman_coeff = cav_parse_double("--blackman-coeff", optarg, -10, 10);
+            break;
+        case OPT_LOW:
+            st.o.low_freq = cav_parse_double("--low-freq", optarg, 0, 1e7);
+            break;
+        case OPT_HIGH:
+            st.o.high_freq = cav_parse_double("--high-freq", optarg, -1e7, 1e7);
+            break;
+        case OPT_PRE:
+            st.o.preemph = cav_parse_double("--preemphasis", optarg, 0, 1);
+            break;
+        case OPT_DITHER:
+            st.o.dither = cav_parse_double("--dither", optarg, 0, 1e3);
+            break;
+        case OPT_SEED:
+            st.o.dither_seed = (uint64_t)cav_parse_int("--seed", optarg, 0, INT64_MAX);
+            break;
+        case 't':
+            st.o.target_length = (int)cav_parse_int("--target-length", optarg, 0, 1 << 24);
+            break;
         case OPT_NORM: {
             double v[2];
             if (cav_parse_doubles("--normalize", optarg, v, 2) != 2 || !(v[1] > 0))
@@ -228,9 +288,14 @@ int main(int argc, char **argv) {
             st.normalize = 1, st.norm_mean = (float)v[0], st.norm_std = (float)v[1];
             break;
         }
-        case OPT_HALF: st.half = 1; break;
-        case OPT_DROP: st.drop_wave = 1; break;
-        default: cav_std_option(c, usage);
+        case OPT_HALF:
+            st.half = 1;
+            break;
+        case OPT_DROP:
+            st.drop_wave = 1;
+            break;
+        default:
+            cav_std_option(c, usage);
         }
     }
     /* Check the options once at the default rate, so a bad combination is a usage error up front. */
@@ -262,7 +327,10 @@ int main(int argc, char **argv) {
                     cav_fail(&err, e2.code ? e2.code : CAV_EXIT_INPUT, "%s: %s", wavs[i], e2.msg);
                     fail(&err);
                 }
-                w = (cav_wav){.rate = CAV_AV_RATE, .channels = 1, .frames = clip.nsamples, .dtype = CAV_I16,
+                w = (cav_wav){.rate = CAV_AV_RATE,
+                              .channels = 1,
+                              .frames = clip.nsamples,
+                              .dtype = CAV_I16,
                               .data = clip.wave};
                 clip.wave = NULL;
                 cav_av_clip_free(&clip);
@@ -274,9 +342,10 @@ int main(int argc, char **argv) {
             snprintf(rate, sizeof rate, "%d", w.rate);
             cav_record_clear(&rec);
             if (cav_record_set_id(&rec, base_id(wavs[i], id, sizeof id)) ||
-                !cav_record_put(&rec, "wave", w.dtype, w.channels > 1 ? 2 : 1, w.channels > 1 ? shape : shape + 1,
-                                w.data) ||
-                cav_attrs_set(&rec.attrs, "sample_rate", rate) || cav_attrs_set(&rec.attrs, "source", wavs[i]))
+                !cav_record_put(&rec, "wave", w.dtype, w.channels > 1 ? 2 : 1,
+                                w.channels > 1 ? shape : shape + 1, w.data) ||
+                cav_attrs_set(&rec.attrs, "sample_rate", rate) ||
+                cav_attrs_set(&rec.attrs, "source", wavs[i]))
                 cav_die(CAV_EXIT_INTERNAL, "out of memory");
             cav_wav_free(&w);
             if (process(&st, &rec, wavs[i], 0, &err) || cav_writer_put(writer, &rec, &err)) fail(&err);

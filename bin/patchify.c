@@ -27,7 +27,8 @@ static const char usage[] =
     "                           norm_pix_loss targets)\n"
     "      --image-norm=MODE    imagenet (default: x/255 then ImageNet mean/std, as the model sees frames),\n"
     "                           unit (x/255) or none (0..255)\n"
-    "      --frame=I            only frame I (0-based; the reference evaluates frame 5): video_patches [L,D]\n"
+    "      --frame=I            only frame I (0-based; the reference evaluates frame 5): video_patches "
+    "[L,D]\n"
     "      --audio-only         only fbank -> audio_patches\n"
     "      --video-only         only frames -> video_patches\n"
     "      --drop-input         remove the fields that were patchified\n"
@@ -42,8 +43,17 @@ static const char usage[] =
     "\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
 
-enum { OPT_NORMPIX = 0x100, OPT_IMGNORM, OPT_FRAME, OPT_AONLY, OPT_VONLY, OPT_DROP, OPT_INV, OPT_FBSIZE,
-       OPT_IMSIZE };
+enum {
+    OPT_NORMPIX = 0x100,
+    OPT_IMGNORM,
+    OPT_FRAME,
+    OPT_AONLY,
+    OPT_VONLY,
+    OPT_DROP,
+    OPT_INV,
+    OPT_FBSIZE,
+    OPT_IMSIZE
+};
 enum { NORM_IMAGENET, NORM_UNIT, NORM_NONE };
 
 typedef struct {
@@ -99,7 +109,8 @@ static int audio_forward(const opts *o, cav_record *rec, const char *where, cav_
 }
 
 /* The frames of a record as u8 RGB [n,h,w,3]: raw `frames`, or decoded `frames_jpeg`. */
-static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, int *w, int *single, cav_err *err) {
+static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, int *w, int *single,
+                           cav_err *err) {
     cav_tensor *t = cav_record_find(rec, "frames");
     if (t) {
         if (t->dtype != CAV_U8 || (t->ndim != 4 && t->ndim != 3) || t->shape[t->ndim - 1] != 3)
@@ -114,15 +125,18 @@ static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, i
     t = cav_record_find(rec, "frames_jpeg");
     if (!t) return NULL;
     cav_tensor *off = cav_record_find(rec, "frames_jpeg_offsets");
-    if (t->dtype != CAV_U8 || t->ndim != 1 || !off || off->dtype != CAV_I64 || off->ndim != 1 || off->shape[0] < 2)
+    if (t->dtype != CAV_U8 || t->ndim != 1 || !off || off->dtype != CAV_I64 || off->ndim != 1 ||
+        off->shape[0] < 2)
         return BAD("%s: frames_jpeg: need u8 [bytes] and frames_jpeg_offsets i64 [N+1]", where), NULL;
     const int64_t *o = off->data;
     *n = (int)(off->shape[0] - 1), *single = 0;
     uint8_t *all = NULL;
     for (int k = 0; k < *n; k++) {
         if (o[k] < 0 || o[k + 1] < o[k] || o[k + 1] > t->shape[0])
-            return free(all), BAD("%s: frames_jpeg_offsets: frame %d spans [%lld,%lld) outside %lld bytes", where, k,
-                                  (long long)o[k], (long long)o[k + 1], (long long)t->shape[0]), NULL;
+            return free(all),
+                   BAD("%s: frames_jpeg_offsets: frame %d spans [%lld,%lld) outside %lld bytes", where, k,
+                       (long long)o[k], (long long)o[k + 1], (long long)t->shape[0]),
+                   NULL;
         int fw, fh;
         cav_err e2;
         const uint8_t *src = (const uint8_t *)t->data + o[k];
@@ -133,7 +147,8 @@ static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, i
             all = malloc((size_t)*n * fw * fh * 3);
             if (!all) return OOM(), NULL;
         } else if (fw != *w || fh != *h) {
-            return free(all), BAD("%s: frames_jpeg: frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh, *w, *h), NULL;
+            return free(all),
+                   BAD("%s: frames_jpeg: frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh, *w, *h), NULL;
         }
         size_t fsz = (size_t)fw * fh * 3;
         if (cav_jpeg_decode(src, (size_t)(o[k + 1] - o[k]), all + k * fsz, fsz, &fw, &fh, &e2))
@@ -149,15 +164,18 @@ static int video_forward(const opts *o, cav_record *rec, const char *where, cav_
     if (!px) return err->code ? -1 : 0;
     int first = 0, count = n;
     if (o->frame >= 0) {
-        if (o->frame >= n) return free(px), BAD("%s: frames: --frame=%d but the record has %d", where, o->frame, n);
+        if (o->frame >= n)
+            return free(px), BAD("%s: frames: --frame=%d but the record has %d", where, o->frame, n);
         first = o->frame, count = 1, single = 1;
     }
     cav_plane hwc = cav_plane_hwc(h, w, 3), chw = cav_plane_chw(3, h, w);
     int ntok, dim;
     if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
-        return free(px), BAD("%s: frames: %dx%d is smaller than one %d x %d patch", where, h, w, o->patch, o->patch);
+        return free(px),
+               BAD("%s: frames: %dx%d is smaller than one %d x %d patch", where, h, w, o->patch, o->patch);
     int64_t shape[3] = {count, ntok, dim};
-    cav_tensor *out = cav_record_add(rec, "video_patches", CAV_F32, single ? 2 : 3, single ? shape + 1 : shape);
+    cav_tensor *out =
+        cav_record_add(rec, "video_patches", CAV_F32, single ? 2 : 3, single ? shape + 1 : shape);
     float *img = malloc(sizeof(float) * (size_t)h * w * 3);
     if (!out || !img) return free(px), free(img), OOM();
     for (int k = 0; k < count; k++) {
@@ -187,10 +205,11 @@ static int audio_inverse(const opts *o, cav_record *rec, const char *where, cav_
     if (!t) return 0;
     cav_plane pl = cav_plane_fbank(o->fb_t, o->fb_f);
     int ntok, dim;
-    if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim)) return BAD("%s: --fbank-size too small", where);
+    if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
+        return BAD("%s: --fbank-size too small", where);
     if (t->dtype != CAV_F32 || t->ndim != 2 || t->shape[0] != ntok || t->shape[1] != dim)
-        return BAD("%s: audio_patches: need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d", where, ntok, dim,
-                   o->fb_t, o->fb_f, o->patch, o->stride);
+        return BAD("%s: audio_patches: need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d", where,
+                   ntok, dim, o->fb_t, o->fb_f, o->patch, o->stride);
     int64_t shape[2] = {o->fb_t, o->fb_f};
     cav_tensor *out = cav_record_add(rec, "fbank", CAV_F32, 2, shape);
     if (!out) return OOM();
@@ -205,11 +224,13 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
     if (!t) return 0;
     cav_plane hwc = cav_plane_hwc(o->im_h, o->im_w, 3);
     int ntok, dim;
-    if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim)) return BAD("%s: --image-size too small", where);
+    if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
+        return BAD("%s: --image-size too small", where);
     if (t->dtype != CAV_F32 || t->ndim < 2 || t->ndim > 3 || t->shape[t->ndim - 2] != ntok ||
         t->shape[t->ndim - 1] != dim)
-        return BAD("%s: video_patches: need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
-                   where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
+        return BAD(
+            "%s: video_patches: need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
+            where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
     int n = t->ndim == 3 ? (int)t->shape[0] : 1;
     int64_t shape[4] = {n, o->im_h, o->im_w, 3};
     size_t npx = (size_t)o->im_h * o->im_w * 3;
@@ -219,16 +240,19 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
     const float *mean = o->image_norm == NORM_IMAGENET ? imagenet_mean : unit_mean;
     const float *std = o->image_norm == NORM_IMAGENET ? imagenet_std : unit_std;
     for (int k = 0; k < n; k++) {
-        if (cav_unpatchify_f32(&hwc, (const float *)t->data + (size_t)k * ntok * dim, o->patch, o->stride, img) < 0)
+        if (cav_unpatchify_f32(&hwc, (const float *)t->data + (size_t)k * ntok * dim, o->patch, o->stride,
+                               img) < 0)
             return free(img), free(u8), OOM();
         for (size_t i = 0; i < npx; i++) {
             int c = (int)(i % 3);
             /* back to [0,1] (or 0..255 with none), then save_image's uint8(clamp(x*255+0.5, 0, 255)) */
-            float v = o->image_norm == NORM_NONE ? img[i] + 0.5f : (img[i] * std[c] + mean[c]) * 255.0f + 0.5f;
+            float v =
+                o->image_norm == NORM_NONE ? img[i] + 0.5f : (img[i] * std[c] + mean[c]) * 255.0f + 0.5f;
             u8[k * npx + i] = (uint8_t)(v <= 0 || v != v ? 0 : v >= 255 ? 255 : v);
         }
     }
-    cav_tensor *out = cav_record_put(rec, "frames", CAV_U8, t->ndim == 3 ? 4 : 3, t->ndim == 3 ? shape : shape + 1, u8);
+    cav_tensor *out =
+        cav_record_put(rec, "frames", CAV_U8, t->ndim == 3 ? 4 : 3, t->ndim == 3 ? shape : shape + 1, u8);
     free(img);
     free(u8);
     if (!out) return OOM();
@@ -247,36 +271,82 @@ static void parse_size(const char *opt, const char *s, int *a, int *b) {
 
 int main(int argc, char **argv) {
     cav_set_tool("patchify");
-    opts o = {.patch = 16, .stride = 0, .frame = -1, .audio = 1, .video = 1, .fb_t = 1024, .fb_f = 128,
-              .im_h = 224, .im_w = 224};
+    opts o = {.patch = 16,
+              .stride = 0,
+              .frame = -1,
+              .audio = 1,
+              .video = 1,
+              .fb_t = 1024,
+              .fb_f = 128,
+              .im_h = 224,
+              .im_w = 224};
     const char *output = "-";
-    static const struct option longopts[] = {
-        {"output", 1, 0, 'o'}, {"level", 1, 0, 'l'}, {"patch", 1, 0, 'p'}, {"stride", 1, 0, 's'}, {"norm-pix", 0, 0, OPT_NORMPIX},
-        {"image-norm", 1, 0, OPT_IMGNORM}, {"frame", 1, 0, OPT_FRAME}, {"audio-only", 0, 0, OPT_AONLY},
-        {"video-only", 0, 0, OPT_VONLY}, {"drop-input", 0, 0, OPT_DROP}, {"inverse", 0, 0, OPT_INV},
-        {"fbank-size", 1, 0, OPT_FBSIZE}, {"image-size", 1, 0, OPT_IMSIZE}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"output", 1, 0, 'o'},
+                                             {"level", 1, 0, 'l'},
+                                             {"patch", 1, 0, 'p'},
+                                             {"stride", 1, 0, 's'},
+                                             {"norm-pix", 0, 0, OPT_NORMPIX},
+                                             {"image-norm", 1, 0, OPT_IMGNORM},
+                                             {"frame", 1, 0, OPT_FRAME},
+                                             {"audio-only", 0, 0, OPT_AONLY},
+                                             {"video-only", 0, 0, OPT_VONLY},
+                                             {"drop-input", 0, 0, OPT_DROP},
+                                             {"inverse", 0, 0, OPT_INV},
+                                             {"fbank-size", 1, 0, OPT_FBSIZE},
+                                             {"image-size", 1, 0, OPT_IMSIZE},
+                                             CAV_STD_OPTIONS,
+                                             {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "o:l:p:s:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'o': output = optarg; break;
-        case 'l': level = (int)cav_parse_int("--level", optarg, -7, 19); break;
-        case 'p': o.patch = (int)cav_parse_int("--patch", optarg, 1, 4096); break;
-        case 's': o.stride = (int)cav_parse_int("--stride", optarg, 1, 4096); break;
-        case OPT_NORMPIX: o.norm_pix = 1; break;
-        case OPT_IMGNORM:
-            if (!strcmp(optarg, "imagenet")) o.image_norm = NORM_IMAGENET;
-            else if (!strcmp(optarg, "unit")) o.image_norm = NORM_UNIT;
-            else if (!strcmp(optarg, "none")) o.image_norm = NORM_NONE;
-            else cav_usage_error("option --image-norm: '%s' is not imagenet, unit or none", optarg);
+        case 'o':
+            output = optarg;
             break;
-        case OPT_FRAME: o.frame = (int)cav_parse_int("--frame", optarg, 0, 1 << 20); break;
-        case OPT_AONLY: o.video = 0; break;
-        case OPT_VONLY: o.audio = 0; break;
-        case OPT_DROP: o.drop = 1; break;
-        case OPT_INV: o.inverse = 1; break;
-        case OPT_FBSIZE: parse_size("--fbank-size", optarg, &o.fb_t, &o.fb_f); break;
-        case OPT_IMSIZE: parse_size("--image-size", optarg, &o.im_h, &o.im_w); break;
-        default: cav_std_option(c, usage);
+        case 'l':
+            level = (int)cav_parse_int("--level", optarg, -7, 19);
+            break;
+        case 'p':
+            o.patch = (int)cav_parse_int("--patch", optarg, 1, 4096);
+            break;
+        case 's':
+            o.stride = (int)cav_parse_int("--stride", optarg, 1, 4096);
+            break;
+        case OPT_NORMPIX:
+            o.norm_pix = 1;
+            break;
+        case OPT_IMGNORM:
+            if (!strcmp(optarg, "imagenet"))
+                o.image_norm = NORM_IMAGENET;
+            else if (!strcmp(optarg, "unit"))
+                o.image_norm = NORM_UNIT;
+            else if (!strcmp(optarg, "none"))
+                o.image_norm = NORM_NONE;
+            else
+                cav_usage_error("option --image-norm: '%s' is not imagenet, unit or none", optarg);
+            break;
+        case OPT_FRAME:
+            o.frame = (int)cav_parse_int("--frame", optarg, 0, 1 << 20);
+            break;
+        case OPT_AONLY:
+            o.video = 0;
+            break;
+        case OPT_VONLY:
+            o.audio = 0;
+            break;
+        case OPT_DROP:
+            o.drop = 1;
+            break;
+        case OPT_INV:
+            o.inverse = 1;
+            break;
+        case OPT_FBSIZE:
+            parse_size("--fbank-size", optarg, &o.fb_t, &o.fb_f);
+            break;
+        case OPT_IMSIZE:
+            parse_size("--image-size", optarg, &o.im_h, &o.im_w);
+            break;
+        default:
+            cav_std_option(c, usage);
         }
     }
     if (!o.stride) o.stride = o.patch;
@@ -298,9 +368,11 @@ int main(int argc, char **argv) {
             cav_attrs a;
             cav_attrs_init(&a);
             char s[256];
-            snprintf(s, sizeof s, "%s patch=%d stride=%d norm_pix=%d image_norm=%s", o.inverse ? "inverse" : "forward",
-                     o.patch, o.stride, o.norm_pix,
-                     o.image_norm == NORM_IMAGENET ? "imagenet" : o.image_norm == NORM_UNIT ? "unit" : "none");
+            snprintf(s, sizeof s, "%s patch=%d stride=%d norm_pix=%d image_norm=%s",
+                     o.inverse ? "inverse" : "forward", o.patch, o.stride, o.norm_pix,
+                     o.image_norm == NORM_IMAGENET ? "imagenet"
+                     : o.image_norm == NORM_UNIT   ? "unit"
+                                                   : "none");
             if (cav_attrs_copy(&a, cav_reader_attrs(rd)) || cav_attrs_provenance(&a, argc, argv) ||
                 cav_attrs_set(&a, "patchify", s))
                 cav_die(CAV_EXIT_INTERNAL, "out of memory");
@@ -322,7 +394,8 @@ int main(int argc, char **argv) {
                 if (o.video && (rv = video_forward(&o, &rec, where, &err)) < 0) fail(&err);
             }
             if (!ra && !rv) {
-                cav_fail(&err, CAV_EXIT_INPUT, "%s: nothing to %s: no %s", where, o.inverse ? "reassemble" : "patchify",
+                cav_fail(&err, CAV_EXIT_INPUT, "%s: nothing to %s: no %s", where,
+                         o.inverse ? "reassemble" : "patchify",
                          o.inverse ? "audio_patches or video_patches" : "fbank, frames or frames_jpeg");
                 fail(&err);
             }

@@ -37,7 +37,8 @@ typedef int v8i __attribute__((vector_size(32)));
     memcpy(&v, (p), 32)
 
 /* Written out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
-static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d, int64_t ds) {
+static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
+                                                             int64_t ds) {
     LOAD8(r0, s);
     LOAD8(r1, s + ss);
     LOAD8(r2, s + 2 * ss);
@@ -74,18 +75,18 @@ static inline __attribute__((always_inline)) void transpose8(const float *s, int
 struct cav_fbank {
     cav_fbank_opts o;
     int win, shift, nfft, nbins;
-    float *window;        /* [win] */
-    float *mel_dense;     /* [nbins, nfft/2+1], as torchaudio builds it */
-    int *band_start;      /* [nbins] first FFT bin with non-zero weight */
-    int *band_len;        /* [nbins] */
-    int *band_off;        /* [nbins] offset into band_w */
-    float *band_w;        /* the non-zero weights, band after band */
-    float *frame;         /* [win] scratch: one frame after dither and DC removal */
-    float *fft_in;        /* [nfft] FFTW-aligned; the tail past win stays zero */
+    float *window;          /* [win] */
+    float *mel_dense;       /* [nbins, nfft/2+1], as torchaudio builds it */
+    int *band_start;        /* [nbins] first FFT bin with non-zero weight */
+    int *band_len;          /* [nbins] */
+    int *band_off;          /* [nbins] offset into band_w */
+    float *band_w;          /* the non-zero weights, band after band */
+    float *frame;           /* [win] scratch: one frame after dither and DC removal */
+    float *fft_in;          /* [nfft] FFTW-aligned; the tail past win stays zero */
     fftwf_complex *fft_out; /* [nfft/2+1] */
-    float *power;         /* [nfft/2, BLK] */
-    float *pframes;       /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
-    float *energy;        /* [nbins, BLK] */
+    float *power;           /* [nfft/2, BLK] */
+    float *pframes;         /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
+    float *energy;          /* [nbins, BLK] */
     fftwf_plan plan;
     uint64_t rng;
 };
@@ -116,7 +117,9 @@ int cav_window_parse(const char *name) {
     return -1;
 }
 
-const char *cav_window_name(cav_window w) { return (unsigned)w < 5 ? window_names[w] : "?"; }
+const char *cav_window_name(cav_window w) {
+    return (unsigned)w < 5 ? window_names[w] : "?";
+}
 
 /* torch.hann_window / hamming_window (periodic=False) are arange(N) * (2π/(N-1)), cos, * -beta, + alpha,
  * each step in float32; the Blackman window of kaldi.py likewise. */
@@ -148,7 +151,9 @@ static void make_window(const cav_fbank_opts *o, int n, float *w) {
     if (n == 1) w[0] = 1.0f;
 }
 
-static double mel_scale(double f) { return 1127.0 * log(1.0 + f / 700.0); }
+static double mel_scale(double f) {
+    return 1127.0 * log(1.0 + f / 700.0);
+}
 
 /* get_mel_banks of kaldi.py: the band edges are float32 (arange * delta + low), the FFT bin mels are
  * float32 (1127 * log(1 + f/700)), the slopes and min/max too. Dense [nbins, nfft/2+1]. */
@@ -202,7 +207,8 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
         cav_fail(err, CAV_EXIT_INPUT, "%d mel bins: need at least 4", o->num_mel_bins);
         return NULL;
     }
-    if (!(o->low_freq >= 0.0 && o->low_freq < nyquist && high > 0.0 && high <= nyquist && o->low_freq < high)) {
+    if (!(o->low_freq >= 0.0 && o->low_freq < nyquist && high > 0.0 && high <= nyquist &&
+          o->low_freq < high)) {
         cav_fail(err, CAV_EXIT_INPUT, "mel range %g-%g Hz does not fit in 0-%g Hz (Nyquist at %g Hz)",
                  o->low_freq, high, nyquist, o->sample_rate);
         return NULL;
@@ -295,10 +301,18 @@ void cav_fbank_free(cav_fbank *fb) {
     free(fb);
 }
 
-int cav_fbank_window_size(const cav_fbank *fb) { return fb->win; }
-int cav_fbank_window_shift(const cav_fbank *fb) { return fb->shift; }
-int cav_fbank_fft_size(const cav_fbank *fb) { return fb->nfft; }
-int cav_fbank_bins(const cav_fbank *fb) { return fb->nbins; }
+int cav_fbank_window_size(const cav_fbank *fb) {
+    return fb->win;
+}
+int cav_fbank_window_shift(const cav_fbank *fb) {
+    return fb->shift;
+}
+int cav_fbank_fft_size(const cav_fbank *fb) {
+    return fb->nfft;
+}
+int cav_fbank_bins(const cav_fbank *fb) {
+    return fb->nbins;
+}
 
 int64_t cav_fbank_num_frames(const cav_fbank *fb, int64_t n) {
     return n < fb->win ? 0 : 1 + (n - fb->win) / fb->shift;
@@ -312,7 +326,9 @@ void cav_fbank_mel_weights(const cav_fbank *fb, float *out) {
     memcpy(out, fb->mel_dense, sizeof(float) * (size_t)fb->nbins * (fb->nfft / 2 + 1));
 }
 
-void cav_fbank_reseed(cav_fbank *fb, uint64_t seed) { fb->rng = seed; }
+void cav_fbank_reseed(cav_fbank *fb, uint64_t seed) {
+    fb->rng = seed;
+}
 
 /* splitmix64, then Box-Muller: a reproducible Gaussian stream for dither. */
 static double rng_uniform(uint64_t *s) {
@@ -409,8 +425,9 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
                 return cav_fail(err, CAV_EXIT_INPUT, "sample %lld of channel %d is not finite (%g)",
                                 (long long)(i % n), (int)(i / n), wave[i]);
     if (n < fb->win)
-        return cav_fail(err, CAV_EXIT_INPUT, "%lld samples: shorter than one %d-sample frame (%g ms at %g Hz)",
-                        (long long)n, fb->win, fb->o.frame_length_ms, fb->o.sample_rate);
+        return cav_fail(err, CAV_EXIT_INPUT,
+                        "%lld samples: shorter than one %d-sample frame (%g ms at %g Hz)", (long long)n,
+                        fb->win, fb->o.frame_length_ms, fb->o.sample_rate);
     /* waveform - waveform.mean(): one float32 scalar, then a float32 subtraction per sample; done per frame
      * below (into the frame scratch) rather than over the whole clip, to stay in L1. */
     const float mean = fb->o.subtract_clip_mean ? (float)(sum / (double)(n * channels)) : 0.0f;
@@ -487,4 +504,3 @@ double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     }
     return check;
 }
-

@@ -34,7 +34,7 @@ int cav_patch_shape(const cav_plane *pl, int patch, int stride, int *ntok, int *
 }
 
 #define PATCH_LOOP(BODY)                                                                                     \
-    int gh = cav_patch_grid(pl->h, patch, stride), gw = cav_patch_grid(pl->w, patch, stride);               \
+    int gh = cav_patch_grid(pl->h, patch, stride), gw = cav_patch_grid(pl->w, patch, stride);                \
     const int C = pl->c;                                                                                     \
     for (int i = 0; i < gh; i++)                                                                             \
         for (int j = 0; j < gw; j++) {                                                                       \
@@ -42,8 +42,8 @@ int cav_patch_shape(const cav_plane *pl, int patch, int stride, int *ntok, int *
             for (int p = 0; p < patch; p++)                                                                  \
                 for (int q = 0; q < patch; q++)                                                              \
                     for (int c = 0; c < C; c++) {                                                            \
-                        int64_t at = (int64_t)(i * stride + p) * pl->sh + (int64_t)(j * stride + q) * pl->sw + \
-                                     c * pl->sc;                                                             \
+                        int64_t at = (int64_t)(i * stride + p) * pl->sh +                                    \
+                                     (int64_t)(j * stride + q) * pl->sw + c * pl->sc;                        \
                         BODY;                                                                                \
                     }                                                                                        \
         }
@@ -52,9 +52,8 @@ void cav_patchify_f32(const cav_plane *pl, const float *src, int patch, int stri
     PATCH_LOOP(o[(p * patch + q) * C + c] = src[at])
 }
 
-void cav_patchify_u8(const cav_plane *pl, const uint8_t *src, int patch, int stride, float *tok) {
-    PATCH_LOOP(o[(p * patch + q) * C + c] = (float)src[at])
-}
+void cav_patchify_u8(const cav_plane *pl, const uint8_t *src, int patch, int stride,
+                     float *tok){PATCH_LOOP(o[(p * patch + q) * C + c] = (float)src[at])}
 
 int64_t cav_unpatchify_f32(const cav_plane *pl, const float *tok, int patch, int stride, float *dst) {
     /* Accumulate sums and counts in plane order, then divide: with S = P each pixel has one patch and the
@@ -87,7 +86,9 @@ int64_t cav_unpatchify_f32(const cav_plane *pl, const float *tok, int patch, int
             int64_t px = (int64_t)y * pl->w + x;
             uncovered += cnt[px] == 0;
             for (int c = 0; c < pl->c; c++) {
-                float v = cnt[px] ? (cnt[px] == 1 ? sum[px * pl->c + c] : sum[px * pl->c + c] / (float)cnt[px]) : 0.0f;
+                float v = cnt[px]
+                              ? (cnt[px] == 1 ? sum[px * pl->c + c] : sum[px * pl->c + c] / (float)cnt[px])
+                              : 0.0f;
                 dst[(int64_t)y * pl->sh + (int64_t)x * pl->sw + c * pl->sc] = v;
             }
         }

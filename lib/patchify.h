@@ -16,8 +16,8 @@
 #include <stdint.h>
 
 typedef struct {
-    int h, w, c;               /* plane size */
-    int64_t sh, sw, sc;        /* element strides of row, column and channel */
+    int h, w, c;        /* plane size */
+    int64_t sh, sw, sc; /* element strides of row, column and channel */
 } cav_plane;
 
 /* The audio view of fbank [frames, bins], the HWC view of a stored frame, and the CHW view of a

@@ -9,8 +9,12 @@
 
 #include "cli.h"
 
-static uint32_t rd32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t rd32(const uint8_t *p) {
+    return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint16_t rd16(const uint8_t *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
 
 int cav_wav_parse(const uint8_t *buf, size_t len, const char *name, cav_wav *w, cav_err *err) {
     memset(w, 0, sizeof *w);
@@ -39,10 +43,11 @@ int cav_wav_parse(const uint8_t *buf, size_t len, const char *name, cav_wav *w, 
         } else if (!memcmp(ck, "data", 4)) {
             if (!have_fmt) return cav_fail(err, CAV_EXIT_INPUT, "%s: data chunk before fmt chunk", name);
             if (!((format == 1 && bits == 16) || (format == 3 && bits == 32)))
-                return cav_fail(err, CAV_EXIT_INPUT,
-                                "%s: format tag %d with %d-bit samples is not supported (16-bit PCM or 32-bit "
-                                "float only; decode other formats with av-extract)",
-                                name, format, bits);
+                return cav_fail(
+                    err, CAV_EXIT_INPUT,
+                    "%s: format tag %d with %d-bit samples is not supported (16-bit PCM or 32-bit "
+                    "float only; decode other formats with av-extract)",
+                    name, format, bits);
             if (w->channels < 1 || w->rate < 1)
                 return cav_fail(err, CAV_EXIT_INPUT, "%s: %d channels at %d Hz", name, w->channels, w->rate);
             size_t bytes = size > avail ? avail : size;
@@ -91,7 +96,8 @@ int cav_wav_read(const char *path, cav_wav *w, cav_err *err) {
     }
     int bad = ferror(f);
     if (f != stdin) fclose(f);
-    int rc = bad ? cav_fail(err, CAV_EXIT_INPUT, "%s: read error", path) : cav_wav_parse(buf, len, path, w, err);
+    int rc =
+        bad ? cav_fail(err, CAV_EXIT_INPUT, "%s: read error", path) : cav_wav_parse(buf, len, path, w, err);
     free(buf);
     return rc;
 }

@@ -1,7 +1,8 @@
 /* fbank_speed.c: the C side of bench_fbank.sh. Reads 16-bit WAV clips, then times on one thread
  * (a) cav_fbank_compute per clip (the fbank tool's work, without record I/O) and (b) the FFT floor: the
  * same FFTW plan run over the same frames with nothing else. Prints "fbank SECONDS" and "fft SECONDS" for
- * REPS passes over all clips (thread CPU time, best of 5 alternating passes each). Usage: fbank_speed REPS FILE.wav... */
+ * REPS passes over all clips (thread CPU time, best of 5 alternating passes each). Usage: fbank_speed REPS
+ * FILE.wav... */
 #include "fbank.h"
 #include "wav.h"
 

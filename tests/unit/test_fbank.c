@@ -37,7 +37,8 @@ static void sizes_follow_kaldi(void) {
     cav_err err;
     cav_fbank *fb = cav_fbank_new(&o, &err);
     REQUIRE(fb);
-    CHECK(cav_fbank_window_size(fb) == 400 && cav_fbank_window_shift(fb) == 160 && cav_fbank_fft_size(fb) == 512);
+    CHECK(cav_fbank_window_size(fb) == 400 && cav_fbank_window_shift(fb) == 160 &&
+          cav_fbank_fft_size(fb) == 512);
     CHECK(cav_fbank_num_frames(fb, 160000) == 998);
     CHECK(cav_fbank_num_frames(fb, 399) == 0 && cav_fbank_num_frames(fb, 400) == 1);
     CHECK(cav_fbank_num_frames(fb, 559) == 1 && cav_fbank_num_frames(fb, 560) == 2);
@@ -53,7 +54,8 @@ static void sizes_follow_kaldi(void) {
     o.sample_rate = 44100; /* 1102-sample window (int(1102.5)), 441 shift, 2048-point FFT */
     fb = cav_fbank_new(&o, &err);
     REQUIRE(fb);
-    CHECK(cav_fbank_window_size(fb) == 1102 && cav_fbank_window_shift(fb) == 441 && cav_fbank_fft_size(fb) == 2048);
+    CHECK(cav_fbank_window_size(fb) == 1102 && cav_fbank_window_shift(fb) == 441 &&
+          cav_fbank_fft_size(fb) == 2048);
     cav_fbank_free(fb);
 }
 
@@ -89,7 +91,8 @@ static void bad_input_is_refused(void) {
     REQUIRE(fb);
     float *x = calloc(16000, sizeof(float)), *out = malloc(sizeof(float) * 1024 * 128);
     x[1234] = NAN;
-    CHECK(cav_fbank_compute(fb, x, 1, 16000, out, NULL, &err) == -1 && err.code == 2 && strstr(err.msg, "1234"));
+    CHECK(cav_fbank_compute(fb, x, 1, 16000, out, NULL, &err) == -1 && err.code == 2 &&
+          strstr(err.msg, "1234"));
     x[1234] = INFINITY;
     CHECK(cav_fbank_compute(fb, x, 1, 16000, out, NULL, &err) == -1 && err.code == 2);
     x[1234] = 0;
@@ -195,8 +198,9 @@ static void construction_is_thread_safe(void) {
 static size_t put_wav(uint8_t *b, int fmt, int ch, int rate, int bits, const void *data, uint32_t nbytes,
                       uint32_t claimed) {
     size_t p = 0;
-#define U32(v) (b[p] = (v) & 255, b[p + 1] = ((v) >> 8) & 255, b[p + 2] = ((v) >> 16) & 255, b[p + 3] = (v) >> 24, p += 4)
-#define U16(v) (b[p] = (v) & 255, b[p + 1] = ((v) >> 8) & 255, p += 2)
+#define U32(v)                                                                                               \
+    (b[p] = (v)&255, b[p + 1] = ((v) >> 8) & 255, b[p + 2] = ((v) >> 16) & 255, b[p + 3] = (v) >> 24, p += 4)
+#define U16(v) (b[p] = (v)&255, b[p + 1] = ((v) >> 8) & 255, p += 2)
     memcpy(b, "RIFF", 4), p = 4, U32(36 + nbytes), memcpy(b + p, "WAVE", 4), p += 4;
     memcpy(b + p, "LIST", 4), p += 4, U32(3), memcpy(b + p, "abc\0", 4), p += 4; /* odd chunk, padded */
     memcpy(b + p, "fmt ", 4), p += 4, U32(16), U16(fmt), U16(ch), U32(rate), U32(rate * ch * bits / 8),

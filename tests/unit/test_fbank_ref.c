@@ -37,8 +37,8 @@ static void one_case(const char *line) {
     int channels, bins;
     long long n, frames;
     char msg[1200];
-    if (sscanf(line, "%127s %lf %d %lld %lld %d %31s %lf %lf %lf %lf %15s", name, &rate, &channels, &n, &frames,
-               &bins, window, &frame_ms, &shift_ms, &low, &high, status) != 12) {
+    if (sscanf(line, "%127s %lf %d %lld %lld %d %31s %lf %lf %lf %lf %15s", name, &rate, &channels, &n,
+               &frames, &bins, window, &frame_ms, &shift_ms, &low, &high, status) != 12) {
         report(0, "index", "unparsable line in index.txt");
         return;
     }
@@ -88,7 +88,8 @@ static void one_case(const char *line) {
     ref = read_f32(path, frames * bins);
     got = malloc(sizeof(float) * (size_t)(frames * bins + 1));
     if (!ref || !got || cav_fbank_compute(fb, x, channels, n, got, &m, &err) || m != frames) {
-        snprintf(msg, sizeof msg, "%s", ref ? (m != frames ? "frame count differs" : err.msg) : "missing output");
+        snprintf(msg, sizeof msg, "%s",
+                 ref ? (m != frames ? "frame count differs" : err.msg) : "missing output");
         report(0, name, msg);
         goto free_case;
     }
@@ -118,7 +119,8 @@ static void one_case(const char *line) {
     for (int64_t t = 0; pad_ok && t < 1024; t++)
         for (int b = 0; b < bins; b++)
             if (pad[t * bins + b] != (t < frames ? got[t * bins + b] : 0.0f)) pad_ok = 0;
-    snprintf(msg, sizeof msg, "(%lld frames x %d bins at %g Hz, %d ch, %s: max abs diff %.3g, mean %.3g, "
+    snprintf(msg, sizeof msg,
+             "(%lld frames x %d bins at %g Hz, %d ch, %s: max abs diff %.3g, mean %.3g, "
              "%lld cells over 1e-4; vs float64: ours %.3g, torchaudio's %.3g; 1024-row cut/pad %s)",
              frames, bins, rate, channels, window, maxd, sumd / (double)(frames * bins), (long long)over,
              max_exact, torch_exact, pad_ok ? "ok" : "WRONG");
@@ -165,8 +167,8 @@ static void mel_weights_match(void) {
             }
             CHECK(got[b * (nfft / 2 + 1) + nfft / 2] == 0.0f);
         }
-        printf("  mel weights at %d Hz: %d of %d differ from torchaudio, max abs diff %.3g\n", rates[r][0], differ,
-               128 * nfft / 2, maxd);
+        printf("  mel weights at %d Hz: %d of %d differ from torchaudio, max abs diff %.3g\n", rates[r][0],
+               differ, 128 * nfft / 2, maxd);
         CHECK(ref != NULL);
         /* A few weights next to a triangle's corner differ by a rounding of log(): torch's vectorised log
          * and glibc's logf may differ in the last bit, and the slope divides that by a small width. */

@@ -72,7 +72,8 @@ static void video_tokens_match_reference(void) {
     cav_plane pl = cav_plane_hwc(224, 224, 3);
     cav_patchify_f32(&pl, norm, 16, 16, tok);
     CHECK(ndiff(tok, ref, 196 * 768, 0) == 0);
-    /* PatchEmbed sees the same pixels per token in (c, p, q) order: element (p*16+q)*3+c = conv c*256+p*16+q */
+    /* PatchEmbed sees the same pixels per token in (c, p, q) order: element (p*16+q)*3+c = conv c*256+p*16+q
+     */
     int perm_ok = 1;
     for (int k = 0; k < 196; k++)
         for (int e = 0; e < 768; e++) {
@@ -84,7 +85,8 @@ static void video_tokens_match_reference(void) {
     CHECK(memcmp(back, norm, 4 * 224 * 224 * 3) == 0);
     /* The u8 path gives the raw pixel values. */
     cav_patchify_u8(&pl, frame, 16, 16, tok);
-    CHECK(tok[(2 * 14 + 9) * 768 + (4 * 16 + 11) * 3 + 1] == frame[((2 * 16 + 4) * 224 + 9 * 16 + 11) * 3 + 1]);
+    CHECK(tok[(2 * 14 + 9) * 768 + (4 * 16 + 11) * 3 + 1] ==
+          frame[((2 * 16 + 4) * 224 + 9 * 16 + 11) * 3 + 1]);
     free(frame), free(norm), free(ref), free(conv), free(x), free(tok), free(back);
 }
 
@@ -110,7 +112,8 @@ static void overlapping_patches_match_unfold(void) {
     int L = 0;
     CHECK(fscanf(f, "audio_unfold_p16_s10 %d", &L) == 1);
     fclose(f);
-    float *fb = load("fbank.f32", 4 * 1024 * 128), *ref = load("audio_unfold_p16_s10.f32", (size_t)4 * L * 256);
+    float *fb = load("fbank.f32", 4 * 1024 * 128),
+          *ref = load("audio_unfold_p16_s10.f32", (size_t)4 * L * 256);
     REQUIRE(fb && ref);
     cav_plane pl = cav_plane_fbank(1024, 128);
     int ntok, dim;
