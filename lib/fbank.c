@@ -83,7 +83,7 @@ struct cav_fbank {
     float *band_w;          /* the non-zero weights, band after band */
     float *frame;           /* [win] scratch: one frame after dither and DC removal */
     float *fft_in;          /* [nfft] FFTW-aligned; the tail past win stays zero */
-    fftwf_complex *fft_out; /* [nfft/2+1] */
+    float *fft_re, *fft_im; /* [nfft/2+1] each: FFTW's split-format output, so |X|^2 needs no shuffles */
     float *power;           /* [nfft/2, BLK] */
     float *pframes;         /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
     float *energy;          /* [nbins, BLK] */
@@ -236,12 +236,13 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     fb->band_off = calloc(fb->nbins, sizeof(int));
     fb->frame = malloc(sizeof(float) * win);
     fb->fft_in = fftwf_malloc(sizeof(float) * nfft);
-    fb->fft_out = fftwf_malloc(sizeof(fftwf_complex) * nfreq);
+    fb->fft_re = fftwf_malloc(sizeof(float) * nfreq);
+    fb->fft_im = fftwf_malloc(sizeof(float) * nfreq);
     fb->power = malloc(sizeof(float) * nfreq * BLK);
     fb->pframes = malloc(sizeof(float) * nfreq * BLK);
     fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
     if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->frame ||
-        !fb->fft_in || !fb->fft_out || !fb->power || !fb->pframes || !fb->energy)
+        !fb->fft_in || !fb->fft_re || !fb->fft_im || !fb->power || !fb->pframes || !fb->energy)
         goto oom;
     make_window(o, win, fb->window);
     make_mel(o, nfft, fb->nbins, high, fb->mel_dense);
@@ -267,7 +268,8 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
                sizeof(float) * fb->band_len[b]);
     /* FFTW_ESTIMATE: the plan (hence every output bit) does not depend on timing measurements. */
     pthread_mutex_lock(&plan_lock);
-    fb->plan = fftwf_plan_dft_r2c_1d(nfft, fb->fft_in, fb->fft_out, FFTW_ESTIMATE);
+    fftw_iodim dim = {.n = nfft, .is = 1, .os = 1};
+    fb->plan = fftwf_plan_guru_split_dft_r2c(1, &dim, 0, NULL, fb->fft_in, fb->fft_re, fb->fft_im, FFTW_ESTIMATE);
     pthread_mutex_unlock(&plan_lock);
     if (!fb->plan) goto oom;
     memset(fb->fft_in, 0, sizeof(float) * nfft);
@@ -294,7 +296,8 @@ void cav_fbank_free(cav_fbank *fb) {
     free(fb->band_w);
     free(fb->frame);
     fftwf_free(fb->fft_in);
-    fftwf_free(fb->fft_out);
+    fftwf_free(fb->fft_re);
+    fftwf_free(fb->fft_im);
     free(fb->power);
     free(fb->pframes);
     free(fb->energy);
@@ -400,15 +403,16 @@ HOT static double sum_finite(const float *x, int64_t n, int *finite) {
     return s;
 }
 
-/* Sum of a frame in float with 16 partial sums, so the adds are not one latency-bound chain. */
-HOT static float frame_sum(const float *x, int n) {
+/* Sum of x[j] - mean over a frame in float with 16 partial sums, so the adds are not one latency-bound
+ * chain (the differences are rounded exactly as when the clip is centred first). */
+HOT static float frame_sum(const float *x, float mean, int n) {
     float acc[16] = {0};
     int j = 0;
     for (; j + 16 <= n; j += 16)
 #pragma omp simd
-        for (int l = 0; l < 16; l++) acc[l] += x[j + l];
+        for (int l = 0; l < 16; l++) acc[l] += x[j + l] - mean;
     float s = 0.0f;
-    for (; j < n; j++) s += x[j];
+    for (; j < n; j++) s += x[j] - mean;
     for (int l = 0; l < 16; l++) s += acc[l];
     return s;
 }
@@ -444,24 +448,25 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     for (int64_t t0 = 0; t0 < used; t0 += BLK) {
         int nb = used - t0 < BLK ? (int)(used - t0) : BLK;
         for (int f = 0; f < nb; f++) {
-            const float *src = wave + (t0 + f) * fb->shift;
-            float *restrict in = fb->fft_in, *restrict x = fr;
-#pragma omp simd
-            for (int j = 0; j < win; j++) x[j] = src[j] - mean;
-            if (dither)
-                for (int j = 0; j < win; j++) x[j] += rng_gauss(&fb->rng) * (float)fb->o.dither;
+            const float *x = wave + (t0 + f) * fb->shift;
+            float *restrict in = fb->fft_in;
+            float xm = mean; /* what to subtract from x to centre it */
+            if (dither) {    /* the centred frame plus noise, in the scratch frame */
+                for (int j = 0; j < win; j++) fr[j] = (x[j] - mean) + rng_gauss(&fb->rng) * (float)fb->o.dither;
+                x = fr, xm = 0.0f;
+            }
             float dc = 0.0f;
-            if (fb->o.remove_dc) dc = frame_sum(x, win) * inv_win;
-            /* x - dc, then y[j] - pre * y[max(j-1, 0)], then the window; float32 throughout as torch. */
-            float y0 = x[0] - dc;
+            if (fb->o.remove_dc) dc = frame_sum(x, xm, win) * inv_win;
+            /* (x - mean) - dc, then y[j] - pre * y[max(j-1, 0)], then the window; float32 as torch. */
+            float y0 = (x[0] - xm) - dc;
             in[0] = (y0 - pre * y0) * w[0];
 #pragma omp simd
-            for (int j = 1; j < win; j++) in[j] = ((x[j] - dc) - pre * (x[j - 1] - dc)) * w[j];
+            for (int j = 1; j < win; j++) in[j] = (((x[j] - xm) - dc) - pre * ((x[j - 1] - xm) - dc)) * w[j];
             fftwf_execute(fb->plan);
-            const float *c = (const float *)fb->fft_out;
+            const float *restrict re = fb->fft_re, *restrict im = fb->fft_im;
             float *restrict pf = fb->pframes + (size_t)f * half;
 #pragma omp simd
-            for (int k = 0; k < half; k++) pf[k] = c[2 * k] * c[2 * k] + c[2 * k + 1] * c[2 * k + 1];
+            for (int k = 0; k < half; k++) pf[k] = re[k] * re[k] + im[k] * im[k];
         }
         int k8 = half & ~7;
         for (int k = 0; k < k8; k += 8) transpose8(fb->pframes + k, half, pw + k * BLK, BLK);
@@ -500,7 +505,7 @@ double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     for (int64_t t = 0; t < m; t++) {
         memcpy(fb->fft_in, wave + t * fb->shift, sizeof(float) * fb->win);
         fftwf_execute(fb->plan);
-        check += fb->fft_out[1][0];
+        check += fb->fft_re[1];
     }
     return check;
 }
