@@ -30,7 +30,11 @@ static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int v8i __attribute__((vector_size(32)));
 
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
 #define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
 
 #define LOAD8(v, p)                                                                                          \
     v8f v;                                                                                                   \
