@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -433,14 +434,12 @@ static cav_av_reason decode(ctx *x) {
     return r;
 }
 
+/* Diagnostics are ours (one line per file with the reason); FFmpeg's own chatter goes only with
+ * CAV_FFMPEG_LOG set. */
+static void set_log_level(void) { av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET); }
 static void quiet_ffmpeg(void) {
-    /* Diagnostics are ours (one line per file with the reason); FFmpeg's own chatter goes only with
-     * CAV_FFMPEG_LOG set. */
-    static int done;
-    if (!done) {
-        done = 1;
-        av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET);
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, set_log_level);
 }
 
 cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err) {
