@@ -24,7 +24,8 @@ static const char usage[] =
     "      --json-key KEY      member holding the media path (default: video, media, path, then wav)\n"
     "Output:\n"
     "  -o, --output PATH       record stream, or an HDF5 shard for a name ending in .h5 (default: stdout)\n"
-    "      --jpeg-quality Q    store frames as JPEG of quality Q (1-100; default 75, as the reference)\n"
+    "      --jpeg              store frames as JPEG (the default)\n"
+    "      --jpeg-quality Q    JPEG quality (1-100; default 75, as the reference stores them)\n"
     "      --raw               store frames as raw u8 [10,224,224,3] instead of JPEG\n"
     "      --audio-only        only the audio (files need no video stream)\n"
     "      --video-only        only the frames (files need no audio stream)\n"
@@ -91,14 +92,14 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-enum { OPT_JSON = 0x100, OPT_JSON_KEY, OPT_JPEGQ, OPT_RAW, OPT_AONLY, OPT_VONLY, OPT_DOWNMIX, OPT_MAXSEC,
+enum { OPT_JSON = 0x100, OPT_JSON_KEY, OPT_JPEG, OPT_JPEGQ, OPT_RAW, OPT_AONLY, OPT_VONLY, OPT_DOWNMIX, OPT_MAXSEC,
        OPT_DECODE_ALL, OPT_DECODE_ONLY, OPT_ON_ERROR };
 
 int main(int argc, char **argv) {
     cav_set_tool("av-extract");
     static const struct option longopts[] = {
         {"list", 1, 0, 'l'},           {"json", 1, 0, OPT_JSON},          {"json-key", 1, 0, OPT_JSON_KEY},
-        {"output", 1, 0, 'o'},         {"jpeg-quality", 1, 0, OPT_JPEGQ}, {"raw", 0, 0, OPT_RAW},
+        {"output", 1, 0, 'o'},         {"jpeg-quality", 1, 0, OPT_JPEGQ}, {"jpeg", 0, 0, OPT_JPEG}, {"raw", 0, 0, OPT_RAW},
         {"audio-only", 0, 0, OPT_AONLY}, {"video-only", 0, 0, OPT_VONLY}, {"downmix", 0, 0, OPT_DOWNMIX},
         {"max-seconds", 1, 0, OPT_MAXSEC}, {"decode-all", 0, 0, OPT_DECODE_ALL}, {"decode-only", 0, 0, OPT_DECODE_ONLY}, {"jobs", 1, 0, 'j'},
         {"on-error", 1, 0, OPT_ON_ERROR}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
@@ -107,7 +108,7 @@ int main(int argc, char **argv) {
     cav_av_record_opts ropts = {.jpeg_quality = 75};
     const char *out = "-", *json_key = NULL;
     const char *lists[64], *jsons[64];
-    int nlists = 0, njsons = 0, jobs = 1, fail_fast = 0, aonly = 0, vonly = 0;
+    int nlists = 0, njsons = 0, jobs = 1, fail_fast = 0, aonly = 0, vonly = 0, raw = 0, quality = 75;
     int c;
     while ((c = getopt_long(argc, argv, "l:o:j:", longopts, NULL)) != -1) {
         switch (c) {
@@ -121,8 +122,9 @@ int main(int argc, char **argv) {
             break;
         case OPT_JSON_KEY: json_key = optarg; break;
         case 'o': out = optarg; break;
-        case OPT_JPEGQ: ropts.jpeg_quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100); break;
-        case OPT_RAW: ropts.jpeg_quality = 0; break;
+        case OPT_JPEG: raw = 0; break;
+        case OPT_JPEGQ: quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100), raw = 0; break;
+        case OPT_RAW: raw = 1; break;
         case OPT_AONLY: aonly = 1; break;
         case OPT_VONLY: vonly = 1; break;
         case OPT_DOWNMIX: dopts.downmix = 1; break;
@@ -139,6 +141,7 @@ int main(int argc, char **argv) {
         }
     }
     if (aonly && vonly) cav_usage_error("--audio-only and --video-only exclude each other");
+    ropts.jpeg_quality = raw ? 0 : quality; /* the last of --raw / --jpeg / --jpeg-quality wins */
     dopts.audio = !vonly;
     dopts.video = !aonly;
 
