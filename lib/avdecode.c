@@ -268,7 +268,6 @@ static cav_av_reason video_packet(ctx *x, const AVPacket *p) {
             int64_t idx = frame_number(x, p->pts) - x->first_num;
             x->vdec->skip_frame = target_wanted(x, idx) ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
         }
-        x->c->video_decoded++;
     } else {
         x->vdec->skip_frame = AVDISCARD_DEFAULT;
     }

@@ -50,7 +50,7 @@ typedef struct {
     double fps;            /* as OpenCV's CAP_PROP_FPS */
     int64_t frame_count;   /* as OpenCV's CAP_PROP_FRAME_COUNT */
     int width, height;     /* source frame size */
-    int64_t video_packets, video_decoded; /* packets read / sent to the decoder (skip statistics) */
+    int64_t video_packets; /* video packets given to the decoder (decoding stops after the last needed frame) */
     char container[64], audio_codec[64], video_codec[64];
 } cav_av_clip;
 
