@@ -5,8 +5,10 @@
  * (from the frame's best-effort timestamp: int(fps*(pts-start)*tb + 0.5), relative to the first frame), the
  * ten wanted ones go through swscale to RGB24 exactly as OpenCV's BGR24 conversion (same context flags, no
  * scaling) and then through the PIL-exact resize/crop. Packets whose frames nothing needs are discarded
- * before decoding when the codec allows it (AVDISCARD_NONREF), and decoding stops once the last wanted
- * frame is out. */
+ * before decoding when the codec allows it (AVDISCARD_NONREF), whole GOPs are dropped when the index
+ * has a keyframe between the last wanted frame and the next one, and decoding stops once the last wanted
+ * frame is out. GOP dropping is checked: if the first frame after the keyframe comes out later than the
+ * wanted one (an open GOP, an index that lies), the file is decoded again without it. */
 #include "avdecode.h"
 
 #include <errno.h>
@@ -72,7 +74,13 @@ typedef struct {
     int64_t first_num, last_idx, st_start;
     double tb;
     int video_done;
+    int gop_skip;     /* allowed on this attempt */
+    int64_t skip_ts;  /* not AV_NOPTS_VALUE: dropping video packets until the keyframe at this index time */
+    int resumed;      /* the first frame after a dropped stretch is still to come */
 } ctx;
+
+/* Internal: a GOP skip went wrong; decode_* run the file again without skipping GOPs. */
+#define AV_RETRY ((cav_av_reason)(CAV_AV_NREASONS + 1))
 
 static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) {
@@ -247,6 +255,10 @@ static cav_av_reason video_frame(ctx *x, const AVFrame *f) {
     }
     x->have_first = 1;
     x->last_idx = idx;
+    if (x->resumed) { /* the keyframe we jumped to must not be past the frame we jumped for */
+        x->resumed = 0;
+        if (x->next < CAV_AV_NFRAMES && idx > x->target[x->next]) return AV_RETRY;
+    }
     if (!x->c->width) x->c->width = f->width, x->c->height = f->height;
     /* A wanted number with no frame of its own (timestamp gaps) takes the next frame, as counting on
      * after a seek would. */
@@ -259,9 +271,53 @@ static cav_av_reason video_frame(ctx *x, const AVFrame *f) {
     return CAV_AV_OK;
 }
 
+/* The later of a packet's timestamps: mp4 indexes decode timestamps, Matroska presentation ones. */
+static int64_t pkt_ts(const AVPacket *p) {
+    if (p->pts == AV_NOPTS_VALUE) return p->dts;
+    if (p->dts == AV_NOPTS_VALUE) return p->pts;
+    return p->pts > p->dts ? p->pts : p->dts;
+}
+
+/* The index timestamp of the keyframe the next wanted frame decodes from, when the index has one after
+ * packet p (in a closed GOP every earlier packet has earlier timestamps of both kinds); AV_NOPTS_VALUE
+ * otherwise. The search looks a few frames before the wanted one (more than the decoder's reordering
+ * delay), since an index of decode timestamps runs ahead of presentation. */
+static int64_t keyframe_ahead(ctx *x, const AVPacket *p) {
+    AVStream *st = x->fmt->streams[x->vi];
+    int64_t cur = pkt_ts(p);
+    if (cur == AV_NOPTS_VALUE || x->next >= CAV_AV_NFRAMES || x->c->fps <= 0 || x->tb <= 0) return AV_NOPTS_VALUE;
+    int margin = st->codecpar->video_delay + 2;
+    double sec = (double)(x->target[x->next] + x->first_num - margin) / x->c->fps;
+    if (sec <= 0) return AV_NOPTS_VALUE;
+    int64_t ts = x->st_start + (int64_t)floor(sec / x->tb);
+    int e = av_index_search_timestamp(st, ts, AVSEEK_FLAG_BACKWARD);
+    const AVIndexEntry *ie = e >= 0 ? avformat_index_get_entry(st, e) : NULL;
+    if (!ie || !(ie->flags & AVINDEX_KEYFRAME) || ie->timestamp <= cur) return AV_NOPTS_VALUE;
+    return ie->timestamp;
+}
+
 static cav_av_reason video_packet(ctx *x, const AVPacket *p) {
     if (p) {
         x->c->video_packets++;
+        if (x->skip_ts != AV_NOPTS_VALUE) { /* dropping up to the keyframe */
+            int64_t t = pkt_ts(p);
+            if (!(p->flags & AV_PKT_FLAG_KEY) || t == AV_NOPTS_VALUE || t < x->skip_ts) {
+                x->c->video_skipped++;
+                return CAV_AV_OK;
+            }
+            x->skip_ts = AV_NOPTS_VALUE;
+            x->resumed = 1;
+        } else if (x->gop_skip && x->have_first) {
+            /* Frames already sent and not yet out are all before the next wanted one's keyframe (it lies
+             * after this packet), so none of them is wanted: the decoder can be reset. */
+            int64_t ts = keyframe_ahead(x, p);
+            if (ts != AV_NOPTS_VALUE) {
+                avcodec_flush_buffers(x->vdec);
+                x->skip_ts = ts;
+                x->c->video_skipped++;
+                return CAV_AV_OK;
+            }
+        }
         /* Frames nothing depends on: if this packet's own frame is not wanted, let the decoder drop it
          * when it is not a reference (the decision needs the first frame's number, so not before it). */
         if (x->o->skip_unneeded && x->have_first && p->pts != AV_NOPTS_VALUE) {
@@ -272,12 +328,15 @@ static cav_av_reason video_packet(ctx *x, const AVPacket *p) {
         x->vdec->skip_frame = AVDISCARD_DEFAULT;
     }
     int ret = avcodec_send_packet(x->vdec, p);
-    if (ret < 0 && ret != AVERROR_EOF)
+    if (ret < 0 && ret != AVERROR_EOF) {
+        if (x->c->video_skipped) return AV_RETRY; /* perhaps our doing: try again without dropping */
         return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s", (long long)x->last_idx + 1,
                     AVERR(ret));
+    }
     while (!x->video_done) {
         ret = avcodec_receive_frame(x->vdec, x->frame);
         if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF) break;
+        if (ret < 0 && x->c->video_skipped) return AV_RETRY;
         if (ret < 0)
             return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s",
                         (long long)x->last_idx + 1, AVERR(ret));
@@ -374,6 +433,15 @@ static cav_av_reason run(ctx *x) {
     } else {
         x->video_done = 1;
     }
+    /* Matroska reads its index (Cues) only on the first seek: a seek to the first indexed position, with
+     * AVSEEK_FLAG_ANY so that no packet is dropped after it, loads it without moving past any packet. */
+    if (x->gop_skip && x->vi >= 0 && !strncmp(x->fmt->iformat->name, "matroska", 8) &&
+        avformat_index_get_entries_count(x->fmt->streams[x->vi]) <= 1) {
+        AVStream *st = x->fmt->streams[x->vi];
+        const AVIndexEntry *ie = avformat_index_get_entry(st, 0);
+        int64_t first = ie ? ie->timestamp : x->st_start;
+        if (av_seek_frame(x->fmt, x->vi, first, AVSEEK_FLAG_BACKWARD | AVSEEK_FLAG_ANY) < 0) x->gop_skip = 0;
+    }
     /* Only the chosen streams' packets are read at all. */
     for (unsigned i = 0; i < x->fmt->nb_streams; i++)
         if ((int)i != x->ai && (int)i != x->vi) x->fmt->streams[i]->discard = AVDISCARD_ALL;
@@ -397,6 +465,7 @@ static cav_av_reason run(ctx *x) {
     }
     if (x->ai >= 0 && c->nsamples == 0) return fail(x, CAV_AV_ERR_NO_FRAMES, "the audio stream holds no samples");
     if (x->vi >= 0 && x->next < CAV_AV_NFRAMES) {
+        if (x->c->video_skipped) return AV_RETRY;
         if (!x->have_first) return fail(x, CAV_AV_ERR_NO_FRAMES, "the video stream holds no decodable frame");
         return fail(x, CAV_AV_ERR_CORRUPT,
                     "video ends at frame %lld, before frame %d (frame %d of 10; %lld frames declared at %.3f fps): "
@@ -441,8 +510,9 @@ static void quiet_ffmpeg(void) {
     pthread_once(&once, set_log_level);
 }
 
-cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err) {
-    ctx x = {.o = o, .c = c, .err = err};
+static cav_av_reason decode_file_once(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err,
+                                      int gop_skip) {
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     int ret = avformat_open_input(&x.fmt, path, NULL, NULL);
@@ -486,9 +556,9 @@ static int64_t mem_seek(void *opaque, int64_t off, int whence) {
     return (int64_t)m->pos;
 }
 
-cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
-                                cav_err *err) {
-    ctx x = {.o = o, .c = c, .err = err};
+static cav_av_reason decode_mem_once(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
+                                     cav_err *err, int gop_skip) {
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     membuf m = {data, size, 0};
@@ -516,6 +586,17 @@ cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_o
     av_freep(&pb->buffer);
     avio_context_free(&pb);
     return r;
+}
+
+cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err) {
+    cav_av_reason r = decode_file_once(path, o, c, err, 1);
+    return r == AV_RETRY ? decode_file_once(path, o, c, err, 0) : r;
+}
+
+cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
+                                cav_err *err) {
+    cav_av_reason r = decode_mem_once(data, size, o, c, err, 1);
+    return r == AV_RETRY ? decode_mem_once(data, size, o, c, err, 0) : r;
 }
 
 void cav_av_clip_free(cav_av_clip *c) {
