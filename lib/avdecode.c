@@ -77,6 +77,11 @@ typedef struct {
     int gop_skip;     /* allowed on this attempt */
     int64_t skip_ts;  /* not AV_NOPTS_VALUE: dropping video packets until the keyframe at this index time */
     int resumed;      /* the first frame after a dropped stretch is still to come */
+    int64_t *keys;    /* Matroska: keyframe times of the video stream from the Cues (ascending), nkeys */
+    int nkeys;
+    const char *path; /* the input again, to read a Matroska index on the side */
+    const uint8_t *mem;
+    size_t memsize;
 } ctx;
 
 /* Internal: a GOP skip went wrong; decode_* run the file again without skipping GOPs. */
@@ -290,6 +295,15 @@ static int64_t keyframe_ahead(ctx *x, const AVPacket *p) {
     double sec = (double)(x->target[x->next] + x->first_num - margin) / x->c->fps;
     if (sec <= 0) return AV_NOPTS_VALUE;
     int64_t ts = x->st_start + (int64_t)floor(sec / x->tb);
+    if (x->keys) { /* the last keyframe at or before ts */
+        int lo = 0, hi = x->nkeys - 1, e = -1;
+        while (lo <= hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (x->keys[mid] <= ts) e = mid, lo = mid + 1;
+            else hi = mid - 1;
+        }
+        return e >= 0 && x->keys[e] > cur ? x->keys[e] : AV_NOPTS_VALUE;
+    }
     int e = av_index_search_timestamp(st, ts, AVSEEK_FLAG_BACKWARD);
     const AVIndexEntry *ie = e >= 0 ? avformat_index_get_entry(st, e) : NULL;
     if (!ie || !(ie->flags & AVINDEX_KEYFRAME) || ie->timestamp <= cur) return AV_NOPTS_VALUE;
@@ -382,6 +396,50 @@ static void opencv_fps_count(ctx *x, AVStream *st) {
     x->c->frame_count = n;
 }
 
+typedef struct {
+    const uint8_t *data;
+    size_t size, pos;
+} membuf;
+static int mem_read(void *opaque, uint8_t *buf, int n);
+static int64_t mem_seek(void *opaque, int64_t off, int whence);
+
+/* Matroska reads its index (Cues) only when asked to seek, and a seek in the context being decoded loses
+ * the first audio packets; so the index is read through a second context on the same input, and the video
+ * stream's keyframe times are kept. Without them GOPs are simply not dropped. */
+static void matroska_keys(ctx *x) {
+    AVFormatContext *f = NULL;
+    AVIOContext *pb = NULL;
+    membuf m = {x->mem, x->memsize, 0};
+    if (x->mem) {
+        uint8_t *iobuf = av_malloc(1 << 16);
+        pb = iobuf ? avio_alloc_context(iobuf, 1 << 16, 0, &m, mem_read, NULL, mem_seek) : NULL;
+        if (!pb) {
+            av_free(iobuf);
+            return;
+        }
+        if (!(f = avformat_alloc_context())) goto out;
+        f->pb = pb;
+        f->flags |= AVFMT_FLAG_CUSTOM_IO;
+    }
+    if (avformat_open_input(&f, x->mem ? NULL : x->path, x->fmt->iformat, NULL) < 0) goto out;
+    if ((unsigned)x->vi >= f->nb_streams || f->streams[x->vi]->codecpar->codec_type != AVMEDIA_TYPE_VIDEO) goto out;
+    av_seek_frame(f, x->vi, 0, AVSEEK_FLAG_BACKWARD); /* loads the Cues; where it lands does not matter */
+    AVStream *st = f->streams[x->vi];
+    int n = avformat_index_get_entries_count(st);
+    if (n < 2 || !(x->keys = malloc(sizeof *x->keys * (size_t)n))) goto out;
+    for (int i = 0; i < n; i++) {
+        const AVIndexEntry *ie = avformat_index_get_entry(st, i);
+        if (ie && (ie->flags & AVINDEX_KEYFRAME) && (x->nkeys == 0 || ie->timestamp > x->keys[x->nkeys - 1]))
+            x->keys[x->nkeys++] = ie->timestamp;
+    }
+out:
+    avformat_close_input(&f);
+    if (pb) {
+        av_freep(&pb->buffer);
+        avio_context_free(&pb);
+    }
+}
+
 static cav_av_reason run(ctx *x) {
     const cav_av_opts *o = x->o;
     cav_av_clip *c = x->c;
@@ -433,15 +491,9 @@ static cav_av_reason run(ctx *x) {
     } else {
         x->video_done = 1;
     }
-    /* Matroska reads its index (Cues) only on the first seek: a seek to the first indexed position, with
-     * AVSEEK_FLAG_ANY so that no packet is dropped after it, loads it without moving past any packet. */
     if (x->gop_skip && x->vi >= 0 && !strncmp(x->fmt->iformat->name, "matroska", 8) &&
-        avformat_index_get_entries_count(x->fmt->streams[x->vi]) <= 1) {
-        AVStream *st = x->fmt->streams[x->vi];
-        const AVIndexEntry *ie = avformat_index_get_entry(st, 0);
-        int64_t first = ie ? ie->timestamp : x->st_start;
-        if (av_seek_frame(x->fmt, x->vi, first, AVSEEK_FLAG_BACKWARD | AVSEEK_FLAG_ANY) < 0) x->gop_skip = 0;
-    }
+        avformat_index_get_entries_count(x->fmt->streams[x->vi]) <= 1)
+        matroska_keys(x);
     /* Only the chosen streams' packets are read at all. */
     for (unsigned i = 0; i < x->fmt->nb_streams; i++)
         if ((int)i != x->ai && (int)i != x->vi) x->fmt->streams[i]->discard = AVDISCARD_ALL;
@@ -485,6 +537,7 @@ static void ctx_free(ctx *x) {
     av_frame_free(&x->frame);
     free(x->sbuf);
     free(x->rgb);
+    free(x->keys);
 }
 
 static cav_av_reason decode(ctx *x) {
@@ -512,7 +565,8 @@ static void quiet_ffmpeg(void) {
 
 static cav_av_reason decode_file_once(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err,
                                       int gop_skip) {
-    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE};
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
+             .path = path};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     int ret = avformat_open_input(&x.fmt, path, NULL, NULL);
@@ -525,11 +579,6 @@ static cav_av_reason decode_file_once(const char *path, const cav_av_opts *o, ca
     avformat_close_input(&x.fmt);
     return r;
 }
-
-typedef struct {
-    const uint8_t *data;
-    size_t size, pos;
-} membuf;
 
 static int mem_read(void *opaque, uint8_t *buf, int n) {
     membuf *m = opaque;
@@ -558,7 +607,8 @@ static int64_t mem_seek(void *opaque, int64_t off, int whence) {
 
 static cav_av_reason decode_mem_once(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
                                      cav_err *err, int gop_skip) {
-    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE};
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
+             .mem = data, .memsize = size};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     membuf m = {data, size, 0};
