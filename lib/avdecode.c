@@ -5,12 +5,15 @@
  * (from the frame's best-effort timestamp: int(fps*(pts-start)*tb + 0.5), relative to the first frame), the
  * ten wanted ones go through swscale to RGB24 exactly as OpenCV's BGR24 conversion (same context flags, no
  * scaling) and then through the PIL-exact resize/crop. Packets whose frames nothing needs are discarded
- * before decoding when the codec allows it (AVDISCARD_NONREF), and decoding stops once the last wanted
- * frame is out. */
+ * before decoding when the codec allows it (AVDISCARD_NONREF), whole GOPs are dropped when the index
+ * has a keyframe between the last wanted frame and the next one, and decoding stops once the last wanted
+ * frame is out. GOP dropping is checked: if the first frame after the keyframe comes out later than the
+ * wanted one (an open GOP, an index that lies), the file is decoded again without it. */
 #include "avdecode.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,7 +74,18 @@ typedef struct {
     int64_t first_num, last_idx, st_start;
     double tb;
     int video_done;
+    int gop_skip;     /* allowed on this attempt */
+    int64_t skip_ts;  /* not AV_NOPTS_VALUE: dropping video packets until the keyframe at this index time */
+    int resumed;      /* the first frame after a dropped stretch is still to come */
+    int64_t *keys;    /* Matroska: keyframe times of the video stream from the Cues (ascending), nkeys */
+    int nkeys;
+    const char *path; /* the input again, to read a Matroska index on the side */
+    const uint8_t *mem;
+    size_t memsize;
 } ctx;
+
+/* Internal: a GOP skip went wrong; decode_* run the file again without skipping GOPs. */
+#define AV_RETRY ((cav_av_reason)(CAV_AV_NREASONS + 1))
 
 static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) {
@@ -246,6 +260,10 @@ static cav_av_reason video_frame(ctx *x, const AVFrame *f) {
     }
     x->have_first = 1;
     x->last_idx = idx;
+    if (x->resumed) { /* the keyframe we jumped to must not be past the frame we jumped for */
+        x->resumed = 0;
+        if (x->next < CAV_AV_NFRAMES && idx > x->target[x->next]) return AV_RETRY;
+    }
     if (!x->c->width) x->c->width = f->width, x->c->height = f->height;
     /* A wanted number with no frame of its own (timestamp gaps) takes the next frame, as counting on
      * after a seek would. */
@@ -258,26 +276,81 @@ static cav_av_reason video_frame(ctx *x, const AVFrame *f) {
     return CAV_AV_OK;
 }
 
+/* The later of a packet's timestamps: mp4 indexes decode timestamps, Matroska presentation ones. */
+static int64_t pkt_ts(const AVPacket *p) {
+    if (p->pts == AV_NOPTS_VALUE) return p->dts;
+    if (p->dts == AV_NOPTS_VALUE) return p->pts;
+    return p->pts > p->dts ? p->pts : p->dts;
+}
+
+/* The index timestamp of the keyframe the next wanted frame decodes from, when the index has one after
+ * packet p (in a closed GOP every earlier packet has earlier timestamps of both kinds); AV_NOPTS_VALUE
+ * otherwise. The search looks a few frames before the wanted one (more than the decoder's reordering
+ * delay), since an index of decode timestamps runs ahead of presentation. */
+static int64_t keyframe_ahead(ctx *x, const AVPacket *p) {
+    AVStream *st = x->fmt->streams[x->vi];
+    int64_t cur = pkt_ts(p);
+    if (cur == AV_NOPTS_VALUE || x->next >= CAV_AV_NFRAMES || x->c->fps <= 0 || x->tb <= 0) return AV_NOPTS_VALUE;
+    int margin = st->codecpar->video_delay + 2;
+    double sec = (double)(x->target[x->next] + x->first_num - margin) / x->c->fps;
+    if (sec <= 0) return AV_NOPTS_VALUE;
+    int64_t ts = x->st_start + (int64_t)floor(sec / x->tb);
+    if (x->keys) { /* the last keyframe at or before ts */
+        int lo = 0, hi = x->nkeys - 1, e = -1;
+        while (lo <= hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (x->keys[mid] <= ts) e = mid, lo = mid + 1;
+            else hi = mid - 1;
+        }
+        return e >= 0 && x->keys[e] > cur ? x->keys[e] : AV_NOPTS_VALUE;
+    }
+    int e = av_index_search_timestamp(st, ts, AVSEEK_FLAG_BACKWARD);
+    const AVIndexEntry *ie = e >= 0 ? avformat_index_get_entry(st, e) : NULL;
+    if (!ie || !(ie->flags & AVINDEX_KEYFRAME) || ie->timestamp <= cur) return AV_NOPTS_VALUE;
+    return ie->timestamp;
+}
+
 static cav_av_reason video_packet(ctx *x, const AVPacket *p) {
     if (p) {
         x->c->video_packets++;
+        if (x->skip_ts != AV_NOPTS_VALUE) { /* dropping up to the keyframe */
+            int64_t t = pkt_ts(p);
+            if (!(p->flags & AV_PKT_FLAG_KEY) || t == AV_NOPTS_VALUE || t < x->skip_ts) {
+                x->c->video_skipped++;
+                return CAV_AV_OK;
+            }
+            x->skip_ts = AV_NOPTS_VALUE;
+            x->resumed = 1;
+        } else if (x->gop_skip && x->have_first) {
+            /* Frames already sent and not yet out are all before the next wanted one's keyframe (it lies
+             * after this packet), so none of them is wanted: the decoder can be reset. */
+            int64_t ts = keyframe_ahead(x, p);
+            if (ts != AV_NOPTS_VALUE) {
+                avcodec_flush_buffers(x->vdec);
+                x->skip_ts = ts;
+                x->c->video_skipped++;
+                return CAV_AV_OK;
+            }
+        }
         /* Frames nothing depends on: if this packet's own frame is not wanted, let the decoder drop it
          * when it is not a reference (the decision needs the first frame's number, so not before it). */
         if (x->o->skip_unneeded && x->have_first && p->pts != AV_NOPTS_VALUE) {
             int64_t idx = frame_number(x, p->pts) - x->first_num;
             x->vdec->skip_frame = target_wanted(x, idx) ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
         }
-        x->c->video_decoded++;
     } else {
         x->vdec->skip_frame = AVDISCARD_DEFAULT;
     }
     int ret = avcodec_send_packet(x->vdec, p);
-    if (ret < 0 && ret != AVERROR_EOF)
+    if (ret < 0 && ret != AVERROR_EOF) {
+        if (x->c->video_skipped) return AV_RETRY; /* perhaps our doing: try again without dropping */
         return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s", (long long)x->last_idx + 1,
                     AVERR(ret));
+    }
     while (!x->video_done) {
         ret = avcodec_receive_frame(x->vdec, x->frame);
         if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF) break;
+        if (ret < 0 && x->c->video_skipped) return AV_RETRY;
         if (ret < 0)
             return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s",
                         (long long)x->last_idx + 1, AVERR(ret));
@@ -321,6 +394,50 @@ static void opencv_fps_count(ctx *x, AVStream *st) {
         n = (int64_t)floor(sec * fps + 0.5);
     }
     x->c->frame_count = n;
+}
+
+typedef struct {
+    const uint8_t *data;
+    size_t size, pos;
+} membuf;
+static int mem_read(void *opaque, uint8_t *buf, int n);
+static int64_t mem_seek(void *opaque, int64_t off, int whence);
+
+/* Matroska reads its index (Cues) only when asked to seek, and a seek in the context being decoded loses
+ * the first audio packets; so the index is read through a second context on the same input, and the video
+ * stream's keyframe times are kept. Without them GOPs are simply not dropped. */
+static void matroska_keys(ctx *x) {
+    AVFormatContext *f = NULL;
+    AVIOContext *pb = NULL;
+    membuf m = {x->mem, x->memsize, 0};
+    if (x->mem) {
+        uint8_t *iobuf = av_malloc(1 << 16);
+        pb = iobuf ? avio_alloc_context(iobuf, 1 << 16, 0, &m, mem_read, NULL, mem_seek) : NULL;
+        if (!pb) {
+            av_free(iobuf);
+            return;
+        }
+        if (!(f = avformat_alloc_context())) goto out;
+        f->pb = pb;
+        f->flags |= AVFMT_FLAG_CUSTOM_IO;
+    }
+    if (avformat_open_input(&f, x->mem ? NULL : x->path, x->fmt->iformat, NULL) < 0) goto out;
+    if ((unsigned)x->vi >= f->nb_streams || f->streams[x->vi]->codecpar->codec_type != AVMEDIA_TYPE_VIDEO) goto out;
+    av_seek_frame(f, x->vi, 0, AVSEEK_FLAG_BACKWARD); /* loads the Cues; where it lands does not matter */
+    AVStream *st = f->streams[x->vi];
+    int n = avformat_index_get_entries_count(st);
+    if (n < 2 || !(x->keys = malloc(sizeof *x->keys * (size_t)n))) goto out;
+    for (int i = 0; i < n; i++) {
+        const AVIndexEntry *ie = avformat_index_get_entry(st, i);
+        if (ie && (ie->flags & AVINDEX_KEYFRAME) && (x->nkeys == 0 || ie->timestamp > x->keys[x->nkeys - 1]))
+            x->keys[x->nkeys++] = ie->timestamp;
+    }
+out:
+    avformat_close_input(&f);
+    if (pb) {
+        av_freep(&pb->buffer);
+        avio_context_free(&pb);
+    }
 }
 
 static cav_av_reason run(ctx *x) {
@@ -374,6 +491,9 @@ static cav_av_reason run(ctx *x) {
     } else {
         x->video_done = 1;
     }
+    if (x->gop_skip && x->vi >= 0 && !strncmp(x->fmt->iformat->name, "matroska", 8) &&
+        avformat_index_get_entries_count(x->fmt->streams[x->vi]) <= 1)
+        matroska_keys(x);
     /* Only the chosen streams' packets are read at all. */
     for (unsigned i = 0; i < x->fmt->nb_streams; i++)
         if ((int)i != x->ai && (int)i != x->vi) x->fmt->streams[i]->discard = AVDISCARD_ALL;
@@ -397,6 +517,7 @@ static cav_av_reason run(ctx *x) {
     }
     if (x->ai >= 0 && c->nsamples == 0) return fail(x, CAV_AV_ERR_NO_FRAMES, "the audio stream holds no samples");
     if (x->vi >= 0 && x->next < CAV_AV_NFRAMES) {
+        if (x->c->video_skipped) return AV_RETRY;
         if (!x->have_first) return fail(x, CAV_AV_ERR_NO_FRAMES, "the video stream holds no decodable frame");
         return fail(x, CAV_AV_ERR_CORRUPT,
                     "video ends at frame %lld, before frame %d (frame %d of 10; %lld frames declared at %.3f fps): "
@@ -416,6 +537,7 @@ static void ctx_free(ctx *x) {
     av_frame_free(&x->frame);
     free(x->sbuf);
     free(x->rgb);
+    free(x->keys);
 }
 
 static cav_av_reason decode(ctx *x) {
@@ -433,18 +555,18 @@ static cav_av_reason decode(ctx *x) {
     return r;
 }
 
+/* Diagnostics are ours (one line per file with the reason); FFmpeg's own chatter goes only with
+ * CAV_FFMPEG_LOG set. */
+static void set_log_level(void) { av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET); }
 static void quiet_ffmpeg(void) {
-    /* Diagnostics are ours (one line per file with the reason); FFmpeg's own chatter goes only with
-     * CAV_FFMPEG_LOG set. */
-    static int done;
-    if (!done) {
-        done = 1;
-        av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET);
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, set_log_level);
 }
 
-cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err) {
-    ctx x = {.o = o, .c = c, .err = err};
+static cav_av_reason decode_file_once(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err,
+                                      int gop_skip) {
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
+             .path = path};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     int ret = avformat_open_input(&x.fmt, path, NULL, NULL);
@@ -457,11 +579,6 @@ cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_
     avformat_close_input(&x.fmt);
     return r;
 }
-
-typedef struct {
-    const uint8_t *data;
-    size_t size, pos;
-} membuf;
 
 static int mem_read(void *opaque, uint8_t *buf, int n) {
     membuf *m = opaque;
@@ -488,9 +605,10 @@ static int64_t mem_seek(void *opaque, int64_t off, int whence) {
     return (int64_t)m->pos;
 }
 
-cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
-                                cav_err *err) {
-    ctx x = {.o = o, .c = c, .err = err};
+static cav_av_reason decode_mem_once(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
+                                     cav_err *err, int gop_skip) {
+    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
+             .mem = data, .memsize = size};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     membuf m = {data, size, 0};
@@ -518,6 +636,17 @@ cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_o
     av_freep(&pb->buffer);
     avio_context_free(&pb);
     return r;
+}
+
+cav_av_reason cav_av_decode_file(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err) {
+    cav_av_reason r = decode_file_once(path, o, c, err, 1);
+    return r == AV_RETRY ? decode_file_once(path, o, c, err, 0) : r;
+}
+
+cav_av_reason cav_av_decode_mem(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
+                                cav_err *err) {
+    cav_av_reason r = decode_mem_once(data, size, o, c, err, 1);
+    return r == AV_RETRY ? decode_mem_once(data, size, o, c, err, 0) : r;
 }
 
 void cav_av_clip_free(cav_av_clip *c) {

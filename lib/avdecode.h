@@ -3,7 +3,9 @@
  * `ffmpeg -i X -vn -ar 16000` does, then channel 1 as `sox remix 1`, or a channel average), and the 10
  * frames OpenCV's CAP_PROP_POS_FRAMES seek + read return at indices int(i*total/10)-1, converted to RGB as
  * OpenCV converts them and resized/cropped to 224x224 as torchvision's Resize+CenterCrop do on PIL images.
- * Only the video packets that lead to those 10 frames are decoded. */
+ * Only the video packets that lead to those 10 frames are decoded: decoding stops after the last one,
+ * non-reference frames nobody needs are discarded, and when the container's index shows a keyframe between
+ * the last needed frame and the next, the packets before that keyframe are dropped unseen. */
 #ifndef CAV_AVDECODE_H
 #define CAV_AVDECODE_H
 
@@ -50,7 +52,8 @@ typedef struct {
     double fps;            /* as OpenCV's CAP_PROP_FPS */
     int64_t frame_count;   /* as OpenCV's CAP_PROP_FRAME_COUNT */
     int width, height;     /* source frame size */
-    int64_t video_packets, video_decoded; /* packets read / sent to the decoder (skip statistics) */
+    int64_t video_packets; /* video packets read until the last needed frame */
+    int64_t video_skipped; /* of those, dropped unseen: GOPs before the keyframe a needed frame starts from */
     char container[64], audio_codec[64], video_codec[64];
 } cav_av_clip;
 

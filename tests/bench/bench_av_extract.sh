@@ -73,7 +73,10 @@ echo "av-extract / decode floor (CPU):   $(ratio "$ours_cpu" "$floor_cpu")x  (wa
 # -j 2 against -j 1 on 3 copies of the clips (wall time: parallelism is what is measured)
 big=()
 for _ in 1 2 3; do big+=("${clips[@]}"); done
-read -r _ j1_wall < <(best "$bin/av-extract" -j 1 "${big[@]}" -o /dev/null)
-read -r _ j2_wall < <(best "$bin/av-extract" -j 2 "${big[@]}" -o /dev/null)
+load=$(cut -d' ' -f1 /proc/loadavg)
+read -r j1_cpu j1_wall < <(best "$bin/av-extract" -j 1 "${big[@]}" -o /dev/null)
+read -r j2_cpu j2_wall < <(best "$bin/av-extract" -j 2 "${big[@]}" -o /dev/null)
 echo "-j 2 vs -j 1 on ${#big[@]} clips (wall): $j1_wall s -> $j2_wall s, scaling $(ratio "$j1_wall" "$j2_wall")x (goal >= 1.8x;" \
-     "load before: $(cut -d' ' -f1 /proc/loadavg) on $(nproc) cores)"
+     "load average $load on $(nproc) cores: the wall ratio is only meaningful on otherwise idle cores)"
+echo "-j 2 vs -j 1 CPU per clip: $(ms "$j1_cpu" | awk -v k=3 '{print $1/k}') ms -> $(ms "$j2_cpu" | awk -v k=3 '{print $1/k}') ms" \
+     "(equal CPU means no parallel overhead: the wall scaling on free cores is then bounded only by them)"

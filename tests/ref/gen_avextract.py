@@ -159,6 +159,10 @@ video_cases = [
     ("vp9_15_300x500_portrait", 300, 500, "15", 10.5, "webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "15"], ["-c:a", "libopus"], 0),
     ("mpeg4_20_500x320", 500, 320, "20", 12, "mkv", ["-c:v", "mpeg4", "-q:v", "4"], ["-c:a", "libvorbis"], 0),
     ("h264_50_224x224", 224, 224, "50", 10.5, "mp4", ["-c:v", "libx264", "-preset", "veryfast"], ["-c:a", "aac"], 1),
+    # keyframes denser than the wanted frames: whole GOPs between them can be dropped
+    ("dense_h264_30_640x360", 640, 360, "30", 11, "mp4", ["-c:v", "libx264", "-g", "5", "-bf", "2"], ["-c:a", "aac"], 0),
+    ("dense_h264_24_480x270", 480, 270, "24", 11, "mkv", ["-c:v", "libx264", "-g", "6"], ["-c:a", "flac"], 1),
+    ("dense_vp9_25_320x240", 320, 240, "25", 11, "webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "4"], ["-c:a", "libopus"], 0),
 ]
 
 
