@@ -105,8 +105,8 @@ static int cmd_convert(const char *in, const char *out) {
                 e[i].data = conv[i];
             }
         }
-        if (!rc && cav_st_write(out, e, st.n, (const char *const *)st.meta_keys, (const char *const *)st.meta_vals,
-                                st.nmeta, &err))
+        if (!rc && cav_st_write(out, e, st.n, (const char *const *)st.meta_keys,
+                                (const char *const *)st.meta_vals, st.nmeta, &err))
             rc = err.code;
         for (int i = 0; i < st.n; i++) free(conv[i]);
         free(conv);

@@ -38,14 +38,14 @@ enum {
 typedef struct pv pv;
 struct pv {
     int type;
-    int64_t i;   /* INT, BOOL; STORAGE: element count; TENSOR: storage offset */
+    int64_t i; /* INT, BOOL; STORAGE: element count; TENSOR: storage offset */
     double f;
-    char *s;     /* STR, GLOBAL; STORAGE: key */
+    char *s; /* STR, GLOBAL; STORAGE: key */
     size_t slen;
-    pv **items;  /* TUPLE/LIST; DICT: key, value pairs; TENSOR: [storage, size tuple, stride tuple] */
+    pv **items; /* TUPLE/LIST; DICT: key, value pairs; TENSOR: [storage, size tuple, stride tuple] */
     int n, cap;
-    int stype;   /* STORAGE: index into storage_types */
-    pv *next;    /* arena chain */
+    int stype; /* STORAGE: index into storage_types */
+    pv *next;  /* arena chain */
 };
 
 static const struct {
@@ -53,10 +53,11 @@ static const struct {
     const char *name;   /* "Float" */
     size_t size;
 } storage_types[] = {
-    {"torch.FloatStorage", "Float", 4}, {"torch.DoubleStorage", "Double", 8}, {"torch.HalfStorage", "Half", 2},
-    {"torch.BFloat16Storage", "BFloat16", 2}, {"torch.LongStorage", "Long", 8}, {"torch.IntStorage", "Int", 4},
-    {"torch.ShortStorage", "Short", 2}, {"torch.CharStorage", "Char", 1}, {"torch.ByteStorage", "Byte", 1},
-    {"torch.BoolStorage", "Bool", 1},
+    {"torch.FloatStorage", "Float", 4}, {"torch.DoubleStorage", "Double", 8},
+    {"torch.HalfStorage", "Half", 2},   {"torch.BFloat16Storage", "BFloat16", 2},
+    {"torch.LongStorage", "Long", 8},   {"torch.IntStorage", "Int", 4},
+    {"torch.ShortStorage", "Short", 2}, {"torch.CharStorage", "Char", 1},
+    {"torch.ByteStorage", "Byte", 1},   {"torch.BoolStorage", "Bool", 1},
 };
 #define N_STORAGE_TYPES (int)(sizeof storage_types / sizeof storage_types[0])
 
@@ -142,12 +143,14 @@ static int push(pk *m, pv *v) {
 }
 
 static pv *pop(pk *m) {
-    if (m->sp == 0 || m->stack[m->sp - 1]->type == PV_MARK) return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
+    if (m->sp == 0 || m->stack[m->sp - 1]->type == PV_MARK)
+        return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
     return m->stack[--m->sp];
 }
 
 static pv *top(pk *m) {
-    if (m->sp == 0 || m->stack[m->sp - 1]->type == PV_MARK) return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
+    if (m->sp == 0 || m->stack[m->sp - 1]->type == PV_MARK)
+        return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
     return m->stack[m->sp - 1];
 }
 
@@ -180,7 +183,9 @@ static pv *memo_get(pk *m, size_t idx) {
     return m->memo[idx];
 }
 
-static int str_eq(const pv *v, const char *s) { return v && v->type == PV_STR && !strcmp(v->s, s); }
+static int str_eq(const pv *v, const char *s) {
+    return v && v->type == PV_STR && !strcmp(v->s, s);
+}
 
 static int dict_set(pk *m, pv *d, pv *k, pv *v) {
     if (d->type != PV_DICT) return pk_fail(m, 2, "pickle: SETITEM on a non-dict", NULL);
@@ -226,7 +231,8 @@ static pv *reduce(pk *m, pv *fn, pv *args) {
         int64_t sz[CAV_MAX_NDIM], st[CAV_MAX_NDIM];
         int nd1, nd2;
         if (int_tuple(args->items[2], sz, &nd1) || int_tuple(args->items[3], st, &nd2) || nd1 != nd2)
-            return pk_fail(m, 2, "pickle: tensor size/stride are not int tuples of equal length (at most 8)", NULL),
+            return pk_fail(m, 2, "pickle: tensor size/stride are not int tuples of equal length (at most 8)",
+                           NULL),
                    NULL;
         pv *t = pv_new(m, PV_TENSOR);
         if (!t) return NULL;
@@ -281,7 +287,7 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
     m->sp = 0;
 #define NEED(k)                                                                                              \
     do {                                                                                                     \
-        if ((size_t)(k) > len - p) return pk_fail(m, 2, "pickle: truncated", NULL), NULL;                   \
+        if ((size_t)(k) > len - p) return pk_fail(m, 2, "pickle: truncated", NULL), NULL;                    \
     } while (0)
     for (;;) {
         NEED(1);
@@ -320,9 +326,12 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
         case 'M':
             NEED(op == 'J' ? 4 : op == 'K' ? 1 : 2);
             if (!(v = pv_new(m, PV_INT))) return NULL;
-            if (op == 'J') v->i = (int32_t)rd_le(buf + p, 4), p += 4;
-            else if (op == 'K') v->i = buf[p++];
-            else v->i = (int64_t)rd_le(buf + p, 2), p += 2;
+            if (op == 'J')
+                v->i = (int32_t)rd_le(buf + p, 4), p += 4;
+            else if (op == 'K')
+                v->i = buf[p++];
+            else
+                v->i = (int64_t)rd_le(buf + p, 2), p += 2;
             if (push(m, v)) return NULL;
             break;
         case 0x8a: /* LONG1: little-endian two's complement, up to 8 bytes kept */
@@ -352,67 +361,64 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
                 if (push(m, v)) return NULL;
             }
             break;
-        case 'X': /* BINUNICODE */
+        case 'X':  /* BINUNICODE */
         case 0x8c: /* SHORT_BINUNICODE */
-        case 'T': /* BINSTRING */
-        case 'U': /* SHORT_BINSTRING */
-        case 'B': /* BINBYTES */
-        case 'C': /* SHORT_BINBYTES */
-            {
-                int w = (op == 0x8c || op == 'U' || op == 'C') ? 1 : 4;
-                NEED(w);
-                n = rd_le(buf + p, w);
-                p += w;
-                NEED(n);
-                if (!(v = pv_new(m, PV_STR))) return NULL;
-                v->s = malloc(n + 1);
-                if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
-                memcpy(v->s, buf + p, n);
-                v->s[n] = 0;
-                v->slen = n;
-                if (memchr(v->s, 0, n)) v->slen = (size_t)-1; /* never matches a name */
-                p += n;
-                if (push(m, v)) return NULL;
-            }
-            break;
+        case 'T':  /* BINSTRING */
+        case 'U':  /* SHORT_BINSTRING */
+        case 'B':  /* BINBYTES */
+        case 'C':  /* SHORT_BINBYTES */
+        {
+            int w = (op == 0x8c || op == 'U' || op == 'C') ? 1 : 4;
+            NEED(w);
+            n = rd_le(buf + p, w);
+            p += w;
+            NEED(n);
+            if (!(v = pv_new(m, PV_STR))) return NULL;
+            v->s = malloc(n + 1);
+            if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
+            memcpy(v->s, buf + p, n);
+            v->s[n] = 0;
+            v->slen = n;
+            if (memchr(v->s, 0, n)) v->slen = (size_t)-1; /* never matches a name */
+            p += n;
+            if (push(m, v)) return NULL;
+        } break;
         case 'c': /* GLOBAL "module\nname\n" */
-            {
-                const unsigned char *e1 = memchr(buf + p, '\n', len - p);
-                if (!e1) return pk_fail(m, 2, "pickle: truncated GLOBAL", NULL), NULL;
-                const unsigned char *e2 = memchr(e1 + 1, '\n', len - (size_t)(e1 + 1 - buf));
-                if (!e2) return pk_fail(m, 2, "pickle: truncated GLOBAL", NULL), NULL;
-                size_t l1 = (size_t)(e1 - (buf + p)), l2 = (size_t)(e2 - (e1 + 1));
-                if (l1 + l2 > 200) return pk_fail(m, 2, "pickle: GLOBAL name too long", NULL), NULL;
-                char g[256];
-                memcpy(g, buf + p, l1);
-                g[l1] = '.';
-                memcpy(g + l1 + 1, e1 + 1, l2);
-                g[l1 + 1 + l2] = 0;
-                for (size_t i = 0; i < l1 + 1 + l2; i++)
-                    if ((unsigned char)g[i] < 0x20 || (unsigned char)g[i] > 0x7e) g[i] = '?';
-                if (!global_allowed(g)) return pk_fail(m, 2, "pickle: global %s refused", g), NULL;
-                if (!(v = pv_new(m, PV_GLOBAL))) return NULL;
-                v->s = strdup(g);
-                if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
-                p = (size_t)(e2 + 1 - buf);
-                if (push(m, v)) return NULL;
-            }
-            break;
+        {
+            const unsigned char *e1 = memchr(buf + p, '\n', len - p);
+            if (!e1) return pk_fail(m, 2, "pickle: truncated GLOBAL", NULL), NULL;
+            const unsigned char *e2 = memchr(e1 + 1, '\n', len - (size_t)(e1 + 1 - buf));
+            if (!e2) return pk_fail(m, 2, "pickle: truncated GLOBAL", NULL), NULL;
+            size_t l1 = (size_t)(e1 - (buf + p)), l2 = (size_t)(e2 - (e1 + 1));
+            if (l1 + l2 > 200) return pk_fail(m, 2, "pickle: GLOBAL name too long", NULL), NULL;
+            char g[256];
+            memcpy(g, buf + p, l1);
+            g[l1] = '.';
+            memcpy(g + l1 + 1, e1 + 1, l2);
+            g[l1 + 1 + l2] = 0;
+            for (size_t i = 0; i < l1 + 1 + l2; i++)
+                if ((unsigned char)g[i] < 0x20 || (unsigned char)g[i] > 0x7e) g[i] = '?';
+            if (!global_allowed(g)) return pk_fail(m, 2, "pickle: global %s refused", g), NULL;
+            if (!(v = pv_new(m, PV_GLOBAL))) return NULL;
+            v->s = strdup(g);
+            if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
+            p = (size_t)(e2 + 1 - buf);
+            if (push(m, v)) return NULL;
+        } break;
         case 0x93: /* STACK_GLOBAL (protocol 4): module and name strings on the stack */
-            {
-                b = pop(m);
-                a = b ? pop(m) : NULL;
-                if (!a || a->type != PV_STR || b->type != PV_STR || a->slen + b->slen > 200)
-                    return pk_fail(m, 2, "pickle: bad STACK_GLOBAL", NULL), NULL;
-                char g[256];
-                snprintf(g, sizeof g, "%s.%s", a->s, b->s);
-                if (!global_allowed(g)) return pk_fail(m, 2, "pickle: global %s refused", g), NULL;
-                if (!(v = pv_new(m, PV_GLOBAL))) return NULL;
-                v->s = strdup(g);
-                if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
-                if (push(m, v)) return NULL;
-            }
-            break;
+        {
+            b = pop(m);
+            a = b ? pop(m) : NULL;
+            if (!a || a->type != PV_STR || b->type != PV_STR || a->slen + b->slen > 200)
+                return pk_fail(m, 2, "pickle: bad STACK_GLOBAL", NULL), NULL;
+            char g[256];
+            snprintf(g, sizeof g, "%s.%s", a->s, b->s);
+            if (!global_allowed(g)) return pk_fail(m, 2, "pickle: global %s refused", g), NULL;
+            if (!(v = pv_new(m, PV_GLOBAL))) return NULL;
+            v->s = strdup(g);
+            if (!v->s) return pk_fail(m, 3, "out of memory", NULL), NULL;
+            if (push(m, v)) return NULL;
+        } break;
         case ')':
             if (push(m, pv_new(m, PV_TUPLE))) return NULL;
             break;
@@ -440,18 +446,18 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
         case 0x85:
         case 0x86:
         case 0x87: /* TUPLE1..3 */
-            {
-                int k = op - 0x84;
-                if (m->sp < k) return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
-                for (int i = m->sp - k; i < m->sp; i++)
-                    if (m->stack[i]->type == PV_MARK) return pk_fail(m, 2, "pickle: MARK inside TUPLEn", NULL), NULL;
-                if (!(v = pv_new(m, PV_TUPLE))) return NULL;
-                for (int i = m->sp - k; i < m->sp; i++)
-                    if (pv_push_item(m, v, m->stack[i])) return NULL;
-                m->sp -= k;
-                if (push(m, v)) return NULL;
-            }
-            break;
+        {
+            int k = op - 0x84;
+            if (m->sp < k) return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
+            for (int i = m->sp - k; i < m->sp; i++)
+                if (m->stack[i]->type == PV_MARK)
+                    return pk_fail(m, 2, "pickle: MARK inside TUPLEn", NULL), NULL;
+            if (!(v = pv_new(m, PV_TUPLE))) return NULL;
+            for (int i = m->sp - k; i < m->sp; i++)
+                if (pv_push_item(m, v, m->stack[i])) return NULL;
+            m->sp -= k;
+            if (push(m, v)) return NULL;
+        } break;
         case 'q': /* BINPUT */
             NEED(1);
             if (memo_put(m, buf[p++], top(m))) return NULL;
@@ -479,8 +485,10 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
             if (push(m, top(m))) return NULL;
             break;
         case '0': /* POP */
-            if (m->sp > 0) m->sp--;
-            else return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
+            if (m->sp > 0)
+                m->sp--;
+            else
+                return pk_fail(m, 2, "pickle: stack underflow", NULL), NULL;
             break;
         case '1': /* POP_MARK */
             if ((mk = find_mark(m)) < 0) return NULL;
@@ -523,12 +531,11 @@ static pv *unpickle(pk *m, const unsigned char *buf, size_t len, size_t *pos) {
             if (!(a = pop(m))) return NULL;
             if (push(m, persistent_load(m, a))) return NULL;
             break;
-        default:
-            {
-                char o[8];
-                snprintf(o, sizeof o, "0x%02x", op);
-                return pk_fail(m, 2, "pickle: opcode %s not supported", o), NULL;
-            }
+        default: {
+            char o[8];
+            snprintf(o, sizeof o, "0x%02x", op);
+            return pk_fail(m, 2, "pickle: opcode %s not supported", o), NULL;
+        }
         }
     }
 #undef NEED
@@ -564,8 +571,10 @@ static int zip_read(const unsigned char *b, size_t len, zdir *z, const char *pat
             eocd = i;
             break;
         }
-    if (eocd == (size_t)-1) return cav_fail(err, 2, "%s: zip: no end-of-central-directory record (truncated?)", path);
-    uint64_t nent = rd_le(b + eocd + 10, 2), cdsize = rd_le(b + eocd + 12, 4), cdoff = rd_le(b + eocd + 16, 4);
+    if (eocd == (size_t)-1)
+        return cav_fail(err, 2, "%s: zip: no end-of-central-directory record (truncated?)", path);
+    uint64_t nent = rd_le(b + eocd + 10, 2), cdsize = rd_le(b + eocd + 12, 4),
+             cdoff = rd_le(b + eocd + 16, 4);
     if (nent == 0xffff || cdoff == 0xffffffffu || cdsize == 0xffffffffu) {
         /* zip64: locator just before the EOCD points to the zip64 EOCD record */
         if (eocd < 20 || rd_le(b + eocd - 20, 4) != 0x07064b50)
@@ -604,8 +613,10 @@ static int zip_read(const unsigned char *b, size_t len, zdir *z, const char *pat
             x += 4 + sz;
         }
         if (method != 0 || (flags & 1))
-            return zdir_free(z), cav_fail(err, 2, "%s: zip: entry compressed or encrypted (torch.save stores)", path);
-        if (csize != usize) return zdir_free(z), cav_fail(err, 2, "%s: zip: stored entry sizes disagree", path);
+            return zdir_free(z),
+                   cav_fail(err, 2, "%s: zip: entry compressed or encrypted (torch.save stores)", path);
+        if (csize != usize)
+            return zdir_free(z), cav_fail(err, 2, "%s: zip: stored entry sizes disagree", path);
         if (lho > len - 30 || rd_le(b + lho, 4) != 0x04034b50)
             return zdir_free(z), cav_fail(err, 2, "%s: zip: bad local header", path);
         uint64_t lnl = rd_le(b + lho + 26, 2), lxl = rd_le(b + lho + 28, 2);
@@ -660,14 +671,17 @@ static float elem_f32(const unsigned char *p, int stype) {
         uint16_t h = (uint16_t)rd_le(p, 2);
         uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, mt = h & 1023, bits;
         if (e == 0) {
-            if (!mt) bits = s;
+            if (!mt)
+                bits = s;
             else {
                 int sh = 0;
                 while (!(mt & 1024)) mt <<= 1, sh++;
                 bits = s | (uint32_t)(113 - sh) << 23 | (mt & 1023) << 13;
             }
-        } else if (e == 31) bits = s | 0x7f800000u | mt << 13;
-        else bits = s | (e + 112) << 23 | mt << 13;
+        } else if (e == 31)
+            bits = s | 0x7f800000u | mt << 13;
+        else
+            bits = s | (e + 112) << 23 | mt << 13;
         float f;
         memcpy(&f, &bits, 4);
         return f;
@@ -678,22 +692,28 @@ static float elem_f32(const unsigned char *p, int stype) {
         memcpy(&f, &bits, 4);
         return f;
     }
-    case 4: return (float)(int64_t)rd_le(p, 8);
-    case 5: return (float)(int32_t)rd_le(p, 4);
-    case 6: return (float)(int16_t)rd_le(p, 2);
-    case 7: return (float)(int8_t)p[0];
-    default: return (float)p[0];
+    case 4:
+        return (float)(int64_t)rd_le(p, 8);
+    case 5:
+        return (float)(int32_t)rd_le(p, 4);
+    case 6:
+        return (float)(int16_t)rd_le(p, 2);
+    case 7:
+        return (float)(int8_t)p[0];
+    default:
+        return (float)p[0];
     }
 }
 
 /* Materialises tensor t (PV_TENSOR) from its storage bytes into out. */
-static int make_tensor(const char *path, const char *name, const pv *t, const unsigned char *sdata, uint64_t snbytes,
-                       cav_pth_tensor *out, cav_err *err) {
+static int make_tensor(const char *path, const char *name, const pv *t, const unsigned char *sdata,
+                       uint64_t snbytes, cav_pth_tensor *out, cav_err *err) {
     const pv *s = t->items[0];
     size_t es = storage_types[s->stype].size;
     if ((uint64_t)s->i > snbytes / es || (uint64_t)s->i * es != snbytes)
-        return cav_fail(err, 2, "%s: tensor %s: storage %s holds %llu bytes, the pickle says %lld elements of %zu", path,
-                        name, s->s, (unsigned long long)snbytes, (long long)s->i, es);
+        return cav_fail(err, 2,
+                        "%s: tensor %s: storage %s holds %llu bytes, the pickle says %lld elements of %zu",
+                        path, name, s->s, (unsigned long long)snbytes, (long long)s->i, es);
     int nd;
     int64_t st[CAV_MAX_NDIM];
     int_tuple(t->items[1], out->shape, &nd);
@@ -710,8 +730,8 @@ static int make_tensor(const char *path, const char *name, const pv *t, const un
             maxi += (uint64_t)(out->shape[d] - 1) * (uint64_t)st[d];
         }
         if (maxi >= (uint64_t)s->i)
-            return cav_fail(err, 2, "%s: tensor %s: view reaches element %llu of a %lld-element storage", path, name,
-                            (unsigned long long)maxi, (long long)s->i);
+            return cav_fail(err, 2, "%s: tensor %s: view reaches element %llu of a %lld-element storage",
+                            path, name, (unsigned long long)maxi, (long long)s->i);
     }
     out->numel = (size_t)numel;
     out->src_dtype = storage_types[s->stype].name;
@@ -805,7 +825,8 @@ static int collect(const char *path, const pv *top, const storages *S, cav_pth *
         if (!strncmp(name, "module.", 7)) name += 7;
         if (!*name) return cav_fail(err, 2, "%s: empty tensor name after removing \"module.\"", path);
         if (cav_pth_find(out, name))
-            return cav_fail(err, 2, "%s: tensor %s appears twice (with and without \"module.\"?)", path, name);
+            return cav_fail(err, 2, "%s: tensor %s appears twice (with and without \"module.\"?)", path,
+                            name);
         const unsigned char *data;
         uint64_t nb;
         if (storage_bytes(S, v->items[0], &data, &nb))
@@ -883,7 +904,8 @@ static int load_legacy(const char *path, const unsigned char *map, size_t len, c
         goto done;
     }
     for (int i = 0; i + 1 < info->n; i += 2)
-        if (str_eq(info->items[i], "little_endian") && info->items[i + 1]->type == PV_BOOL && !info->items[i + 1]->i) {
+        if (str_eq(info->items[i], "little_endian") && info->items[i + 1]->type == PV_BOOL &&
+            !info->items[i + 1]->i) {
             cav_fail(err, 2, "%s: big-endian legacy file not supported", path);
             goto done;
         }
@@ -924,8 +946,8 @@ static int load_legacy(const char *path, const unsigned char *map, size_t len, c
         uint64_t n = rd_le(map + pos, 8);
         pos += 8;
         if (n > (len - pos) / es) {
-            cav_fail(err, 2, "%s: legacy storage %s: %llu elements beyond the end of the file", path, S.leg_keys[i],
-                     (unsigned long long)n);
+            cav_fail(err, 2, "%s: legacy storage %s: %llu elements beyond the end of the file", path,
+                     S.leg_keys[i], (unsigned long long)n);
             goto done;
         }
         S.leg_data[i] = map + pos;
@@ -956,9 +978,12 @@ int cav_pth_load(cav_pth *out, const char *path, cav_err *err) {
     close(fd);
     if (map == MAP_FAILED) return cav_fail(err, 3, "%s: cannot map: %s", path, strerror(errno));
     int rc;
-    if (!memcmp(map, "PK\x03\x04", 4)) rc = load_zip(path, map, len, out, err);
-    else if (map[0] == 0x80) rc = load_legacy(path, map, len, out, err);
-    else rc = cav_fail(err, 2, "%s: not a torch.save file (neither zip nor pickle)", path);
+    if (!memcmp(map, "PK\x03\x04", 4))
+        rc = load_zip(path, map, len, out, err);
+    else if (map[0] == 0x80)
+        rc = load_legacy(path, map, len, out, err);
+    else
+        rc = cav_fail(err, 2, "%s: not a torch.save file (neither zip nor pickle)", path);
     munmap(map, len);
     return rc;
 }

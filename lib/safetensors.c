@@ -19,8 +19,8 @@ static const struct {
     size_t size;
     cav_dtype dtype; /* 0: no record type */
 } st_types[] = {
-    {"F64", 8, CAV_F64}, {"F32", 4, CAV_F32}, {"F16", 2, CAV_F16}, {"BF16", 2, 0},   {"I64", 8, CAV_I64},
-    {"I32", 4, CAV_I32}, {"I16", 2, CAV_I16}, {"I8", 1, 0},       {"U8", 1, CAV_U8}, {"U16", 2, 0},
+    {"F64", 8, CAV_F64}, {"F32", 4, CAV_F32}, {"F16", 2, CAV_F16}, {"BF16", 2, 0},    {"I64", 8, CAV_I64},
+    {"I32", 4, CAV_I32}, {"I16", 2, CAV_I16}, {"I8", 1, 0},        {"U8", 1, CAV_U8}, {"U16", 2, 0},
     {"U32", 4, 0},       {"U64", 8, 0},       {"BOOL", 1, 0},
 };
 #define N_ST_TYPES (int)(sizeof st_types / sizeof st_types[0])
@@ -70,7 +70,8 @@ static int parse_entry(cav_safetensors *st, const char *name, const cav_json *e,
     const char *path = st->path;
     if (!*name) return cav_fail(err, 2, "%s: safetensors header: empty tensor name", path);
     if (strlen(name) > CAV_MAX_NAME)
-        return cav_fail(err, 2, "%s: safetensors header: tensor name longer than %d bytes", path, CAV_MAX_NAME);
+        return cav_fail(err, 2, "%s: safetensors header: tensor name longer than %d bytes", path,
+                        CAV_MAX_NAME);
     if (e->type != CAV_JSON_OBJECT)
         return cav_fail(err, 2, "%s: tensor %s: header entry is not an object", path, name);
     for (int k = 0; k < e->n; k++) {
@@ -81,12 +82,14 @@ static int parse_entry(cav_safetensors *st, const char *name, const cav_json *e,
                    *off = cav_json_get(e, "data_offsets");
     if (!dt || !sh || !off)
         return cav_fail(err, 2, "%s: tensor %s: header entry lacks dtype, shape or data_offsets", path, name);
-    if (dt->type != CAV_JSON_STRING) return cav_fail(err, 2, "%s: tensor %s: dtype is not a string", path, name);
+    if (dt->type != CAV_JSON_STRING)
+        return cav_fail(err, 2, "%s: tensor %s: dtype is not a string", path, name);
     int ti = -1;
     for (int k = 0; k < N_ST_TYPES; k++)
         if (!strcmp(dt->string, st_types[k].name)) ti = k;
     if (ti < 0) return cav_fail(err, 2, "%s: tensor %s: unknown dtype \"%.32s\"", path, name, dt->string);
-    if (sh->type != CAV_JSON_ARRAY) return cav_fail(err, 2, "%s: tensor %s: shape is not an array", path, name);
+    if (sh->type != CAV_JSON_ARRAY)
+        return cav_fail(err, 2, "%s: tensor %s: shape is not an array", path, name);
     if (sh->n > CAV_MAX_NDIM)
         return cav_fail(err, 2, "%s: tensor %s: %d dimensions (at most %d)", path, name, sh->n, CAV_MAX_NDIM);
     t->ndim = sh->n;
@@ -102,11 +105,13 @@ static int parse_entry(cav_safetensors *st, const char *name, const cav_json *e,
     if (!json_uint(off->items[0], &b) || !json_uint(off->items[1], &en) || b > en)
         return cav_fail(err, 2, "%s: tensor %s: data_offsets are not integers begin <= end", path, name);
     if (en > data_len)
-        return cav_fail(err, 2, "%s: tensor %s: data_offsets [%llu, %llu) beyond the %llu-byte data area", path,
-                        name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
+        return cav_fail(err, 2, "%s: tensor %s: data_offsets [%llu, %llu) beyond the %llu-byte data area",
+                        path, name, (unsigned long long)b, (unsigned long long)en,
+                        (unsigned long long)data_len);
     int64_t numel = cav_shape_count(t->ndim, t->shape, st_types[ti].size, data_len ? data_len : 1);
     if (numel < 0 || (uint64_t)numel * st_types[ti].size != en - b)
-        return cav_fail(err, 2, "%s: tensor %s: shape and dtype %s need a different byte count than [%llu, %llu)",
+        return cav_fail(err, 2,
+                        "%s: tensor %s: shape and dtype %s need a different byte count than [%llu, %llu)",
                         path, name, st_types[ti].name, (unsigned long long)b, (unsigned long long)en);
     t->name = dupstr(name);
     if (!t->name) return cav_fail(err, 3, "%s: out of memory", path);
@@ -160,8 +165,8 @@ int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
     cav_json *h = NULL;
     span *spans = NULL;
     if (hlen < 2 || hlen > CAV_ST_MAX_HEADER || hlen > fsize - 8) {
-        cav_fail(err, 2, "%s: safetensors header length %llu is not within 2..%u and the %llu-byte file", path,
-                 (unsigned long long)hlen, CAV_ST_MAX_HEADER, (unsigned long long)fsize);
+        cav_fail(err, 2, "%s: safetensors header length %llu is not within 2..%u and the %llu-byte file",
+                 path, (unsigned long long)hlen, CAV_ST_MAX_HEADER, (unsigned long long)fsize);
         goto done;
     }
     if (p[8] != '{') {
@@ -202,7 +207,8 @@ int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
             }
             for (int k = 0; k < e->n; k++) {
                 if (e->items[k]->type != CAV_JSON_STRING) {
-                    cav_fail(err, 2, "%s: safetensors __metadata__ value \"%s\" is not a string", path, e->keys[k]);
+                    cav_fail(err, 2, "%s: safetensors __metadata__ value \"%s\" is not a string", path,
+                             e->keys[k]);
                     goto done;
                 }
                 st->meta_keys[k] = dupstr(e->keys[k]);
@@ -224,12 +230,13 @@ int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
     uint64_t pos = 0;
     for (int i = 0; i < st->n; i++) {
         if (spans[i].begin < pos) {
-            cav_fail(err, 2, "%s: tensor %s: data_offsets overlap another tensor", path, st->t[spans[i].idx].name);
+            cav_fail(err, 2, "%s: tensor %s: data_offsets overlap another tensor", path,
+                     st->t[spans[i].idx].name);
             goto done;
         }
         if (spans[i].begin > pos) {
-            cav_fail(err, 2, "%s: tensor %s: a hole of %llu bytes before its data", path, st->t[spans[i].idx].name,
-                     (unsigned long long)(spans[i].begin - pos));
+            cav_fail(err, 2, "%s: tensor %s: a hole of %llu bytes before its data", path,
+                     st->t[spans[i].idx].name, (unsigned long long)(spans[i].begin - pos));
             goto done;
         }
         pos = spans[i].end;
@@ -238,8 +245,7 @@ int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
         cav_fail(err, 2, "%s: %llu bytes after the last tensor", path, (unsigned long long)(data_len - pos));
         goto done;
     }
-    for (int i = 0; i < st->n; i++)
-        st->t[spans[i].idx].data = p + 8 + hlen + spans[i].begin;
+    for (int i = 0; i < st->n; i++) st->t[spans[i].idx].data = p + 8 + hlen + spans[i].begin;
     rc = 0;
 done:
     cav_json_free(h);
@@ -263,22 +269,27 @@ const char *cav_st_meta(const cav_safetensors *st, const char *key) {
 static float half_to_f32(uint16_t h) {
     uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023, bits;
     if (e == 0) {
-        if (m == 0) bits = s;
+        if (m == 0)
+            bits = s;
         else { /* subnormal: renormalise */
             int sh = 0;
             while (!(m & 1024)) m <<= 1, sh++;
             bits = s | (uint32_t)(113 - sh) << 23 | (m & 1023) << 13;
         }
-    } else if (e == 31) bits = s | 0x7f800000u | m << 13;
-    else bits = s | (e + 112) << 23 | m << 13;
+    } else if (e == 31)
+        bits = s | 0x7f800000u | m << 13;
+    else
+        bits = s | (e + 112) << 23 | m << 13;
     float f;
     memcpy(&f, &bits, 4);
     return f;
 }
 
-int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *dst, size_t count, cav_err *err) {
+int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *dst, size_t count,
+                    cav_err *err) {
     if (count != t->numel)
-        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel, count);
+        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel,
+                        count);
     const unsigned char *s = t->data;
     const char *d = t->st_dtype;
     if (!strcmp(d, "F32")) {
@@ -302,18 +313,22 @@ int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *ds
             }
         }
     } else {
-        return cav_fail(err, 2, "%s: tensor %s: dtype %s where a float tensor is expected", st->path, t->name, d);
+        return cav_fail(err, 2, "%s: tensor %s: dtype %s where a float tensor is expected", st->path, t->name,
+                        d);
     }
     return 0;
 }
 
-int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *dst, size_t count, cav_err *err) {
+int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *dst, size_t count,
+                    cav_err *err) {
     if (count != t->numel)
-        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel, count);
+        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel,
+                        count);
     const unsigned char *s = t->data;
     const char *d = t->st_dtype;
     for (size_t i = 0; i < count; i++) {
-        if (!strcmp(d, "I64")) memcpy(&dst[i], s + 8 * i, 8);
+        if (!strcmp(d, "I64"))
+            memcpy(&dst[i], s + 8 * i, 8);
         else if (!strcmp(d, "I32")) {
             int32_t v;
             memcpy(&v, s + 4 * i, 4);
@@ -322,8 +337,10 @@ int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *
             int16_t v;
             memcpy(&v, s + 2 * i, 2);
             dst[i] = v;
-        } else if (!strcmp(d, "I8")) dst[i] = (int8_t)s[i];
-        else if (!strcmp(d, "U8")) dst[i] = s[i];
+        } else if (!strcmp(d, "I8"))
+            dst[i] = (int8_t)s[i];
+        else if (!strcmp(d, "U8"))
+            dst[i] = s[i];
         else
             return cav_fail(err, 2, "%s: tensor %s: dtype %s where an integer tensor is expected", st->path,
                             t->name, d);
@@ -354,7 +371,7 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
             size_t nc_ = (hc + an_ + 1) * 2;                                                                 \
             char *nh_ = realloc(h, nc_);                                                                     \
             if (!nh_) {                                                                                      \
-                cav_fail(err, 3, "%s: out of memory", path);                                                \
+                cav_fail(err, 3, "%s: out of memory", path);                                                 \
                 goto out;                                                                                    \
             }                                                                                                \
             h = nh_, hc = nc_;                                                                               \
@@ -365,7 +382,7 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
 #define APPEND_STR(s)                                                                                        \
     do {                                                                                                     \
         if (cav_json_append_string(&h, &hl, &hc, (s))) {                                                     \
-            cav_fail(err, 3, "%s: out of memory", path);                                                    \
+            cav_fail(err, 3, "%s: out of memory", path);                                                     \
             goto out;                                                                                        \
         }                                                                                                    \
     } while (0)
@@ -385,7 +402,8 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
     for (int i = 0; i < n; i++) {
         const char *dn = st_name_of(e[i].dtype);
         if (!dn) {
-            cav_fail(err, 3, "%s: tensor %s: no safetensors dtype for record type %d", path, e[i].name, e[i].dtype);
+            cav_fail(err, 3, "%s: tensor %s: no safetensors dtype for record type %d", path, e[i].name,
+                     e[i].dtype);
             goto out;
         }
         if (!e[i].name[0] || !strcmp(e[i].name, "__metadata__")) {

@@ -48,9 +48,11 @@ const char *cav_st_meta(const cav_safetensors *st, const char *key); /* NULL if 
 
 /* Converts a float tensor (F32, F16, BF16, F64) to count f32 values at dst; count must equal its numel.
  * -1 with code 2 otherwise. */
-int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *dst, size_t count, cav_err *err);
+int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *dst, size_t count,
+                    cav_err *err);
 /* As cav_st_copy_f32 for an integer tensor (I64, I32, I16, I8, U8) into int64 values. */
-int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *dst, size_t count, cav_err *err);
+int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *dst, size_t count,
+                    cav_err *err);
 
 /* One tensor to write: data holds numel x size(dtype) bytes in row-major order. */
 typedef struct {

@@ -13,11 +13,14 @@ Each OUTDIR/NAME.safetensors holds:
   (f32 [1]) and `out.pred_a` [B, La, 256] / `out.pred_v` [B, Lv, 768] when the decoder runs
   (mae_loss_weight != 0) for the modalities present; fine-tuning outputs `out.logits` and `out.loss`;
 - `grad.<name>` for every trainable parameter: d out.loss / d param (zeros where the loss does not reach);
+- metadata `no_grad`: JSON list of the trainable parameters the loss does not reach (PyTorch leaves their
+  .grad None, and torch.optim.Adam then skips them: no update, not even weight decay);
 - in FEAT_STATES also `out.feat_a` / `out.feat_v`, forward_feat of the inputs (no gradient).
 
 Also OUTDIR/adam5_tiny.safetensors: the tiny start state, fixed inputs and masks, `out.losses` f32 [6] (the
 loss before each of 5 torch.optim.Adam steps, lr in the config, weight_decay 5e-7, betas (0.95, 0.999),
-eps 1e-8, and after the last) and `final.<name>` for every parameter after the 5 steps.
+eps 1e-8, and after the last) and `final.<name>` for every parameter after the 5 steps; the parameters in
+`no_grad` keep their start values (Adam skips them).
 
 Parameters start from the reference initialisation and are then perturbed (every tensor but the position
 tables gets N(0, 0.02) noise added) so that zero biases and unit LayerNorm weights cannot hide a missing
@@ -179,6 +182,13 @@ def run(cfg, model, ins):
     return {k: v.detach() for k, v in outs.items()}, grads
 
 
+def no_grad_names(model):
+    """Trainable parameters the loss does not reach (p.grad is None after backward): torch.optim.Adam skips
+    them entirely, so not even the coupled weight decay moves them (e.g. the modality LayerNorms of
+    blocks_a/blocks_v/decoder_blocks, the whole decoder when mae_loss_weight is 0)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
 def write_state(path, cfg, model, ins, outs, grads, extra=None):
     tensors = {n: p.detach() for n, p in model.named_parameters()}
     tensors.update(ins)
@@ -186,7 +196,8 @@ def write_state(path, cfg, model, ins, outs, grads, extra=None):
     tensors.update(grads)
     if extra:
         tensors.update(extra)
-    st_io.save(path, tensors, {'format': FORMAT, 'config': json.dumps(cfg, sort_keys=True)})
+    st_io.save(path, tensors, {'format': FORMAT, 'config': json.dumps(cfg, sort_keys=True),
+                               'no_grad': json.dumps(no_grad_names(model))})
 
 
 def adam5(outdir):
@@ -204,6 +215,7 @@ def adam5(outdir):
         outs, grads = run(cfg, model, ins)
         if step == 0:
             outs0, grads0 = outs, grads
+            no_grad = no_grad_names(model)
         losses.append(float(outs['out.loss']))
         if step < cfg['adam_steps']:
             opt.step()
@@ -215,7 +227,7 @@ def adam5(outdir):
     tensors.update(final)
     tensors['out.losses'] = torch.tensor(losses, dtype=torch.float32)
     st_io.save(os.path.join(outdir, 'adam5_tiny.safetensors'), tensors,
-               {'format': FORMAT, 'config': json.dumps(cfg, sort_keys=True)})
+               {'format': FORMAT, 'config': json.dumps(cfg, sort_keys=True), 'no_grad': json.dumps(no_grad)})
     return losses
 
 

@@ -155,6 +155,14 @@ def check_state(path, rerun=True):
         why.append('gradients missing')
     if not ft and 'a' in cfg.get('modalities', 'av') and 'in.keep_a' not in tensors:
         why.append('in.keep_a missing')
+    ng = json.loads(meta.get('no_grad', 'null') or 'null')
+    if ng is None:
+        why.append('no_grad metadata missing')
+    else:
+        why += ['%s in no_grad but its gradient is not zero' % n for n in ng if tensors['grad.' + n].abs().max() != 0]
+        if not ft and cfg['depth'] > cfg['modality_specific_depth'] and cfg['modality_specific_depth'] > 0 and \
+                'blocks_a.0.norm1_a.weight' not in ng:
+            why.append('blocks_a.0.norm1_a (unused, SPEC 2.2) not in no_grad')
     if 'joint2' in path and tensors['grad.blocks_u.0.norm1_a.weight'].abs().max() != 0:
         why.append('the contrastive loop quirk (SPEC 2.7.5) should leave blocks_u.0.norm1_a without gradient')
     return why
@@ -185,6 +193,8 @@ def test_debug_states():
             ok = losses.shape == (cfg['adam_steps'] + 1,) and bool((losses[1:] < losses[:-1]).all())
             ok = ok and all('final.' + n in tensors for n in tensors if n in tensors and not n.startswith(
                 ('in.', 'out.', 'grad.', 'final.')))
+            ng = json.loads(meta['no_grad'])
+            ok = ok and len(ng) > 0 and all(torch.equal(tensors['final.' + n], tensors[n]) for n in ng)
             report('debug_state_adam5', ok, 'losses %s' % losses.tolist())
             continue
         why = check_state(path, rerun=f[:-len('.safetensors')] in RERUN)

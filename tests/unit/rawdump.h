@@ -46,7 +46,8 @@ static int raw_load(raw_dump *d, const char *path) {
         }
         raw_tensor *t = &d->t[d->n];
         memset(t, 0, sizeof *t);
-        if (nl >= sizeof t->name || fread(t->name, 1, nl, f) != nl || fread(&nd, 4, 1, f) != 1 || nd > 8) goto bad;
+        if (nl >= sizeof t->name || fread(t->name, 1, nl, f) != nl || fread(&nd, 4, 1, f) != 1 || nd > 8)
+            goto bad;
         t->ndim = (int)nd;
         t->numel = 1;
         for (uint32_t k = 0; k < nd; k++) {

@@ -88,7 +88,8 @@ static void test_views_and_dtypes(void) {
     t = cav_pth_find(&got, "scalar");
     CHECK(t && t->ndim == 0 && t->numel == 1 && t->data[0] == 2.75f);
     t = cav_pth_find(&got, "transposed");
-    CHECK(t && t->ndim == 2 && t->shape[0] == 6 && t->shape[1] == 4 && t->data[1] == 0.0f && t->data[4] == -2.5f);
+    CHECK(t && t->ndim == 2 && t->shape[0] == 6 && t->shape[1] == 4 && t->data[1] == 0.0f &&
+          t->data[4] == -2.5f);
     cav_pth_free(&got);
 }
 
@@ -174,7 +175,10 @@ static void test_pickle_machine(void) {
     /* An empty dict is a valid, empty state dict. */
     CHECK(pkl_code("\x80\x02}.", 4, NULL) == 100);
     CHECK(pkl_code("\x80\x02\x63__builtin__\neval\n.", 20, "__builtin__.eval refused") == 2);
-    CHECK(pkl_code("\x80\x02\x8c\x08" "builtins\x8c\x04" "exec\x93.", 20, "builtins.exec refused") == 2);
+    CHECK(pkl_code("\x80\x02\x8c\x08"
+                   "builtins\x8c\x04"
+                   "exec\x93.",
+                   20, "builtins.exec refused") == 2);
     CHECK(pkl_code("\x80\x02}", 3, "truncated") == 2);
     CHECK(pkl_code("\x80\x02.", 3, "underflow") == 2);
     CHECK(pkl_code("\x80\x02h\x05.", 5, "memo") == 2);
@@ -185,7 +189,9 @@ static void test_pickle_machine(void) {
     /* A tensor whose storage entry is missing from the zip. */
     const char t[] = "\x80\x02}X\x01\x00\x00\x00w"
                      "ctorch._utils\n_rebuild_tensor_v2\n"
-                     "((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x02tQ"
+                     "((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00"
+                     "0X\x03\x00\x00\x00"
+                     "cpuK\x02tQ"
                      "K\x00K\x02\x85K\x01\x85\x89)tRs.";
     CHECK(pkl_code(t, sizeof t - 1, "not in the file") == 2);
 }

@@ -1,7 +1,7 @@
 /* test_safetensors.c: safetensors round trip (C writes, C reads back value for value, with metadata and odd
  * shapes), the strict header checks on hostile files (each must fail with code 2, under ASan without a
- * leak), and reading a file Debian's torch wrote through tests/ref/st_io.py (gen_pth's tiny_state.safetensors),
- * compared with the raw dump gen_pth wrote beside it. */
+ * leak), and reading a file Debian's torch wrote through tests/ref/st_io.py (gen_pth's
+ * tiny_state.safetensors), compared with the raw dump gen_pth wrote beside it. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +14,9 @@
 
 static char tmpdir[256];
 
-static void path_of(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", tmpdir, name); }
+static void path_of(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s/%s", tmpdir, name);
+}
 
 static void write_raw(const char *path, const void *hdr, size_t hlen, uint64_t claimed, const void *data,
                       size_t dlen) {
@@ -36,14 +38,11 @@ static void test_round_trip(void) {
     double d[2] = {1.0 / 3, -7};
     uint16_t h[3] = {0x3c00, 0xc000, 0x0001}; /* 1, -2, smallest subnormal */
     cav_st_entry e[] = {
-        {"x.weight", CAV_F32, 2, {2, 3}, a},
-        {"ids", CAV_I64, 1, {3}, b},
-        {"scalar", CAV_U8, 0, {0}, c},
-        {"empty", CAV_F32, 2, {0, 5}, a},
-        {"dbl", CAV_F64, 1, {2}, d},
-        {"half", CAV_F16, 1, {3}, h},
+        {"x.weight", CAV_F32, 2, {2, 3}, a}, {"ids", CAV_I64, 1, {3}, b}, {"scalar", CAV_U8, 0, {0}, c},
+        {"empty", CAV_F32, 2, {0, 5}, a},    {"dbl", CAV_F64, 1, {2}, d}, {"half", CAV_F16, 1, {3}, h},
     };
-    const char *mk[] = {"format", "config"}, *mv[] = {"cav-debug-state/1", "{\"embed_dim\": 192, \"q\": \"\\\"\"}"};
+    const char *mk[] = {"format", "config"},
+               *mv[] = {"cav-debug-state/1", "{\"embed_dim\": 192, \"q\": \"\\\"\"}"};
     cav_err err = {0};
     REQUIRE(cav_st_write(p, e, 6, mk, mv, 2, &err) == 0);
     cav_safetensors st;
@@ -54,7 +53,8 @@ static void test_round_trip(void) {
     CHECK(cav_st_meta(&st, "config") && !strcmp(cav_st_meta(&st, "config"), mv[1]));
     CHECK(cav_st_meta(&st, "nope") == NULL);
     const cav_st_tensor *t = cav_st_find(&st, "x.weight");
-    REQUIRE(t && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3 && t->dtype == CAV_F32 && t->numel == 6);
+    REQUIRE(t && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3 && t->dtype == CAV_F32 &&
+            t->numel == 6);
     CHECK(((uintptr_t)t->data - (uintptr_t)st.map) % 8 == 0);
     float got[6];
     REQUIRE(cav_st_copy_f32(&st, t, got, 6, &err) == 0);
@@ -118,7 +118,8 @@ static void test_hostile_headers(void) {
     CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, "fractional dim"));
     CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "reversed offsets"));
     CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,9]}}", 8, "three offsets"));
-    CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8, "extra field"));
+    CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8,
+                  "extra field"));
     CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "no offsets"));
     CHECK(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                   "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
@@ -185,7 +186,8 @@ static void test_python_written(void) {
         const raw_tensor *w = &want.t[i];
         const cav_st_tensor *t = cav_st_find(&st, w->name);
         float *got = malloc(w->numel * 4 + 4);
-        int same = t && t->ndim == w->ndim && !memcmp(t->shape, w->shape, sizeof(int64_t) * (size_t)w->ndim) &&
+        int same = t && t->ndim == w->ndim &&
+                   !memcmp(t->shape, w->shape, sizeof(int64_t) * (size_t)w->ndim) &&
                    cav_st_copy_f32(&st, t, got, w->numel, &err) == 0 && !memcmp(got, w->v, w->numel * 4);
         if (!same) fprintf(stderr, "  tensor %s differs or is missing\n", w->name), bad++;
         free(got);
