@@ -3,6 +3,7 @@
  * round trips patchify -> unpatchify. */
 #include "harness.h"
 #include "augment.h"
+#include "kernels.h"
 #include "patchify.h"
 
 #include <stdint.h>
@@ -159,6 +160,25 @@ static void round_trips_are_identity(void) {
     CHECK(!cav_patch_shape(&pl, 4, 0, &ntok, &dim));
 }
 
+/* The model's patch kernels (kernels.h, used for the MAE targets inside training) and this module (used by
+ * the patchify tool) must agree exactly, or tokens written by the tool would not be what the model sees. */
+static void agrees_with_model_kernels(void) {
+    float *a = malloc(4 * 1024 * 128), *v = malloc(4 * 3 * 224 * 224);
+    float *mine = malloc(4 * 512 * 256), *theirs = malloc(4 * 512 * 256);
+    float *vm = malloc(4 * 196 * 768), *vt = malloc(4 * 196 * 768);
+    REQUIRE(a && v && mine && theirs && vm && vt);
+    for (int i = 0; i < 1024 * 128; i++) a[i] = (float)(((int64_t)i * 7919) % 1000) * 0.01f - 5.0f;
+    for (int i = 0; i < 3 * 224 * 224; i++) v[i] = (float)(((int64_t)i * 104729) % 997) * 0.003f - 1.5f;
+    cav_plane pa = cav_plane_fbank(1024, 128), pv = cav_plane_chw(3, 224, 224);
+    cav_patchify_f32(&pa, a, 16, 16, mine);
+    cav_patchify_audio(theirs, a, 1, 1024, 128);
+    CHECK(memcmp(mine, theirs, 4 * 512 * 256) == 0);
+    cav_patchify_f32(&pv, v, 16, 16, vm);
+    cav_patchify_video(vt, v, 1, 224);
+    CHECK(memcmp(vm, vt, 4 * 196 * 768) == 0);
+    free(a), free(v), free(mine), free(theirs), free(vm), free(vt);
+}
+
 int main(void) {
     const char *base = getenv("CAV_REF");
     snprintf(refdir, sizeof refdir, "%s/gen_patchify", base ? base : "build/ref");
@@ -167,5 +187,6 @@ int main(void) {
     TEST(norm_pix_matches_reference);
     TEST(overlapping_patches_match_unfold);
     TEST(round_trips_are_identity);
+    TEST(agrees_with_model_kernels);
     return harness_exit();
 }
