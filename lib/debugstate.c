@@ -197,6 +197,31 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", t->name, ma, rel);
         rep->tensors++;
     }
+    /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
+     * ones the C optimiser will skip (optim.h). */
+    const char *nogtext = cav_st_meta(&st, "no_grad");
+    if (nogtext) {
+        cav_json *ng = cav_json_parse(nogtext, strlen(nogtext), jerr, sizeof jerr);
+        unsigned char *reached = calloc((size_t)m->ntable, 1);
+        int bad = !ng || ng->type != CAV_JSON_ARRAY || !reached;
+        if (!bad) cav_optim_mark_reached(m, reached);
+        for (int i = 0; !bad && i < m->ntable; i++) {
+            if (!m->table[i].trainable) continue;
+            int listed = 0;
+            for (int k = 0; k < ng->n; k++)
+                listed |= ng->items[k]->type == CAV_JSON_STRING && strcmp(ng->items[k]->string, m->table[i].name) == 0;
+            if (listed == reached[i]) {
+                fprintf(out, "%-48s %s\n", m->table[i].name, listed ? "has no gradient in PyTorch, but one in C" : "has a gradient in PyTorch, none in C");
+                rep->reach_mismatches++;
+            }
+        }
+        cav_json_free(ng);
+        free(reached);
+        if (bad) {
+            cav_fail(err, 2, "%s: metadata no_grad is not a JSON array of names", path);
+            goto done;
+        }
+    }
     /* Gradients: every trainable parameter's. */
     for (int i = 0; i < m->ntable; i++) {
         cav_param *p = &m->table[i];
@@ -278,7 +303,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         }
     }
     fprintf(out, "max_rel_loss=%.3e max_rel_grad=%.3e\n", rep->max_rel_loss, worse(rep->max_rel_grad, rep->max_rel_out));
-    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD &&
+    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD && !rep->reach_mismatches &&
                  rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
              ? 0
              : 2;

@@ -17,7 +17,8 @@
 typedef struct {
     double max_rel_loss, max_rel_out, max_rel_grad;
     double max_rel_final; /* Adam states: parameters after the steps (reported only) */
-    int tensors; /* compared */
+    int tensors;          /* compared */
+    int reach_mismatches; /* parameters with a gradient in one implementation and none in the other */
 } cav_debug_report;
 
 /* Prints one line per compared tensor to out, then "max_rel_loss=<x> max_rel_grad=<y>". Returns 0 when
