@@ -24,7 +24,9 @@ static pthread_mutex_t h5lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define PENDING_ROWS 64                  /* rows buffered before the fields' layouts are chosen */
 #define PENDING_BYTES ((size_t)256 << 20) /* ...or this many tensor bytes */
-#define RAGGED_CHUNK_BYTES (256 << 10)   /* chunk of a ragged field's flat data */
+#define RAGGED_CHUNK_BYTES (256 << 10)   /* chunk of a ragged field's flat data, unless rows tell otherwise: */
+#define RAGGED_CHUNK_MIN (16 << 10)      /* ...the mean row size of the buffered rows, within these bounds */
+#define RAGGED_CHUNK_MAX (1 << 20)
 #define FIXED_CHUNK_BYTES (64 << 10)     /* small fixed rows are grouped up to this size per chunk */
 #define INDEX_CHUNK 4096                 /* rows per chunk of the per-row columns */
 #define READ_LIMIT (UINT64_C(1) << 32)   /* largest tensor a reader allocates for one row */
@@ -342,12 +344,22 @@ static int ragged_alloc(cav_shard_writer *w, wfield *f) {
     return f->off && f->nd && f->shp ? 0 : -1;
 }
 
-static hid_t create_ragged_group(cav_shard_writer *w, const char *link, wfield *f) {
+static hid_t create_ragged_group(cav_shard_writer *w, const char *link, wfield *f, size_t row_hint) {
     hid_t g = H5Gcreate2(w->file, link, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (g < 0) return -1;
     hsize_t none[1] = {0};
     size_t es = cav_dtype_size(f->dtype);
-    hsize_t chunk = RAGGED_CHUNK_BYTES / es;
+    /* Random access reads whole chunks: a chunk about one mean row long costs at most ~2 rows per read. */
+    size_t bytes = RAGGED_CHUNK_BYTES, total = 0, n = 0;
+    for (int p = 0; p < w->npending; p++) {
+        const cav_tensor *t = cav_record_find(&w->pending[p], f->name);
+        if (t) total += t->nbytes, n++;
+    }
+    if (n) bytes = total / n;
+    else if (row_hint) bytes = row_hint;
+    if (bytes < RAGGED_CHUNK_MIN) bytes = RAGGED_CHUNK_MIN;
+    if (bytes > RAGGED_CHUNK_MAX) bytes = RAGGED_CHUNK_MAX;
+    hsize_t chunk = bytes / es;
     f->d = create_ext(g, "data", file_type(f->dtype), 1, none, chunk, w->level);
     int bad = f->d < 0 || write_str_attr(g, "cav_layout", "ragged") ||
               write_str_attr(g, "cav_dtype", cav_dtype_name(f->dtype));
@@ -397,7 +409,9 @@ static int convert_to_ragged(cav_shard_writer *w, wfield *f) {
     f->ragged = 1;
     f->nelem = 0;
     if (ragged_alloc(w, f)) return -1;
-    hid_t g = create_ragged_group(w, tmp, f);
+    size_t rowbytes = (size_t)cav_shape_count(f->ndim, f->shape, cav_dtype_size(f->dtype), UINT64_MAX) *
+                      cav_dtype_size(f->dtype);
+    hid_t g = create_ragged_group(w, tmp, f, rowbytes);
     if (g < 0) return -1;
     cav_tensor t = {.name = f->name, .dtype = f->dtype, .ndim = f->ndim};
     memcpy(t.shape, f->shape, sizeof t.shape);
@@ -448,7 +462,7 @@ static int write_row(cav_shard_writer *w, const cav_record *rec) {
         if (!f) return -1;
         f->ragged = 1;
         if (ragged_alloc(w, f)) return -1;
-        hid_t g = create_ragged_group(w, f->name, f);
+        hid_t g = create_ragged_group(w, f->name, f, t->nbytes);
         if (g < 0) return -1;
         H5Gclose(g);
         for (int64_t r = 0; r < row; r++) ragged_put(f, r, NULL);
