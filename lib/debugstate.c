@@ -20,7 +20,7 @@ static int apply_config(cav_config *cfg, const cav_json *j, int *batch, cav_err 
             *batch = (int)v->number;
             continue;
         }
-        if (strncmp(key, "adam_", 5) == 0) continue; /* the optimiser run of an Adam state, read later */
+        if (strncmp(key, "adam_", 5) == 0 || strcmp(key, "contrast_groups") == 0) continue; /* the optimiser run of an Adam state, read later */
         switch (v->type) {
         case CAV_JSON_NUMBER: snprintf(text, sizeof text, "%.17g", v->number); break;
         case CAV_JSON_BOOL: snprintf(text, sizeof text, "%s", v->boolean ? "true" : "false"); break;
@@ -58,7 +58,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     int rc = 2;
     cav_model *m = NULL, *fm = NULL;
     cav_json *cj = NULL;
-    float *buf = NULL;
+    float *buf = NULL, *fa = NULL, *fv = NULL, *fl = NULL, *acc = NULL;
+    int64_t *fka = NULL, *fkv = NULL;
     if (!fmt || strcmp(fmt, "cav-debug-state/1")) {
         cav_fail(err, 2, "%s: metadata format is not cav-debug-state/1", path);
         goto done;
@@ -87,7 +88,12 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         cav_fail(err, 2, "%s: config: %s", path, cerr.msg);
         goto done;
     }
-    m = cav_model_create(&cfg, (int)ta->shape[0], err);
+    int G = (int)cav_json_get_number(cj, "contrast_groups", 1);
+    if (G < 1 || ta->shape[0] % G) {
+        cav_fail(err, 2, "%s: contrast_groups %d does not divide the batch %lld", path, G, (long long)ta->shape[0]);
+        goto done;
+    }
+    m = cav_model_create(&cfg, (int)ta->shape[0] / G, err);
     if (!m) {
         rc = err->code ? err->code : 3;
         goto done;
@@ -116,78 +122,136 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         cav_fail(err, 2, "%s: %d parameters in the file, %d in the model", path, nparam_file, m->ntable);
         goto done;
     }
-    /* Inputs. */
-    size_t na = (size_t)m->B * m->T * m->F, nv = (size_t)m->B * 3 * m->S * m->S;
-    /* A single-modality model has no buffer for the other input. */
-    if (m->in.audio && cav_st_copy_f32(&st, ta, m->in.audio, na, err)) goto done;
-    if (m->in.video && (!tv || cav_st_copy_f32(&st, tv, m->in.video, nv, err))) {
+    /* Inputs, whole batch; the model runs them in G groups (the reference's per-GPU replicas: losses summed,
+     * c_acc averaged, gradients of the sum). */
+    int B = (int)ta->shape[0], Bg = m->B;
+    size_t ga = (size_t)Bg * m->T * m->F, gv = (size_t)Bg * 3 * m->S * m->S;
+    size_t gka = (size_t)Bg * m->La, gkv = (size_t)Bg * m->Lv, gl = (size_t)Bg * (ft ? cfg.label_dim : 0);
+    fa = malloc(G * ga * sizeof *fa), fv = malloc(G * gv * sizeof *fv), fl = malloc((G * gl + 1) * sizeof *fl);
+    fka = malloc((G * gka + 1) * sizeof *fka), fkv = malloc((G * gkv + 1) * sizeof *fkv);
+    acc = malloc(m->nparams * sizeof *acc);
+    if (!fa || !fv || !fl || !fka || !fkv || !acc) {
+        cav_fail(err, 3, "out of memory");
+        rc = 3;
+        goto done;
+    }
+    /* A single-modality model reads only its own input. */
+    if (m->in.audio && cav_st_copy_f32(&st, ta, fa, G * ga, err)) goto done;
+    if (m->in.video && (!tv || cav_st_copy_f32(&st, tv, fv, G * gv, err))) {
         if (!tv) cav_fail(err, 2, "%s: in.video missing", path);
         goto done;
     }
     if (!ft) {
         const cav_st_tensor *ka = cav_st_find(&st, "in.keep_a"), *kv = cav_st_find(&st, "in.keep_v");
-        if (cfg.use_audio && (!ka || cav_st_copy_i64(&st, ka, m->in.keep_a, (size_t)m->B * m->La, err))) {
+        if (cfg.use_audio && (!ka || cav_st_copy_i64(&st, ka, fka, G * gka, err))) {
             if (!ka) cav_fail(err, 2, "%s: in.keep_a missing", path);
             goto done;
         }
-        if (cfg.use_video && (!kv || cav_st_copy_i64(&st, kv, m->in.keep_v, (size_t)m->B * m->Lv, err))) {
+        if (cfg.use_video && (!kv || cav_st_copy_i64(&st, kv, fkv, G * gkv, err))) {
             if (!kv) cav_fail(err, 2, "%s: in.keep_v missing", path);
             goto done;
         }
     } else {
         const cav_st_tensor *tl = cav_st_find(&st, "in.labels");
-        if (!tl || cav_st_copy_f32(&st, tl, m->in.labels, (size_t)m->B * cfg.label_dim, err)) {
+        if (!tl || cav_st_copy_f32(&st, tl, fl, G * gl, err)) {
             if (!tl) cav_fail(err, 2, "%s: in.labels missing", path);
             goto done;
         }
     }
-    cav_model_forward(m);
-    cav_model_backward(m);
+    static const char *const scalars[] = {"loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc"};
+    static const char *const tensors[] = {"pred_a", "pred_v", "logits"};
+    double sc[6] = {0};
+    float *gath[3] = {NULL, NULL, NULL};
+    size_t gsz[3] = {0, 0, 0};
+    memset(acc, 0, m->nparams * sizeof *acc);
+    for (int g = 0; g < G; g++) {
+        if (m->in.audio) memcpy(m->in.audio, fa + g * ga, ga * sizeof *fa);
+        if (m->in.video) memcpy(m->in.video, fv + g * gv, gv * sizeof *fv);
+        if (!ft) {
+            if (m->La) memcpy(m->in.keep_a, fka + g * gka, gka * sizeof *fka);
+            if (m->Lv) memcpy(m->in.keep_v, fkv + g * gkv, gkv * sizeof *fkv);
+        } else memcpy(m->in.labels, fl + g * gl, gl * sizeof *fl);
+        cav_model_forward(m);
+        for (int k = 0; k < 6; k++) {
+            int64_t sh[4];
+            int nd;
+            const float *v = cav_model_output(m, scalars[k], sh, &nd);
+            if (v) sc[k] += k == 5 ? v[0] / G : v[0];
+        }
+        for (int k = 0; k < 3; k++) {
+            int64_t sh[4];
+            int nd;
+            const float *v = cav_model_output(m, tensors[k], sh, &nd);
+            if (!v) continue;
+            size_t n = 1;
+            for (int d = 0; d < nd; d++) n *= (size_t)sh[d];
+            if (!gath[k]) {
+                gsz[k] = n;
+                if (!(gath[k] = malloc(G * n * sizeof(float)))) {
+                    cav_fail(err, 3, "out of memory");
+                    rc = 3;
+                    goto groups_done;
+                }
+            }
+            memcpy(gath[k] + g * n, v, n * sizeof(float));
+        }
+        cav_model_backward(m);
+        for (size_t i = 0; i < m->nparams; i++) acc[i] += m->grads[i];
+    }
+    memcpy(m->grads, acc, m->nparams * sizeof *acc);
     /* Outputs: every out.* of the file that the C model has. */
     for (int i = 0; i < st.n; i++) {
         const cav_st_tensor *t = &st.t[i];
         if (strncmp(t->name, "out.", 4) || strcmp(t->name, "out.losses") == 0) continue;
-        int feat = strncmp(t->name, "out.feat_", 9) == 0;
-        if (feat && !fm) { /* forward_feat runs as its own task on the same parameters and inputs */
-            cav_config fc = cfg;
-            fc.task = CAV_TASK_FEAT;
-            if (!(fm = cav_model_create(&fc, m->B, err))) goto done;
-            for (int k = 0; k < fm->ntable; k++) {
-                cav_param *src = cav_model_param(m, fm->table[k].name);
-                if (!src || src->numel != fm->table[k].numel) {
-                    cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
-                    goto done;
+        const char *name = t->name + 4;
+        const float *c = NULL;
+        size_t cn = 0;
+        float scv;
+        for (int k = 0; k < 6; k++)
+            if (!strcmp(name, scalars[k])) scv = (float)sc[k], c = &scv, cn = 1;
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(name, tensors[k])) c = gath[k], cn = G * gsz[k];
+        if (strncmp(name, "feat_", 5) == 0) {
+            if (!fm) { /* forward_feat runs as its own task on the same parameters and the whole batch */
+                cav_config fc = cfg;
+                fc.task = CAV_TASK_FEAT;
+                if (!(fm = cav_model_create(&fc, B, err))) goto groups_done;
+                for (int k = 0; k < fm->ntable; k++) {
+                    cav_param *src = cav_model_param(m, fm->table[k].name);
+                    if (!src || src->numel != fm->table[k].numel) {
+                        cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
+                        goto groups_done;
+                    }
+                    memcpy(fm->table[k].data, src->data, src->numel * sizeof(float));
                 }
-                memcpy(fm->table[k].data, src->data, src->numel * sizeof(float));
+                if (fm->in.audio) memcpy(fm->in.audio, fa, G * ga * sizeof *fa);
+                if (fm->in.video) memcpy(fm->in.video, fv, G * gv * sizeof *fv);
+                cav_model_forward(fm);
             }
-            if (fm->in.audio) memcpy(fm->in.audio, m->in.audio, na * sizeof(float));
-            if (fm->in.video) memcpy(fm->in.video, m->in.video, nv * sizeof(float));
-            cav_model_forward(fm);
+            int64_t sh[4];
+            int nd;
+            c = cav_model_output(fm, name, sh, &nd);
+            cn = 1;
+            for (int d = 0; c && d < nd; d++) cn *= (size_t)sh[d];
         }
-        int64_t shape[4];
-        int ndim;
-        const float *c = cav_model_output(feat ? fm : m, t->name + 4, shape, &ndim);
         if (!c) {
             cav_fail(err, 2, "%s: %s: the C model has no such output", path, t->name);
-            goto done;
+            goto groups_done;
         }
         free(buf);
         buf = malloc(t->numel * sizeof *buf);
         if (!buf) {
             cav_fail(err, 3, "out of memory");
             rc = 3;
-            goto done;
+            goto groups_done;
         }
-        size_t cn = 1;
-        for (int d = 0; d < ndim; d++) cn *= (size_t)shape[d];
         if (cn != t->numel || cav_st_copy_f32(&st, t, buf, t->numel, err)) {
             if (cn != t->numel) cav_fail(err, 2, "%s: %s: %zu values, the C model has %zu", path, t->name, t->numel, cn);
-            goto done;
+            goto groups_done;
         }
         double ma, rel;
         compare(c, buf, t->numel, &ma, &rel);
-        int scalar = t->numel == 1;
-        if (scalar) { /* a loss: relative to its own value */
+        if (t->numel == 1) { /* a loss: relative to its own value */
             double p = fabs((double)buf[0]);
             rel = p > 0 ? ma / p : (ma > 0 ? INFINITY : 0);
             rep->max_rel_loss = worse(rep->max_rel_loss, rel);
@@ -196,6 +260,12 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         }
         fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", t->name, ma, rel);
         rep->tensors++;
+    }
+    for (int k = 0; k < 3; k++) free(gath[k]);
+    if (0) {
+    groups_done:
+        for (int k = 0; k < 3; k++) free(gath[k]);
+        goto done;
     }
     /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
      * ones the C optimiser will skip (optim.h). */
@@ -309,7 +379,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
              : 2;
     if (rc) cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path, CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
 done:
-    free(buf);
+    free(buf), free(fa), free(fv), free(fl), free(fka), free(fkv), free(acc);
     cav_json_free(cj);
     cav_model_free(m);
     cav_model_free(fm);

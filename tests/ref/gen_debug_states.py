@@ -105,6 +105,9 @@ def states():
             S['ft_%s_%s' % (mode, loss)] = ft_config(**ft_tiny, **SMALL_IN, label_dim=7, mode=mode, loss=loss,
                                                      batch=3)
     S['ft_tiny_full_input'] = ft_config(**ft_tiny, label_dim=7, mode='multimodal', loss='bce', batch=2)
+    # The reference's 4-GPU semantics (SPEC 2.10): DataParallel gives each replica a quarter of the batch, each
+    # computes its own contrastive loss over its quarter, and the four losses are summed (c_acc averaged).
+    S['groups4'] = dict(small, batch=8, contrast_groups=4, contrast_loss_weight=0.5)
     return S
 
 
@@ -189,6 +192,33 @@ def run(cfg, model, ins):
     return {k: v.detach() for k, v in outs.items()}, grads
 
 
+def run_groups(cfg, model, ins):
+    """As run(), for a batch split into cfg['contrast_groups'] replicas whose losses are summed."""
+    G, B = cfg['contrast_groups'], cfg['batch']
+    q = B // G
+    model.zero_grad(set_to_none=True)
+    total, sums, preds = 0, {}, {'pred_a': [], 'pred_v': []}
+    for g in range(G):
+        sl = slice(g * q, (g + 1) * q)
+        r = model.forward_all(ins['in.audio'][sl], ins['in.video'][sl], cfg['mask_ratio_a'], cfg['mask_ratio_v'],
+                              cfg['mae_loss_weight'], cfg['contrast_loss_weight'], cfg['mask_mode'],
+                              cfg['bidirect_contrast'], ins['in.keep_a'][sl], ins['in.keep_v'][sl])
+        total = total + r['loss']
+        for k in ('loss_mae', 'loss_mae_a', 'loss_mae_v', 'loss_c'):
+            sums[k] = sums.get(k, 0) + r[k].detach()
+        sums['c_acc'] = sums.get('c_acc', 0) + r['c_acc'].detach() / G
+        for k in preds:
+            preds[k].append(r[k].detach())
+    total.backward()
+    outs = {'out.' + k: v.float().reshape(1) for k, v in sums.items()}
+    outs['out.loss'] = total.detach().reshape(1)
+    for k, v in preds.items():
+        outs['out.' + k] = torch.cat(v)
+    grads = {'grad.' + n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+             for n, p in model.named_parameters() if p.requires_grad}
+    return outs, grads
+
+
 def no_grad_names(model):
     """Trainable parameters the loss does not reach (p.grad is None after backward): torch.optim.Adam skips
     them entirely, so not even the coupled weight decay moves them (e.g. the modality LayerNorms of
@@ -254,7 +284,7 @@ def main():
         ins = inputs(cfg, model, gen)
         m64 = copy.deepcopy(model).double()
         ins64 = {k: v.double() if v.is_floating_point() else v for k, v in ins.items()}
-        outs, grads = run(cfg, m64, ins64)
+        outs, grads = (run_groups if cfg.get('contrast_groups', 1) > 1 else run)(cfg, m64, ins64)
         if name in FEAT_STATES:
             with torch.no_grad():
                 outs['out.feat_a'], outs['out.feat_v'] = m64.forward_feat(ins64['in.audio'], ins64['in.video'])
