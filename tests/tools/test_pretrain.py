@@ -1,0 +1,180 @@
+"""test_pretrain.py: cav-pretrain end to end on a small synthetic shard with a micro model: a run killed with
+SIGKILL at a random moment and resumed ends byte-identical to an uninterrupted run; --max-steps + --resume
+likewise; two MPI ranks compute what one process computes on the same global batch and groups; a diverging
+run stops with the step named and its checkpoints intact; a failed checkpoint write (file size limit) exits
+3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cavstream  # noqa: E402
+
+BIN = os.environ["CAV_BIN"]
+TMP = tempfile.mkdtemp(prefix="cav-pretrain-test-")
+fails = 0
+MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
+         "--set", "depth=2", "--set", "modality_specific_depth=1", "--set", "decoder_embed_dim=16",
+         "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+
+
+def report(name, ok, why=""):
+    global fails
+    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
+    fails += not ok
+
+
+def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0):
+    g = np.random.default_rng(seed)
+    recs = []
+    for r in range(rows):
+        t = []
+        if with_fbank:
+            t.append(("fbank", (g.standard_normal((60 + r % 9, 128)) * scale - 5).astype(np.float32)))
+        t.append(("frames", g.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)))
+        recs.append(("clip%03d" % r, {}, t))
+    stream = os.path.join(TMP, "in.cavs")
+    with open(stream, "wb") as f:
+        f.write(cavstream.encode(recs))
+    subprocess.run([BIN + "/shard-pack", "-o", path, stream], check=True)
+
+
+def pretrain(out, *args, check=True, **kw):
+    cmd = [BIN + "/cav-pretrain", "-o", out, "--seed", "7", "-b", "8", "--contrast-groups", "2",
+           "--log-every", "1", "--lr", "1e-3", "--loader-threads", "2"] + MICRO + list(args)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def read(p):
+    with open(p, "rb") as f:
+        return f.read()
+
+
+train = os.path.join(TMP, "train.h5")
+evals = os.path.join(TMP, "eval.h5")
+make_shard(train, 40, seed=1)
+make_shard(evals, 16, seed=2)
+common = ["-e", "3", "--save-every", "1", "--keep", "0", "--eval", evals, train]
+
+# Uninterrupted reference run.
+ref = os.path.join(TMP, "ref")
+t0 = time.time()
+r = pretrain(ref, *common)
+duration = time.time() - t0
+final = os.path.join(ref, "models", "audio_model.3.safetensors")
+report("uninterrupted_run_completes", os.path.exists(final) and len(read(os.path.join(ref, "result.csv")).splitlines()) == 3,
+       r.stderr[-500:])
+
+# SIGKILL at a random moment, then --resume.
+rng = random.Random(int(os.environ.get("CAV_TEST_SEED", "0")) or None)
+killed_at = None
+for attempt in range(6):
+    run = os.path.join(TMP, "killed%d" % attempt)
+    p = subprocess.Popen([BIN + "/cav-pretrain", "-o", run, "--seed", "7", "-b", "8", "--contrast-groups", "2",
+                          "--log-every", "1", "--lr", "1e-3", "--loader-threads", "2"] + MICRO + common,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(duration * rng.uniform(0.25, 0.8) / (attempt + 1))
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        ck = os.path.join(run, "checkpoints")
+        killed_at = sorted(os.listdir(ck)) if os.path.isdir(ck) else []
+        break
+if killed_at is None:
+    report("sigkill_then_resume_bit_identical", False, "the run always finished before the kill")
+else:
+    r = pretrain(run, "--resume", *common, check=False)
+    same = r.returncode == 0 and os.path.exists(os.path.join(run, "models", "audio_model.3.safetensors")) and \
+        read(os.path.join(run, "models", "audio_model.3.safetensors")) == read(final)
+    last = sorted(d for d in os.listdir(os.path.join(ref, "checkpoints")) if d.startswith("e"))[-1]
+    same = same and read(os.path.join(run, "checkpoints", last, "optim.safetensors")) == \
+        read(os.path.join(ref, "checkpoints", last, "optim.safetensors"))
+    print("  killed with checkpoints %s; resumed: %s" % (killed_at, r.stderr.strip().splitlines()[:1]))
+    report("sigkill_then_resume_bit_identical", same, r.stderr[-800:])
+
+# --max-steps then --resume.
+run = os.path.join(TMP, "steps")
+pretrain(run, "--max-steps", "4", *common)
+pretrain(run, "--resume", "--max-steps", "3", *common)
+pretrain(run, "--resume", *common)
+report("max_steps_then_resume_bit_identical",
+       read(os.path.join(run, "models", "audio_model.3.safetensors")) == read(final))
+
+# Two MPI ranks against one process: same global batch (8) and groups (2), 4 steps.
+mpirun = shutil.which("mpirun")
+if not mpirun:
+    report("mpi_two_ranks_equal_one_process", False, "mpirun not found (Debian openmpi-bin)")
+else:
+    one = os.path.join(TMP, "one")
+    two = os.path.join(TMP, "two")
+    pretrain(one, "-e", "1", "--max-steps", "4", train)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    cmd = [mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain", "-o", two, "--seed",
+           "7", "-b", "8", "--contrast-groups", "2", "--log-every", "1", "--lr", "1e-3", "-e", "1", "--max-steps", "4",
+           "--loader-threads", "1"] + MICRO + [train]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    import json
+    import struct
+
+    def tensors(path):
+        b = read(path)
+        n = struct.unpack("<Q", b[:8])[0]
+        h = json.loads(b[8:8 + n])
+        out = {}
+        for k, v in h.items():
+            if k == "__metadata__":
+                continue
+            s, e = v["data_offsets"]
+            out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32)
+        return out
+
+    def newest(run):
+        d = os.path.join(run, "checkpoints")
+        return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1], "model.safetensors")
+
+    if r.returncode != 0:
+        report("mpi_two_ranks_equal_one_process", False, r.stdout[-300:] + r.stderr[-800:])
+    else:
+        a, b = tensors(newest(one)), tensors(newest(two))
+        diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+        print("  max |one process - two ranks| over all parameters after 4 steps: %.3g" % diff)
+        report("mpi_two_ranks_equal_one_process", a.keys() == b.keys() and diff <= 1e-6)
+
+# Finite but absurd inputs (fbank values of 1e37, raw reconstruction targets) overflow the loss: the run
+# stops at a named step.
+huge = os.path.join(TMP, "huge.h5")
+make_shard(huge, 16, seed=3, scale=1e37)
+run = os.path.join(TMP, "diverge")
+r = pretrain(run, "-e", "3", "--save-every", "1", "--no-norm-pix-loss", huge, check=False)
+report("nonfinite_loss_stops_with_step", r.returncode == 3 and "non-finite" in r.stderr and "step" in r.stderr
+       and "last good checkpoint" in r.stderr, "exit %d: %s" % (r.returncode, r.stderr[-400:]))
+
+# A checkpoint that cannot be written (file size limit: EFBIG) exits 3; the earlier ones stay complete.
+run = os.path.join(TMP, "full")
+shutil.copytree(ref, run)
+before = sorted(os.listdir(os.path.join(run, "checkpoints")))
+os.remove(os.path.join(run, "checkpoints", before[-1], "COMPLETE"))  # resume from the one before
+cmd = "trap '' XFSZ; ulimit -f 8; exec \"$@\""
+args = [BIN + "/cav-pretrain", "-o", run, "--seed", "7", "-b", "8", "--contrast-groups", "2", "--lr", "1e-3",
+        "--resume", "--save-every", "1", "--keep", "0"] + MICRO + common
+r = subprocess.run(["bash", "-c", cmd, "bash"] + args, capture_output=True, text=True)
+after = sorted(os.listdir(os.path.join(run, "checkpoints")))
+complete = all(os.path.exists(os.path.join(run, "checkpoints", d, "COMPLETE")) for d in before[:-1])
+report("failed_checkpoint_write_keeps_previous", r.returncode == 3 and complete and
+       not any(d.startswith(".tmp") for d in after), "exit %d %s %s" % (r.returncode, after, r.stderr[-300:]))
+
+# Input without fbank: refused at start-up, naming the shard and the field.
+bad = os.path.join(TMP, "nofbank.h5")
+make_shard(bad, 8, with_fbank=False)
+r = pretrain(os.path.join(TMP, "bad"), bad, check=False)
+report("missing_field_refused", r.returncode == 2 and bad in r.stderr and "fbank" in r.stderr, r.stderr[-300:])
+
+shutil.rmtree(TMP)
+sys.exit(1 if fails else 0)
