@@ -246,12 +246,16 @@ def adam5(outdir):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg['adam_lr'],
                            betas=tuple(cfg['adam_betas']), eps=cfg['adam_eps'],
                            weight_decay=cfg['adam_weight_decay'])
+    # The step-0 outputs and gradients are float64 truths, as in every other state; the steps run in float32.
+    m64 = copy.deepcopy(model).double()
+    outs0, grads0 = run(cfg, m64, {k: v.double() if v.is_floating_point() else v for k, v in ins.items()})
+    outs0 = {k: v.float() for k, v in outs0.items()}
+    grads0 = {k: v.float() for k, v in grads0.items()}
+    del m64
     losses = []
-    outs0 = grads0 = None
     for step in range(cfg['adam_steps'] + 1):
         outs, grads = run(cfg, model, ins)
         if step == 0:
-            outs0, grads0 = outs, grads
             no_grad = no_grad_names(model)
         losses.append(float(outs['out.loss']))
         if step < cfg['adam_steps']:
