@@ -6,7 +6,9 @@ run stops with the step named and its checkpoints intact; a failed checkpoint wr
 import os
 import random
 import shutil
+import json
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,14 +33,14 @@ def report(name, ok, why=""):
     fails += not ok
 
 
-def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0):
+def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32):
     g = np.random.default_rng(seed)
     recs = []
     for r in range(rows):
         t = []
         if with_fbank:
             t.append(("fbank", (g.standard_normal((60 + r % 9, 128)) * scale - 5).astype(np.float32)))
-        t.append(("frames", g.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)))
+        t.append(("frames", g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)))
         recs.append(("clip%03d" % r, {}, t))
     stream = os.path.join(TMP, "in.cavs")
     with open(stream, "wb") as f:
@@ -50,6 +52,19 @@ def pretrain(out, *args, check=True, **kw):
     cmd = [BIN + "/cav-pretrain", "-o", out, "--seed", "7", "-b", "8", "--contrast-groups", "2",
            "--log-every", "1", "--lr", "1e-3", "--loader-threads", "2"] + MICRO + list(args)
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def tensors(path):
+    b = read(path)
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32)
+    return out
 
 
 def read(p):
@@ -120,21 +135,6 @@ else:
            "7", "-b", "8", "--contrast-groups", "2", "--log-every", "1", "--lr", "1e-3", "-e", "1", "--max-steps", "4",
            "--loader-threads", "1"] + MICRO + [train]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    import json
-    import struct
-
-    def tensors(path):
-        b = read(path)
-        n = struct.unpack("<Q", b[:8])[0]
-        h = json.loads(b[8:8 + n])
-        out = {}
-        for k, v in h.items():
-            if k == "__metadata__":
-                continue
-            s, e = v["data_offsets"]
-            out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32)
-        return out
-
     def newest(run):
         d = os.path.join(run, "checkpoints")
         return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1], "model.safetensors")
@@ -175,6 +175,29 @@ bad = os.path.join(TMP, "nofbank.h5")
 make_shard(bad, 8, with_fbank=False)
 r = pretrain(os.path.join(TMP, "bad"), bad, check=False)
 report("missing_field_refused", r.returncode == 2 and bad in r.stderr and "fbank" in r.stderr, r.stderr[-300:])
+
+# --init-from-mae: the paper's mapping (SPEC 3.5) of a MAE-shaped checkpoint (tests/ref/gen_pth.py, tiny sizes)
+# against the start state tests/ref/cavmae_ref.py's adapt_mae_state builds. A step at lr 0 leaves the
+# parameters as initialised and writes them into a checkpoint.
+ref_pth = os.path.join(os.environ["CAV_REF"], "gen_pth")
+img96 = os.path.join(TMP, "img96.h5")
+make_shard(img96, 8, seed=4, img=96)
+run = os.path.join(TMP, "mae")
+args = ["-o", run, "-b", "8", "--contrast-groups", "2", "--lr", "0", "-e", "1", "--max-steps", "1",
+        "--init-from-mae", os.path.join(ref_pth, "mae_tiny.pth")]
+for kv in ("embed_dim=192", "depth=3", "modality_specific_depth=2", "num_heads=3", "decoder_embed_dim=128",
+           "decoder_depth=2", "decoder_num_heads=4", "audio_length=256", "img_size=96"):
+    args += ["--set", kv]
+r = subprocess.run([BIN + "/cav-pretrain"] + args + [img96], capture_output=True, text=True)
+if r.returncode != 0:
+    report("init_from_mae_matches_reference_mapping", False, r.stderr[-500:])
+else:
+    ck = os.path.join(run, "checkpoints")
+    got = tensors(os.path.join(ck, sorted(os.listdir(ck))[-1], "model.safetensors"))
+    want = tensors(os.path.join(ref_pth, "cavmae_from_mae_tiny.safetensors"))
+    random_init = {"modality_a", "modality_v", "decoder_modality_a", "decoder_modality_v"}
+    bad = [k for k in want if k not in random_init and (k not in got or not np.array_equal(got[k], want[k]))]
+    report("init_from_mae_matches_reference_mapping", not bad and got.keys() == want.keys(), "differ: %s" % bad[:8])
 
 shutil.rmtree(TMP)
 sys.exit(1 if fails else 0)
