@@ -56,6 +56,7 @@ static const char usage[] =
     "      --keep N               complete checkpoints kept (default 2; 0 keeps all)\n"
     "      --log-every N          steps per metrics.jsonl line (default 100)\n"
     "      --max-steps N          stop after N steps of this invocation (with a checkpoint)\n"
+    "      --loader-only          run one epoch of the data loader alone and print its samples/s\n"
     "Verification:\n"
     "      --check-debug-state FILE  compare the C model with a PyTorch debug state; exit 0 within\n"
     "                             tolerance (losses 1e-5, gradients 1e-4 relative), 2 otherwise\n"
@@ -68,7 +69,7 @@ enum {
     O_TRAIN = 0x100, O_EVAL, O_RESUME, O_INIT, O_INIT_MAE, O_SEED, O_VARIANT, O_MODEL, O_SET, O_CW, O_MW, O_MRA,
     O_MRV, O_MM, O_NP, O_NNP, O_BIDI, O_LR, O_LDS, O_LDST, O_LD, O_WARM, O_WD, O_B1, O_B2, O_GROUPS, O_GRED,
     O_NONOISE, O_NOROLL, O_FREQM, O_TIMEM, O_FRAME, O_NMEAN, O_NSTD, O_LTHREADS, O_PREFETCH, O_SAVE, O_KEEP,
-    O_LOG, O_MAXSTEPS, O_CHECK,
+    O_LOG, O_MAXSTEPS, O_CHECK, O_LOADER_ONLY,
 };
 
 static void set_knob(cav_config *c, const char *key, const char *val) {
@@ -95,7 +96,7 @@ int main(int argc, char **argv) {
         {"freqm", 1, 0, O_FREQM}, {"timem", 1, 0, O_TIMEM}, {"frame", 1, 0, O_FRAME}, {"norm-mean", 1, 0, O_NMEAN},
         {"norm-std", 1, 0, O_NSTD}, {"loader-threads", 1, 0, O_LTHREADS}, {"prefetch", 1, 0, O_PREFETCH},
         {"save-every", 1, 0, O_SAVE}, {"keep", 1, 0, O_KEEP}, {"log-every", 1, 0, O_LOG},
-        {"max-steps", 1, 0, O_MAXSTEPS}, {"check-debug-state", 1, 0, O_CHECK}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
+        {"max-steps", 1, 0, O_MAXSTEPS}, {"check-debug-state", 1, 0, O_CHECK}, {"loader-only", 0, 0, O_LOADER_ONLY}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
     cav_pretrain_opts o;
     cav_pretrain_opts_default(&o);
     char **train = calloc((size_t)argc + 1, sizeof *train), **eval = calloc((size_t)argc + 1, sizeof *eval);
@@ -164,6 +165,7 @@ int main(int argc, char **argv) {
         case O_LOG: o.log_every = cav_parse_int("log-every", optarg, 0, INT64_MAX); break;
         case O_MAXSTEPS: o.max_steps = cav_parse_int("max-steps", optarg, 0, INT64_MAX); break;
         case O_CHECK: checks[nchecks++] = optarg; break;
+        case O_LOADER_ONLY: o.loader_only = 1; break;
         default: cav_std_option(c, usage); cav_usage_error("unexpected option");
         }
     }
@@ -183,7 +185,7 @@ int main(int argc, char **argv) {
     if (variant && cav_config_variant(&o.cfg, variant))
         cav_usage_error("--variant: cav-mae, av-mae, vanilla-av-mae, cav, audio-mae or visual-mae, not '%s'", variant);
     for (int i = optind; i < argc; i++) train[ntrain++] = argv[i];
-    if (!o.out_dir) cav_usage_error("--out DIR is required");
+    if (!o.out_dir && !o.loader_only) cav_usage_error("--out DIR is required");
     if (!ntrain) cav_usage_error("no training shards");
     o.train = train, o.ntrain = ntrain, o.eval = eval, o.neval = neval;
     /* args.json: the command line, as the reference keeps its arguments */

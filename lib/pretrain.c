@@ -434,6 +434,20 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     lo.need_video = o->cfg.use_video;
     lo.label_dim = 0;
     if (!(tl = cav_loader_open(o->train, o->ntrain, &lo, err))) return err->code;
+    if (o->loader_only) { /* the data pipeline's own rate, to compare with the training step's */
+        double t0 = cav_now(), wait = 0;
+        int64_t n = 0;
+        cav_batch b;
+        int got;
+        if (cav_loader_begin(tl, 1, 0, err)) goto fail_data;
+        while ((got = cav_loader_next(tl, &b, err)) == 1) n += b.n, wait += b.wait_s;
+        if (got < 0) goto fail_data;
+        double el = cav_now() - t0;
+        printf("loader: %lld samples in %.2f s: %.2f samples/s with %d threads\n", (long long)n, el, el > 0 ? n / el : 0,
+               lo.threads);
+        rc = 0;
+        goto done;
+    }
     if (o->neval) {
         cav_loader_opts le = lo;
         le.train = 0;

@@ -32,6 +32,7 @@ typedef struct {
     int64_t log_every;    /* steps between metrics lines */
     int64_t max_steps;    /* stop (after a checkpoint) once this many steps are done; 0: no limit */
     const char *args_json; /* the command line, saved as args.json */
+    int loader_only;       /* run one epoch of the data loader alone and report its rate (no model) */
 } cav_pretrain_opts;
 
 void cav_pretrain_opts_default(cav_pretrain_opts *o);
