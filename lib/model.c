@@ -1042,11 +1042,19 @@ void cav_model_forward(cav_model *m) {
     else forward_feat(m);
 }
 
-void cav_model_backward(cav_model *m) {
+void cav_model_zero_grad(cav_model *m) {
+    if (m->grads) memset(m->grads, 0, sizeof(float) * m->nparams);
+}
+
+void cav_model_backward_accumulate(cav_model *m) {
     if (!m->grads) return;
-    memset(m->grads, 0, sizeof(float) * m->nparams);
     if (m->cfg.task == CAV_TASK_PRETRAIN) backward_pretrain(m);
     else backward_finetune(m);
+}
+
+void cav_model_backward(cav_model *m) {
+    cav_model_zero_grad(m);
+    cav_model_backward_accumulate(m);
 }
 
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,

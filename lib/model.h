@@ -209,6 +209,9 @@ void cav_model_random_masks(cav_model *m, uint64_t *rng);
 void cav_model_forward(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
+/* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */
+void cav_model_zero_grad(cav_model *m);
+void cav_model_backward_accumulate(cav_model *m);
 /* torch.optim.Adam over the trainable parameters (coupled weight decay, SPEC 3.1); the head group
  * (mlp_head.*) uses lr * head_lr_scale. */
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,

@@ -312,6 +312,12 @@ static void test_model_adam(void) {
     double g2 = gh + wd * h0;
     CHECK_NEAR(h->data[2], h0 - 100 * lr * g2 / (fabs(g2) + 1e-8), 1e-6);
     CHECK(pos->data[7] == p0);
+    /* accumulation: two backward passes without zeroing give twice the gradient */
+    cav_model_forward(m);
+    cav_model_backward(m);
+    float g1x = w->grad[5];
+    cav_model_backward_accumulate(m);
+    CHECK_NEAR(w->grad[5], 2 * g1x, 1e-6 * fabs(g1x) + 1e-12);
     cav_model_free(m);
 }
 
