@@ -136,6 +136,32 @@ int cav_config_set(cav_config *c, const char *key, const char *v) {
     return -2;
 }
 
+int cav_config_json(const cav_config *c, char *buf, size_t n) {
+    static const char *masks[] = {"unstructured", "time", "freq", "tf"};
+    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    const char *tf[] = {"false", "true"};
+    const char *mod = c->use_audio && c->use_video ? "av" : c->use_audio ? "a" : "v";
+    int k = snprintf(buf, n,
+                     "{\"audio_length\": %d, \"img_size\": %d, \"patch_size\": 16, \"in_chans\": 3, "
+                     "\"embed_dim\": %d, \"depth\": %d, \"modality_specific_depth\": %d, \"num_heads\": %d, "
+                     "\"mlp_ratio\": %.17g, \"tr_pos\": %s",
+                     c->audio_length, c->img_size, c->embed_dim, c->depth, c->modality_specific_depth, c->num_heads,
+                     c->mlp_ratio, tf[c->tr_pos != 0]);
+    if (k >= 0 && (size_t)k < n && c->task == CAV_TASK_FINETUNE)
+        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"}", c->label_dim,
+                      modes[c->mode], c->loss_ce ? "ce" : "bce");
+    else if (k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - k,
+                      ", \"decoder_embed_dim\": %d, \"decoder_depth\": %d, \"decoder_num_heads\": %d, "
+                      "\"norm_pix_loss\": %s, \"mask_ratio_a\": %.17g, \"mask_ratio_v\": %.17g, "
+                      "\"mae_loss_weight\": %.17g, \"contrast_loss_weight\": %.17g, \"mask_mode\": \"%s\", "
+                      "\"bidirect_contrast\": %s, \"modalities\": \"%s\", \"chain_contrast_streams\": %s}",
+                      c->decoder_embed_dim, c->decoder_depth, c->decoder_num_heads, tf[c->norm_pix_loss != 0],
+                      c->mask_ratio_a, c->mask_ratio_v, c->mae_loss_weight, c->contrast_loss_weight,
+                      masks[c->mask_mode], tf[c->bidirect_contrast != 0], mod, tf[c->chain_contrast_streams != 0]);
+    return k < 0 || (size_t)k >= n ? -1 : k;
+}
+
 int cav_ft_mode_parse(const char *s) {
     static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
     for (int i = 0; i < 5; i++)

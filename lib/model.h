@@ -74,6 +74,10 @@ int cav_config_variant(cav_config *cfg, const char *name);
  * are accepted only at 16 and 3. value is the JSON text (numbers, true/false, bare strings). Returns 0,
  * -1 for a bad value, -2 for an unknown key. */
 int cav_config_set(cav_config *cfg, const char *key, const char *value);
+/* The config as a flat JSON object with the keys cav_config_set reads (checkpoint metadata): the
+ * constructor's keys, then the forward's (pretraining) or label_dim/mode/loss (fine-tuning). Returns the
+ * length, or -1 if n is too small. */
+int cav_config_json(const cav_config *cfg, char *buf, size_t n);
 /* "multimodal", "audioonly", ... -> mode, or -1. */
 int cav_ft_mode_parse(const char *name);
 int cav_mask_mode_parse(const char *name);

@@ -339,6 +339,32 @@ static void test_config_set(void) {
     CHECK(cav_config_variant(&v, "vanilla_av_mae") == 0 && v.modality_specific_depth == 0 && v.contrast_loss_weight == 0);
     CHECK(cav_config_variant(&v, "cav") == 0 && v.mae_loss_weight == 0 && v.contrast_loss_weight > 0);
     CHECK(cav_config_variant(&v, "bert") == -1);
+    /* JSON round trip through cav_config_set, for both tasks */
+    for (int task = 0; task < 2; task++) {
+        cav_config a = cav_config_default(task), b = cav_config_default(task);
+        a.embed_dim = 192, a.num_heads = 3, a.mask_ratio_a = 0.6, a.mask_mode = CAV_MASK_FREQ, a.use_video = 0;
+        a.contrast_loss_weight = 0, a.mode = CAV_FT_MISSINGVIDEOONLY, a.loss_ce = 1, a.tr_pos = !a.tr_pos;
+        if (task == CAV_TASK_FINETUNE) a.mask_ratio_a = b.mask_ratio_a, a.mask_mode = b.mask_mode, a.use_video = 1, a.contrast_loss_weight = b.contrast_loss_weight;
+        else a.mode = b.mode, a.loss_ce = b.loss_ce;
+        char js[2048], key[64], val[64];
+        REQUIRE(cav_config_json(&a, js, sizeof js) > 0);
+        CHECK(cav_config_json(&a, js, 20) == -1);
+        cav_config_json(&a, js, sizeof js);
+        int bad = 0;
+        for (char *q = strtok(js, "{},"); q; q = strtok(NULL, "{},")) {
+            if (sscanf(q, " \"%63[^\"]\": %63s", key, val) != 2) {
+                bad++;
+                continue;
+            }
+            if (val[0] == '"') memmove(val, val + 1, strlen(val)), val[strlen(val) - 1] = 0;
+            bad += cav_config_set(&b, key, val) != 0;
+        }
+        CHECK(bad == 0);
+        char ja[2048], jb[2048];
+        cav_config_json(&a, ja, sizeof ja), cav_config_json(&b, jb, sizeof jb);
+        CHECK(!strcmp(ja, jb));
+        CHECK(b.embed_dim == 192 && b.tr_pos == a.tr_pos && b.mask_mode == a.mask_mode && b.mode == a.mode);
+    }
     cav_err err = {0};
     v = cav_config_default(CAV_TASK_PRETRAIN);
     v.embed_dim = 100, v.num_heads = 12;
