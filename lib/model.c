@@ -329,7 +329,7 @@ static void register_params(cav_model *m) {
 
 /* ---- activation planning ------------------------------------------------------------------------ */
 
-static size_t max_mc, max_mh, max_nn; /* scratch sizes found while planning (reset per plan) */
+static size_t max_mc, max_mh; /* scratch sizes found while planning (reset per plan) */
 
 static float *bump(cav_model *m, size_t n) {
     size_t o = m->acts_used;
@@ -353,7 +353,6 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
     if (M * hidden > max_mh) max_mh = M * hidden;
-    if ((size_t)N * N > max_nn) max_nn = (size_t)N * N;
 }
 
 static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
@@ -365,7 +364,7 @@ static void plan(cav_model *m) {
     size_t B = (size_t)m->B;
     int D = m->D, Dd = m->Dd, ua, uv, msd = c->modality_specific_depth, J = m->joint;
     modalities(c, &ua, &uv);
-    max_mc = max_mh = max_nn = 0;
+    max_mc = max_mh = 0;
     m->acts_used = 0;
     cav_params *p = &m->p, *g = &m->g;
     /* the joint block used by the contrastive passes: all of them chained, or the reference's last one */
@@ -439,7 +438,6 @@ static void plan(cav_model *m) {
         m->sc_ln = bump(m, max_mc), m->sc_atty = bump(m, max_mc), m->sc_qkv = bump(m, 3 * max_mc);
         m->sc_h1 = bump(m, max_mh), m->sc_h2 = bump(m, max_mh);
     }
-    m->sc_att = bump(m, max_nn);
 }
 
 /* ---- create / free ------------------------------------------------------------------------------ */
@@ -724,7 +722,7 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     memset(m->sc_atty, 0, sizeof(float) * M * C);
     cav_linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
-    cav_attention_backward(m->sc_qkv, m->sc_att, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
+    cav_attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
     memset(m->sc_ln, 0, sizeof(float) * M * C);
     cav_linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     cav_layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);

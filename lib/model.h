@@ -182,7 +182,7 @@ typedef struct {
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
-    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2, *sc_att;
+    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2;
     /* outputs */
     struct {
         float loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, c_acc;

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -182,47 +183,68 @@ void cav_accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
+/* Attention works per (batch, head) on small matrices (N x C/H): the (batch, head) pairs are spread over
+ * OpenMP threads, each calling a single-threaded sgemm. Letting OpenBLAS thread these small products instead
+ * is several times slower: its idle workers spin and starve the OpenMP threads of the softmax. */
+static int blas_single_begin(void) {
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+static void blas_single_end(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
-    int hd = C / H;
+    int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(dynamic) if((size_t)B * H * N * N > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const float *q = qkv + (size_t)b * N * 3 * C + (size_t)h * hd, *k = q + C, *v = q + 2 * C;
             float *a = att + ((size_t)b * H + h) * N * N;
             /* alpha = scale multiplies the finished dot product: the scale applies after QK^T, as timm. */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * C, k, 3 * C, 0.0f, a, N);
-            cav_softmax_forward(a, a, N, N);
+            for (int i = 0; i < N; i++) softmax_row(a + (size_t)i * N, a + (size_t)i * N, N);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, v, 3 * C, 0.0f,
                         out + (size_t)b * N * C + (size_t)h * hd, C);
         }
+    blas_single_end(nb);
 }
 
-void cav_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-                            int B, int N, int C, int H) {
-    int hd = C / H;
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int N, int C,
+                            int H) {
+    int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            size_t o = (size_t)b * N * 3 * C + (size_t)h * hd;
-            const float *q = qkv + o, *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
-            const float *a = att + ((size_t)b * H + h) * N * N;
-            const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
-            /* datt = dO @ v^T; dv = att^T @ dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, scratch, N);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
-            /* through the softmax and the scale, in place */
-#pragma omp parallel for if((size_t)N * N > CAV_PAR_MIN)
-            for (int i = 0; i < N; i++) {
-                float *g = scratch + (size_t)i * N;
-                const float *y = a + (size_t)i * N;
-                float s = 0;
-                for (int j = 0; j < N; j++) s += g[j] * y[j];
-                for (int j = 0; j < N; j++) g[j] = y[j] * (g[j] - s) * scale;
+#pragma omp parallel if((size_t)B * H * N * N > CAV_PAR_MIN)
+    {
+        float *g = malloc(sizeof(float) * (size_t)N * N); /* d att of one (batch, head) */
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                if (!g) abort();
+                size_t o = (size_t)b * N * 3 * C + (size_t)h * hd;
+                const float *q = qkv + o, *k = q + C, *v = q + 2 * C;
+                float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
+                const float *a = att + ((size_t)b * H + h) * N * N;
+                const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
+                /* datt = dO @ v^T; dv = att^T @ dO */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, g, N);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
+                /* through the softmax and the scale, in place */
+                for (int i = 0; i < N; i++) {
+                    float *gi = g + (size_t)i * N;
+                    const float *y = a + (size_t)i * N;
+                    float s = 0;
+                    for (int j = 0; j < N; j++) s += gi[j] * y[j];
+                    for (int j = 0; j < N; j++) gi[j] = y[j] * (gi[j] - s) * scale;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, k, 3 * C, 0.0f, dq,
+                            3 * C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, q, 3 * C, 0.0f, dk,
+                            3 * C);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, scratch, N, k, 3 * C, 0.0f, dq,
-                        3 * C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, scratch, N, q, 3 * C, 0.0f, dk,
-                        3 * C);
-        }
+        free(g);
+    }
+    blas_single_end(nb);
 }

@@ -189,13 +189,14 @@ static double att_obj(void *p) {
     cav_attention_forward(c->out, c->att, c->qkv, c->B, c->N, c->C, c->H);
     return proj(c->out, c->r, (size_t)c->B * c->N * c->C);
 }
-static void test_attention(void) {
-    enum { B = 2, N = 5, C = 12, H = 3, D = C / H };
+/* small shapes run on one thread; the second is above CAV_PAR_MIN and spreads (batch, head) over threads */
+static void attention_case(int B, int N, int C, int H) {
+    int D = C / H;
     att_ctx c = {.B = B, .N = N, .C = C, .H = H};
     c.qkv = rnd(B * N * 3 * C, 1), c.out = zeros(B * N * C), c.att = zeros(B * H * N * N), c.r = rnd(B * N * C, 1);
     att_obj(&c);
     /* naive: q[b,h,n,d] = qkv[b,n,0*C + h*D + d], k at C, v at 2C (reshape(B,N,3,H,D).permute(2,0,3,1,4)) */
-    double *ref = calloc(B * N * C, sizeof(double));
+    double *ref = calloc((size_t)B * N * C, sizeof(double));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < N; i++) {
@@ -215,10 +216,14 @@ static void test_attention(void) {
                 }
             }
     CHECK(max_abs_diff(c.out, ref, B * N * C) < 1e-5);
-    float *dqkv = rnd(B * N * 3 * C, 1), *scratch = zeros(N * N); /* garbage in dqkv: it must be overwritten */
-    cav_attention_backward(dqkv, scratch, c.r, c.qkv, c.att, B, N, C, H);
+    float *dqkv = rnd(B * N * 3 * C, 1); /* garbage in dqkv: it must be overwritten */
+    cav_attention_backward(dqkv, c.r, c.qkv, c.att, B, N, C, H);
     CHECK(gradcheck(c.qkv, B * N * 3 * C, dqkv, att_obj, &c, 1e-2) < 2e-3);
-    free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv), free(scratch);
+    free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv);
+}
+static void test_attention(void) {
+    attention_case(2, 5, 12, 3);
+    attention_case(2, 100, 16, 2);
 }
 
 /* ---- token ops ---- */
