@@ -4,6 +4,7 @@
  * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,22 +16,50 @@
  * results do not change; errno and FP exception flags are never read by this project. */
 #pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno", "no-trapping-math")
 
+/* One threading runtime: OpenBLAS is kept single-threaded while a kernel runs and the work is split over
+ * OpenMP threads instead. Mixing the two (OpenBLAS's pthreads for the products, OpenMP for everything
+ * around them) makes each pool's idle threads spin on the cores the other one needs; measured here that
+ * was 2-4x slower per training step. */
+static int blas_single_begin(void) {
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+static void blas_single_end(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C with the rows of C split into one band per OpenMP thread
+ * (each band is an independent single-threaded sgemm; every element is computed as in one call). */
+static void sgemm_par(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int nb = blas_single_begin();
+    int bands = (double)M * N * K < 4e6 ? 1 : omp_get_max_threads();
+    int rows = ((M + bands - 1) / bands + 15) / 16 * 16;
+#pragma omp parallel for if(bands > 1)
+    for (int r0 = 0; r0 < M; r0 += rows) {
+        int m = M - r0 < rows ? M - r0 : rows;
+        const float *a = ta == CblasNoTrans ? A + (size_t)r0 * lda : A + r0;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)r0 * ldc, ldc);
+    }
+    blas_single_end(nb);
+}
+
 void cav_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC) {
     /* torch's addmm: the bias is the C operand of the gemm (beta = 1). */
     if (b) {
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) memcpy(out + (size_t)m * OC, b, sizeof(float) * OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out,
-                OC);
+    sgemm_par(CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
 }
 
 void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
                          int M, int IC, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+        sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+        sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
         /* column sums over rows read contiguously: each thread owns a band of 256 columns */
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
@@ -184,17 +213,7 @@ void cav_accumulate(float *dst, const float *src, size_t n) {
 }
 
 /* Attention works per (batch, head) on small matrices (N x C/H): the (batch, head) pairs are spread over
- * OpenMP threads, each calling a single-threaded sgemm. Letting OpenBLAS thread these small products instead
- * is several times slower: its idle workers spin and starve the OpenMP threads of the softmax. */
-static int blas_single_begin(void) {
-    int n = openblas_get_num_threads();
-    if (n > 1) openblas_set_num_threads(1);
-    return n;
-}
-static void blas_single_end(int n) {
-    if (n > 1) openblas_set_num_threads(n);
-}
-
+ * OpenMP threads, each calling a single-threaded sgemm (see sgemm_par for why). */
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
     int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);

@@ -88,6 +88,41 @@ static void test_linear(void) {
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.r), free(dx), free(dw), free(db);
 }
 
+/* Above the size where the products are split into row bands over threads: all three products of a
+ * Linear against naive sums. */
+static void test_linear_banded(void) {
+    enum { M = 200, IC = 100, OC = 300 };
+    float *x = rnd(M * IC, 1), *w = rnd(OC * IC, 1), *b = rnd(OC, 1), *y = zeros(M * OC), *dy = rnd(M * OC, 1);
+    float *dx = zeros(M * IC), *dw = zeros(OC * IC), *db = zeros(OC);
+    cav_linear_forward(y, x, w, b, M, IC, OC);
+    cav_linear_backward(dx, dw, db, dy, x, w, M, IC, OC);
+    double ey = 0, ex = 0, ew = 0, eb = 0;
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < OC; o++) {
+            double s = b[o];
+            for (int i = 0; i < IC; i++) s += (double)x[m * IC + i] * w[o * IC + i];
+            ey = fmax(ey, fabs(s - y[m * OC + o]));
+        }
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < IC; i++) {
+            double s = 0;
+            for (int o = 0; o < OC; o++) s += (double)dy[m * OC + o] * w[o * IC + i];
+            ex = fmax(ex, fabs(s - dx[m * IC + i]));
+        }
+    for (int o = 0; o < OC; o++) {
+        double sb = 0;
+        for (int m = 0; m < M; m++) sb += dy[m * OC + o];
+        eb = fmax(eb, fabs(sb - db[o]));
+        for (int i = 0; i < IC; i++) {
+            double s = 0;
+            for (int m = 0; m < M; m++) s += (double)dy[m * OC + o] * x[m * IC + i];
+            ew = fmax(ew, fabs(s - dw[o * IC + i]));
+        }
+    }
+    CHECK(ey < 1e-4 && ex < 1e-4 && ew < 1e-4 && eb < 1e-4);
+    free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db);
+}
+
 /* ---- layernorm ---- */
 typedef struct {
     float *x, *w, *b, *y, *mean, *rstd, *r;
@@ -555,6 +590,7 @@ static void test_adam(void) {
 
 int main(void) {
     TEST(test_linear);
+    TEST(test_linear_banded);
     TEST(test_layernorm);
     TEST(test_gelu_softmax);
     TEST(test_attention);
