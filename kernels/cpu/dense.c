@@ -1,7 +1,8 @@
 /* dense.c: the CPU reference of the transformer's dense ops — Linear on OpenBLAS sgemm, LayerNorm, exact
  * GELU, softmax and timm's multi-head attention — forward and backward (contracts in kernels.h).
  * Every matmul, including attention's QK^T and att @ V per (batch, head), goes through cblas_sgemm with
- * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. */
+ * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. OpenBLAS runs
+ * single-threaded inside these kernels; the parallelism is OpenMP's (row bands, (batch, head) pairs). */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
