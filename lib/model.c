@@ -440,6 +440,54 @@ static void plan(cav_model *m) {
     }
 }
 
+/* ---- which parameters the forward reaches ------------------------------------------------------ */
+
+static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, float **w2, float **b2);
+
+static void mark(cav_model *m, const float *p) {
+    for (int i = 0; i < m->ntable; i++)
+        if (m->table[i].data == p) m->table[i].used = 1;
+}
+
+static void mark_stream(cav_model *m, const cav_stream *s) {
+    for (int i = 0; i < s->nblk; i++) {
+        cav_block_params *p = s->p[i];
+        float *w1, *b1, *w2, *b2;
+        block_lns(p, s->mod, &w1, &b1, &w2, &b2);
+        const float *f[] = {w1, b1, w2, b2, p->qkv_w, p->qkv_b, p->proj_w, p->proj_b,
+                            p->fc1_w, p->fc1_b, p->fc2_w, p->fc2_b};
+        for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) mark(m, f[k]);
+    }
+}
+
+/* After planning: the streams that run and the tensors around them. */
+static void mark_used(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_params *p = &m->p;
+    int ua = m->La > 0, uv = m->Lv > 0, pre = c->task == CAV_TASK_PRETRAIN;
+    if (ua) mark(m, p->patch_a_w), mark(m, p->patch_a_b), mark(m, p->modality_a), mark(m, p->pos_embed_a);
+    if (uv) mark(m, p->patch_v_w), mark(m, p->patch_v_b), mark(m, p->modality_v), mark(m, p->pos_embed_v);
+    const cav_stream *st[] = {&m->s_a, &m->s_v, &m->s_u, &m->s_ca, &m->s_cv, &m->s_dec};
+    for (int i = 0; i < 6; i++) mark_stream(m, st[i]);
+    /* a stream's final LayerNorm runs whenever the stream does (planned: it has an activation buffer) */
+    if (m->ln_u.out) mark(m, p->norm_w), mark(m, p->norm_b);
+    if (m->ln_ca.out) mark(m, p->norm_a_w), mark(m, p->norm_a_b);
+    if (m->ln_cv.out) mark(m, p->norm_v_w), mark(m, p->norm_v_b);
+    if (pre && c->mae_loss_weight != 0) {
+        mark(m, p->decoder_embed_w), mark(m, p->decoder_embed_b);
+        mark(m, p->decoder_norm_w), mark(m, p->decoder_norm_b);
+        if ((ua && m->La < m->La_full) || (uv && m->Lv < m->Lv_full)) mark(m, p->mask_token);
+        if (ua)
+            mark(m, p->decoder_modality_a), mark(m, p->decoder_pos_embed_a), mark(m, p->decoder_pred_a_w),
+                mark(m, p->decoder_pred_a_b);
+        if (uv)
+            mark(m, p->decoder_modality_v), mark(m, p->decoder_pos_embed_v), mark(m, p->decoder_pred_v_w),
+                mark(m, p->decoder_pred_v_b);
+    }
+    if (c->task == CAV_TASK_FINETUNE)
+        mark(m, p->head_norm_w), mark(m, p->head_norm_b), mark(m, p->head_w), mark(m, p->head_b);
+}
+
 /* ---- create / free ------------------------------------------------------------------------------ */
 
 static void derive(cav_model *m, const cav_config *cfg, int B) {
@@ -507,6 +555,7 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     if (!m->acts) goto oom;
     memset(m->acts, 0, m->acts_size * sizeof(float));
     plan(m);
+    mark_used(m);
     /* inputs */
     size_t na = ua ? (size_t)B * m->T * m->F : 0, nv = uv ? (size_t)B * 3 * m->S * m->S : 0;
     size_t nk = c->task == CAV_TASK_PRETRAIN ? (size_t)B * (m->La + m->Lv) : 0;
@@ -1095,7 +1144,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
     m->adam_t++;
     for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
-        if (!e->trainable) continue;
+        if (!e->trainable || !e->used) continue;
         cav_adam_step(e->data, e->grad, m->adam_m + e->offset, m->adam_v + e->offset, e->numel,
                       e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }

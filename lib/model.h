@@ -114,6 +114,9 @@ typedef struct {
     size_t offset, numel; /* into the parameter (and gradient, moment) buffers, in floats */
     int trainable;
     int head; /* part of mlp_head (the fine-tuning head's learning-rate group) */
+    /* reached by this config's forward; in PyTorch an unreached parameter's .grad stays None and
+     * torch.optim.Adam skips it (no weight decay, no moment update), so cav_model_adam_step does too */
+    int used;
     float *data, *grad;
 } cav_param;
 

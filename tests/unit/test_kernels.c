@@ -582,6 +582,26 @@ static void test_adam(void) {
             P[i] -= lr * mh / (sqrt(vh) + eps);
         }
     }
+    /* a long vector (the four-wide path and the tail) against the same float operations one by one */
+    {
+        enum { L = 4099 };
+        float *pa = rnd(L, 1), *ga = rnd(L, 1), *ma = rnd(L, 0.1), *va = rnd(L, 0.1);
+        float *pb = malloc(sizeof(float) * L), *mb = malloc(sizeof(float) * L), *vb = malloc(sizeof(float) * L);
+        for (int i = 0; i < L; i++) va[i] = fabsf(va[i]);
+        memcpy(pb, pa, sizeof(float) * L), memcpy(mb, ma, sizeof(float) * L), memcpy(vb, va, sizeof(float) * L);
+        cav_adam_step(pa, ga, ma, va, L, lr, b1, b2, eps, wd, 3);
+        float step = (float)(-(lr / (1 - pow(b1, 3)))), bc2s = (float)sqrt(1 - pow(b2, 3));
+        int same = 1;
+        for (int i = 0; i < L; i++) {
+            float g = ga[i] + (float)wd * pb[i];
+            mb[i] = mb[i] * (float)b1 + (float)(1 - b1) * g;
+            vb[i] = vb[i] * (float)b2 + (float)(1 - b2) * g * g;
+            pb[i] = pb[i] + step * mb[i] / (sqrtf(vb[i]) / bc2s + (float)eps);
+            same &= pa[i] == pb[i] && ma[i] == mb[i] && va[i] == vb[i];
+        }
+        CHECK(same);
+        free(pa), free(ga), free(ma), free(va), free(pb), free(mb), free(vb);
+    }
     for (int i = 0; i < N; i++) {
         CHECK_NEAR(p[i], P[i], 1e-6 * fmax(1, fabs(P[i])));
         CHECK_NEAR(m[i], M[i], 1e-6 * fabs(M[i]) + 1e-12);

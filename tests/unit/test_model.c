@@ -170,26 +170,28 @@ static int run_gradcheck(cav_config *c, const char *what, double tol) {
     return ok;
 }
 
+/* Tolerance: float rounding of the loss (about 1e-7 relative) over the step leaves up to ~3e-2 on the
+ * smallest tensors of the MAE-only variants; a wrong or missing term shows as 0.3 and more. */
 static void test_gradcheck_pretrain_variants(void) {
     cav_config c = tiny(CAV_TASK_PRETRAIN);
-    CHECK(run_gradcheck(&c, "cav-mae", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae", 5e-2));
     c.norm_pix_loss = 1, c.bidirect_contrast = 1;
-    CHECK(run_gradcheck(&c, "cav-mae normpix bidirect", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae normpix bidirect", 5e-2));
     c = tiny(CAV_TASK_PRETRAIN), c.depth = 3, c.chain_contrast_streams = 0;
-    CHECK(run_gradcheck(&c, "cav-mae 1+2 (reference)", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae 1+2 (reference)", 5e-2));
     c.chain_contrast_streams = 1;
-    CHECK(run_gradcheck(&c, "cav-mae 1+2 chained", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae 1+2 chained", 5e-2));
     static const char *variants[] = {"av-mae", "vanilla-av-mae", "cav", "audio-mae", "visual-mae"};
     for (int i = 0; i < 5; i++) {
         c = tiny(CAV_TASK_PRETRAIN);
         REQUIRE(cav_config_variant(&c, variants[i]) == 0);
         if (!strcmp(variants[i], "cav")) c.contrast_loss_weight = 0.5;
-        CHECK(run_gradcheck(&c, variants[i], 2e-2));
+        CHECK(run_gradcheck(&c, variants[i], 5e-2));
     }
     c = tiny(CAV_TASK_PRETRAIN), c.audio_length = 64, c.mel_bins = 64, c.mask_mode = CAV_MASK_TF;
-    CHECK(run_gradcheck(&c, "cav-mae tf masking", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae tf masking", 5e-2));
     c.tr_pos = 1;
-    CHECK(run_gradcheck(&c, "cav-mae trainable pos", 2e-2));
+    CHECK(run_gradcheck(&c, "cav-mae trainable pos", 5e-2));
 }
 
 static void test_gradcheck_finetune_modes(void) {
@@ -371,7 +373,53 @@ static void test_config_set(void) {
     CHECK(cav_config_check(&v, &err) == -1 && err.code == 1 && strstr(err.msg, "embed_dim"));
 }
 
+/* Which parameters the forward reaches (Adam skips the others, as torch does for .grad None). */
+static void test_used(void) {
+    cav_config c = tiny(CAV_TASK_PRETRAIN);
+    c.depth = 3; /* 1 + 2 joint layers: the reference's contrastive passes use only the last */
+    cav_err err = {0};
+    cav_model *m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(!cav_model_param(m, "blocks_a.0.norm1_a.weight")->used);
+    CHECK(cav_model_param(m, "blocks_a.0.norm1.weight")->used);
+    CHECK(!cav_model_param(m, "blocks_u.0.norm1_a.weight")->used);
+    CHECK(cav_model_param(m, "blocks_u.1.norm2_v.bias")->used);
+    CHECK(cav_model_param(m, "blocks_u.0.norm2.bias")->used && cav_model_param(m, "mask_token")->used);
+    CHECK(cav_model_param(m, "decoder_pos_embed_v")->used && !cav_model_param(m, "decoder_blocks.0.norm1_v.weight")->used);
+    cav_model_free(m);
+    c.chain_contrast_streams = 1;
+    m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(cav_model_param(m, "blocks_u.0.norm1_a.weight")->used);
+    cav_model_free(m);
+    c = tiny(CAV_TASK_PRETRAIN);
+    cav_config_variant(&c, "audio-mae");
+    m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(!cav_model_param(m, "patch_embed_v.proj.weight")->used && !cav_model_param(m, "decoder_pred_v.bias")->used);
+    CHECK(!cav_model_param(m, "norm_a.weight")->used && cav_model_param(m, "norm.weight")->used);
+    /* an unreached parameter keeps its value through Adam, weight decay and all */
+    uint64_t mr = 3;
+    cav_model_init(m, 4);
+    fill_inputs(m, &mr);
+    cav_model_forward(m);
+    cav_model_backward(m);
+    cav_param *u = cav_model_param(m, "blocks_u.0.norm1_v.weight"), *r = cav_model_param(m, "blocks_u.0.norm1.weight");
+    float u0 = u->data[0], r0 = r->data[0];
+    cav_model_adam_step(m, 1e-3, 1, 0.95, 0.999, 1e-8, 0.1);
+    CHECK(u->data[0] == u0 && r->data[0] != r0);
+    cav_model_free(m);
+    c = tiny(CAV_TASK_FINETUNE);
+    c.mode = CAV_FT_AUDIOONLY;
+    m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(!cav_model_param(m, "blocks_v.0.mlp.fc1.weight")->used && !cav_model_param(m, "norm.weight")->used);
+    CHECK(cav_model_param(m, "blocks_u.0.norm2_a.weight")->used && cav_model_param(m, "mlp_head.1.bias")->used);
+    cav_model_free(m);
+}
+
 int main(void) {
+    TEST(test_used);
     TEST(test_config_set);
     TEST(test_param_counts);
     TEST(test_param_table);
