@@ -14,7 +14,8 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unkn
 BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
   libswscale-dev libfftw3-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
 CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
-  python3-sklearn python3-opencv python3-pil
+  python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard \
+  asterisk-core-sounds-en-g722 tuxpaint-stamps-default espeak-ng bc
 
 # ensure_debs: install what is missing (root), or say exactly what to run (not root).
 define ensure_debs
@@ -94,7 +95,7 @@ REL := $(BUILD)/rel
 ASAN := $(BUILD)/asan
 PLUGIN := $(BUILD)/plugin/libcav_h5zstd.so
 
-.PHONY: all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config
+.PHONY: all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz
 all: tools $(if $(wildcard lib/h5zstd_plugin.c),$(PLUGIN))
 tools: $(TOOLS:%=$(BUILD)/bin/%)
 config: $(BUILD)/config.mk
@@ -183,3 +184,18 @@ install: all
 
 clean:
 	rm -rf $(BUILD)
+
+# libFuzzer target for av-extract's demux/decode path (not part of check): make fuzz FUZZ_SECONDS=120.
+# The corpus starts from the short golden clips and grows in $(BUILD)/fuzz/corpus.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+$(BUILD)/fuzz/fuzz_avdecode: tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c lib/avdecode.h $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Ilib $(DEP_CFLAGS) \
+	  tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c -o $@ $(DEP_LIBS) -lm -lpthread
+fuzz: $(BUILD)/fuzz/fuzz_avdecode refs
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seed
+	@cp $(BUILD)/ref/gen_avextract/video/h264_25_short_4s.mp4 $(BUILD)/ref/gen_avextract/audio/*.ogg \
+	  $(BUILD)/ref/gen_avextract/bad/truncated_head.mp4 $(BUILD)/fuzz/seed/ 2>/dev/null || true
+	cd $(BUILD)/fuzz && ./fuzz_avdecode -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2560 \
+	  -max_len=262144 -print_final_stats=1 corpus seed

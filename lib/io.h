@@ -28,7 +28,21 @@ cav_writer *cav_writer_open(const char *path, cav_format fmt, const cav_attrs *a
 int cav_writer_put(cav_writer *w, const cav_record *rec, cav_err *err); /* 0 ok, -1 error */
 int cav_writer_close(cav_writer *w, cav_err *err); /* flushes; 0 ok, -1 error (the file is then incomplete) */
 
-/* Adds the standard provenance attributes ("tool", "version", "args") for the running tool. */
+/* Additions (containers branch). */
+/* As cav_writer_open, with a zstd level (0 = the default 3; 1..19, negative for the fast levels). */
+cav_writer *cav_writer_open_level(const char *path, cav_format fmt, const cav_attrs *attrs, int level,
+                                  cav_err *err);
+/* Gives up: a shard's temporary file is removed, a stream is left without its end frame (so readers see
+ * it as truncated). Frees w. */
+void cav_writer_abort(cav_writer *w);
+int64_t cav_writer_count(const cav_writer *w);  /* records put so far */
+uint64_t cav_writer_bytes(cav_writer *w);       /* bytes written so far (shards: as HDF5 reports them) */
+cav_format cav_reader_format(const cav_reader *rd);
+/* The shard behind a reader of a shard (random access, shard.h), or NULL for a stream. */
+struct cav_shard *cav_reader_shard(cav_reader *rd);
+
+/* Adds the standard provenance attributes ("tool", "version", "args") for the running tool, and appends a
+ * line "tool version args" to "history" (so the stages that made a file accumulate). 0 ok, -1 no memory. */
 int cav_attrs_provenance(cav_attrs *a, int argc, char **argv);
 
 #endif

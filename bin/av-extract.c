@@ -1,0 +1,248 @@
+/* av-extract: media files -> records holding 16 kHz mono audio and the reference's 10 frames (see
+ * av-extract(1)). Wiring only: inputs and records are lib/avextract, decoding lib/avdecode. Files are
+ * decoded by -j worker threads; the main thread writes the records in input order and keeps the counts. */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "avdecode.h"
+#include "avextract.h"
+#include "cli.h"
+#include "io.h"
+
+static const char usage[] =
+    "Usage: av-extract [OPTION]... [FILE]...\n"
+    "Decode media files once into records: 16 kHz mono audio (`wave`) and the reference's 10 frames at\n"
+    "224x224 (`frames_jpeg` or `frames`), with the clip's attributes.\n"
+    "\n"
+    "Input (any mix):\n"
+    "  FILE...                 media files; the record id is the file name without its extension\n"
+    "  -l, --list FILE         one media path per line ('-' = stdin)\n"
+    "      --json FILE         the reference's dataset JSON: ids from video_id, paths from --json-key\n"
+    "      --json-key KEY      member holding the media path (default: video, media, path, then wav)\n"
+    "Output:\n"
+    "  -o, --output PATH       record stream, or an HDF5 shard for a name ending in .h5 (default: stdout)\n"
+    "      --jpeg              store frames as JPEG (the default)\n"
+    "      --jpeg-quality Q    JPEG quality (1-100; default 75, as the reference stores them)\n"
+    "      --raw               store frames as raw u8 [10,224,224,3] instead of JPEG\n"
+    "      --audio-only        only the audio (files need no video stream)\n"
+    "      --video-only        only the frames (files need no audio stream)\n"
+    "      --downmix           average the channels (default: channel 1, as the reference's sox remix 1)\n"
+    "      --max-seconds S     decode at most S seconds of audio (default: all of it)\n"
+    "      --decode-all        decode every video frame up to the last needed one (no skipping)\n"
+    "      --decode-only       benchmark floor: demux and decode what is needed, convert nothing, write no\n"
+    "                          records (the output holds only the header)\n"
+    "Batch:\n"
+    "  -j, --jobs N            decode N files in parallel (default 1); output stays in input order\n"
+    "      --on-error POLICY   skip (default: report, count, go on) or fail (stop at the first bad file)\n"
+    "      --help              show this help\n"
+    "      --version           show the version\n"
+    "\n"
+    "Exit status: 0 ok (bad files, if any, were skipped and reported), 1 usage, 2 nothing could be extracted\n"
+    "or a bad file with --on-error fail, 3 internal or output error.\n"
+    "Failure reasons counted in the closing summary: open, no-audio, no-video, corrupt, no-frames, internal,\n"
+    "rejected (the output refused the record, e.g. a duplicate id in a shard).\n";
+
+typedef struct {
+    int done;
+    cav_av_reason reason;
+    cav_err err;
+    cav_record rec;
+} slot;
+
+typedef struct {
+    const cav_av_inputs *in;
+    const cav_av_opts *dopts;
+    const cav_av_record_opts *ropts;
+    slot *slots;
+    int next_take, written, window, stop;
+    pthread_mutex_t mu;
+    pthread_cond_t done_cv, room_cv;
+} pool;
+
+/* Decode one input into its slot (no locks held). */
+static void work(pool *p, int i) {
+    slot *s = &p->slots[i];
+    const cav_av_input *in = &p->in->v[i];
+    cav_av_clip c;
+    s->reason = cav_av_decode_file(in->path, p->dopts, &c, &s->err);
+    if (s->reason == CAV_AV_OK && !p->dopts->decode_only) {
+        if (cav_av_clip_to_record(&c, in->id, in->path, p->ropts, &s->rec, &s->err)) s->reason = CAV_AV_ERR_INTERNAL;
+        cav_av_clip_free(&c);
+    }
+}
+
+static void *worker(void *arg) {
+    pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && p->next_take < p->in->n && p->next_take >= p->written + p->window)
+            pthread_cond_wait(&p->room_cv, &p->mu);
+        if (p->stop || p->next_take >= p->in->n) break;
+        int i = p->next_take++;
+        pthread_mutex_unlock(&p->mu);
+        work(p, i);
+        pthread_mutex_lock(&p->mu);
+        p->slots[i].done = 1;
+        pthread_cond_broadcast(&p->done_cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+enum { OPT_JSON = 0x100, OPT_JSON_KEY, OPT_JPEG, OPT_JPEGQ, OPT_RAW, OPT_AONLY, OPT_VONLY, OPT_DOWNMIX, OPT_MAXSEC,
+       OPT_DECODE_ALL, OPT_DECODE_ONLY, OPT_ON_ERROR };
+
+int main(int argc, char **argv) {
+    cav_set_tool("av-extract");
+    static const struct option longopts[] = {
+        {"list", 1, 0, 'l'},           {"json", 1, 0, OPT_JSON},          {"json-key", 1, 0, OPT_JSON_KEY},
+        {"output", 1, 0, 'o'},         {"jpeg-quality", 1, 0, OPT_JPEGQ}, {"jpeg", 0, 0, OPT_JPEG}, {"raw", 0, 0, OPT_RAW},
+        {"audio-only", 0, 0, OPT_AONLY}, {"video-only", 0, 0, OPT_VONLY}, {"downmix", 0, 0, OPT_DOWNMIX},
+        {"max-seconds", 1, 0, OPT_MAXSEC}, {"decode-all", 0, 0, OPT_DECODE_ALL}, {"decode-only", 0, 0, OPT_DECODE_ONLY}, {"jobs", 1, 0, 'j'},
+        {"on-error", 1, 0, OPT_ON_ERROR}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
+    cav_av_opts dopts;
+    cav_av_opts_default(&dopts);
+    cav_av_record_opts ropts = {.jpeg_quality = 75};
+    const char *out = "-", *json_key = NULL;
+    const char *lists[64], *jsons[64];
+    int nlists = 0, njsons = 0, jobs = 1, fail_fast = 0, aonly = 0, vonly = 0, raw = 0, quality = 75;
+    int c;
+    while ((c = getopt_long(argc, argv, "l:o:j:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            if (nlists == 64) cav_usage_error("too many --list options");
+            lists[nlists++] = optarg;
+            break;
+        case OPT_JSON:
+            if (njsons == 64) cav_usage_error("too many --json options");
+            jsons[njsons++] = optarg;
+            break;
+        case OPT_JSON_KEY: json_key = optarg; break;
+        case 'o': out = optarg; break;
+        case OPT_JPEG: raw = 0; break;
+        case OPT_JPEGQ: quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100), raw = 0; break;
+        case OPT_RAW: raw = 1; break;
+        case OPT_AONLY: aonly = 1; break;
+        case OPT_VONLY: vonly = 1; break;
+        case OPT_DOWNMIX: dopts.downmix = 1; break;
+        case OPT_MAXSEC: dopts.max_seconds = cav_parse_double("--max-seconds", optarg, 1e-3, 1e9); break;
+        case OPT_DECODE_ALL: dopts.skip_unneeded = 0; break;
+        case OPT_DECODE_ONLY: dopts.decode_only = 1; break;
+        case 'j': jobs = (int)cav_parse_int("--jobs", optarg, 1, 256); break;
+        case OPT_ON_ERROR:
+            if (!strcmp(optarg, "skip")) fail_fast = 0;
+            else if (!strcmp(optarg, "fail")) fail_fast = 1;
+            else cav_usage_error("--on-error: '%s' is neither skip nor fail", optarg);
+            break;
+        default: cav_std_option(c, usage);
+        }
+    }
+    if (aonly && vonly) cav_usage_error("--audio-only and --video-only exclude each other");
+    ropts.jpeg_quality = raw ? 0 : quality; /* the last of --raw / --jpeg / --jpeg-quality wins */
+    dopts.audio = !vonly;
+    dopts.video = !aonly;
+
+    cav_av_inputs in = {0};
+    cav_err err = {0};
+    for (int i = optind; i < argc; i++)
+        if (cav_av_inputs_add(&in, argv[i], NULL, &err)) cav_die(err.code, "%s", err.msg);
+    for (int i = 0; i < nlists; i++)
+        if (cav_av_inputs_load_list(&in, lists[i], &err)) cav_die(err.code, "%s", err.msg);
+    for (int i = 0; i < njsons; i++)
+        if (cav_av_inputs_load_json(&in, jsons[i], json_key, &err)) cav_die(err.code, "%s", err.msg);
+    if (in.n == 0) cav_usage_error("no input files (give FILEs, --list or --json)");
+
+    cav_attrs attrs;
+    cav_attrs_init(&attrs);
+    char q[16];
+    snprintf(q, sizeof q, "%d", ropts.jpeg_quality);
+    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, "sample_rate", "16000") ||
+        (dopts.video && cav_attrs_set(&attrs, "frames_format", ropts.jpeg_quality ? "jpeg" : "raw")) ||
+        (dopts.video && ropts.jpeg_quality && cav_attrs_set(&attrs, "jpeg_quality", q)) ||
+        (dopts.audio && cav_attrs_set(&attrs, "audio_channel", dopts.downmix ? "mean" : "1")))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    cav_writer *w = cav_writer_open(out, cav_format_for_path(out), &attrs, &err);
+    cav_attrs_clear(&attrs);
+    if (!w) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+
+    pool p = {.in = &in, .dopts = &dopts, .ropts = &ropts, .window = 4 * jobs};
+    p.slots = calloc((size_t)in.n, sizeof *p.slots);
+    if (!p.slots) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    for (int i = 0; i < in.n; i++) cav_record_init(&p.slots[i].rec);
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.done_cv, NULL);
+    pthread_cond_init(&p.room_cv, NULL);
+    pthread_t th[256];
+    int nth = jobs > in.n ? in.n : jobs;
+    for (int t = 0; t < nth; t++)
+        if (pthread_create(&th[t], NULL, worker, &p)) cav_die(CAV_EXIT_INTERNAL, "cannot start a worker thread");
+
+    int64_t counts[CAV_AV_NREASONS + 1] = {0}; /* the last: records the output refused (duplicate id, ...) */
+    int status = CAV_EXIT_OK, written = 0;
+    cav_progress *prog = cav_progress_start("files", in.n);
+    for (int i = 0; i < in.n; i++) {
+        pthread_mutex_lock(&p.mu);
+        while (!p.slots[i].done) pthread_cond_wait(&p.done_cv, &p.mu);
+        pthread_mutex_unlock(&p.mu);
+        slot *s = &p.slots[i];
+        counts[s->reason]++;
+        if (s->reason != CAV_AV_OK) {
+            cav_msg("%s: %s: %s", in.v[i].path, cav_av_reason_name(s->reason), s->err.msg);
+            if (s->reason == CAV_AV_ERR_INTERNAL) status = CAV_EXIT_INTERNAL;
+        } else if (dopts.decode_only) {
+            written++;
+        } else if (cav_writer_put(w, &s->rec, &err)) {
+            cav_msg("%s: rejected: %s", in.v[i].path, err.msg);
+            if (err.code == CAV_EXIT_INPUT) {
+                counts[CAV_AV_OK]--;
+                counts[CAV_AV_NREASONS]++;
+                s->reason = CAV_AV_NREASONS;
+            } else {
+                status = CAV_EXIT_INTERNAL;
+            }
+        } else {
+            written++;
+        }
+        cav_record_clear(&s->rec);
+        cav_progress_add(prog, 1);
+        int stop = status == CAV_EXIT_INTERNAL || (fail_fast && s->reason != CAV_AV_OK);
+        if (stop && status == CAV_EXIT_OK) status = CAV_EXIT_INPUT;
+        pthread_mutex_lock(&p.mu);
+        p.written = i + 1;
+        if (stop) p.stop = 1;
+        pthread_cond_broadcast(&p.room_cv);
+        pthread_mutex_unlock(&p.mu);
+        if (stop) break;
+    }
+    cav_progress_end(prog);
+    for (int t = 0; t < nth; t++) pthread_join(th[t], NULL);
+    if (cav_writer_close(w, &err)) {
+        cav_msg("%s", err.msg);
+        status = CAV_EXIT_INTERNAL;
+    }
+    /* Summary: always, so a batch never fails quietly. */
+    int64_t failed = 0;
+    char why[512] = "";
+    for (int r = 1; r <= CAV_AV_NREASONS; r++) {
+        failed += counts[r];
+        if (counts[r])
+            snprintf(why + strlen(why), sizeof why - strlen(why), "%s%s %lld", why[0] ? ", " : " (",
+                     r < CAV_AV_NREASONS ? cav_av_reason_name(r) : "rejected", (long long)counts[r]);
+    }
+    if (why[0]) strncat(why, ")", sizeof why - strlen(why) - 1);
+    int64_t seen = 0;
+    for (int r = 0; r <= CAV_AV_NREASONS; r++) seen += counts[r];
+    cav_msg("%d of %d files extracted, %lld failed%s%s", written, in.n, (long long)failed, why,
+            seen < in.n ? " (stopped early)" : "");
+    if (status == CAV_EXIT_OK && written == 0) status = CAV_EXIT_INPUT;
+    for (int i = 0; i < in.n; i++) cav_record_clear(&p.slots[i].rec);
+    free(p.slots);
+    pthread_mutex_destroy(&p.mu);
+    pthread_cond_destroy(&p.done_cv);
+    pthread_cond_destroy(&p.room_cv);
+    cav_av_inputs_free(&in);
+    return status;
+}
