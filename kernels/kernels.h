@@ -51,9 +51,10 @@ void cav_accumulate(float *dst, const float *src, size_t n); /* dst += src */
  * backward; out[B,N,C] = (att @ v) with the heads put back side by side (transpose(1,2).reshape). The
  * output projection is a separate cav_linear. */
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H);
-/* dqkv[B,N,3C] is SET (overwritten), not accumulated; scratch holds N*N floats. */
-void cav_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-                            int B, int N, int C, int H);
+/* dqkv[B,N,3C] is SET (overwritten), not accumulated. Both run the (batch, head) pairs on OpenMP threads
+ * with OpenBLAS single-threaded for the duration of the call. */
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int N, int C,
+                            int H);
 
 /* ---- token bookkeeping ------------------------------------------------------------------------- */
 

@@ -136,6 +136,32 @@ int cav_config_set(cav_config *c, const char *key, const char *v) {
     return -2;
 }
 
+int cav_config_json(const cav_config *c, char *buf, size_t n) {
+    static const char *masks[] = {"unstructured", "time", "freq", "tf"};
+    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    const char *tf[] = {"false", "true"};
+    const char *mod = c->use_audio && c->use_video ? "av" : c->use_audio ? "a" : "v";
+    int k = snprintf(buf, n,
+                     "{\"audio_length\": %d, \"img_size\": %d, \"patch_size\": 16, \"in_chans\": 3, "
+                     "\"embed_dim\": %d, \"depth\": %d, \"modality_specific_depth\": %d, \"num_heads\": %d, "
+                     "\"mlp_ratio\": %.17g, \"tr_pos\": %s",
+                     c->audio_length, c->img_size, c->embed_dim, c->depth, c->modality_specific_depth, c->num_heads,
+                     c->mlp_ratio, tf[c->tr_pos != 0]);
+    if (k >= 0 && (size_t)k < n && c->task == CAV_TASK_FINETUNE)
+        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"}", c->label_dim,
+                      modes[c->mode], c->loss_ce ? "ce" : "bce");
+    else if (k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - k,
+                      ", \"decoder_embed_dim\": %d, \"decoder_depth\": %d, \"decoder_num_heads\": %d, "
+                      "\"norm_pix_loss\": %s, \"mask_ratio_a\": %.17g, \"mask_ratio_v\": %.17g, "
+                      "\"mae_loss_weight\": %.17g, \"contrast_loss_weight\": %.17g, \"mask_mode\": \"%s\", "
+                      "\"bidirect_contrast\": %s, \"modalities\": \"%s\", \"chain_contrast_streams\": %s}",
+                      c->decoder_embed_dim, c->decoder_depth, c->decoder_num_heads, tf[c->norm_pix_loss != 0],
+                      c->mask_ratio_a, c->mask_ratio_v, c->mae_loss_weight, c->contrast_loss_weight,
+                      masks[c->mask_mode], tf[c->bidirect_contrast != 0], mod, tf[c->chain_contrast_streams != 0]);
+    return k < 0 || (size_t)k >= n ? -1 : k;
+}
+
 int cav_ft_mode_parse(const char *s) {
     static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
     for (int i = 0; i < 5; i++)
@@ -303,7 +329,7 @@ static void register_params(cav_model *m) {
 
 /* ---- activation planning ------------------------------------------------------------------------ */
 
-static size_t max_mc, max_mh, max_nn; /* scratch sizes found while planning (reset per plan) */
+static size_t max_mc, max_mh; /* scratch sizes found while planning (reset per plan) */
 
 static float *bump(cav_model *m, size_t n) {
     size_t o = m->acts_used;
@@ -327,7 +353,6 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
     if (M * hidden > max_mh) max_mh = M * hidden;
-    if ((size_t)N * N > max_nn) max_nn = (size_t)N * N;
 }
 
 static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
@@ -339,7 +364,7 @@ static void plan(cav_model *m) {
     size_t B = (size_t)m->B;
     int D = m->D, Dd = m->Dd, ua, uv, msd = c->modality_specific_depth, J = m->joint;
     modalities(c, &ua, &uv);
-    max_mc = max_mh = max_nn = 0;
+    max_mc = max_mh = 0;
     m->acts_used = 0;
     cav_params *p = &m->p, *g = &m->g;
     /* the joint block used by the contrastive passes: all of them chained, or the reference's last one */
@@ -413,7 +438,54 @@ static void plan(cav_model *m) {
         m->sc_ln = bump(m, max_mc), m->sc_atty = bump(m, max_mc), m->sc_qkv = bump(m, 3 * max_mc);
         m->sc_h1 = bump(m, max_mh), m->sc_h2 = bump(m, max_mh);
     }
-    m->sc_att = bump(m, max_nn);
+}
+
+/* ---- which parameters the forward reaches ------------------------------------------------------ */
+
+static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, float **w2, float **b2);
+
+static void mark(cav_model *m, const float *p) {
+    for (int i = 0; i < m->ntable; i++)
+        if (m->table[i].data == p) m->table[i].used = 1;
+}
+
+static void mark_stream(cav_model *m, const cav_stream *s) {
+    for (int i = 0; i < s->nblk; i++) {
+        cav_block_params *p = s->p[i];
+        float *w1, *b1, *w2, *b2;
+        block_lns(p, s->mod, &w1, &b1, &w2, &b2);
+        const float *f[] = {w1, b1, w2, b2, p->qkv_w, p->qkv_b, p->proj_w, p->proj_b,
+                            p->fc1_w, p->fc1_b, p->fc2_w, p->fc2_b};
+        for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) mark(m, f[k]);
+    }
+}
+
+/* After planning: the streams that run and the tensors around them. */
+static void mark_used(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_params *p = &m->p;
+    int ua = m->La > 0, uv = m->Lv > 0, pre = c->task == CAV_TASK_PRETRAIN;
+    if (ua) mark(m, p->patch_a_w), mark(m, p->patch_a_b), mark(m, p->modality_a), mark(m, p->pos_embed_a);
+    if (uv) mark(m, p->patch_v_w), mark(m, p->patch_v_b), mark(m, p->modality_v), mark(m, p->pos_embed_v);
+    const cav_stream *st[] = {&m->s_a, &m->s_v, &m->s_u, &m->s_ca, &m->s_cv, &m->s_dec};
+    for (int i = 0; i < 6; i++) mark_stream(m, st[i]);
+    /* a stream's final LayerNorm runs whenever the stream does (planned: it has an activation buffer) */
+    if (m->ln_u.out) mark(m, p->norm_w), mark(m, p->norm_b);
+    if (m->ln_ca.out) mark(m, p->norm_a_w), mark(m, p->norm_a_b);
+    if (m->ln_cv.out) mark(m, p->norm_v_w), mark(m, p->norm_v_b);
+    if (pre && c->mae_loss_weight != 0) {
+        mark(m, p->decoder_embed_w), mark(m, p->decoder_embed_b);
+        mark(m, p->decoder_norm_w), mark(m, p->decoder_norm_b);
+        if ((ua && m->La < m->La_full) || (uv && m->Lv < m->Lv_full)) mark(m, p->mask_token);
+        if (ua)
+            mark(m, p->decoder_modality_a), mark(m, p->decoder_pos_embed_a), mark(m, p->decoder_pred_a_w),
+                mark(m, p->decoder_pred_a_b);
+        if (uv)
+            mark(m, p->decoder_modality_v), mark(m, p->decoder_pos_embed_v), mark(m, p->decoder_pred_v_w),
+                mark(m, p->decoder_pred_v_b);
+    }
+    if (c->task == CAV_TASK_FINETUNE)
+        mark(m, p->head_norm_w), mark(m, p->head_norm_b), mark(m, p->head_w), mark(m, p->head_b);
 }
 
 /* ---- create / free ------------------------------------------------------------------------------ */
@@ -483,6 +555,7 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     if (!m->acts) goto oom;
     memset(m->acts, 0, m->acts_size * sizeof(float));
     plan(m);
+    mark_used(m);
     /* inputs */
     size_t na = ua ? (size_t)B * m->T * m->F : 0, nv = uv ? (size_t)B * 3 * m->S * m->S : 0;
     size_t nk = c->task == CAV_TASK_PRETRAIN ? (size_t)B * (m->La + m->Lv) : 0;
@@ -698,7 +771,7 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     memset(m->sc_atty, 0, sizeof(float) * M * C);
     cav_linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
-    cav_attention_backward(m->sc_qkv, m->sc_att, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
+    cav_attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
     memset(m->sc_ln, 0, sizeof(float) * M * C);
     cav_linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     cav_layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
@@ -1042,11 +1115,19 @@ void cav_model_forward(cav_model *m) {
     else forward_feat(m);
 }
 
-void cav_model_backward(cav_model *m) {
+void cav_model_zero_grad(cav_model *m) {
+    if (m->grads) memset(m->grads, 0, sizeof(float) * m->nparams);
+}
+
+void cav_model_backward_accumulate(cav_model *m) {
     if (!m->grads) return;
-    memset(m->grads, 0, sizeof(float) * m->nparams);
     if (m->cfg.task == CAV_TASK_PRETRAIN) backward_pretrain(m);
     else backward_finetune(m);
+}
+
+void cav_model_backward(cav_model *m) {
+    cav_model_zero_grad(m);
+    cav_model_backward_accumulate(m);
 }
 
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
@@ -1063,7 +1144,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
     m->adam_t++;
     for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
-        if (!e->trainable) continue;
+        if (!e->trainable || !e->used) continue;
         cav_adam_step(e->data, e->grad, m->adam_m + e->offset, m->adam_v + e->offset, e->numel,
                       e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }

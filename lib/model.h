@@ -74,6 +74,10 @@ int cav_config_variant(cav_config *cfg, const char *name);
  * are accepted only at 16 and 3. value is the JSON text (numbers, true/false, bare strings). Returns 0,
  * -1 for a bad value, -2 for an unknown key. */
 int cav_config_set(cav_config *cfg, const char *key, const char *value);
+/* The config as a flat JSON object with the keys cav_config_set reads (checkpoint metadata): the
+ * constructor's keys, then the forward's (pretraining) or label_dim/mode/loss (fine-tuning). Returns the
+ * length, or -1 if n is too small. */
+int cav_config_json(const cav_config *cfg, char *buf, size_t n);
 /* "multimodal", "audioonly", ... -> mode, or -1. */
 int cav_ft_mode_parse(const char *name);
 int cav_mask_mode_parse(const char *name);
@@ -110,6 +114,9 @@ typedef struct {
     size_t offset, numel; /* into the parameter (and gradient, moment) buffers, in floats */
     int trainable;
     int head; /* part of mlp_head (the fine-tuning head's learning-rate group) */
+    /* reached by this config's forward; in PyTorch an unreached parameter's .grad stays None and
+     * torch.optim.Adam skips it (no weight decay, no moment update), so cav_model_adam_step does too */
+    int used;
     float *data, *grad;
 } cav_param;
 
@@ -178,7 +185,7 @@ typedef struct {
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
-    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2, *sc_att;
+    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2;
     /* outputs */
     struct {
         float loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, c_acc;
@@ -209,6 +216,9 @@ void cav_model_random_masks(cav_model *m, uint64_t *rng);
 void cav_model_forward(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
+/* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */
+void cav_model_zero_grad(cav_model *m);
+void cav_model_backward_accumulate(cav_model *m);
 /* torch.optim.Adam over the trainable parameters (coupled weight decay, SPEC 3.1); the head group
  * (mlp_head.*) uses lr * head_lr_scale. */
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,

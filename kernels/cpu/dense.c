@@ -1,13 +1,50 @@
 /* dense.c: the CPU reference of the transformer's dense ops — Linear on OpenBLAS sgemm, LayerNorm, exact
  * GELU, softmax and timm's multi-head attention — forward and backward (contracts in kernels.h).
  * Every matmul, including attention's QK^T and att @ V per (batch, head), goes through cblas_sgemm with
- * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. */
+ * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. OpenBLAS runs
+ * single-threaded inside these kernels; the parallelism is OpenMP's (row bands, (batch, head) pairs). */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
+
+/* -O2's "very cheap" vectorizer cost model leaves almost every elementwise loop here scalar; these loops are
+ * memory-bound streams where vectors pay. Float reductions keep their order (no -fassociative-math), so
+ * results do not change; errno and FP exception flags are never read by this project. */
+#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno", "no-trapping-math")
+
+/* One threading runtime: OpenBLAS is kept single-threaded while a kernel runs and the work is split over
+ * OpenMP threads instead. Mixing the two (OpenBLAS's pthreads for the products, OpenMP for everything
+ * around them) makes each pool's idle threads spin on the cores the other one needs; measured here that
+ * was 2-4x slower per training step. */
+static int blas_single_begin(void) {
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+static void blas_single_end(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C with the rows of C split into one band per OpenMP thread
+ * (each band is an independent single-threaded sgemm; every element is computed as in one call). */
+static void sgemm_par(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int nb = blas_single_begin();
+    int bands = (double)M * N * K < 4e6 ? 1 : omp_get_max_threads();
+    int rows = ((M + bands - 1) / bands + 15) / 16 * 16;
+#pragma omp parallel for if(bands > 1)
+    for (int r0 = 0; r0 < M; r0 += rows) {
+        int m = M - r0 < rows ? M - r0 : rows;
+        const float *a = ta == CblasNoTrans ? A + (size_t)r0 * lda : A + r0;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)r0 * ldc, ldc);
+    }
+    blas_single_end(nb);
+}
 
 void cav_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC) {
     /* torch's addmm: the bias is the C operand of the gemm (beta = 1). */
@@ -15,16 +52,15 @@ void cav_linear_forward(float *out, const float *inp, const float *w, const floa
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) memcpy(out + (size_t)m * OC, b, sizeof(float) * OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out,
-                OC);
+    sgemm_par(CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
 }
 
 void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
                          int M, int IC, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+        sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+        sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
         /* column sums over rows read contiguously: each thread owns a band of 256 columns */
 #pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
@@ -118,11 +154,6 @@ void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
     }
 }
 
-/* Without trapping-math, the compare in the clamp below is a blend and the loop vectorizes (no exception
- * flags are ever read in this project). */
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-
 /* exp for the softmax's arguments (x <= 0 after the max is subtracted), written so the compiler vectorizes
  * it: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by Cephes' expf polynomial, 2^n
  * through the exponent bits. Within 2 ulp of expf; arguments below -87.3 (results under FLT_MIN) give
@@ -155,7 +186,6 @@ static void softmax_row(float *y, const float *x, int N) {
     for (; j < N; j++) s += y[j];
     for (j = 0; j < N; j++) y[j] /= s;
 }
-#pragma GCC pop_options
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
 #pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
@@ -183,47 +213,58 @@ void cav_accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
+/* Attention works per (batch, head) on small matrices (N x C/H): the (batch, head) pairs are spread over
+ * OpenMP threads, each calling a single-threaded sgemm (see sgemm_par for why). */
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
-    int hd = C / H;
+    int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(dynamic) if((size_t)B * H * N * N > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const float *q = qkv + (size_t)b * N * 3 * C + (size_t)h * hd, *k = q + C, *v = q + 2 * C;
             float *a = att + ((size_t)b * H + h) * N * N;
             /* alpha = scale multiplies the finished dot product: the scale applies after QK^T, as timm. */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * C, k, 3 * C, 0.0f, a, N);
-            cav_softmax_forward(a, a, N, N);
+            for (int i = 0; i < N; i++) softmax_row(a + (size_t)i * N, a + (size_t)i * N, N);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, v, 3 * C, 0.0f,
                         out + (size_t)b * N * C + (size_t)h * hd, C);
         }
+    blas_single_end(nb);
 }
 
-void cav_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-                            int B, int N, int C, int H) {
-    int hd = C / H;
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int N, int C,
+                            int H) {
+    int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            size_t o = (size_t)b * N * 3 * C + (size_t)h * hd;
-            const float *q = qkv + o, *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
-            const float *a = att + ((size_t)b * H + h) * N * N;
-            const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
-            /* datt = dO @ v^T; dv = att^T @ dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, scratch, N);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
-            /* through the softmax and the scale, in place */
-#pragma omp parallel for if((size_t)N * N > CAV_PAR_MIN)
-            for (int i = 0; i < N; i++) {
-                float *g = scratch + (size_t)i * N;
-                const float *y = a + (size_t)i * N;
-                float s = 0;
-                for (int j = 0; j < N; j++) s += g[j] * y[j];
-                for (int j = 0; j < N; j++) g[j] = y[j] * (g[j] - s) * scale;
+#pragma omp parallel if((size_t)B * H * N * N > CAV_PAR_MIN)
+    {
+        float *g = malloc(sizeof(float) * (size_t)N * N); /* d att of one (batch, head) */
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                if (!g) abort();
+                size_t o = (size_t)b * N * 3 * C + (size_t)h * hd;
+                const float *q = qkv + o, *k = q + C, *v = q + 2 * C;
+                float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
+                const float *a = att + ((size_t)b * H + h) * N * N;
+                const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
+                /* datt = dO @ v^T; dv = att^T @ dO */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, g, N);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
+                /* through the softmax and the scale, in place */
+                for (int i = 0; i < N; i++) {
+                    float *gi = g + (size_t)i * N;
+                    const float *y = a + (size_t)i * N;
+                    float s = 0;
+                    for (int j = 0; j < N; j++) s += gi[j] * y[j];
+                    for (int j = 0; j < N; j++) gi[j] = y[j] * (gi[j] - s) * scale;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, k, 3 * C, 0.0f, dq,
+                            3 * C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, q, 3 * C, 0.0f, dk,
+                            3 * C);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, scratch, N, k, 3 * C, 0.0f, dq,
-                        3 * C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, scratch, N, q, 3 * C, 0.0f, dk,
-                        3 * C);
-        }
+        free(g);
+    }
+    blas_single_end(nb);
 }

@@ -88,6 +88,41 @@ static void test_linear(void) {
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.r), free(dx), free(dw), free(db);
 }
 
+/* Above the size where the products are split into row bands over threads: all three products of a
+ * Linear against naive sums. */
+static void test_linear_banded(void) {
+    enum { M = 200, IC = 100, OC = 300 };
+    float *x = rnd(M * IC, 1), *w = rnd(OC * IC, 1), *b = rnd(OC, 1), *y = zeros(M * OC), *dy = rnd(M * OC, 1);
+    float *dx = zeros(M * IC), *dw = zeros(OC * IC), *db = zeros(OC);
+    cav_linear_forward(y, x, w, b, M, IC, OC);
+    cav_linear_backward(dx, dw, db, dy, x, w, M, IC, OC);
+    double ey = 0, ex = 0, ew = 0, eb = 0;
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < OC; o++) {
+            double s = b[o];
+            for (int i = 0; i < IC; i++) s += (double)x[m * IC + i] * w[o * IC + i];
+            ey = fmax(ey, fabs(s - y[m * OC + o]));
+        }
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < IC; i++) {
+            double s = 0;
+            for (int o = 0; o < OC; o++) s += (double)dy[m * OC + o] * w[o * IC + i];
+            ex = fmax(ex, fabs(s - dx[m * IC + i]));
+        }
+    for (int o = 0; o < OC; o++) {
+        double sb = 0;
+        for (int m = 0; m < M; m++) sb += dy[m * OC + o];
+        eb = fmax(eb, fabs(sb - db[o]));
+        for (int i = 0; i < IC; i++) {
+            double s = 0;
+            for (int m = 0; m < M; m++) s += (double)dy[m * OC + o] * x[m * IC + i];
+            ew = fmax(ew, fabs(s - dw[o * IC + i]));
+        }
+    }
+    CHECK(ey < 1e-4 && ex < 1e-4 && ew < 1e-4 && eb < 1e-4);
+    free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db);
+}
+
 /* ---- layernorm ---- */
 typedef struct {
     float *x, *w, *b, *y, *mean, *rstd, *r;
@@ -189,13 +224,14 @@ static double att_obj(void *p) {
     cav_attention_forward(c->out, c->att, c->qkv, c->B, c->N, c->C, c->H);
     return proj(c->out, c->r, (size_t)c->B * c->N * c->C);
 }
-static void test_attention(void) {
-    enum { B = 2, N = 5, C = 12, H = 3, D = C / H };
+/* small shapes run on one thread; the second is above CAV_PAR_MIN and spreads (batch, head) over threads */
+static void attention_case(int B, int N, int C, int H) {
+    int D = C / H;
     att_ctx c = {.B = B, .N = N, .C = C, .H = H};
     c.qkv = rnd(B * N * 3 * C, 1), c.out = zeros(B * N * C), c.att = zeros(B * H * N * N), c.r = rnd(B * N * C, 1);
     att_obj(&c);
     /* naive: q[b,h,n,d] = qkv[b,n,0*C + h*D + d], k at C, v at 2C (reshape(B,N,3,H,D).permute(2,0,3,1,4)) */
-    double *ref = calloc(B * N * C, sizeof(double));
+    double *ref = calloc((size_t)B * N * C, sizeof(double));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < N; i++) {
@@ -215,10 +251,14 @@ static void test_attention(void) {
                 }
             }
     CHECK(max_abs_diff(c.out, ref, B * N * C) < 1e-5);
-    float *dqkv = rnd(B * N * 3 * C, 1), *scratch = zeros(N * N); /* garbage in dqkv: it must be overwritten */
-    cav_attention_backward(dqkv, scratch, c.r, c.qkv, c.att, B, N, C, H);
+    float *dqkv = rnd(B * N * 3 * C, 1); /* garbage in dqkv: it must be overwritten */
+    cav_attention_backward(dqkv, c.r, c.qkv, c.att, B, N, C, H);
     CHECK(gradcheck(c.qkv, B * N * 3 * C, dqkv, att_obj, &c, 1e-2) < 2e-3);
-    free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv), free(scratch);
+    free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv);
+}
+static void test_attention(void) {
+    attention_case(2, 5, 12, 3);
+    attention_case(2, 100, 16, 2);
 }
 
 /* ---- token ops ---- */
@@ -542,6 +582,26 @@ static void test_adam(void) {
             P[i] -= lr * mh / (sqrt(vh) + eps);
         }
     }
+    /* a long vector (the four-wide path and the tail) against the same float operations one by one */
+    {
+        enum { L = 4099 };
+        float *pa = rnd(L, 1), *ga = rnd(L, 1), *ma = rnd(L, 0.1), *va = rnd(L, 0.1);
+        float *pb = malloc(sizeof(float) * L), *mb = malloc(sizeof(float) * L), *vb = malloc(sizeof(float) * L);
+        for (int i = 0; i < L; i++) va[i] = fabsf(va[i]);
+        memcpy(pb, pa, sizeof(float) * L), memcpy(mb, ma, sizeof(float) * L), memcpy(vb, va, sizeof(float) * L);
+        cav_adam_step(pa, ga, ma, va, L, lr, b1, b2, eps, wd, 3);
+        float step = (float)(-(lr / (1 - pow(b1, 3)))), bc2s = (float)sqrt(1 - pow(b2, 3));
+        int same = 1;
+        for (int i = 0; i < L; i++) {
+            float g = ga[i] + (float)wd * pb[i];
+            mb[i] = mb[i] * (float)b1 + (float)(1 - b1) * g;
+            vb[i] = vb[i] * (float)b2 + (float)(1 - b2) * g * g;
+            pb[i] = pb[i] + step * mb[i] / (sqrtf(vb[i]) / bc2s + (float)eps);
+            same &= pa[i] == pb[i] && ma[i] == mb[i] && va[i] == vb[i];
+        }
+        CHECK(same);
+        free(pa), free(ga), free(ma), free(va), free(pb), free(mb), free(vb);
+    }
     for (int i = 0; i < N; i++) {
         CHECK_NEAR(p[i], P[i], 1e-6 * fmax(1, fabs(P[i])));
         CHECK_NEAR(m[i], M[i], 1e-6 * fabs(M[i]) + 1e-12);
@@ -550,6 +610,7 @@ static void test_adam(void) {
 
 int main(void) {
     TEST(test_linear);
+    TEST(test_linear_banded);
     TEST(test_layernorm);
     TEST(test_gelu_softmax);
     TEST(test_attention);
