@@ -8,7 +8,6 @@
 
 #include "json.h"
 #include "model.h"
-#include "optim.h"
 #include "safetensors.h"
 
 static int apply_config(cav_config *cfg, const cav_json *j, int *batch, cav_err *err, const char *path) {
@@ -268,25 +267,27 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         goto done;
     }
     /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
-     * ones the C optimiser will skip (optim.h). */
+     * ones the C model marks unused (its Adam skips them), and those must get no gradient in C either. */
     const char *nogtext = cav_st_meta(&st, "no_grad");
     if (nogtext) {
         cav_json *ng = cav_json_parse(nogtext, strlen(nogtext), jerr, sizeof jerr);
-        unsigned char *reached = calloc((size_t)m->ntable, 1);
-        int bad = !ng || ng->type != CAV_JSON_ARRAY || !reached;
-        if (!bad) cav_optim_mark_reached(m, reached);
+        int bad = !ng || ng->type != CAV_JSON_ARRAY;
         for (int i = 0; !bad && i < m->ntable; i++) {
-            if (!m->table[i].trainable) continue;
-            int listed = 0;
+            const cav_param *p = &m->table[i];
+            if (!p->trainable) continue;
+            int listed = 0, nonzero = 0;
             for (int k = 0; k < ng->n; k++)
-                listed |= ng->items[k]->type == CAV_JSON_STRING && strcmp(ng->items[k]->string, m->table[i].name) == 0;
-            if (listed == reached[i]) {
-                fprintf(out, "%-48s %s\n", m->table[i].name, listed ? "has no gradient in PyTorch, but one in C" : "has a gradient in PyTorch, none in C");
+                listed |= ng->items[k]->type == CAV_JSON_STRING && strcmp(ng->items[k]->string, p->name) == 0;
+            for (size_t k = 0; k < p->numel && !nonzero; k++) nonzero = p->grad[k] != 0.0f;
+            if (listed == p->used || (!p->used && nonzero)) {
+                fprintf(out, "%-48s %s\n", p->name,
+                        listed == p->used ? (listed ? "has no gradient in PyTorch, but is used in C"
+                                                    : "has a gradient in PyTorch, but is unused in C")
+                                          : "is unused in C but got a gradient");
                 rep->reach_mismatches++;
             }
         }
         cav_json_free(ng);
-        free(reached);
         if (bad) {
             cav_fail(err, 2, "%s: metadata no_grad is not a JSON array of names", path);
             goto done;
@@ -331,14 +332,6 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             if (steps + 1 > 64) cav_fail(err, 2, "%s: adam_steps %d: too many", path, steps);
             goto done;
         }
-        unsigned char *reached = calloc((size_t)m->ntable, 1);
-        if (!reached || cav_optim_alloc(m)) {
-            free(reached);
-            cav_fail(err, 3, "out of memory");
-            rc = 3;
-            goto done;
-        }
-        cav_optim_mark_reached(m, reached); /* from step 0's backward, above */
         for (int k = 0; k <= steps; k++) {
             if (k > 0) cav_model_forward(m); /* step 0 ran above, with its backward */
             double rel = fabs((double)m->out.loss - losses[k]) / fabs((double)losses[k]);
@@ -346,11 +339,10 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             fprintf(out, "adam.loss[%d]%36s max_abs=%.3e max_rel=%.3e\n", k, "", fabs((double)m->out.loss - losses[k]), rel);
             if (k == steps) break;
             if (k > 0) cav_model_backward(m);
-            cav_optim_adam(m, reached, cav_json_get_number(cj, "adam_lr", 0), 1.0, betas->items[0]->number,
-                           betas->items[1]->number, cav_json_get_number(cj, "adam_eps", 1e-8),
-                           cav_json_get_number(cj, "adam_weight_decay", 0));
+            cav_model_adam_step(m, cav_json_get_number(cj, "adam_lr", 0), 1.0, betas->items[0]->number,
+                                betas->items[1]->number, cav_json_get_number(cj, "adam_eps", 1e-8),
+                                cav_json_get_number(cj, "adam_weight_decay", 0));
         }
-        free(reached);
         for (int i = 0; i < m->ntable; i++) {
             char fname[80];
             snprintf(fname, sizeof fname, "final.%s", m->table[i].name);

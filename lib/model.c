@@ -1130,16 +1130,24 @@ void cav_model_backward(cav_model *m) {
     cav_model_backward_accumulate(m);
 }
 
+int cav_model_alloc_adam(cav_model *m) {
+    if (m->adam_m) return 0;
+    m->adam_m = calloc(m->nparams, sizeof(float));
+    m->adam_v = calloc(m->nparams, sizeof(float));
+    if (!m->adam_m || !m->adam_v) {
+        free(m->adam_m), free(m->adam_v);
+        m->adam_m = m->adam_v = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
                          double wd) {
     if (!m->grads) return;
-    if (!m->adam_m) {
-        m->adam_m = calloc(m->nparams, sizeof(float));
-        m->adam_v = calloc(m->nparams, sizeof(float));
-        if (!m->adam_m || !m->adam_v) {
-            fprintf(stderr, "model: out of memory for the Adam moments\n");
-            abort();
-        }
+    if (cav_model_alloc_adam(m)) {
+        fprintf(stderr, "model: out of memory for the Adam moments\n");
+        abort();
     }
     m->adam_t++;
     for (int i = 0; i < m->ntable; i++) {

@@ -221,6 +221,8 @@ void cav_model_zero_grad(cav_model *m);
 void cav_model_backward_accumulate(cav_model *m);
 /* torch.optim.Adam over the trainable parameters (coupled weight decay, SPEC 3.1); the head group
  * (mlp_head.*) uses lr * head_lr_scale. */
+/* Allocates the Adam moments (zero) if they are not yet; 0 ok, -1 out of memory. */
+int cav_model_alloc_adam(cav_model *m);
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
                          double wd);
 

@@ -16,7 +16,6 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "json.h"
-#include "optim.h"
 #include "pth.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -203,8 +202,6 @@ typedef struct {
     const cav_dist *d;
     cav_model *m;
     float *acc;          /* accumulated gradients [nparams], when there is more than one group or rank */
-    unsigned char *reached; /* [ntable] parameters the loss reaches (optim.h), read off the first step */
-    int reached_known;
     int local_groups, gsize;
 } trainer;
 
@@ -410,7 +407,7 @@ static int evaluate(trainer *t, cav_loader *ev, int epoch, double res[5], cav_er
 
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err) {
     int rc = 3;
-    trainer t = {o, d, NULL, NULL, NULL, 0, 0, 0};
+    trainer t = {o, d, NULL, NULL, 0, 0};
     cav_loader *tl = NULL, *ev = NULL;
     char *cfgjson = NULL;
     FILE *metrics = NULL;
@@ -465,8 +462,7 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
         goto done;
     }
     cav_model *m = t.m;
-    t.reached = calloc((size_t)m->ntable, 1);
-    if (!t.reached || cav_optim_alloc(m)) {
+    if (cav_model_alloc_adam(m)) {
         cav_fail(err, 3, "out of memory for the optimiser state");
         goto done;
     }
@@ -550,11 +546,8 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
                 cav_progress_end(pr);
                 goto done;
             }
-            if (!t.reached_known) {
-                cav_optim_mark_reached(m, t.reached);
-                t.reached_known = 1;
-            }
-            cav_optim_adam(m, t.reached, lr, 1.0, o->beta1, o->beta2, o->adam_eps, o->weight_decay);
+            /* parameters the loss never reaches are skipped, as PyTorch's Adam skips grad None */
+            cav_model_adam_step(m, lr, 1.0, o->beta1, o->beta2, o->adam_eps, o->weight_decay);
             pos.step++;
             pos.batch++;
             steps_done_here++;
@@ -644,7 +637,6 @@ done:
     if (metrics) fclose(metrics);
     free(cfgjson);
     free(t.acc);
-    free(t.reached);
     cav_model_free(t.m);
     cav_loader_close(tl);
     cav_loader_close(ev);
