@@ -39,10 +39,19 @@ const char *cav_av_reason_name(cav_av_reason r) {
     return (unsigned)r < CAV_AV_NREASONS ? names[r] : "?";
 }
 
+/* (int64_t)v where that is defined; hostile headers give NaN or enormous rates and durations. */
+static int64_t to_i64(double v) {
+    if (!(v == v)) return 0;
+    if (v > 2e18) return INT64_C(2000000000000000000); /* differences of two still fit */
+    if (v < -2e18) return -INT64_C(2000000000000000000);
+    return (int64_t)v;
+}
+
 void cav_av_frame_indices(double fps, int64_t count, int idx[CAV_AV_NFRAMES]) {
-    int64_t lim = (int64_t)(fps * 10); /* Python int() truncates */
+    int64_t lim = to_i64(fps * 10); /* Python int() truncates */
     int64_t total = count < lim ? count : lim;
     if (total < 0) total = 0;
+    if (total > INT32_MAX) total = INT32_MAX; /* keeps i*total and the indices in range */
     for (int i = 0; i < CAV_AV_NFRAMES; i++) idx[i] = (int)(i * total / CAV_AV_NFRAMES);
 }
 
@@ -207,7 +216,7 @@ static cav_av_reason audio_packet(ctx *x, const AVPacket *p) {
 
 /* OpenCV's dts_to_frame_number: int64(fps * (ts - start_time) * time_base + 0.5). */
 static int64_t frame_number(const ctx *x, int64_t ts) {
-    return (int64_t)(x->c->fps * ((double)(ts - x->st_start) * x->tb) + 0.5);
+    return to_i64(x->c->fps * ((double)ts - (double)x->st_start) * x->tb + 0.5);
 }
 
 static int target_wanted(const ctx *x, int64_t idx) {
@@ -294,7 +303,7 @@ static int64_t keyframe_ahead(ctx *x, const AVPacket *p) {
     int margin = st->codecpar->video_delay + 2;
     double sec = (double)(x->target[x->next] + x->first_num - margin) / x->c->fps;
     if (sec <= 0) return AV_NOPTS_VALUE;
-    int64_t ts = x->st_start + (int64_t)floor(sec / x->tb);
+    int64_t ts = to_i64((double)x->st_start + floor(sec / x->tb));
     if (x->keys) { /* the last keyframe at or before ts */
         int lo = 0, hi = x->nkeys - 1, e = -1;
         while (lo <= hi) {
@@ -382,16 +391,17 @@ static cav_av_reason open_decoder(ctx *x, int si, AVCodecContext **dec, const ch
 
 /* OpenCV's CAP_PROP_FPS and CAP_PROP_FRAME_COUNT for the stream. */
 static void opencv_fps_count(ctx *x, AVStream *st) {
-    double fps = av_q2d(st->avg_frame_rate);
-    if (fps < 1e-6) fps = av_q2d(st->r_frame_rate);
-    if (fps < 1e-6 && st->time_base.num) fps = 1.0 / av_q2d(st->time_base);
+    double fps = st->avg_frame_rate.den ? av_q2d(st->avg_frame_rate) : 0;
+    if (!(fps >= 1e-6) && st->r_frame_rate.den) fps = av_q2d(st->r_frame_rate);
+    if (!(fps >= 1e-6) && st->time_base.num && st->time_base.den) fps = 1.0 / av_q2d(st->time_base);
+    if (!(fps >= 1e-6) || !isfinite(fps)) fps = 0;
     x->c->fps = fps;
     int64_t n = st->nb_frames;
     if (n == 0) {
         double sec = (double)x->fmt->duration / AV_TIME_BASE;
         if (x->fmt->duration == AV_NOPTS_VALUE || sec < 1e-6)
             sec = st->duration == AV_NOPTS_VALUE ? 0 : (double)st->duration * av_q2d(st->time_base);
-        n = (int64_t)floor(sec * fps + 0.5);
+        n = to_i64(floor(sec * fps + 0.5));
     }
     x->c->frame_count = n;
 }
