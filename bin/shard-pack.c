@@ -361,22 +361,30 @@ int main(int argc, char **argv) {
         }
         free(order);
     } else if (do_shuffle) {
-        int64_t total = 0;
-        for (int i = 0; i < nin; i++) total += cav_shard_rows(cav_reader_shard(rds[i]));
+        int64_t *first = malloc(((size_t)nin + 1) * sizeof *first); /* first[i]: global position of shard i */
+        first[0] = 0;
+        for (int i = 0; i < nin; i++) first[i + 1] = first[i] + cav_shard_rows(cav_reader_shard(rds[i]));
+        int64_t total = first[nin];
         int64_t *order = malloc(((size_t)total + 1) * sizeof *order);
         cav_rng r;
         cav_rng_seed(&r, seed, CAV_RNG_SHUFFLE, 0, 0);
         cav_rng_permutation(&r, order, total);
         p.prog = cav_progress_start("records", total);
         for (int64_t k = 0; k < total; k++) {
-            int64_t pos = order[k];
-            int i = 0;
-            while (pos >= cav_shard_rows(cav_reader_shard(rds[i]))) pos -= cav_shard_rows(cav_reader_shard(rds[i++]));
+            int lo = 0, hi = nin; /* the shard holding order[k]: first[lo] <= order[k] < first[lo + 1] */
+            while (hi - lo > 1) {
+                int mid = (lo + hi) / 2;
+                if (first[mid] <= order[k]) lo = mid;
+                else hi = mid;
+            }
+            int i = lo;
+            int64_t pos = order[k] - first[i];
             cav_shard *s = cav_reader_shard(rds[i]);
             if (p.select && cav_idset_get(p.select, cav_shard_id(s, pos)) < 0) continue;
             if (cav_shard_read(s, pos, &rec, &err) || emit(&p, &rec, cav_reader_path(rds[i]), pos, &err)) fatal(&err);
         }
         free(order);
+        free(first);
     } else {
         p.prog = cav_progress_start("records", 0);
         for (int i = 0; i < nin; i++) {

@@ -45,6 +45,11 @@ cav_reader *cav_reader_open(const char *path, cav_err *err) {
     if (!is_stdin) setvbuf(f, NULL, _IOFBF, 1 << 20);
     unsigned char m[8];
     size_t k = fread(m, 1, 8, f);
+    if (k < 8 && ferror(f)) {
+        cav_fail(err, CAV_EXIT_INPUT, "%s: cannot read: %m", name);
+        if (!is_stdin) fclose(f);
+        goto fail;
+    }
     if (k == 8 && memcmp(m, CAV_STREAM_MAGIC, 8) == 0) {
         rd->fmt = CAV_FMT_STREAM;
         rd->st = cav_stream_reader_open(f, name, 1, !is_stdin, err);

@@ -444,3 +444,5 @@ int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s) 
     }
     return append(buf, len, cap, "\"", 1);
 }
+
+int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s) { return append(buf, len, cap, s, strlen(s)); }

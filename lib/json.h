@@ -45,5 +45,7 @@ cav_json *cav_json_load(const char *path, char *errbuf, size_t errlen);
 void cav_json_write_string(FILE *f, const char *s);
 /* Appends the JSON literal of s to a malloc'd buffer (*buf, *len, *cap); -1 on out of memory. */
 int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s);
+/* Appends s as it is (punctuation, numbers) to the same kind of buffer. */
+int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s);
 
 #endif

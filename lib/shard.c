@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "cli.h"
 #include "h5zstd.h"
@@ -23,7 +24,9 @@ static pthread_mutex_t h5lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define PENDING_ROWS 64                  /* rows buffered before the fields' layouts are chosen */
 #define PENDING_BYTES ((size_t)256 << 20) /* ...or this many tensor bytes */
-#define RAGGED_CHUNK_BYTES (256 << 10)   /* chunk of a ragged field's flat data */
+#define RAGGED_CHUNK_BYTES (256 << 10)   /* chunk of a ragged field's flat data, unless rows tell otherwise: */
+#define RAGGED_CHUNK_MIN (16 << 10)      /* ...the mean row size of the buffered rows, within these bounds */
+#define RAGGED_CHUNK_MAX (1 << 20)
 #define FIXED_CHUNK_BYTES (64 << 10)     /* small fixed rows are grouped up to this size per chunk */
 #define INDEX_CHUNK 4096                 /* rows per chunk of the per-row columns */
 #define READ_LIMIT (UINT64_C(1) << 32)   /* largest tensor a reader allocates for one row */
@@ -341,12 +344,22 @@ static int ragged_alloc(cav_shard_writer *w, wfield *f) {
     return f->off && f->nd && f->shp ? 0 : -1;
 }
 
-static hid_t create_ragged_group(cav_shard_writer *w, const char *link, wfield *f) {
+static hid_t create_ragged_group(cav_shard_writer *w, const char *link, wfield *f, size_t row_hint) {
     hid_t g = H5Gcreate2(w->file, link, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (g < 0) return -1;
     hsize_t none[1] = {0};
     size_t es = cav_dtype_size(f->dtype);
-    hsize_t chunk = RAGGED_CHUNK_BYTES / es;
+    /* Random access reads whole chunks: a chunk about one mean row long costs at most ~2 rows per read. */
+    size_t bytes = RAGGED_CHUNK_BYTES, total = 0, n = 0;
+    for (int p = 0; p < w->npending; p++) {
+        const cav_tensor *t = cav_record_find(&w->pending[p], f->name);
+        if (t) total += t->nbytes, n++;
+    }
+    if (n) bytes = total / n;
+    else if (row_hint) bytes = row_hint;
+    if (bytes < RAGGED_CHUNK_MIN) bytes = RAGGED_CHUNK_MIN;
+    if (bytes > RAGGED_CHUNK_MAX) bytes = RAGGED_CHUNK_MAX;
+    hsize_t chunk = bytes / es;
     f->d = create_ext(g, "data", file_type(f->dtype), 1, none, chunk, w->level);
     int bad = f->d < 0 || write_str_attr(g, "cav_layout", "ragged") ||
               write_str_attr(g, "cav_dtype", cav_dtype_name(f->dtype));
@@ -396,7 +409,9 @@ static int convert_to_ragged(cav_shard_writer *w, wfield *f) {
     f->ragged = 1;
     f->nelem = 0;
     if (ragged_alloc(w, f)) return -1;
-    hid_t g = create_ragged_group(w, tmp, f);
+    size_t rowbytes = (size_t)cav_shape_count(f->ndim, f->shape, cav_dtype_size(f->dtype), UINT64_MAX) *
+                      cav_dtype_size(f->dtype);
+    hid_t g = create_ragged_group(w, tmp, f, rowbytes);
     if (g < 0) return -1;
     cav_tensor t = {.name = f->name, .dtype = f->dtype, .ndim = f->ndim};
     memcpy(t.shape, f->shape, sizeof t.shape);
@@ -447,7 +462,7 @@ static int write_row(cav_shard_writer *w, const cav_record *rec) {
         if (!f) return -1;
         f->ragged = 1;
         if (ragged_alloc(w, f)) return -1;
-        hid_t g = create_ragged_group(w, f->name, f);
+        hid_t g = create_ragged_group(w, f->name, f, t->nbytes);
         if (g < 0) return -1;
         H5Gclose(g);
         for (int64_t r = 0; r < row; r++) ragged_put(f, r, NULL);
@@ -789,6 +804,7 @@ typedef struct {
     int ragged, ndim;
     int64_t shape[CAV_MAX_NDIM];
     hid_t d;           /* fixed dataset, or the ragged flat data */
+    int direct;        /* fixed, one row per chunk, zstd only: raw chunks are decompressed outside the lock */
     int64_t *off;      /* ragged: per row */
     int32_t *nd;
     int64_t *shp;
@@ -897,6 +913,29 @@ static int dtype_of(hid_t obj, const char *path, const char *field, cav_dtype *o
     return 0;
 }
 
+/* Can rows of this fixed field be fetched as raw chunks? One row per chunk, zstd the only filter, and the
+ * stored bytes already in host order (little-endian hosts). */
+static int direct_ok(const rfield *f) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    hid_t dcpl = H5Dget_create_plist(f->d);
+    hsize_t chunk[H5S_MAX_RANK];
+    int ok = H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk) == 1 + f->ndim &&
+             chunk[0] == 1 && H5Pget_nfilters(dcpl) == 1;
+    for (int k = 0; ok && k < f->ndim; k++) ok = chunk[k + 1] == (hsize_t)f->shape[k];
+    if (ok) {
+        unsigned flags, cd[4];
+        size_t ncd = 4;
+        char name[64];
+        ok = H5Pget_filter2(dcpl, 0, &flags, &ncd, cd, sizeof name, name, NULL) == CAV_H5Z_ZSTD;
+    }
+    H5Pclose(dcpl);
+    return ok;
+#else
+    (void)f;
+    return 0;
+#endif
+}
+
 static int open_field(cav_shard *s, const char *name, cav_err *err) {
     const char *p = s->path;
     rfield *nf = realloc(s->f, (size_t)(s->nf + 1) * sizeof *nf);
@@ -938,6 +977,7 @@ static int open_field(cav_shard *s, const char *name, cav_err *err) {
             return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': row shape overflows or exceeds %llu bytes", p, name,
                             (unsigned long long)READ_LIMIT);
         f->present = s->rows;
+        f->direct = direct_ok(f);
         return 0;
     }
     if (oi.type != H5O_TYPE_GROUP)
@@ -1168,15 +1208,59 @@ int cav_shard_field_info(const cav_shard *s, int i, cav_shard_field *out) {
     return 0;
 }
 
-/* Reads field f of row into rec; 0 absent-and-allowed / ok, -1 error. Called under the lock. */
+/* Decodes one raw chunk of a direct field (a single zstd frame, or the bytes themselves when HDF5 skipped
+ * the filter) into exactly n bytes at out. 0 ok, -1 corrupt. */
+static int decode_chunk(const unsigned char *raw, size_t rn, uint32_t mask, void *out, size_t n) {
+    if (mask & 1u) return rn == n ? (memcpy(out, raw, n), 0) : -1;
+    unsigned long long cs = ZSTD_getFrameContentSize(raw, rn);
+    if (cs != ZSTD_CONTENTSIZE_UNKNOWN && cs != n) return -1;
+    if (cs == n) {
+        size_t fsz = ZSTD_findFrameCompressedSize(raw, rn);
+        if (ZSTD_isError(fsz) || fsz != rn) return -1;
+        size_t d = ZSTD_decompress(out, n, raw, rn);
+        return ZSTD_isError(d) || d != n ? -1 : 0;
+    }
+    ZSTD_DCtx *dc = ZSTD_createDCtx();
+    if (!dc) return -1;
+    ZSTD_inBuffer ib = {raw, rn, 0};
+    ZSTD_outBuffer ob = {out, n, 0};
+    size_t z;
+    do z = ZSTD_decompressStream(dc, &ob, &ib);
+    while (!ZSTD_isError(z) && z != 0 && ob.pos < ob.size && ib.pos < ib.size);
+    ZSTD_freeDCtx(dc);
+    return ZSTD_isError(z) || z != 0 || ob.pos != n || ib.pos != rn ? -1 : 0;
+}
+
+/* Reads field f of row into rec; 0 ok or absent-and-allowed, -1 error. Takes the lock for the HDF5 part:
+ * a fixed field stored one row per zstd chunk is fetched raw (H5Dread_chunk) and decompressed after the
+ * lock is released, so threads that share shards decompress in parallel. */
 static int read_field(cav_shard *s, rfield *f, int64_t row, cav_record *rec, int required, cav_err *err) {
     const char *p = s->path;
     cav_tensor *t;
-    int st;
+    int st = 0;
+    char why[256] = "";
     if (!f->ragged) {
         t = cav_record_add(rec, f->name, f->dtype, f->ndim, f->shape);
         if (!t) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p, (long long)row, f->name);
-        st = read_rows(f->d, mem_type(f->dtype), row, 1, t->data);
+        if (f->direct) {
+            hsize_t off[H5S_MAX_RANK] = {(hsize_t)row};
+            hsize_t sz = 0;
+            uint32_t mask = 0;
+            unsigned char *raw = NULL;
+            LOCK();
+            st = H5Dget_chunk_storage_size(f->d, off, &sz) < 0 || sz == 0 || sz > READ_LIMIT ||
+                 !(raw = malloc((size_t)sz)) || H5Dread_chunk(f->d, H5P_DEFAULT, off, &mask, raw) < 0;
+            if (st) h5_why(why);
+            UNLOCK();
+            if (!st && decode_chunk(raw, (size_t)sz, mask, t->data, t->nbytes))
+                st = -1, snprintf(why, sizeof why, "corrupt zstd chunk");
+            free(raw);
+        } else {
+            LOCK();
+            st = read_rows(f->d, mem_type(f->dtype), row, 1, t->data);
+            if (st) h5_why(why);
+            UNLOCK();
+        }
     } else {
         int nd = f->nd[row];
         if (nd < 0) {
@@ -1187,13 +1271,14 @@ static int read_field(cav_shard *s, rfield *f, int64_t row, cav_record *rec, int
         t = cav_record_add(rec, f->name, f->dtype, nd, &f->shp[row * CAV_MAX_NDIM]);
         if (!t) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p, (long long)row, f->name);
         int64_t n = (int64_t)(t->nbytes / cav_dtype_size(f->dtype));
+        LOCK();
         st = read_rows(f->d, mem_type(f->dtype), f->off[row], n, t->data);
+        if (st) h5_why(why);
+        UNLOCK();
     }
-    if (st) {
-        char why[256];
+    if (st)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): field '%s': unreadable: %s", p, (long long)row,
-                        s->ids[row], f->name, h5_why(why));
-    }
+                        s->ids[row], f->name, why);
     return 0;
 }
 
@@ -1207,7 +1292,6 @@ static int read_row(cav_shard *s, int64_t row, const char *const *names, int n, 
         if (s->a[i].vals[row] && cav_attrs_set(&rec->attrs, s->a[i].key, s->a[i].vals[row]))
             return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     int st = 0;
-    LOCK();
     if (!names) {
         for (int i = 0; !st && i < s->nf; i++) st = read_field(s, &s->f[i], row, rec, 0, err);
     } else {
@@ -1218,7 +1302,6 @@ static int read_row(cav_shard *s, int64_t row, const char *const *names, int n, 
                             : read_field(s, &s->f[i], row, rec, 1, err);
         }
     }
-    UNLOCK();
     if (st) cav_record_clear(rec);
     return st;
 }

@@ -4,9 +4,10 @@
  * row counts; rows are then read at random, e.g. by the training data loader.
  *
  * Threads: the Debian HDF5 library is not thread-safe, so every function here takes one process-wide
- * mutex around its HDF5 calls. Several threads may share one cav_shard (or use several); they are
- * serialised inside HDF5 but decompression is the only work done under the lock. Code outside shard.c
- * that calls HDF5 directly must not run concurrently with these functions. */
+ * mutex around its HDF5 calls. Several threads may share one cav_shard (or use several). Rows of fixed
+ * fields stored one per chunk (fbank, frames, patches) are fetched raw under the lock and decompressed
+ * outside it, so those decompress in parallel; ragged fields and small fixed fields are decoded by HDF5
+ * under the lock. Code outside shard.c that calls HDF5 directly must not run concurrently with these. */
 #ifndef CAV_SHARD_H
 #define CAV_SHARD_H
 

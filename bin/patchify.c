@@ -1,0 +1,415 @@
+/* patchify: cuts each record's fbank and frames into the patch tokens the model sees, in the reference's
+ * orders (audio_patches, video_patches), with optional norm_pix targets; --inverse turns tokens back into
+ * an fbank and frames (reconstructions). See patchify(1). */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "augment.h"
+#include "cli.h"
+#include "io.h"
+#include "jpeg.h"
+#include "patchify.h"
+
+static const char usage[] =
+    "Usage: patchify [OPTION]... [INPUT]...\n"
+    "Add patch tokens to the records of INPUTs (record streams or shards; '-' or none = stdin), in the\n"
+    "reference's orders: audio_patches f32 [512,256] from fbank [1024,128] (frequency-major 8x64 grid,\n"
+    "element p*16+q) and video_patches f32 [N,196,768] from frames u8 [N,224,224,3] or frames_jpeg\n"
+    "(element (p*16+q)*3+c); or, with --inverse, turn such tokens back into fbank and frames.\n"
+    "\n"
+    "  -o, --output=FILE        output: '-' = record stream on stdout (default); *.h5 = shard\n"
+    "  -p, --patch=P            patch size (default 16)\n"
+    "  -s, --stride=S           patch stride (default P; S < P overlaps, the inverse averages overlaps)\n"
+    "      --norm-pix           per-token (t - mean) / sqrt(var + 1e-6), unbiased var (the reference's\n"
+    "                           norm_pix_loss targets)\n"
+    "      --image-norm=MODE    imagenet (default: x/255 then ImageNet mean/std, as the model sees frames),\n"
+    "                           unit (x/255) or none (0..255)\n"
+    "      --frame=I            only frame I (0-based; the reference evaluates frame 5): video_patches "
+    "[L,D]\n"
+    "      --audio-only         only fbank -> audio_patches\n"
+    "      --video-only         only frames -> video_patches\n"
+    "      --drop-input         remove the fields that were patchified\n"
+    "      --inverse            audio_patches -> fbank f32, video_patches -> frames u8 (un-normalised with\n"
+    "                           --image-norm, rounded as torchvision's save_image)\n"
+    "      --fbank-size=TxF     fbank shape for --inverse (default 1024x128)\n"
+    "      --image-size=HxW     frame shape for --inverse (default 224x224)\n"
+    "  -l, --level=N            zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
+    "                           compress little, so -l 1 or -l -3 saves most of the writing time)\n"
+    "      --help               print this help and exit\n"
+    "      --version            print the version and exit\n"
+    "\n"
+    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+
+enum {
+    OPT_NORMPIX = 0x100,
+    OPT_IMGNORM,
+    OPT_FRAME,
+    OPT_AONLY,
+    OPT_VONLY,
+    OPT_DROP,
+    OPT_INV,
+    OPT_FBSIZE,
+    OPT_IMSIZE
+};
+enum { NORM_IMAGENET, NORM_UNIT, NORM_NONE };
+
+typedef struct {
+    int patch, stride, norm_pix, image_norm, frame, audio, video, drop, inverse;
+    int fb_t, fb_f, im_h, im_w;
+} opts;
+
+static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] = {0.229f, 0.224f, 0.225f};
+static const float unit_mean[3] = {0, 0, 0}, unit_std[3] = {1, 1, 1};
+
+static cav_writer *writer;
+static int level; /* 0 = the container's default */
+
+static noreturn void fail(const cav_err *err) {
+    if (writer) cav_writer_abort(writer);
+    cav_die(err->code ? err->code : CAV_EXIT_INTERNAL, "%s", err->msg);
+}
+
+#define BAD(...) cav_fail(err, CAV_EXIT_INPUT, __VA_ARGS__)
+#define OOM() cav_fail(err, CAV_EXIT_INTERNAL, "out of memory")
+
+/* A field as float32 (f32 as is, f16 widened); *tmp is freed by the caller. */
+static const float *as_f32(const cav_tensor *t, float **tmp) {
+    *tmp = NULL;
+    if (t->dtype == CAV_F32) return t->data;
+    int64_t n = t->nbytes / 2;
+    float *v = malloc(sizeof(float) * (n ? n : 1));
+    if (!v) return NULL;
+    for (int64_t i = 0; i < n; i++) v[i] = cav_f16_to_f32(((const uint16_t *)t->data)[i]);
+    return *tmp = v;
+}
+
+static int audio_forward(const opts *o, cav_record *rec, const char *where, cav_err *err) {
+    cav_tensor *t = cav_record_find(rec, "fbank");
+    if (!t) return 0;
+    if ((t->dtype != CAV_F32 && t->dtype != CAV_F16) || t->ndim != 2)
+        return BAD("%s: fbank: need f32 or f16 [frames,bins]", where);
+    cav_plane pl = cav_plane_fbank((int)t->shape[0], (int)t->shape[1]);
+    int ntok, dim;
+    if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
+        return BAD("%s: fbank: [%lld,%lld] is smaller than one %d x %d patch", where, (long long)t->shape[0],
+                   (long long)t->shape[1], o->patch, o->patch);
+    float *tmp;
+    const float *x = as_f32(t, &tmp);
+    int64_t shape[2] = {ntok, dim};
+    cav_tensor *out = x ? cav_record_add(rec, "audio_patches", CAV_F32, 2, shape) : NULL;
+    if (!out) return free(tmp), OOM();
+    cav_patchify_f32(&pl, x, o->patch, o->stride, out->data);
+    free(tmp);
+    if (o->norm_pix) cav_norm_pix(out->data, ntok, dim, 1e-6f);
+    if (o->drop) cav_record_remove(rec, "fbank");
+    return 1;
+}
+
+/* The frames of a record as u8 RGB [n,h,w,3]: raw `frames`, or decoded `frames_jpeg`. */
+static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, int *w, int *single,
+                           cav_err *err) {
+    cav_tensor *t = cav_record_find(rec, "frames");
+    if (t) {
+        if (t->dtype != CAV_U8 || (t->ndim != 4 && t->ndim != 3) || t->shape[t->ndim - 1] != 3)
+            return BAD("%s: frames: need u8 [N,H,W,3] or [H,W,3] RGB", where), NULL;
+        *single = t->ndim == 3;
+        *n = *single ? 1 : (int)t->shape[0];
+        *h = (int)t->shape[t->ndim - 3], *w = (int)t->shape[t->ndim - 2];
+        uint8_t *c = malloc(t->nbytes ? t->nbytes : 1);
+        if (!c) return OOM(), NULL;
+        return memcpy(c, t->data, t->nbytes);
+    }
+    t = cav_record_find(rec, "frames_jpeg");
+    if (!t) return NULL;
+    cav_tensor *off = cav_record_find(rec, "frames_jpeg_offsets");
+    if (t->dtype != CAV_U8 || t->ndim != 1 || !off || off->dtype != CAV_I64 || off->ndim != 1 ||
+        off->shape[0] < 2)
+        return BAD("%s: frames_jpeg: need u8 [bytes] and frames_jpeg_offsets i64 [N+1]", where), NULL;
+    const int64_t *o = off->data;
+    *n = (int)(off->shape[0] - 1), *single = 0;
+    uint8_t *all = NULL;
+    for (int k = 0; k < *n; k++) {
+        if (o[k] < 0 || o[k + 1] < o[k] || o[k + 1] > t->shape[0])
+            return free(all),
+                   BAD("%s: frames_jpeg_offsets: frame %d spans [%lld,%lld) outside %lld bytes", where, k,
+                       (long long)o[k], (long long)o[k + 1], (long long)t->shape[0]),
+                   NULL;
+        int fw, fh;
+        cav_err e2;
+        const uint8_t *src = (const uint8_t *)t->data + o[k];
+        if (cav_jpeg_size(src, (size_t)(o[k + 1] - o[k]), &fw, &fh, &e2))
+            return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
+        if (k == 0) {
+            *w = fw, *h = fh;
+            all = malloc((size_t)*n * fw * fh * 3);
+            if (!all) return OOM(), NULL;
+        } else if (fw != *w || fh != *h) {
+            return free(all),
+                   BAD("%s: frames_jpeg: frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh, *w, *h), NULL;
+        }
+        size_t fsz = (size_t)fw * fh * 3;
+        if (cav_jpeg_decode(src, (size_t)(o[k + 1] - o[k]), all + k * fsz, fsz, &fw, &fh, &e2))
+            return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
+    }
+    return all;
+}
+
+static int video_forward(const opts *o, cav_record *rec, const char *where, cav_err *err) {
+    int n, h, w, single;
+    err->code = 0;
+    uint8_t *px = get_frames(rec, where, &n, &h, &w, &single, err);
+    if (!px) return err->code ? -1 : 0;
+    int first = 0, count = n;
+    if (o->frame >= 0) {
+        if (o->frame >= n)
+            return free(px), BAD("%s: frames: --frame=%d but the record has %d", where, o->frame, n);
+        first = o->frame, count = 1, single = 1;
+    }
+    cav_plane hwc = cav_plane_hwc(h, w, 3), chw = cav_plane_chw(3, h, w);
+    int ntok, dim;
+    if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
+        return free(px),
+               BAD("%s: frames: %dx%d is smaller than one %d x %d patch", where, h, w, o->patch, o->patch);
+    int64_t shape[3] = {count, ntok, dim};
+    cav_tensor *out =
+        cav_record_add(rec, "video_patches", CAV_F32, single ? 2 : 3, single ? shape + 1 : shape);
+    float *img = malloc(sizeof(float) * (size_t)h * w * 3);
+    if (!out || !img) return free(px), free(img), OOM();
+    for (int k = 0; k < count; k++) {
+        const uint8_t *f = px + (size_t)(first + k) * h * w * 3;
+        float *tok = (float *)out->data + (size_t)k * ntok * dim;
+        if (o->image_norm == NORM_NONE) {
+            cav_patchify_u8(&hwc, f, o->patch, o->stride, tok);
+        } else {
+            int in = o->image_norm == NORM_IMAGENET;
+            cav_image_normalize(f, h, w, in ? imagenet_mean : unit_mean, in ? imagenet_std : unit_std, img);
+            cav_patchify_f32(&chw, img, o->patch, o->stride, tok);
+        }
+        if (o->norm_pix) cav_norm_pix(tok, ntok, dim, 1e-6f);
+    }
+    free(px);
+    free(img);
+    if (o->drop) {
+        cav_record_remove(rec, "frames");
+        cav_record_remove(rec, "frames_jpeg");
+        cav_record_remove(rec, "frames_jpeg_offsets");
+    }
+    return 1;
+}
+
+static int audio_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
+    cav_tensor *t = cav_record_find(rec, "audio_patches");
+    if (!t) return 0;
+    cav_plane pl = cav_plane_fbank(o->fb_t, o->fb_f);
+    int ntok, dim;
+    if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
+        return BAD("%s: --fbank-size too small", where);
+    if (t->dtype != CAV_F32 || t->ndim != 2 || t->shape[0] != ntok || t->shape[1] != dim)
+        return BAD("%s: audio_patches: need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d", where,
+                   ntok, dim, o->fb_t, o->fb_f, o->patch, o->stride);
+    int64_t shape[2] = {o->fb_t, o->fb_f};
+    cav_tensor *out = cav_record_add(rec, "fbank", CAV_F32, 2, shape);
+    if (!out) return OOM();
+    t = cav_record_find(rec, "audio_patches");
+    if (cav_unpatchify_f32(&pl, t->data, o->patch, o->stride, out->data) < 0) return OOM();
+    if (o->drop) cav_record_remove(rec, "audio_patches");
+    return 1;
+}
+
+static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
+    cav_tensor *t = cav_record_find(rec, "video_patches");
+    if (!t) return 0;
+    cav_plane hwc = cav_plane_hwc(o->im_h, o->im_w, 3);
+    int ntok, dim;
+    if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
+        return BAD("%s: --image-size too small", where);
+    if (t->dtype != CAV_F32 || t->ndim < 2 || t->ndim > 3 || t->shape[t->ndim - 2] != ntok ||
+        t->shape[t->ndim - 1] != dim)
+        return BAD(
+            "%s: video_patches: need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
+            where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
+    int n = t->ndim == 3 ? (int)t->shape[0] : 1;
+    int64_t shape[4] = {n, o->im_h, o->im_w, 3};
+    size_t npx = (size_t)o->im_h * o->im_w * 3;
+    float *img = malloc(sizeof(float) * npx);
+    uint8_t *u8 = malloc((size_t)n * npx);
+    if (!img || !u8) return free(img), free(u8), OOM();
+    const float *mean = o->image_norm == NORM_IMAGENET ? imagenet_mean : unit_mean;
+    const float *std = o->image_norm == NORM_IMAGENET ? imagenet_std : unit_std;
+    for (int k = 0; k < n; k++) {
+        if (cav_unpatchify_f32(&hwc, (const float *)t->data + (size_t)k * ntok * dim, o->patch, o->stride,
+                               img) < 0)
+            return free(img), free(u8), OOM();
+        for (size_t i = 0; i < npx; i++) {
+            int c = (int)(i % 3);
+            /* back to [0,1] (or 0..255 with none), then save_image's uint8(clamp(x*255+0.5, 0, 255)) */
+            float v =
+                o->image_norm == NORM_NONE ? img[i] + 0.5f : (img[i] * std[c] + mean[c]) * 255.0f + 0.5f;
+            u8[k * npx + i] = (uint8_t)(v <= 0 || v != v ? 0 : v >= 255 ? 255 : v);
+        }
+    }
+    cav_tensor *out =
+        cav_record_put(rec, "frames", CAV_U8, t->ndim == 3 ? 4 : 3, t->ndim == 3 ? shape : shape + 1, u8);
+    free(img);
+    free(u8);
+    if (!out) return OOM();
+    if (o->drop) cav_record_remove(rec, "video_patches");
+    return 1;
+}
+
+static void parse_size(const char *opt, const char *s, int *a, int *b) {
+    char *x = strchr(s, 'x');
+    if (!x) cav_usage_error("option %s: need AxB, e.g. 1024x128", opt);
+    char first[32];
+    snprintf(first, sizeof first, "%.*s", (int)(x - s), s);
+    *a = (int)cav_parse_int(opt, first, 1, 1 << 20);
+    *b = (int)cav_parse_int(opt, x + 1, 1, 1 << 20);
+}
+
+int main(int argc, char **argv) {
+    cav_set_tool("patchify");
+    opts o = {.patch = 16,
+              .stride = 0,
+              .frame = -1,
+              .audio = 1,
+              .video = 1,
+              .fb_t = 1024,
+              .fb_f = 128,
+              .im_h = 224,
+              .im_w = 224};
+    const char *output = "-";
+    static const struct option longopts[] = {{"output", 1, 0, 'o'},
+                                             {"level", 1, 0, 'l'},
+                                             {"patch", 1, 0, 'p'},
+                                             {"stride", 1, 0, 's'},
+                                             {"norm-pix", 0, 0, OPT_NORMPIX},
+                                             {"image-norm", 1, 0, OPT_IMGNORM},
+                                             {"frame", 1, 0, OPT_FRAME},
+                                             {"audio-only", 0, 0, OPT_AONLY},
+                                             {"video-only", 0, 0, OPT_VONLY},
+                                             {"drop-input", 0, 0, OPT_DROP},
+                                             {"inverse", 0, 0, OPT_INV},
+                                             {"fbank-size", 1, 0, OPT_FBSIZE},
+                                             {"image-size", 1, 0, OPT_IMSIZE},
+                                             CAV_STD_OPTIONS,
+                                             {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "o:l:p:s:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            output = optarg;
+            break;
+        case 'l':
+            level = (int)cav_parse_int("--level", optarg, -7, 19);
+            break;
+        case 'p':
+            o.patch = (int)cav_parse_int("--patch", optarg, 1, 4096);
+            break;
+        case 's':
+            o.stride = (int)cav_parse_int("--stride", optarg, 1, 4096);
+            break;
+        case OPT_NORMPIX:
+            o.norm_pix = 1;
+            break;
+        case OPT_IMGNORM:
+            if (!strcmp(optarg, "imagenet"))
+                o.image_norm = NORM_IMAGENET;
+            else if (!strcmp(optarg, "unit"))
+                o.image_norm = NORM_UNIT;
+            else if (!strcmp(optarg, "none"))
+                o.image_norm = NORM_NONE;
+            else
+                cav_usage_error("option --image-norm: '%s' is not imagenet, unit or none", optarg);
+            break;
+        case OPT_FRAME:
+            o.frame = (int)cav_parse_int("--frame", optarg, 0, 1 << 20);
+            break;
+        case OPT_AONLY:
+            o.video = 0;
+            break;
+        case OPT_VONLY:
+            o.audio = 0;
+            break;
+        case OPT_DROP:
+            o.drop = 1;
+            break;
+        case OPT_INV:
+            o.inverse = 1;
+            break;
+        case OPT_FBSIZE:
+            parse_size("--fbank-size", optarg, &o.fb_t, &o.fb_f);
+            break;
+        case OPT_IMSIZE:
+            parse_size("--image-size", optarg, &o.im_h, &o.im_w);
+            break;
+        default:
+            cav_std_option(c, usage);
+        }
+    }
+    if (!o.stride) o.stride = o.patch;
+    if (!o.audio && !o.video) cav_usage_error("--audio-only and --video-only exclude each other");
+    if (o.inverse && (o.norm_pix || o.frame >= 0))
+        cav_usage_error("--inverse cannot undo --norm-pix or select --frame");
+    int ninputs = argc - optind;
+    char *dash = "-";
+    char **inputs = ninputs ? argv + optind : &dash;
+    if (!ninputs) ninputs = 1;
+    cav_err err = {0};
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_progress *prog = cav_progress_start("records", 0);
+    for (int i = 0; i < ninputs; i++) {
+        cav_reader *rd = cav_reader_open(inputs[i], &err);
+        if (!rd) fail(&err);
+        if (!writer) {
+            cav_attrs a;
+            cav_attrs_init(&a);
+            char s[256];
+            snprintf(s, sizeof s, "%s patch=%d stride=%d norm_pix=%d image_norm=%s",
+                     o.inverse ? "inverse" : "forward", o.patch, o.stride, o.norm_pix,
+                     o.image_norm == NORM_IMAGENET ? "imagenet"
+                     : o.image_norm == NORM_UNIT   ? "unit"
+                                                   : "none");
+            if (cav_attrs_copy(&a, cav_reader_attrs(rd)) || cav_attrs_provenance(&a, argc, argv) ||
+                cav_attrs_set(&a, "patchify", s))
+                cav_die(CAV_EXIT_INTERNAL, "out of memory");
+            writer = cav_writer_open_level(output, cav_format_for_path(output), &a, level, &err);
+            cav_attrs_clear(&a);
+            if (!writer) fail(&err);
+        }
+        int r;
+        while ((r = cav_reader_next(rd, &rec, &err)) == 1) {
+            char where[600];
+            snprintf(where, sizeof where, "%s: record %lld (id '%s')", cav_reader_path(rd),
+                     (long long)cav_reader_index(rd), rec.id ? rec.id : "");
+            int ra = 0, rv = 0;
+            if (o.inverse) {
+                if (o.audio && (ra = audio_inverse(&o, &rec, where, &err)) < 0) fail(&err);
+                if (o.video && (rv = video_inverse(&o, &rec, where, &err)) < 0) fail(&err);
+            } else {
+                if (o.audio && (ra = audio_forward(&o, &rec, where, &err)) < 0) fail(&err);
+                if (o.video && (rv = video_forward(&o, &rec, where, &err)) < 0) fail(&err);
+            }
+            if (!ra && !rv) {
+                cav_fail(&err, CAV_EXIT_INPUT, "%s: nothing to %s: no %s", where,
+                         o.inverse ? "reassemble" : "patchify",
+                         o.inverse ? "audio_patches or video_patches" : "fbank, frames or frames_jpeg");
+                fail(&err);
+            }
+            if (cav_writer_put(writer, &rec, &err)) fail(&err);
+            cav_progress_add(prog, 1);
+        }
+        if (r < 0) fail(&err);
+        cav_reader_close(rd);
+    }
+    cav_progress_end(prog);
+    if (cav_writer_close(writer, &err)) {
+        writer = NULL;
+        fail(&err);
+    }
+    cav_record_clear(&rec);
+    return 0;
+}

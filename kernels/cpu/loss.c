@@ -1,0 +1,212 @@
+/* loss.c: the CPU reference of the losses — L2 normalisation and the contrastive loss (SPEC 2.10), the
+ * norm-pix target and masked MSE of the MAE (SPEC 2.9), BCE-with-logits and soft-target cross-entropy of
+ * fine-tuning — and torch.optim.Adam's update (SPEC 3.1). Reductions accumulate in double: these are
+ * small, and the extra precision keeps the result within an ulp or two of PyTorch's. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+void cav_l2norm_forward(float *out, float *norm, const float *inp, int B, int C) {
+    for (int b = 0; b < B; b++) {
+        double s = 0;
+        for (int c = 0; c < C; c++) s += (double)inp[(size_t)b * C + c] * inp[(size_t)b * C + c];
+        float n = (float)sqrt(s);
+        norm[b] = n;
+        float d = n > 1e-12f ? n : 1e-12f;
+        for (int c = 0; c < C; c++) out[(size_t)b * C + c] = inp[(size_t)b * C + c] / d;
+    }
+}
+
+void cav_l2norm_backward(float *dinp, const float *dout, const float *out, const float *norm, int B, int C) {
+    for (int b = 0; b < B; b++) {
+        const float *y = out + (size_t)b * C, *dy = dout + (size_t)b * C;
+        if (norm[b] > 1e-12f) {
+            double s = 0;
+            for (int c = 0; c < C; c++) s += (double)y[c] * dy[c];
+            for (int c = 0; c < C; c++) dinp[(size_t)b * C + c] += (float)((dy[c] - y[c] * s) / norm[b]);
+        } else {
+            for (int c = 0; c < C; c++) dinp[(size_t)b * C + c] += dy[c] / 1e-12f;
+        }
+    }
+}
+
+/* S[B,B] = a @ v^T / tau, in double from float inputs. */
+static void similarity(double *S, const float *a, const float *v, int B, int C) {
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++) {
+            float s; /* the fp32 mm result, then / 0.05 as the reference */
+            double sd = 0;
+            for (int c = 0; c < C; c++) sd += (double)a[(size_t)i * C + c] * v[(size_t)j * C + c];
+            s = (float)sd;
+            S[(size_t)i * B + j] = (double)(s / CAV_CONTRAST_TAU);
+        }
+}
+
+/* For each column j: lse over rows i of S[i,j] (transpose = 0), or for each row over columns (1). */
+static void col_lse(double *lse, const double *S, int B, int transpose) {
+    for (int j = 0; j < B; j++) {
+        double mx = -INFINITY, s = 0;
+        for (int i = 0; i < B; i++) {
+            double x = transpose ? S[(size_t)j * B + i] : S[(size_t)i * B + j];
+            mx = x > mx ? x : mx;
+        }
+        for (int i = 0; i < B; i++) s += exp((transpose ? S[(size_t)j * B + i] : S[(size_t)i * B + j]) - mx);
+        lse[j] = mx + log(s);
+    }
+}
+
+float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect) {
+    double *S = malloc(sizeof(double) * (size_t)B * B), *lse = malloc(sizeof(double) * B);
+    double nce = 0, hits = 0;
+    int dirs = bidirect ? 2 : 1;
+    similarity(S, a, v, B, C);
+    for (int t = 0; t < dirs; t++) {
+        col_lse(lse, S, B, t);
+        double n = 0;
+        int hit = 0;
+        for (int j = 0; j < B; j++) {
+            n += S[(size_t)j * B + j] - lse[j];
+            int best = 0; /* argmax, first of ties as torch */
+            for (int i = 1; i < B; i++) {
+                double x = t ? S[(size_t)j * B + i] : S[(size_t)i * B + j];
+                double y = t ? S[(size_t)j * B + best] : S[(size_t)best * B + j];
+                if (x > y) best = i;
+            }
+            hit += best == j;
+        }
+        nce += -n / B;
+        hits += (double)hit / B;
+    }
+    free(S);
+    free(lse);
+    if (acc) *acc = (float)(hits / dirs);
+    return (float)(nce / dirs);
+}
+
+void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
+                              int bidirect) {
+    double *S = malloc(sizeof(double) * (size_t)B * B), *dS = calloc((size_t)B * B, sizeof(double));
+    double *lse = malloc(sizeof(double) * B);
+    int dirs = bidirect ? 2 : 1;
+    similarity(S, a, v, B, C);
+    for (int t = 0; t < dirs; t++) {
+        col_lse(lse, S, B, t);
+        /* d(-mean_j log_softmax)[i,j] = (P[i,j] - [i==j]) / B, P the softmax along the direction's axis */
+        for (int i = 0; i < B; i++)
+            for (int j = 0; j < B; j++) {
+                double p = exp(S[(size_t)i * B + j] - lse[t ? i : j]);
+                dS[(size_t)i * B + j] += (double)dloss / dirs * (p - (i == j)) / B;
+            }
+    }
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++) {
+            double g = dS[(size_t)i * B + j] / CAV_CONTRAST_TAU;
+            for (int c = 0; c < C; c++) {
+                if (da) da[(size_t)i * C + c] += (float)(g * v[(size_t)j * C + c]);
+                if (dv) dv[(size_t)j * C + c] += (float)(g * a[(size_t)i * C + c]);
+            }
+        }
+    free(S);
+    free(dS);
+    free(lse);
+}
+
+void cav_normpix(float *t, int M, int P) {
+#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        float *r = t + (size_t)m * P;
+        double s = 0, ss = 0;
+        for (int p = 0; p < P; p++) s += r[p];
+        double mu = s / P;
+        for (int p = 0; p < P; p++) ss += (r[p] - mu) * (r[p] - mu);
+        float mf = (float)mu, sd = sqrtf((float)(ss / (P - 1)) + 1e-6f);
+        for (int p = 0; p < P; p++) r[p] = (r[p] - mf) / sd;
+    }
+}
+
+float cav_masked_mse_forward(const float *pred, const float *t, const float *mask, int M, int P) {
+    double num = 0, den = 0;
+    for (int m = 0; m < M; m++) {
+        den += mask[m];
+        if (mask[m] == 0) continue;
+        double s = 0;
+        for (int p = 0; p < P; p++) {
+            float d = pred[(size_t)m * P + p] - t[(size_t)m * P + p];
+            s += (double)d * d;
+        }
+        num += (double)(float)(s / P) * mask[m];
+    }
+    return (float)(num / den);
+}
+
+void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
+                             int P) {
+    double den = 0;
+    for (int m = 0; m < M; m++) den += mask[m];
+#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        if (mask[m] == 0) continue;
+        float g = (float)((double)dloss * mask[m] / den * 2.0 / P);
+        for (int p = 0; p < P; p++) dpred[(size_t)m * P + p] += g * (pred[(size_t)m * P + p] - t[(size_t)m * P + p]);
+    }
+}
+
+float cav_bce_logits_forward(const float *x, const float *y, int B, int K) {
+    double s = 0;
+    for (size_t i = 0; i < (size_t)B * K; i++) {
+        double xi = x[i];
+        s += (xi > 0 ? xi : 0) - xi * y[i] + log1p(exp(-fabs(xi)));
+    }
+    return (float)(s / ((double)B * K));
+}
+
+void cav_bce_logits_backward(float *dx, float dloss, const float *x, const float *y, int B, int K) {
+    double sc = (double)dloss / ((double)B * K);
+    for (size_t i = 0; i < (size_t)B * K; i++) dx[i] += (float)(sc * (1.0 / (1.0 + exp(-(double)x[i])) - y[i]));
+}
+
+static double row_lse(const float *x, int K) {
+    double mx = -INFINITY, s = 0;
+    for (int k = 0; k < K; k++) mx = x[k] > mx ? x[k] : mx;
+    for (int k = 0; k < K; k++) s += exp(x[k] - mx);
+    return mx + log(s);
+}
+
+float cav_soft_ce_forward(const float *x, const float *y, int B, int K) {
+    double s = 0;
+    for (int b = 0; b < B; b++) {
+        double l = row_lse(x + (size_t)b * K, K);
+        for (int k = 0; k < K; k++) s -= y[(size_t)b * K + k] * (x[(size_t)b * K + k] - l);
+    }
+    return (float)(s / B);
+}
+
+void cav_soft_ce_backward(float *dx, float dloss, const float *x, const float *y, int B, int K) {
+    for (int b = 0; b < B; b++) {
+        const float *xr = x + (size_t)b * K, *yr = y + (size_t)b * K;
+        double l = row_lse(xr, K), ys = 0;
+        for (int k = 0; k < K; k++) ys += yr[k];
+        for (int k = 0; k < K; k++)
+            dx[(size_t)b * K + k] += (float)((double)dloss / B * (exp(xr[k] - l) * ys - yr[k]));
+    }
+}
+
+void cav_adam_step(float *p, const float *grad, float *m, float *v, size_t n, double lr, double beta1,
+                   double beta2, double eps, double wd, int t) {
+    /* Scalars are formed in double as Python does (1 - 0.95 is not 1 - 0.95f), then rounded to float as
+     * torch's CPU kernels take them. */
+    double bc1 = 1.0 - pow(beta1, t), bc2 = 1.0 - pow(beta2, t);
+    float step = (float)(-(lr / bc1)), bc2s = (float)sqrt(bc2);
+    float c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
+    float b1 = (float)beta1, b2 = (float)beta2, epsf = (float)eps, wdf = (float)wd;
+#pragma omp parallel for if(n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] + wdf * p[i];
+        m[i] = m[i] * b1 + c1 * g;
+        v[i] = v[i] * b2 + c2 * g * g;
+        float denom = sqrtf(v[i]) / bc2s + epsf;
+        p[i] = p[i] + step * m[i] / denom;
+    }
+}

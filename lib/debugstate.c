@@ -1,0 +1,318 @@
+/* debugstate.c: see debugstate.h. Config keys are passed to cav_config_set as JSON text, so a key the C
+ * model does not know is an error rather than silently ignored. */
+#include "debugstate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "model.h"
+#include "optim.h"
+#include "safetensors.h"
+
+static int apply_config(cav_config *cfg, const cav_json *j, int *batch, cav_err *err, const char *path) {
+    for (int i = 0; i < j->n; i++) {
+        const char *key = j->keys[i];
+        const cav_json *v = j->items[i];
+        char text[64];
+        if (strcmp(key, "batch") == 0) {
+            *batch = (int)v->number;
+            continue;
+        }
+        if (strncmp(key, "adam_", 5) == 0) continue; /* the optimiser run of an Adam state, read later */
+        switch (v->type) {
+        case CAV_JSON_NUMBER: snprintf(text, sizeof text, "%.17g", v->number); break;
+        case CAV_JSON_BOOL: snprintf(text, sizeof text, "%s", v->boolean ? "true" : "false"); break;
+        case CAV_JSON_STRING: snprintf(text, sizeof text, "%s", v->string); break;
+        case CAV_JSON_NULL: continue; /* null means the reference's default */
+        default: return cav_fail(err, 2, "%s: config key %s: not a scalar", path, key);
+        }
+        int rc = cav_config_set(cfg, key, text);
+        if (rc == -2) return cav_fail(err, 2, "%s: config key %s: unknown to the C model", path, key);
+        if (rc) return cav_fail(err, 2, "%s: config key %s: bad value %s", path, key, text);
+    }
+    return 0;
+}
+
+/* max |a-b| and that over max |b|. */
+static void compare(const float *c, const float *p, size_t n, double *max_abs, double *rel) {
+    double ma = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)c[i] - (double)p[i]);
+        if (!(d <= ma)) ma = d; /* NaN sticks */
+        if (fabs((double)p[i]) > mb) mb = fabs((double)p[i]);
+    }
+    *max_abs = ma;
+    *rel = mb > 0 ? ma / mb : (ma > 0 ? INFINITY : 0);
+    if (isnan(ma)) *rel = NAN;
+}
+
+static double worse(double a, double b) { return isnan(a) || isnan(b) ? NAN : (a > b ? a : b); }
+
+int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, cav_err *err) {
+    memset(rep, 0, sizeof *rep);
+    cav_safetensors st;
+    if (cav_st_open(&st, path, err)) return err->code;
+    const char *fmt = cav_st_meta(&st, "format"), *cfgtext = cav_st_meta(&st, "config");
+    int rc = 2;
+    cav_model *m = NULL, *fm = NULL;
+    cav_json *cj = NULL;
+    float *buf = NULL;
+    if (!fmt || strcmp(fmt, "cav-debug-state/1")) {
+        cav_fail(err, 2, "%s: metadata format is not cav-debug-state/1", path);
+        goto done;
+    }
+    char jerr[256];
+    cj = cfgtext ? cav_json_parse(cfgtext, strlen(cfgtext), jerr, sizeof jerr) : NULL;
+    if (!cj || cj->type != CAV_JSON_OBJECT) {
+        cav_fail(err, 2, "%s: metadata config: %s", path, cj ? "not an object" : cfgtext ? jerr : "missing");
+        goto done;
+    }
+    int ft = cav_json_get(cj, "label_dim") != NULL;
+    cav_config cfg = cav_config_default(ft ? CAV_TASK_FINETUNE : CAV_TASK_PRETRAIN);
+    int batch = 0;
+    if (apply_config(&cfg, cj, &batch, err, path)) goto done;
+    const cav_st_tensor *ta = cav_st_find(&st, "in.audio"), *tv = cav_st_find(&st, "in.video");
+    if (!ta || ta->ndim != 3) {
+        cav_fail(err, 2, "%s: in.audio: missing or not [B, T, F]", path);
+        goto done;
+    }
+    if (batch && batch != ta->shape[0]) {
+        cav_fail(err, 2, "%s: in.audio: batch %lld, config says %d", path, (long long)ta->shape[0], batch);
+        goto done;
+    }
+    cav_err cerr;
+    if (cav_config_check(&cfg, &cerr)) {
+        cav_fail(err, 2, "%s: config: %s", path, cerr.msg);
+        goto done;
+    }
+    m = cav_model_create(&cfg, (int)ta->shape[0], err);
+    if (!m) {
+        rc = err->code ? err->code : 3;
+        goto done;
+    }
+    /* Parameters: every model parameter must be in the file, and the file must hold no other. */
+    int nparam_file = 0;
+    for (int i = 0; i < st.n; i++)
+        if (strncmp(st.t[i].name, "in.", 3) && strncmp(st.t[i].name, "out.", 4) && strncmp(st.t[i].name, "grad.", 5) &&
+            strncmp(st.t[i].name, "final.", 6)) {
+            nparam_file++;
+            if (!cav_model_param(m, st.t[i].name)) {
+                cav_fail(err, 2, "%s: %s: not a parameter of the C model", path, st.t[i].name);
+                goto done;
+            }
+        }
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *p = &m->table[i];
+        const cav_st_tensor *t = cav_st_find(&st, p->name);
+        if (!t) {
+            cav_fail(err, 2, "%s: parameter %s missing", path, p->name);
+            goto done;
+        }
+        if (cav_st_copy_f32(&st, t, p->data, p->numel, err)) goto done;
+    }
+    if (nparam_file != m->ntable) {
+        cav_fail(err, 2, "%s: %d parameters in the file, %d in the model", path, nparam_file, m->ntable);
+        goto done;
+    }
+    /* Inputs. */
+    size_t na = (size_t)m->B * m->T * m->F, nv = (size_t)m->B * 3 * m->S * m->S;
+    /* A single-modality model has no buffer for the other input. */
+    if (m->in.audio && cav_st_copy_f32(&st, ta, m->in.audio, na, err)) goto done;
+    if (m->in.video && (!tv || cav_st_copy_f32(&st, tv, m->in.video, nv, err))) {
+        if (!tv) cav_fail(err, 2, "%s: in.video missing", path);
+        goto done;
+    }
+    if (!ft) {
+        const cav_st_tensor *ka = cav_st_find(&st, "in.keep_a"), *kv = cav_st_find(&st, "in.keep_v");
+        if (cfg.use_audio && (!ka || cav_st_copy_i64(&st, ka, m->in.keep_a, (size_t)m->B * m->La, err))) {
+            if (!ka) cav_fail(err, 2, "%s: in.keep_a missing", path);
+            goto done;
+        }
+        if (cfg.use_video && (!kv || cav_st_copy_i64(&st, kv, m->in.keep_v, (size_t)m->B * m->Lv, err))) {
+            if (!kv) cav_fail(err, 2, "%s: in.keep_v missing", path);
+            goto done;
+        }
+    } else {
+        const cav_st_tensor *tl = cav_st_find(&st, "in.labels");
+        if (!tl || cav_st_copy_f32(&st, tl, m->in.labels, (size_t)m->B * cfg.label_dim, err)) {
+            if (!tl) cav_fail(err, 2, "%s: in.labels missing", path);
+            goto done;
+        }
+    }
+    cav_model_forward(m);
+    cav_model_backward(m);
+    /* Outputs: every out.* of the file that the C model has. */
+    for (int i = 0; i < st.n; i++) {
+        const cav_st_tensor *t = &st.t[i];
+        if (strncmp(t->name, "out.", 4) || strcmp(t->name, "out.losses") == 0) continue;
+        int feat = strncmp(t->name, "out.feat_", 9) == 0;
+        if (feat && !fm) { /* forward_feat runs as its own task on the same parameters and inputs */
+            cav_config fc = cfg;
+            fc.task = CAV_TASK_FEAT;
+            if (!(fm = cav_model_create(&fc, m->B, err))) goto done;
+            for (int k = 0; k < fm->ntable; k++) {
+                cav_param *src = cav_model_param(m, fm->table[k].name);
+                if (!src || src->numel != fm->table[k].numel) {
+                    cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
+                    goto done;
+                }
+                memcpy(fm->table[k].data, src->data, src->numel * sizeof(float));
+            }
+            if (fm->in.audio) memcpy(fm->in.audio, m->in.audio, na * sizeof(float));
+            if (fm->in.video) memcpy(fm->in.video, m->in.video, nv * sizeof(float));
+            cav_model_forward(fm);
+        }
+        int64_t shape[4];
+        int ndim;
+        const float *c = cav_model_output(feat ? fm : m, t->name + 4, shape, &ndim);
+        if (!c) {
+            cav_fail(err, 2, "%s: %s: the C model has no such output", path, t->name);
+            goto done;
+        }
+        free(buf);
+        buf = malloc(t->numel * sizeof *buf);
+        if (!buf) {
+            cav_fail(err, 3, "out of memory");
+            rc = 3;
+            goto done;
+        }
+        size_t cn = 1;
+        for (int d = 0; d < ndim; d++) cn *= (size_t)shape[d];
+        if (cn != t->numel || cav_st_copy_f32(&st, t, buf, t->numel, err)) {
+            if (cn != t->numel) cav_fail(err, 2, "%s: %s: %zu values, the C model has %zu", path, t->name, t->numel, cn);
+            goto done;
+        }
+        double ma, rel;
+        compare(c, buf, t->numel, &ma, &rel);
+        int scalar = t->numel == 1;
+        if (scalar) { /* a loss: relative to its own value */
+            double p = fabs((double)buf[0]);
+            rel = p > 0 ? ma / p : (ma > 0 ? INFINITY : 0);
+            rep->max_rel_loss = worse(rep->max_rel_loss, rel);
+        } else {
+            rep->max_rel_out = worse(rep->max_rel_out, rel);
+        }
+        fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", t->name, ma, rel);
+        rep->tensors++;
+    }
+    /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
+     * ones the C optimiser will skip (optim.h). */
+    const char *nogtext = cav_st_meta(&st, "no_grad");
+    if (nogtext) {
+        cav_json *ng = cav_json_parse(nogtext, strlen(nogtext), jerr, sizeof jerr);
+        unsigned char *reached = calloc((size_t)m->ntable, 1);
+        int bad = !ng || ng->type != CAV_JSON_ARRAY || !reached;
+        if (!bad) cav_optim_mark_reached(m, reached);
+        for (int i = 0; !bad && i < m->ntable; i++) {
+            if (!m->table[i].trainable) continue;
+            int listed = 0;
+            for (int k = 0; k < ng->n; k++)
+                listed |= ng->items[k]->type == CAV_JSON_STRING && strcmp(ng->items[k]->string, m->table[i].name) == 0;
+            if (listed == reached[i]) {
+                fprintf(out, "%-48s %s\n", m->table[i].name, listed ? "has no gradient in PyTorch, but one in C" : "has a gradient in PyTorch, none in C");
+                rep->reach_mismatches++;
+            }
+        }
+        cav_json_free(ng);
+        free(reached);
+        if (bad) {
+            cav_fail(err, 2, "%s: metadata no_grad is not a JSON array of names", path);
+            goto done;
+        }
+    }
+    /* Gradients: every trainable parameter's. */
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *p = &m->table[i];
+        if (!p->trainable) continue;
+        char gname[80];
+        snprintf(gname, sizeof gname, "grad.%s", p->name);
+        const cav_st_tensor *t = cav_st_find(&st, gname);
+        if (!t) {
+            cav_fail(err, 2, "%s: %s missing", path, gname);
+            goto done;
+        }
+        free(buf);
+        buf = malloc(p->numel * sizeof *buf);
+        if (!buf || cav_st_copy_f32(&st, t, buf, p->numel, err)) {
+            if (!buf) cav_fail(err, 3, "out of memory");
+            goto done;
+        }
+        double ma, rel;
+        compare(p->grad, buf, p->numel, &ma, &rel);
+        rep->max_rel_grad = worse(rep->max_rel_grad, rel);
+        fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", gname, ma, rel);
+        rep->tensors++;
+    }
+    /* An Adam state: the losses before each of adam_steps torch.optim.Adam steps and after the last, and
+     * the parameters at the end. */
+    const cav_json *as = cav_json_get(cj, "adam_steps");
+    if (as) {
+        const cav_json *betas = cav_json_get(cj, "adam_betas");
+        const cav_st_tensor *tl = cav_st_find(&st, "out.losses");
+        int steps = (int)as->number;
+        if (!betas || betas->type != CAV_JSON_ARRAY || betas->n != 2 || !tl || tl->numel != (size_t)steps + 1) {
+            cav_fail(err, 2, "%s: adam_betas or out.losses malformed", path);
+            goto done;
+        }
+        float losses[64];
+        if (steps + 1 > 64 || cav_st_copy_f32(&st, tl, losses, tl->numel, err)) {
+            if (steps + 1 > 64) cav_fail(err, 2, "%s: adam_steps %d: too many", path, steps);
+            goto done;
+        }
+        unsigned char *reached = calloc((size_t)m->ntable, 1);
+        if (!reached || cav_optim_alloc(m)) {
+            free(reached);
+            cav_fail(err, 3, "out of memory");
+            rc = 3;
+            goto done;
+        }
+        cav_optim_mark_reached(m, reached); /* from step 0's backward, above */
+        for (int k = 0; k <= steps; k++) {
+            if (k > 0) cav_model_forward(m); /* step 0 ran above, with its backward */
+            double rel = fabs((double)m->out.loss - losses[k]) / fabs((double)losses[k]);
+            rep->max_rel_loss = worse(rep->max_rel_loss, rel);
+            fprintf(out, "adam.loss[%d]%36s max_abs=%.3e max_rel=%.3e\n", k, "", fabs((double)m->out.loss - losses[k]), rel);
+            if (k == steps) break;
+            if (k > 0) cav_model_backward(m);
+            cav_optim_adam(m, reached, cav_json_get_number(cj, "adam_lr", 0), 1.0, betas->items[0]->number,
+                           betas->items[1]->number, cav_json_get_number(cj, "adam_eps", 1e-8),
+                           cav_json_get_number(cj, "adam_weight_decay", 0));
+        }
+        free(reached);
+        for (int i = 0; i < m->ntable; i++) {
+            char fname[80];
+            snprintf(fname, sizeof fname, "final.%s", m->table[i].name);
+            const cav_st_tensor *t = cav_st_find(&st, fname);
+            free(buf);
+            buf = t ? malloc(t->numel * sizeof *buf) : NULL;
+            if (!t || !buf || t->numel != m->table[i].numel || cav_st_copy_f32(&st, t, buf, t->numel, err)) {
+                if (!t || (buf && t->numel != m->table[i].numel)) cav_fail(err, 2, "%s: %s missing or misshapen", path, fname);
+                else if (!buf) cav_fail(err, 3, "out of memory");
+                goto done;
+            }
+            /* Reported, not gated: the contract is the losses at every step. Parameters whose gradient is
+             * zero in exact arithmetic (the attention key bias: softmax ignores a constant shift) get
+             * rounding noise for a gradient, and Adam divides it by its own tiny RMS, so both
+             * implementations move them by noise of order lr. */
+            double ma, rel;
+            compare(m->table[i].data, buf, t->numel, &ma, &rel);
+            rep->max_rel_final = worse(rep->max_rel_final, rel);
+            fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e (after the steps; not gated)\n", fname, ma, rel);
+        }
+    }
+    fprintf(out, "max_rel_loss=%.3e max_rel_grad=%.3e\n", rep->max_rel_loss, worse(rep->max_rel_grad, rep->max_rel_out));
+    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD && !rep->reach_mismatches &&
+                 rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
+             ? 0
+             : 2;
+    if (rc) cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path, CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
+done:
+    free(buf);
+    cav_json_free(cj);
+    cav_model_free(m);
+    cav_model_free(fm);
+    cav_st_close(&st);
+    return rc;
+}

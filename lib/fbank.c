@@ -1,0 +1,515 @@
+/* fbank.c: the Kaldi/torchaudio log-mel filterbank (see fbank.h). Every step follows
+ * torchaudio.compliance.kaldi.fbank in float32, in the same order and with the same roundings where they
+ * are cheap to reproduce (window values, pre-emphasis, mel weights), so the result agrees with it to the
+ * last few ulps of the FFT; sums and the FFT itself round differently and account for the remaining
+ * difference (measured by tests/unit/test_fbank_ref.c). */
+#include "fbank.h"
+
+#include <float.h>
+#include <fftw3.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* FFTW's planner is not thread-safe; executing distinct plans is. */
+static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Frames go BLK at a time: each is transformed by the single-frame FFTW plan (faster than FFTW's batched
+ * plans here), its power spectrum is stored interleaved by frame ([bin][frame]), and the mel sums and the
+ * log then run as SIMD across the frames of the block. */
+#define BLK 8
+
+/* The hot loops are compiled twice, for the baseline and for AVX2+FMA, picked at load time (GNU ifunc).
+ * The results are the same bits: -std=c11 keeps floating-point contraction off, so FMA is never fused
+ * into the source's separate multiplies and adds. */
+/* An 8x8 transpose in registers (GCC vector extensions, lowered to the shuffles of the target): moves
+ * spectra between frame-major and bin-major order without scalar strided stores. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32)));
+
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+#define LOAD8(v, p)                                                                                          \
+    v8f v;                                                                                                   \
+    memcpy(&v, (p), 32)
+
+/* Written out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
+static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
+                                                             int64_t ds) {
+    LOAD8(r0, s);
+    LOAD8(r1, s + ss);
+    LOAD8(r2, s + 2 * ss);
+    LOAD8(r3, s + 3 * ss);
+    LOAD8(r4, s + 4 * ss);
+    LOAD8(r5, s + 5 * ss);
+    LOAD8(r6, s + 6 * ss);
+    LOAD8(r7, s + 7 * ss);
+    /* interleave pairs of rows, then pairs of pairs, within each 128-bit half */
+    v8f t0 = SHUF(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUF(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t2 = SHUF(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUF(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t4 = SHUF(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13), t5 = SHUF(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t6 = SHUF(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13), t7 = SHUF(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f u0 = SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), u1 = SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u2 = SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), u3 = SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u4 = SHUF(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13), u5 = SHUF(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8f u6 = SHUF(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13), u7 = SHUF(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
+    /* u0..u3: columns 0,1,2,3 of rows 0-3 (low half) and 4,5,6,7 (high half); u4..u7 the same of rows 4-7 */
+    v8f c0 = SHUF(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11), c4 = SHUF(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c1 = SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11), c5 = SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c2 = SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11), c6 = SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8f c3 = SHUF(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11), c7 = SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(d, &c0, 32), memcpy(d + ds, &c1, 32), memcpy(d + 2 * ds, &c2, 32), memcpy(d + 3 * ds, &c3, 32);
+    memcpy(d + 4 * ds, &c4, 32), memcpy(d + 5 * ds, &c5, 32), memcpy(d + 6 * ds, &c6, 32);
+    memcpy(d + 7 * ds, &c7, 32);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define HOT
+#endif
+
+struct cav_fbank {
+    cav_fbank_opts o;
+    int win, shift, nfft, nbins;
+    float *window;          /* [win] */
+    float *mel_dense;       /* [nbins, nfft/2+1], as torchaudio builds it */
+    int *band_start;        /* [nbins] first FFT bin with non-zero weight */
+    int *band_len;          /* [nbins] */
+    int *band_off;          /* [nbins] offset into band_w */
+    float *band_w;          /* the non-zero weights, band after band */
+    float *frame;           /* [win] scratch: one frame after dither and DC removal */
+    float *fft_in;          /* [nfft] FFTW-aligned; the tail past win stays zero */
+    float *fft_re, *fft_im; /* [nfft/2+1] each: FFTW's split-format output, so |X|^2 needs no shuffles */
+    float *power;           /* [nfft/2, BLK] */
+    float *pframes;         /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
+    float *energy;          /* [nbins, BLK] */
+    fftwf_plan plan;
+    uint64_t rng;
+};
+
+void cav_fbank_opts_default(cav_fbank_opts *o) {
+    *o = (cav_fbank_opts){.sample_rate = 16000,
+                          .num_mel_bins = 128,
+                          .frame_length_ms = 25,
+                          .frame_shift_ms = 10,
+                          .window = CAV_WIN_HANNING,
+                          .blackman_coeff = 0.42,
+                          .low_freq = 20,
+                          .high_freq = 0,
+                          .preemph = 0.97,
+                          .remove_dc = 1,
+                          .subtract_clip_mean = 1,
+                          .dither = 0,
+                          .dither_seed = 0,
+                          .target_length = 1024};
+}
+
+static const char *const window_names[] = {"hanning", "hamming", "povey", "rectangular", "blackman"};
+
+int cav_window_parse(const char *name) {
+    if (!strcmp(name, "hann")) return CAV_WIN_HANNING;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(name, window_names[i])) return i;
+    return -1;
+}
+
+const char *cav_window_name(cav_window w) {
+    return (unsigned)w < 5 ? window_names[w] : "?";
+}
+
+/* torch.hann_window / hamming_window (periodic=False) are arange(N) * (2π/(N-1)), cos, * -beta, + alpha,
+ * each step in float32; the Blackman window of kaldi.py likewise. */
+static void make_window(const cav_fbank_opts *o, int n, float *w) {
+    float step = (float)(2.0 * M_PI / (double)(n - 1));
+    for (int i = 0; i < n; i++) {
+        float c = cosf((float)i * step);
+        switch (o->window) {
+        case CAV_WIN_HANNING:
+            w[i] = c * -0.5f + 0.5f;
+            break;
+        case CAV_WIN_HAMMING:
+            w[i] = c * -0.46f + 0.54f;
+            break;
+        case CAV_WIN_POVEY:
+            w[i] = powf(c * -0.5f + 0.5f, 0.85f);
+            break;
+        case CAV_WIN_RECTANGULAR:
+            w[i] = 1.0f;
+            break;
+        case CAV_WIN_BLACKMAN: {
+            float c2 = cosf((float)i * (float)(2.0 * (2.0 * M_PI / (double)(n - 1))));
+            float bc = (float)o->blackman_coeff;
+            w[i] = (bc - 0.5f * c) + (float)(0.5 - o->blackman_coeff) * c2;
+            break;
+        }
+        }
+    }
+    if (n == 1) w[0] = 1.0f;
+}
+
+static double mel_scale(double f) {
+    return 1127.0 * log(1.0 + f / 700.0);
+}
+
+/* get_mel_banks of kaldi.py: the band edges are float32 (arange * delta + low), the FFT bin mels are
+ * float32 (1127 * log(1 + f/700)), the slopes and min/max too. Dense [nbins, nfft/2+1]. */
+static void make_mel(const cav_fbank_opts *o, int nfft, int nbins, double high, float *dense) {
+    int nfreq = nfft / 2 + 1;
+    double mel_low = mel_scale(o->low_freq), mel_high = mel_scale(high);
+    float delta = (float)((mel_high - mel_low) / (nbins + 1));
+    float low_f = (float)mel_low;
+    float width = (float)(o->sample_rate / nfft);
+    for (int b = 0; b < nbins; b++) {
+        float left = (float)b * delta + low_f;
+        float center = ((float)b + 1.0f) * delta + low_f;
+        float right = ((float)b + 2.0f) * delta + low_f;
+        for (int k = 0; k < nfreq; k++) {
+            float w = 0.0f;
+            if (k < nfft / 2) {
+                float f = width * (float)k;
+                float mel = 1127.0f * logf(1.0f + f / 700.0f);
+                float up = (mel - left) / (center - left);
+                float down = (right - mel) / (right - center);
+                float m = up < down ? up : down;
+                w = m > 0.0f ? m : 0.0f;
+            }
+            dense[(size_t)b * nfreq + k] = w;
+        }
+    }
+}
+
+cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
+    if (!(o->sample_rate > 0) || !isfinite(o->sample_rate)) {
+        cav_fail(err, CAV_EXIT_INPUT, "sample rate %g is not positive", o->sample_rate);
+        return NULL;
+    }
+    /* Same expressions as kaldi.py (int() truncation of a double product). */
+    double shift_d = o->sample_rate * o->frame_shift_ms * 0.001;
+    double win_d = o->sample_rate * o->frame_length_ms * 0.001;
+    if (!(shift_d >= 1 && shift_d < 1e9) || !(win_d >= 2 && win_d < (1 << 24))) {
+        cav_fail(err, CAV_EXIT_INPUT,
+                 "at %g Hz a %g ms frame and %g ms shift give a window of %g and a shift of %g samples "
+                 "(need a window of at least 2 and a shift of at least 1)",
+                 o->sample_rate, o->frame_length_ms, o->frame_shift_ms, floor(win_d), floor(shift_d));
+        return NULL;
+    }
+    int win = (int)win_d, shift = (int)shift_d;
+    int nfft = 1;
+    while (nfft < win) nfft *= 2;
+    if (nfft < 2) nfft = 2;
+    double nyquist = 0.5 * o->sample_rate;
+    double high = o->high_freq <= 0.0 ? o->high_freq + nyquist : o->high_freq;
+    if (o->num_mel_bins <= 3) {
+        cav_fail(err, CAV_EXIT_INPUT, "%d mel bins: need at least 4", o->num_mel_bins);
+        return NULL;
+    }
+    if (!(o->low_freq >= 0.0 && o->low_freq < nyquist && high > 0.0 && high <= nyquist &&
+          o->low_freq < high)) {
+        cav_fail(err, CAV_EXIT_INPUT, "mel range %g-%g Hz does not fit in 0-%g Hz (Nyquist at %g Hz)",
+                 o->low_freq, high, nyquist, o->sample_rate);
+        return NULL;
+    }
+    if (!(o->preemph >= 0.0 && o->preemph <= 1.0)) {
+        cav_fail(err, CAV_EXIT_INPUT, "pre-emphasis %g is outside [0, 1]", o->preemph);
+        return NULL;
+    }
+    if (o->target_length < 0) {
+        cav_fail(err, CAV_EXIT_INPUT, "target length %d is negative", o->target_length);
+        return NULL;
+    }
+    cav_fbank *fb = calloc(1, sizeof *fb);
+    if (!fb) goto oom;
+    fb->o = *o;
+    fb->win = win;
+    fb->shift = shift;
+    fb->nfft = nfft;
+    fb->nbins = o->num_mel_bins;
+    int nfreq = nfft / 2 + 1;
+    fb->window = malloc(sizeof(float) * win);
+    fb->mel_dense = malloc(sizeof(float) * (size_t)fb->nbins * nfreq);
+    fb->band_start = calloc(fb->nbins, sizeof(int));
+    fb->band_len = calloc(fb->nbins, sizeof(int));
+    fb->band_off = calloc(fb->nbins, sizeof(int));
+    fb->frame = malloc(sizeof(float) * win);
+    fb->fft_in = fftwf_malloc(sizeof(float) * nfft);
+    fb->fft_re = fftwf_malloc(sizeof(float) * nfreq);
+    fb->fft_im = fftwf_malloc(sizeof(float) * nfreq);
+    fb->power = malloc(sizeof(float) * nfreq * BLK);
+    fb->pframes = malloc(sizeof(float) * nfreq * BLK);
+    fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
+    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->frame ||
+        !fb->fft_in || !fb->fft_re || !fb->fft_im || !fb->power || !fb->pframes || !fb->energy)
+        goto oom;
+    make_window(o, win, fb->window);
+    make_mel(o, nfft, fb->nbins, high, fb->mel_dense);
+    /* Sparse copy of the weights: each triangle covers a contiguous run of bins. */
+    size_t total = 0;
+    for (int b = 0; b < fb->nbins; b++) {
+        const float *row = fb->mel_dense + (size_t)b * nfreq;
+        int s = 0, e = -1;
+        for (int k = 0; k < nfreq; k++)
+            if (row[k] != 0.0f) {
+                if (e < 0) s = k;
+                e = k;
+            }
+        fb->band_start[b] = e < 0 ? 0 : s;
+        fb->band_len[b] = e < 0 ? 0 : e - s + 1;
+        fb->band_off[b] = (int)total;
+        total += fb->band_len[b];
+    }
+    fb->band_w = malloc(sizeof(float) * (total + 1));
+    if (!fb->band_w) goto oom;
+    for (int b = 0; b < fb->nbins; b++)
+        memcpy(fb->band_w + fb->band_off[b], fb->mel_dense + (size_t)b * nfreq + fb->band_start[b],
+               sizeof(float) * fb->band_len[b]);
+    /* FFTW_ESTIMATE: the plan (hence every output bit) does not depend on timing measurements. */
+    pthread_mutex_lock(&plan_lock);
+    fftw_iodim dim = {.n = nfft, .is = 1, .os = 1};
+    fb->plan = fftwf_plan_guru_split_dft_r2c(1, &dim, 0, NULL, fb->fft_in, fb->fft_re, fb->fft_im, FFTW_ESTIMATE);
+    pthread_mutex_unlock(&plan_lock);
+    if (!fb->plan) goto oom;
+    memset(fb->fft_in, 0, sizeof(float) * nfft);
+    fb->rng = o->dither_seed;
+    return fb;
+oom:
+    cav_fbank_free(fb);
+    cav_fail(err, CAV_EXIT_INTERNAL, "out of memory building a filterbank");
+    return NULL;
+}
+
+void cav_fbank_free(cav_fbank *fb) {
+    if (!fb) return;
+    if (fb->plan) {
+        pthread_mutex_lock(&plan_lock);
+        fftwf_destroy_plan(fb->plan);
+        pthread_mutex_unlock(&plan_lock);
+    }
+    free(fb->window);
+    free(fb->mel_dense);
+    free(fb->band_start);
+    free(fb->band_len);
+    free(fb->band_off);
+    free(fb->band_w);
+    free(fb->frame);
+    fftwf_free(fb->fft_in);
+    fftwf_free(fb->fft_re);
+    fftwf_free(fb->fft_im);
+    free(fb->power);
+    free(fb->pframes);
+    free(fb->energy);
+    free(fb);
+}
+
+int cav_fbank_window_size(const cav_fbank *fb) {
+    return fb->win;
+}
+int cav_fbank_window_shift(const cav_fbank *fb) {
+    return fb->shift;
+}
+int cav_fbank_fft_size(const cav_fbank *fb) {
+    return fb->nfft;
+}
+int cav_fbank_bins(const cav_fbank *fb) {
+    return fb->nbins;
+}
+
+int64_t cav_fbank_num_frames(const cav_fbank *fb, int64_t n) {
+    return n < fb->win ? 0 : 1 + (n - fb->win) / fb->shift;
+}
+
+int64_t cav_fbank_out_frames(const cav_fbank *fb, int64_t n) {
+    return fb->o.target_length > 0 ? fb->o.target_length : cav_fbank_num_frames(fb, n);
+}
+
+void cav_fbank_mel_weights(const cav_fbank *fb, float *out) {
+    memcpy(out, fb->mel_dense, sizeof(float) * (size_t)fb->nbins * (fb->nfft / 2 + 1));
+}
+
+void cav_fbank_reseed(cav_fbank *fb, uint64_t seed) {
+    fb->rng = seed;
+}
+
+/* splitmix64, then Box-Muller: a reproducible Gaussian stream for dither. */
+static double rng_uniform(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static float rng_gauss(uint64_t *s) {
+    double u = rng_uniform(s), v = rng_uniform(s);
+    return (float)(sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v));
+}
+
+/* log(x) = e*ln2 + log(m), m in [sqrt(1/2), sqrt(2)), with the Cephes single-precision polynomial for
+ * log(1+r); ln2 split in two parts so e*ln2 stays exact. Written without branches so it vectorises. */
+HOT void cav_logf_vec(const float *x, float *y, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        int32_t e = (int32_t)(u >> 23) - 126; /* x = m * 2^e with m in [0.5, 1) */
+        uint32_t mu = (u & 0x007FFFFFu) | 0x3F000000u;
+        float m;
+        memcpy(&m, &mu, 4);
+        int32_t small = (int32_t)((mu - 0x3F3504F3u) >> 31); /* m < sqrt(1/2): use 2m, e-1 */
+        float fe = (float)(e - small);
+        float r = m * (float)(1 + small) - 1.0f;
+        float z = r * r;
+        float p = 7.0376836292e-2f;
+        p = p * r - 1.1514610310e-1f;
+        p = p * r + 1.1676998740e-1f;
+        p = p * r - 1.2420140846e-1f;
+        p = p * r + 1.4249322787e-1f;
+        p = p * r - 1.6668057665e-1f;
+        p = p * r + 2.0000714765e-1f;
+        p = p * r - 2.4999993993e-1f;
+        p = p * r + 3.3333331174e-1f;
+        float t = p * r * z + fe * -2.12194440e-4f - 0.5f * z;
+        y[i] = (r + t) + fe * 0.693359375f;
+    }
+}
+
+/* Sum of x[0..n) and whether all are finite (exponent bits not all ones), in one pass: float partial sums
+ * over chunks of 2048 samples (16 lanes), chunk totals in double. */
+HOT static double sum_finite(const float *x, int64_t n, int *finite) {
+    double s = 0;
+    uint32_t bad = 0;
+    int64_t i = 0;
+    while (i + 16 <= n) {
+        float acc[16] = {0};
+        int64_t end = i + 2048 <= n ? i + 2048 : n - (n - i) % 16;
+        for (; i < end; i += 16)
+#pragma omp simd reduction(| : bad)
+            for (int l = 0; l < 16; l++) {
+                uint32_t u;
+                memcpy(&u, &x[i + l], 4);
+                bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+                acc[l] += x[i + l];
+            }
+        for (int l = 0; l < 16; l++) s += acc[l];
+    }
+    for (; i < n; i++) {
+        bad |= !isfinite(x[i]);
+        s += x[i];
+    }
+    *finite = !bad;
+    return s;
+}
+
+/* Sum of x[j] - mean over a frame in float with 16 partial sums, so the adds are not one latency-bound
+ * chain (the differences are rounded exactly as when the clip is centred first). */
+HOT static float frame_sum(const float *x, float mean, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+#pragma omp simd
+        for (int l = 0; l < 16; l++) acc[l] += x[j + l] - mean;
+    float s = 0.0f;
+    for (; j < n; j++) s += x[j] - mean;
+    for (int l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
+HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n, float *out,
+                          int64_t *frames_out, cav_err *err) {
+    if (frames_out) *frames_out = 0;
+    if (n <= 0 || channels <= 0) return cav_fail(err, CAV_EXIT_INPUT, "no audio samples");
+    int finite;
+    double sum = sum_finite(wave, n * channels, &finite);
+    if (!finite)
+        for (int64_t i = 0; i < n * channels; i++)
+            if (!isfinite(wave[i]))
+                return cav_fail(err, CAV_EXIT_INPUT, "sample %lld of channel %d is not finite (%g)",
+                                (long long)(i % n), (int)(i / n), wave[i]);
+    if (n < fb->win)
+        return cav_fail(err, CAV_EXIT_INPUT,
+                        "%lld samples: shorter than one %d-sample frame (%g ms at %g Hz)", (long long)n,
+                        fb->win, fb->o.frame_length_ms, fb->o.sample_rate);
+    /* waveform - waveform.mean(): one float32 scalar, then a float32 subtraction per sample; done per frame
+     * below (into the frame scratch) rather than over the whole clip, to stay in L1. */
+    const float mean = fb->o.subtract_clip_mean ? (float)(sum / (double)(n * channels)) : 0.0f;
+
+    const int win = fb->win, nbins = fb->nbins, half = fb->nfft / 2;
+    const float pre = (float)fb->o.preemph, inv_win = 1.0f / (float)win;
+    const float eps = FLT_EPSILON;
+    const int dither = fb->o.dither != 0.0;
+    int64_t m = cav_fbank_num_frames(fb, n);
+    int64_t rows = cav_fbank_out_frames(fb, n);
+    int64_t used = m < rows ? m : rows;
+    float *restrict fr = fb->frame, *restrict pw = fb->power, *restrict en = fb->energy;
+    const float *restrict w = fb->window;
+    for (int64_t t0 = 0; t0 < used; t0 += BLK) {
+        int nb = used - t0 < BLK ? (int)(used - t0) : BLK;
+        for (int f = 0; f < nb; f++) {
+            const float *x = wave + (t0 + f) * fb->shift;
+            float *restrict in = fb->fft_in;
+            float xm = mean; /* what to subtract from x to centre it */
+            if (dither) {    /* the centred frame plus noise, in the scratch frame */
+                for (int j = 0; j < win; j++) fr[j] = (x[j] - mean) + rng_gauss(&fb->rng) * (float)fb->o.dither;
+                x = fr, xm = 0.0f;
+            }
+            float dc = 0.0f;
+            if (fb->o.remove_dc) dc = frame_sum(x, xm, win) * inv_win;
+            /* (x - mean) - dc, then y[j] - pre * y[max(j-1, 0)], then the window; float32 as torch. */
+            float y0 = (x[0] - xm) - dc;
+            in[0] = (y0 - pre * y0) * w[0];
+#pragma omp simd
+            for (int j = 1; j < win; j++) in[j] = (((x[j] - xm) - dc) - pre * ((x[j - 1] - xm) - dc)) * w[j];
+            fftwf_execute(fb->plan);
+            const float *restrict re = fb->fft_re, *restrict im = fb->fft_im;
+            float *restrict pf = fb->pframes + (size_t)f * half;
+#pragma omp simd
+            for (int k = 0; k < half; k++) pf[k] = re[k] * re[k] + im[k] * im[k];
+        }
+        int k8 = half & ~7;
+        for (int k = 0; k < k8; k += 8) transpose8(fb->pframes + k, half, pw + k * BLK, BLK);
+        for (int k = k8; k < half; k++)
+            for (int f = 0; f < BLK; f++) pw[k * BLK + f] = fb->pframes[(size_t)f * half + k];
+        /* Lanes past nb in a last partial block hold stale values: computed, never written out. */
+        for (int b = 0; b < nbins; b++) {
+            const float *bw = fb->band_w + fb->band_off[b];
+            const float *p = pw + (size_t)fb->band_start[b] * BLK;
+            int len = fb->band_len[b];
+            float acc[BLK] = {0};
+            for (int k = 0; k < len; k++) {
+                float wk = bw[k];
+#pragma omp simd
+                for (int f = 0; f < BLK; f++) acc[f] += wk * p[k * BLK + f];
+            }
+#pragma omp simd
+            for (int f = 0; f < BLK; f++) en[b * BLK + f] = acc[f] > eps ? acc[f] : eps;
+        }
+        cav_logf_vec(en, en, nbins * BLK);
+        int b8 = nb == BLK ? nbins & ~7 : 0;
+        for (int b = 0; b < b8; b += 8) transpose8(en + b * BLK, BLK, out + t0 * nbins + b, nbins);
+        for (int f = 0; f < nb; f++) {
+            float *o = out + (t0 + f) * nbins;
+            for (int b = b8; b < nbins; b++) o[b] = en[b * BLK + f];
+        }
+    }
+    if (rows > used) memset(out + used * nbins, 0, sizeof(float) * (size_t)(rows - used) * nbins);
+    if (frames_out) *frames_out = m;
+    return 0;
+}
+
+double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
+    int64_t m = cav_fbank_num_frames(fb, n);
+    double check = 0.0;
+    for (int64_t t = 0; t < m; t++) {
+        memcpy(fb->fft_in, wave + t * fb->shift, sizeof(float) * fb->win);
+        fftwf_execute(fb->plan);
+        check += fb->fft_re[1];
+    }
+    return check;
+}

@@ -1,0 +1,460 @@
+/* loader.c: see loader.h. Worker threads take sample jobs in order from a shared counter and write into
+ * one of `prefetch` batch slots; the caller consumes slots in order. A job may only start when its batch's
+ * slot has been released by the caller, so memory stays at prefetch batches. */
+#include "loader.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "augment.h"
+#include "cli.h"
+#include "jpeg.h"
+#include "rng.h"
+#include "shard.h"
+
+#define REF_TRAIN_FRAMES 10 /* the reference draws randint(0, 9) whatever the clip holds */
+#define REF_EVAL_FRAME 5
+
+void cav_loader_opts_default(cav_loader_opts *o, int train) {
+    memset(o, 0, sizeof *o);
+    o->train = train;
+    o->batch = 48;
+    o->drop_last = 1;
+    o->target_length = 1024;
+    o->mel_bins = 128;
+    o->norm_mean = CAV_FBANK_MEAN;
+    o->norm_std = CAV_FBANK_STD;
+    o->noise = train;
+    o->roll = train;
+    o->frame = -1;
+    o->img_size = 224;
+    memcpy(o->img_mean, cav_imagenet_mean, sizeof o->img_mean);
+    memcpy(o->img_std, cav_imagenet_std, sizeof o->img_std);
+    o->need_audio = o->need_video = 1;
+    o->threads = 2;
+    o->prefetch = 2;
+    o->world = 1;
+}
+
+typedef struct {
+    int64_t batch; /* which batch the slot holds, -1 none */
+    int done, n;
+    int failed;
+    cav_err err;
+    float *audio, *video, *labels;
+    int64_t *rows;
+} slot;
+
+struct cav_loader {
+    cav_loader_opts o;
+    int nshards;
+    cav_shard **shards;
+    int64_t *first_row; /* [nshards + 1] prefix sums */
+    int64_t rows, batches;
+    int64_t *order;     /* [rows] epoch order of global rows */
+    int epoch;
+    int64_t lo, hi;     /* this rank's slice [lo, hi) of a global batch */
+    /* worker state */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    pthread_t *tid;
+    int nthreads, stop;
+    int64_t next_job, end_job; /* jobs are (batch, i) flattened as batch * per + i */
+    int64_t consumed;          /* batches released by the caller */
+    int64_t cur;               /* batch the caller will get next */
+    int held;                  /* the caller holds slot of batch cur-1 */
+    slot *slots;
+    const char *audio_field, *video_field;
+};
+
+static int64_t per_rank(const cav_loader *ld) { return ld->hi - ld->lo; }
+
+static int shard_of(const cav_loader *ld, int64_t row) {
+    int lo = 0, hi = ld->nshards - 1; /* last shard whose first row <= row */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ld->first_row[mid] <= row) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+void cav_loader_locate(const cav_loader *ld, int64_t row, const char **path, int64_t *shard_row) {
+    int s = shard_of(ld, row);
+    *path = cav_shard_path(ld->shards[s]);
+    *shard_row = row - ld->first_row[s];
+}
+
+static int field_shape(cav_shard *s, const char *name, cav_shard_field *f) {
+    for (int i = 0; i < cav_shard_nfields(s); i++)
+        if (cav_shard_field_info(s, i, f) == 0 && strcmp(f->name, name) == 0) return 1;
+    return 0;
+}
+
+/* Start-up validation: each shard must hold the fields training needs, in every row. */
+static int validate_shard(cav_loader *ld, cav_shard *s, cav_err *err) {
+    const char *path = cav_shard_path(s);
+    int64_t rows = cav_shard_rows(s);
+    cav_shard_field f;
+    if (ld->o.need_audio) {
+        if (field_shape(s, "fbank", &f)) {
+            if (f.present != rows) return cav_fail(err, 2, "%s: field fbank: present in %lld of %lld rows", path, (long long)f.present, (long long)rows);
+            if (f.dtype != CAV_F32 && f.dtype != CAV_F16)
+                return cav_fail(err, 2, "%s: field fbank: type %s, expected f32 or f16", path, cav_dtype_name(f.dtype));
+            if (!f.ragged && (f.ndim != 2 || f.shape[1] != ld->o.mel_bins))
+                return cav_fail(err, 2, "%s: field fbank: rows are not [T, %d]", path, ld->o.mel_bins);
+            ld->audio_field = "fbank";
+        } else {
+            return cav_fail(err, 2, "%s: no field fbank (compute it with fbank(1): shard-pack --to-stream | fbank | shard-pack)", path);
+        }
+    }
+    if (ld->o.need_video) {
+        if (field_shape(s, "frames", &f)) {
+            if (f.dtype != CAV_U8) return cav_fail(err, 2, "%s: field frames: type %s, expected u8", path, cav_dtype_name(f.dtype));
+            ld->video_field = "frames";
+        } else if (field_shape(s, "frames_jpeg", &f)) {
+            if (!field_shape(s, "frames_jpeg_offsets", &f)) return cav_fail(err, 2, "%s: field frames_jpeg without frames_jpeg_offsets", path);
+            ld->video_field = "frames_jpeg";
+        } else {
+            return cav_fail(err, 2, "%s: no field frames or frames_jpeg", path);
+        }
+        if (f.present != rows) return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, ld->video_field, (long long)f.present, (long long)rows);
+    }
+    if (ld->o.label_dim > 0) {
+        if (!field_shape(s, "labels", &f)) return cav_fail(err, 2, "%s: no field labels", path);
+        if (f.present != rows || f.ragged || f.ndim != 1 || f.shape[0] != ld->o.label_dim || f.dtype != CAV_F32)
+            return cav_fail(err, 2, "%s: field labels: expected f32 [%d] in every row", path, ld->o.label_dim);
+    }
+    return 0;
+}
+
+cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opts *o, cav_err *err) {
+    if (npaths <= 0) return cav_fail(err, 1, "no input shards"), NULL;
+    if (o->batch <= 0 || o->world <= 0 || o->rank < 0 || o->rank >= o->world || o->batch % o->world)
+        return cav_fail(err, 1, "batch %d cannot be split over %d ranks", o->batch, o->world), NULL;
+    cav_loader *ld = calloc(1, sizeof *ld);
+    if (!ld) return cav_fail(err, 3, "out of memory"), NULL;
+    ld->o = *o;
+    if (ld->o.threads < 1) ld->o.threads = 1;
+    if (ld->o.prefetch < 1) ld->o.prefetch = 1;
+    ld->shards = calloc((size_t)npaths, sizeof *ld->shards);
+    ld->first_row = calloc((size_t)npaths + 1, sizeof *ld->first_row);
+    if (!ld->shards || !ld->first_row) goto oom;
+    for (int i = 0; i < npaths; i++) {
+        ld->shards[i] = cav_shard_open(paths[i], err);
+        if (!ld->shards[i]) goto fail;
+        ld->nshards++;
+        if (validate_shard(ld, ld->shards[i], err)) goto fail;
+        ld->first_row[i + 1] = ld->first_row[i] + cav_shard_rows(ld->shards[i]);
+    }
+    ld->rows = ld->first_row[npaths];
+    ld->batches = o->drop_last ? ld->rows / o->batch : (ld->rows + o->batch - 1) / o->batch;
+    if (ld->batches == 0) {
+        cav_fail(err, 2, "%lld rows make no batch of %d", (long long)ld->rows, o->batch);
+        goto fail;
+    }
+    int64_t local = o->batch / o->world;
+    ld->lo = (int64_t)o->rank * local;
+    ld->hi = ld->lo + local;
+    ld->order = malloc((size_t)ld->rows * sizeof *ld->order);
+    ld->slots = calloc((size_t)ld->o.prefetch, sizeof *ld->slots);
+    if (!ld->order || !ld->slots) goto oom;
+    size_t A = (size_t)o->target_length * o->mel_bins, V = (size_t)3 * o->img_size * o->img_size;
+    for (int i = 0; i < ld->o.prefetch; i++) {
+        slot *s = &ld->slots[i];
+        s->batch = -1;
+        s->audio = o->need_audio ? malloc(local * A * sizeof(float)) : NULL;
+        s->video = o->need_video ? malloc(local * V * sizeof(float)) : NULL;
+        s->labels = o->label_dim ? malloc((size_t)local * o->label_dim * sizeof(float)) : NULL;
+        s->rows = malloc((size_t)local * sizeof(int64_t));
+        if ((o->need_audio && !s->audio) || (o->need_video && !s->video) || (o->label_dim && !s->labels) || !s->rows)
+            goto oom;
+    }
+    pthread_mutex_init(&ld->mu, NULL);
+    pthread_cond_init(&ld->cv_work, NULL);
+    pthread_cond_init(&ld->cv_done, NULL);
+    return ld;
+oom:
+    cav_fail(err, 3, "out of memory allocating the loader");
+fail:
+    if (ld->slots) {
+        for (int i = 0; i < ld->o.prefetch; i++) {
+            free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels), free(ld->slots[i].rows);
+        }
+    }
+    for (int i = 0; i < ld->nshards; i++) cav_shard_close(ld->shards[i]);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld);
+    return NULL;
+}
+
+int64_t cav_loader_rows(const cav_loader *ld) { return ld->rows; }
+int64_t cav_loader_batches(const cav_loader *ld) { return ld->batches; }
+const cav_attrs *cav_loader_attrs(const cav_loader *ld) { return cav_shard_attrs(ld->shards[0]); }
+
+static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int available) {
+    int idx;
+    if (o->frame >= 0) idx = o->frame;
+    else if (o->train) {
+        cav_rng r;
+        cav_rng_seed(&r, o->seed, CAV_RNG_FRAME, (uint64_t)epoch, (uint64_t)pos);
+        idx = (int)cav_rng_int(&r, 0, REF_TRAIN_FRAMES - 1);
+    } else idx = REF_EVAL_FRAME;
+    /* The reference falls back to lower indices when a frame is missing. */
+    return idx < available ? idx : available - 1;
+}
+
+static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *out,
+                        cav_err *err) {
+    const cav_tensor *t = cav_record_find(rec, "fbank");
+    if (!t) return cav_fail(err, 2, "record %s: no field fbank", rec->id ? rec->id : "?");
+    if (t->ndim != 2 || t->shape[1] != o->mel_bins || t->shape[0] < 1)
+        return cav_fail(err, 2, "record %s: field fbank: shape is not [T, %d]", rec->id, o->mel_bins);
+    int m = (int)t->shape[0], F = o->mel_bins, T = o->target_length;
+    int keep = m < T ? m : T;
+    /* Fit first (float16 rows widen on the way), so SpecAugment runs on [T, F] raw log-mel. */
+    if (t->dtype == CAV_F32) cav_fbank_fit(t->data, keep, F, T, out);
+    else if (t->dtype == CAV_F16) {
+        const uint16_t *h = t->data;
+        for (int64_t i = 0; i < (int64_t)keep * F; i++) out[i] = cav_f16_to_f32(h[i]);
+        memset(out + (size_t)keep * F, 0, (size_t)(T - keep) * F * sizeof *out);
+    } else return cav_fail(err, 2, "record %s: field fbank: type %s", rec->id, cav_dtype_name(t->dtype));
+    for (int64_t i = 0; i < (int64_t)keep * F; i++)
+        if (!isfinite(out[i])) return cav_fail(err, 2, "record %s: field fbank: non-finite value at frame %lld", rec->id, (long long)(i / F));
+    if (o->train && (o->freqm > 0 || o->timem > 0)) {
+        cav_rng r;
+        cav_rng_seed(&r, o->seed, CAV_RNG_SPECAUG, (uint64_t)epoch, (uint64_t)pos);
+        cav_specaug_apply(out, T, F, cav_specaug_draw(&r, T, F, o->freqm, o->timem));
+    }
+    if (o->norm_std != 0) cav_fbank_normalize(out, (int64_t)T * F, o->norm_mean, o->norm_std);
+    if (o->train && (o->noise || o->roll)) {
+        cav_rng r;
+        cav_rng_seed(&r, o->seed, CAV_RNG_NOISE, (uint64_t)epoch, (uint64_t)pos);
+        if (o->noise) cav_noise_apply(out, T, F, cav_noise_scale_draw(&r), &r);
+        if (o->roll) {
+            int shift = cav_roll_draw(&r, T);
+            float *tmp = malloc((size_t)T * F * sizeof *tmp);
+            if (!tmp) return cav_fail(err, 3, "out of memory");
+            cav_roll_time(out, tmp, T, F, shift);
+            memcpy(out, tmp, (size_t)T * F * sizeof *tmp);
+            free(tmp);
+        }
+    }
+    return 0;
+}
+
+static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *out,
+                        cav_err *err) {
+    int S = o->img_size;
+    const cav_tensor *t = cav_record_find(rec, "frames");
+    if (t) {
+        if (t->dtype != CAV_U8 || t->ndim != 4 || t->shape[0] < 1 || t->shape[1] != S || t->shape[2] != S || t->shape[3] != 3)
+            return cav_fail(err, 2, "record %s: field frames: expected u8 [F, %d, %d, 3]", rec->id, S, S);
+        int idx = pick_frame(o, epoch, pos, (int)t->shape[0]);
+        cav_image_normalize((const uint8_t *)t->data + (size_t)idx * S * S * 3, S, S, o->img_mean, o->img_std, out);
+        return 0;
+    }
+    const cav_tensor *j = cav_record_find(rec, "frames_jpeg"), *off = cav_record_find(rec, "frames_jpeg_offsets");
+    if (!j || !off) return cav_fail(err, 2, "record %s: no field frames or frames_jpeg", rec->id);
+    if (off->dtype != CAV_I64 || off->ndim != 1 || off->shape[0] < 2 || j->dtype != CAV_U8)
+        return cav_fail(err, 2, "record %s: field frames_jpeg_offsets: expected i64 [F+1]", rec->id);
+    const int64_t *ofs = off->data;
+    int nframes = (int)off->shape[0] - 1;
+    int idx = pick_frame(o, epoch, pos, nframes);
+    if (ofs[idx] < 0 || ofs[idx] > ofs[idx + 1] || (uint64_t)ofs[idx + 1] > j->nbytes)
+        return cav_fail(err, 2, "record %s: field frames_jpeg_offsets: frame %d lies outside frames_jpeg", rec->id, idx);
+    uint8_t *rgb = malloc((size_t)S * S * 3);
+    if (!rgb) return cav_fail(err, 3, "out of memory");
+    int w, h;
+    cav_err jerr;
+    if (cav_jpeg_decode((const uint8_t *)j->data + ofs[idx], (size_t)(ofs[idx + 1] - ofs[idx]), rgb, (size_t)S * S * 3, &w, &h, &jerr)) {
+        free(rgb);
+        return cav_fail(err, 2, "record %s: field frames_jpeg: frame %d: %s", rec->id, idx, jerr.msg);
+    }
+    if (w != S || h != S) {
+        free(rgb);
+        return cav_fail(err, 2, "record %s: field frames_jpeg: frame %d is %dx%d, expected %dx%d", rec->id, idx, w, h, S, S);
+    }
+    cav_image_normalize(rgb, S, S, o->img_mean, o->img_std, out);
+    free(rgb);
+    return 0;
+}
+
+int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
+                      float *video, float *labels, cav_err *err) {
+    if (o->need_audio && sample_audio(o, rec, epoch, pos, audio, err)) return -1;
+    if (o->need_video && sample_video(o, rec, epoch, pos, video, err)) return -1;
+    if (o->label_dim > 0) {
+        const cav_tensor *t = cav_record_find(rec, "labels");
+        if (!t || t->dtype != CAV_F32 || t->ndim != 1 || t->shape[0] != o->label_dim)
+            return cav_fail(err, 2, "record %s: field labels: expected f32 [%d]", rec->id, o->label_dim);
+        memcpy(labels, t->data, (size_t)o->label_dim * sizeof(float));
+    }
+    return 0;
+}
+
+/* Reads and transforms one sample of job j into its slot. */
+static void run_job(cav_loader *ld, int64_t j) {
+    int64_t per = per_rank(ld), b = j / per, i = j % per;
+    slot *s = &ld->slots[b % ld->o.prefetch];
+    int64_t pos = b * ld->o.batch + ld->lo + i; /* position in the epoch's global order */
+    int64_t row = ld->order[pos];
+    int si = shard_of(ld, row);
+    const char *path = cav_shard_path(ld->shards[si]);
+    int64_t srow = row - ld->first_row[si];
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_err e = {0, ""};
+    const char *names[3];
+    int nn = 0;
+    if (ld->o.need_audio) names[nn++] = ld->audio_field;
+    if (ld->o.need_video) {
+        names[nn++] = ld->video_field;
+        if (strcmp(ld->video_field, "frames_jpeg") == 0) names[nn++] = "frames_jpeg_offsets";
+    }
+    int rc = 0;
+    if (cav_shard_read_fields(ld->shards[si], srow, names, nn, &rec, &e) == 0 && ld->o.label_dim > 0) {
+        cav_record lab;
+        cav_record_init(&lab);
+        const char *ln[1] = {"labels"};
+        rc = cav_shard_read_fields(ld->shards[si], srow, ln, 1, &lab, &e);
+        if (rc == 0) {
+            cav_tensor *t = cav_record_find(&lab, "labels");
+            if (!cav_record_put(&rec, "labels", t->dtype, t->ndim, t->shape, t->data)) rc = cav_fail(&e, 3, "out of memory");
+        }
+        cav_record_clear(&lab);
+    } else if (e.msg[0]) rc = -1;
+    size_t A = (size_t)ld->o.target_length * ld->o.mel_bins, V = (size_t)3 * ld->o.img_size * ld->o.img_size;
+    if (rc == 0)
+        rc = cav_loader_sample(&ld->o, &rec, ld->epoch, pos, s->audio ? s->audio + i * A : NULL,
+                               s->video ? s->video + i * V : NULL, s->labels ? s->labels + i * ld->o.label_dim : NULL, &e);
+    cav_record_clear(&rec);
+    s->rows[i] = row;
+    pthread_mutex_lock(&ld->mu);
+    if (rc && !s->failed) {
+        s->failed = 1;
+        cav_fail(&s->err, e.code ? e.code : 2, "%s row %lld: %s", path, (long long)srow, e.msg);
+    }
+    s->done++;
+    if (s->done == s->n) pthread_cond_broadcast(&ld->cv_done);
+    pthread_mutex_unlock(&ld->mu);
+}
+
+static void *worker(void *arg) {
+    cav_loader *ld = arg;
+    int64_t per = per_rank(ld);
+    pthread_mutex_lock(&ld->mu);
+    for (;;) {
+        while (!ld->stop && ld->next_job < ld->end_job && ld->next_job / per >= ld->consumed + ld->o.prefetch)
+            pthread_cond_wait(&ld->cv_work, &ld->mu);
+        if (ld->stop || ld->next_job >= ld->end_job) break;
+        int64_t j = ld->next_job++;
+        int64_t b = j / per;
+        slot *s = &ld->slots[b % ld->o.prefetch];
+        if (s->batch != b) { /* first job of this batch claims the slot */
+            s->batch = b;
+            s->done = s->failed = 0;
+            int64_t start = b * ld->o.batch, avail = ld->rows - start - ld->lo;
+            s->n = (int)(avail < per ? (avail > 0 ? avail : 0) : per);
+        }
+        if (j % per >= s->n) { /* beyond the partial last batch */
+            continue;
+        }
+        pthread_mutex_unlock(&ld->mu);
+        run_job(ld, j);
+        pthread_mutex_lock(&ld->mu);
+    }
+    pthread_mutex_unlock(&ld->mu);
+    return NULL;
+}
+
+static void stop_workers(cav_loader *ld) {
+    if (!ld->tid) return;
+    pthread_mutex_lock(&ld->mu);
+    ld->stop = 1;
+    pthread_cond_broadcast(&ld->cv_work);
+    pthread_mutex_unlock(&ld->mu);
+    for (int i = 0; i < ld->nthreads; i++) pthread_join(ld->tid[i], NULL);
+    free(ld->tid);
+    ld->tid = NULL;
+    ld->nthreads = 0;
+}
+
+int cav_loader_begin(cav_loader *ld, int epoch, int64_t start_batch, cav_err *err) {
+    stop_workers(ld);
+    if (start_batch < 0 || start_batch > ld->batches)
+        return cav_fail(err, 2, "resume position: batch %lld of an epoch of %lld", (long long)start_batch, (long long)ld->batches);
+    ld->epoch = epoch;
+    if (ld->o.train) {
+        cav_rng r;
+        cav_rng_seed(&r, ld->o.seed, CAV_RNG_SHUFFLE, (uint64_t)epoch, 0);
+        cav_rng_permutation(&r, ld->order, ld->rows);
+    } else {
+        for (int64_t i = 0; i < ld->rows; i++) ld->order[i] = i;
+    }
+    int64_t per = per_rank(ld);
+    ld->stop = 0;
+    ld->next_job = start_batch * per;
+    ld->end_job = ld->batches * per;
+    ld->consumed = ld->cur = start_batch;
+    ld->held = 0;
+    for (int i = 0; i < ld->o.prefetch; i++) ld->slots[i].batch = -1;
+    ld->tid = calloc((size_t)ld->o.threads, sizeof *ld->tid);
+    if (!ld->tid) return cav_fail(err, 3, "out of memory");
+    for (int i = 0; i < ld->o.threads; i++) {
+        if (pthread_create(&ld->tid[i], NULL, worker, ld)) {
+            ld->nthreads = i;
+            stop_workers(ld);
+            return cav_fail(err, 3, "cannot start loader threads");
+        }
+        ld->nthreads = i + 1;
+    }
+    return 0;
+}
+
+int cav_loader_next(cav_loader *ld, cav_batch *b, cav_err *err) {
+    pthread_mutex_lock(&ld->mu);
+    if (ld->held) { /* release the batch handed out last time */
+        ld->consumed++;
+        ld->held = 0;
+        pthread_cond_broadcast(&ld->cv_work);
+    }
+    if (ld->cur >= ld->batches) {
+        pthread_mutex_unlock(&ld->mu);
+        return 0;
+    }
+    slot *s = &ld->slots[ld->cur % ld->o.prefetch];
+    double t0 = cav_now();
+    while (!(s->batch == ld->cur && s->done == s->n)) pthread_cond_wait(&ld->cv_done, &ld->mu);
+    double waited = cav_now() - t0;
+    if (s->failed) {
+        *err = s->err;
+        pthread_mutex_unlock(&ld->mu);
+        return -1;
+    }
+    b->n = s->n;
+    b->audio = s->audio;
+    b->video = s->video;
+    b->labels = s->labels;
+    b->rows = s->rows;
+    b->wait_s = waited;
+    ld->cur++;
+    ld->held = 1;
+    pthread_mutex_unlock(&ld->mu);
+    return 1;
+}
+
+void cav_loader_close(cav_loader *ld) {
+    if (!ld) return;
+    stop_workers(ld);
+    for (int i = 0; i < ld->o.prefetch; i++) {
+        free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels), free(ld->slots[i].rows);
+    }
+    for (int i = 0; i < ld->nshards; i++) cav_shard_close(ld->shards[i]);
+    pthread_mutex_destroy(&ld->mu);
+    pthread_cond_destroy(&ld->cv_work);
+    pthread_cond_destroy(&ld->cv_done);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld);
+}

@@ -1,0 +1,71 @@
+/* loader.h: the training/evaluation data loader shared by cav-pretrain and cav-finetune. It reads rows from
+ * one or many shards, shuffles with a seed per epoch, and assembles batches on background threads with
+ * exactly the reference's per-sample transforms (SPEC 1.4-1.6): frame choice (random 0-9 in training,
+ * frame 5 in evaluation), cut/pad to the target length, SpecAugment, normalisation, noise and circular
+ * time roll for audio; /255 and ImageNet normalisation for the frame.
+ *
+ * Every random draw of a sample is keyed by (seed, epoch, position in the epoch), so batches do not depend
+ * on thread timing and a run resumed at batch k of an epoch sees exactly the batches it would have seen.
+ * Data parallelism: with world > 1, each rank assembles its own contiguous slice of every global batch. */
+#ifndef CAV_LOADER_H
+#define CAV_LOADER_H
+
+#include <stdint.h>
+
+#include "record.h"
+
+typedef struct {
+    int train;             /* 1: shuffle, random frame, noise/roll/SpecAugment as configured */
+    int batch;             /* global batch size (all ranks together) */
+    int drop_last;         /* drop the last partial batch (the reference does, in training and validation) */
+    int target_length;     /* fbank frames, 1024 */
+    int mel_bins;          /* 128 */
+    float norm_mean, norm_std; /* -5.081, 4.4849; norm_std 0 disables normalisation */
+    int freqm, timem;      /* SpecAugment widths; 0 disables (pretraining: 0/0) */
+    int noise;             /* add U*U/10 noise (training only) */
+    int roll;              /* circular time roll (training only) */
+    int frame;             /* -1: random in training, 5 in evaluation; else this frame */
+    int img_size;          /* 224 */
+    float img_mean[3], img_std[3];
+    int label_dim;         /* 0: no labels needed; else `labels` [label_dim] must be present */
+    int need_audio, need_video;
+    uint64_t seed;
+    int threads;           /* decoding threads (>= 1) */
+    int prefetch;          /* batches prepared ahead (>= 1) */
+    int rank, world;       /* data parallelism: this process's slice of each global batch */
+} cav_loader_opts;
+
+void cav_loader_opts_default(cav_loader_opts *o, int train);
+
+typedef struct {
+    int n;            /* samples in this rank's slice */
+    float *audio;     /* [n, target_length, mel_bins] */
+    float *video;     /* [n, 3, img_size, img_size] */
+    float *labels;    /* [n, label_dim] or NULL */
+    int64_t *rows;    /* [n] global row index of each sample (shard order) */
+    double wait_s;    /* time the caller waited for this batch */
+} cav_batch;
+
+typedef struct cav_loader cav_loader;
+
+/* Opens and validates every shard (schema, row counts, required fields and their shapes). */
+cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opts *o, cav_err *err);
+void cav_loader_close(cav_loader *ld);
+int64_t cav_loader_rows(const cav_loader *ld);
+int64_t cav_loader_batches(const cav_loader *ld); /* per epoch */
+const cav_attrs *cav_loader_attrs(const cav_loader *ld); /* the first shard's dataset attributes */
+/* Where row r lives, for messages. */
+void cav_loader_locate(const cav_loader *ld, int64_t row, const char **path, int64_t *shard_row);
+
+/* Starts epoch (1-indexed) at batch start_batch (0 for a fresh epoch; > 0 when resuming). */
+int cav_loader_begin(cav_loader *ld, int epoch, int64_t start_batch, cav_err *err);
+/* 1: *b holds the next batch (valid until the next call); 0: epoch finished; -1: a sample failed (err names
+ * the shard, the row and the field). */
+int cav_loader_next(cav_loader *ld, cav_batch *b, cav_err *err);
+
+/* One sample, synchronously (no threads): the transform pipeline for a record already read; exposed for
+ * tests and tools. key_epoch/key_pos select the random draws. */
+int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
+                      float *video, float *labels, cav_err *err);
+
+#endif

@@ -1,0 +1,1105 @@
+/* model.c: the CAV-MAE pretraining model, the fine-tuning model and the embedding pass in C (contracts in
+ * model.h). The forward and backward passes are written out op by op over kernels/kernels.h; a "stream"
+ * is a run of Blocks over one token sequence (audio, video, joint, the two contrastive passes through the
+ * joint block with the modality LayerNorms, the decoder), each with its saved activations and its
+ * residual-gradient buffer. Memory is planned twice over the same code: once to size, once to assign. */
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- configuration ------------------------------------------------------------------------------ */
+
+cav_config cav_config_default(cav_task task) {
+    cav_config c = {
+        .task = task,
+        .audio_length = 1024,
+        .mel_bins = 128,
+        .img_size = 224,
+        .embed_dim = 768,
+        .depth = 12,
+        .modality_specific_depth = 11,
+        .num_heads = 12,
+        .decoder_embed_dim = 512,
+        .decoder_depth = 8,
+        .decoder_num_heads = 16,
+        .mlp_ratio = 4.0,
+        .norm_pix_loss = 0,
+        .tr_pos = task == CAV_TASK_FINETUNE,
+        .mask_ratio_a = 0.75,
+        .mask_ratio_v = 0.75,
+        .mae_loss_weight = 1.0,
+        .contrast_loss_weight = 0.01,
+        .mask_mode = CAV_MASK_UNSTRUCTURED,
+        .use_audio = 1,
+        .use_video = 1,
+        .label_dim = task == CAV_TASK_FINETUNE ? 527 : 0,
+        .mode = CAV_FT_MULTIMODAL,
+    };
+    return c;
+}
+
+int cav_config_variant(cav_config *c, const char *variant) {
+    char name[32];
+    snprintf(name, sizeof name, "%s", variant);
+    for (char *q = name; *q; q++) *q = *q == '_' ? '-' : *q;
+    if (!strcmp(name, "cav-mae")) {
+        c->mae_loss_weight = 1, c->contrast_loss_weight = 0.01;
+    } else if (!strcmp(name, "av-mae")) {
+        c->mae_loss_weight = 1, c->contrast_loss_weight = 0;
+    } else if (!strcmp(name, "cav")) {
+        c->mae_loss_weight = 0, c->contrast_loss_weight = 0.01;
+    } else if (!strcmp(name, "vanilla-av-mae") || !strcmp(name, "audio-mae") || !strcmp(name, "visual-mae")) {
+        c->modality_specific_depth = 0, c->mae_loss_weight = 1, c->contrast_loss_weight = 0;
+        c->use_audio = strcmp(name, "visual-mae") != 0;
+        c->use_video = strcmp(name, "audio-mae") != 0;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_bool(const char *v) {
+    if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1")) return 1;
+    if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0")) return 0;
+    return -1;
+}
+
+static int parse_int(const char *v, int *out) {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || d != (int)d) return -1;
+    *out = (int)d;
+    return 0;
+}
+
+static int parse_num(const char *v, double *out) {
+    char *end;
+    *out = strtod(v, &end);
+    return end == v || *end ? -1 : 0;
+}
+
+int cav_config_set(cav_config *c, const char *key, const char *v) {
+    int b;
+    struct {
+        const char *k;
+        int *p;
+    } ints[] = {{"embed_dim", &c->embed_dim},
+                {"modality_specific_depth", &c->modality_specific_depth},
+                {"num_heads", &c->num_heads},
+                {"decoder_embed_dim", &c->decoder_embed_dim},
+                {"decoder_depth", &c->decoder_depth},
+                {"decoder_num_heads", &c->decoder_num_heads},
+                {"depth", &c->depth},
+                {"label_dim", &c->label_dim},
+                {"audio_length", &c->audio_length},
+                {"img_size", &c->img_size}};
+    struct {
+        const char *k;
+        double *p;
+    } nums[] = {{"mlp_ratio", &c->mlp_ratio},
+                {"mask_ratio_a", &c->mask_ratio_a},
+                {"mask_ratio_v", &c->mask_ratio_v},
+                {"mae_loss_weight", &c->mae_loss_weight},
+                {"contrast_loss_weight", &c->contrast_loss_weight}};
+    struct {
+        const char *k;
+        int *p;
+    } bools[] = {{"norm_pix_loss", &c->norm_pix_loss},
+                 {"tr_pos", &c->tr_pos},
+                 {"bidirect_contrast", &c->bidirect_contrast},
+                 {"chain_contrast_streams", &c->chain_contrast_streams}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (!strcmp(key, ints[i].k)) return parse_int(v, ints[i].p);
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (!strcmp(key, nums[i].k)) return parse_num(v, nums[i].p);
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++)
+        if (!strcmp(key, bools[i].k)) return (b = parse_bool(v)) < 0 ? -1 : (*bools[i].p = b, 0);
+    if (!strcmp(key, "mask_mode")) return (b = cav_mask_mode_parse(v)) < 0 ? -1 : (c->mask_mode = b, 0);
+    if (!strcmp(key, "mode")) return (b = cav_ft_mode_parse(v)) < 0 ? -1 : (c->mode = b, 0);
+    if (!strcmp(key, "loss")) {
+        if (strcmp(v, "ce") && strcmp(v, "bce")) return -1;
+        c->loss_ce = !strcmp(v, "ce");
+        return 0;
+    }
+    if (!strcmp(key, "modalities")) {
+        if (strcmp(v, "a") && strcmp(v, "v") && strcmp(v, "av")) return -1;
+        c->use_audio = strchr(v, 'a') != NULL, c->use_video = strchr(v, 'v') != NULL;
+        return 0;
+    }
+    if (!strcmp(key, "patch_size")) return strcmp(v, "16") ? -1 : 0;
+    if (!strcmp(key, "in_chans")) return strcmp(v, "3") ? -1 : 0;
+    return -2;
+}
+
+int cav_ft_mode_parse(const char *s) {
+    static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+int cav_mask_mode_parse(const char *s) {
+    static const char *names[] = {"unstructured", "time", "freq", "tf"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+/* Which modalities the task's forward reads. */
+static void modalities(const cav_config *c, int *ua, int *uv) {
+    if (c->task == CAV_TASK_FINETUNE) {
+        *ua = c->mode != CAV_FT_VIDEOONLY && c->mode != CAV_FT_MISSINGVIDEOONLY;
+        *uv = c->mode == CAV_FT_MULTIMODAL || c->mode == CAV_FT_VIDEOONLY || c->mode == CAV_FT_MISSINGVIDEOONLY;
+    } else {
+        *ua = c->use_audio != 0, *uv = c->use_video != 0;
+    }
+}
+
+int cav_config_check(const cav_config *c, cav_err *err) {
+    int ua, uv;
+    modalities(c, &ua, &uv);
+#define BAD(...) return cav_fail(err, 1, __VA_ARGS__)
+    if (c->audio_length < 16 || c->audio_length % 16 || c->mel_bins < 16 || c->mel_bins % 16)
+        BAD("audio_length %d and mel_bins %d must be positive multiples of 16", c->audio_length, c->mel_bins);
+    if (c->img_size < 16 || c->img_size % 16) BAD("img_size %d must be a positive multiple of 16", c->img_size);
+    if (c->embed_dim <= 0 || c->num_heads <= 0 || c->embed_dim % c->num_heads || c->embed_dim % 4)
+        BAD("embed_dim %d must be a multiple of 4 and of num_heads %d", c->embed_dim, c->num_heads);
+    if (c->modality_specific_depth < 0 || c->depth <= c->modality_specific_depth ||
+        c->modality_specific_depth > CAV_MAX_DEPTH || c->depth - c->modality_specific_depth > CAV_MAX_DEPTH)
+        BAD("need 0 <= modality_specific_depth %d < depth %d (at most %d layers per part)",
+            c->modality_specific_depth, c->depth, CAV_MAX_DEPTH);
+    if (c->mlp_ratio <= 0) BAD("mlp_ratio %g must be positive", c->mlp_ratio);
+    if (!ua && !uv) BAD("no modality is used");
+    if (c->task == CAV_TASK_PRETRAIN) {
+        if (c->decoder_embed_dim <= 0 || c->decoder_num_heads <= 0 || c->decoder_embed_dim % c->decoder_num_heads ||
+            c->decoder_embed_dim % 4 || c->decoder_depth < 0 || c->decoder_depth > CAV_MAX_DEPTH)
+            BAD("decoder_embed_dim %d must be a multiple of 4 and of decoder_num_heads %d; decoder_depth %d <= %d",
+                c->decoder_embed_dim, c->decoder_num_heads, c->decoder_depth, CAV_MAX_DEPTH);
+        if (!(c->mask_ratio_a >= 0 && c->mask_ratio_a < 1 && c->mask_ratio_v >= 0 && c->mask_ratio_v < 1))
+            BAD("mask ratios must be in [0,1): %g %g", c->mask_ratio_a, c->mask_ratio_v);
+        if (c->contrast_loss_weight != 0 && !(ua && uv)) BAD("the contrastive loss needs both modalities");
+        if (c->mae_loss_weight == 0 && c->contrast_loss_weight == 0) BAD("both loss weights are 0");
+        if (c->mask_mode != CAV_MASK_UNSTRUCTURED && c->mask_mode != CAV_MASK_TIME && c->mask_mode != CAV_MASK_FREQ &&
+            c->mask_mode != CAV_MASK_TF)
+            BAD("unknown mask mode %d", (int)c->mask_mode);
+    } else if (c->task == CAV_TASK_FINETUNE) {
+        if (c->label_dim <= 0) BAD("label_dim %d must be positive", c->label_dim);
+        if ((int)c->mode < 0 || c->mode > CAV_FT_MISSINGVIDEOONLY) BAD("unknown fine-tuning mode %d", (int)c->mode);
+    } else if (c->task != CAV_TASK_FEAT) {
+        BAD("unknown task %d", (int)c->task);
+    }
+#undef BAD
+    return 0;
+}
+
+/* ---- parameter table ---------------------------------------------------------------------------- */
+
+static int reg(cav_model *m, float **field, int trainable, int head, int ndim, const int64_t *shape,
+               const char *fmt, ...) {
+    if (m->ntable % 64 == 0) {
+        void *t = realloc(m->table, sizeof(cav_param) * (m->ntable + 64));
+        if (!t) return -1;
+        m->table = t;
+    }
+    cav_param *e = &m->table[m->ntable++];
+    memset(e, 0, sizeof *e);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->name, sizeof e->name, fmt, ap);
+    va_end(ap);
+    e->ndim = ndim;
+    e->numel = 1;
+    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i], e->numel *= (size_t)shape[i];
+    e->offset = m->nparams;
+    e->trainable = trainable;
+    e->head = head;
+    m->nparams += e->numel;
+    /* where the pointer lives inside cav_params, so the gradient struct gets the same field */
+    e->data = (float *)(uintptr_t)((char *)field - (char *)&m->p);
+    return 0;
+}
+#define S1(a) ((const int64_t[]){a})
+#define S2(a, b) ((const int64_t[]){a, b})
+#define S3(a, b, c) ((const int64_t[]){a, b, c})
+#define S4(a, b, c, d) ((const int64_t[]){a, b, c, d})
+
+static void reg_ln(cav_model *m, float **w, float **b, int C, const char *name) {
+    reg(m, w, 1, 0, 1, S1(C), "%s.weight", name);
+    reg(m, b, 1, 0, 1, S1(C), "%s.bias", name);
+}
+
+static void reg_block(cav_model *m, cav_block_params *p, const char *prefix, int i, int C, int hid) {
+    char n[48];
+#define LN(field, nm)                                                                                         \
+    snprintf(n, sizeof n, "%s.%d.%s", prefix, i, nm);                                                        \
+    reg_ln(m, &p->field##_w, &p->field##_b, C, n)
+    LN(norm1, "norm1");
+    LN(norm1_a, "norm1_a");
+    LN(norm1_v, "norm1_v");
+    reg(m, &p->qkv_w, 1, 0, 2, S2(3 * C, C), "%s.%d.attn.qkv.weight", prefix, i);
+    reg(m, &p->qkv_b, 1, 0, 1, S1(3 * C), "%s.%d.attn.qkv.bias", prefix, i);
+    reg(m, &p->proj_w, 1, 0, 2, S2(C, C), "%s.%d.attn.proj.weight", prefix, i);
+    reg(m, &p->proj_b, 1, 0, 1, S1(C), "%s.%d.attn.proj.bias", prefix, i);
+    LN(norm2, "norm2");
+    LN(norm2_a, "norm2_a");
+    LN(norm2_v, "norm2_v");
+#undef LN
+    reg(m, &p->fc1_w, 1, 0, 2, S2(hid, C), "%s.%d.mlp.fc1.weight", prefix, i);
+    reg(m, &p->fc1_b, 1, 0, 1, S1(hid), "%s.%d.mlp.fc1.bias", prefix, i);
+    reg(m, &p->fc2_w, 1, 0, 2, S2(C, hid), "%s.%d.mlp.fc2.weight", prefix, i);
+    reg(m, &p->fc2_b, 1, 0, 1, S1(C), "%s.%d.mlp.fc2.bias", prefix, i);
+}
+
+/* The reference's state-dict order: a module's own parameters first (in assignment order), then its
+ * children's. */
+static void register_params(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_params *p = &m->p;
+    int D = m->D, Dd = m->Dd, pre = c->task == CAV_TASK_PRETRAIN;
+    reg(m, &p->modality_a, 1, 0, 3, S3(1, 1, D), "modality_a");
+    reg(m, &p->modality_v, 1, 0, 3, S3(1, 1, D), "modality_v");
+    reg(m, &p->pos_embed_a, c->tr_pos, 0, 3, S3(1, m->La_full, D), "pos_embed_a");
+    reg(m, &p->pos_embed_v, c->tr_pos, 0, 3, S3(1, m->Lv_full, D), "pos_embed_v");
+    if (pre) {
+        reg(m, &p->mask_token, 1, 0, 3, S3(1, 1, Dd), "mask_token");
+        reg(m, &p->decoder_modality_a, 1, 0, 3, S3(1, 1, Dd), "decoder_modality_a");
+        reg(m, &p->decoder_modality_v, 1, 0, 3, S3(1, 1, Dd), "decoder_modality_v");
+        reg(m, &p->decoder_pos_embed_a, c->tr_pos, 0, 3, S3(1, m->La_full, Dd), "decoder_pos_embed_a");
+        reg(m, &p->decoder_pos_embed_v, c->tr_pos, 0, 3, S3(1, m->Lv_full, Dd), "decoder_pos_embed_v");
+    }
+    reg(m, &p->patch_a_w, 1, 0, 4, S4(D, 1, 16, 16), "patch_embed_a.proj.weight");
+    reg(m, &p->patch_a_b, 1, 0, 1, S1(D), "patch_embed_a.proj.bias");
+    reg(m, &p->patch_v_w, 1, 0, 4, S4(D, 3, 16, 16), "patch_embed_v.proj.weight");
+    reg(m, &p->patch_v_b, 1, 0, 1, S1(D), "patch_embed_v.proj.bias");
+    for (int i = 0; i < c->modality_specific_depth; i++) reg_block(m, &p->blocks_a[i], "blocks_a", i, D, m->hidden);
+    for (int i = 0; i < c->modality_specific_depth; i++) reg_block(m, &p->blocks_v[i], "blocks_v", i, D, m->hidden);
+    for (int i = 0; i < m->joint; i++) reg_block(m, &p->blocks_u[i], "blocks_u", i, D, m->hidden);
+    reg_ln(m, &p->norm_a_w, &p->norm_a_b, D, "norm_a");
+    reg_ln(m, &p->norm_v_w, &p->norm_v_b, D, "norm_v");
+    reg_ln(m, &p->norm_w, &p->norm_b, D, "norm");
+    if (pre) {
+        reg(m, &p->decoder_embed_w, 1, 0, 2, S2(Dd, D), "decoder_embed.weight");
+        reg(m, &p->decoder_embed_b, 1, 0, 1, S1(Dd), "decoder_embed.bias");
+        for (int i = 0; i < c->decoder_depth; i++)
+            reg_block(m, &p->decoder_blocks[i], "decoder_blocks", i, Dd, m->dhidden);
+        reg_ln(m, &p->decoder_norm_w, &p->decoder_norm_b, Dd, "decoder_norm");
+        reg(m, &p->decoder_pred_a_w, 1, 0, 2, S2(256, Dd), "decoder_pred_a.weight");
+        reg(m, &p->decoder_pred_a_b, 1, 0, 1, S1(256), "decoder_pred_a.bias");
+        reg(m, &p->decoder_pred_v_w, 1, 0, 2, S2(768, Dd), "decoder_pred_v.weight");
+        reg(m, &p->decoder_pred_v_b, 1, 0, 1, S1(768), "decoder_pred_v.bias");
+    }
+    if (c->task == CAV_TASK_FINETUNE) {
+        reg(m, &p->head_norm_w, 1, 1, 1, S1(D), "mlp_head.0.weight");
+        reg(m, &p->head_norm_b, 1, 1, 1, S1(D), "mlp_head.0.bias");
+        reg(m, &p->head_w, 1, 1, 2, S2(c->label_dim, D), "mlp_head.1.weight");
+        reg(m, &p->head_b, 1, 1, 1, S1(c->label_dim), "mlp_head.1.bias");
+    }
+}
+
+/* ---- activation planning ------------------------------------------------------------------------ */
+
+static size_t max_mc, max_mh, max_nn; /* scratch sizes found while planning (reset per plan) */
+
+static float *bump(cav_model *m, size_t n) {
+    size_t o = m->acts_used;
+    m->acts_used += (n + 15) & ~(size_t)15; /* 64-byte aligned slices */
+    return m->acts ? m->acts + o : NULL;
+}
+
+static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params *pb, cav_block_params *gb, int N,
+                        int C, int H, int hidden, int mod) {
+    size_t B = (size_t)m->B, M = B * N;
+    s->nblk = nblk, s->N = N, s->C = C, s->H = H, s->hidden = hidden, s->mod = mod;
+    for (int i = 0; i < nblk; i++) {
+        cav_block_acts *a = &s->a[i];
+        s->p[i] = pb + i, s->g[i] = gb + i;
+        a->ln1 = bump(m, M * C), a->ln1_mean = bump(m, M), a->ln1_rstd = bump(m, M);
+        a->qkv = bump(m, M * 3 * C), a->att = bump(m, B * H * N * N), a->atty = bump(m, M * C);
+        a->x1 = bump(m, M * C);
+        a->ln2 = bump(m, M * C), a->ln2_mean = bump(m, M), a->ln2_rstd = bump(m, M);
+        a->fc1 = bump(m, M * hidden), a->gelu = bump(m, M * hidden), a->out = bump(m, M * C);
+    }
+    s->d = bump(m, M * C);
+    if (M * C > max_mc) max_mc = M * C;
+    if (M * hidden > max_mh) max_mh = M * hidden;
+    if ((size_t)N * N > max_nn) max_nn = (size_t)N * N;
+}
+
+static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
+    l->out = bump(m, M * C), l->mean = bump(m, M), l->rstd = bump(m, M);
+}
+
+static void plan(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    size_t B = (size_t)m->B;
+    int D = m->D, Dd = m->Dd, ua, uv, msd = c->modality_specific_depth, J = m->joint;
+    modalities(c, &ua, &uv);
+    max_mc = max_mh = max_nn = 0;
+    m->acts_used = 0;
+    cav_params *p = &m->p, *g = &m->g;
+    /* the joint block used by the contrastive passes: all of them chained, or the reference's last one */
+    int cfirst = c->task == CAV_TASK_PRETRAIN && !c->chain_contrast_streams ? J - 1 : 0;
+    if (ua) {
+        m->cols_a = bump(m, B * m->La_full * 256), m->emb_a = bump(m, B * m->La_full * D);
+        plan_stream(m, &m->s_a, msd, p->blocks_a, g->blocks_a, m->La, D, m->H, m->hidden, 0);
+    }
+    if (uv) {
+        m->cols_v = bump(m, B * m->Lv_full * 768), m->emb_v = bump(m, B * m->Lv_full * D);
+        plan_stream(m, &m->s_v, msd, p->blocks_v, g->blocks_v, m->Lv, D, m->H, m->hidden, 0);
+    }
+    size_t Ltok = (size_t)m->La + m->Lv;
+    if (c->task == CAV_TASK_PRETRAIN) {
+        if (ua) m->x_a = bump(m, B * m->La * D), m->mask_a = bump(m, B * m->La_full), m->d_emb_a = bump(m, B * m->La_full * D);
+        if (uv) m->x_v = bump(m, B * m->Lv * D), m->mask_v = bump(m, B * m->Lv_full), m->d_emb_v = bump(m, B * m->Lv_full * D);
+        if (c->contrast_loss_weight != 0) {
+            plan_stream(m, &m->s_ca, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->La, D, m->H, m->hidden, 1);
+            plan_stream(m, &m->s_cv, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->Lv, D, m->H, m->hidden, 2);
+            plan_ln(m, &m->ln_ca, B * m->La, D), plan_ln(m, &m->ln_cv, B * m->Lv, D);
+            m->ca_mean = bump(m, B * D), m->cv_mean = bump(m, B * D), m->ca_n = bump(m, B * D);
+            m->cv_n = bump(m, B * D), m->ca_norm = bump(m, B), m->cv_norm = bump(m, B);
+        }
+        if (c->mae_loss_weight != 0) {
+            int Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0);
+            if (ua && uv) m->x_cat = bump(m, B * Ltok * D);
+            plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
+            plan_ln(m, &m->ln_u, B * Ltok, D);
+            m->dec_emb = bump(m, B * Ltok * Dd), m->d_dec_emb = bump(m, B * Ltok * Dd), m->d_lat = bump(m, B * Ltok * D);
+            if (ua) m->dec_ua = bump(m, B * m->La_full * Dd), m->d_ua = bump(m, B * m->La_full * Dd);
+            if (uv) m->dec_uv = bump(m, B * m->Lv_full * Dd), m->d_uv = bump(m, B * m->Lv_full * Dd);
+            m->dec_x = bump(m, B * Ld * Dd);
+            plan_stream(m, &m->s_dec, c->decoder_depth, p->decoder_blocks, g->decoder_blocks, Ld, Dd, m->Hdec,
+                        m->dhidden, 0);
+            plan_ln(m, &m->ln_dec, B * Ld, Dd);
+            m->d_dn = bump(m, B * Ld * Dd);
+        }
+        if (ua) m->pred_a = bump(m, B * m->La_full * 256), m->tgt_a = bump(m, B * m->La_full * 256), m->d_pred_a = bump(m, B * m->La_full * 256);
+        if (uv) m->pred_v = bump(m, B * m->Lv_full * 768), m->tgt_v = bump(m, B * m->Lv_full * 768), m->d_pred_v = bump(m, B * m->Lv_full * 768);
+    } else if (c->task == CAV_TASK_FINETUNE) {
+        cav_ft_mode md = c->mode;
+        if (md == CAV_FT_MULTIMODAL) {
+            m->x_cat = bump(m, B * Ltok * D);
+            plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
+            plan_ln(m, &m->ln_u, B * Ltok, D);
+        }
+        if (md == CAV_FT_MISSINGAUDIOONLY || md == CAV_FT_MISSINGVIDEOONLY) {
+            plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
+            plan_ln(m, &m->ln_u, B * Ltok, D);
+        }
+        if (md == CAV_FT_AUDIOONLY || md == CAV_FT_MISSINGAUDIOONLY) {
+            plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1);
+            plan_ln(m, &m->ln_ca, B * m->La, D);
+        }
+        if (md == CAV_FT_VIDEOONLY || md == CAV_FT_MISSINGVIDEOONLY) {
+            plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2);
+            plan_ln(m, &m->ln_cv, B * m->Lv, D);
+        }
+        m->pool_u = bump(m, B * D), m->pool_s = bump(m, B * D), m->pooled = bump(m, B * D);
+        plan_ln(m, &m->ln_head, B, D);
+        m->logits = bump(m, B * c->label_dim), m->d_logits = bump(m, B * c->label_dim);
+    } else { /* FEAT */
+        if (ua) plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1), plan_ln(m, &m->ln_ca, B * m->La, D);
+        if (uv) plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2), plan_ln(m, &m->ln_cv, B * m->Lv, D);
+        m->feat_a = m->ln_ca.out, m->feat_v = m->ln_cv.out;
+    }
+    m->d_vec1 = bump(m, B * D), m->d_vec2 = bump(m, B * D), m->d_vec3 = bump(m, B * D), m->d_vec4 = bump(m, B * D);
+    m->d_tok = bump(m, B * Ltok * D);
+    if (c->task != CAV_TASK_FEAT) {
+        /* gradient scratch shared by every block */
+        m->sc_ln = bump(m, max_mc), m->sc_atty = bump(m, max_mc), m->sc_qkv = bump(m, 3 * max_mc);
+        m->sc_h1 = bump(m, max_mh), m->sc_h2 = bump(m, max_mh);
+    }
+    m->sc_att = bump(m, max_nn);
+}
+
+/* ---- create / free ------------------------------------------------------------------------------ */
+
+static void derive(cav_model *m, const cav_config *cfg, int B) {
+    const cav_config *c = &m->cfg;
+    m->cfg = *cfg, m->B = B;
+    m->T = c->audio_length, m->F = c->mel_bins, m->S = c->img_size;
+    m->gf = m->F / 16, m->gt = m->T / 16;
+    m->La_full = m->gf * m->gt, m->Lv_full = (m->S / 16) * (m->S / 16);
+    m->D = c->embed_dim, m->Dd = c->decoder_embed_dim, m->H = c->num_heads, m->Hdec = c->decoder_num_heads;
+    m->hidden = (int)(m->D * c->mlp_ratio), m->dhidden = (int)(m->Dd * c->mlp_ratio);
+    m->joint = c->depth - c->modality_specific_depth;
+}
+
+size_t cav_config_param_count(const cav_config *cfg, size_t *trainable) {
+    cav_model m;
+    memset(&m, 0, sizeof m);
+    derive(&m, cfg, 1);
+    register_params(&m);
+    if (trainable) *trainable = cav_model_trainable(&m);
+    free(m.table);
+    return m.nparams;
+}
+
+cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
+    if (cav_config_check(cfg, err)) return NULL;
+    if (B <= 0) {
+        cav_fail(err, 1, "batch size %d must be positive", B);
+        return NULL;
+    }
+    cav_model *m = calloc(1, sizeof *m);
+    if (!m) goto oom;
+    derive(m, cfg, B);
+    const cav_config *c = &m->cfg;
+    int ua, uv;
+    modalities(c, &ua, &uv);
+    if (c->task == CAV_TASK_PRETRAIN) {
+        /* int(L * (1 - r)) in double, as Python */
+        m->La = ua ? (int)(m->La_full * (1.0 - c->mask_ratio_a)) : 0;
+        m->Lv = uv ? (int)(m->Lv_full * (1.0 - c->mask_ratio_v)) : 0;
+        if ((ua && m->La == 0) || (uv && m->Lv == 0)) {
+            cav_fail(err, 1, "mask ratios %g/%g keep no token", c->mask_ratio_a, c->mask_ratio_v);
+            free(m);
+            return NULL;
+        }
+    } else {
+        m->La = ua ? m->La_full : 0, m->Lv = uv ? m->Lv_full : 0;
+    }
+    register_params(m);
+    m->params = calloc(m->nparams, sizeof(float));
+    m->grads = c->task == CAV_TASK_FEAT ? NULL : calloc(m->nparams, sizeof(float));
+    if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *e = &m->table[i];
+        size_t fo = (size_t)(uintptr_t)e->data;
+        *(float **)((char *)&m->p + fo) = m->params + e->offset;
+        e->data = m->params + e->offset;
+        if (m->grads) {
+            *(float **)((char *)&m->g + fo) = m->grads + e->offset;
+            e->grad = m->grads + e->offset;
+        }
+    }
+    plan(m);
+    m->acts_size = m->acts_used;
+    m->acts = aligned_alloc(64, (m->acts_size * sizeof(float) + 63) & ~(size_t)63);
+    if (!m->acts) goto oom;
+    memset(m->acts, 0, m->acts_size * sizeof(float));
+    plan(m);
+    /* inputs */
+    size_t na = ua ? (size_t)B * m->T * m->F : 0, nv = uv ? (size_t)B * 3 * m->S * m->S : 0;
+    size_t nk = c->task == CAV_TASK_PRETRAIN ? (size_t)B * (m->La + m->Lv) : 0;
+    size_t nl = c->task == CAV_TASK_FINETUNE ? (size_t)B * c->label_dim : 0;
+    m->in_mem = calloc(1, sizeof(int64_t) * nk + sizeof(float) * (na + nv + nl) + 64);
+    if (!m->in_mem) goto oom;
+    m->in.keep_a = (int64_t *)m->in_mem, m->in.keep_v = m->in.keep_a + (size_t)B * m->La;
+    float *f = (float *)(m->in.keep_a + nk);
+    m->in.audio = ua ? f : NULL, f += na;
+    m->in.video = uv ? f : NULL, f += nv;
+    m->in.labels = nl ? f : NULL;
+    if (c->task == CAV_TASK_PRETRAIN) { /* a valid default: keep the first tokens */
+        for (int b = 0; b < B; b++) {
+            for (int l = 0; l < m->La; l++) m->in.keep_a[(size_t)b * m->La + l] = l;
+            for (int l = 0; l < m->Lv; l++) m->in.keep_v[(size_t)b * m->Lv + l] = l;
+        }
+    }
+    return m;
+oom:
+    cav_fail(err, 3, "out of memory building the model (batch %d)", B);
+    cav_model_free(m);
+    return NULL;
+}
+
+void cav_model_free(cav_model *m) {
+    if (!m) return;
+    free(m->table), free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->acts);
+    free(m->in_mem), free(m);
+}
+
+cav_param *cav_model_param(cav_model *m, const char *name) {
+    if (!strncmp(name, "module.", 7)) name += 7;
+    for (int i = 0; i < m->ntable; i++)
+        if (!strcmp(m->table[i].name, name)) return &m->table[i];
+    return NULL;
+}
+
+size_t cav_model_trainable(const cav_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->ntable; i++) n += m->table[i].trainable ? m->table[i].numel : 0;
+    return n;
+}
+
+void cav_model_describe(const cav_model *m, FILE *f) {
+    static const char *tasks[] = {"pretraining", "fine-tuning", "embedding"};
+    double mb = 1.0 / (1 << 20);
+    fprintf(f, "model: %s, batch %d, %d+%d layers of %d (%d heads)", tasks[m->cfg.task], m->B,
+            m->cfg.modality_specific_depth, m->joint, m->D, m->H);
+    if (m->cfg.task == CAV_TASK_PRETRAIN)
+        fprintf(f, ", decoder %d x %d (%d heads)", m->cfg.decoder_depth, m->Dd, m->Hdec);
+    fprintf(f, "\nmodel: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
+               "activations %.1f MiB\n",
+            m->nparams, cav_model_trainable(m), m->nparams * 4 * mb, m->grads ? m->nparams * 4 * mb : 0.0,
+            m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb, m->acts_size * 4 * mb);
+}
+
+/* ---- initialisation and masks ------------------------------------------------------------------ */
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double uniform01(uint64_t *s) { return (double)(splitmix(s) >> 11) / 9007199254740992.0; }
+static double normal01(uint64_t *s) {
+    double u = uniform01(s), v = uniform01(s);
+    return sqrt(-2.0 * log(1.0 - u)) * cos(2 * M_PI * v);
+}
+static void fill_uniform(float *p, size_t n, double a, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) p[i] = (float)((2 * uniform01(s) - 1) * a);
+}
+static void xavier(float *w, int fan_out, int fan_in, uint64_t *s) {
+    fill_uniform(w, (size_t)fan_out * fan_in, sqrt(6.0 / (fan_in + fan_out)), s);
+}
+static void init_ln(float *w, float *b, int C) {
+    for (int i = 0; i < C; i++) w[i] = 1, b[i] = 0;
+}
+static void init_block(cav_block_params *p, int C, int hid, uint64_t *s) {
+    init_ln(p->norm1_w, p->norm1_b, C), init_ln(p->norm1_a_w, p->norm1_a_b, C), init_ln(p->norm1_v_w, p->norm1_v_b, C);
+    init_ln(p->norm2_w, p->norm2_b, C), init_ln(p->norm2_a_w, p->norm2_a_b, C), init_ln(p->norm2_v_w, p->norm2_v_b, C);
+    xavier(p->qkv_w, 3 * C, C, s), xavier(p->proj_w, C, C, s), xavier(p->fc1_w, hid, C, s), xavier(p->fc2_w, C, hid, s);
+    memset(p->qkv_b, 0, sizeof(float) * 3 * C), memset(p->proj_b, 0, sizeof(float) * C);
+    memset(p->fc1_b, 0, sizeof(float) * hid), memset(p->fc2_b, 0, sizeof(float) * C);
+}
+
+void cav_model_init(cav_model *m, uint64_t seed) {
+    uint64_t s = seed;
+    cav_params *p = &m->p;
+    const cav_config *c = &m->cfg;
+    int D = m->D, Dd = m->Dd;
+    cav_sincos_pos_2d(p->pos_embed_a, D, m->gf, m->gt);
+    cav_sincos_pos_2d(p->pos_embed_v, D, m->S / 16, m->S / 16);
+    xavier(p->patch_a_w, D, 256, &s), xavier(p->patch_v_w, D, 768, &s);
+    fill_uniform(p->patch_a_b, D, 1 / sqrt(256.0), &s), fill_uniform(p->patch_v_b, D, 1 / sqrt(768.0), &s);
+    for (int i = 0; i < D; i++) p->modality_a[i] = (float)(0.02 * normal01(&s));
+    for (int i = 0; i < D; i++) p->modality_v[i] = (float)(0.02 * normal01(&s));
+    for (int i = 0; i < c->modality_specific_depth; i++)
+        init_block(&p->blocks_a[i], D, m->hidden, &s), init_block(&p->blocks_v[i], D, m->hidden, &s);
+    for (int i = 0; i < m->joint; i++) init_block(&p->blocks_u[i], D, m->hidden, &s);
+    init_ln(p->norm_a_w, p->norm_a_b, D), init_ln(p->norm_v_w, p->norm_v_b, D), init_ln(p->norm_w, p->norm_b, D);
+    if (c->task == CAV_TASK_PRETRAIN) {
+        cav_sincos_pos_2d(p->decoder_pos_embed_a, Dd, m->gf, m->gt);
+        cav_sincos_pos_2d(p->decoder_pos_embed_v, Dd, m->S / 16, m->S / 16);
+        for (int i = 0; i < Dd; i++) p->mask_token[i] = (float)(0.02 * normal01(&s));
+        for (int i = 0; i < Dd; i++) p->decoder_modality_a[i] = (float)(0.02 * normal01(&s));
+        for (int i = 0; i < Dd; i++) p->decoder_modality_v[i] = (float)(0.02 * normal01(&s));
+        xavier(p->decoder_embed_w, Dd, D, &s), memset(p->decoder_embed_b, 0, sizeof(float) * Dd);
+        for (int i = 0; i < c->decoder_depth; i++) init_block(&p->decoder_blocks[i], Dd, m->dhidden, &s);
+        init_ln(p->decoder_norm_w, p->decoder_norm_b, Dd);
+        xavier(p->decoder_pred_a_w, 256, Dd, &s), memset(p->decoder_pred_a_b, 0, sizeof(float) * 256);
+        xavier(p->decoder_pred_v_w, 768, Dd, &s), memset(p->decoder_pred_v_b, 0, sizeof(float) * 768);
+    }
+    if (c->task == CAV_TASK_FINETUNE) {
+        init_ln(p->head_norm_w, p->head_norm_b, D);
+        xavier(p->head_w, c->label_dim, D, &s), memset(p->head_b, 0, sizeof(float) * c->label_dim);
+    }
+}
+
+typedef struct {
+    double noise;
+    int idx;
+} noise_item;
+static int cmp_noise(const void *a, const void *b) {
+    const noise_item *x = a, *y = b;
+    if (x->noise != y->noise) return x->noise < y->noise ? -1 : 1;
+    return x->idx - y->idx;
+}
+/* k distinct values of [0, n), by a partial Fisher-Yates shuffle */
+static void sample(int *out, int n, int k, uint64_t *rng) {
+    int pool[n];
+    for (int i = 0; i < n; i++) pool[i] = i;
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)(uniform01(rng) * (n - i));
+        int t = pool[i];
+        pool[i] = pool[j], pool[j] = t;
+        out[i] = pool[i];
+    }
+}
+
+/* SPEC 2.6: noise in [0,1) per token; structured modes force whole time columns and/or frequency rows
+ * to 1.1 (removed first); the kept tokens are the len_keep smallest, in ascending order of noise. */
+static void make_mask(int64_t *keep, int L, int len_keep, int mode, int gf, int gt, double r, uint64_t *rng) {
+    noise_item *it = malloc(sizeof(noise_item) * L);
+    int sel[gt > gf ? gt : gf];
+    for (int i = 0; i < L; i++) it[i].noise = uniform01(rng), it[i].idx = i;
+    int ncol = mode == CAV_MASK_TIME ? (int)(gt * r) : mode == CAV_MASK_TF ? (int)(gt * r * 0.7) : 0;
+    int nrow = mode == CAV_MASK_FREQ ? (int)(gf * r) : mode == CAV_MASK_TF ? (int)(gf * r * 0.7) : 0;
+    sample(sel, gt, ncol, rng);
+    for (int k = 0; k < ncol; k++)
+        for (int f = 0; f < gf; f++) it[f * gt + sel[k]].noise = 1.1;
+    sample(sel, gf, nrow, rng);
+    for (int k = 0; k < nrow; k++)
+        for (int t = 0; t < gt; t++) it[sel[k] * gt + t].noise = 1.1;
+    qsort(it, (size_t)L, sizeof *it, cmp_noise);
+    for (int i = 0; i < len_keep; i++) keep[i] = it[i].idx;
+    free(it);
+}
+
+void cav_model_random_masks(cav_model *m, uint64_t *rng) {
+    if (m->cfg.task != CAV_TASK_PRETRAIN) return;
+    for (int b = 0; b < m->B; b++) {
+        if (m->La)
+            make_mask(m->in.keep_a + (size_t)b * m->La, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt,
+                      m->cfg.mask_ratio_a, rng);
+        if (m->Lv)
+            make_mask(m->in.keep_v + (size_t)b * m->Lv, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full,
+                      m->cfg.mask_ratio_v, rng);
+    }
+}
+
+/* ---- blocks and streams ------------------------------------------------------------------------- */
+
+static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, float **w2, float **b2) {
+    if (mod == 1) *w1 = p->norm1_a_w, *b1 = p->norm1_a_b, *w2 = p->norm2_a_w, *b2 = p->norm2_a_b;
+    else if (mod == 2) *w1 = p->norm1_v_w, *b1 = p->norm1_v_b, *w2 = p->norm2_v_w, *b2 = p->norm2_v_b;
+    else *w1 = p->norm1_w, *b1 = p->norm1_b, *w2 = p->norm2_w, *b2 = p->norm2_b;
+}
+
+/* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
+static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
+    cav_block_params *p = s->p[i];
+    cav_block_acts *a = &s->a[i];
+    int B = m->B, N = s->N, C = s->C, M = B * N;
+    float *w1, *b1, *w2, *b2;
+    block_lns(p, s->mod, &w1, &b1, &w2, &b2);
+    cav_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
+    cav_linear_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    cav_attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
+    cav_linear_forward(a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
+    cav_add_forward(a->x1, x, a->x1, (size_t)M * C);
+    cav_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, w2, b2, M, C);
+    cav_linear_forward(a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
+    cav_gelu_forward(a->gelu, a->fc1, (size_t)M * s->hidden);
+    cav_linear_forward(a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
+    cav_add_forward(a->out, a->x1, a->out, (size_t)M * C);
+}
+
+/* On entry s->d holds d out; on exit d x (in place: the residual path carries it through). */
+static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
+    cav_block_params *p = s->p[i], *g = s->g[i];
+    cav_block_acts *a = &s->a[i];
+    int B = m->B, N = s->N, C = s->C, M = B * N, hid = s->hidden;
+    float *w1, *b1, *w2, *b2, *gw1, *gb1, *gw2, *gb2, *d = s->d;
+    block_lns(p, s->mod, &w1, &b1, &w2, &b2);
+    block_lns(g, s->mod, &gw1, &gb1, &gw2, &gb2);
+    memset(m->sc_h1, 0, sizeof(float) * M * hid);
+    cav_linear_backward(m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
+    memset(m->sc_h2, 0, sizeof(float) * M * hid);
+    cav_gelu_backward(m->sc_h2, a->fc1, m->sc_h1, (size_t)M * hid);
+    memset(m->sc_ln, 0, sizeof(float) * M * C);
+    cav_linear_backward(m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
+    cav_layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
+    memset(m->sc_atty, 0, sizeof(float) * M * C);
+    cav_linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
+    cav_attention_backward(m->sc_qkv, m->sc_att, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
+    memset(m->sc_ln, 0, sizeof(float) * M * C);
+    cav_linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
+    cav_layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
+}
+
+static void stream_forward(cav_model *m, cav_stream *s, const float *in) {
+    s->in = in;
+    const float *x = in;
+    for (int i = 0; i < s->nblk; i++) {
+        block_forward(m, s, i, x);
+        x = s->a[i].out;
+    }
+    s->out = (float *)x;
+}
+
+static void stream_backward(cav_model *m, cav_stream *s) {
+    for (int i = s->nblk - 1; i >= 0; i--) block_backward(m, s, i, i ? s->a[i - 1].out : s->in);
+}
+
+/* A final LayerNorm over a stream's output: forward, and backward that sets s->d. */
+static void final_ln_forward(cav_ln_acts *l, const float *x, const float *w, const float *b, size_t M, int C) {
+    cav_layernorm_forward(l->out, l->mean, l->rstd, x, w, b, (int)M, C);
+}
+static void final_ln_backward(cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *dout,
+                              const float *w, size_t M) {
+    memset(s->d, 0, sizeof(float) * M * s->C);
+    cav_layernorm_backward(s->d, gw, gb, dout, s->out, w, l->mean, l->rstd, (int)M, s->C);
+}
+
+/* patch embedding + position table + modality embedding: emb [B,L,D] */
+static void embed_audio(cav_model *m) {
+    cav_patchify_audio(m->cols_a, m->in.audio, m->B, m->T, m->F);
+    cav_linear_forward(m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
+    cav_add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full, m->D);
+}
+static void embed_video(cav_model *m) {
+    cav_im2col_video(m->cols_v, m->in.video, m->B, m->S);
+    cav_linear_forward(m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
+    cav_add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full, m->D);
+}
+/* d emb [B,L,D] -> position, modality and patch-embedding gradients */
+static void embed_audio_backward(cav_model *m, const float *demb) {
+    cav_add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full, 0,
+                         m->La_full, m->D);
+    cav_linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w, m->B * m->La_full, 256,
+                        m->D);
+}
+static void embed_video_backward(cav_model *m, const float *demb) {
+    cav_add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full, 0,
+                         m->Lv_full, m->D);
+    cav_linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w, m->B * m->Lv_full, 768,
+                        m->D);
+}
+
+/* contrastive pass of one modality: stream -> norm_x -> mean over tokens -> L2 normalise */
+static void contrast_side_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in, const float *w,
+                                  const float *b, float *mean, float *n, float *norm) {
+    stream_forward(m, s, in);
+    final_ln_forward(l, s->out, w, b, (size_t)m->B * s->N, m->D);
+    cav_mean_tokens_forward(mean, l->out, m->B, s->N, m->D);
+    cav_l2norm_forward(n, norm, mean, m->B, m->D);
+}
+static void contrast_side_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb,
+                                   const float *w, const float *dn, const float *n, const float *norm,
+                                   float *dres) {
+    memset(m->d_vec3, 0, sizeof(float) * m->B * m->D);
+    cav_l2norm_backward(m->d_vec3, dn, n, norm, m->B, m->D);
+    memset(m->d_tok, 0, sizeof(float) * m->B * s->N * m->D);
+    cav_mean_tokens_backward(m->d_tok, m->d_vec3, m->B, s->N, m->D);
+    final_ln_backward(s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
+    stream_backward(m, s);
+    cav_accumulate(dres, s->d, (size_t)m->B * s->N * m->D);
+}
+
+/* ---- pretraining ------------------------------------------------------------------------------- */
+
+static void forward_pretrain(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    int B = m->B, D = m->D, Dd = m->Dd, ua = m->La > 0, uv = m->Lv > 0;
+    cav_params *p = &m->p;
+    memset(&m->out, 0, sizeof m->out);
+    if (ua) {
+        embed_audio(m);
+        cav_gather_tokens_forward(m->x_a, m->emb_a, m->in.keep_a, B, m->La_full, m->La, D);
+        for (size_t i = 0; i < (size_t)B * m->La_full; i++) m->mask_a[i] = 1;
+        for (int b = 0; b < B; b++)
+            for (int l = 0; l < m->La; l++) m->mask_a[(size_t)b * m->La_full + m->in.keep_a[(size_t)b * m->La + l]] = 0;
+        stream_forward(m, &m->s_a, m->x_a);
+    }
+    if (uv) {
+        embed_video(m);
+        cav_gather_tokens_forward(m->x_v, m->emb_v, m->in.keep_v, B, m->Lv_full, m->Lv, D);
+        for (size_t i = 0; i < (size_t)B * m->Lv_full; i++) m->mask_v[i] = 1;
+        for (int b = 0; b < B; b++)
+            for (int l = 0; l < m->Lv; l++) m->mask_v[(size_t)b * m->Lv_full + m->in.keep_v[(size_t)b * m->Lv + l]] = 0;
+        stream_forward(m, &m->s_v, m->x_v);
+    }
+    if (c->contrast_loss_weight != 0) {
+        contrast_side_forward(m, &m->s_ca, &m->ln_ca, m->s_a.out, p->norm_a_w, p->norm_a_b, m->ca_mean, m->ca_n,
+                              m->ca_norm);
+        contrast_side_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->cv_mean, m->cv_n,
+                              m->cv_norm);
+        float nce = cav_contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast);
+        m->out.loss_c = (float)c->contrast_loss_weight * nce;
+    }
+    if (c->mae_loss_weight != 0) {
+        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
+        const float *xin = ua && uv ? m->x_cat : ua ? m->s_a.out : m->s_v.out;
+        if (ua && uv) cav_concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
+        stream_forward(m, &m->s_u, xin);
+        final_ln_forward(&m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
+        /* decoder: visible audio tokens first, then the visible video tokens (SPEC 2.8) */
+        cav_linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
+        if (ua) cav_unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La, Lvis, 0, Dd);
+        if (uv) cav_unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
+        if (ua && uv) cav_concat_forward(m->dec_x, m->dec_ua, m->dec_uv, B, m->La_full, m->Lv_full, Dd);
+        else memcpy(m->dec_x, ua ? m->dec_ua : m->dec_uv, sizeof(float) * B * Ld * Dd);
+        if (ua) cav_add_pos_forward(m->dec_x, p->decoder_pos_embed_a, p->decoder_modality_a, B, Ld, 0, m->La_full, Dd);
+        if (uv) cav_add_pos_forward(m->dec_x, p->decoder_pos_embed_v, p->decoder_modality_v, B, Ld, voff, m->Lv_full, Dd);
+        stream_forward(m, &m->s_dec, m->dec_x);
+        final_ln_forward(&m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld, Dd);
+        for (int b = 0; b < B; b++) {
+            const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
+            if (ua)
+                cav_linear_forward(m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
+                                   p->decoder_pred_a_b, m->La_full, Dd, 256);
+            if (uv)
+                cav_linear_forward(m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                                   p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
+        }
+        /* targets: the patchified input (audio's im2col is its patchify) */
+        if (ua) {
+            memcpy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
+            if (c->norm_pix_loss) cav_normpix(m->tgt_a, B * m->La_full, 256);
+            m->out.loss_mae_a = cav_masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+        }
+        if (uv) {
+            cav_patchify_video(m->tgt_v, m->in.video, B, m->S);
+            if (c->norm_pix_loss) cav_normpix(m->tgt_v, B * m->Lv_full, 768);
+            m->out.loss_mae_v = cav_masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+        }
+        m->out.loss_mae = (float)c->mae_loss_weight * (m->out.loss_mae_a + m->out.loss_mae_v);
+    }
+    m->out.loss = m->out.loss_mae + m->out.loss_c;
+}
+
+static void backward_pretrain(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    int B = m->B, D = m->D, Dd = m->Dd, ua = m->La > 0, uv = m->Lv > 0;
+    cav_params *p = &m->p, *g = &m->g;
+    if (ua) memset(m->s_a.d, 0, sizeof(float) * B * m->La * D);
+    if (uv) memset(m->s_v.d, 0, sizeof(float) * B * m->Lv * D);
+    if (c->mae_loss_weight != 0) {
+        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
+        float w = (float)c->mae_loss_weight;
+        memset(m->d_dn, 0, sizeof(float) * B * Ld * Dd);
+        if (ua) {
+            memset(m->d_pred_a, 0, sizeof(float) * B * m->La_full * 256);
+            cav_masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+        }
+        if (uv) {
+            memset(m->d_pred_v, 0, sizeof(float) * B * m->Lv_full * 768);
+            cav_masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+        }
+        for (int b = 0; b < B; b++) {
+            const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
+            float *dxb = m->d_dn + (size_t)b * Ld * Dd;
+            if (ua)
+                cav_linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a + (size_t)b * m->La_full * 256,
+                                    xb, p->decoder_pred_a_w, m->La_full, Dd, 256);
+            if (uv)
+                cav_linear_backward(dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
+                                    m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                                    p->decoder_pred_v_w, m->Lv_full, Dd, 768);
+        }
+        final_ln_backward(&m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn, p->decoder_norm_w,
+                          (size_t)B * Ld);
+        stream_backward(m, &m->s_dec);
+        float *dx = m->s_dec.d; /* d dec_x [B,Ld,Dd] */
+        if (ua)
+            cav_add_pos_backward(c->tr_pos ? g->decoder_pos_embed_a : NULL, g->decoder_modality_a, dx, B, Ld, 0,
+                                 m->La_full, Dd);
+        if (uv)
+            cav_add_pos_backward(c->tr_pos ? g->decoder_pos_embed_v : NULL, g->decoder_modality_v, dx, B, Ld, voff,
+                                 m->Lv_full, Dd);
+        const float *dua = dx, *duv = dx;
+        if (ua && uv) {
+            memset(m->d_ua, 0, sizeof(float) * B * m->La_full * Dd);
+            memset(m->d_uv, 0, sizeof(float) * B * m->Lv_full * Dd);
+            cav_concat_backward(m->d_ua, m->d_uv, dx, B, m->La_full, m->Lv_full, Dd);
+            dua = m->d_ua, duv = m->d_uv;
+        }
+        memset(m->d_dec_emb, 0, sizeof(float) * B * Lvis * Dd);
+        if (ua) cav_unshuffle_backward(m->d_dec_emb, g->mask_token, dua, m->in.keep_a, B, m->La_full, m->La, Lvis, 0, Dd);
+        if (uv) cav_unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
+        memset(m->d_lat, 0, sizeof(float) * B * Lvis * D);
+        cav_linear_backward(m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
+                            p->decoder_embed_w, B * Lvis, D, Dd);
+        final_ln_backward(&m->s_u, &m->ln_u, g->norm_w, g->norm_b, m->d_lat, p->norm_w, (size_t)B * Lvis);
+        stream_backward(m, &m->s_u);
+        if (ua && uv) cav_concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+        else cav_accumulate(ua ? m->s_a.d : m->s_v.d, m->s_u.d, (size_t)B * Lvis * D);
+    }
+    if (c->contrast_loss_weight != 0) {
+        memset(m->d_vec1, 0, sizeof(float) * B * D), memset(m->d_vec2, 0, sizeof(float) * B * D);
+        cav_contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
+                                 c->bidirect_contrast);
+        contrast_side_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec1, m->ca_n,
+                               m->ca_norm, m->s_a.d);
+        contrast_side_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec2, m->cv_n,
+                               m->cv_norm, m->s_v.d);
+    }
+    if (ua) {
+        stream_backward(m, &m->s_a);
+        memset(m->d_emb_a, 0, sizeof(float) * B * m->La_full * D);
+        cav_gather_tokens_backward(m->d_emb_a, m->s_a.d, m->in.keep_a, B, m->La_full, m->La, D);
+        embed_audio_backward(m, m->d_emb_a);
+    }
+    if (uv) {
+        stream_backward(m, &m->s_v);
+        memset(m->d_emb_v, 0, sizeof(float) * B * m->Lv_full * D);
+        cav_gather_tokens_backward(m->d_emb_v, m->s_v.d, m->in.keep_v, B, m->Lv_full, m->Lv, D);
+        embed_video_backward(m, m->d_emb_v);
+    }
+}
+
+/* ---- fine-tuning and embeddings ----------------------------------------------------------------- */
+
+/* a pooled branch: stream -> final LN -> mean over tokens into pool */
+static void pooled_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in, const float *w,
+                           const float *b, float *pool) {
+    stream_forward(m, s, in);
+    final_ln_forward(l, s->out, w, b, (size_t)m->B * s->N, m->D);
+    cav_mean_tokens_forward(pool, l->out, m->B, s->N, m->D);
+}
+static void pooled_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *w,
+                            const float *dpool) {
+    memset(m->d_tok, 0, sizeof(float) * m->B * s->N * m->D);
+    cav_mean_tokens_backward(m->d_tok, dpool, m->B, s->N, m->D);
+    final_ln_backward(s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
+    stream_backward(m, s);
+}
+
+static void forward_finetune(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_params *p = &m->p;
+    int B = m->B, D = m->D, K = c->label_dim;
+    memset(&m->out, 0, sizeof m->out);
+    if (m->La) embed_audio(m), stream_forward(m, &m->s_a, m->emb_a);
+    if (m->Lv) embed_video(m), stream_forward(m, &m->s_v, m->emb_v);
+    switch (c->mode) {
+    case CAV_FT_MULTIMODAL:
+        cav_concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
+        pooled_forward(m, &m->s_u, &m->ln_u, m->x_cat, p->norm_w, p->norm_b, m->pooled);
+        break;
+    case CAV_FT_AUDIOONLY:
+        pooled_forward(m, &m->s_ca, &m->ln_ca, m->s_a.out, p->norm_a_w, p->norm_a_b, m->pooled);
+        break;
+    case CAV_FT_VIDEOONLY:
+        pooled_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->pooled);
+        break;
+    case CAV_FT_MISSINGAUDIOONLY:
+    case CAV_FT_MISSINGVIDEOONLY: {
+        int a = c->mode == CAV_FT_MISSINGAUDIOONLY;
+        const float *x = a ? m->s_a.out : m->s_v.out;
+        pooled_forward(m, &m->s_u, &m->ln_u, x, p->norm_w, p->norm_b, m->pool_u);
+        if (a) pooled_forward(m, &m->s_ca, &m->ln_ca, x, p->norm_a_w, p->norm_a_b, m->pool_s);
+        else pooled_forward(m, &m->s_cv, &m->ln_cv, x, p->norm_v_w, p->norm_v_b, m->pool_s);
+        for (int i = 0; i < B * D; i++) m->pooled[i] = (m->pool_u[i] + m->pool_s[i]) / 2;
+        break;
+    }
+    }
+    cav_layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
+                          p->head_norm_b, B, D);
+    cav_linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, D, K);
+    m->out.loss = c->loss_ce ? cav_soft_ce_forward(m->logits, m->in.labels, B, K)
+                             : cav_bce_logits_forward(m->logits, m->in.labels, B, K);
+}
+
+static void backward_finetune(cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_params *p = &m->p, *g = &m->g;
+    int B = m->B, D = m->D, K = c->label_dim;
+    memset(m->d_logits, 0, sizeof(float) * B * K);
+    if (c->loss_ce) cav_soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    else cav_bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    memset(m->d_vec1, 0, sizeof(float) * B * D), memset(m->d_vec2, 0, sizeof(float) * B * D);
+    cav_linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, D, K);
+    cav_layernorm_backward(m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1, m->pooled, p->head_norm_w,
+                           m->ln_head.mean, m->ln_head.rstd, B, D);
+    float *dp = m->d_vec2; /* d pooled [B,D] */
+    if (m->La) memset(m->s_a.d, 0, sizeof(float) * B * m->La * D);
+    if (m->Lv) memset(m->s_v.d, 0, sizeof(float) * B * m->Lv * D);
+    switch (c->mode) {
+    case CAV_FT_MULTIMODAL:
+        pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, dp);
+        cav_concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+        break;
+    case CAV_FT_AUDIOONLY:
+        pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, dp);
+        cav_accumulate(m->s_a.d, m->s_ca.d, (size_t)B * m->La * D);
+        break;
+    case CAV_FT_VIDEOONLY:
+        pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, dp);
+        cav_accumulate(m->s_v.d, m->s_cv.d, (size_t)B * m->Lv * D);
+        break;
+    case CAV_FT_MISSINGAUDIOONLY:
+    case CAV_FT_MISSINGVIDEOONLY: {
+        int a = c->mode == CAV_FT_MISSINGAUDIOONLY;
+        for (int i = 0; i < B * D; i++) m->d_vec3[i] = dp[i] / 2;
+        memcpy(m->d_vec4, m->d_vec3, sizeof(float) * B * D); /* contrast_side/pooled reuse d_vec3 */
+        float *dres = a ? m->s_a.d : m->s_v.d;
+        size_t n = (size_t)B * (a ? m->La : m->Lv) * D;
+        pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, m->d_vec4);
+        cav_accumulate(dres, m->s_u.d, n);
+        if (a) pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec4);
+        else pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec4);
+        cav_accumulate(dres, a ? m->s_ca.d : m->s_cv.d, n);
+        break;
+    }
+    }
+    if (m->La) stream_backward(m, &m->s_a), embed_audio_backward(m, m->s_a.d);
+    if (m->Lv) stream_backward(m, &m->s_v), embed_video_backward(m, m->s_v.d);
+}
+
+static void forward_feat(cav_model *m) {
+    cav_params *p = &m->p;
+    if (m->La) {
+        embed_audio(m), stream_forward(m, &m->s_a, m->emb_a), stream_forward(m, &m->s_ca, m->s_a.out);
+        final_ln_forward(&m->ln_ca, m->s_ca.out, p->norm_a_w, p->norm_a_b, (size_t)m->B * m->La, m->D);
+    }
+    if (m->Lv) {
+        embed_video(m), stream_forward(m, &m->s_v, m->emb_v), stream_forward(m, &m->s_cv, m->s_v.out);
+        final_ln_forward(&m->ln_cv, m->s_cv.out, p->norm_v_w, p->norm_v_b, (size_t)m->B * m->Lv, m->D);
+    }
+}
+
+void cav_model_forward(cav_model *m) {
+    if (m->cfg.task == CAV_TASK_PRETRAIN) forward_pretrain(m);
+    else if (m->cfg.task == CAV_TASK_FINETUNE) forward_finetune(m);
+    else forward_feat(m);
+}
+
+void cav_model_backward(cav_model *m) {
+    if (!m->grads) return;
+    memset(m->grads, 0, sizeof(float) * m->nparams);
+    if (m->cfg.task == CAV_TASK_PRETRAIN) backward_pretrain(m);
+    else backward_finetune(m);
+}
+
+void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
+                         double wd) {
+    if (!m->grads) return;
+    if (!m->adam_m) {
+        m->adam_m = calloc(m->nparams, sizeof(float));
+        m->adam_v = calloc(m->nparams, sizeof(float));
+        if (!m->adam_m || !m->adam_v) {
+            fprintf(stderr, "model: out of memory for the Adam moments\n");
+            abort();
+        }
+    }
+    m->adam_t++;
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *e = &m->table[i];
+        if (!e->trainable) continue;
+        cav_adam_step(e->data, e->grad, m->adam_m + e->offset, m->adam_v + e->offset, e->numel,
+                      e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
+    }
+}
+
+const float *cav_model_output(cav_model *m, const char *name, int64_t shape[4], int *ndim) {
+    int B = m->B;
+    struct {
+        const char *name;
+        const float *p;
+        int nd;
+        int64_t s[3];
+    } t[] = {
+        {"loss", &m->out.loss, 1, {1}},
+        {"loss_mae", &m->out.loss_mae, 1, {1}},
+        {"loss_mae_a", &m->out.loss_mae_a, 1, {1}},
+        {"loss_mae_v", &m->out.loss_mae_v, 1, {1}},
+        {"loss_c", &m->out.loss_c, 1, {1}},
+        {"c_acc", &m->out.c_acc, 1, {1}},
+        {"pred_a", m->pred_a, 3, {B, m->La_full, 256}},
+        {"pred_v", m->pred_v, 3, {B, m->Lv_full, 768}},
+        {"mask_a", m->mask_a, 2, {B, m->La_full}},
+        {"mask_v", m->mask_v, 2, {B, m->Lv_full}},
+        {"logits", m->logits, 2, {B, m->cfg.label_dim}},
+        {"feat_a", m->feat_a, 3, {B, m->La, m->D}},
+        {"feat_v", m->feat_v, 3, {B, m->Lv, m->D}},
+    };
+    int pre = m->cfg.task == CAV_TASK_PRETRAIN, ft = m->cfg.task == CAV_TASK_FINETUNE;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (strcmp(t[i].name, name)) continue;
+        if (i < 6 && !(pre || (ft && i == 0))) return NULL;
+        if (!t[i].p) return NULL;
+        if (ndim) *ndim = t[i].nd;
+        if (shape)
+            for (int k = 0; k < t[i].nd; k++) shape[k] = t[i].s[k];
+        return t[i].p;
+    }
+    return NULL;
+}

@@ -1,0 +1,222 @@
+/* model.h: the CAV-MAE models in C — the pretraining model CAVMAE (SPEC 2.2-2.11, with the six pretraining
+ * variants of the paper as settings of one config), the fine-tuning model CAVMAEFT (SPEC 2.12) and the
+ * embedding pass forward_feat — composed explicitly from kernels/kernels.h, forward and backward, in the
+ * style of llm.c: one allocation per role (parameters, gradients, Adam moments, activations), structs of
+ * typed pointers into them, sizes computed from the config and the batch size.
+ *
+ * Parameters are listed in a table under the reference's state-dict names and shapes, in its order
+ * (SPEC 2.2: e.g. "blocks_a.3.attn.qkv.weight", conv weights [768,1,16,16]), so checkpoints and PyTorch
+ * debug states map by name. Usage:
+ *   cav_model *m = cav_model_create(&cfg, B, &err);  cav_model_init(m, seed);   (or load by name)
+ *   fill m->in.audio / in.video (and in.keep_a / in.keep_v, or cav_model_random_masks) / in.labels
+ *   cav_model_forward(m);  cav_model_backward(m);  cav_model_adam_step(m, ...);
+ * Outputs are in m->out and by name through cav_model_output. */
+#ifndef CAV_MODEL_H
+#define CAV_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "record.h"
+
+#define CAV_MAX_DEPTH 32
+
+typedef enum { CAV_TASK_PRETRAIN = 0, CAV_TASK_FINETUNE = 1, CAV_TASK_FEAT = 2 } cav_task;
+typedef enum { CAV_MASK_UNSTRUCTURED = 0, CAV_MASK_TIME, CAV_MASK_FREQ, CAV_MASK_TF } cav_mask_mode;
+typedef enum {
+    CAV_FT_MULTIMODAL = 0,
+    CAV_FT_AUDIOONLY,
+    CAV_FT_VIDEOONLY,
+    CAV_FT_MISSINGAUDIOONLY, /* fine-tuned multimodally, only audio present: (mean(norm(U a)) + mean(norm_a(U_a a)))/2 */
+    CAV_FT_MISSINGVIDEOONLY,
+} cav_ft_mode;
+
+typedef struct {
+    cav_task task;
+    /* input geometry: audio [T=audio_length, F=mel_bins] fbank, video [3, img_size, img_size]; all multiples
+     * of the patch size 16. The reference is 1024 x 128 (8 x 64 patch grid) and 224 (14 x 14). */
+    int audio_length, mel_bins, img_size;
+    /* encoder: modality_specific_depth audio and visual layers, depth - modality_specific_depth joint ones */
+    int embed_dim, depth, modality_specific_depth, num_heads;
+    int decoder_embed_dim, decoder_depth, decoder_num_heads;
+    double mlp_ratio;
+    int norm_pix_loss;
+    int tr_pos; /* position tables trainable (pretraining default 0; fine-tuning default 1) */
+    /* pretraining forward arguments (SPEC 2.11) */
+    double mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight;
+    cav_mask_mode mask_mode;
+    int bidirect_contrast;
+    /* single-modality variants (Audio-MAE, Visual-MAE): the absent modality is skipped entirely */
+    int use_audio, use_video;
+    /* The reference's contrastive streams apply each joint block to the modality-specific output, not to
+     * the previous joint block's (SPEC 2.7.5): only the last joint block counts. 1 chains them instead. */
+    int chain_contrast_streams;
+    /* fine-tuning (SPEC 2.12) */
+    int label_dim;
+    cav_ft_mode mode;
+    int loss_ce; /* 0: BCEWithLogits (mean over B x K); 1: CrossEntropy with soft targets */
+} cav_config;
+
+/* The reference defaults for a task: CAV-MAE base (768, 11 + 1 layers, 12 heads, decoder 512 x 8 with 16
+ * heads), mask 0.75 unstructured, lambda_c 0.01, MAE weight 1, norm_pix off (the class default), tr_pos
+ * off in pretraining and on in fine-tuning, label_dim 527 multimodal BCE in fine-tuning. */
+cav_config cav_config_default(cav_task task);
+/* Sets the pretraining variant of the paper's Table 1 on top of cfg: "cav-mae", "av-mae" (lambda_c 0),
+ * "vanilla-av-mae" (12 joint layers, lambda_c 0), "cav" (MAE weight 0), "audio-mae" and "visual-mae"
+ * (12 joint layers, one modality, lambda_c 0); '_' may stand for '-'. Returns -1 for an unknown name. */
+int cav_config_variant(cav_config *cfg, const char *name);
+/* Sets one knob by the reference's constructor/forward argument name (the debug state's config keys):
+ * embed_dim, modality_specific_depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads,
+ * mlp_ratio, norm_pix_loss, tr_pos, mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight,
+ * mask_mode, bidirect_contrast, depth, label_dim, mode, loss ("bce"/"ce"), and the extensions
+ * audio_length, img_size, modalities ("a", "v", "av"), chain_contrast_streams; patch_size and in_chans
+ * are accepted only at 16 and 3. value is the JSON text (numbers, true/false, bare strings). Returns 0,
+ * -1 for a bad value, -2 for an unknown key. */
+int cav_config_set(cav_config *cfg, const char *key, const char *value);
+/* "multimodal", "audioonly", ... -> mode, or -1. */
+int cav_ft_mode_parse(const char *name);
+int cav_mask_mode_parse(const char *name);
+/* Checks ranges and divisibility; on failure fills err (code 1: a usage error) and returns -1. */
+int cav_config_check(const cav_config *cfg, cav_err *err);
+
+/* One Block's parameters (timm 0.4.5 Block with the reference's 6 LayerNorms), in state-dict order. */
+typedef struct {
+    float *norm1_w, *norm1_b, *norm1_a_w, *norm1_a_b, *norm1_v_w, *norm1_v_b;
+    float *qkv_w, *qkv_b, *proj_w, *proj_b;
+    float *norm2_w, *norm2_b, *norm2_a_w, *norm2_a_b, *norm2_v_w, *norm2_v_b;
+    float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} cav_block_params;
+
+/* Every parameter of every task (unused ones stay NULL); the same struct types the gradients. */
+typedef struct {
+    float *modality_a, *modality_v, *pos_embed_a, *pos_embed_v; /* [1,1,D] [1,1,D] [1,La,D] [1,Lv,D] */
+    float *mask_token, *decoder_modality_a, *decoder_modality_v, *decoder_pos_embed_a, *decoder_pos_embed_v;
+    float *patch_a_w, *patch_a_b, *patch_v_w, *patch_v_b; /* [D,1,16,16] [D] [D,3,16,16] [D] */
+    cav_block_params blocks_a[CAV_MAX_DEPTH], blocks_v[CAV_MAX_DEPTH], blocks_u[CAV_MAX_DEPTH];
+    float *norm_a_w, *norm_a_b, *norm_v_w, *norm_v_b, *norm_w, *norm_b;
+    float *decoder_embed_w, *decoder_embed_b; /* [Dd,D] */
+    cav_block_params decoder_blocks[CAV_MAX_DEPTH];
+    float *decoder_norm_w, *decoder_norm_b;
+    float *decoder_pred_a_w, *decoder_pred_a_b, *decoder_pred_v_w, *decoder_pred_v_b; /* [256,Dd] [768,Dd] */
+    float *head_norm_w, *head_norm_b, *head_w, *head_b; /* mlp_head.0 LN [D], mlp_head.1 Linear [K,D] */
+} cav_params;
+
+/* One entry of the parameter table. */
+typedef struct {
+    char name[64];
+    int ndim;
+    int64_t shape[4];
+    size_t offset, numel; /* into the parameter (and gradient, moment) buffers, in floats */
+    int trainable;
+    int head; /* part of mlp_head (the fine-tuning head's learning-rate group) */
+    float *data, *grad;
+} cav_param;
+
+/* Saved activations of one Block on [B,N,C] tokens (hidden = C * mlp_ratio). */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* [B,N,C] [B,N] [B,N] */
+    float *qkv, *att, *atty;          /* [B,N,3C] [B,H,N,N] [B,N,C] */
+    float *x1;                        /* after the attention residual [B,N,C] */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fc1, *gelu; /* [B,N,hidden] */
+    float *out;        /* [B,N,C] */
+} cav_block_acts;
+
+/* A run of Blocks over one token sequence, with the modality's LayerNorms (0 none, 1 'a', 2 'v'). */
+typedef struct {
+    int nblk, N, C, H, hidden, mod;
+    cav_block_params *p[CAV_MAX_DEPTH], *g[CAV_MAX_DEPTH];
+    cav_block_acts a[CAV_MAX_DEPTH];
+    const float *in; /* [B,N,C], set by the forward */
+    float *out;      /* the last block's output, or in when there is no block */
+    float *d;        /* residual-stream gradient [B,N,C]: of out before the backward, of in after */
+} cav_stream;
+
+/* A final LayerNorm's output and statistics. */
+typedef struct {
+    float *out, *mean, *rstd;
+} cav_ln_acts;
+
+typedef struct {
+    cav_config cfg;
+    int B;
+    /* derived sizes */
+    int T, F, S, gf, gt;        /* audio patch grid gf x gt (frequency rows x time columns) */
+    int La_full, Lv_full;       /* 512, 196 */
+    int La, Lv;                 /* tokens that enter the encoder (kept ones in pretraining) */
+    int D, Dd, H, Hdec, hidden, dhidden, joint;
+    /* parameters, gradients, Adam moments: one buffer each, and the table over them */
+    cav_params p, g;
+    float *params, *grads, *adam_m, *adam_v;
+    size_t nparams;
+    cav_param *table;
+    int ntable;
+    int adam_t;
+    /* inputs (one allocation) */
+    struct {
+        float *audio;    /* [B,T,F] normalised fbank */
+        float *video;    /* [B,3,S,S] */
+        int64_t *keep_a; /* [B,La] kept audio token indices, in the order kept */
+        int64_t *keep_v; /* [B,Lv] */
+        float *labels;   /* [B,K] */
+    } in;
+    void *in_mem;
+    /* activations (one allocation) */
+    float *acts;
+    size_t acts_size, acts_used;
+    cav_stream s_a, s_v, s_u, s_ca, s_cv, s_dec;
+    float *cols_a, *cols_v;   /* im2col of the inputs [B,La_full,256] [B,Lv_full,768] */
+    float *emb_a, *emb_v;     /* patch embedding + pos + modality [B,La_full,D] [B,Lv_full,D] */
+    float *x_a, *x_v, *x_cat; /* masked [B,La,D] [B,Lv,D]; joint input [B,La+Lv,D] */
+    cav_ln_acts ln_u, ln_ca, ln_cv, ln_dec, ln_head;
+    float *ca_mean, *cv_mean, *ca_n, *cv_n, *ca_norm, *cv_norm; /* [B,D] x4, [B] x2 */
+    float *dec_emb, *dec_ua, *dec_uv, *dec_x;                    /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
+    float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;    /* [B,La_full,256] [B,Lv_full,768] ... */
+    float *pool_u, *pool_s, *pooled, *logits;                    /* [B,D] x3, [B,K] */
+    float *feat_a, *feat_v;                                      /* forward_feat outputs */
+    /* gradient scratch */
+    float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
+    float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
+    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2, *sc_att;
+    /* outputs */
+    struct {
+        float loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, c_acc;
+    } out;
+} cav_model;
+
+/* Parameter count of a config (all tensors, and the trainable ones) without building the model. */
+size_t cav_config_param_count(const cav_config *cfg, size_t *trainable);
+
+/* Builds the model for batch size B (parameters uninitialised). NULL with err filled on failure. */
+cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
+void cav_model_free(cav_model *m);
+/* The reference's initialisation (SPEC 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
+ * patch-embedding weights, zero Linear biases, PyTorch's default conv bias, LN (1,0), N(0, 0.02) tokens. */
+void cav_model_init(cav_model *m, uint64_t seed);
+/* The parameter table entry for a reference name, or NULL. */
+cav_param *cav_model_param(cav_model *m, const char *name);
+size_t cav_model_trainable(const cav_model *m);
+/* One line per role with its size, for the start-up message. */
+void cav_model_describe(const cav_model *m, FILE *f);
+
+/* Masks by the project's seeded generator (SPEC 2.6, incl. the structured audio modes): fills in.keep_a and
+ * in.keep_v. *rng is a 64-bit state that advances. */
+void cav_model_random_masks(cav_model *m, uint64_t *rng);
+
+/* Forward of the task: pretraining losses and predictions, fine-tuning logits and loss, or (task FEAT)
+ * feat_a [B,La_full,D] and feat_v [B,Lv_full,D]. */
+void cav_model_forward(cav_model *m);
+/* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
+void cav_model_backward(cav_model *m);
+/* torch.optim.Adam over the trainable parameters (coupled weight decay, SPEC 3.1); the head group
+ * (mlp_head.*) uses lr * head_lr_scale. */
+void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
+                         double wd);
+
+/* Outputs by name ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc", "pred_a", "pred_v",
+ * "mask_a", "mask_v", "logits", "feat_a", "feat_v"): a pointer and the shape, or NULL when this task
+ * has no such output. */
+const float *cav_model_output(cav_model *m, const char *name, int64_t shape[4], int *ndim);
+
+#endif

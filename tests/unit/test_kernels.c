@@ -1,0 +1,564 @@
+/* test_kernels.c: every op of kernels/kernels.h on small random shapes. Forwards are compared with naive
+ * formulas evaluated in double; backwards with central finite differences of the float forward, through
+ * a random projection L = sum(r * out) accumulated in double (the step and tolerance are set so that a
+ * wrong index or a missing term, which shows as an O(1) relative error, cannot pass). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static double urand(void) { /* [0,1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+static float *rnd(size_t n, double scale) {
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) p[i] = (float)((2 * urand() - 1) * scale);
+    return p;
+}
+static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+static double proj(const float *out, const float *r, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)out[i] * r[i];
+    return s;
+}
+static double max_abs_diff(const float *a, const double *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - b[i]));
+    return m;
+}
+
+/* The projected forward as a function of the buffers the test perturbs. */
+typedef double (*objective)(void *ctx);
+
+/* Central differences on (up to) 40 elements of x against the analytic gradient g; returns the largest
+ * |numeric - analytic| relative to max |g| (over all of g). */
+static double gradcheck(float *x, size_t n, const float *g, objective f, void *ctx, double h) {
+    double gmax = 1e-30, err = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[i]));
+    size_t step = n > 40 ? n / 40 : 1;
+    for (size_t i = 0; i < n; i += step) {
+        float x0 = x[i];
+        x[i] = (float)(x0 + h);
+        double hp = (double)x[i] - x0, lp = f(ctx);
+        x[i] = (float)(x0 - h);
+        double hm = x0 - (double)x[i], lm = f(ctx);
+        x[i] = x0;
+        double num = (lp - lm) / (hp + hm);
+        err = fmax(err, fabs(num - g[i]) / gmax);
+    }
+    return err;
+}
+
+/* ---- linear ---- */
+typedef struct {
+    float *x, *w, *b, *y, *r;
+    int M, IC, OC;
+} lin_ctx;
+static double lin_obj(void *p) {
+    lin_ctx *c = p;
+    cav_linear_forward(c->y, c->x, c->w, c->b, c->M, c->IC, c->OC);
+    return proj(c->y, c->r, (size_t)c->M * c->OC);
+}
+static void test_linear(void) {
+    lin_ctx c = {.M = 7, .IC = 5, .OC = 6};
+    c.x = rnd(35, 1), c.w = rnd(30, 1), c.b = rnd(6, 1), c.y = zeros(42), c.r = rnd(42, 1);
+    lin_obj(&c);
+    double ref[42];
+    for (int m = 0; m < 7; m++)
+        for (int o = 0; o < 6; o++) {
+            double s = c.b[o];
+            for (int i = 0; i < 5; i++) s += (double)c.x[m * 5 + i] * c.w[o * 5 + i];
+            ref[m * 6 + o] = s;
+        }
+    CHECK(max_abs_diff(c.y, ref, 42) < 1e-5);
+    float *dx = zeros(35), *dw = zeros(30), *db = zeros(6);
+    cav_linear_backward(dx, dw, db, c.r, c.x, c.w, 7, 5, 6);
+    CHECK(gradcheck(c.x, 35, dx, lin_obj, &c, 1e-2) < 1e-3);
+    CHECK(gradcheck(c.w, 30, dw, lin_obj, &c, 1e-2) < 1e-3);
+    CHECK(gradcheck(c.b, 6, db, lin_obj, &c, 1e-2) < 1e-3);
+    /* backward accumulates: a second call doubles the gradient */
+    float dx0 = dx[3];
+    cav_linear_backward(dx, NULL, NULL, c.r, c.x, c.w, 7, 5, 6);
+    CHECK_NEAR(dx[3], 2 * dx0, 1e-5);
+    free(c.x), free(c.w), free(c.b), free(c.y), free(c.r), free(dx), free(dw), free(db);
+}
+
+/* ---- layernorm ---- */
+typedef struct {
+    float *x, *w, *b, *y, *mean, *rstd, *r;
+    int M, C;
+} ln_ctx;
+static double ln_obj(void *p) {
+    ln_ctx *c = p;
+    cav_layernorm_forward(c->y, c->mean, c->rstd, c->x, c->w, c->b, c->M, c->C);
+    return proj(c->y, c->r, (size_t)c->M * c->C);
+}
+static void test_layernorm(void) {
+    enum { M = 6, C = 70 }; /* C > 64 exercises the column blocking of dw/db */
+    ln_ctx c = {.M = M, .C = C};
+    c.x = rnd(M * C, 2), c.w = rnd(C, 1), c.b = rnd(C, 1), c.y = zeros(M * C), c.mean = zeros(M);
+    c.rstd = zeros(M), c.r = rnd(M * C, 1);
+    ln_obj(&c);
+    double *ref = malloc(sizeof(double) * M * C);
+    for (int m = 0; m < M; m++) {
+        double mu = 0, var = 0;
+        for (int i = 0; i < C; i++) mu += c.x[m * C + i];
+        mu /= C;
+        for (int i = 0; i < C; i++) var += (c.x[m * C + i] - mu) * (c.x[m * C + i] - mu);
+        var /= C;
+        for (int i = 0; i < C; i++) ref[m * C + i] = (c.x[m * C + i] - mu) / sqrt(var + 1e-5) * c.w[i] + c.b[i];
+    }
+    CHECK(max_abs_diff(c.y, ref, M * C) < 1e-5);
+    float *dx = zeros(M * C), *dw = zeros(C), *db = zeros(C);
+    cav_layernorm_backward(dx, dw, db, c.r, c.x, c.w, c.mean, c.rstd, M, C);
+    CHECK(gradcheck(c.x, M * C, dx, ln_obj, &c, 1e-2) < 5e-3);
+    CHECK(gradcheck(c.w, C, dw, ln_obj, &c, 1e-2) < 1e-3);
+    CHECK(gradcheck(c.b, C, db, ln_obj, &c, 1e-2) < 1e-3);
+    free(ref), free(c.x), free(c.w), free(c.b), free(c.y), free(c.mean), free(c.rstd), free(c.r);
+    free(dx), free(dw), free(db);
+}
+
+/* ---- GELU and softmax ---- */
+typedef struct {
+    float *x, *y, *r;
+    int M, N;
+} ew_ctx;
+static double gelu_obj(void *p) {
+    ew_ctx *c = p;
+    cav_gelu_forward(c->y, c->x, (size_t)c->M * c->N);
+    return proj(c->y, c->r, (size_t)c->M * c->N);
+}
+static double softmax_obj(void *p) {
+    ew_ctx *c = p;
+    cav_softmax_forward(c->y, c->x, c->M, c->N);
+    return proj(c->y, c->r, (size_t)c->M * c->N);
+}
+static void test_gelu_softmax(void) {
+    ew_ctx c = {.M = 4, .N = 9};
+    c.x = rnd(36, 3), c.y = zeros(36), c.r = rnd(36, 1);
+    gelu_obj(&c);
+    double ref[36];
+    for (int i = 0; i < 36; i++) ref[i] = 0.5 * c.x[i] * (1 + erf(c.x[i] / sqrt(2.0)));
+    CHECK(max_abs_diff(c.y, ref, 36) < 1e-6);
+    float *dx = zeros(36);
+    cav_gelu_backward(dx, c.x, c.r, 36);
+    CHECK(gradcheck(c.x, 36, dx, gelu_obj, &c, 1e-2) < 1e-3);
+
+    softmax_obj(&c);
+    for (int m = 0; m < 4; m++) {
+        double s = 0;
+        for (int j = 0; j < 9; j++) s += exp(c.x[m * 9 + j]);
+        for (int j = 0; j < 9; j++) ref[m * 9 + j] = exp(c.x[m * 9 + j]) / s;
+    }
+    CHECK(max_abs_diff(c.y, ref, 36) < 1e-6);
+    /* a wide range of arguments (the exp is the kernel's own): relative error against double */
+    {
+        enum { W = 200 };
+        float x[W], y[W];
+        double z = 0, worst = 0;
+        for (int j = 0; j < W; j++) x[j] = (float)(-100.0 * j / W + 3.0 * urand());
+        cav_softmax_forward(y, x, 1, W);
+        double mx = x[0];
+        for (int j = 0; j < W; j++) mx = fmax(mx, x[j]);
+        /* exp of the float difference, as the kernel (and torch) form it */
+        for (int j = 0; j < W; j++) z += exp((double)(float)(x[j] - (float)mx));
+        for (int j = 0; j < W; j++) {
+            double want = exp((double)(float)(x[j] - (float)mx)) / z;
+            if (want > 1e-30) worst = fmax(worst, fabs(y[j] - want) / want);
+        }
+        CHECK(worst < 1e-6);
+    }
+    memset(dx, 0, sizeof(float) * 36);
+    cav_softmax_backward(dx, c.r, c.y, 4, 9);
+    CHECK(gradcheck(c.x, 36, dx, softmax_obj, &c, 1e-2) < 1e-3);
+    free(c.x), free(c.y), free(c.r), free(dx);
+}
+
+/* ---- attention ---- */
+typedef struct {
+    float *qkv, *out, *att, *r;
+    int B, N, C, H;
+} att_ctx;
+static double att_obj(void *p) {
+    att_ctx *c = p;
+    cav_attention_forward(c->out, c->att, c->qkv, c->B, c->N, c->C, c->H);
+    return proj(c->out, c->r, (size_t)c->B * c->N * c->C);
+}
+static void test_attention(void) {
+    enum { B = 2, N = 5, C = 12, H = 3, D = C / H };
+    att_ctx c = {.B = B, .N = N, .C = C, .H = H};
+    c.qkv = rnd(B * N * 3 * C, 1), c.out = zeros(B * N * C), c.att = zeros(B * H * N * N), c.r = rnd(B * N * C, 1);
+    att_obj(&c);
+    /* naive: q[b,h,n,d] = qkv[b,n,0*C + h*D + d], k at C, v at 2C (reshape(B,N,3,H,D).permute(2,0,3,1,4)) */
+    double *ref = calloc(B * N * C, sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < N; i++) {
+                double s[N], z = 0, mx = -1e300;
+                for (int j = 0; j < N; j++) {
+                    double d = 0;
+                    for (int e = 0; e < D; e++)
+                        d += (double)c.qkv[(b * N + i) * 3 * C + h * D + e] * c.qkv[(b * N + j) * 3 * C + C + h * D + e];
+                    s[j] = d / sqrt((double)D);
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j < N; j++) z += (s[j] = exp(s[j] - mx));
+                for (int e = 0; e < D; e++) {
+                    double o = 0;
+                    for (int j = 0; j < N; j++) o += s[j] / z * c.qkv[(b * N + j) * 3 * C + 2 * C + h * D + e];
+                    ref[(b * N + i) * C + h * D + e] = o; /* transpose(1,2).reshape: heads side by side */
+                }
+            }
+    CHECK(max_abs_diff(c.out, ref, B * N * C) < 1e-5);
+    float *dqkv = rnd(B * N * 3 * C, 1), *scratch = zeros(N * N); /* garbage in dqkv: it must be overwritten */
+    cav_attention_backward(dqkv, scratch, c.r, c.qkv, c.att, B, N, C, H);
+    CHECK(gradcheck(c.qkv, B * N * 3 * C, dqkv, att_obj, &c, 1e-2) < 2e-3);
+    free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv), free(scratch);
+}
+
+/* ---- token ops ---- */
+static void test_token_ops(void) {
+    enum { B = 2, N = 6, L = 3, C = 4 };
+    int64_t idx[B * L] = {4, 0, 2, 5, 1, 3};
+    float *x = rnd(B * N * C, 1), *g = zeros(B * L * C), *dx = zeros(B * N * C), *r = rnd(B * L * C, 1);
+    cav_gather_tokens_forward(g, x, idx, B, N, L, C);
+    int ok = 1;
+    for (int b = 0; b < B; b++)
+        for (int l = 0; l < L; l++)
+            for (int c = 0; c < C; c++) ok &= g[(b * L + l) * C + c] == x[(b * N + idx[b * L + l]) * C + c];
+    CHECK(ok);
+    cav_gather_tokens_backward(dx, r, idx, B, N, L, C);
+    ok = 1;
+    for (int b = 0; b < B; b++)
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < C; c++) {
+                float want = 0;
+                for (int l = 0; l < L; l++)
+                    if (idx[b * L + l] == n) want = r[(b * L + l) * C + c];
+                ok &= dx[(b * N + n) * C + c] == want;
+            }
+    CHECK(ok);
+
+    /* unshuffle from a source holding 2 other tokens first (off = 2, Ns = 2 + L + 1) */
+    enum { Ns = 2 + L + 1 };
+    float *src = rnd(B * Ns * C, 1), *fill = rnd(C, 1), *u = zeros(B * N * C), *du = rnd(B * N * C, 1);
+    float *dsrc = zeros(B * Ns * C), *dfill = zeros(C);
+    cav_unshuffle_forward(u, src, idx, fill, B, N, L, Ns, 2, C);
+    /* the reference's way: ids_restore = argsort(ids_shuffle) and gather(cat(visible, mask tokens)) */
+    ok = 1;
+    for (int b = 0; b < B; b++) {
+        int64_t shuffle[N], restore[N];
+        int used[N] = {0}, k = L;
+        for (int l = 0; l < L; l++) shuffle[l] = idx[b * L + l], used[idx[b * L + l]] = 1;
+        for (int n = 0; n < N; n++)
+            if (!used[n]) shuffle[k++] = n;
+        for (int n = 0; n < N; n++) restore[shuffle[n]] = n;
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < C; c++) {
+                float want = restore[n] < L ? src[(b * Ns + 2 + restore[n]) * C + c] : fill[c];
+                ok &= u[(b * N + n) * C + c] == want;
+            }
+    }
+    CHECK(ok);
+    cav_unshuffle_backward(dsrc, dfill, du, idx, B, N, L, Ns, 2, C);
+    double sf = 0, sd = 0, tot = 0;
+    for (int i = 0; i < C; i++) sf += dfill[i];
+    for (int i = 0; i < B * Ns * C; i++) sd += dsrc[i];
+    for (int i = 0; i < B * N * C; i++) tot += du[i];
+    CHECK_NEAR(sf + sd, tot, 1e-4); /* every output position sent its gradient to exactly one place */
+    CHECK(dsrc[0] == 0 && dsrc[(Ns - 1) * C] == 0);
+    CHECK(dsrc[2 * C + 1] == du[(4) * C + 1]); /* b=0, l=0 came from token 4 */
+
+    /* concat, add_pos, mean */
+    float *a = rnd(B * 2 * C, 1), *bb = rnd(B * 3 * C, 1), *cat = zeros(B * 5 * C);
+    cav_concat_forward(cat, a, bb, B, 2, 3, C);
+    CHECK(cat[(5 + 1) * C + 2] == a[(2 + 1) * C + 2] && cat[(5 + 3) * C + 1] == bb[(3 + 1) * C + 1]);
+    float *da = zeros(B * 2 * C), *dbb = zeros(B * 3 * C);
+    cav_concat_backward(da, dbb, cat, B, 2, 3, C);
+    CHECK(memcmp(da, a, sizeof(float) * B * 2 * C) == 0 && memcmp(dbb, bb, sizeof(float) * B * 3 * C) == 0);
+
+    float *pos = rnd(3 * C, 1), *mod = rnd(C, 1), *y = malloc(sizeof(float) * B * 5 * C);
+    memcpy(y, cat, sizeof(float) * B * 5 * C);
+    cav_add_pos_forward(y, pos, mod, B, 5, 2, 3, C);
+    CHECK(y[(5 + 3) * C + 1] == (cat[(5 + 3) * C + 1] + pos[1 * C + 1]) + mod[1] && y[(5 + 1) * C] == cat[(5 + 1) * C]);
+    float *dpos = zeros(3 * C), *dmod = zeros(C);
+    cav_add_pos_backward(dpos, dmod, cat, B, 5, 2, 3, C);
+    CHECK_NEAR(dpos[C + 2], cat[3 * C + 2] + cat[(5 + 3) * C + 2], 1e-6);
+    double want = 0;
+    for (int b = 0; b < B; b++)
+        for (int n = 2; n < 5; n++) want += cat[(b * 5 + n) * C + 3];
+    CHECK_NEAR(dmod[3], want, 1e-5);
+
+    float *mean = zeros(B * C), *dm = rnd(B * C, 1), *dcat = zeros(B * 5 * C);
+    cav_mean_tokens_forward(mean, cat, B, 5, C);
+    want = 0;
+    for (int n = 0; n < 5; n++) want += cat[(5 + n) * C + 2];
+    CHECK_NEAR(mean[C + 2], want / 5, 1e-6);
+    cav_mean_tokens_backward(dcat, dm, B, 5, C);
+    CHECK_NEAR(dcat[(5 + 4) * C + 1], dm[C + 1] / 5, 1e-7);
+    free(x), free(g), free(dx), free(r), free(src), free(fill), free(u), free(du), free(dsrc), free(dfill);
+    free(a), free(bb), free(cat), free(da), free(dbb), free(pos), free(mod), free(y), free(dpos), free(dmod);
+    free(mean), free(dm), free(dcat);
+}
+
+/* ---- patches: im2col + gemm equals a direct 16x16/16 convolution; patchify equals reshape+permute ---- */
+static void test_patches(void) {
+    enum { B = 2, T = 48, F = 32, S = 32, D = 3 };
+    /* audio [B,T,F] is the image [B,1,F,T]: image(y = freq, x = time) */
+    float *a = rnd(B * T * F, 1), *w = rnd(D * 256, 1), *bias = rnd(D, 1);
+    int La = (F / 16) * (T / 16);
+    float *cols = zeros(B * La * 256), *emb = zeros(B * La * D);
+    cav_patchify_audio(cols, a, B, T, F);
+    cav_linear_forward(emb, cols, w, bias, B * La, 256, D);
+    double err = 0;
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < F / 16; oy++)
+            for (int ox = 0; ox < T / 16; ox++)
+                for (int d = 0; d < D; d++) {
+                    double s = bias[d];
+                    for (int ky = 0; ky < 16; ky++)
+                        for (int kx = 0; kx < 16; kx++)
+                            s += (double)w[d * 256 + ky * 16 + kx] * a[(b * T + ox * 16 + kx) * F + oy * 16 + ky];
+                    /* conv output flatten(2).transpose(1,2): token = oy * (T/16) + ox */
+                    err = fmax(err, fabs(s - emb[(b * La + oy * (T / 16) + ox) * D + d]));
+                }
+    CHECK(err < 1e-4);
+
+    float *v = rnd(B * 3 * S * S, 1), *wv = rnd(D * 768, 1);
+    int Lv = (S / 16) * (S / 16);
+    float *vc = zeros(B * Lv * 768), *ve = zeros(B * Lv * D), *vp = zeros(B * Lv * 768);
+    cav_im2col_video(vc, v, B, S);
+    cav_linear_forward(ve, vc, wv, bias, B * Lv, 768, D);
+    err = 0;
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < S / 16; oy++)
+            for (int ox = 0; ox < S / 16; ox++)
+                for (int d = 0; d < D; d++) {
+                    double s = bias[d];
+                    for (int ch = 0; ch < 3; ch++)
+                        for (int ky = 0; ky < 16; ky++)
+                            for (int kx = 0; kx < 16; kx++)
+                                s += (double)wv[((d * 3 + ch) * 16 + ky) * 16 + kx] *
+                                     v[((b * 3 + ch) * S + oy * 16 + ky) * S + ox * 16 + kx];
+                    err = fmax(err, fabs(s - ve[(b * Lv + oy * (S / 16) + ox) * D + d]));
+                }
+    CHECK(err < 1e-4);
+    /* patchify: imgs.reshape(n,c,h,p,w,q) -> einsum nchpwq->nhwpqc -> reshape(n, h*w, p*q*c), by strides */
+    cav_patchify_video(vp, v, B, S);
+    int g = S / 16, ok = 1;
+    long in_stride[6] = {3L * S * S, (long)S * S, 16L * S, S, 16, 1}; /* n c h p w q */
+    for (int n = 0; n < B; n++)
+        for (int h = 0; h < g; h++)
+            for (int ww = 0; ww < g; ww++)
+                for (int p = 0; p < 16; p++)
+                    for (int q = 0; q < 16; q++)
+                        for (int c = 0; c < 3; c++) {
+                            long src = n * in_stride[0] + c * in_stride[1] + h * in_stride[2] + p * in_stride[3] +
+                                       ww * in_stride[4] + q * in_stride[5];
+                            long dst = ((((long)n * g + h) * g + ww) * 16 + p) * 16 * 3 + q * 3 + c;
+                            ok &= vp[dst] == v[src];
+                        }
+    CHECK(ok);
+    free(a), free(w), free(bias), free(cols), free(emb), free(v), free(wv), free(vc), free(ve), free(vp);
+}
+
+static void test_sincos(void) {
+    enum { D = 16, GH = 3, GW = 5 };
+    float pe[GH * GW * D];
+    cav_sincos_pos_2d(pe, D, GH, GW);
+    /* token (i=2, j=3): first half encodes the column j, second half the row i; w_m = 10000^(-m/4) */
+    const float *t = pe + (2 * GW + 3) * D;
+    for (int m = 0; m < 4; m++) {
+        double w = pow(10000.0, -m / 4.0);
+        CHECK_NEAR(t[m], sin(3 * w), 1e-7);
+        CHECK_NEAR(t[4 + m], cos(3 * w), 1e-7);
+        CHECK_NEAR(t[8 + m], sin(2 * w), 1e-7);
+        CHECK_NEAR(t[12 + m], cos(2 * w), 1e-7);
+    }
+    CHECK(pe[0] == 0 && pe[4] == 1 && pe[8] == 0 && pe[12] == 1);
+}
+
+/* ---- losses ---- */
+typedef struct {
+    float *a, *v, *an, *vn, *na, *nv;
+    int B, C, bidir;
+} con_ctx;
+static double con_obj(void *p) {
+    con_ctx *c = p;
+    cav_l2norm_forward(c->an, c->na, c->a, c->B, c->C);
+    cav_l2norm_forward(c->vn, c->nv, c->v, c->B, c->C);
+    return cav_contrastive_forward(NULL, c->an, c->vn, c->B, c->C, c->bidir);
+}
+static double naive_nce(const float *a, const float *v, int B, int C, int transpose, double *acc) {
+    double S[B][B], loss = 0;
+    int hit = 0;
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++) {
+            double na = 0, nv = 0, d = 0;
+            for (int k = 0; k < C; k++) {
+                na += (double)a[i * C + k] * a[i * C + k];
+                nv += (double)v[j * C + k] * v[j * C + k];
+                d += (double)a[i * C + k] * v[j * C + k];
+            }
+            double s = d / sqrt(na) / sqrt(nv) / 0.05;
+            if (transpose) S[j][i] = s;
+            else S[i][j] = s;
+        }
+    for (int j = 0; j < B; j++) { /* log_softmax over dim 0 (rows i), diagonal */
+        double z = 0;
+        int best = 0;
+        for (int i = 0; i < B; i++) {
+            z += exp(S[i][j]);
+            if (S[i][j] > S[best][j]) best = i;
+        }
+        loss -= S[j][j] - log(z);
+        hit += best == j;
+    }
+    *acc = (double)hit / B;
+    return loss / B;
+}
+static void test_contrastive(void) {
+    enum { B = 5, C = 8 };
+    for (int bidir = 0; bidir < 2; bidir++) {
+        con_ctx c = {.B = B, .C = C, .bidir = bidir};
+        c.a = rnd(B * C, 1), c.v = rnd(B * C, 1), c.an = zeros(B * C), c.vn = zeros(B * C);
+        c.na = zeros(B), c.nv = zeros(B);
+        for (int i = 0; i < C; i++) c.v[2 * C + i] = c.a[2 * C + i] + 0.1f * c.v[2 * C + i]; /* one sure hit */
+        double loss = con_obj(&c);
+        float acc;
+        cav_contrastive_forward(&acc, c.an, c.vn, B, C, bidir);
+        double a1, a2, l1 = naive_nce(c.a, c.v, B, C, 0, &a1), l2 = naive_nce(c.a, c.v, B, C, 1, &a2);
+        double want = bidir ? (l1 + l2) / 2 : l1, want_acc = bidir ? (a1 + a2) / 2 : a1;
+        CHECK_NEAR(loss, want, 1e-5 * want);
+        CHECK_NEAR(acc, want_acc, 1e-6);
+        CHECK(acc >= 0.2f - 1e-6);
+        float *dan = zeros(B * C), *dvn = zeros(B * C), *da = zeros(B * C), *dv = zeros(B * C);
+        cav_contrastive_backward(dan, dvn, 1.0f, c.an, c.vn, B, C, bidir);
+        cav_l2norm_backward(da, dan, c.an, c.na, B, C);
+        cav_l2norm_backward(dv, dvn, c.vn, c.nv, B, C);
+        CHECK(gradcheck(c.a, B * C, da, con_obj, &c, 1e-3) < 5e-3);
+        CHECK(gradcheck(c.v, B * C, dv, con_obj, &c, 1e-3) < 5e-3);
+        free(c.a), free(c.v), free(c.an), free(c.vn), free(c.na), free(c.nv), free(dan), free(dvn), free(da), free(dv);
+    }
+}
+
+typedef struct {
+    float *pred, *t, *mask;
+    int M, P;
+} mse_ctx;
+static double mse_obj(void *p) {
+    mse_ctx *c = p;
+    return cav_masked_mse_forward(c->pred, c->t, c->mask, c->M, c->P);
+}
+static void test_mse(void) {
+    enum { M = 6, P = 12 };
+    mse_ctx c = {.M = M, .P = P};
+    float raw[M * P];
+    c.pred = rnd(M * P, 1), c.t = rnd(M * P, 2);
+    memcpy(raw, c.t, sizeof raw);
+    float mask[M] = {1, 0, 1, 1, 0, 1};
+    c.mask = mask;
+    cav_normpix(c.t, M, P);
+    double num = 0;
+    for (int m = 0; m < M; m++) {
+        double mu = 0, var = 0, s = 0;
+        for (int p = 0; p < P; p++) mu += raw[m * P + p];
+        mu /= P;
+        for (int p = 0; p < P; p++) var += (raw[m * P + p] - mu) * (raw[m * P + p] - mu);
+        var /= P - 1; /* unbiased, as torch.var */
+        for (int p = 0; p < P; p++) {
+            double t = (raw[m * P + p] - mu) / sqrt(var + 1e-6);
+            CHECK_NEAR(c.t[m * P + p], t, 1e-5);
+            s += (c.pred[m * P + p] - t) * (c.pred[m * P + p] - t);
+        }
+        num += mask[m] * s / P;
+    }
+    CHECK_NEAR(mse_obj(&c), num / 4, 1e-5);
+    float *dp = zeros(M * P);
+    cav_masked_mse_backward(dp, 1.0f, c.pred, c.t, mask, M, P);
+    CHECK(gradcheck(c.pred, M * P, dp, mse_obj, &c, 1e-2) < 1e-3);
+    CHECK(dp[P + 3] == 0); /* visible patches get no gradient */
+    free(c.pred), free(c.t), free(dp);
+}
+
+typedef struct {
+    float *x, *y;
+    int B, K, ce;
+} cls_ctx;
+static double cls_obj(void *p) {
+    cls_ctx *c = p;
+    return c->ce ? cav_soft_ce_forward(c->x, c->y, c->B, c->K) : cav_bce_logits_forward(c->x, c->y, c->B, c->K);
+}
+static void test_classification_losses(void) {
+    enum { B = 3, K = 7 };
+    cls_ctx c = {.B = B, .K = K};
+    c.x = rnd(B * K, 4), c.y = rnd(B * K, 1);
+    for (int i = 0; i < B * K; i++) c.y[i] = fabsf(c.y[i]); /* soft labels in [0,1] */
+    double bce = 0, ce = 0;
+    for (int b = 0; b < B; b++) {
+        double z = 0;
+        for (int k = 0; k < K; k++) z += exp(c.x[b * K + k]);
+        for (int k = 0; k < K; k++) {
+            double x = c.x[b * K + k], y = c.y[b * K + k], s = 1 / (1 + exp(-x));
+            bce -= y * log(s) + (1 - y) * log(1 - s);
+            ce -= y * (x - log(z));
+        }
+    }
+    CHECK_NEAR(cls_obj(&c), bce / (B * K), 1e-6);
+    float *dx = zeros(B * K);
+    cav_bce_logits_backward(dx, 1.0f, c.x, c.y, B, K);
+    CHECK(gradcheck(c.x, B * K, dx, cls_obj, &c, 1e-2) < 1e-3);
+    c.ce = 1;
+    CHECK_NEAR(cls_obj(&c), ce / B, 1e-5);
+    memset(dx, 0, sizeof(float) * B * K);
+    cav_soft_ce_backward(dx, 1.0f, c.x, c.y, B, K);
+    CHECK(gradcheck(c.x, B * K, dx, cls_obj, &c, 1e-2) < 1e-3);
+    free(c.x), free(c.y), free(dx);
+}
+
+/* ---- Adam: two steps by hand, in double, from torch.optim.Adam's documented update ---- */
+static void test_adam(void) {
+    enum { N = 5 };
+    float p[N] = {0.5f, -1.0f, 2.0f, 0.0f, 1e-3f}, m[N] = {0}, v[N] = {0};
+    float g1[N] = {0.1f, -0.2f, 0.0f, 3.0f, -1e-4f}, g2[N] = {-0.3f, 0.2f, 1.0f, 0.5f, 2e-4f};
+    double P[N], M[N] = {0}, V[N] = {0};
+    double lr = 1e-3, b1 = 0.95, b2 = 0.999, eps = 1e-8, wd = 5e-2;
+    for (int i = 0; i < N; i++) P[i] = p[i];
+    for (int t = 1; t <= 2; t++) {
+        const float *g = t == 1 ? g1 : g2;
+        cav_adam_step(p, g, m, v, N, lr, b1, b2, eps, wd, t);
+        /* the first step moves a parameter by lr against the sign of its gradient (m/sqrt(v) = 1) */
+        if (t == 1) CHECK_NEAR(p[3], -lr, 1e-7);
+        for (int i = 0; i < N; i++) {
+            double gg = g[i] + wd * P[i];
+            M[i] = b1 * M[i] + (1 - b1) * gg;
+            V[i] = b2 * V[i] + (1 - b2) * gg * gg;
+            double mh = M[i] / (1 - pow(b1, t)), vh = V[i] / (1 - pow(b2, t));
+            P[i] -= lr * mh / (sqrt(vh) + eps);
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK_NEAR(p[i], P[i], 1e-6 * fmax(1, fabs(P[i])));
+        CHECK_NEAR(m[i], M[i], 1e-6 * fabs(M[i]) + 1e-12);
+    }
+}
+
+int main(void) {
+    TEST(test_linear);
+    TEST(test_layernorm);
+    TEST(test_gelu_softmax);
+    TEST(test_attention);
+    TEST(test_token_ops);
+    TEST(test_patches);
+    TEST(test_sincos);
+    TEST(test_contrastive);
+    TEST(test_mse);
+    TEST(test_classification_losses);
+    TEST(test_adam);
+    return harness_exit();
+}

@@ -1,0 +1,352 @@
+/* test_model.c: the C model without PyTorch — parameter counts and names against the reference's
+ * (SPEC 2.2, 2.12), whole-model gradients against central finite differences at tiny configs for every
+ * pretraining variant and fine-tuning mode, the mask generator's semantics (SPEC 2.6), and the Adam step
+ * over the parameter table (frozen tables untouched, the head's learning-rate group). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "model.h"
+
+static void test_param_counts(void) {
+    size_t tr, n = cav_config_param_count(&(cav_config){0}, NULL); /* all zero: not a valid config, but no crash */
+    (void)n;
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    CHECK(cav_config_param_count(&c, &tr) == 191036160);
+    CHECK(tr == 190129920); /* the four frozen position tables: 906,240 */
+    cav_config f = cav_config_default(CAV_TASK_FINETUNE);
+    CHECK(cav_config_param_count(&f, &tr) == 164907023);
+    CHECK(tr == 164907023);
+    f.label_dim = 309;
+    CHECK(cav_config_param_count(&f, NULL) == 164907023 - 406799 + 239157);
+}
+
+/* Names, shapes and state-dict order at a small config (building a base model is too big for ASan). */
+static void test_param_table(void) {
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    c.embed_dim = 64, c.num_heads = 2, c.decoder_embed_dim = 32, c.decoder_num_heads = 2, c.decoder_depth = 2;
+    c.modality_specific_depth = 2, c.depth = 3, c.img_size = 64, c.audio_length = 128;
+    cav_err err = {0};
+    cav_model *m = cav_model_create(&c, 1, &err);
+    REQUIRE(m);
+    static const char *first[] = {"modality_a", "modality_v", "pos_embed_a", "pos_embed_v", "mask_token",
+                                  "decoder_modality_a", "decoder_modality_v", "decoder_pos_embed_a",
+                                  "decoder_pos_embed_v", "patch_embed_a.proj.weight", "patch_embed_a.proj.bias",
+                                  "patch_embed_v.proj.weight", "patch_embed_v.proj.bias", "blocks_a.0.norm1.weight",
+                                  "blocks_a.0.norm1.bias", "blocks_a.0.norm1_a.weight"};
+    for (int i = 0; i < 16; i++) CHECK(!strcmp(m->table[i].name, first[i]));
+    CHECK(!strcmp(m->table[m->ntable - 1].name, "decoder_pred_v.bias"));
+    cav_param *e = cav_model_param(m, "patch_embed_a.proj.weight");
+    REQUIRE(e);
+    CHECK(e->ndim == 4 && e->shape[0] == 64 && e->shape[1] == 1 && e->shape[2] == 16 && e->shape[3] == 16);
+    e = cav_model_param(m, "module.blocks_u.0.attn.qkv.weight");
+    REQUIRE(e);
+    CHECK(e->shape[0] == 192 && e->shape[1] == 64 && e->data == m->p.blocks_u[0].qkv_w && e->grad == m->g.blocks_u[0].qkv_w);
+    e = cav_model_param(m, "pos_embed_a");
+    REQUIRE(e);
+    CHECK(e->shape[1] == 8 * 8 && !e->trainable); /* audio 128 frames x 128 mel: 8 x 8 grid */
+    CHECK(cav_model_param(m, "blocks_u.1.norm1.weight") == NULL);
+    CHECK(cav_model_param(m, "decoder_blocks.1.mlp.fc2.bias") != NULL);
+    /* each table entry is contiguous and disjoint */
+    size_t off = 0;
+    int ok = 1;
+    for (int i = 0; i < m->ntable; i++) ok &= m->table[i].offset == off, off += m->table[i].numel;
+    CHECK(ok && off == m->nparams);
+    cav_model_free(m);
+}
+
+static uint64_t rs = 12345;
+static double ur(void) {
+    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rs >> 11) / 9007199254740992.0;
+}
+
+static cav_config tiny(cav_task task) {
+    cav_config c = cav_config_default(task);
+    c.audio_length = 48, c.mel_bins = 32, c.img_size = 48; /* audio grid 2 x 3, video 3 x 3 */
+    c.embed_dim = 16, c.num_heads = 2, c.depth = 2, c.modality_specific_depth = 1;
+    c.decoder_embed_dim = 8, c.decoder_num_heads = 2, c.decoder_depth = 1, c.mlp_ratio = 2;
+    c.mask_ratio_a = 0.5, c.mask_ratio_v = 0.5;
+    c.contrast_loss_weight = 0.5; /* strong enough that the contrastive gradients count in the check */
+    return c;
+}
+
+/* Perturb the biases and LN parameters away from their initial constants so no gradient is trivially 0. */
+static void jitter(cav_model *m) {
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *e = &m->table[i];
+        if (!e->trainable) continue;
+        for (size_t k = 0; k < e->numel; k++) e->data[k] += (float)(0.1 * (2 * ur() - 1));
+    }
+}
+
+/* The directional derivative of out.loss along v (+-1 per element) for tensor e at step h: numeric by
+ * central differences, analytic as sum g v over the float steps actually taken. */
+static void directional(cav_model *m, cav_param *e, const float *x0, const float *v, double h, double *num,
+                        double *ana) {
+    double dp = 0, dm = 0;
+    for (size_t k = 0; k < e->numel; k++)
+        e->data[k] = (float)(x0[k] + h * v[k]), dp += ((double)e->data[k] - x0[k]) * e->grad[k];
+    cav_model_forward(m);
+    double lp = m->out.loss;
+    for (size_t k = 0; k < e->numel; k++)
+        e->data[k] = (float)(x0[k] - h * v[k]), dm += ((double)x0[k] - e->data[k]) * e->grad[k];
+    cav_model_forward(m);
+    double lm = m->out.loss;
+    memcpy(e->data, x0, sizeof(float) * e->numel);
+    *ana = (dp + dm) / (2 * h), *num = (lp - lm) / (2 * h);
+}
+
+/* Per tensor, the directional derivative of out.loss along a random +-1 direction, numeric against
+ * analytic. Moving a whole tensor at once lifts the loss change above float rounding, which would drown
+ * single elements. Two step sizes (rounding shrinks with a larger step, curvature with a smaller one);
+ * a tensor's error is the smaller of the two, relative to |analytic| + 1e-2 x the largest |analytic|. */
+static double model_gradcheck(cav_model *m, char *worst, size_t wlen) {
+    cav_model_forward(m);
+    cav_model_backward(m);
+    int nt = m->ntable;
+    double *ana = calloc(2 * nt, sizeof(double)), *num = calloc(2 * nt, sizeof(double)), amax = 0, err = 0;
+    for (int t = 0; t < nt; t++) {
+        cav_param *e = &m->table[t];
+        double gmax = 0;
+        for (size_t k = 0; k < e->numel; k++) gmax = fmax(gmax, fabs(e->grad[k]));
+        if (!e->trainable) {
+            if (gmax != 0) snprintf(worst, wlen, "%s is frozen but has a gradient", e->name), err = 1e9;
+            continue;
+        }
+        float *x0 = malloc(sizeof(float) * e->numel), *v = malloc(sizeof(float) * e->numel);
+        double xs = 0;
+        for (size_t k = 0; k < e->numel; k++) xs = fmax(xs, fabs(e->data[k]));
+        memcpy(x0, e->data, sizeof(float) * e->numel);
+        for (size_t k = 0; k < e->numel; k++) v[k] = ur() < 0.5 ? -1.0f : 1.0f;
+        directional(m, e, x0, v, 1e-2 * fmax(xs, 0.1), &num[2 * t], &ana[2 * t]);
+        directional(m, e, x0, v, 3e-3 * fmax(xs, 0.1), &num[2 * t + 1], &ana[2 * t + 1]);
+        amax = fmax(amax, fabs(ana[2 * t]));
+        free(x0), free(v);
+    }
+    for (int t = 0; t < nt; t++) {
+        if (!m->table[t].trainable) continue;
+        double e1 = fabs(num[2 * t] - ana[2 * t]) / (fabs(ana[2 * t]) + 1e-2 * amax);
+        double e2 = fabs(num[2 * t + 1] - ana[2 * t + 1]) / (fabs(ana[2 * t + 1]) + 1e-2 * amax);
+        int k = e2 < e1;
+        if (fmin(e1, e2) > err) {
+            err = fmin(e1, e2);
+            snprintf(worst, wlen, "%s: numeric %.6g analytic %.6g", m->table[t].name, num[2 * t + k], ana[2 * t + k]);
+        }
+    }
+    free(ana), free(num);
+    return err;
+}
+
+static void fill_inputs(cav_model *m, uint64_t *mask_rng) {
+    int ua = m->La > 0 && m->in.audio, uv = m->Lv > 0 && m->in.video;
+    if (ua)
+        for (size_t i = 0; i < (size_t)m->B * m->T * m->F; i++) m->in.audio[i] = (float)(2 * ur() - 1);
+    if (uv)
+        for (size_t i = 0; i < (size_t)m->B * 3 * m->S * m->S; i++) m->in.video[i] = (float)(2 * ur() - 1);
+    if (m->in.labels)
+        for (size_t i = 0; i < (size_t)m->B * m->cfg.label_dim; i++) m->in.labels[i] = (float)ur();
+    cav_model_random_masks(m, mask_rng);
+}
+
+static int run_gradcheck(cav_config *c, const char *what, double tol) {
+    cav_err err = {0};
+    cav_model *m = cav_model_create(c, 3, &err);
+    if (!m) {
+        fprintf(stderr, "  %s: %s\n", what, err.msg);
+        return 0;
+    }
+    uint64_t mr = 7;
+    cav_model_init(m, 42);
+    jitter(m);
+    fill_inputs(m, &mr);
+    char worst[160] = "";
+    double e = model_gradcheck(m, worst, sizeof worst);
+    int ok = e < tol && isfinite(m->out.loss);
+    fprintf(stderr, "  %-28s loss %.6f  max rel grad err %.2e  (%s)\n", what, m->out.loss, e, worst);
+    cav_model_free(m);
+    return ok;
+}
+
+static void test_gradcheck_pretrain_variants(void) {
+    cav_config c = tiny(CAV_TASK_PRETRAIN);
+    CHECK(run_gradcheck(&c, "cav-mae", 2e-2));
+    c.norm_pix_loss = 1, c.bidirect_contrast = 1;
+    CHECK(run_gradcheck(&c, "cav-mae normpix bidirect", 2e-2));
+    c = tiny(CAV_TASK_PRETRAIN), c.depth = 3, c.chain_contrast_streams = 0;
+    CHECK(run_gradcheck(&c, "cav-mae 1+2 (reference)", 2e-2));
+    c.chain_contrast_streams = 1;
+    CHECK(run_gradcheck(&c, "cav-mae 1+2 chained", 2e-2));
+    static const char *variants[] = {"av-mae", "vanilla-av-mae", "cav", "audio-mae", "visual-mae"};
+    for (int i = 0; i < 5; i++) {
+        c = tiny(CAV_TASK_PRETRAIN);
+        REQUIRE(cav_config_variant(&c, variants[i]) == 0);
+        if (!strcmp(variants[i], "cav")) c.contrast_loss_weight = 0.5;
+        CHECK(run_gradcheck(&c, variants[i], 2e-2));
+    }
+    c = tiny(CAV_TASK_PRETRAIN), c.audio_length = 64, c.mel_bins = 64, c.mask_mode = CAV_MASK_TF;
+    CHECK(run_gradcheck(&c, "cav-mae tf masking", 2e-2));
+    c.tr_pos = 1;
+    CHECK(run_gradcheck(&c, "cav-mae trainable pos", 2e-2));
+}
+
+static void test_gradcheck_finetune_modes(void) {
+    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    for (int i = 0; i < 5; i++) {
+        cav_config c = tiny(CAV_TASK_FINETUNE);
+        c.label_dim = 5, c.mode = cav_ft_mode_parse(modes[i]);
+        c.loss_ce = i == 0;
+        char what[64];
+        snprintf(what, sizeof what, "ft %s %s", modes[i], c.loss_ce ? "ce" : "bce");
+        CHECK(run_gradcheck(&c, what, 2e-2));
+    }
+    cav_config c = tiny(CAV_TASK_FINETUNE);
+    c.label_dim = 5, c.loss_ce = 1, c.mode = CAV_FT_AUDIOONLY;
+    CHECK(run_gradcheck(&c, "ft audioonly ce", 2e-2));
+}
+
+/* Zero loss weights skip their branch; the embedding pass equals the audio-only fine-tuning features. */
+static void test_branches(void) {
+    cav_config c = tiny(CAV_TASK_PRETRAIN);
+    cav_config_variant(&c, "av-mae");
+    cav_err err = {0};
+    cav_model *m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    uint64_t mr = 1;
+    cav_model_init(m, 3);
+    fill_inputs(m, &mr);
+    cav_model_forward(m);
+    CHECK(m->out.loss_c == 0 && m->out.c_acc == 0 && m->out.loss_mae > 0);
+    CHECK_NEAR(m->out.loss, m->out.loss_mae_a + m->out.loss_mae_v, 1e-6);
+    int64_t shape[4];
+    int nd;
+    const float *pa = cav_model_output(m, "pred_a", shape, &nd);
+    CHECK(pa && nd == 3 && shape[0] == 2 && shape[1] == 6 && shape[2] == 256);
+    const float *ma = cav_model_output(m, "mask_a", shape, &nd);
+    REQUIRE(ma);
+    double s = 0;
+    for (int i = 0; i < 12; i++) s += ma[i];
+    CHECK(s == 6); /* half of 2 x 6 tokens masked */
+    cav_model_free(m);
+
+    cav_config cf = tiny(CAV_TASK_FEAT);
+    m = cav_model_create(&cf, 2, &err);
+    REQUIRE(m);
+    cav_model_init(m, 3);
+    fill_inputs(m, &mr);
+    cav_model_forward(m);
+    const float *fa = cav_model_output(m, "feat_a", shape, &nd);
+    CHECK(fa && shape[1] == 6 && shape[2] == 16);
+    /* norm_a output: each token has mean ~0 and variance ~1 (LN weight 1, bias 0 at init) */
+    double mu = 0;
+    for (int k = 0; k < 16; k++) mu += fa[k];
+    CHECK_NEAR(mu / 16, 0, 1e-5);
+    CHECK(cav_model_output(m, "loss", NULL, NULL) == NULL);
+    cav_model_free(m);
+}
+
+/* SPEC 2.6 at the reference's audio grid (8 x 64): counts, distinctness and the structured modes. */
+static void test_masks(void) {
+    cav_config c = tiny(CAV_TASK_PRETRAIN);
+    c.audio_length = 1024, c.mel_bins = 128, c.mask_ratio_a = 0.75, c.mask_ratio_v = 0.75;
+    cav_err err = {0};
+    for (int mode = 0; mode < 4; mode++) {
+        c.mask_mode = mode;
+        cav_model *m = cav_model_create(&c, 2, &err);
+        REQUIRE(m);
+        CHECK(m->La == 128 && m->Lv == 2); /* int(512 * 0.25), int(9 * 0.25) */
+        uint64_t r = 99 + mode;
+        cav_model_random_masks(m, &r);
+        for (int b = 0; b < 2; b++) {
+            int seen[512] = {0}, cols[64] = {0}, rows[8] = {0}, ok = 1;
+            for (int l = 0; l < 128; l++) {
+                int64_t k = m->in.keep_a[b * 128 + l];
+                ok &= k >= 0 && k < 512 && !seen[k];
+                seen[k] = 1, cols[k % 64]++, rows[k / 64]++;
+            }
+            CHECK(ok);
+            int ncol = 0, nrow = 0, fullcol = 0, fullrow = 0;
+            for (int t = 0; t < 64; t++) ncol += cols[t] > 0, fullcol += cols[t] == 8;
+            for (int f = 0; f < 8; f++) nrow += rows[f] > 0, fullrow += rows[f] == 64;
+            if (mode == CAV_MASK_TIME) CHECK(ncol == 16 && fullcol == 16);     /* 48 columns removed */
+            if (mode == CAV_MASK_FREQ) CHECK(nrow == 2 && fullrow == 2);       /* 6 rows removed */
+            if (mode == CAV_MASK_TF) {                                         /* 33 columns, 4 rows forced */
+                int unforced_cols = 0;
+                for (int t = 0; t < 64; t++) unforced_cols += cols[t] >= 4;
+                CHECK(unforced_cols >= 31 && ncol <= 35);
+            }
+            if (mode == CAV_MASK_UNSTRUCTURED) CHECK(ncol > 40); /* spread over the grid */
+        }
+        /* the next draw differs */
+        int64_t first[128];
+        memcpy(first, m->in.keep_a, sizeof first);
+        cav_model_random_masks(m, &r);
+        CHECK(memcmp(first, m->in.keep_a, sizeof first) != 0);
+        cav_model_free(m);
+    }
+}
+
+/* Adam over the table: one step by hand for a trainable tensor, frozen tables untouched, head lr scale. */
+static void test_model_adam(void) {
+    cav_config c = tiny(CAV_TASK_FINETUNE);
+    c.label_dim = 4, c.tr_pos = 0;
+    cav_err err = {0};
+    cav_model *m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    uint64_t mr = 5;
+    cav_model_init(m, 9);
+    fill_inputs(m, &mr);
+    cav_model_forward(m);
+    cav_model_backward(m);
+    cav_param *w = cav_model_param(m, "blocks_u.0.mlp.fc1.weight"), *h = cav_model_param(m, "mlp_head.1.weight");
+    cav_param *pos = cav_model_param(m, "pos_embed_v");
+    REQUIRE(w && h && pos);
+    float w0 = w->data[5], gw = w->grad[5], h0 = h->data[2], gh = h->grad[2], p0 = pos->data[7];
+    double lr = 1e-3, wd = 5e-7;
+    cav_model_adam_step(m, lr, 100, 0.95, 0.999, 1e-8, wd);
+    /* first step: m = (1-b1) g', v = (1-b2) g'^2, update = lr * g' / (|g'| + eps * sqrt(1-b2)) ~ lr sign(g') */
+    double g1 = gw + wd * w0, want = w0 - lr * g1 / (fabs(g1) + 1e-8);
+    CHECK_NEAR(w->data[5], want, 1e-7);
+    double g2 = gh + wd * h0;
+    CHECK_NEAR(h->data[2], h0 - 100 * lr * g2 / (fabs(g2) + 1e-8), 1e-6);
+    CHECK(pos->data[7] == p0);
+    cav_model_free(m);
+}
+
+/* The debug state's config keys map onto the config; bad values and unknown keys are told apart. */
+static void test_config_set(void) {
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    CHECK(cav_config_set(&c, "embed_dim", "192") == 0 && c.embed_dim == 192);
+    CHECK(cav_config_set(&c, "mask_ratio_a", "0.5") == 0 && c.mask_ratio_a == 0.5);
+    CHECK(cav_config_set(&c, "norm_pix_loss", "true") == 0 && c.norm_pix_loss == 1);
+    CHECK(cav_config_set(&c, "mask_mode", "tf") == 0 && c.mask_mode == CAV_MASK_TF);
+    CHECK(cav_config_set(&c, "modalities", "v") == 0 && !c.use_audio && c.use_video);
+    CHECK(cav_config_set(&c, "mode", "missingvideoonly") == 0 && c.mode == CAV_FT_MISSINGVIDEOONLY);
+    CHECK(cav_config_set(&c, "loss", "ce") == 0 && c.loss_ce == 1);
+    CHECK(cav_config_set(&c, "depth", "12.5") == -1);
+    CHECK(cav_config_set(&c, "mask_mode", "random") == -1);
+    CHECK(cav_config_set(&c, "patch_size", "8") == -1);
+    CHECK(cav_config_set(&c, "batch", "4") == -2);
+    cav_config v = cav_config_default(CAV_TASK_PRETRAIN);
+    CHECK(cav_config_variant(&v, "vanilla_av_mae") == 0 && v.modality_specific_depth == 0 && v.contrast_loss_weight == 0);
+    CHECK(cav_config_variant(&v, "cav") == 0 && v.mae_loss_weight == 0 && v.contrast_loss_weight > 0);
+    CHECK(cav_config_variant(&v, "bert") == -1);
+    cav_err err = {0};
+    v = cav_config_default(CAV_TASK_PRETRAIN);
+    v.embed_dim = 100, v.num_heads = 12;
+    CHECK(cav_config_check(&v, &err) == -1 && err.code == 1 && strstr(err.msg, "embed_dim"));
+}
+
+int main(void) {
+    TEST(test_config_set);
+    TEST(test_param_counts);
+    TEST(test_param_table);
+    TEST(test_gradcheck_pretrain_variants);
+    TEST(test_gradcheck_finetune_modes);
+    TEST(test_branches);
+    TEST(test_masks);
+    TEST(test_model_adam);
+    return harness_exit();
+}
