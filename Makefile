@@ -191,7 +191,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
 $(BUILD)/fuzz/fuzz_avdecode: tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c lib/avdecode.h $(BUILD)/config.mk
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Ilib $(DEP_CFLAGS) \
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Ilib $(DEP_CFLAGS) \
 	  tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c -o $@ $(DEP_LIBS) -lm -lpthread
 fuzz: $(BUILD)/fuzz/fuzz_avdecode refs
 	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seed

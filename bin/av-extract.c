@@ -40,9 +40,11 @@ static const char usage[] =
     "      --help              show this help\n"
     "      --version           show the version\n"
     "\n"
-    "Exit status: 0 ok (bad files, if any, were skipped and reported), 1 usage, 2 nothing could be extracted\n"
+    "Exit status: 0 ok (bad files, if any, were skipped and reported), 1 usage, 2 nothing could be "
+    "extracted\n"
     "or a bad file with --on-error fail, 3 internal or output error.\n"
-    "Failure reasons counted in the closing summary: open, no-audio, no-video, corrupt, no-frames, internal,\n"
+    "Failure reasons counted in the closing summary: open, no-audio, no-video, corrupt, no-frames, "
+    "internal,\n"
     "rejected (the output refused the record, e.g. a duplicate id in a shard).\n";
 
 typedef struct {
@@ -69,7 +71,8 @@ static void work(pool *p, int i) {
     cav_av_clip c;
     s->reason = cav_av_decode_file(in->path, p->dopts, &c, &s->err);
     if (s->reason == CAV_AV_OK && !p->dopts->decode_only) {
-        if (cav_av_clip_to_record(&c, in->id, in->path, p->ropts, &s->rec, &s->err)) s->reason = CAV_AV_ERR_INTERNAL;
+        if (cav_av_clip_to_record(&c, in->id, in->path, p->ropts, &s->rec, &s->err))
+            s->reason = CAV_AV_ERR_INTERNAL;
         cav_av_clip_free(&c);
     }
 }
@@ -92,17 +95,40 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-enum { OPT_JSON = 0x100, OPT_JSON_KEY, OPT_JPEG, OPT_JPEGQ, OPT_RAW, OPT_AONLY, OPT_VONLY, OPT_DOWNMIX, OPT_MAXSEC,
-       OPT_DECODE_ALL, OPT_DECODE_ONLY, OPT_ON_ERROR };
+enum {
+    OPT_JSON = 0x100,
+    OPT_JSON_KEY,
+    OPT_JPEG,
+    OPT_JPEGQ,
+    OPT_RAW,
+    OPT_AONLY,
+    OPT_VONLY,
+    OPT_DOWNMIX,
+    OPT_MAXSEC,
+    OPT_DECODE_ALL,
+    OPT_DECODE_ONLY,
+    OPT_ON_ERROR
+};
 
 int main(int argc, char **argv) {
     cav_set_tool("av-extract");
-    static const struct option longopts[] = {
-        {"list", 1, 0, 'l'},           {"json", 1, 0, OPT_JSON},          {"json-key", 1, 0, OPT_JSON_KEY},
-        {"output", 1, 0, 'o'},         {"jpeg-quality", 1, 0, OPT_JPEGQ}, {"jpeg", 0, 0, OPT_JPEG}, {"raw", 0, 0, OPT_RAW},
-        {"audio-only", 0, 0, OPT_AONLY}, {"video-only", 0, 0, OPT_VONLY}, {"downmix", 0, 0, OPT_DOWNMIX},
-        {"max-seconds", 1, 0, OPT_MAXSEC}, {"decode-all", 0, 0, OPT_DECODE_ALL}, {"decode-only", 0, 0, OPT_DECODE_ONLY}, {"jobs", 1, 0, 'j'},
-        {"on-error", 1, 0, OPT_ON_ERROR}, CAV_STD_OPTIONS, {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"list", 1, 0, 'l'},
+                                             {"json", 1, 0, OPT_JSON},
+                                             {"json-key", 1, 0, OPT_JSON_KEY},
+                                             {"output", 1, 0, 'o'},
+                                             {"jpeg-quality", 1, 0, OPT_JPEGQ},
+                                             {"jpeg", 0, 0, OPT_JPEG},
+                                             {"raw", 0, 0, OPT_RAW},
+                                             {"audio-only", 0, 0, OPT_AONLY},
+                                             {"video-only", 0, 0, OPT_VONLY},
+                                             {"downmix", 0, 0, OPT_DOWNMIX},
+                                             {"max-seconds", 1, 0, OPT_MAXSEC},
+                                             {"decode-all", 0, 0, OPT_DECODE_ALL},
+                                             {"decode-only", 0, 0, OPT_DECODE_ONLY},
+                                             {"jobs", 1, 0, 'j'},
+                                             {"on-error", 1, 0, OPT_ON_ERROR},
+                                             CAV_STD_OPTIONS,
+                                             {0, 0, 0, 0}};
     cav_av_opts dopts;
     cav_av_opts_default(&dopts);
     cav_av_record_opts ropts = {.jpeg_quality = 75};
@@ -120,24 +146,52 @@ int main(int argc, char **argv) {
             if (njsons == 64) cav_usage_error("too many --json options");
             jsons[njsons++] = optarg;
             break;
-        case OPT_JSON_KEY: json_key = optarg; break;
-        case 'o': out = optarg; break;
-        case OPT_JPEG: raw = 0; break;
-        case OPT_JPEGQ: quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100), raw = 0; break;
-        case OPT_RAW: raw = 1; break;
-        case OPT_AONLY: aonly = 1; break;
-        case OPT_VONLY: vonly = 1; break;
-        case OPT_DOWNMIX: dopts.downmix = 1; break;
-        case OPT_MAXSEC: dopts.max_seconds = cav_parse_double("--max-seconds", optarg, 1e-3, 1e9); break;
-        case OPT_DECODE_ALL: dopts.skip_unneeded = 0; break;
-        case OPT_DECODE_ONLY: dopts.decode_only = 1; break;
-        case 'j': jobs = (int)cav_parse_int("--jobs", optarg, 1, 256); break;
-        case OPT_ON_ERROR:
-            if (!strcmp(optarg, "skip")) fail_fast = 0;
-            else if (!strcmp(optarg, "fail")) fail_fast = 1;
-            else cav_usage_error("--on-error: '%s' is neither skip nor fail", optarg);
+        case OPT_JSON_KEY:
+            json_key = optarg;
             break;
-        default: cav_std_option(c, usage);
+        case 'o':
+            out = optarg;
+            break;
+        case OPT_JPEG:
+            raw = 0;
+            break;
+        case OPT_JPEGQ:
+            quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100), raw = 0;
+            break;
+        case OPT_RAW:
+            raw = 1;
+            break;
+        case OPT_AONLY:
+            aonly = 1;
+            break;
+        case OPT_VONLY:
+            vonly = 1;
+            break;
+        case OPT_DOWNMIX:
+            dopts.downmix = 1;
+            break;
+        case OPT_MAXSEC:
+            dopts.max_seconds = cav_parse_double("--max-seconds", optarg, 1e-3, 1e9);
+            break;
+        case OPT_DECODE_ALL:
+            dopts.skip_unneeded = 0;
+            break;
+        case OPT_DECODE_ONLY:
+            dopts.decode_only = 1;
+            break;
+        case 'j':
+            jobs = (int)cav_parse_int("--jobs", optarg, 1, 256);
+            break;
+        case OPT_ON_ERROR:
+            if (!strcmp(optarg, "skip"))
+                fail_fast = 0;
+            else if (!strcmp(optarg, "fail"))
+                fail_fast = 1;
+            else
+                cav_usage_error("--on-error: '%s' is neither skip nor fail", optarg);
+            break;
+        default:
+            cav_std_option(c, usage);
         }
     }
     if (aonly && vonly) cav_usage_error("--audio-only and --video-only exclude each other");
@@ -178,7 +232,8 @@ int main(int argc, char **argv) {
     pthread_t th[256];
     int nth = jobs > in.n ? in.n : jobs;
     for (int t = 0; t < nth; t++)
-        if (pthread_create(&th[t], NULL, worker, &p)) cav_die(CAV_EXIT_INTERNAL, "cannot start a worker thread");
+        if (pthread_create(&th[t], NULL, worker, &p))
+            cav_die(CAV_EXIT_INTERNAL, "cannot start a worker thread");
 
     int64_t counts[CAV_AV_NREASONS + 1] = {0}; /* the last: records the output refused (duplicate id, ...) */
     int status = CAV_EXIT_OK, written = 0;

@@ -39,10 +39,19 @@ const char *cav_av_reason_name(cav_av_reason r) {
     return (unsigned)r < CAV_AV_NREASONS ? names[r] : "?";
 }
 
+/* (int64_t)v where that is defined; hostile headers give NaN or enormous rates and durations. */
+static int64_t to_i64(double v) {
+    if (!(v == v)) return 0;
+    if (v > 2e18) return INT64_C(2000000000000000000); /* differences of two still fit */
+    if (v < -2e18) return -INT64_C(2000000000000000000);
+    return (int64_t)v;
+}
+
 void cav_av_frame_indices(double fps, int64_t count, int idx[CAV_AV_NFRAMES]) {
-    int64_t lim = (int64_t)(fps * 10); /* Python int() truncates */
+    int64_t lim = to_i64(fps * 10); /* Python int() truncates */
     int64_t total = count < lim ? count : lim;
     if (total < 0) total = 0;
+    if (total > INT32_MAX) total = INT32_MAX; /* keeps i*total and the indices in range */
     for (int i = 0; i < CAV_AV_NFRAMES; i++) idx[i] = (int)(i * total / CAV_AV_NFRAMES);
 }
 
@@ -74,10 +83,10 @@ typedef struct {
     int64_t first_num, last_idx, st_start;
     double tb;
     int video_done;
-    int gop_skip;     /* allowed on this attempt */
-    int64_t skip_ts;  /* not AV_NOPTS_VALUE: dropping video packets until the keyframe at this index time */
-    int resumed;      /* the first frame after a dropped stretch is still to come */
-    int64_t *keys;    /* Matroska: keyframe times of the video stream from the Cues (ascending), nkeys */
+    int gop_skip;    /* allowed on this attempt */
+    int64_t skip_ts; /* not AV_NOPTS_VALUE: dropping video packets until the keyframe at this index time */
+    int resumed;     /* the first frame after a dropped stretch is still to come */
+    int64_t *keys;   /* Matroska: keyframe times of the video stream from the Cues (ascending), nkeys */
     int nkeys;
     const char *path; /* the input again, to read a Matroska index on the side */
     const uint8_t *mem;
@@ -87,7 +96,8 @@ typedef struct {
 /* Internal: a GOP skip went wrong; decode_* run the file again without skipping GOPs. */
 #define AV_RETRY ((cav_av_reason)(CAV_AV_NREASONS + 1))
 
-static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static cav_av_reason fail(ctx *x, cav_av_reason r, const char *fmt, ...) {
     if (x->err) {
         va_list ap;
@@ -147,8 +157,8 @@ static cav_av_reason audio_convert(ctx *x, const AVFrame *f) {
     if (f && !x->swr) {
         if ((ret = av_channel_layout_copy(&x->swr_layout, &f->ch_layout)) < 0)
             return fail(x, CAV_AV_ERR_INTERNAL, "channel layout: %s", AVERR(ret));
-        ret = swr_alloc_set_opts2(&x->swr, &x->swr_layout, AV_SAMPLE_FMT_S16, CAV_AV_RATE, &x->swr_layout, f->format,
-                                  f->sample_rate, 0, NULL);
+        ret = swr_alloc_set_opts2(&x->swr, &x->swr_layout, AV_SAMPLE_FMT_S16, CAV_AV_RATE, &x->swr_layout,
+                                  f->format, f->sample_rate, 0, NULL);
         if (ret < 0 || (ret = swr_init(x->swr)) < 0)
             return fail(x, CAV_AV_ERR_INTERNAL, "cannot set up the resampler (%d Hz, %d channels): %s",
                         f->sample_rate, f->ch_layout.nb_channels, AVERR(ret));
@@ -174,7 +184,8 @@ static cav_av_reason audio_convert(ctx *x, const AVFrame *f) {
             x->sbuf = b;
             x->sbuf_samples = ns;
         }
-        int n = swr_convert(x->swr, &x->sbuf, x->sbuf_samples, f ? (const uint8_t **)f->extended_data : NULL, in);
+        int n =
+            swr_convert(x->swr, &x->sbuf, x->sbuf_samples, f ? (const uint8_t **)f->extended_data : NULL, in);
         if (n < 0) return fail(x, CAV_AV_ERR_INTERNAL, "resampler: %s", AVERR(n));
         cav_av_reason r = audio_append(x, n);
         if (r) return r;
@@ -207,7 +218,7 @@ static cav_av_reason audio_packet(ctx *x, const AVPacket *p) {
 
 /* OpenCV's dts_to_frame_number: int64(fps * (ts - start_time) * time_base + 0.5). */
 static int64_t frame_number(const ctx *x, int64_t ts) {
-    return (int64_t)(x->c->fps * ((double)(ts - x->st_start) * x->tb) + 0.5);
+    return to_i64(x->c->fps * ((double)ts - (double)x->st_start) * x->tb + 0.5);
 }
 
 static int target_wanted(const ctx *x, int64_t idx) {
@@ -226,7 +237,8 @@ static cav_av_reason video_take(ctx *x, const AVFrame *f, int k) {
     }
     int w = f->width, h = f->height;
     /* OpenCV: sws_getCachedContext(src size/format -> same size BGR24, SWS_BICUBIC); RGB24 here. */
-    x->sws = sws_getCachedContext(x->sws, w, h, f->format, w, h, AV_PIX_FMT_RGB24, SWS_BICUBIC, NULL, NULL, NULL);
+    x->sws =
+        sws_getCachedContext(x->sws, w, h, f->format, w, h, AV_PIX_FMT_RGB24, SWS_BICUBIC, NULL, NULL, NULL);
     if (!x->sws)
         return fail(x, CAV_AV_ERR_CORRUPT, "cannot convert %dx%d %s frames to RGB", w, h,
                     av_get_pix_fmt_name(f->format) ? av_get_pix_fmt_name(f->format) : "?");
@@ -290,17 +302,20 @@ static int64_t pkt_ts(const AVPacket *p) {
 static int64_t keyframe_ahead(ctx *x, const AVPacket *p) {
     AVStream *st = x->fmt->streams[x->vi];
     int64_t cur = pkt_ts(p);
-    if (cur == AV_NOPTS_VALUE || x->next >= CAV_AV_NFRAMES || x->c->fps <= 0 || x->tb <= 0) return AV_NOPTS_VALUE;
+    if (cur == AV_NOPTS_VALUE || x->next >= CAV_AV_NFRAMES || x->c->fps <= 0 || x->tb <= 0)
+        return AV_NOPTS_VALUE;
     int margin = st->codecpar->video_delay + 2;
     double sec = (double)(x->target[x->next] + x->first_num - margin) / x->c->fps;
     if (sec <= 0) return AV_NOPTS_VALUE;
-    int64_t ts = x->st_start + (int64_t)floor(sec / x->tb);
+    int64_t ts = to_i64((double)x->st_start + floor(sec / x->tb));
     if (x->keys) { /* the last keyframe at or before ts */
         int lo = 0, hi = x->nkeys - 1, e = -1;
         while (lo <= hi) {
             int mid = lo + (hi - lo) / 2;
-            if (x->keys[mid] <= ts) e = mid, lo = mid + 1;
-            else hi = mid - 1;
+            if (x->keys[mid] <= ts)
+                e = mid, lo = mid + 1;
+            else
+                hi = mid - 1;
         }
         return e >= 0 && x->keys[e] > cur ? x->keys[e] : AV_NOPTS_VALUE;
     }
@@ -344,8 +359,8 @@ static cav_av_reason video_packet(ctx *x, const AVPacket *p) {
     int ret = avcodec_send_packet(x->vdec, p);
     if (ret < 0 && ret != AVERROR_EOF) {
         if (x->c->video_skipped) return AV_RETRY; /* perhaps our doing: try again without dropping */
-        return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s", (long long)x->last_idx + 1,
-                    AVERR(ret));
+        return fail(x, CAV_AV_ERR_CORRUPT, "video decode error near frame %lld: %s",
+                    (long long)x->last_idx + 1, AVERR(ret));
     }
     while (!x->video_done) {
         ret = avcodec_receive_frame(x->vdec, x->frame);
@@ -376,22 +391,24 @@ static cav_av_reason open_decoder(ctx *x, int si, AVCodecContext **dec, const ch
     (*dec)->thread_count = 1; /* one core per file: parallelism is across files */
     (*dec)->pkt_timebase = st->time_base;
     if ((ret = avcodec_open2(*dec, codec, NULL)) < 0)
-        return fail(x, CAV_AV_ERR_CORRUPT, "cannot open the %s decoder (%s): %s", what, codec->name, AVERR(ret));
+        return fail(x, CAV_AV_ERR_CORRUPT, "cannot open the %s decoder (%s): %s", what, codec->name,
+                    AVERR(ret));
     return CAV_AV_OK;
 }
 
 /* OpenCV's CAP_PROP_FPS and CAP_PROP_FRAME_COUNT for the stream. */
 static void opencv_fps_count(ctx *x, AVStream *st) {
-    double fps = av_q2d(st->avg_frame_rate);
-    if (fps < 1e-6) fps = av_q2d(st->r_frame_rate);
-    if (fps < 1e-6 && st->time_base.num) fps = 1.0 / av_q2d(st->time_base);
+    double fps = st->avg_frame_rate.den ? av_q2d(st->avg_frame_rate) : 0;
+    if (!(fps >= 1e-6) && st->r_frame_rate.den) fps = av_q2d(st->r_frame_rate);
+    if (!(fps >= 1e-6) && st->time_base.num && st->time_base.den) fps = 1.0 / av_q2d(st->time_base);
+    if (!(fps >= 1e-6) || !isfinite(fps)) fps = 0;
     x->c->fps = fps;
     int64_t n = st->nb_frames;
     if (n == 0) {
         double sec = (double)x->fmt->duration / AV_TIME_BASE;
         if (x->fmt->duration == AV_NOPTS_VALUE || sec < 1e-6)
             sec = st->duration == AV_NOPTS_VALUE ? 0 : (double)st->duration * av_q2d(st->time_base);
-        n = (int64_t)floor(sec * fps + 0.5);
+        n = to_i64(floor(sec * fps + 0.5));
     }
     x->c->frame_count = n;
 }
@@ -422,7 +439,8 @@ static void matroska_keys(ctx *x) {
         f->flags |= AVFMT_FLAG_CUSTOM_IO;
     }
     if (avformat_open_input(&f, x->mem ? NULL : x->path, x->fmt->iformat, NULL) < 0) goto out;
-    if ((unsigned)x->vi >= f->nb_streams || f->streams[x->vi]->codecpar->codec_type != AVMEDIA_TYPE_VIDEO) goto out;
+    if ((unsigned)x->vi >= f->nb_streams || f->streams[x->vi]->codecpar->codec_type != AVMEDIA_TYPE_VIDEO)
+        goto out;
     av_seek_frame(f, x->vi, 0, AVSEEK_FLAG_BACKWARD); /* loads the Cues; where it lands does not matter */
     AVStream *st = f->streams[x->vi];
     int n = avformat_index_get_entries_count(st);
@@ -456,9 +474,11 @@ static cav_av_reason run(ctx *x) {
         x->vi = -1;
         for (unsigned i = 0; i < x->fmt->nb_streams; i++) { /* cover art is not video */
             AVStream *st = x->fmt->streams[i];
-            if (st->codecpar->codec_type == AVMEDIA_TYPE_VIDEO && !(st->disposition & AV_DISPOSITION_ATTACHED_PIC)) {
+            if (st->codecpar->codec_type == AVMEDIA_TYPE_VIDEO &&
+                !(st->disposition & AV_DISPOSITION_ATTACHED_PIC)) {
                 x->vi = av_find_best_stream(x->fmt, AVMEDIA_TYPE_VIDEO, -1, -1, NULL, 0);
-                if (x->vi >= 0 && (x->fmt->streams[x->vi]->disposition & AV_DISPOSITION_ATTACHED_PIC)) x->vi = (int)i;
+                if (x->vi >= 0 && (x->fmt->streams[x->vi]->disposition & AV_DISPOSITION_ATTACHED_PIC))
+                    x->vi = (int)i;
                 break;
             }
         }
@@ -481,7 +501,8 @@ static cav_av_reason run(ctx *x) {
         if ((r = open_decoder(x, x->vi, &x->vdec, "video"))) return r;
         opencv_fps_count(x, st);
         cav_av_frame_indices(c->fps, c->frame_count, c->frame_index);
-        for (int i = 0; i < CAV_AV_NFRAMES; i++) x->target[i] = c->frame_index[i] > 0 ? c->frame_index[i] - 1 : 0;
+        for (int i = 0; i < CAV_AV_NFRAMES; i++)
+            x->target[i] = c->frame_index[i] > 0 ? c->frame_index[i] - 1 : 0;
         x->tb = av_q2d(st->time_base);
         x->st_start = st->start_time == AV_NOPTS_VALUE ? 0 : st->start_time;
         if (!o->decode_only) {
@@ -503,8 +524,10 @@ static cav_av_reason run(ctx *x) {
         if (ret == AVERROR_EOF) break;
         if (ret < 0) return fail(x, CAV_AV_ERR_CORRUPT, "read error: %s", AVERR(ret));
         r = CAV_AV_OK;
-        if (x->pkt->stream_index == x->ai && !x->audio_done) r = audio_packet(x, x->pkt);
-        else if (x->pkt->stream_index == x->vi && !x->video_done) r = video_packet(x, x->pkt);
+        if (x->pkt->stream_index == x->ai && !x->audio_done)
+            r = audio_packet(x, x->pkt);
+        else if (x->pkt->stream_index == x->vi && !x->video_done)
+            r = video_packet(x, x->pkt);
         av_packet_unref(x->pkt);
         if (r) return r;
         if (x->video_done && x->vdec && x->fmt->streams[x->vi]->discard != AVDISCARD_ALL)
@@ -515,14 +538,16 @@ static cav_av_reason run(ctx *x) {
         if ((r = audio_packet(x, NULL))) return r;
         if (!x->audio_done && !o->decode_only && (r = audio_convert(x, NULL))) return r;
     }
-    if (x->ai >= 0 && c->nsamples == 0) return fail(x, CAV_AV_ERR_NO_FRAMES, "the audio stream holds no samples");
+    if (x->ai >= 0 && c->nsamples == 0)
+        return fail(x, CAV_AV_ERR_NO_FRAMES, "the audio stream holds no samples");
     if (x->vi >= 0 && x->next < CAV_AV_NFRAMES) {
         if (x->c->video_skipped) return AV_RETRY;
         if (!x->have_first) return fail(x, CAV_AV_ERR_NO_FRAMES, "the video stream holds no decodable frame");
-        return fail(x, CAV_AV_ERR_CORRUPT,
-                    "video ends at frame %lld, before frame %d (frame %d of 10; %lld frames declared at %.3f fps): "
-                    "truncated?", (long long)x->last_idx, x->target[x->next], x->next, (long long)c->frame_count,
-                    c->fps);
+        return fail(
+            x, CAV_AV_ERR_CORRUPT,
+            "video ends at frame %lld, before frame %d (frame %d of 10; %lld frames declared at %.3f fps): "
+            "truncated?",
+            (long long)x->last_idx, x->target[x->next], x->next, (long long)c->frame_count, c->fps);
     }
     return CAV_AV_OK;
 }
@@ -544,10 +569,13 @@ static cav_av_reason decode(ctx *x) {
     cav_av_reason r;
     x->pkt = av_packet_alloc();
     x->frame = av_frame_alloc();
-    if (!x->pkt || !x->frame) r = fail(x, CAV_AV_ERR_INTERNAL, "out of memory");
-    else r = run(x);
+    if (!x->pkt || !x->frame)
+        r = fail(x, CAV_AV_ERR_INTERNAL, "out of memory");
+    else
+        r = run(x);
     ctx_free(x);
-    if (r) cav_av_clip_free(x->c);
+    if (r)
+        cav_av_clip_free(x->c);
     else if (x->c->wave && x->c->nsamples < x->acap) {
         int16_t *w = realloc(x->c->wave, (size_t)x->c->nsamples * sizeof *w);
         if (w) x->c->wave = w;
@@ -557,7 +585,9 @@ static cav_av_reason decode(ctx *x) {
 
 /* Diagnostics are ours (one line per file with the reason); FFmpeg's own chatter goes only with
  * CAV_FFMPEG_LOG set. */
-static void set_log_level(void) { av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET); }
+static void set_log_level(void) {
+    av_log_set_level(getenv("CAV_FFMPEG_LOG") ? AV_LOG_WARNING : AV_LOG_QUIET);
+}
 static void quiet_ffmpeg(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, set_log_level);
@@ -565,7 +595,11 @@ static void quiet_ffmpeg(void) {
 
 static cav_av_reason decode_file_once(const char *path, const cav_av_opts *o, cav_av_clip *c, cav_err *err,
                                       int gop_skip) {
-    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
+    ctx x = {.o = o,
+             .c = c,
+             .err = err,
+             .gop_skip = gop_skip && o->skip_unneeded,
+             .skip_ts = AV_NOPTS_VALUE,
              .path = path};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
@@ -594,11 +628,19 @@ static int64_t mem_seek(void *opaque, int64_t off, int whence) {
     membuf *m = opaque;
     int64_t base;
     switch (whence & ~AVSEEK_FORCE) {
-    case AVSEEK_SIZE: return (int64_t)m->size;
-    case SEEK_SET: base = 0; break;
-    case SEEK_CUR: base = (int64_t)m->pos; break;
-    case SEEK_END: base = (int64_t)m->size; break;
-    default: return AVERROR(EINVAL);
+    case AVSEEK_SIZE:
+        return (int64_t)m->size;
+    case SEEK_SET:
+        base = 0;
+        break;
+    case SEEK_CUR:
+        base = (int64_t)m->pos;
+        break;
+    case SEEK_END:
+        base = (int64_t)m->size;
+        break;
+    default:
+        return AVERROR(EINVAL);
     }
     if (off > INT64_MAX - base || base + off < 0 || base + off > (int64_t)m->size) return AVERROR(EINVAL);
     m->pos = (size_t)(base + off);
@@ -607,8 +649,13 @@ static int64_t mem_seek(void *opaque, int64_t off, int whence) {
 
 static cav_av_reason decode_mem_once(const uint8_t *data, size_t size, const cav_av_opts *o, cav_av_clip *c,
                                      cav_err *err, int gop_skip) {
-    ctx x = {.o = o, .c = c, .err = err, .gop_skip = gop_skip && o->skip_unneeded, .skip_ts = AV_NOPTS_VALUE,
-             .mem = data, .memsize = size};
+    ctx x = {.o = o,
+             .c = c,
+             .err = err,
+             .gop_skip = gop_skip && o->skip_unneeded,
+             .skip_ts = AV_NOPTS_VALUE,
+             .mem = data,
+             .memsize = size};
     memset(c, 0, sizeof *c);
     quiet_ffmpeg();
     membuf m = {data, size, 0};
@@ -617,8 +664,10 @@ static cav_av_reason decode_mem_once(const uint8_t *data, size_t size, const cav
     AVIOContext *pb = iobuf ? avio_alloc_context(iobuf, bufsize, 0, &m, mem_read, NULL, mem_seek) : NULL;
     x.fmt = pb ? avformat_alloc_context() : NULL;
     if (!x.fmt) {
-        if (pb) av_freep(&pb->buffer);
-        else av_free(iobuf);
+        if (pb)
+            av_freep(&pb->buffer);
+        else
+            av_free(iobuf);
         avio_context_free(&pb);
         return fail(&x, CAV_AV_ERR_INTERNAL, "out of memory");
     }

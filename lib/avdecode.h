@@ -43,11 +43,11 @@ typedef enum {
 const char *cav_av_reason_name(cav_av_reason r); /* "open", "no-audio", ... */
 
 typedef struct {
-    int16_t *wave;  /* [nsamples] 16 kHz mono (NULL without audio) */
+    int16_t *wave; /* [nsamples] 16 kHz mono (NULL without audio) */
     int64_t nsamples;
-    uint8_t *frames; /* [10, 224, 224, 3] RGB (NULL without video) */
+    uint8_t *frames;                 /* [10, 224, 224, 3] RGB (NULL without video) */
     int frame_index[CAV_AV_NFRAMES]; /* the reference's frame_idx per frame (decoded at max(idx-1, 0)) */
-    double duration;       /* container duration in seconds (0 if unknown) */
+    double duration;                 /* container duration in seconds (0 if unknown) */
     int src_sample_rate, src_channels;
     double fps;            /* as OpenCV's CAP_PROP_FPS */
     int64_t frame_count;   /* as OpenCV's CAP_PROP_FRAME_COUNT */

@@ -42,7 +42,8 @@ int cav_av_inputs_add(cav_av_inputs *in, const char *path, const char *id, cav_e
     }
     if (!d[0] || strlen(d) > CAV_MAX_NAME) {
         free(p), free(d);
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: cannot make a record id (1 to %d bytes) from it", path, CAV_MAX_NAME);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: cannot make a record id (1 to %d bytes) from it", path,
+                        CAV_MAX_NAME);
     }
     in->v[in->n].path = p;
     in->v[in->n].id = d;
@@ -91,8 +92,8 @@ int cav_av_inputs_load_json(cav_av_inputs *in, const char *jsonfile, const char 
         if (!id || id->type != CAV_JSON_STRING)
             ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: no string \"video_id\"", jsonfile, i);
         else if (!p || p->type != CAV_JSON_STRING)
-            ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (%s): no string \"%s\" with the media path", jsonfile, i,
-                           id->string, key ? key : "video\", \"media\", \"path\" or \"wav");
+            ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (%s): no string \"%s\" with the media path",
+                           jsonfile, i, id->string, key ? key : "video\", \"media\", \"path\" or \"wav");
         else
             ret = cav_av_inputs_add(in, p->string, id->string, err);
     }
@@ -101,7 +102,8 @@ out:
     return ret;
 }
 
-static int put_attr(cav_record *rec, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int put_attr(cav_record *rec, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int put_attr(cav_record *rec, const char *key, const char *fmt, ...) {
     char buf[1024];
     va_list ap;
@@ -111,8 +113,8 @@ static int put_attr(cav_record *rec, const char *key, const char *fmt, ...) {
     return cav_attrs_set(&rec->attrs, key, buf);
 }
 
-int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *source, const cav_av_record_opts *o,
-                          cav_record *rec, cav_err *err) {
+int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *source,
+                          const cav_av_record_opts *o, cav_record *rec, cav_err *err) {
     cav_record_clear(rec);
     int bad = cav_record_set_id(rec, id);
     bad |= put_attr(rec, "source", "%s", source);
@@ -144,7 +146,8 @@ int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *sour
             int64_t off[CAV_AV_NFRAMES + 1] = {0};
             int ok = 1;
             for (int k = 0; k < CAV_AV_NFRAMES && ok; k++) {
-                if (cav_jpeg_encode(c->frames + k * fsz, CAV_AV_SIZE, CAV_AV_SIZE, o->jpeg_quality, &jb[k], &jn[k], err))
+                if (cav_jpeg_encode(c->frames + k * fsz, CAV_AV_SIZE, CAV_AV_SIZE, o->jpeg_quality, &jb[k],
+                                    &jn[k], err))
                     ok = 0;
                 else
                     off[k + 1] = off[k] + (int64_t)jn[k];
@@ -153,7 +156,8 @@ int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *sour
             if (ok) {
                 int64_t total = off[CAV_AV_NFRAMES], n11 = CAV_AV_NFRAMES + 1;
                 if ((t = cav_record_add(rec, "frames_jpeg", CAV_U8, 1, &total)))
-                    for (int k = 0; k < CAV_AV_NFRAMES; k++) memcpy((uint8_t *)t->data + off[k], jb[k], jn[k]);
+                    for (int k = 0; k < CAV_AV_NFRAMES; k++)
+                        memcpy((uint8_t *)t->data + off[k], jb[k], jn[k]);
                 bad |= !t || !cav_record_put(rec, "frames_jpeg_offsets", CAV_I64, 1, &n11, off);
             }
             for (int k = 0; k < CAV_AV_NFRAMES; k++) free(jb[k]);

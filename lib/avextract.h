@@ -35,7 +35,7 @@ typedef struct {
  * [10,224,224,3] or `frames_jpeg` u8 [bytes] + `frames_jpeg_offsets` i64 [11] (frame k is bytes
  * [off[k], off[k+1])), and the attributes source, duration, src_sample_rate, src_channels, fps,
  * frame_count, frame_index, container, audio_codec, video_codec (those that apply). 0 ok, -1 error. */
-int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *source, const cav_av_record_opts *o,
-                          cav_record *rec, cav_err *err);
+int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *source,
+                          const cav_av_record_opts *o, cav_record *rec, cav_err *err);
 
 #endif

@@ -114,7 +114,9 @@ int cav_resize_bilinear_window(const uint8_t *src, int w, int h, int stride, int
             }
         }
     } else {
-        for (int y = 0; y < th; y++) memcpy(tmp + (size_t)y * tw * 3, src + (size_t)(y0 + y) * stride + (size_t)cx * 3, (size_t)tw * 3);
+        for (int y = 0; y < th; y++)
+            memcpy(tmp + (size_t)y * tw * 3, src + (size_t)(y0 + y) * stride + (size_t)cx * 3,
+                   (size_t)tw * 3);
     }
     if (need_v) {
         for (int j = 0; j < ch; j++) {

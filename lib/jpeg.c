@@ -41,7 +41,8 @@ static void init_err(err_mgr *e) {
     e->msg[0] = 0;
 }
 
-int cav_jpeg_encode(const uint8_t *rgb, int w, int h, int quality, uint8_t **out, size_t *outlen, cav_err *err) {
+int cav_jpeg_encode(const uint8_t *rgb, int w, int h, int quality, uint8_t **out, size_t *outlen,
+                    cav_err *err) {
     struct jpeg_compress_struct c;
     err_mgr e;
     /* volatile: these are read after a longjmp back into this frame */
@@ -86,7 +87,7 @@ int cav_jpeg_encode(const uint8_t *rgb, int w, int h, int quality, uint8_t **out
         init_err(&(e));                                                                                      \
         (d).err = &(e).pub;                                                                                  \
         jpeg_create_decompress(&(d));                                                                        \
-        jpeg_mem_src(&(d), (const unsigned char *)(data), (unsigned long)(len));                            \
+        jpeg_mem_src(&(d), (const unsigned char *)(data), (unsigned long)(len));                             \
     } while (0)
 
 int cav_jpeg_size(const uint8_t *data, size_t len, int *w, int *h, cav_err *err) {
@@ -127,7 +128,8 @@ int cav_jpeg_decode(const uint8_t *data, size_t len, uint8_t *rgb, size_t cap, i
     *h = (int)d.output_height;
     if (d.output_components != 3 || (size_t)d.output_width * d.output_height * 3 > cap) {
         jpeg_destroy_decompress(&d);
-        return cav_fail(err, CAV_EXIT_INPUT, "jpeg: %dx%d image does not fit the %zu-byte buffer", *w, *h, cap);
+        return cav_fail(err, CAV_EXIT_INPUT, "jpeg: %dx%d image does not fit the %zu-byte buffer", *w, *h,
+                        cap);
     }
     while (d.output_scanline < d.output_height) {
         JSAMPROW row = rgb + (size_t)d.output_scanline * d.output_width * 3;

@@ -12,7 +12,8 @@
 #include "record.h"
 
 /* Encodes a w x h RGB image (rows of w*3 bytes) into a malloc'd buffer (*out, *outlen). 0 ok, -1 error. */
-int cav_jpeg_encode(const uint8_t *rgb, int w, int h, int quality, uint8_t **out, size_t *outlen, cav_err *err);
+int cav_jpeg_encode(const uint8_t *rgb, int w, int h, int quality, uint8_t **out, size_t *outlen,
+                    cav_err *err);
 
 /* Reads the size of a JPEG without decoding it. 0 ok, -1 not a readable JPEG. */
 int cav_jpeg_size(const uint8_t *data, size_t len, int *w, int *h, cav_err *err);

@@ -88,7 +88,8 @@ static const char *clips[] = {"h264_25_640x360.mp4", "vp9_15_300x500_portrait.we
 /* Default output: JPEG q75 frames byte-identical to the reference's files, audio as ffmpeg+sox. */
 static void test_stream_jpeg_matches_reference(void) {
     char args[4096] = "", out[512];
-    for (int i = 0; i < NCLIPS; i++) snprintf(args + strlen(args), sizeof args - strlen(args), " video/%s", clips[i]);
+    for (int i = 0; i < NCLIPS; i++)
+        snprintf(args + strlen(args), sizeof args - strlen(args), " video/%s", clips[i]);
     snprintf(out, sizeof out, "%s/a.cavs", tmp);
     char a2[8192];
     snprintf(a2, sizeof a2, "%s -o %s", args, out);
@@ -119,10 +120,12 @@ static void test_stream_jpeg_matches_reference(void) {
         fprintf(stderr, "  %s: %lld samples, %d/10 JPEGs byte-identical to the reference's\n", name,
                 (long long)w->shape[0], same);
         CHECK(same == 10);
-        CHECK(cav_attrs_get(&recs[i].attrs, "sample_rate") && !strcmp(cav_attrs_get(&recs[i].attrs, "sample_rate"), "16000"));
-        const char *keys[] = {"source", "duration", "src_sample_rate", "src_channels", "fps", "container", "audio_codec",
-                              "video_codec", "frame_index"};
-        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) CHECK(cav_attrs_get(&recs[i].attrs, keys[k]) != NULL);
+        CHECK(cav_attrs_get(&recs[i].attrs, "sample_rate") &&
+              !strcmp(cav_attrs_get(&recs[i].attrs, "sample_rate"), "16000"));
+        const char *keys[] = {"source",    "duration",    "src_sample_rate", "src_channels", "fps",
+                              "container", "audio_codec", "video_codec",     "frame_index"};
+        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
+            CHECK(cav_attrs_get(&recs[i].attrs, keys[k]) != NULL);
     }
     free_all(recs, n);
 }
@@ -188,8 +191,10 @@ static void test_inputs_and_sides(void) {
     snprintf(js, sizeof js, "%s/d.json", tmp);
     FILE *f = fopen(js, "w");
     REQUIRE(f);
-    fprintf(f, "{\"data\": [{\"video_id\": \"clipA\", \"wav\": \"audio/wav_s16_44k_st.wav\", \"labels\": \"/m/09x0r\"},\n"
-               "          {\"video_id\": \"clipB\", \"wav\": \"audio/aac_32k_mono.m4a\", \"labels\": \"/m/0jbk\"}]}\n");
+    fprintf(f, "{\"data\": [{\"video_id\": \"clipA\", \"wav\": \"audio/wav_s16_44k_st.wav\", \"labels\": "
+               "\"/m/09x0r\"},\n"
+               "          {\"video_id\": \"clipB\", \"wav\": \"audio/aac_32k_mono.m4a\", \"labels\": "
+               "\"/m/0jbk\"}]}\n");
     fclose(f);
     snprintf(a, sizeof a, "--audio-only --max-seconds 2.5 --json %s -o %s", js, out);
     REQUIRE(run(a) == 0);
@@ -218,8 +223,10 @@ static void test_bad_inputs(void) {
     char a[8192], out[512];
     snprintf(out, sizeof out, "%s/b.cavs", tmp);
     snprintf(a, sizeof a,
-             "bad/does-not-exist.mp4 bad/no_audio.mp4 video/h264_25_short_4s.mp4 bad/no_video.m4a bad/truncated.mkv "
-             "bad/truncated_head.mp4 bad/garbage.mp4 bad/empty.mp4 -j 2 -o %s", out);
+             "bad/does-not-exist.mp4 bad/no_audio.mp4 video/h264_25_short_4s.mp4 bad/no_video.m4a "
+             "bad/truncated.mkv "
+             "bad/truncated_head.mp4 bad/garbage.mp4 bad/empty.mp4 -j 2 -o %s",
+             out);
     CHECK(run(a) == 0);
     const char *e = err_text();
     fprintf(stderr, "%s", e);
@@ -236,7 +243,9 @@ static void test_bad_inputs(void) {
     snprintf(a, sizeof a, "bad/garbage.mp4 bad/empty.mp4 -o %s", out);
     CHECK(run(a) == 2); /* nothing extracted */
     CHECK(strstr(err_text(), "0 of 2 files extracted, 2 failed (corrupt 2)") != NULL);
-    snprintf(a, sizeof a, "--on-error fail video/h264_25_short_4s.mp4 bad/no_audio.mp4 video/h264_25_short_4s.mp4 -o %s", out);
+    snprintf(a, sizeof a,
+             "--on-error fail video/h264_25_short_4s.mp4 bad/no_audio.mp4 video/h264_25_short_4s.mp4 -o %s",
+             out);
     CHECK(run(a) == 2);
     CHECK(strstr(err_text(), "1 of 3 files extracted, 1 failed (no-audio 1) (stopped early)") != NULL);
     CHECK(run("--jobs 0 x.mp4") == 1);

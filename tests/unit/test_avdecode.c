@@ -46,8 +46,8 @@ static int load_cases(tcase *cs, int max) {
     while (n < max && fgets(line, sizeof line, f)) {
         tcase *c = &cs[n];
         memset(c, 0, sizeof *c);
-        if (sscanf(line, "%15[^\t]\t%127[^\t]\t%255[^\t]\t%63[^\t]\t%63[^\t\n]\t%63[^\t\n]\t%255[^\n]", c->kind, c->name,
-                   c->file, c->a, c->b, c->c, c->d) >= 6)
+        if (sscanf(line, "%15[^\t]\t%127[^\t]\t%255[^\t]\t%63[^\t]\t%63[^\t\n]\t%63[^\t\n]\t%255[^\n]",
+                   c->kind, c->name, c->file, c->a, c->b, c->c, c->d) >= 6)
             n++;
     }
     fclose(f);
@@ -84,8 +84,7 @@ static void test_audio_parity(void) {
             REQUIRE(r == CAV_AV_OK);
             size_t nb;
             char p2[600];
-            snprintf(p2, sizeof p2, "audio/%s.%s.s16", cases[i].name,
-                     mix ? "mix" : "ref");
+            snprintf(p2, sizeof p2, "audio/%s.%s.s16", cases[i].name, mix ? "mix" : "ref");
             int16_t *ref = slurp(refpath(p2), &nb);
             REQUIRE(ref != NULL);
             int64_t n = (int64_t)(nb / 2), maxd = 0, ndiff = 0;
@@ -94,7 +93,9 @@ static void test_audio_parity(void) {
                 if (d > maxd) maxd = d;
                 ndiff += d != 0;
             }
-            fprintf(stderr, "  audio %-26s %s: %lld samples (ref %lld) from %d Hz x %d (%s), max |diff| %lld LSB, %lld differ\n",
+            fprintf(stderr,
+                    "  audio %-26s %s: %lld samples (ref %lld) from %d Hz x %d (%s), max |diff| %lld LSB, "
+                    "%lld differ\n",
                     cases[i].name, mix ? "downmix" : "channel1", (long long)c.nsamples, (long long)n,
                     c.src_sample_rate, c.src_channels, c.audio_codec, (long long)maxd, (long long)ndiff);
             CHECK(c.nsamples == n);
@@ -149,7 +150,8 @@ static void test_frames_parity(void) {
             int worstmax = 0, jpeg_same = 0;
             for (int k = 0; k < 10; k++) {
                 int md;
-                double m = mad(c.frames + (size_t)k * 224 * 224 * 3, ref + (size_t)k * 224 * 224 * 3, 224 * 224 * 3, &md);
+                double m = mad(c.frames + (size_t)k * 224 * 224 * 3, ref + (size_t)k * 224 * 224 * 3,
+                               224 * 224 * 3, &md);
                 if (m > worst) worst = m;
                 if (md > worstmax) worstmax = md;
                 if (skip) {
@@ -158,21 +160,25 @@ static void test_frames_parity(void) {
                     snprintf(rel, sizeof rel, "video/%s.%d.jpg", cases[i].name, k);
                     uint8_t *rj = slurp(refpath(rel), &rn);
                     /* PIL's encoder on the reference's pixels vs ours on the same pixels */
-                    CHECK(cav_jpeg_encode(ref + (size_t)k * 224 * 224 * 3, 224, 224, 75, &jb, &jn, NULL) == 0);
+                    CHECK(cav_jpeg_encode(ref + (size_t)k * 224 * 224 * 3, 224, 224, 75, &jb, &jn, NULL) ==
+                          0);
                     jpeg_same += rj && jn == rn && !memcmp(jb, rj, rn);
                     free(jb);
                     free(rj);
                 }
             }
-            fprintf(stderr,
-                    "  frames %-26s %dx%d %s/%s fps %.4f count %lld skip=%d: worst frame MAD %.4f (%.3f/255), max %d; "
-                    "%lld video packets read, %lld dropped unseen%s\n",
-                    cases[i].name, c.width, c.height, c.container, c.video_codec, c.fps, (long long)c.frame_count, skip,
-                    worst / 255.0, worst, worstmax, (long long)c.video_packets, (long long)c.video_skipped,
-                    skip ? (jpeg_same == 10 ? "; JPEG bytes == PIL's" : "; JPEG bytes DIFFER from PIL's") : "");
+            fprintf(
+                stderr,
+                "  frames %-26s %dx%d %s/%s fps %.4f count %lld skip=%d: worst frame MAD %.4f (%.3f/255), "
+                "max %d; "
+                "%lld video packets read, %lld dropped unseen%s\n",
+                cases[i].name, c.width, c.height, c.container, c.video_codec, c.fps, (long long)c.frame_count,
+                skip, worst / 255.0, worst, worstmax, (long long)c.video_packets, (long long)c.video_skipped,
+                skip ? (jpeg_same == 10 ? "; JPEG bytes == PIL's" : "; JPEG bytes DIFFER from PIL's") : "");
             CHECK(worst <= 2.0);
             if (skip) CHECK(jpeg_same == 10);
-            if (!strncmp(cases[i].name, "dense_", 6)) CHECK(skip ? c.video_skipped > 0 : c.video_skipped == 0);
+            if (!strncmp(cases[i].name, "dense_", 6))
+                CHECK(skip ? c.video_skipped > 0 : c.video_skipped == 0);
             free(ref);
             cav_av_clip_free(&c);
             tested++;
