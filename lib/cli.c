@@ -74,7 +74,14 @@ void cav_std_option(int c, const char *usage) {
     }
 }
 
+/* Option names may be given with or without their leading dashes. */
+static const char *bare(const char *opt) {
+    while (*opt == '-') opt++;
+    return opt;
+}
+
 long long cav_parse_int(const char *opt, const char *s, long long min, long long max) {
+    opt = bare(opt);
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
@@ -85,6 +92,7 @@ long long cav_parse_int(const char *opt, const char *s, long long min, long long
 }
 
 double cav_parse_double(const char *opt, const char *s, double min, double max) {
+    opt = bare(opt);
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -94,6 +102,7 @@ double cav_parse_double(const char *opt, const char *s, double min, double max) 
 }
 
 int cav_parse_doubles(const char *opt, const char *s, double *out, int n) {
+    opt = bare(opt);
     int k = 0;
     const char *p = s;
     while (*p) {
