@@ -15,6 +15,9 @@ BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev l
   libswscale-dev libfftw3-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
 CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
   python3-sklearn python3-opencv python3-pil
+# the sources of the AV-Digits dataset (pipelines/av-digits), built by tests/tools/test_av_digits.sh
+CHECK_DEBS += tuxpaint-stamps-default gcompris-qt-data espeak-ng flite asterisk-core-sounds-en-g722 \
+  asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722
 
 # ensure_debs: install what is missing (root), or say exactly what to run (not root).
 define ensure_debs
