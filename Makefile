@@ -14,8 +14,11 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unkn
 BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
   libswscale-dev libfftw3-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
 CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
-  python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard \
-  asterisk-core-sounds-en-g722 tuxpaint-stamps-default espeak-ng bc
+  python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard bc
+# real recordings for golden data (fbank, av-extract) and the sources of the AV-Digits dataset
+# (pipelines/av-digits, built by tests/tools/test_av_digits.sh)
+CHECK_DEBS += tuxpaint-stamps-default gcompris-qt-data espeak-ng flite asterisk-core-sounds-en-g722 \
+  asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722
 
 # ensure_debs: install what is missing (root), or say exactly what to run (not root).
 define ensure_debs

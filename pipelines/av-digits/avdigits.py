@@ -16,6 +16,7 @@ voices it uses.
 """
 import glob
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -65,6 +66,9 @@ NOISES = [
     ('helicopter', 'guessnumber.rcc', 'resource/helicopter.wav'),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Any change to this file may change the clips: its digest goes into every plan line, so clips rendered by
+# another version of the recipe are never kept next to new ones.
+RECIPE = hashlib.sha256(open(os.path.abspath(__file__), 'rb').read()).hexdigest()[:12]
 
 
 def die(msg, code=2):
@@ -149,7 +153,10 @@ def voice_inventory():
 
 
 def segment_path(cache, voice, digit):
-    return os.path.join(cache, 'voices', voice, '%d.wav' % digit)
+    # keyed by the code that makes segments, so that a change to it never reuses stale cached segments
+    key = hashlib.sha256((inspect.getsource(make_segment) + inspect.getsource(decode) + inspect.getsource(write_wav)
+                          + repr((SR, MAX_SEG_S))).encode()).hexdigest()[:8]
+    return os.path.join(cache, 'voices-' + key, voice, '%d.wav' % digit)
 
 
 def make_segment(cache, voice, digit, source):
@@ -336,7 +343,7 @@ def plan_clip(seed, split, i, label_digits, groups, split_groups_, images, multi
         container, rate = 'mp4', int(rng.choice([44100, 48000]))
     channels = 2 if rng.uniform() < 0.15 else 1
     vid = 'avd-%s-%05d' % (split, i)
-    return {'video_id': vid, 'split': split, 'file': '%s/%s.%s' % (split, vid, container),
+    return {'video_id': vid, 'recipe': RECIPE, 'split': split, 'file': '%s/%s.%s' % (split, vid, container),
             'labels': ','.join(MID % d for d in digits), 'digits': digits, 'second_digit': second_digit,
             'speech': speech, 'frames': frames, 'noise': noise, 'container': container,
             'audio_rate': rate, 'channels': channels}
@@ -438,7 +445,7 @@ def render_frames(c, digits_arrays):
 ENC = {
     # -threads 1 and bitexact flags: the encoded bytes depend on the inputs only (checked by the test)
     'mp4': ['-c:v', 'libx264', '-preset', 'medium', '-crf', '23', '-pix_fmt', 'yuv420p', '-threads', '1',
-            '-c:a', 'aac', '-b:a', '96k', '-movflags', '+faststart'],
+            '-c:a', 'aac', '-b:a', '64k', '-movflags', '+faststart'],
     'mkv': ['-c:v', 'libx264', '-preset', 'medium', '-crf', '23', '-pix_fmt', 'yuv420p', '-threads', '1',
             '-c:a', 'flac'],
     'webm': ['-c:v', 'libvpx-vp9', '-crf', '34', '-b:v', '0', '-deadline', 'good', '-cpu-used', '4',
@@ -512,7 +519,7 @@ def cmd_finish(out, seconds):
             fam = sp['group'].split('-')[0]
             s['families'][fam] = s['families'].get(fam, 0) + 1
     with open(os.path.join(out, 'manifest.txt'), 'w') as f:
-        f.write('AV-Digits (%s), seed %d, built in %s s\n' % (
+        f.write('AV-Digits (%s), seed %d, built in %s\n' % (
             'multi-label: 3 digits per clip in order' if splits['multi_label'] else 'one digit per clip',
             splits['seed'], seconds))
         f.write('10 s clips, 224x224 video at %d fps (one handwritten digit image per second), audio: spoken\n'

