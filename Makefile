@@ -159,7 +159,7 @@ TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bi
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
   CAV_REF="$(abspath $(BUILD)/ref)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
   CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-  UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2
+  UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 
 check: tests refs | $(BUILD)/.check-deps
 	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; st=0; \
