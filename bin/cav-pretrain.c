@@ -78,6 +78,13 @@ static void set_knob(cav_config *c, const char *key, const char *val) {
     if (r) cav_usage_error("bad value '%s' for %s", val, key);
 }
 
+/* Model knobs are applied after --model and --variant, whatever their order on the command line, so that
+ * "--variant cav-mae --contrast-weight 0.1" and "--contrast-weight 0.1 --variant cav-mae" mean the same. */
+typedef struct {
+    const char *key;
+    char *val;
+} knob;
+
 int main(int argc, char **argv) {
     cav_set_tool("cav-pretrain");
     cav_dist d;
@@ -102,7 +109,9 @@ int main(int argc, char **argv) {
     char **train = calloc((size_t)argc + 1, sizeof *train), **eval = calloc((size_t)argc + 1, sizeof *eval);
     char **checks = calloc((size_t)argc + 1, sizeof *checks);
     int ntrain = 0, neval = 0, nchecks = 0, c;
-    const char *variant = NULL;
+    const char *variant = NULL, *model = "base";
+    knob *knobs = calloc((size_t)argc + 1, sizeof *knobs);
+    int nknobs = 0;
     while ((c = getopt_long(argc, argv, "o:b:e:", opts, NULL)) != -1) {
         switch (c) {
         case 'o': o.out_dir = optarg; break;
@@ -114,28 +123,36 @@ int main(int argc, char **argv) {
         case O_SEED: o.seed = (uint64_t)cav_parse_int("seed", optarg, 0, INT64_MAX); break;
         case O_VARIANT: variant = optarg; break;
         case O_MODEL:
-            if (!strcmp(optarg, "tiny")) {
-                set_knob(&o.cfg, "embed_dim", "192"), set_knob(&o.cfg, "num_heads", "3");
-                set_knob(&o.cfg, "depth", "5"), set_knob(&o.cfg, "modality_specific_depth", "4");
-                set_knob(&o.cfg, "decoder_embed_dim", "128"), set_knob(&o.cfg, "decoder_depth", "2");
-                set_knob(&o.cfg, "decoder_num_heads", "4");
-            } else if (strcmp(optarg, "base")) cav_usage_error("--model: base or tiny, not '%s'", optarg);
+            if (strcmp(optarg, "tiny") && strcmp(optarg, "base")) cav_usage_error("--model: base or tiny, not '%s'", optarg);
+            model = optarg;
             break;
         case O_SET: {
             char *eq = strchr(optarg, '=');
             if (!eq) cav_usage_error("--set wants KEY=VALUE, not '%s'", optarg);
             *eq = 0;
-            set_knob(&o.cfg, optarg, eq + 1);
+            knobs[nknobs++] = (knob){optarg, eq + 1};
             break;
         }
-        case O_CW: o.cfg.contrast_loss_weight = cav_parse_double("contrast-weight", optarg, 0, 1e6); break;
-        case O_MW: o.cfg.mae_loss_weight = cav_parse_double("mae-weight", optarg, 0, 1e6); break;
-        case O_MRA: o.cfg.mask_ratio_a = cav_parse_double("mask-ratio-a", optarg, 0, 0.99); break;
-        case O_MRV: o.cfg.mask_ratio_v = cav_parse_double("mask-ratio-v", optarg, 0, 0.99); break;
-        case O_MM: set_knob(&o.cfg, "mask_mode", optarg); break;
-        case O_NP: o.cfg.norm_pix_loss = 1; break;
-        case O_NNP: o.cfg.norm_pix_loss = 0; break;
-        case O_BIDI: o.cfg.bidirect_contrast = 1; break;
+        case O_CW:
+            cav_parse_double("contrast-weight", optarg, 0, 1e6);
+            knobs[nknobs++] = (knob){"contrast_loss_weight", optarg};
+            break;
+        case O_MW:
+            cav_parse_double("mae-weight", optarg, 0, 1e6);
+            knobs[nknobs++] = (knob){"mae_loss_weight", optarg};
+            break;
+        case O_MRA:
+            cav_parse_double("mask-ratio-a", optarg, 0, 0.99);
+            knobs[nknobs++] = (knob){"mask_ratio_a", optarg};
+            break;
+        case O_MRV:
+            cav_parse_double("mask-ratio-v", optarg, 0, 0.99);
+            knobs[nknobs++] = (knob){"mask_ratio_v", optarg};
+            break;
+        case O_MM: knobs[nknobs++] = (knob){"mask_mode", optarg}; break;
+        case O_NP: knobs[nknobs++] = (knob){"norm_pix_loss", "true"}; break;
+        case O_NNP: knobs[nknobs++] = (knob){"norm_pix_loss", "false"}; break;
+        case O_BIDI: knobs[nknobs++] = (knob){"bidirect_contrast", "true"}; break;
         case 'b': o.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 20); break;
         case 'e': o.epochs = (int)cav_parse_int("epochs", optarg, 1, 100000); break;
         case O_LR: o.sched.lr = cav_parse_double("lr", optarg, 0, 10); break;
@@ -178,12 +195,19 @@ int main(int argc, char **argv) {
             if (rc) cav_msg("%s", err.msg);
             if (rc > worst) worst = rc;
         }
-        free(train), free(eval), free(checks);
+        free(train), free(eval), free(checks), free(knobs);
         cav_dist_finalize(&d);
         return worst;
     }
+    if (!strcmp(model, "tiny")) {
+        static const char *const tiny[][2] = {{"embed_dim", "192"}, {"num_heads", "3"}, {"depth", "5"},
+                                              {"modality_specific_depth", "4"}, {"decoder_embed_dim", "128"},
+                                              {"decoder_depth", "2"}, {"decoder_num_heads", "4"}};
+        for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) set_knob(&o.cfg, tiny[i][0], tiny[i][1]);
+    }
     if (variant && cav_config_variant(&o.cfg, variant))
         cav_usage_error("--variant: cav-mae, av-mae, vanilla-av-mae, cav, audio-mae or visual-mae, not '%s'", variant);
+    for (int i = 0; i < nknobs; i++) set_knob(&o.cfg, knobs[i].key, knobs[i].val);
     for (int i = optind; i < argc; i++) train[ntrain++] = argv[i];
     if (!o.out_dir && !o.loader_only) cav_usage_error("--out DIR is required");
     if (!ntrain) cav_usage_error("no training shards");
@@ -199,7 +223,7 @@ int main(int argc, char **argv) {
     cav_err err = {0, ""};
     int rc = cav_pretrain_run(&o, &d, &err);
     if (rc) cav_msg("%s", err.msg);
-    free(args), free(train), free(eval), free(checks);
+    free(args), free(train), free(eval), free(checks), free(knobs);
     cav_dist_finalize(&d);
     return rc;
 }

@@ -509,6 +509,7 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     }
     if (d->rank == 0) {
         cav_model_describe(m, stderr);
+        cav_msg("config %s", cfgjson);
         cav_msg("%lld training rows, %lld steps per epoch, batch %d in %d contrast groups of %d (%s), %d process%s",
                 (long long)cav_loader_rows(tl), (long long)cav_loader_batches(tl), o->batch, o->groups, t.gsize,
                 o->group_mean ? "mean" : "sum", d->world, d->world > 1 ? "es" : "");

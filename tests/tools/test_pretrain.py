@@ -170,6 +170,13 @@ complete = all(os.path.exists(os.path.join(run, "checkpoints", d, "COMPLETE")) f
 report("failed_checkpoint_write_keeps_previous", r.returncode == 3 and complete and
        not any(d.startswith(".tmp") for d in after), "exit %d %s %s" % (r.returncode, after, r.stderr[-300:]))
 
+# Model knobs apply after --variant and --model whatever their order on the command line.
+for order in (["--contrast-weight", "0.3", "--variant", "cav-mae"], ["--variant", "cav-mae", "--contrast-weight", "0.3"]):
+    r = pretrain(os.path.join(TMP, "order"), "-e", "1", "--max-steps", "1", *order, train, check=False)
+    shutil.rmtree(os.path.join(TMP, "order"), ignore_errors=True)
+    report("knob_after_variant_" + order[0].strip("-"), r.returncode == 0 and
+           '"contrast_loss_weight":0.2999' in r.stderr and '"embed_dim":32' in r.stderr, r.stderr[-300:])
+
 # Input without fbank: refused at start-up, naming the shard and the field.
 bad = os.path.join(TMP, "nofbank.h5")
 make_shard(bad, 8, with_fbank=False)
