@@ -57,6 +57,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     int rc = 2;
     cav_model *m = NULL, *fm = NULL;
     cav_json *cj = NULL;
+    float *gath[3] = {NULL, NULL, NULL}; /* pred_a, pred_v, logits gathered over the groups */
     float *buf = NULL, *fa = NULL, *fv = NULL, *fl = NULL, *acc = NULL;
     int64_t *fka = NULL, *fkv = NULL;
     if (!fmt || strcmp(fmt, "cav-debug-state/1")) {
@@ -160,7 +161,6 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     static const char *const scalars[] = {"loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc"};
     static const char *const tensors[] = {"pred_a", "pred_v", "logits"};
     double sc[6] = {0};
-    float *gath[3] = {NULL, NULL, NULL};
     size_t gsz[3] = {0, 0, 0};
     memset(acc, 0, m->nparams * sizeof *acc);
     for (int g = 0; g < G; g++) {
@@ -189,7 +189,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                 if (!(gath[k] = malloc(G * n * sizeof(float)))) {
                     cav_fail(err, 3, "out of memory");
                     rc = 3;
-                    goto groups_done;
+                    goto done;
                 }
             }
             memcpy(gath[k] + g * n, v, n * sizeof(float));
@@ -214,12 +214,12 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             if (!fm) { /* forward_feat runs as its own task on the same parameters and the whole batch */
                 cav_config fc = cfg;
                 fc.task = CAV_TASK_FEAT;
-                if (!(fm = cav_model_create(&fc, B, err))) goto groups_done;
+                if (!(fm = cav_model_create(&fc, B, err))) goto done;
                 for (int k = 0; k < fm->ntable; k++) {
                     cav_param *src = cav_model_param(m, fm->table[k].name);
                     if (!src || src->numel != fm->table[k].numel) {
                         cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
-                        goto groups_done;
+                        goto done;
                     }
                     memcpy(fm->table[k].data, src->data, src->numel * sizeof(float));
                 }
@@ -235,18 +235,18 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         }
         if (!c) {
             cav_fail(err, 2, "%s: %s: the C model has no such output", path, t->name);
-            goto groups_done;
+            goto done;
         }
         free(buf);
         buf = malloc(t->numel * sizeof *buf);
         if (!buf) {
             cav_fail(err, 3, "out of memory");
             rc = 3;
-            goto groups_done;
+            goto done;
         }
         if (cn != t->numel || cav_st_copy_f32(&st, t, buf, t->numel, err)) {
             if (cn != t->numel) cav_fail(err, 2, "%s: %s: %zu values, the C model has %zu", path, t->name, t->numel, cn);
-            goto groups_done;
+            goto done;
         }
         double ma, rel;
         compare(c, buf, t->numel, &ma, &rel);
@@ -259,12 +259,6 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         }
         fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", t->name, ma, rel);
         rep->tensors++;
-    }
-    for (int k = 0; k < 3; k++) free(gath[k]);
-    if (0) {
-    groups_done:
-        for (int k = 0; k < 3; k++) free(gath[k]);
-        goto done;
     }
     /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
      * ones the C model marks unused (its Adam skips them), and those must get no gradient in C either. */
@@ -371,6 +365,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
              : 2;
     if (rc) cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path, CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
 done:
+    for (int k = 0; k < 3; k++) free(gath[k]);
     free(buf), free(fa), free(fv), free(fl), free(fka), free(fkv), free(acc);
     cav_json_free(cj);
     cav_model_free(m);

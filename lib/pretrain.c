@@ -93,7 +93,7 @@ static const cav_pth_tensor *pth_find(const cav_pth *p, const char *name) {
     return NULL;
 }
 
-/* dst <- the first `rows` rows of src (both row-major, the same row length). */
+/* dst <- src's values from skip_front on (the first rows of a larger matrix, or a table without its cls row). */
 static int copy_rows(cav_model *m, const char *dst, const cav_pth *p, const char *src, size_t skip_front,
                      const char *path, cav_err *err) {
     cav_param *d = cav_model_param(m, dst);
@@ -135,11 +135,10 @@ int cav_init_from_mae(cav_model *m, const char *path, cav_err *err) {
     const char *same[] = {"decoder_embed.weight", "decoder_embed.bias", "mask_token", "decoder_norm.weight",
                           "decoder_norm.bias", "patch_embed_v.proj.weight", "patch_embed_v.proj.bias"};
     for (size_t k = 0; k < sizeof same / sizeof *same && !rc; k++) {
-        const char *s = strncmp(same[k], "patch_embed_v", 13) == 0 ? same[k] : same[k];
-        char mae[64];
-        snprintf(mae, sizeof mae, "%s", s);
-        if (strncmp(s, "patch_embed_v", 13) == 0) snprintf(mae, sizeof mae, "patch_embed%s", s + 13);
-        rc = copy_rows(m, s, &p, mae, 0, path, err);
+        char mae[64]; /* the same name in MAE, but patch_embed_v is MAE's patch_embed */
+        if (strncmp(same[k], "patch_embed_v", 13) == 0) snprintf(mae, sizeof mae, "patch_embed%s", same[k] + 13);
+        else snprintf(mae, sizeof mae, "%s", same[k]);
+        rc = copy_rows(m, same[k], &p, mae, 0, path, err);
     }
     for (int i = 0; i < m->cfg.decoder_depth && !rc; i++)
         for (size_t k = 0; k < sizeof blk / sizeof *blk && !rc; k++) {
