@@ -122,25 +122,17 @@ static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, i
         if (!c) return OOM(), NULL;
         return memcpy(c, t->data, t->nbytes);
     }
-    t = cav_record_find(rec, "frames_jpeg");
-    if (!t) return NULL;
-    cav_tensor *off = cav_record_find(rec, "frames_jpeg_offsets");
-    if (t->dtype != CAV_U8 || t->ndim != 1 || !off || off->dtype != CAV_I64 || off->ndim != 1 ||
-        off->shape[0] < 2)
-        return BAD("%s: frames_jpeg: need u8 [bytes] and frames_jpeg_offsets i64 [N+1]", where), NULL;
-    const int64_t *o = off->data;
-    *n = (int)(off->shape[0] - 1), *single = 0;
+    cav_err e2;
+    const uint8_t *src;
+    size_t len;
+    *n = cav_jpeg_frame(rec, 0, &src, &len, &e2), *single = 0;
+    if (*n == 0) return NULL;
+    if (*n < 0) return BAD("%s: %s", where, e2.msg), NULL;
     uint8_t *all = NULL;
     for (int k = 0; k < *n; k++) {
-        if (o[k] < 0 || o[k + 1] < o[k] || o[k + 1] > t->shape[0])
-            return free(all),
-                   BAD("%s: frames_jpeg_offsets: frame %d spans [%lld,%lld) outside %lld bytes", where, k,
-                       (long long)o[k], (long long)o[k + 1], (long long)t->shape[0]),
-                   NULL;
+        if (cav_jpeg_frame(rec, k, &src, &len, &e2) < 0) return free(all), BAD("%s: %s", where, e2.msg), NULL;
         int fw, fh;
-        cav_err e2;
-        const uint8_t *src = (const uint8_t *)t->data + o[k];
-        if (cav_jpeg_size(src, (size_t)(o[k + 1] - o[k]), &fw, &fh, &e2))
+        if (cav_jpeg_size(src, len, &fw, &fh, &e2))
             return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
         if (k == 0) {
             *w = fw, *h = fh;
@@ -151,7 +143,7 @@ static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, i
                    BAD("%s: frames_jpeg: frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh, *w, *h), NULL;
         }
         size_t fsz = (size_t)fw * fh * 3;
-        if (cav_jpeg_decode(src, (size_t)(o[k + 1] - o[k]), all + k * fsz, fsz, &fw, &fh, &e2))
+        if (cav_jpeg_decode(src, len, all + k * fsz, fsz, &fw, &fh, &e2))
             return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
     }
     return all;

@@ -23,4 +23,9 @@ int cav_jpeg_size(const uint8_t *data, size_t len, int *w, int *h, cav_err *err)
  * (greyscale, YCbCr, CMYK refused) is accepted. */
 int cav_jpeg_decode(const uint8_t *data, size_t len, uint8_t *rgb, size_t cap, int *w, int *h, cav_err *err);
 
+/* Frame k of a record's `frames_jpeg` (F JPEG files concatenated, u8 [bytes]) as delimited by
+ * `frames_jpeg_offsets` (i64 [F+1]): its bytes. Returns F; 0 when the record has no frames_jpeg; -1 when the
+ * pair is malformed or frame k lies outside the bytes (err names the field; code CAV_EXIT_INPUT). */
+int cav_jpeg_frame(const cav_record *rec, int k, const uint8_t **data, size_t *len, cav_err *err);
+
 #endif

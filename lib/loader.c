@@ -256,20 +256,18 @@ static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epo
         cav_image_normalize((const uint8_t *)t->data + (size_t)idx * S * S * 3, S, S, o->img_mean, o->img_std, out);
         return 0;
     }
-    const cav_tensor *j = cav_record_find(rec, "frames_jpeg"), *off = cav_record_find(rec, "frames_jpeg_offsets");
-    if (!j || !off) return cav_fail(err, 2, "record %s: no field frames or frames_jpeg", rec->id);
-    if (off->dtype != CAV_I64 || off->ndim != 1 || off->shape[0] < 2 || j->dtype != CAV_U8)
-        return cav_fail(err, 2, "record %s: field frames_jpeg_offsets: expected i64 [F+1]", rec->id);
-    const int64_t *ofs = off->data;
-    int nframes = (int)off->shape[0] - 1;
-    int idx = pick_frame(o, epoch, pos, nframes);
-    if (ofs[idx] < 0 || ofs[idx] > ofs[idx + 1] || (uint64_t)ofs[idx + 1] > j->nbytes)
-        return cav_fail(err, 2, "record %s: field frames_jpeg_offsets: frame %d lies outside frames_jpeg", rec->id, idx);
+    const uint8_t *jpg;
+    size_t len;
+    cav_err jerr;
+    int nframes = cav_jpeg_frame(rec, 0, &jpg, &len, &jerr);
+    if (nframes == 0) return cav_fail(err, 2, "record %s: no field frames or frames_jpeg", rec->id);
+    int idx = nframes > 0 ? pick_frame(o, epoch, pos, nframes) : 0;
+    if (nframes < 0 || cav_jpeg_frame(rec, idx, &jpg, &len, &jerr) < 0)
+        return cav_fail(err, 2, "record %s: %s", rec->id, jerr.msg);
     uint8_t *rgb = malloc((size_t)S * S * 3);
     if (!rgb) return cav_fail(err, 3, "out of memory");
     int w, h;
-    cav_err jerr;
-    if (cav_jpeg_decode((const uint8_t *)j->data + ofs[idx], (size_t)(ofs[idx + 1] - ofs[idx]), rgb, (size_t)S * S * 3, &w, &h, &jerr)) {
+    if (cav_jpeg_decode(jpg, len, rgb, (size_t)S * S * 3, &w, &h, &jerr)) {
         free(rgb);
         return cav_fail(err, 2, "record %s: field frames_jpeg: frame %d: %s", rec->id, idx, jerr.msg);
     }
