@@ -158,7 +158,7 @@ $(BUILD)/.check-deps: $(BUILD)/config.mk
 TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bin)" \
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
   CAV_REF="$(abspath $(BUILD)/ref)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
-  CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  CAV_BENCH_BIN="$(abspath $(BUILD)/bench)" CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 
 check: tests refs | $(BUILD)/.check-deps
@@ -172,7 +172,12 @@ check-long: tests refs | $(BUILD)/.check-deps
 	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; \
 	$(TEST_ENV) CAV_TEST_TIMEOUT=36000 tests/run.sh long $(LONG_TESTS); $(TEST_ENV) tests/run.sh --total
 
-bench: all refs | $(BUILD)/.check-deps
+# C programs the benchmark scripts time (tests/bench/*.c except fbank_speed.c, which bench_fbank.py builds).
+BENCH_PROGS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(filter-out tests/bench/fbank_speed.c,$(wildcard tests/bench/*.c)))
+$(BUILD)/bench/%: tests/bench/%.c $(REL)/libcav.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS)
+bench: all refs $(BENCH_PROGS) | $(BUILD)/.check-deps
 	@for b in $(sort $(wildcard tests/bench/bench_*.sh tests/bench/bench_*.py)); do \
 	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) /usr/bin/python3 $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
 

@@ -1,0 +1,102 @@
+/* train_step.c: the C side of bench_train_step.sh. Times the pretraining step of the C model (forward,
+ * backward, Adam, as cav-pretrain runs it) on random inputs with fresh random masks each step, and the
+ * sgemm peak of the linked BLAS, so the shell script can print both as ratios in one run.
+ *   train_step step tiny|base B STEPS   -> "samples_per_s X", per-phase seconds
+ *   train_step sgemm                    -> "sgemm_gflops X" (best over the model's large GEMM shapes)
+ * tiny is the issue's benchmark config: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with 4 heads. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static void fill(float *x, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) { /* cheap uniform in [-1.7, 1.7): unit variance, like normalised input */
+        *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((double)(*s >> 11) / 9007199254740992.0 * 3.46 - 1.73);
+    }
+}
+
+static int bench_sgemm(void) {
+    /* (M, N, K): the base model's largest per-step GEMMs (decoder fc1 at batch 4, encoder fc1, qkv) and a
+     * square one; peak = the best rate over them */
+    static const int shapes[][3] = {{2832, 2048, 512}, {512, 3072, 768}, {512, 2304, 768}, {2048, 2048, 2048}};
+    double best = 0;
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int M = shapes[k][0], N = shapes[k][1], K = shapes[k][2];
+        float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
+        uint64_t s = 1;
+        fill(a, (size_t)M * K, &s);
+        fill(b, (size_t)K * N, &s);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+        int reps = (int)(2e10 / (2.0 * M * N * K)) + 1;
+        double t0 = now();
+        for (int r = 0; r < reps; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+        double g = 2.0 * M * N * K * reps / (now() - t0) / 1e9;
+        printf("sgemm %dx%dx%d %.1f GFLOP/s\n", M, N, K, g);
+        if (g > best) best = g;
+        free(a), free(b), free(c);
+    }
+    printf("sgemm_gflops %.1f\n", best);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "sgemm")) return bench_sgemm();
+    if (argc != 5 || strcmp(argv[1], "step")) {
+        fprintf(stderr, "usage: train_step step tiny|base B STEPS | train_step sgemm\n");
+        return 1;
+    }
+    cav_config cfg = cav_config_default(CAV_TASK_PRETRAIN);
+    cfg.norm_pix_loss = 1; /* as cav-pretrain and the reference's recipe */
+    if (!strcmp(argv[2], "tiny")) {
+        cfg.embed_dim = 192, cfg.num_heads = 3, cfg.modality_specific_depth = 4, cfg.depth = 5;
+        cfg.decoder_embed_dim = 128, cfg.decoder_depth = 2, cfg.decoder_num_heads = 4;
+    } else if (strcmp(argv[2], "base")) {
+        fprintf(stderr, "train_step: unknown config %s\n", argv[2]);
+        return 1;
+    }
+    int B = atoi(argv[3]), steps = atoi(argv[4]);
+    cav_err err = {0};
+    cav_model *m = cav_model_create(&cfg, B, &err);
+    if (!m || cav_model_alloc_adam(m)) {
+        fprintf(stderr, "train_step: %s\n", m ? "out of memory" : err.msg);
+        return 3;
+    }
+    cav_model_init(m, 1);
+    uint64_t s = 7, mask_rng = 11;
+    fill(m->in.audio, (size_t)B * m->T * m->F, &s);
+    fill(m->in.video, (size_t)B * 3 * m->S * m->S, &s);
+    double tf = 0, tb = 0, ta = 0, t_all = 0;
+    for (int i = 0; i <= steps; i++) { /* step 0 warms up (first touch of activations, BLAS buffers) */
+        double t0 = now();
+        cav_model_random_masks(m, &mask_rng);
+        cav_model_forward(m);
+        double t1 = now();
+        cav_model_backward(m);
+        double t2 = now();
+        cav_model_adam_step(m, 5e-5, 1.0, 0.95, 0.999, 1e-8, 5e-7);
+        double t3 = now();
+        if (!isfinite(m->out.loss)) {
+            fprintf(stderr, "train_step: non-finite loss\n");
+            return 3;
+        }
+        if (i == 0) continue;
+        tf += t1 - t0, tb += t2 - t1, ta += t3 - t2, t_all += t3 - t0;
+    }
+    printf("forward_s %.4f\nbackward_s %.4f\nadam_s %.4f\nstep_s %.4f\n", tf / steps, tb / steps, ta / steps,
+           t_all / steps);
+    printf("samples_per_s %.4f\n", B * steps / t_all);
+    cav_model_free(m);
+    return 0;
+}
