@@ -19,6 +19,8 @@ CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaud
 # (pipelines/av-digits, built by tests/tools/test_av_digits.sh)
 CHECK_DEBS += tuxpaint-stamps-default gcompris-qt-data espeak-ng flite asterisk-core-sounds-en-g722 \
   asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722
+# the benchmarks also time PyTorch under jemalloc (tests/bench/bench_train_step.sh)
+BENCH_DEBS := libjemalloc2
 
 # ensure_debs: install what is missing (root), or say exactly what to run (not root).
 define ensure_debs
@@ -178,6 +180,7 @@ $(BUILD)/bench/%: tests/bench/%.c $(REL)/libcav.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS)
 bench: all refs $(BENCH_PROGS) | $(BUILD)/.check-deps
+	@$(call ensure_debs,$(BENCH_DEBS))
 	@for b in $(sort $(wildcard tests/bench/bench_*.sh tests/bench/bench_*.py)); do \
 	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) /usr/bin/python3 $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
 

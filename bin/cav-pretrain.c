@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "cli.h"
 #include "debugstate.h"
 #include "dist.h"
@@ -87,6 +88,7 @@ typedef struct {
 
 int main(int argc, char **argv) {
     cav_set_tool("cav-pretrain");
+    cav_blas_fit_cpu("cav-pretrain", argv);
     cav_dist d;
     cav_dist_init(&d, &argc, &argv);
     static const struct option opts[] = {

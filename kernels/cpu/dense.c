@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "vecmath.h"
 
 /* -O2's "very cheap" vectorizer cost model leaves almost every elementwise loop here scalar; these loops are
  * memory-bound streams where vectors pay. Float reductions keep their order (no -fassociative-math), so
@@ -135,56 +136,68 @@ void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
     }
 }
 
-void cav_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if(n > CAV_PAR_MIN)
+/* GELU on blocks of this many elements: each OpenMP chunk calls one vectorized block function. */
+#define GELU_BLOCK 4096
+
+CAV_VEC static void gelu_forward_block(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+        out[i] = 0.5f * x * (1.0f + cav_erf(x * (float)M_SQRT1_2));
     }
 }
 
-void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-    const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2); /* 1/sqrt(2 pi) */
+void cav_gelu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if(n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i += GELU_BLOCK) gelu_forward_block(out + i, inp + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
+}
+
+CAV_VEC static void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {
+    const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2); /* 1/sqrt(2 pi) */
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-        float pdf = k * expf(-0.5f * x * x);
+        float cdf = 0.5f * (1.0f + cav_erf(x * (float)M_SQRT1_2));
+        float pdf = k * cav_exp_neg(-0.5f * x * x);
         dinp[i] += dout[i] * (cdf + x * pdf);
     }
 }
 
-/* exp for the softmax's arguments (x <= 0 after the max is subtracted), written so the compiler vectorizes
- * it: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by Cephes' expf polynomial, 2^n
- * through the exponent bits. Within 2 ulp of expf; arguments below -87.3 (results under FLT_MIN) give
- * exp(-87.3), which a softmax cannot tell from 0 next to its maximum's 1. */
-static inline float softmax_exp(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float z = r * r;
-    float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
-               1.6666665459e-1f) * r + 5.0000001201e-1f;
-    p = p * z + r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp parallel for if(n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i += GELU_BLOCK)
+        gelu_backward_block(dinp + i, inp + i, dout + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
 }
 
-static void softmax_row(float *y, const float *x, int N) {
-    float mx = x[0];
-    for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
-#pragma omp simd
-    for (int j = 0; j < N; j++) y[j] = softmax_exp(x[j] - mx);
-    float s4[4] = {0, 0, 0, 0}, s;
-    int j = 0;
-    for (; j + 4 <= N; j += 4)
-        for (int k = 0; k < 4; k++) s4[k] += y[j + k];
-    s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+/* y = softmax(x) over one row; in place is allowed. The max and the sum use 16 independent lanes (a fixed
+ * order: the result does not depend on the machine's vector width beyond FMA contraction). */
+CAV_VEC static void softmax_row(float *y, const float *x, int N) {
+    enum { LANES = 16 };
+    float m16[LANES], s16[LANES] = {0};
+    int j = 0, full = N / LANES * LANES;
+    for (int k = 0; k < LANES; k++) m16[k] = x[0];
+    for (; j < full; j += LANES)
+        for (int k = 0; k < LANES; k++) m16[k] = x[j + k] > m16[k] ? x[j + k] : m16[k];
+    float mx = m16[0];
+    for (int k = 1; k < LANES; k++) mx = m16[k] > mx ? m16[k] : mx;
+    for (; j < N; j++) mx = x[j] > mx ? x[j] : mx;
+    for (j = 0; j < N; j++) y[j] = cav_exp_neg(x[j] - mx);
+    for (j = 0; j < full; j += LANES)
+        for (int k = 0; k < LANES; k++) s16[k] += y[j + k];
+    float s = 0;
+    for (int k = 0; k < LANES; k++) s += s16[k];
     for (; j < N; j++) s += y[j];
     for (j = 0; j < N; j++) y[j] /= s;
+}
+
+/* g = y * (g - sum(g * y)) * scale over one row, in place: the softmax's backward with attention's scale. */
+CAV_VEC static void softmax_row_backward(float *g, const float *y, int N, float scale) {
+    enum { LANES = 16 };
+    float s16[LANES] = {0}, s = 0;
+    int j = 0, full = N / LANES * LANES;
+    for (; j < full; j += LANES)
+        for (int k = 0; k < LANES; k++) s16[k] += g[j + k] * y[j + k];
+    for (int k = 0; k < LANES; k++) s += s16[k];
+    for (; j < N; j++) s += g[j] * y[j];
+    for (int j = 0; j < N; j++) g[j] = y[j] * (g[j] - s) * scale;
 }
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
@@ -252,13 +265,7 @@ void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, co
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, g, N);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
                 /* through the softmax and the scale, in place */
-                for (int i = 0; i < N; i++) {
-                    float *gi = g + (size_t)i * N;
-                    const float *y = a + (size_t)i * N;
-                    float s = 0;
-                    for (int j = 0; j < N; j++) s += gi[j] * y[j];
-                    for (int j = 0; j < N; j++) gi[j] = y[j] * (gi[j] - s) * scale;
-                }
+                for (int i = 0; i < N; i++) softmax_row_backward(g + (size_t)i * N, a + (size_t)i * N, N, scale);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, k, 3 * C, 0.0f, dq,
                             3 * C);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, q, 3 * C, 0.0f, dk,

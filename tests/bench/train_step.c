@@ -51,6 +51,25 @@ static int bench_sgemm(void) {
     return 0;
 }
 
+/* Multiply-add FLOPs of one block on N tokens of width C (qkv, proj, fc1, fc2; QK^T and att @ V). */
+static double block_flops(double N, double C, double hidden) {
+    return 2 * N * (3 * C * C + C * C + 2 * C * hidden) + 4 * N * N * C;
+}
+
+/* FLOPs of one training sample: 3x the forward's matmuls (the backward does two products per forward one),
+ * counting the contrastive streams' extra passes through the joint blocks. About 234 GFLOP at base. */
+static double step_flops(const cav_model *m) {
+    const cav_config *c = &m->cfg;
+    double D = m->D, Dd = m->Dd, La = m->La, Lv = m->Lv, N = m->La_full + m->Lv_full;
+    int msd = c->modality_specific_depth, joint = c->depth - msd;
+    double f = 2 * (m->La_full * 256.0 + m->Lv_full * 768.0) * D; /* patch embeddings */
+    f += msd * (block_flops(La, D, m->hidden) + block_flops(Lv, D, m->hidden));
+    f += joint * (block_flops(La + Lv, D, m->hidden) + block_flops(La, D, m->hidden) + block_flops(Lv, D, m->hidden));
+    f += 2 * (La + Lv) * D * Dd + c->decoder_depth * block_flops(N, Dd, m->dhidden);
+    f += 2 * (m->La_full * 256.0 + m->Lv_full * 768.0) * Dd; /* prediction heads */
+    return 3 * f;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "sgemm")) return bench_sgemm();
     if (argc != 5 || strcmp(argv[1], "step")) {
@@ -96,6 +115,7 @@ int main(int argc, char **argv) {
     }
     printf("forward_s %.4f\nbackward_s %.4f\nadam_s %.4f\nstep_s %.4f\n", tf / steps, tb / steps, ta / steps,
            t_all / steps);
+    printf("gflop_per_sample %.2f\n", step_flops(m) / 1e9);
     printf("samples_per_s %.4f\n", B * steps / t_all);
     cav_model_free(m);
     return 0;
