@@ -1,6 +1,7 @@
 """test_pretrain.py: cav-pretrain end to end on a small synthetic shard with a micro model: a run killed with
 SIGKILL at a random moment and resumed ends byte-identical to an uninterrupted run; --max-steps + --resume
-likewise; two MPI ranks compute what one process computes on the same global batch and groups; a diverging
+likewise; two MPI ranks compute what one process computes on the same global batch and groups, also when a
+contrast group is spread over ranks (embeddings gathered); a diverging
 run stops with the step named and its checkpoints intact; a failed checkpoint write (file size limit) exits
 3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard."""
 import os
@@ -146,6 +147,56 @@ else:
         diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
         print("  max |one process - two ranks| over all parameters after 4 steps: %.3g" % diff)
         report("mpi_two_ranks_equal_one_process", a.keys() == b.keys() and diff <= 1e-6)
+
+    # Fewer contrast groups than ranks: each group is spread over ranks, its contrastive embeddings and MAE
+    # sums are gathered, and every rank backpropagates the group's losses through its own rows. Against one
+    # process on the same global batch and groups, 2 steps: the loss terms of the checkpoint's epoch meters
+    # (sums over the steps, 17 digits) within rel 1e-5, and the parameters within 1e-5 in relative L2 norm.
+    # Adam is blind to a common scale of the gradient, but a wrong factor on one loss term (the contrastive
+    # part, the MAE denominators) changes these parameters by about 1e-3; rounding (gradient sums in
+    # another order) leaves about 1e-6 of a step on parameters whose true gradient is zero (the attention key
+    # biases), so the elementwise maximum is printed, not bounded tighter than the norm.
+    def split_case(name, groups, np_, extra):
+        one, many = os.path.join(TMP, name + "_one"), os.path.join(TMP, name + "_mpi")
+        base = ["--seed", "7", "-b", "8", "--contrast-groups", str(groups), "--log-every", "1", "--lr", "1e-3",
+                "-e", "1", "--max-steps", "2", "--loader-threads", "1"] + MICRO + extra + [train]
+        r1 = subprocess.run([BIN + "/cav-pretrain", "-o", one] + base, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+        r2 = subprocess.run([mpirun, "-np", str(np_), "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain",
+                             "-o", many] + base, capture_output=True, text=True, env=env)
+        if r1.returncode or r2.returncode:
+            return report(name, False, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-800:])
+        gathered = "embeddings gathered" in r2.stderr
+        a, b = tensors(newest(one)), tensors(newest(many))
+        num = sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a)
+        den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
+        rel = (num / den) ** 0.5
+        worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+        sa = json.loads(read(os.path.join(os.path.dirname(newest(one)), "state.json")))
+        sb = json.loads(read(os.path.join(os.path.dirname(newest(many)), "state.json")))
+        keys = ("train_total", "train_mae_a", "train_mae_v", "train_c", "train_acc")
+        lrel = max(abs(sa[k] - sb[k]) / max(abs(sa[k]), 1e-30) for k in keys)
+        print("  %s: %d ranks vs 1 process: losses rel %.3g (total %.17g vs %.17g, c_acc sum %g vs %g); "
+              "parameters rel L2 %.3g, max abs %.3g" % (name, np_, lrel, sa["train_total"], sb["train_total"],
+                                                         sa["train_acc"], sb["train_acc"], rel, worst))
+        report(name, gathered and a.keys() == b.keys() and sa["step"] == sb["step"] == 2 and lrel <= 1e-5 and
+               rel <= 1e-5, "gathered=%s losses rel %.3g params rel %.3g" % (gathered, lrel, rel))
+
+    split_case("mpi_one_group_over_two_ranks", 1, 2, [])
+    split_case("mpi_one_group_over_two_ranks_mean", 1, 2, ["--group-reduce", "mean"])
+    # a strong contrastive term and weight decay comparable to the gradients make any factor visible
+    split_case("mpi_one_group_over_two_ranks_strong_contrast", 1, 2,
+               ["--contrast-weight", "0.5", "--weight-decay", "0.5"])
+    # two groups, each over two of four ranks: group indices, masks keyed by group, per-block gathers; the
+    # mean of the groups (a factor Adam would not see without the weight decay)
+    split_case("mpi_two_groups_over_four_ranks_mean", 2, 4, ["--bidirect-contrast", "--mask-mode", "tf",
+                                                            "--group-reduce", "mean", "--weight-decay", "0.5"])
+    # groups that neither divide nor are a multiple of the ranks are refused as a usage error
+    r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain", "-o",
+                        os.path.join(TMP, "g3"), "-b", "12", "--contrast-groups", "3"] + MICRO + [train],
+                       capture_output=True, text=True, env=env)
+    report("mpi_groups_not_dividing_ranks_refused", r.returncode == 1 and "contrast groups" in r.stderr,
+           "exit %d: %s" % (r.returncode, r.stderr[-300:]))
 
 # Finite but absurd inputs (fbank values of 1e37, raw reconstruction targets) overflow the loss: the run
 # stops at a named step.
