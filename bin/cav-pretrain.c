@@ -14,7 +14,8 @@
 static const char usage[] =
     "Usage: cav-pretrain [OPTION]... --out DIR TRAIN.h5...\n"
     "       cav-pretrain --check-debug-state FILE...\n"
-    "Pretrain CAV-MAE (or one of the paper's baselines) on shards holding fbank and frames.\n"
+    "Pretrain CAV-MAE (or one of the paper's baselines) on shards holding fbank (or the 16 kHz waveform\n"
+    "`wave`, whose fbank the loader then computes as fbank(1) does) and frames.\n"
     "\n"
     "Data and run:\n"
     "  -o, --out DIR              run directory: result.csv, metrics.jsonl, models/, checkpoints/\n"

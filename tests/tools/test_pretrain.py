@@ -3,7 +3,8 @@ SIGKILL at a random moment and resumed ends byte-identical to an uninterrupted r
 likewise; two MPI ranks compute what one process computes on the same global batch and groups, also when a
 contrast group is spread over ranks (embeddings gathered); a diverging
 run stops with the step named and its checkpoints intact; a failed checkpoint write (file size limit) exits
-3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard."""
+3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard; shards of
+waveforms train exactly as the same shards after the fbank tool."""
 import os
 import random
 import shutil
@@ -34,15 +35,20 @@ def report(name, ok, why=""):
     fails += not ok
 
 
-def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32):
+def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32, with_wave=False):
     g = np.random.default_rng(seed)
     recs = []
     for r in range(rows):
-        t = []
+        t, attrs = [], {}
         if with_fbank:
             t.append(("fbank", (g.standard_normal((60 + r % 9, 128)) * scale - 5).astype(np.float32)))
+        if with_wave:  # 16 kHz i16, 50 to 74 frames of 10 ms, as av-extract writes them
+            n = 400 + (49 + 3 * (r % 9)) * 160
+            w = 4000 * np.sin(np.arange(n) * 0.01 * (r + 1)) + g.normal(0, 800, n)
+            t.append(("wave", np.clip(w, -32768, 32767).astype(np.int16)))
+            attrs["sample_rate"] = "16000"
         t.append(("frames", g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)))
-        recs.append(("clip%03d" % r, {}, t))
+        recs.append(("clip%03d" % r, attrs, t))
     stream = os.path.join(TMP, "in.cavs")
     with open(stream, "wb") as f:
         f.write(cavstream.encode(recs))
@@ -233,6 +239,27 @@ bad = os.path.join(TMP, "nofbank.h5")
 make_shard(bad, 8, with_fbank=False)
 r = pretrain(os.path.join(TMP, "bad"), bad, check=False)
 report("missing_field_refused", r.returncode == 2 and bad in r.stderr and "fbank" in r.stderr, r.stderr[-300:])
+
+# Shards of waveforms (av-extract's `wave`, no fbank): the loader computes fbank on its threads, as the
+# fbank tool does by default. --loader-only runs on them; 2 steps of training on them end with the model of
+# 2 steps on the same shard after `fbank --drop-wave`, byte for byte.
+waves = os.path.join(TMP, "waves.h5")
+make_shard(waves, 16, with_fbank=False, with_wave=True, seed=5)
+fbanked = os.path.join(TMP, "waves_fbank.h5")
+r0 = subprocess.run([BIN + "/fbank", "--drop-wave", "-o", fbanked, waves], capture_output=True, text=True)
+r = pretrain(os.path.join(TMP, "wl"), "--loader-only", waves, check=False)
+report("loader_only_on_waveforms", r0.returncode == 0 and r.returncode == 0 and "loader: 16 samples" in r.stdout,
+       r0.stderr[-300:] + r.stdout[-200:] + r.stderr[-300:])
+runs = []
+for name, shard in (("w_wave", waves), ("w_fbank", fbanked)):
+    r = pretrain(os.path.join(TMP, name), "-e", "1", "--max-steps", "2", shard, check=False)
+    runs.append(r)
+if any(x.returncode for x in runs):
+    report("training_on_waveforms_equals_fbank_tool", False, " | ".join(x.stderr[-300:] for x in runs))
+else:
+    ck = [os.path.join(TMP, n, "checkpoints") for n in ("w_wave", "w_fbank")]
+    last = [os.path.join(c, sorted(os.listdir(c))[-1], "model.safetensors") for c in ck]
+    report("training_on_waveforms_equals_fbank_tool", read(last[0]) == read(last[1]))
 
 # --init-from-mae: the paper's mapping (SPEC 3.5) of a MAE-shaped checkpoint (tests/ref/gen_pth.py, tiny sizes)
 # against the start state tests/ref/cavmae_ref.py's adapt_mae_state builds. A step at lr 0 leaves the
