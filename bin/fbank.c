@@ -94,14 +94,12 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
     if (!wv)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): no 'wave' field", source,
                         (long long)index, id);
-    if ((wv->dtype != CAV_I16 && wv->dtype != CAV_F32) || wv->ndim < 1 || wv->ndim > 2)
-        return cav_fail(
-            err, CAV_EXIT_INPUT,
-            "%s: record %lld (id '%s'): wave: %s with %d dimensions; need i16 or f32 [n] or [channels,n]",
-            source, (long long)index, id, cav_dtype_name(wv->dtype) ? cav_dtype_name(wv->dtype) : "?",
-            wv->ndim);
-    int channels = wv->ndim == 2 ? (int)wv->shape[0] : 1;
-    int64_t n = wv->shape[wv->ndim - 1];
+    int channels;
+    int64_t n;
+    cav_err e1;
+    const float *x = cav_fbank_wave_samples(wv, &st->samples, &st->cap_samples, &channels, &n, &e1);
+    if (!x)
+        return cav_fail(err, e1.code, "%s: record %lld (id '%s'): wave: %s", source, (long long)index, id, e1.msg);
     double rate = st->default_rate;
     const char *ra = cav_attrs_get(&rec->attrs, "sample_rate");
     if (ra) {
@@ -126,18 +124,6 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
         if (st->nbanks == 16) cav_fbank_free(st->banks[--st->nbanks]);
         st->rates[st->nbanks] = rate;
         st->banks[st->nbanks++] = fb;
-    }
-    int64_t total = n * channels;
-    if (total > st->cap_samples) {
-        float *s = realloc(st->samples, sizeof(float) * (total ? total : 1));
-        if (!s) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
-        st->samples = s, st->cap_samples = total;
-    }
-    const float *x = wv->data;
-    if (wv->dtype == CAV_I16) { /* as torchaudio.load: int16 / 32768 */
-        const int16_t *s = wv->data;
-        for (int64_t i = 0; i < total; i++) st->samples[i] = s[i] / 32768.0f;
-        x = st->samples;
     }
     int64_t rows = cav_fbank_out_frames(fb, n), bins = cav_fbank_bins(fb);
     if (rows * bins > st->cap_out) {

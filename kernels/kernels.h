@@ -130,6 +130,13 @@ float cav_masked_mse_forward(const float *pred, const float *t, const float *mas
 /* dpred[M,P] += dloss * d loss / d pred. */
 void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
                              int P);
+/* The two sums of the masked MSE (loss = *num / *den), for a loss whose rows are spread over processes:
+ * the parts' sums add up to the whole's. */
+void cav_masked_mse_sums(const float *pred, const float *t, const float *mask, int M, int P, double *num,
+                         double *den);
+/* cav_masked_mse_backward with the denominator given (the whole's mask count when these M rows are a part). */
+void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
+                                 int M, int P, double den);
 
 /* BCEWithLogitsLoss, mean over B*K: logits x[B,K], targets y[B,K]. */
 float cav_bce_logits_forward(const float *x, const float *y, int B, int K);

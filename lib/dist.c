@@ -2,6 +2,7 @@
 #include "dist.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef CAV_HAVE_MPI
 #include <mpi.h>
@@ -70,5 +71,53 @@ void cav_dist_barrier(const cav_dist *d) {
     if (d->world > 1) MPI_Barrier(MPI_COMM_WORLD);
 #else
     (void)d;
+#endif
+}
+
+int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b) {
+    b->rank = 0;
+    b->size = 1;
+    b->comm = NULL;
+    if (size == 1) return 0;
+    if (size < 1 || d->world % size || !d->mpi) return -1;
+#ifdef CAV_HAVE_MPI
+    MPI_Comm *c = malloc(sizeof *c);
+    if (!c) return -1;
+    if (MPI_Comm_split(MPI_COMM_WORLD, d->rank / size, d->rank % size, c) != MPI_SUCCESS) return free(c), -1;
+    b->comm = c;
+    b->rank = d->rank % size;
+    b->size = size;
+    return 0;
+#else
+    return -1;
+#endif
+}
+
+void cav_dist_block_close(cav_dist_block *b) {
+#ifdef CAV_HAVE_MPI
+    if (b->comm) MPI_Comm_free((MPI_Comm *)b->comm);
+#endif
+    free(b->comm);
+    b->comm = NULL;
+}
+
+void cav_dist_block_gather_f32(const cav_dist_block *b, const float *mine, float *all, size_t n) {
+    if (!b->comm) {
+        if (all != mine) memcpy(all, mine, n * sizeof *all);
+        return;
+    }
+#ifdef CAV_HAVE_MPI
+    /* contrastive embeddings: rows x embed_dim, far below 2^31 */
+    MPI_Allgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, *(MPI_Comm *)b->comm);
+#endif
+}
+
+void cav_dist_block_sum_f64(const cav_dist_block *b, double *x, size_t n) {
+    if (!b->comm) return;
+#ifdef CAV_HAVE_MPI
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, *(MPI_Comm *)b->comm);
+#else
+    (void)x;
+    (void)n;
 #endif
 }

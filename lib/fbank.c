@@ -503,6 +503,28 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     return 0;
 }
 
+const float *cav_fbank_wave_samples(const cav_tensor *wv, float **buf, int64_t *cap, int *channels, int64_t *n,
+                                    cav_err *err) {
+    if ((wv->dtype != CAV_I16 && wv->dtype != CAV_F32) || wv->ndim < 1 || wv->ndim > 2) {
+        const char *dt = cav_dtype_name(wv->dtype);
+        cav_fail(err, CAV_EXIT_INPUT, "%s with %d dimensions; need i16 or f32 [n] or [channels,n]", dt ? dt : "?",
+                 wv->ndim);
+        return NULL;
+    }
+    *channels = wv->ndim == 2 ? (int)wv->shape[0] : 1;
+    *n = wv->shape[wv->ndim - 1];
+    if (wv->dtype == CAV_F32) return wv->data;
+    int64_t total = *n * *channels;
+    if (total > *cap) {
+        float *s = realloc(*buf, sizeof(float) * (size_t)(total ? total : 1));
+        if (!s) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory"), NULL;
+        *buf = s, *cap = total;
+    }
+    const int16_t *s = wv->data; /* as torchaudio.load: int16 / 32768 */
+    for (int64_t i = 0; i < total; i++) (*buf)[i] = s[i] / 32768.0f;
+    return *buf;
+}
+
 double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     int64_t m = cav_fbank_num_frames(fb, n);
     double check = 0.0;

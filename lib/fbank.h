@@ -68,6 +68,12 @@ void cav_fbank_mel_weights(const cav_fbank *fb, float *out);
  * (torchaudio refuses these too). frames_out (may be NULL) receives the natural frame count. */
 int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n, float *out,
                       int64_t *frames_out, cav_err *err);
+/* The samples of a record's `wave` tensor (i16 or f32, [n] or [channels, n]) as cav_fbank_compute takes
+ * them: f32 as stored, i16 divided by 32768 as torchaudio.load into *buf (grown to *cap floats as needed;
+ * the caller frees it). Sets *channels and *n. NULL with err filled for another dtype or rank (code
+ * CAV_EXIT_INPUT) or when out of memory. The fbank tool and the training loader both read waves here. */
+const float *cav_fbank_wave_samples(const cav_tensor *wave, float **buf, int64_t *cap, int *channels, int64_t *n,
+                                    cav_err *err);
 /* Restarts the dither stream (the tool reseeds per record so results do not depend on record order). */
 void cav_fbank_reseed(cav_fbank *fb, uint64_t seed);
 

@@ -1,6 +1,7 @@
 /* loader.c: see loader.h. Worker threads take sample jobs in order from a shared counter and write into
  * one of `prefetch` batch slots; the caller consumes slots in order. A job may only start when its batch's
- * slot has been released by the caller, so memory stays at prefetch batches. */
+ * slot has been released by the caller, so memory stays at prefetch batches. Shards without fbank but
+ * with the waveform have their fbank computed per sample on the worker threads (one filterbank each). */
 #include "loader.h"
 
 #include <math.h>
@@ -11,12 +12,14 @@
 
 #include "augment.h"
 #include "cli.h"
+#include "fbank.h"
 #include "jpeg.h"
 #include "rng.h"
 #include "shard.h"
 
 #define REF_TRAIN_FRAMES 10 /* the reference draws randint(0, 9) whatever the clip holds */
 #define REF_EVAL_FRAME 5
+#define WAVE_RATE 16000 /* the reference's fbank rate; other rates are refused, not resampled */
 
 void cav_loader_opts_default(cav_loader_opts *o, int train) {
     memset(o, 0, sizeof *o);
@@ -67,7 +70,8 @@ struct cav_loader {
     int64_t cur;               /* batch the caller will get next */
     int held;                  /* the caller holds slot of batch cur-1 */
     slot *slots;
-    const char *audio_field, *video_field;
+    uint8_t *from_wave; /* [nshards] audio computed from `wave` (the shard has no fbank) */
+    uint8_t *jpeg;      /* [nshards] frames stored as frames_jpeg */
 };
 
 static int64_t per_rank(const cav_loader *ld) { return ld->hi - ld->lo; }
@@ -94,8 +98,23 @@ static int field_shape(cav_shard *s, const char *name, cav_shard_field *f) {
     return 0;
 }
 
+/* A row's sample rate (attribute sample_rate; absent: 16 kHz, the fbank tool's default) must be 16 kHz. */
+static int check_rate(const char *path, cav_shard *s, int64_t row, cav_err *err) {
+    const char *ra = cav_shard_row_attr(s, row, "sample_rate");
+    if (!ra) return 0;
+    char *end;
+    double rate = strtod(ra, &end);
+    if (end == ra || *end || rate != WAVE_RATE)
+        return cav_fail(err, 2,
+                        "%s: row %lld (id '%s'): field wave: sample_rate %s Hz; the loader computes fbank from %d Hz "
+                        "waveforms only (resample with av-extract, or store fbank with fbank(1))",
+                        path, (long long)row, cav_shard_id(s, row), ra, WAVE_RATE);
+    return 0;
+}
+
 /* Start-up validation: each shard must hold the fields training needs, in every row. */
-static int validate_shard(cav_loader *ld, cav_shard *s, cav_err *err) {
+static int validate_shard(cav_loader *ld, int si, cav_err *err) {
+    cav_shard *s = ld->shards[si];
     const char *path = cav_shard_path(s);
     int64_t rows = cav_shard_rows(s);
     cav_shard_field f;
@@ -106,22 +125,32 @@ static int validate_shard(cav_loader *ld, cav_shard *s, cav_err *err) {
                 return cav_fail(err, 2, "%s: field fbank: type %s, expected f32 or f16", path, cav_dtype_name(f.dtype));
             if (!f.ragged && (f.ndim != 2 || f.shape[1] != ld->o.mel_bins))
                 return cav_fail(err, 2, "%s: field fbank: rows are not [T, %d]", path, ld->o.mel_bins);
-            ld->audio_field = "fbank";
+        } else if (field_shape(s, "wave", &f)) {
+            if (f.present != rows) return cav_fail(err, 2, "%s: field wave: present in %lld of %lld rows (and no field fbank)", path, (long long)f.present, (long long)rows);
+            if (f.dtype != CAV_I16 && f.dtype != CAV_F32)
+                return cav_fail(err, 2, "%s: field wave: type %s, expected i16 or f32", path, cav_dtype_name(f.dtype));
+            if (!f.ragged && (f.ndim < 1 || f.ndim > 2))
+                return cav_fail(err, 2, "%s: field wave: rows are not [n] or [channels, n]", path);
+            for (int64_t r = 0; r < rows; r++)
+                if (check_rate(path, s, r, err)) return -1;
+            ld->from_wave[si] = 1;
         } else {
-            return cav_fail(err, 2, "%s: no field fbank (compute it with fbank(1): shard-pack --to-stream | fbank | shard-pack)", path);
+            return cav_fail(err, 2, "%s: no field fbank or wave (av-extract writes wave; fbank(1) adds fbank)", path);
         }
     }
     if (ld->o.need_video) {
+        const char *name = "frames";
         if (field_shape(s, "frames", &f)) {
             if (f.dtype != CAV_U8) return cav_fail(err, 2, "%s: field frames: type %s, expected u8", path, cav_dtype_name(f.dtype));
-            ld->video_field = "frames";
         } else if (field_shape(s, "frames_jpeg", &f)) {
-            if (!field_shape(s, "frames_jpeg_offsets", &f)) return cav_fail(err, 2, "%s: field frames_jpeg without frames_jpeg_offsets", path);
-            ld->video_field = "frames_jpeg";
+            cav_shard_field fo;
+            if (!field_shape(s, "frames_jpeg_offsets", &fo)) return cav_fail(err, 2, "%s: field frames_jpeg without frames_jpeg_offsets", path);
+            name = "frames_jpeg";
+            ld->jpeg[si] = 1;
         } else {
             return cav_fail(err, 2, "%s: no field frames or frames_jpeg", path);
         }
-        if (f.present != rows) return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, ld->video_field, (long long)f.present, (long long)rows);
+        if (f.present != rows) return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, name, (long long)f.present, (long long)rows);
     }
     if (ld->o.label_dim > 0) {
         if (!field_shape(s, "labels", &f)) return cav_fail(err, 2, "%s: no field labels", path);
@@ -142,12 +171,14 @@ cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opt
     if (ld->o.prefetch < 1) ld->o.prefetch = 1;
     ld->shards = calloc((size_t)npaths, sizeof *ld->shards);
     ld->first_row = calloc((size_t)npaths + 1, sizeof *ld->first_row);
-    if (!ld->shards || !ld->first_row) goto oom;
+    ld->from_wave = calloc((size_t)npaths, 1);
+    ld->jpeg = calloc((size_t)npaths, 1);
+    if (!ld->shards || !ld->first_row || !ld->from_wave || !ld->jpeg) goto oom;
     for (int i = 0; i < npaths; i++) {
         ld->shards[i] = cav_shard_open(paths[i], err);
         if (!ld->shards[i]) goto fail;
         ld->nshards++;
-        if (validate_shard(ld, ld->shards[i], err)) goto fail;
+        if (validate_shard(ld, i, err)) goto fail;
         ld->first_row[i + 1] = ld->first_row[i] + cav_shard_rows(ld->shards[i]);
     }
     ld->rows = ld->first_row[npaths];
@@ -186,7 +217,8 @@ fail:
         }
     }
     for (int i = 0; i < ld->nshards; i++) cav_shard_close(ld->shards[i]);
-    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave), free(ld->jpeg);
+    free(ld);
     return NULL;
 }
 
@@ -206,21 +238,54 @@ static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int avai
     return idx < available ? idx : available - 1;
 }
 
+/* The fbank of a record's `wave` [T, F] into out (cut or zero-padded to T frames), as fbank(1) computes it
+ * by default (SPEC 1.3) at 16 kHz; *fb is the caller's filterbank, built on first use. Returns the frames
+ * kept (the natural count, at most T), or -1. */
+static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_tensor *wv, cav_fbank **fb,
+                      float *out, cav_err *err) {
+    const char *ra = cav_attrs_get(&rec->attrs, "sample_rate");
+    if (ra && strtod(ra, NULL) != WAVE_RATE)
+        return cav_fail(err, 2, "record %s: field wave: sample_rate %s Hz, expected %d", rec->id, ra, WAVE_RATE);
+    if (!*fb) {
+        cav_fbank_opts fo;
+        cav_fbank_opts_default(&fo);
+        fo.sample_rate = WAVE_RATE;
+        fo.num_mel_bins = o->mel_bins;
+        fo.target_length = o->target_length;
+        if (!(*fb = cav_fbank_new(&fo, err))) return -1;
+    }
+    float *buf = NULL;
+    int64_t cap = 0, n, frames;
+    int channels;
+    cav_err e;
+    const float *x = cav_fbank_wave_samples(wv, &buf, &cap, &channels, &n, &e);
+    int rc = !x || cav_fbank_compute(*fb, x, channels, n, out, &frames, &e) ? -1 : 0;
+    free(buf);
+    if (rc) return cav_fail(err, e.code ? e.code : 2, "record %s: field wave: %s", rec->id, e.msg);
+    return frames < o->target_length ? (int)frames : o->target_length;
+}
+
 static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *out,
-                        cav_err *err) {
-    const cav_tensor *t = cav_record_find(rec, "fbank");
-    if (!t) return cav_fail(err, 2, "record %s: no field fbank", rec->id ? rec->id : "?");
-    if (t->ndim != 2 || t->shape[1] != o->mel_bins || t->shape[0] < 1)
-        return cav_fail(err, 2, "record %s: field fbank: shape is not [T, %d]", rec->id, o->mel_bins);
-    int m = (int)t->shape[0], F = o->mel_bins, T = o->target_length;
-    int keep = m < T ? m : T;
-    /* Fit first (float16 rows widen on the way), so SpecAugment runs on [T, F] raw log-mel. */
-    if (t->dtype == CAV_F32) cav_fbank_fit(t->data, keep, F, T, out);
-    else if (t->dtype == CAV_F16) {
-        const uint16_t *h = t->data;
-        for (int64_t i = 0; i < (int64_t)keep * F; i++) out[i] = cav_f16_to_f32(h[i]);
-        memset(out + (size_t)keep * F, 0, (size_t)(T - keep) * F * sizeof *out);
-    } else return cav_fail(err, 2, "record %s: field fbank: type %s", rec->id, cav_dtype_name(t->dtype));
+                        cav_fbank **fb, cav_err *err) {
+    int F = o->mel_bins, T = o->target_length, keep;
+    const cav_tensor *t = cav_record_find(rec, "fbank"), *wv;
+    if (t) {
+        if (t->ndim != 2 || t->shape[1] != o->mel_bins || t->shape[0] < 1)
+            return cav_fail(err, 2, "record %s: field fbank: shape is not [T, %d]", rec->id, o->mel_bins);
+        int m = (int)t->shape[0];
+        keep = m < T ? m : T;
+        /* Fit first (float16 rows widen on the way), so SpecAugment runs on [T, F] raw log-mel. */
+        if (t->dtype == CAV_F32) cav_fbank_fit(t->data, keep, F, T, out);
+        else if (t->dtype == CAV_F16) {
+            const uint16_t *h = t->data;
+            for (int64_t i = 0; i < (int64_t)keep * F; i++) out[i] = cav_f16_to_f32(h[i]);
+            memset(out + (size_t)keep * F, 0, (size_t)(T - keep) * F * sizeof *out);
+        } else return cav_fail(err, 2, "record %s: field fbank: type %s", rec->id, cav_dtype_name(t->dtype));
+    } else if ((wv = cav_record_find(rec, "wave"))) {
+        if ((keep = wave_fbank(o, rec, wv, fb, out, err)) < 0) return -1;
+    } else {
+        return cav_fail(err, 2, "record %s: no field fbank or wave", rec->id ? rec->id : "?");
+    }
     for (int64_t i = 0; i < (int64_t)keep * F; i++)
         if (!isfinite(out[i])) return cav_fail(err, 2, "record %s: field fbank: non-finite value at frame %lld", rec->id, (long long)(i / F));
     if (o->train && (o->freqm > 0 || o->timem > 0)) {
@@ -280,9 +345,9 @@ static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epo
     return 0;
 }
 
-int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
-                      float *video, float *labels, cav_err *err) {
-    if (o->need_audio && sample_audio(o, rec, epoch, pos, audio, err)) return -1;
+static int sample_one(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
+                      float *video, float *labels, cav_fbank **fb, cav_err *err) {
+    if (o->need_audio && sample_audio(o, rec, epoch, pos, audio, fb, err)) return -1;
     if (o->need_video && sample_video(o, rec, epoch, pos, video, err)) return -1;
     if (o->label_dim > 0) {
         const cav_tensor *t = cav_record_find(rec, "labels");
@@ -293,8 +358,16 @@ int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch
     return 0;
 }
 
+int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
+                      float *video, float *labels, cav_err *err) {
+    cav_fbank *fb = NULL;
+    int rc = sample_one(o, rec, epoch, pos, audio, video, labels, &fb, err);
+    cav_fbank_free(fb);
+    return rc;
+}
+
 /* Reads and transforms one sample of job j into its slot. */
-static void run_job(cav_loader *ld, int64_t j) {
+static void run_job(cav_loader *ld, int64_t j, cav_fbank **fb) {
     int64_t per = per_rank(ld), b = j / per, i = j % per;
     slot *s = &ld->slots[b % ld->o.prefetch];
     int64_t pos = b * ld->o.batch + ld->lo + i; /* position in the epoch's global order */
@@ -307,10 +380,10 @@ static void run_job(cav_loader *ld, int64_t j) {
     cav_err e = {0, ""};
     const char *names[3];
     int nn = 0;
-    if (ld->o.need_audio) names[nn++] = ld->audio_field;
+    if (ld->o.need_audio) names[nn++] = ld->from_wave[si] ? "wave" : "fbank";
     if (ld->o.need_video) {
-        names[nn++] = ld->video_field;
-        if (strcmp(ld->video_field, "frames_jpeg") == 0) names[nn++] = "frames_jpeg_offsets";
+        names[nn++] = ld->jpeg[si] ? "frames_jpeg" : "frames";
+        if (ld->jpeg[si]) names[nn++] = "frames_jpeg_offsets";
     }
     int rc = 0;
     if (cav_shard_read_fields(ld->shards[si], srow, names, nn, &rec, &e) == 0 && ld->o.label_dim > 0) {
@@ -326,8 +399,8 @@ static void run_job(cav_loader *ld, int64_t j) {
     } else if (e.msg[0]) rc = -1;
     size_t A = (size_t)ld->o.target_length * ld->o.mel_bins, V = (size_t)3 * ld->o.img_size * ld->o.img_size;
     if (rc == 0)
-        rc = cav_loader_sample(&ld->o, &rec, ld->epoch, pos, s->audio ? s->audio + i * A : NULL,
-                               s->video ? s->video + i * V : NULL, s->labels ? s->labels + i * ld->o.label_dim : NULL, &e);
+        rc = sample_one(&ld->o, &rec, ld->epoch, pos, s->audio ? s->audio + i * A : NULL,
+                        s->video ? s->video + i * V : NULL, s->labels ? s->labels + i * ld->o.label_dim : NULL, fb, &e);
     cav_record_clear(&rec);
     s->rows[i] = row;
     pthread_mutex_lock(&ld->mu);
@@ -343,6 +416,7 @@ static void run_job(cav_loader *ld, int64_t j) {
 static void *worker(void *arg) {
     cav_loader *ld = arg;
     int64_t per = per_rank(ld);
+    cav_fbank *fb = NULL; /* this thread's filterbank, for shards that store waveforms */
     pthread_mutex_lock(&ld->mu);
     for (;;) {
         while (!ld->stop && ld->next_job < ld->end_job && ld->next_job / per >= ld->consumed + ld->o.prefetch)
@@ -361,10 +435,11 @@ static void *worker(void *arg) {
             continue;
         }
         pthread_mutex_unlock(&ld->mu);
-        run_job(ld, j);
+        run_job(ld, j, &fb);
         pthread_mutex_lock(&ld->mu);
     }
     pthread_mutex_unlock(&ld->mu);
+    cav_fbank_free(fb);
     return NULL;
 }
 
@@ -454,5 +529,6 @@ void cav_loader_close(cav_loader *ld) {
     pthread_mutex_destroy(&ld->mu);
     pthread_cond_destroy(&ld->cv_work);
     pthread_cond_destroy(&ld->cv_done);
-    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave), free(ld->jpeg);
+    free(ld);
 }

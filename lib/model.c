@@ -583,7 +583,7 @@ oom:
 void cav_model_free(cav_model *m) {
     if (!m) return;
     free(m->table), free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->acts);
-    free(m->in_mem), free(m);
+    free(m->in_mem), free(m->split.ca), free(m);
 }
 
 cav_param *cav_model_param(cav_model *m, const char *name) {
@@ -725,6 +725,16 @@ void cav_model_random_masks(cav_model *m, uint64_t *rng) {
             make_mask(m->in.keep_v + (size_t)b * m->Lv, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full,
                       m->cfg.mask_ratio_v, rng);
     }
+}
+
+void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows) {
+    if (m->cfg.task != CAV_TASK_PRETRAIN || rows <= 0) return;
+    int64_t *keep = malloc(sizeof(int64_t) * (size_t)(m->La > m->Lv ? m->La : m->Lv));
+    for (int b = 0; b < rows; b++) {
+        if (m->La) make_mask(keep, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt, m->cfg.mask_ratio_a, rng);
+        if (m->Lv) make_mask(keep, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full, m->cfg.mask_ratio_v, rng);
+    }
+    free(keep);
 }
 
 /* ---- blocks and streams ------------------------------------------------------------------------- */
@@ -874,8 +884,10 @@ static void forward_pretrain(cav_model *m) {
                               m->ca_norm);
         contrast_side_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->cv_mean, m->cv_n,
                               m->cv_norm);
-        float nce = cav_contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast);
-        m->out.loss_c = (float)c->contrast_loss_weight * nce;
+        if (!m->split.on) { /* split: the loss needs the whole group (cav_model_split_losses) */
+            float nce = cav_contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast);
+            m->out.loss_c = (float)c->contrast_loss_weight * nce;
+        }
     }
     if (c->mae_loss_weight != 0) {
         int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
@@ -906,15 +918,45 @@ static void forward_pretrain(cav_model *m) {
         if (ua) {
             memcpy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
             if (c->norm_pix_loss) cav_normpix(m->tgt_a, B * m->La_full, 256);
-            m->out.loss_mae_a = cav_masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            if (m->split.on) cav_masked_mse_sums(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, &m->split.mae[0], &m->split.mae[1]);
+            else m->out.loss_mae_a = cav_masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
         }
         if (uv) {
             cav_patchify_video(m->tgt_v, m->in.video, B, m->S);
             if (c->norm_pix_loss) cav_normpix(m->tgt_v, B * m->Lv_full, 768);
-            m->out.loss_mae_v = cav_masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            if (m->split.on) cav_masked_mse_sums(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, &m->split.mae[2], &m->split.mae[3]);
+            else m->out.loss_mae_v = cav_masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
         }
         m->out.loss_mae = (float)c->mae_loss_weight * (m->out.loss_mae_a + m->out.loss_mae_v);
     }
+    m->out.loss = m->out.loss_mae + m->out.loss_c; /* split: 0, set by cav_model_split_losses */
+}
+
+int cav_model_split(cav_model *m, int n, int row0) {
+    free(m->split.ca);
+    memset(&m->split, 0, sizeof m->split);
+    size_t nd = (size_t)n * m->D;
+    if (!(m->split.ca = malloc(4 * nd * sizeof(float)))) return -1;
+    m->split.cv = m->split.ca + nd, m->split.da = m->split.cv + nd, m->split.dv = m->split.da + nd;
+    m->split.on = 1, m->split.n = n, m->split.row0 = row0;
+    return 0;
+}
+
+/* As forward_pretrain's loss lines, on the group's embeddings and sums. */
+void cav_model_split_losses(cav_model *m, const double mae[4]) {
+    const cav_config *c = &m->cfg;
+    memset(&m->out, 0, sizeof m->out);
+    if (c->contrast_loss_weight != 0) {
+        float nce = cav_contrastive_forward(&m->out.c_acc, m->split.ca, m->split.cv, m->split.n, m->D,
+                                            c->bidirect_contrast);
+        m->out.loss_c = (float)c->contrast_loss_weight * nce;
+    }
+    if (c->mae_loss_weight != 0) {
+        if (m->La) m->out.loss_mae_a = (float)(mae[0] / mae[1]);
+        if (m->Lv) m->out.loss_mae_v = (float)(mae[2] / mae[3]);
+        m->out.loss_mae = (float)c->mae_loss_weight * (m->out.loss_mae_a + m->out.loss_mae_v);
+    }
+    m->split.den_a = mae[1], m->split.den_v = mae[3];
     m->out.loss = m->out.loss_mae + m->out.loss_c;
 }
 
@@ -930,11 +972,13 @@ static void backward_pretrain(cav_model *m) {
         memset(m->d_dn, 0, sizeof(float) * B * Ld * Dd);
         if (ua) {
             memset(m->d_pred_a, 0, sizeof(float) * B * m->La_full * 256);
-            cav_masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            if (m->split.on) cav_masked_mse_backward_den(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, m->split.den_a);
+            else cav_masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
         }
         if (uv) {
             memset(m->d_pred_v, 0, sizeof(float) * B * m->Lv_full * 768);
-            cav_masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            if (m->split.on) cav_masked_mse_backward_den(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, m->split.den_v);
+            else cav_masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
         }
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
@@ -977,8 +1021,17 @@ static void backward_pretrain(cav_model *m) {
     }
     if (c->contrast_loss_weight != 0) {
         memset(m->d_vec1, 0, sizeof(float) * B * D), memset(m->d_vec2, 0, sizeof(float) * B * D);
-        cav_contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
-                                 c->bidirect_contrast);
+        if (m->split.on) { /* the whole group's gradient, of which this model's rows go on */
+            size_t nd = (size_t)m->split.n * D, off = (size_t)m->split.row0 * D;
+            memset(m->split.da, 0, sizeof(float) * nd), memset(m->split.dv, 0, sizeof(float) * nd);
+            cav_contrastive_backward(m->split.da, m->split.dv, (float)c->contrast_loss_weight, m->split.ca,
+                                     m->split.cv, m->split.n, D, c->bidirect_contrast);
+            memcpy(m->d_vec1, m->split.da + off, sizeof(float) * B * D);
+            memcpy(m->d_vec2, m->split.dv + off, sizeof(float) * B * D);
+        } else {
+            cav_contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
+                                     c->bidirect_contrast);
+        }
         contrast_side_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec1, m->ca_n,
                                m->ca_norm, m->s_a.d);
         contrast_side_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec2, m->cv_n,

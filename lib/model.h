@@ -190,6 +190,14 @@ typedef struct {
     struct {
         float loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, c_acc;
     } out;
+    /* a contrast group spread over several models (cav_model_split) */
+    struct {
+        int on, n, row0;     /* the group's rows; this model's B rows are rows row0.. of them */
+        float *ca, *cv;      /* [n,D] the group's contrastive embeddings, filled by the caller */
+        float *da, *dv;      /* [n,D] backward scratch */
+        double mae[4];       /* forward: this model's MAE sums (audio squared-error sum, mask count; video) */
+        double den_a, den_v; /* the group's mask counts, set by cav_model_split_losses */
+    } split;
 } cav_model;
 
 /* Parameter count of a config (all tensors, and the trainable ones) without building the model. */
@@ -210,6 +218,21 @@ void cav_model_describe(const cav_model *m, FILE *f);
 /* Masks by the project's seeded generator (SPEC 2.6, incl. the structured audio modes): fills in.keep_a and
  * in.keep_v. *rng is a 64-bit state that advances. */
 void cav_model_random_masks(cav_model *m, uint64_t *rng);
+
+/* Advances *rng as drawing the masks of `rows` rows would, so that a model holding rows r.. of a group
+ * draws exactly the masks one model over the whole group draws for them. */
+void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows);
+
+/* Contrast groups spread over several processes (pretraining with fewer groups than ranks): this model's B
+ * rows are rows row0..row0+B-1 of a group of n, the others are on other models. After cav_model_split
+ * (0 ok, -1 out of memory), cav_model_forward stops short of the losses that need the whole group: it
+ * leaves this model's contrastive embeddings in ca_n, cv_n [B,D] and its MAE sums in split.mae, and
+ * sets no output. The caller gathers the group's embeddings into split.ca, split.cv [n,D] (row order)
+ * and sums split.mae over the group, then calls cav_model_split_losses, which sets out as one model over
+ * the whole group would; cav_model_backward then gives the gradient of that group loss through this
+ * model's rows only (the other rows' part is computed where they are; the parts add up to the whole). */
+int cav_model_split(cav_model *m, int n, int row0);
+void cav_model_split_losses(cav_model *m, const double group_mae[4]);
 
 /* Forward of the task: pretraining losses and predictions, fine-tuning logits and loss, or (task FEAT)
  * feat_a [B,La_full,D] and feat_v [B,Lv_full,D]. */

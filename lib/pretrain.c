@@ -1,8 +1,12 @@
 /* pretrain.c: see pretrain.h. One step: the rank's slice of the global batch is split into its contrast
  * groups; each group is a forward/backward of the model (the reference's per-GPU replica), whose gradients
  * are accumulated (summed as DataParallel's loss.sum(), or averaged); ranks then sum gradients, and every
- * rank takes the same Adam step. All randomness is keyed by (seed, epoch, step, group), so a run resumed
- * from a checkpoint repeats the uninterrupted run exactly. */
+ * rank takes the same Adam step. With fewer groups than ranks, a group is spread over consecutive ranks:
+ * each runs the model on its rows, the group's contrastive embeddings and MAE sums are gathered so that
+ * every rank of the group computes the group's losses, and each backpropagates them through its own rows
+ * (the model's split mode); the gradient sum over ranks is then the group's gradient. All randomness is
+ * keyed by (seed, epoch, step, group) and a row's place in its group, so a run resumed from a checkpoint
+ * repeats the uninterrupted run exactly, and a row draws the same masks whichever rank holds it. */
 #include "pretrain.h"
 
 #include <errno.h>
@@ -201,33 +205,58 @@ typedef struct {
     const cav_dist *d;
     cav_model *m;
     float *acc;          /* accumulated gradients [nparams], when there is more than one group or rank */
-    int local_groups, gsize;
+    int local_groups;    /* whole groups on this rank (1 when a group is spread over ranks) */
+    int gsize;           /* rows of a contrast group */
+    int mrows;           /* rows of the model: gsize, or a rank's part of a group spread over ranks */
+    cav_dist_block blk;  /* the ranks sharing this rank's group (size 1 when groups are whole) */
 } trainer;
 
+/* A group spread over ranks: every rank of the group gathers the group's contrastive embeddings and MAE
+ * sums and computes the group's losses, as one process over the whole group does. */
+static void split_losses(trainer *t) {
+    cav_model *m = t->m;
+    size_t nd = (size_t)m->B * m->D;
+    if (m->cfg.contrast_loss_weight != 0) {
+        cav_dist_block_gather_f32(&t->blk, m->ca_n, m->split.ca, nd);
+        cav_dist_block_gather_f32(&t->blk, m->cv_n, m->split.cv, nd);
+    }
+    double mae[4];
+    memcpy(mae, m->split.mae, sizeof mae);
+    cav_dist_block_sum_f64(&t->blk, mae, 4);
+    cav_model_split_losses(m, mae);
+}
+
 /* Forward (and backward when train) of every local group of a batch slice; returns the summed (or mean)
- * losses over the rank's groups in out[0..4] = total, mae_a, mae_v, c (weighted), c_acc (mean). */
+ * losses over the rank's groups in out[0..4] = total, mae_a, mae_v, c (weighted), c_acc (mean). A group
+ * spread over ranks is counted by its first rank only, so that the sum over ranks counts it once. */
 static void run_groups(trainer *t, const cav_batch *b, int train, uint64_t key_epoch, uint64_t key_step,
                        double out[5]) {
     cav_model *m = t->m;
     const cav_pretrain_opts *o = t->o;
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S, rows = (size_t)t->mrows;
     double scale = o->group_mean ? 1.0 / o->groups : 1.0;
     memset(out, 0, 5 * sizeof *out);
     if (train && t->acc) memset(t->acc, 0, m->nparams * sizeof *t->acc);
     for (int g = 0; g < t->local_groups; g++) {
-        if (m->in.audio) memcpy(m->in.audio, b->audio + (size_t)g * t->gsize * A, (size_t)t->gsize * A * sizeof(float));
-        if (m->in.video) memcpy(m->in.video, b->video + (size_t)g * t->gsize * V, (size_t)t->gsize * V * sizeof(float));
-        int gid = t->d->rank * t->local_groups + g; /* global group index */
+        if (m->in.audio) memcpy(m->in.audio, b->audio + (size_t)g * rows * A, rows * A * sizeof(float));
+        if (m->in.video) memcpy(m->in.video, b->video + (size_t)g * rows * V, rows * V * sizeof(float));
+        /* the global group index; a rank holding part of a group draws the masks of its rows from the
+         * group's stream, as one process over the whole group would */
+        int gid = t->blk.size > 1 ? t->d->rank / t->blk.size : t->d->rank * t->local_groups + g;
         cav_rng r;
         cav_rng_seed(&r, o->seed, CAV_RNG_MASK + (train ? 0 : 100), key_epoch, key_step * 4096 + (uint64_t)gid);
         uint64_t state = cav_rng_u64(&r);
+        cav_model_skip_masks(m, &state, t->blk.rank * t->mrows);
         cav_model_random_masks(m, &state);
         cav_model_forward(m);
-        out[0] += scale * m->out.loss;
-        out[1] += scale * m->out.loss_mae_a;
-        out[2] += scale * m->out.loss_mae_v;
-        out[3] += scale * m->out.loss_c;
-        out[4] += m->out.c_acc / o->groups;
+        if (t->blk.size > 1) split_losses(t);
+        if (t->blk.rank == 0) {
+            out[0] += scale * m->out.loss;
+            out[1] += scale * m->out.loss_mae_a;
+            out[2] += scale * m->out.loss_mae_v;
+            out[3] += scale * m->out.loss_c;
+            out[4] += m->out.c_acc / o->groups;
+        }
         if (train) {
             cav_model_backward(m);
             if (t->acc)
@@ -406,15 +435,25 @@ static int evaluate(trainer *t, cav_loader *ev, int epoch, double res[5], cav_er
 
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err) {
     int rc = 3;
-    trainer t = {o, d, NULL, NULL, 0, 0};
+    trainer t = {o, d, NULL, NULL, 0, 0, 0, {0, 1, NULL}};
     cav_loader *tl = NULL, *ev = NULL;
     char *cfgjson = NULL;
     FILE *metrics = NULL;
     if (o->groups < 1 || o->batch % o->groups) return cav_fail(err, 1, "--batch-size %d is not a multiple of --contrast-groups %d", o->batch, o->groups), 1;
-    if (o->groups % d->world)
-        return cav_fail(err, 1, "%d contrast groups cannot be spread over %d processes: use a multiple of the process count", o->groups, d->world), 1;
-    t.local_groups = o->groups / d->world;
+    if (o->groups % d->world && d->world % o->groups)
+        return cav_fail(err, 1, "%d contrast groups cannot be spread over %d processes: use a multiple or a divisor of the process count", o->groups, d->world), 1;
+    if (o->batch % d->world)
+        return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->batch, d->world), 1;
     t.gsize = o->batch / o->groups;
+    if (o->groups >= d->world) { /* whole groups on every rank */
+        t.local_groups = o->groups / d->world;
+        t.mrows = t.gsize;
+    } else { /* each group over world/groups ranks */
+        t.local_groups = 1;
+        t.mrows = o->batch / d->world;
+        if (cav_dist_block_open(d, d->world / o->groups, &t.blk))
+            return cav_fail(err, 3, "cannot make the communicators of the contrast groups"), 3;
+    }
     if (cav_config_check(&o->cfg, err)) return 1;
     cav_loader_opts lo = o->data;
     lo.train = 1;
@@ -455,12 +494,16 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
             goto done;
         }
     }
-    t.m = cav_model_create(&o->cfg, t.gsize, err);
+    t.m = cav_model_create(&o->cfg, t.mrows, err);
     if (!t.m) {
         rc = err->code ? err->code : 3;
         goto done;
     }
     cav_model *m = t.m;
+    if (t.blk.size > 1 && cav_model_split(m, t.gsize, t.blk.rank * t.mrows)) {
+        cav_fail(err, 3, "out of memory for the gathered contrastive embeddings");
+        goto done;
+    }
     if (cav_model_alloc_adam(m)) {
         cav_fail(err, 3, "out of memory for the optimiser state");
         goto done;
@@ -509,9 +552,10 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     if (d->rank == 0) {
         cav_model_describe(m, stderr);
         cav_msg("config %s", cfgjson);
-        cav_msg("%lld training rows, %lld steps per epoch, batch %d in %d contrast groups of %d (%s), %d process%s",
+        cav_msg("%lld training rows, %lld steps per epoch, batch %d in %d contrast groups of %d (%s), %d process%s%s",
                 (long long)cav_loader_rows(tl), (long long)cav_loader_batches(tl), o->batch, o->groups, t.gsize,
-                o->group_mean ? "mean" : "sum", d->world, d->world > 1 ? "es" : "");
+                o->group_mean ? "mean" : "sum", d->world, d->world > 1 ? "es" : "",
+                t.blk.size > 1 ? ", each group over several (embeddings gathered)" : "");
         snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
         metrics = fopen(path, "a");
         if (!metrics) {
@@ -638,6 +682,7 @@ done:
     free(cfgjson);
     free(t.acc);
     cav_model_free(t.m);
+    cav_dist_block_close(&t.blk);
     cav_loader_close(tl);
     cav_loader_close(ev);
     if (rc && !err->msg[0]) cav_fail(err, rc, "failed");

@@ -1194,6 +1194,12 @@ int64_t cav_shard_rows(const cav_shard *s) { return s->rows; }
 const cav_attrs *cav_shard_attrs(const cav_shard *s) { return &s->attrs; }
 const char *cav_shard_id(const cav_shard *s, int64_t row) { return row >= 0 && row < s->rows ? s->ids[row] : NULL; }
 int64_t cav_shard_find(const cav_shard *s, const char *id) { return cav_idset_get(&s->idset, id); }
+const char *cav_shard_row_attr(const cav_shard *s, int64_t row, const char *key) {
+    if (row < 0 || row >= s->rows) return NULL;
+    for (int i = 0; i < s->na; i++) /* held in memory since open: no HDF5 call, no lock */
+        if (strcmp(s->a[i].key, key) == 0) return s->a[i].vals[row];
+    return NULL;
+}
 int cav_shard_nfields(const cav_shard *s) { return s->nf; }
 
 int cav_shard_field_info(const cav_shard *s, int i, cav_shard_field *out) {

@@ -27,6 +27,8 @@ int64_t cav_shard_rows(const cav_shard *s);
 const cav_attrs *cav_shard_attrs(const cav_shard *s);
 const char *cav_shard_id(const cav_shard *s, int64_t row); /* NULL when row is out of range */
 int64_t cav_shard_find(const cav_shard *s, const char *id); /* row, or -1 */
+/* A row attribute's value (e.g. sample_rate), NULL when the row does not set it; no file access. */
+const char *cav_shard_row_attr(const cav_shard *s, int64_t row, const char *key);
 
 typedef struct {
     const char *name;

@@ -135,31 +135,43 @@ void cav_normpix(float *t, int M, int P) {
     }
 }
 
-float cav_masked_mse_forward(const float *pred, const float *t, const float *mask, int M, int P) {
-    double num = 0, den = 0;
+void cav_masked_mse_sums(const float *pred, const float *t, const float *mask, int M, int P, double *num,
+                         double *den) {
+    double nm = 0, dn = 0;
     for (int m = 0; m < M; m++) {
-        den += mask[m];
+        dn += mask[m];
         if (mask[m] == 0) continue;
         double s = 0;
         for (int p = 0; p < P; p++) {
             float d = pred[(size_t)m * P + p] - t[(size_t)m * P + p];
             s += (double)d * d;
         }
-        num += (double)(float)(s / P) * mask[m];
+        nm += (double)(float)(s / P) * mask[m];
     }
+    *num = nm, *den = dn;
+}
+
+float cav_masked_mse_forward(const float *pred, const float *t, const float *mask, int M, int P) {
+    double num, den;
+    cav_masked_mse_sums(pred, t, mask, M, P, &num, &den);
     return (float)(num / den);
 }
 
-void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
-                             int P) {
-    double den = 0;
-    for (int m = 0; m < M; m++) den += mask[m];
+void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
+                                 int M, int P, double den) {
 #pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         if (mask[m] == 0) continue;
         float g = (float)((double)dloss * mask[m] / den * 2.0 / P);
         for (int p = 0; p < P; p++) dpred[(size_t)m * P + p] += g * (pred[(size_t)m * P + p] - t[(size_t)m * P + p]);
     }
+}
+
+void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
+                             int P) {
+    double den = 0;
+    for (int m = 0; m < M; m++) den += mask[m];
+    cav_masked_mse_backward_den(dpred, dloss, pred, t, mask, M, P, den);
 }
 
 float cav_bce_logits_forward(const float *x, const float *y, int B, int K) {

@@ -1,8 +1,10 @@
 """test_pretrain.py: cav-pretrain end to end on a small synthetic shard with a micro model: a run killed with
 SIGKILL at a random moment and resumed ends byte-identical to an uninterrupted run; --max-steps + --resume
-likewise; two MPI ranks compute what one process computes on the same global batch and groups; a diverging
+likewise; two MPI ranks compute what one process computes on the same global batch and groups, also when a
+contrast group is spread over ranks (embeddings gathered); a diverging
 run stops with the step named and its checkpoints intact; a failed checkpoint write (file size limit) exits
-3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard."""
+3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard; shards of
+waveforms train exactly as the same shards after the fbank tool."""
 import os
 import random
 import shutil
@@ -33,15 +35,20 @@ def report(name, ok, why=""):
     fails += not ok
 
 
-def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32):
+def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32, with_wave=False):
     g = np.random.default_rng(seed)
     recs = []
     for r in range(rows):
-        t = []
+        t, attrs = [], {}
         if with_fbank:
             t.append(("fbank", (g.standard_normal((60 + r % 9, 128)) * scale - 5).astype(np.float32)))
+        if with_wave:  # 16 kHz i16, 50 to 74 frames of 10 ms, as av-extract writes them
+            n = 400 + (49 + 3 * (r % 9)) * 160
+            w = 4000 * np.sin(np.arange(n) * 0.01 * (r + 1)) + g.normal(0, 800, n)
+            t.append(("wave", np.clip(w, -32768, 32767).astype(np.int16)))
+            attrs["sample_rate"] = "16000"
         t.append(("frames", g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)))
-        recs.append(("clip%03d" % r, {}, t))
+        recs.append(("clip%03d" % r, attrs, t))
     stream = os.path.join(TMP, "in.cavs")
     with open(stream, "wb") as f:
         f.write(cavstream.encode(recs))
@@ -147,6 +154,56 @@ else:
         print("  max |one process - two ranks| over all parameters after 4 steps: %.3g" % diff)
         report("mpi_two_ranks_equal_one_process", a.keys() == b.keys() and diff <= 1e-6)
 
+    # Fewer contrast groups than ranks: each group is spread over ranks, its contrastive embeddings and MAE
+    # sums are gathered, and every rank backpropagates the group's losses through its own rows. Against one
+    # process on the same global batch and groups, 2 steps: the loss terms of the checkpoint's epoch meters
+    # (sums over the steps, 17 digits) within rel 1e-5, and the parameters within 1e-5 in relative L2 norm.
+    # Adam is blind to a common scale of the gradient, but a wrong factor on one loss term (the contrastive
+    # part, the MAE denominators) changes these parameters by about 1e-3; rounding (gradient sums in
+    # another order) leaves about 1e-6 of a step on parameters whose true gradient is zero (the attention key
+    # biases), so the elementwise maximum is printed, not bounded tighter than the norm.
+    def split_case(name, groups, np_, extra):
+        one, many = os.path.join(TMP, name + "_one"), os.path.join(TMP, name + "_mpi")
+        base = ["--seed", "7", "-b", "8", "--contrast-groups", str(groups), "--log-every", "1", "--lr", "1e-3",
+                "-e", "1", "--max-steps", "2", "--loader-threads", "1"] + MICRO + extra + [train]
+        r1 = subprocess.run([BIN + "/cav-pretrain", "-o", one] + base, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+        r2 = subprocess.run([mpirun, "-np", str(np_), "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain",
+                             "-o", many] + base, capture_output=True, text=True, env=env)
+        if r1.returncode or r2.returncode:
+            return report(name, False, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-800:])
+        gathered = "embeddings gathered" in r2.stderr
+        a, b = tensors(newest(one)), tensors(newest(many))
+        num = sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a)
+        den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
+        rel = (num / den) ** 0.5
+        worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+        sa = json.loads(read(os.path.join(os.path.dirname(newest(one)), "state.json")))
+        sb = json.loads(read(os.path.join(os.path.dirname(newest(many)), "state.json")))
+        keys = ("train_total", "train_mae_a", "train_mae_v", "train_c", "train_acc")
+        lrel = max(abs(sa[k] - sb[k]) / max(abs(sa[k]), 1e-30) for k in keys)
+        print("  %s: %d ranks vs 1 process: losses rel %.3g (total %.17g vs %.17g, c_acc sum %g vs %g); "
+              "parameters rel L2 %.3g, max abs %.3g" % (name, np_, lrel, sa["train_total"], sb["train_total"],
+                                                         sa["train_acc"], sb["train_acc"], rel, worst))
+        report(name, gathered and a.keys() == b.keys() and sa["step"] == sb["step"] == 2 and lrel <= 1e-5 and
+               rel <= 1e-5, "gathered=%s losses rel %.3g params rel %.3g" % (gathered, lrel, rel))
+
+    split_case("mpi_one_group_over_two_ranks", 1, 2, [])
+    split_case("mpi_one_group_over_two_ranks_mean", 1, 2, ["--group-reduce", "mean"])
+    # a strong contrastive term and weight decay comparable to the gradients make any factor visible
+    split_case("mpi_one_group_over_two_ranks_strong_contrast", 1, 2,
+               ["--contrast-weight", "0.5", "--weight-decay", "0.5"])
+    # two groups, each over two of four ranks: group indices, masks keyed by group, per-block gathers; the
+    # mean of the groups (a factor Adam would not see without the weight decay)
+    split_case("mpi_two_groups_over_four_ranks_mean", 2, 4, ["--bidirect-contrast", "--mask-mode", "tf",
+                                                            "--group-reduce", "mean", "--weight-decay", "0.5"])
+    # groups that neither divide nor are a multiple of the ranks are refused as a usage error
+    r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain", "-o",
+                        os.path.join(TMP, "g3"), "-b", "12", "--contrast-groups", "3"] + MICRO + [train],
+                       capture_output=True, text=True, env=env)
+    report("mpi_groups_not_dividing_ranks_refused", r.returncode == 1 and "contrast groups" in r.stderr,
+           "exit %d: %s" % (r.returncode, r.stderr[-300:]))
+
 # Finite but absurd inputs (fbank values of 1e37, raw reconstruction targets) overflow the loss: the run
 # stops at a named step.
 huge = os.path.join(TMP, "huge.h5")
@@ -182,6 +239,27 @@ bad = os.path.join(TMP, "nofbank.h5")
 make_shard(bad, 8, with_fbank=False)
 r = pretrain(os.path.join(TMP, "bad"), bad, check=False)
 report("missing_field_refused", r.returncode == 2 and bad in r.stderr and "fbank" in r.stderr, r.stderr[-300:])
+
+# Shards of waveforms (av-extract's `wave`, no fbank): the loader computes fbank on its threads, as the
+# fbank tool does by default. --loader-only runs on them; 2 steps of training on them end with the model of
+# 2 steps on the same shard after `fbank --drop-wave`, byte for byte.
+waves = os.path.join(TMP, "waves.h5")
+make_shard(waves, 16, with_fbank=False, with_wave=True, seed=5)
+fbanked = os.path.join(TMP, "waves_fbank.h5")
+r0 = subprocess.run([BIN + "/fbank", "--drop-wave", "-o", fbanked, waves], capture_output=True, text=True)
+r = pretrain(os.path.join(TMP, "wl"), "--loader-only", waves, check=False)
+report("loader_only_on_waveforms", r0.returncode == 0 and r.returncode == 0 and "loader: 16 samples" in r.stdout,
+       r0.stderr[-300:] + r.stdout[-200:] + r.stderr[-300:])
+runs = []
+for name, shard in (("w_wave", waves), ("w_fbank", fbanked)):
+    r = pretrain(os.path.join(TMP, name), "-e", "1", "--max-steps", "2", shard, check=False)
+    runs.append(r)
+if any(x.returncode for x in runs):
+    report("training_on_waveforms_equals_fbank_tool", False, " | ".join(x.stderr[-300:] for x in runs))
+else:
+    ck = [os.path.join(TMP, n, "checkpoints") for n in ("w_wave", "w_fbank")]
+    last = [os.path.join(c, sorted(os.listdir(c))[-1], "model.safetensors") for c in ck]
+    report("training_on_waveforms_equals_fbank_tool", read(last[0]) == read(last[1]))
 
 # --init-from-mae: the paper's mapping (SPEC 3.5) of a MAE-shaped checkpoint (tests/ref/gen_pth.py, tiny sizes)
 # against the start state tests/ref/cavmae_ref.py's adapt_mae_state builds. A step at lr 0 leaves the

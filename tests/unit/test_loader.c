@@ -1,12 +1,15 @@
 /* test_loader.c: the training data loader on a small shard built here: evaluation batches equal the
  * per-sample transform applied in order; training batches do not depend on the thread count, a resumed
  * epoch repeats the uninterrupted one from the resume point, two ranks' slices make up the one-process
- * batch; start-up validation and a corrupt frame are reported with the shard and the row. */
+ * batch; start-up validation and a corrupt frame are reported with the shard and the row; shards of
+ * waveforms give exactly the batches of the same shards after the fbank tool. */
 #include "harness.h"
 #include "jpeg.h"
 #include "loader.h"
 #include "shard.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #define ROWS 13
@@ -188,6 +191,109 @@ static void bad_data_is_reported_with_shard_and_row(void) {
     unlink(bad);
 }
 
+/* ---- waveforms instead of fbank ---- */
+
+#define WT 64    /* frames the loader fits to */
+#define WF 128   /* mel bins: the fbank tool's default */
+#define WROWS 6
+
+/* A shard of i16 waves at 16 kHz (rows from 30 to 90 frames long, one stereo; sample_rate set on some
+ * rows only: absent means 16 kHz), or with one row at `bad_rate`. */
+static int make_wave_shard(const char *path, const char *bad_rate) {
+    cav_err err;
+    cav_shard_writer *w = cav_shard_create(path, NULL, 0, &err);
+    if (!w) return fprintf(stderr, "%s\n", err.msg), -1;
+    uint64_t st = 5;
+    for (int r = 0; r < WROWS; r++) {
+        cav_record rec;
+        cav_record_init(&rec);
+        char id[32];
+        snprintf(id, sizeof id, "wave%02d", r);
+        cav_record_set_id(&rec, id);
+        int ch = r == 3 ? 2 : 1;
+        int64_t n = 240 + (int64_t)(30 + 12 * r) * 160, shape[2] = {ch, n};
+        cav_tensor *t = cav_record_add(&rec, "wave", CAV_I16, ch == 2 ? 2 : 1, ch == 2 ? shape : shape + 1);
+        int16_t *x = t->data;
+        for (int64_t i = 0; i < n * ch; i++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            x[i] = (int16_t)(3000 * sin(0.05 * (double)(i % n) * (1 + r)) + (double)(int64_t)(st >> 52) - 2048);
+        }
+        if (r % 2 == 0 && cav_attrs_set(&rec.attrs, "sample_rate", r == 4 && bad_rate ? bad_rate : "16000")) return -1;
+        if (cav_shard_append(w, &rec, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
+        cav_record_clear(&rec);
+    }
+    return cav_shard_writer_close(w, &err);
+}
+
+static cav_loader_opts wave_opts(int train) {
+    cav_loader_opts o;
+    cav_loader_opts_default(&o, train);
+    o.batch = 2, o.target_length = WT, o.mel_bins = WF, o.need_video = 0, o.seed = 3, o.threads = 2;
+    o.freqm = train ? 8 : 0, o.timem = train ? 10 : 0;
+    return o;
+}
+
+/* Every batch of an epoch over the shards, audio only. */
+static int audio_epoch(cav_loader_opts o, char **paths, int n, float *out, int64_t *rows) {
+    cav_err err;
+    cav_loader *ld = cav_loader_open(paths, n, &o, &err);
+    if (!ld) return fprintf(stderr, "%s\n", err.msg), -1;
+    int rc = cav_loader_begin(ld, 2, 0, &err);
+    cav_batch b;
+    *rows = 0;
+    while (rc == 0 && (rc = cav_loader_next(ld, &b, &err)) == 1) {
+        memcpy(out + *rows * WT * WF, b.audio, (size_t)b.n * WT * WF * sizeof(float));
+        *rows += b.n, rc = 0;
+    }
+    if (rc < 0) fprintf(stderr, "%s\n", err.msg);
+    cav_loader_close(ld);
+    return rc;
+}
+
+/* A shard of waveforms gives the batches of the same shard after `fbank --drop-wave` (the tool's defaults),
+ * bit for bit, in training (SpecAugment, noise, roll) and evaluation; a loader over both kinds of shard
+ * reads each its own way; a row at another rate is refused at open, naming the shard and the field. */
+static void waves_equal_fbank_tool(void) {
+    char waves[256], fb[256], bad[256], cmd[2048];
+    snprintf(waves, sizeof waves, "/tmp/cav-test-loader-waves-%d.h5", (int)getpid());
+    snprintf(fb, sizeof fb, "/tmp/cav-test-loader-fb-%d.h5", (int)getpid());
+    snprintf(bad, sizeof bad, "/tmp/cav-test-loader-rate-%d.h5", (int)getpid());
+#ifdef __SANITIZE_ADDRESS__
+    const char *bin = getenv("CAV_ASAN_BIN");
+#else
+    const char *bin = getenv("CAV_BIN");
+#endif
+    snprintf(cmd, sizeof cmd, "%s/fbank --drop-wave -o %s %s", bin ? bin : "build/bin", fb, waves);
+    REQUIRE(make_wave_shard(waves, NULL) == 0);
+    REQUIRE(system(cmd) == 0);
+    float *a = malloc(2 * WROWS * WT * WF * sizeof *a), *b = malloc(2 * WROWS * WT * WF * sizeof *b);
+    int64_t na, nb;
+    char *pw[2] = {waves, fb}, *pf[1] = {fb};
+    for (int train = 0; train < 2; train++) {
+        REQUIRE(audio_epoch(wave_opts(train), pw, 1, a, &na) == 0);
+        REQUIRE(audio_epoch(wave_opts(train), pf, 1, b, &nb) == 0);
+        CHECK(na == WROWS && nb == WROWS);
+        CHECK(memcmp(a, b, (size_t)na * WT * WF * sizeof *a) == 0);
+        double d = 0;
+        for (int64_t i = 0; i < na * WT * WF; i++) d = fmax(d, fabs(a[i] - b[i]));
+        fprintf(stderr, "  %s: max |waves - fbank tool| %g over %lld rows\n", train ? "train" : "eval", d, (long long)na);
+    }
+    /* both shards in one loader (evaluation order: the wave rows, then the same rows from fbank) */
+    REQUIRE(audio_epoch(wave_opts(0), pw, 2, a, &na) == 0);
+    CHECK(na == 2 * WROWS && memcmp(a, a + WROWS * WT * WF, (size_t)WROWS * WT * WF * sizeof *a) == 0);
+    /* rows shorter than WT frames are zero-padded before normalisation: row 0 has 30 frames */
+    CHECK(a[(size_t)(WT - 1) * WF] == (0.0f - (-5.081f)) / 4.4849f && a[(size_t)29 * WF] != a[(size_t)(WT - 1) * WF]);
+    REQUIRE(make_wave_shard(bad, "44100") == 0);
+    cav_loader_opts o = wave_opts(1);
+    cav_err err;
+    char *pb[1] = {bad};
+    CHECK(cav_loader_open(pb, 1, &o, &err) == NULL && err.code == 2 && strstr(err.msg, bad) &&
+          strstr(err.msg, "wave") && strstr(err.msg, "44100") && strstr(err.msg, "row 4"));
+    fprintf(stderr, "  refused: %s\n", err.msg);
+    unlink(waves), unlink(fb), unlink(bad);
+    free(a), free(b);
+}
+
 int main(void) {
     snprintf(shard_path, sizeof shard_path, "/tmp/cav-test-loader-%d.h5", (int)getpid());
     if (make_shard(shard_path, -1)) {
@@ -198,6 +304,7 @@ int main(void) {
     TEST(train_batches_independent_of_threads_and_resume);
     TEST(ranks_split_the_global_batch);
     TEST(bad_data_is_reported_with_shard_and_row);
+    TEST(waves_equal_fbank_tool);
     unlink(shard_path);
     return harness_exit();
 }

@@ -1,7 +1,8 @@
 /* test_model.c: the C model without PyTorch — parameter counts and names against the reference's
  * (SPEC 2.2, 2.12), whole-model gradients against central finite differences at tiny configs for every
  * pretraining variant and fine-tuning mode, the mask generator's semantics (SPEC 2.6), and the Adam step
- * over the parameter table (frozen tables untouched, the head's learning-rate group). */
+ * over the parameter table (frozen tables untouched, the head's learning-rate group), and a group split over
+ * several models (losses and summed gradients equal one model's over the whole group). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -290,6 +291,87 @@ static void test_masks(void) {
     }
 }
 
+/* A group split over models (cav_model_split, as cav-pretrain spreads a contrast group over ranks): three
+ * models of 2 rows, each drawing its rows' masks from the group's stream, with the embeddings gathered and
+ * the MAE sums added, give the losses of one model over the 6 rows, and their gradients add up to its
+ * gradient. Returns the worst relative error (losses, and per tensor the gradient's L2 error). */
+static double split_vs_whole(const cav_config *c) {
+    enum { P = 3, R = 2, N = P * R };
+    cav_err err = {0};
+    cav_model *w = cav_model_create(c, N, &err), *part[P];
+    if (!w) return 1e9;
+    cav_model_init(w, 11);
+    jitter(w);
+    uint64_t seed = 77, st = seed;
+    fill_inputs(w, &st);
+    cav_model_forward(w);
+    cav_model_backward(w);
+    double worst = 0;
+    size_t A = (size_t)w->T * w->F, V = (size_t)3 * w->S * w->S;
+    for (int k = 0; k < P; k++) {
+        part[k] = cav_model_create(c, R, &err);
+        if (!part[k] || cav_model_split(part[k], N, k * R)) return 1e9;
+        memcpy(part[k]->params, w->params, sizeof(float) * w->nparams);
+        if (w->La) memcpy(part[k]->in.audio, w->in.audio + k * R * A, sizeof(float) * R * A);
+        if (w->Lv) memcpy(part[k]->in.video, w->in.video + k * R * V, sizeof(float) * R * V);
+        st = seed;
+        cav_model_skip_masks(part[k], &st, k * R);
+        cav_model_random_masks(part[k], &st);
+        if (w->La && memcmp(part[k]->in.keep_a, w->in.keep_a + k * R * w->La, sizeof(int64_t) * R * w->La)) worst = 1e9;
+        if (w->Lv && memcmp(part[k]->in.keep_v, w->in.keep_v + k * R * w->Lv, sizeof(int64_t) * R * w->Lv)) worst = 1e9;
+        cav_model_forward(part[k]);
+    }
+    double mae[4] = {0};
+    size_t rd = (size_t)R * w->D;
+    for (int k = 0; k < P; k++) {
+        for (int i = 0; i < 4; i++) mae[i] += part[k]->split.mae[i];
+        for (int j = 0; j < P && c->contrast_loss_weight != 0; j++) { /* the gather */
+            memcpy(part[j]->split.ca + k * rd, part[k]->ca_n, sizeof(float) * rd);
+            memcpy(part[j]->split.cv + k * rd, part[k]->cv_n, sizeof(float) * rd);
+        }
+    }
+    for (int k = 0; k < P; k++) {
+        cav_model_split_losses(part[k], mae);
+        cav_model_backward(part[k]);
+        const float *got = &part[k]->out.loss, *want = &w->out.loss; /* loss .. c_acc */
+        for (int i = 0; i < 6; i++) worst = fmax(worst, fabs(got[i] - want[i]) / fmax(fabs(want[i]), 1e-6));
+    }
+    for (int t = 0; t < w->ntable; t++) {
+        cav_param *e = &w->table[t];
+        double d2 = 0, n2 = 0;
+        for (size_t i = 0; i < e->numel; i++) {
+            double s = 0;
+            for (int k = 0; k < P; k++) s += part[k]->grads[e->offset + i];
+            d2 += (s - e->grad[i]) * (s - e->grad[i]), n2 += (double)e->grad[i] * e->grad[i];
+        }
+        if (d2 > 0) worst = fmax(worst, sqrt(d2 / fmax(n2, 1e-30)));
+    }
+    for (int k = 0; k < P; k++) cav_model_free(part[k]);
+    cav_model_free(w);
+    return worst;
+}
+
+static void test_split_group(void) {
+    cav_config c = tiny(CAV_TASK_PRETRAIN);
+    c.norm_pix_loss = 1;
+    double e = split_vs_whole(&c);
+    fprintf(stderr, "  split group, cav-mae: worst relative error %.3g\n", e);
+    CHECK(e < 1e-5);
+    c.bidirect_contrast = 1, c.audio_length = 64, c.mel_bins = 64, c.mask_mode = CAV_MASK_TF;
+    e = split_vs_whole(&c);
+    fprintf(stderr, "  split group, bidirectional, tf masking: %.3g\n", e);
+    CHECK(e < 1e-5);
+    static const char *variants[] = {"av-mae", "cav", "audio-mae"};
+    for (int i = 0; i < 3; i++) {
+        c = tiny(CAV_TASK_PRETRAIN);
+        REQUIRE(cav_config_variant(&c, variants[i]) == 0);
+        if (!strcmp(variants[i], "cav")) c.contrast_loss_weight = 0.5;
+        e = split_vs_whole(&c);
+        fprintf(stderr, "  split group, %s: %.3g\n", variants[i], e);
+        CHECK(e < 1e-5);
+    }
+}
+
 /* Adam over the table: one step by hand for a trainable tensor, frozen tables untouched, head lr scale. */
 static void test_model_adam(void) {
     cav_config c = tiny(CAV_TASK_FINETUNE);
@@ -428,5 +510,6 @@ int main(void) {
     TEST(test_branches);
     TEST(test_masks);
     TEST(test_model_adam);
+    TEST(test_split_group);
     return harness_exit();
 }
