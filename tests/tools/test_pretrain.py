@@ -159,9 +159,11 @@ else:
     # process on the same global batch and groups, 2 steps: the loss terms of the checkpoint's epoch meters
     # (sums over the steps, 17 digits) within rel 1e-5, and the parameters within 1e-5 in relative L2 norm.
     # Adam is blind to a common scale of the gradient, but a wrong factor on one loss term (the contrastive
-    # part, the MAE denominators) changes these parameters by about 1e-3; rounding (gradient sums in
-    # another order) leaves about 1e-6 of a step on parameters whose true gradient is zero (the attention key
-    # biases), so the elementwise maximum is printed, not bounded tighter than the norm.
+    # part, the MAE denominators) changes these parameters by about 1e-3. The attention key biases are left
+    # out of the comparison: softmax is blind to them, so their true gradient is zero and what they get is
+    # rounding noise, which Adam normalises into steps of about lr whose signs depend on the order of the
+    # sums (measured: 1e-4 in relative L2 over all parameters with OpenBLAS's AVX-512 kernels); their
+    # largest difference is printed. The elementwise maximum elsewhere is printed, not bounded tighter.
     def split_case(name, groups, np_, extra):
         one, many = os.path.join(TMP, name + "_one"), os.path.join(TMP, name + "_mpi")
         base = ["--seed", "7", "-b", "8", "--contrast-groups", str(groups), "--log-every", "1", "--lr", "1e-3",
@@ -174,6 +176,12 @@ else:
             return report(name, False, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-800:])
         gathered = "embeddings gathered" in r2.stderr
         a, b = tensors(newest(one)), tensors(newest(many))
+        worst_all = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+        for t in (a, b):  # the key biases: softmax ignores them, their true gradient is 0 (see above)
+            for k in t:
+                if k.endswith("attn.qkv.bias"):
+                    c = t[k].shape[0] // 3
+                    t[k] = np.concatenate([t[k][:c], t[k][2 * c:]])
         num = sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a)
         den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
         rel = (num / den) ** 0.5
@@ -183,8 +191,9 @@ else:
         keys = ("train_total", "train_mae_a", "train_mae_v", "train_c", "train_acc")
         lrel = max(abs(sa[k] - sb[k]) / max(abs(sa[k]), 1e-30) for k in keys)
         print("  %s: %d ranks vs 1 process: losses rel %.3g (total %.17g vs %.17g, c_acc sum %g vs %g); "
-              "parameters rel L2 %.3g, max abs %.3g" % (name, np_, lrel, sa["train_total"], sb["train_total"],
-                                                         sa["train_acc"], sb["train_acc"], rel, worst))
+              "parameters but the key biases: rel L2 %.3g, max abs %.3g (key biases included: max abs %.3g)"
+              % (name, np_, lrel, sa["train_total"], sb["train_total"], sa["train_acc"], sb["train_acc"], rel, worst,
+                 worst_all))
         report(name, gathered and a.keys() == b.keys() and sa["step"] == sb["step"] == 2 and lrel <= 1e-5 and
                rel <= 1e-5, "gathered=%s losses rel %.3g params rel %.3g" % (gathered, lrel, rel))
 
