@@ -5,8 +5,8 @@
 #   audio: statistics of log-mel frames of the loudest quarter of the clip -> SVM (about 0.30)
 #   video: the middle frame of second 5, ink contrast pooled to 28x28 -> SVM (about 0.70)
 # and that each clip's scene (16 noises + quiet, chance 1/17) is predictable from each modality alone:
-#   audio: per-band mean and spread of the log-mel frames of the quietest half of the clip (the noise)
-#   video: the median colour of that same frame (the background)
+#   audio: per-band mean and spread of the log-mel frames of the quieter half of the clip (the noise) -> SVM
+#   video: the median colour of that same frame (the background) -> SVM      (both 1.00 on SEED=1)
 # A real model does much better (DATA-SOURCES.md); this guards against a broken pipeline (labels shuffled
 # against content, silent audio, wrong frames, scenes not shared by both streams), which would give chance.
 set -u
@@ -67,8 +67,8 @@ ys = np.array([t[6] for t in r])
 bad = 0
 for name, X, yy, floor, chance in (
         ('audio', np.array([t[0] for t in r]), y, 0.2, 0.1), ('video', np.array([t[1] for t in r]), y, 0.5, 0.1),
-        ('scene_audio', np.array([t[4] for t in r]), ys, 0.5, 1 / 17),
-        ('scene_video', np.array([t[5] for t in r]), ys, 0.8, 1 / 17)):
+        ('scene_audio', np.array([t[4] for t in r]), ys, 0.7, 1 / 17),
+        ('scene_video', np.array([t[5] for t in r]), ys, 0.9, 1 / 17)):
     sc = StandardScaler().fit(X[tr])
     clf = SVC(C=10).fit(sc.transform(X[tr]), yy[tr])
     acc = clf.score(sc.transform(X[~tr]), yy[~tr])
