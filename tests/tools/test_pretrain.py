@@ -293,5 +293,30 @@ else:
     bad = [k for k in want if k not in random_init and (k not in got or not np.array_equal(got[k], want[k]))]
     report("init_from_mae_matches_reference_mapping", not bad and got.keys() == want.keys(), "differ: %s" % bad[:8])
 
+# OpenBLAS kernels (lib/blas.c): OPENBLAS_VERBOSE=2 makes OpenBLAS print "Core: NAME" each time it loads.
+# Unset, a pre-AVX2 choice on a CPU with AVX2+FMA or AVX-512 must be followed by exactly one restart with the
+# wider kernels (and the note); any other choice must be kept. A value the user sets is never changed.
+flags = open("/proc/cpuinfo").read().split("\nflags")[1].split("\n")[0].split() if os.path.exists("/proc/cpuinfo") else []
+wide = "SkylakeX" if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(flags) else \
+    "Haswell" if {"avx2", "fma"} <= set(flags) else None
+old_cores = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "sandybridge", "katmai", "coppermine",
+             "northwood", "banias", "unknown", "opteron", "barcelona", "bobcat", "athlon", "opteron_sse3"}
+env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "CAV_BLAS_REEXEC")}
+r = subprocess.run([BIN + "/cav-pretrain", "--version"], capture_output=True, text=True,
+                   env=dict(env, OPENBLAS_VERBOSE="2"))
+cores = [l.split(":", 1)[1].strip() for l in (r.stdout + r.stderr).splitlines() if l.startswith("Core:")]
+noted = "OPENBLAS_CORETYPE=" in r.stderr
+if cores and cores[0].lower() in old_cores and wide:
+    ok = cores == [cores[0], wide] and noted and r.returncode == 0
+else:
+    ok = len(cores) == 1 and not noted and r.returncode == 0
+print("  OpenBLAS cores loaded: %s; CPU's widest: %s; note: %s" % (cores, wide, noted))
+report("openblas_kernels_fit_cpu", ok, r.stderr[-400:])
+r = subprocess.run([BIN + "/cav-pretrain", "--version"], capture_output=True, text=True,
+                   env=dict(env, OPENBLAS_VERBOSE="2", OPENBLAS_CORETYPE="Prescott"))
+cores = [l for l in (r.stdout + r.stderr).splitlines() if l.startswith("Core:")]
+report("openblas_user_choice_kept", cores == ["Core: Prescott"] and "OPENBLAS_CORETYPE=" not in r.stderr,
+       repr(cores))
+
 shutil.rmtree(TMP)
 sys.exit(1 if fails else 0)
