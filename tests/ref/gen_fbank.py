@@ -10,15 +10,21 @@ and a line in index.txt:
   NAME RATE CHANNELS SAMPLES FRAMES BINS WINDOW FRAME_MS SHIFT_MS LOW HIGH STATUS
 STATUS is "ok" or "error" (torchaudio refused the input). melbank_RATE.f32 holds get_mel_banks' weights
 [128, nfft/2] for the reference arguments at each rate used.
+
+PyTorch's kernels are pinned to its AVX2 set (ATEN_CPU_CAPABILITY=avx2; a no-op on most x86 machines): on a
+CPU with AVX-512, torch would otherwise sum in 16 lanes instead of 8, and its own float32 results would move
+by up to ~1e-3 in the weakest cells (fbank(1)); the golden data stays the same on every machine.
 """
 import os
 import subprocess
 import sys
 import wave
 
-import numpy as np
-import torch
-import torchaudio
+os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchaudio  # noqa: E402
 
 torch.set_num_threads(1)
 out = sys.argv[1]

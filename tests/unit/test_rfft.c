@@ -1,5 +1,5 @@
 /* test_rfft.c: lib/rfft.c against torch.fft.rfft (pocketfft, float32) on the signals of
- * tests/ref/gen_rfft.py, bit for bit, for every length there (2 to 4096), through the eight-lane transform
+ * tests/ref/gen_torch_f32.py, bit for bit, for every length there (2 to 4096), through the eight-lane transform
  * (each lane a different signal) and the single-signal call; plus the plan's refusals and an independent
  * check of the transform's values against a float64 DFT, which needs no reference data. */
 #include "harness.h"
@@ -69,11 +69,13 @@ static void bit_identical_to_torch(void) {
     FILE *f = fopen(path, "r");
     REQUIRE(f != NULL);
     int n, rows, lengths = 0;
-    while (fscanf(f, "%d %d", &n, &rows) == 2) {
+    char line[256], kind[16];
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%15s %d %d", kind, &n, &rows) != 3 || strcmp(kind, "rfft")) continue;
         lengths++;
-        snprintf(path, sizeof path, "%s/in_%d.f32", refdir, n);
+        snprintf(path, sizeof path, "%s/rfft_in_%d.f32", refdir, n);
         float *in = read_f32(path, (size_t)rows * n);
-        snprintf(path, sizeof path, "%s/out_%d.f32", refdir, n);
+        snprintf(path, sizeof path, "%s/rfft_out_%d.f32", refdir, n);
         float *want = read_f32(path, (size_t)rows * (n + 2));
         cav_rfft *p = cav_rfft_new(n);
         float *x = aligned_alloc(32, sizeof(float) * 16 * n), *one = malloc(sizeof(float) * (n + 2));
@@ -112,7 +114,7 @@ static void bit_identical_to_torch(void) {
 
 int main(void) {
     const char *base = getenv("CAV_REF");
-    snprintf(refdir, sizeof refdir, "%s/gen_rfft", base ? base : "build/ref");
+    snprintf(refdir, sizeof refdir, "%s/gen_torch_f32", base ? base : "build/ref");
     TEST(plans_only_for_powers_of_two);
     TEST(matches_dft);
     TEST(bit_identical_to_torch);
