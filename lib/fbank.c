@@ -19,9 +19,10 @@
 #include "rfft.h"
 #include "torchmath.h"
 
-/* Frames go BLK at a time: prepared frame by frame (SIMD along the frame), transposed to [sample][frame],
- * transformed together by rfft.c (SIMD across the frames), and the power spectrum, the mel sums and the
- * log then run as SIMD across the frames of the block. BLK is rfft.c's lane count. */
+/* Frames go BLK at a time: their means are summed frame by frame (SIMD along the frame, in torch's order),
+ * then the frames are transposed to [sample][frame] as they are read, and the centring, pre-emphasis and
+ * window, the FFT (rfft.c), the power spectrum, the mel sums and the log all run as SIMD across the frames
+ * of the block. BLK is rfft.c's lane count. */
 #define BLK 8
 
 /* The hot loops are compiled twice, for the baseline and for AVX2+FMA, picked at load time (GNU ifunc).
@@ -42,9 +43,9 @@ typedef int v8i __attribute__((vector_size(32)));
     v8f v;                                                                                                   \
     memcpy(&v, (p), 32)
 
-/* Written out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
-static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
-                                                             int64_t ds) {
+/* The 8x8 block at s (rows ss floats apart) transposed: c[j] holds column j (element f from row f). Written
+ * out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
+static inline __attribute__((always_inline)) void transpose8_load(const float *s, int64_t ss, v8f c[8]) {
     LOAD8(r0, s);
     LOAD8(r1, s + ss);
     LOAD8(r2, s + 2 * ss);
@@ -67,9 +68,14 @@ static inline __attribute__((always_inline)) void transpose8(const float *s, int
     v8f c1 = SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11), c5 = SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
     v8f c2 = SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11), c6 = SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
     v8f c3 = SHUF(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11), c7 = SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
-    memcpy(d, &c0, 32), memcpy(d + ds, &c1, 32), memcpy(d + 2 * ds, &c2, 32), memcpy(d + 3 * ds, &c3, 32);
-    memcpy(d + 4 * ds, &c4, 32), memcpy(d + 5 * ds, &c5, 32), memcpy(d + 6 * ds, &c6, 32);
-    memcpy(d + 7 * ds, &c7, 32);
+    c[0] = c0, c[1] = c1, c[2] = c2, c[3] = c3, c[4] = c4, c[5] = c5, c[6] = c6, c[7] = c7;
+}
+
+static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
+                                                             int64_t ds) {
+    v8f c[8];
+    transpose8_load(s, ss, c);
+    for (int k = 0; k < 8; k++) memcpy(d + k * ds, &c[k], 32);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
@@ -87,7 +93,6 @@ struct cav_fbank {
     int *band_len;          /* [nbins] */
     int *band_off;          /* [nbins] offset into band_w */
     float *band_w;          /* the non-zero weights, band after band */
-    float *frame;           /* [win] scratch: one frame plus dither */
     float *rows;            /* [BLK, nfft] the block's windowed frames; the tails past win stay zero */
     float *fft_a, *fft_b;   /* [nfft, BLK] each, 32-byte aligned: the transform's input and ping-pong buffers */
     float *power;           /* [nfft/2, BLK] */
@@ -240,14 +245,13 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     fb->band_start = calloc(fb->nbins, sizeof(int));
     fb->band_len = calloc(fb->nbins, sizeof(int));
     fb->band_off = calloc(fb->nbins, sizeof(int));
-    fb->frame = malloc(sizeof(float) * win);
     fb->rows = calloc((size_t)BLK * nfft, sizeof(float));
     fb->fft_a = aligned_alloc(32, sizeof(float) * BLK * nfft);
     fb->fft_b = aligned_alloc(32, sizeof(float) * BLK * nfft);
     fb->power = malloc(sizeof(float) * nfreq * BLK);
     fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
     fb->fft = cav_rfft_new(nfft);
-    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->frame ||
+    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off ||
         !fb->rows || !fb->fft_a || !fb->fft_b || !fb->power || !fb->energy || !fb->fft)
         goto oom;
     make_window(o, win, fb->window);
@@ -289,7 +293,6 @@ void cav_fbank_free(cav_fbank *fb) {
     free(fb->band_len);
     free(fb->band_off);
     free(fb->band_w);
-    free(fb->frame);
     free(fb->rows);
     free(fb->fft_a);
     free(fb->fft_b);
@@ -375,37 +378,68 @@ HOT static float clip_sum(const float *x, int64_t n, uint32_t *bad) {
     return cav_torch_sum(x, n, 0.0f, bad);
 }
 
-/* One frame of torchaudio's strided input, windowed, into row[0..win): x[j] - xm (the clip-centred sample),
- * minus the frame mean (torch.mean: the cascade sum divided by win), pre-emphasis against the previous
- * sample (the first against itself), times the window; each step a float32 rounding as torch's. */
-static inline __attribute__((always_inline)) void prepare_frame(cav_fbank *fb, const float *x, float xm,
-                                                                float *restrict row) {
-    const int win = fb->win;
-    const float pre = (float)fb->o.preemph;
+/* The block's BLK frames (frame f at src + f*ss, its samples less xm being torchaudio's strided input) in
+ * the transform's layout fft_a [nfft][BLK], windowed: each frame's mean (torch.mean: the cascade sum
+ * divided by win) subtracted, pre-emphasis against the previous sample (the first against itself), times
+ * the window, each step the float32 rounding torch makes; the tail past win zero. The frames are
+ * transposed 8x8 in registers as they are read, so the arithmetic runs across the frames (lane f = frame
+ * f). */
+static inline __attribute__((always_inline)) void frames_to_lanes(cav_fbank *fb, const float *src, int64_t ss,
+                                                                  float xm) {
+    const int win = fb->win, nfft = fb->nfft;
     const float *restrict w = fb->window;
-    if (fb->o.dither != 0.0) { /* torch adds the noise to the centred frame, before the DC removal */
-        float *restrict fr = fb->frame;
-        for (int j = 0; j < win; j++) fr[j] = (x[j] - xm) + rng_gauss(&fb->rng) * (float)fb->o.dither;
-        x = fr, xm = 0.0f;
+    const v8f vxm = {xm, xm, xm, xm, xm, xm, xm, xm};
+    const float pre = (float)fb->o.preemph;
+    const v8f vpre = {pre, pre, pre, pre, pre, pre, pre, pre};
+    v8f dc = {0}, y, yprev;
+    if (fb->o.remove_dc)
+        for (int f = 0; f < BLK; f++) dc[f] = cav_torch_sum(src + f * ss, win, xm, NULL) / (float)win;
+    v8f *restrict out = (v8f *)fb->fft_a;
+    for (int f = 0; f < BLK; f++) yprev[f] = src[f * ss];
+    yprev = (yprev - vxm) - dc; /* sample 0's "previous" is itself */
+    int j = 0;
+    for (; j + 8 <= win; j += 8) {
+        v8f c[8];
+        transpose8_load(src + j, ss, c);
+        for (int k = 0; k < 8; k++) {
+            y = (c[k] - vxm) - dc;
+            out[j + k] = (y - vpre * yprev) * w[j + k];
+            yprev = y;
+        }
     }
-    float dc = 0.0f;
-    if (fb->o.remove_dc) dc = cav_torch_sum(x, win, xm, NULL) / (float)win;
-    float y0 = (x[0] - xm) - dc;
-    row[0] = (y0 - pre * y0) * w[0];
-#pragma omp simd
-    for (int j = 1; j < win; j++) row[j] = (((x[j] - xm) - dc) - pre * ((x[j - 1] - xm) - dc)) * w[j];
+    for (; j < win; j++) {
+        v8f xj;
+        for (int f = 0; f < BLK; f++) xj[f] = src[f * ss + j];
+        y = (xj - vxm) - dc;
+        out[j] = (y - vpre * yprev) * w[j];
+        yprev = y;
+    }
+    memset(out + win, 0, sizeof(v8f) * (size_t)(nfft - win));
 }
 
-/* The block's rows [BLK, nfft] transposed to [nfft, BLK] in fft_a (the zero tail past win as zeros). */
-static inline __attribute__((always_inline)) void rows_to_lanes(cav_fbank *fb) {
-    const int nfft = fb->nfft, used = (fb->win + 7) & ~7;
-    if (nfft % 8 == 0) {
-        int end = used < nfft ? used : nfft;
-        for (int k = 0; k < end; k += 8) transpose8(fb->rows + k, nfft, fb->fft_a + (size_t)k * BLK, BLK);
-        memset(fb->fft_a + (size_t)end * BLK, 0, sizeof(float) * BLK * (size_t)(nfft - end));
-    } else
-        for (int k = 0; k < nfft; k++)
-            for (int f = 0; f < BLK; f++) fb->fft_a[k * BLK + f] = fb->rows[f * nfft + k];
+/* Where a block's frames are read from: in place in the clip when all BLK frames exist and there is no
+ * dither; otherwise copied to fb->rows (stride nfft; lanes past the last frame repeat it, and with dither
+ * the rows hold the centred frames plus noise, so xm becomes 0). */
+static inline __attribute__((always_inline)) const float *block_source(cav_fbank *fb, const float *wave, int64_t t0,
+                                                                       int nb, float *xm, int64_t *ss) {
+    const int win = fb->win;
+    if (nb == BLK && fb->o.dither == 0.0) {
+        *ss = fb->shift;
+        return wave + t0 * fb->shift;
+    }
+    for (int f = 0; f < BLK; f++) {
+        float *row = fb->rows + (size_t)f * fb->nfft;
+        const float *x = wave + (t0 + (f < nb ? f : nb - 1)) * fb->shift;
+        if (fb->o.dither == 0.0)
+            memcpy(row, x, sizeof(float) * win);
+        else if (f < nb) /* torch adds the noise to the centred frame, before the DC removal */
+            for (int j = 0; j < win; j++) row[j] = (x[j] - *xm) + rng_gauss(&fb->rng) * (float)fb->o.dither;
+        else
+            memcpy(row, row - fb->nfft, sizeof(float) * win);
+    }
+    if (fb->o.dither != 0.0) *xm = 0.0f;
+    *ss = fb->nfft;
+    return fb->rows;
 }
 
 HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n, float *out,
@@ -428,33 +462,33 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     const float mean = fb->o.subtract_clip_mean ? sum / (float)(n * channels) : 0.0f;
 
     const int nbins = fb->nbins, nfft = fb->nfft, half = nfft / 2;
-    const float eps = FLT_EPSILON;
+    const v8f veps = {FLT_EPSILON, FLT_EPSILON, FLT_EPSILON, FLT_EPSILON,
+                      FLT_EPSILON, FLT_EPSILON, FLT_EPSILON, FLT_EPSILON};
     int64_t m = cav_fbank_num_frames(fb, n);
     int64_t rows = cav_fbank_out_frames(fb, n);
     int64_t used = m < rows ? m : rows;
     float *restrict pw = fb->power, *restrict en = fb->energy;
     for (int64_t t0 = 0; t0 < used; t0 += BLK) {
         int nb = used - t0 < BLK ? (int)(used - t0) : BLK;
-        /* Lanes past nb in a last partial block hold the previous block's frames: computed, never written out. */
-        for (int f = 0; f < nb; f++) prepare_frame(fb, wave + (t0 + f) * fb->shift, mean, fb->rows + (size_t)f * nfft);
-        rows_to_lanes(fb);
+        /* Lanes past nb in a last partial block repeat its last frame: computed, never written out. */
+        float xm = mean;
+        int64_t ss;
+        const float *src = block_source(fb, wave, t0, nb, &xm, &ss);
+        frames_to_lanes(fb, src, ss, xm);
         const v8f *h = (const v8f *)cav_rfft_forward8(fb->fft, fb->fft_a, fb->fft_b);
         /* |X_k|^2 from the half-complex r0, r1, i1, ..., r(n/2); the Nyquist bin has no mel weight. */
         v8f *pv = (v8f *)pw;
         pv[0] = h[0] * h[0];
         for (int k = 1; k < half; k++) pv[k] = h[2 * k - 1] * h[2 * k - 1] + h[2 * k] * h[2 * k];
+        /* The mel sums (in the order of the bins; torch's sgemm has its own) floored at FLT_EPSILON. */
+        v8f *ev = (v8f *)en;
         for (int b = 0; b < nbins; b++) {
             const float *bw = fb->band_w + fb->band_off[b];
-            const float *p = pw + (size_t)fb->band_start[b] * BLK;
-            int len = fb->band_len[b];
-            float acc[BLK] = {0};
-            for (int k = 0; k < len; k++) {
-                float wk = bw[k];
-#pragma omp simd
-                for (int f = 0; f < BLK; f++) acc[f] += wk * p[k * BLK + f];
-            }
-#pragma omp simd
-            for (int f = 0; f < BLK; f++) en[b * BLK + f] = acc[f] > eps ? acc[f] : eps;
+            const v8f *p = pv + fb->band_start[b];
+            v8f acc = {0};
+            for (int k = 0, len = fb->band_len[b]; k < len; k++) acc += bw[k] * p[k];
+            v8i keep = acc > veps;
+            ev[b] = (v8f)((keep & (v8i)acc) | (~keep & (v8i)veps));
         }
         cav_logf_vec(en, en, nbins * BLK);
         int b8 = nb == BLK ? nbins & ~7 : 0;
@@ -469,14 +503,21 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     return 0;
 }
 
-double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
+HOT double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     int64_t m = cav_fbank_num_frames(fb, n);
+    const int win = fb->win, nfft = fb->nfft;
     double check = 0.0;
     for (int64_t t0 = 0; t0 < m; t0 += BLK) {
         int nb = m - t0 < BLK ? (int)(m - t0) : BLK;
-        for (int f = 0; f < nb; f++)
-            memcpy(fb->rows + (size_t)f * fb->nfft, wave + (t0 + f) * fb->shift, sizeof(float) * fb->win);
-        rows_to_lanes(fb);
+        float xm = 0.0f;
+        int64_t ss;
+        const float *src = block_source(fb, wave, t0, nb, &xm, &ss);
+        /* the frames into the transform's layout, nothing else */
+        int j = 0;
+        for (; j + 8 <= win; j += 8) transpose8(src + j, ss, fb->fft_a + (size_t)j * BLK, BLK);
+        for (; j < win; j++)
+            for (int f = 0; f < BLK; f++) fb->fft_a[j * BLK + f] = src[f * ss + j];
+        memset(fb->fft_a + (size_t)win * BLK, 0, sizeof(float) * BLK * (size_t)(nfft - win));
         check += cav_rfft_forward8(fb->fft, fb->fft_a, fb->fft_b)[BLK];
     }
     return check;

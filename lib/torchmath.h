@@ -67,38 +67,43 @@ static inline __attribute__((always_inline)) float cav_torch_sum(const float *re
         CAV_TS_LOAD(a1_, 4 * (i) + 1);                                                                       \
         CAV_TS_LOAD(a2_, 4 * (i) + 2);                                                                       \
         CAV_TS_LOAD(a3_, 4 * (i) + 3);                                                                       \
-        acc[0][0] += a0_, acc[0][1] += a1_, acc[0][2] += a2_, acc[0][3] += a3_;                              \
+        s0 += a0_, s1 += a1_, s2 += a2_, s3 += a3_;                                                          \
     } while (0)
         const int64_t nv = n / 8, rows = nv / 4;
         const int cl = rows <= 2 ? 1 : 64 - __builtin_clzll((unsigned long long)(rows - 1)); /* ceil(log2) */
         const int lp = cl / 4 > 4 ? cl / 4 : 4;
         const int64_t step = (int64_t)1 << lp, lmask = step - 1;
-        cav_v8f acc[4][4];
-        memset(acc, 0, sizeof acc);
+        /* level 0 in registers (s0..s3); levels 1-3 only exist once rows >= step (n >= 512 at least) */
+        cav_v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
         int64_t i = 0;
-        while (i + step <= rows) {
-            for (int64_t j = 0; j < step; j++, i++) CAV_TS_ROW(i);
-            for (int l = 1; l < 4; l++) {
-                for (int k = 0; k < 4; k++) {
-                    acc[l][k] += acc[l - 1][k];
-                    acc[l - 1][k] = (cav_v8f){0};
-                }
-                if (i & (lmask << (l * lp))) break;
+        if (rows >= step) {
+            cav_v8f up[3][4];
+            memset(up, 0, sizeof up);
+            while (i + step <= rows) {
+                for (int64_t j = 0; j < step; j++, i++) CAV_TS_ROW(i);
+                up[0][0] += s0, up[0][1] += s1, up[0][2] += s2, up[0][3] += s3;
+                s0 = s1 = s2 = s3 = (cav_v8f){0};
+                for (int l = 1; l < 3 && !(i & (lmask << (l * lp))); l++)
+                    for (int k = 0; k < 4; k++) {
+                        up[l][k] += up[l - 1][k];
+                        up[l - 1][k] = (cav_v8f){0};
+                    }
             }
-        }
-        for (; i < rows; i++) CAV_TS_ROW(i);
-        for (int l = 1; l < 4; l++)
-            for (int k = 0; k < 4; k++) acc[0][k] += acc[l][k];
-        cav_v8f p = acc[0][0];
+            for (; i < rows; i++) CAV_TS_ROW(i);
+            /* level 0 plus levels 1, 2, 3 in turn */
+            for (int l = 0; l < 3; l++) s0 += up[l][0], s1 += up[l][1], s2 += up[l][2], s3 += up[l][3];
+        } else /* no cascade: adding the empty levels (+0) changes nothing, so they are skipped */
+            for (; i < rows; i++) CAV_TS_ROW(i);
+        cav_v8f p = s0;
         for (int64_t v = rows * 4; v < nv; v++) {
             CAV_TS_LOAD(a, v);
             p += a;
         }
 #undef CAV_TS_ROW
 #undef CAV_TS_LOAD
-        p += acc[0][1];
-        p += acc[0][2];
-        p += acc[0][3];
+        p += s1;
+        p += s2;
+        p += s3;
         float fin = 0.0f;
         for (int64_t t = nv * 8; t < n; t++) {
             nonfinite |= !isfinite(x[t]);
