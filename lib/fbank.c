@@ -349,15 +349,15 @@ static float rng_gauss(uint64_t *s) {
 HOT void cav_logf_vec(const float *x, float *y, int n) {
 #pragma omp simd
     for (int i = 0; i < n; i++) {
-        uint32_t u;
+        int32_t u;
         memcpy(&u, &x[i], 4);
-        int32_t e = (int32_t)(u >> 23) - 126; /* x = m * 2^e with m in [0.5, 1) */
-        uint32_t mu = (u & 0x007FFFFFu) | 0x3F000000u;
+        /* x = m * 2^e with m in [sqrt(1/2), sqrt(2)): e from the bits of x less those of sqrt(1/2) */
+        int32_t e = (u - 0x3F3504F3) >> 23;
+        int32_t mu = u - (int32_t)((uint32_t)e << 23);
         float m;
         memcpy(&m, &mu, 4);
-        int32_t small = (int32_t)((mu - 0x3F3504F3u) >> 31); /* m < sqrt(1/2): use 2m, e-1 */
-        float fe = (float)(e - small);
-        float r = m * (float)(1 + small) - 1.0f;
+        float fe = (float)e;
+        float r = m - 1.0f;
         float z = r * r;
         float p = 7.0376836292e-2f;
         p = p * r - 1.1514610310e-1f;
