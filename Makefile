@@ -111,6 +111,11 @@ $(REL)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+# lib/rfft.c, lib/torchmath.c and lib/fbank.c reproduce PyTorch's float32 arithmetic operation by
+# operation: a*b + c must stay two roundings (-std=c11 already implies this; said explicitly so that no
+# dialect change can undo it).
+$(REL)/lib/rfft.o $(REL)/lib/fbank.o $(REL)/lib/torchmath.o: CFLAGS_REL += -ffp-contract=off
+$(ASAN)/lib/rfft.o $(ASAN)/lib/fbank.o $(ASAN)/lib/torchmath.o: CFLAGS_ASAN += -ffp-contract=off
 $(ASAN)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"

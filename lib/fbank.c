@@ -1,25 +1,28 @@
-/* fbank.c: the Kaldi/torchaudio log-mel filterbank (see fbank.h). Every step follows
- * torchaudio.compliance.kaldi.fbank in float32, in the same order and with the same roundings where they
- * are cheap to reproduce (window values, pre-emphasis, mel weights), so the result agrees with it to the
- * last few ulps of the FFT; sums and the FFT itself round differently and account for the remaining
- * difference (measured by tests/unit/test_fbank_ref.c). */
+/* fbank.c: the Kaldi/torchaudio log-mel filterbank (see fbank.h). Every step up to the power spectrum
+ * is torchaudio.compliance.kaldi.fbank's float32 arithmetic operation for operation, so those values are
+ * the bits torch computes (on its AVX2 kernels): the clip mean and each frame's mean are sums in the order
+ * of PyTorch's vectorised cascade sum, divided (not multiplied by a reciprocal) by the count; the
+ * subtractions, pre-emphasis and window multiply are the same roundings; the FFT is pocketfft's (rfft.c).
+ * What is not torch's to the bit: the window's cos (torch: SLEEF's vectorised cosf; here glibc's), the
+ * magnitude (torch squares a hypot; here re*re + im*im), the mel sums (torch: an OpenBLAS sgemm) and the
+ * log; each is a relative rounding of order 1e-7, which moves the log-mel by about that much, where a
+ * different FFT or frame rounding moves it by up to 2e-3 in cells far below the frame's energy
+ * (measured by tests/unit/test_fbank_ref.c). */
 #include "fbank.h"
 
 #include <float.h>
-#include <fftw3.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "rfft.h"
+#include "torchmath.h"
 
-/* FFTW's planner is not thread-safe; executing distinct plans is. */
-static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Frames go BLK at a time: each is transformed by the single-frame FFTW plan (faster than FFTW's batched
- * plans here), its power spectrum is stored interleaved by frame ([bin][frame]), and the mel sums and the
- * log then run as SIMD across the frames of the block. */
+/* Frames go BLK at a time: their means are summed frame by frame (SIMD along the frame, in torch's order),
+ * then the frames are transposed to [sample][frame] as they are read, and the centring, pre-emphasis and
+ * window, the FFT (rfft.c), the power spectrum, the mel sums and the log all run as SIMD across the frames
+ * of the block. BLK is rfft.c's lane count. */
 #define BLK 8
 
 /* The hot loops are compiled twice, for the baseline and for AVX2+FMA, picked at load time (GNU ifunc).
@@ -40,9 +43,9 @@ typedef int v8i __attribute__((vector_size(32)));
     v8f v;                                                                                                   \
     memcpy(&v, (p), 32)
 
-/* Written out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
-static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
-                                                             int64_t ds) {
+/* The 8x8 block at s (rows ss floats apart) transposed: c[j] holds column j (element f from row f). Written
+ * out in full so the 24 vectors stay in registers (GCC -O2 does not unroll array loops). */
+static inline __attribute__((always_inline)) void transpose8_load(const float *s, int64_t ss, v8f c[8]) {
     LOAD8(r0, s);
     LOAD8(r1, s + ss);
     LOAD8(r2, s + 2 * ss);
@@ -65,9 +68,14 @@ static inline __attribute__((always_inline)) void transpose8(const float *s, int
     v8f c1 = SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11), c5 = SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
     v8f c2 = SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11), c6 = SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
     v8f c3 = SHUF(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11), c7 = SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
-    memcpy(d, &c0, 32), memcpy(d + ds, &c1, 32), memcpy(d + 2 * ds, &c2, 32), memcpy(d + 3 * ds, &c3, 32);
-    memcpy(d + 4 * ds, &c4, 32), memcpy(d + 5 * ds, &c5, 32), memcpy(d + 6 * ds, &c6, 32);
-    memcpy(d + 7 * ds, &c7, 32);
+    c[0] = c0, c[1] = c1, c[2] = c2, c[3] = c3, c[4] = c4, c[5] = c5, c[6] = c6, c[7] = c7;
+}
+
+static inline __attribute__((always_inline)) void transpose8(const float *s, int64_t ss, float *d,
+                                                             int64_t ds) {
+    v8f c[8];
+    transpose8_load(s, ss, c);
+    for (int k = 0; k < 8; k++) memcpy(d + k * ds, &c[k], 32);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
@@ -85,13 +93,11 @@ struct cav_fbank {
     int *band_len;          /* [nbins] */
     int *band_off;          /* [nbins] offset into band_w */
     float *band_w;          /* the non-zero weights, band after band */
-    float *frame;           /* [win] scratch: one frame after dither and DC removal */
-    float *fft_in;          /* [nfft] FFTW-aligned; the tail past win stays zero */
-    float *fft_re, *fft_im; /* [nfft/2+1] each: FFTW's split-format output, so |X|^2 needs no shuffles */
+    float *rows;            /* [BLK, nfft] the block's windowed frames; the tails past win stay zero */
+    float *fft_a, *fft_b;   /* [nfft, BLK] each, 32-byte aligned: the transform's input and ping-pong buffers */
     float *power;           /* [nfft/2, BLK] */
-    float *pframes;         /* [BLK, nfft/2] power spectra frame by frame, before the transpose */
     float *energy;          /* [nbins, BLK] */
-    fftwf_plan plan;
+    cav_rfft *fft;
     uint64_t rng;
 };
 
@@ -126,11 +132,12 @@ const char *cav_window_name(cav_window w) {
 }
 
 /* torch.hann_window / hamming_window (periodic=False) are arange(N) * (2π/(N-1)), cos, * -beta, + alpha,
- * each step in float32; the Blackman window of kaldi.py likewise. */
+ * each step in float32, the cos torch's (SLEEF's); the Blackman window of kaldi.py likewise. Povey's
+ * power 0.85 is glibc's powf where torch uses SLEEF's (a last-bit difference in a few values). */
 static void make_window(const cav_fbank_opts *o, int n, float *w) {
     float step = (float)(2.0 * M_PI / (double)(n - 1));
     for (int i = 0; i < n; i++) {
-        float c = cosf((float)i * step);
+        float c = cav_torch_cosf((float)i * step);
         switch (o->window) {
         case CAV_WIN_HANNING:
             w[i] = c * -0.5f + 0.5f;
@@ -145,7 +152,7 @@ static void make_window(const cav_fbank_opts *o, int n, float *w) {
             w[i] = 1.0f;
             break;
         case CAV_WIN_BLACKMAN: {
-            float c2 = cosf((float)i * (float)(2.0 * (2.0 * M_PI / (double)(n - 1))));
+            float c2 = cav_torch_cosf((float)i * (float)(2.0 * (2.0 * M_PI / (double)(n - 1))));
             float bc = (float)o->blackman_coeff;
             w[i] = (bc - 0.5f * c) + (float)(0.5 - o->blackman_coeff) * c2;
             break;
@@ -160,7 +167,7 @@ static double mel_scale(double f) {
 }
 
 /* get_mel_banks of kaldi.py: the band edges are float32 (arange * delta + low), the FFT bin mels are
- * float32 (1127 * log(1 + f/700)), the slopes and min/max too. Dense [nbins, nfft/2+1]. */
+ * float32 (1127 * log(1 + f/700), torch's log), the slopes and min/max too. Dense [nbins, nfft/2+1]. */
 static void make_mel(const cav_fbank_opts *o, int nfft, int nbins, double high, float *dense) {
     int nfreq = nfft / 2 + 1;
     double mel_low = mel_scale(o->low_freq), mel_high = mel_scale(high);
@@ -175,7 +182,7 @@ static void make_mel(const cav_fbank_opts *o, int nfft, int nbins, double high, 
             float w = 0.0f;
             if (k < nfft / 2) {
                 float f = width * (float)k;
-                float mel = 1127.0f * logf(1.0f + f / 700.0f);
+                float mel = 1127.0f * cav_torch_logf(1.0f + f / 700.0f);
                 float up = (mel - left) / (center - left);
                 float down = (right - mel) / (right - center);
                 float m = up < down ? up : down;
@@ -238,15 +245,14 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     fb->band_start = calloc(fb->nbins, sizeof(int));
     fb->band_len = calloc(fb->nbins, sizeof(int));
     fb->band_off = calloc(fb->nbins, sizeof(int));
-    fb->frame = malloc(sizeof(float) * win);
-    fb->fft_in = fftwf_malloc(sizeof(float) * nfft);
-    fb->fft_re = fftwf_malloc(sizeof(float) * nfreq);
-    fb->fft_im = fftwf_malloc(sizeof(float) * nfreq);
+    fb->rows = calloc((size_t)BLK * nfft, sizeof(float));
+    fb->fft_a = aligned_alloc(32, sizeof(float) * BLK * nfft);
+    fb->fft_b = aligned_alloc(32, sizeof(float) * BLK * nfft);
     fb->power = malloc(sizeof(float) * nfreq * BLK);
-    fb->pframes = malloc(sizeof(float) * nfreq * BLK);
     fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
-    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->frame ||
-        !fb->fft_in || !fb->fft_re || !fb->fft_im || !fb->power || !fb->pframes || !fb->energy)
+    fb->fft = cav_rfft_new(nfft);
+    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off ||
+        !fb->rows || !fb->fft_a || !fb->fft_b || !fb->power || !fb->energy || !fb->fft)
         goto oom;
     make_window(o, win, fb->window);
     make_mel(o, nfft, fb->nbins, high, fb->mel_dense);
@@ -270,13 +276,6 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     for (int b = 0; b < fb->nbins; b++)
         memcpy(fb->band_w + fb->band_off[b], fb->mel_dense + (size_t)b * nfreq + fb->band_start[b],
                sizeof(float) * fb->band_len[b]);
-    /* FFTW_ESTIMATE: the plan (hence every output bit) does not depend on timing measurements. */
-    pthread_mutex_lock(&plan_lock);
-    fftw_iodim dim = {.n = nfft, .is = 1, .os = 1};
-    fb->plan = fftwf_plan_guru_split_dft_r2c(1, &dim, 0, NULL, fb->fft_in, fb->fft_re, fb->fft_im, FFTW_ESTIMATE);
-    pthread_mutex_unlock(&plan_lock);
-    if (!fb->plan) goto oom;
-    memset(fb->fft_in, 0, sizeof(float) * nfft);
     fb->rng = o->dither_seed;
     return fb;
 oom:
@@ -287,23 +286,17 @@ oom:
 
 void cav_fbank_free(cav_fbank *fb) {
     if (!fb) return;
-    if (fb->plan) {
-        pthread_mutex_lock(&plan_lock);
-        fftwf_destroy_plan(fb->plan);
-        pthread_mutex_unlock(&plan_lock);
-    }
+    cav_rfft_free(fb->fft);
     free(fb->window);
     free(fb->mel_dense);
     free(fb->band_start);
     free(fb->band_len);
     free(fb->band_off);
     free(fb->band_w);
-    free(fb->frame);
-    fftwf_free(fb->fft_in);
-    fftwf_free(fb->fft_re);
-    fftwf_free(fb->fft_im);
+    free(fb->rows);
+    free(fb->fft_a);
+    free(fb->fft_b);
     free(fb->power);
-    free(fb->pframes);
     free(fb->energy);
     free(fb);
 }
@@ -356,15 +349,15 @@ static float rng_gauss(uint64_t *s) {
 HOT void cav_logf_vec(const float *x, float *y, int n) {
 #pragma omp simd
     for (int i = 0; i < n; i++) {
-        uint32_t u;
+        int32_t u;
         memcpy(&u, &x[i], 4);
-        int32_t e = (int32_t)(u >> 23) - 126; /* x = m * 2^e with m in [0.5, 1) */
-        uint32_t mu = (u & 0x007FFFFFu) | 0x3F000000u;
+        /* x = m * 2^e with m in [sqrt(1/2), sqrt(2)): e from the bits of x less those of sqrt(1/2) */
+        int32_t e = (u - 0x3F3504F3) >> 23;
+        int32_t mu = u - (int32_t)((uint32_t)e << 23);
         float m;
         memcpy(&m, &mu, 4);
-        int32_t small = (int32_t)((mu - 0x3F3504F3u) >> 31); /* m < sqrt(1/2): use 2m, e-1 */
-        float fe = (float)(e - small);
-        float r = m * (float)(1 + small) - 1.0f;
+        float fe = (float)e;
+        float r = m - 1.0f;
         float z = r * r;
         float p = 7.0376836292e-2f;
         p = p * r - 1.1514610310e-1f;
@@ -380,54 +373,82 @@ HOT void cav_logf_vec(const float *x, float *y, int n) {
     }
 }
 
-/* Sum of x[0..n) and whether all are finite (exponent bits not all ones), in one pass: float partial sums
- * over chunks of 2048 samples (16 lanes), chunk totals in double. */
-HOT static double sum_finite(const float *x, int64_t n, int *finite) {
-    double s = 0;
-    uint32_t bad = 0;
-    int64_t i = 0;
-    while (i + 16 <= n) {
-        float acc[16] = {0};
-        int64_t end = i + 2048 <= n ? i + 2048 : n - (n - i) % 16;
-        for (; i < end; i += 16)
-#pragma omp simd reduction(| : bad)
-            for (int l = 0; l < 16; l++) {
-                uint32_t u;
-                memcpy(&u, &x[i + l], 4);
-                bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
-                acc[l] += x[i + l];
-            }
-        for (int l = 0; l < 16; l++) s += acc[l];
-    }
-    for (; i < n; i++) {
-        bad |= !isfinite(x[i]);
-        s += x[i];
-    }
-    *finite = !bad;
-    return s;
+/* The clip: the sum and whether all samples are finite, in one pass (memory-bound). */
+HOT static float clip_sum(const float *x, int64_t n, uint32_t *bad) {
+    return cav_torch_sum(x, n, 0.0f, bad);
 }
 
-/* Sum of x[j] - mean over a frame in float with 16 partial sums, so the adds are not one latency-bound
- * chain (the differences are rounded exactly as when the clip is centred first). */
-HOT static float frame_sum(const float *x, float mean, int n) {
-    float acc[16] = {0};
+/* The block's BLK frames (frame f at src + f*ss, its samples less xm being torchaudio's strided input) in
+ * the transform's layout fft_a [nfft][BLK], windowed: each frame's mean (torch.mean: the cascade sum
+ * divided by win) subtracted, pre-emphasis against the previous sample (the first against itself), times
+ * the window, each step the float32 rounding torch makes; the tail past win zero. The frames are
+ * transposed 8x8 in registers as they are read, so the arithmetic runs across the frames (lane f = frame
+ * f). */
+static inline __attribute__((always_inline)) void frames_to_lanes(cav_fbank *fb, const float *src, int64_t ss,
+                                                                  float xm) {
+    const int win = fb->win, nfft = fb->nfft;
+    const float *restrict w = fb->window;
+    const v8f vxm = {xm, xm, xm, xm, xm, xm, xm, xm};
+    const float pre = (float)fb->o.preemph;
+    const v8f vpre = {pre, pre, pre, pre, pre, pre, pre, pre};
+    v8f dc = {0}, y, yprev;
+    if (fb->o.remove_dc)
+        for (int f = 0; f < BLK; f++) dc[f] = cav_torch_sum(src + f * ss, win, xm, NULL) / (float)win;
+    v8f *restrict out = (v8f *)fb->fft_a;
+    for (int f = 0; f < BLK; f++) yprev[f] = src[f * ss];
+    yprev = (yprev - vxm) - dc; /* sample 0's "previous" is itself */
     int j = 0;
-    for (; j + 16 <= n; j += 16)
-#pragma omp simd
-        for (int l = 0; l < 16; l++) acc[l] += x[j + l] - mean;
-    float s = 0.0f;
-    for (; j < n; j++) s += x[j] - mean;
-    for (int l = 0; l < 16; l++) s += acc[l];
-    return s;
+    for (; j + 8 <= win; j += 8) {
+        v8f c[8];
+        transpose8_load(src + j, ss, c);
+        for (int k = 0; k < 8; k++) {
+            y = (c[k] - vxm) - dc;
+            out[j + k] = (y - vpre * yprev) * w[j + k];
+            yprev = y;
+        }
+    }
+    for (; j < win; j++) {
+        v8f xj;
+        for (int f = 0; f < BLK; f++) xj[f] = src[f * ss + j];
+        y = (xj - vxm) - dc;
+        out[j] = (y - vpre * yprev) * w[j];
+        yprev = y;
+    }
+    memset(out + win, 0, sizeof(v8f) * (size_t)(nfft - win));
+}
+
+/* Where a block's frames are read from: in place in the clip when all BLK frames exist and there is no
+ * dither; otherwise copied to fb->rows (stride nfft; lanes past the last frame repeat it, and with dither
+ * the rows hold the centred frames plus noise, so xm becomes 0). */
+static inline __attribute__((always_inline)) const float *block_source(cav_fbank *fb, const float *wave, int64_t t0,
+                                                                       int nb, float *xm, int64_t *ss) {
+    const int win = fb->win;
+    if (nb == BLK && fb->o.dither == 0.0) {
+        *ss = fb->shift;
+        return wave + t0 * fb->shift;
+    }
+    for (int f = 0; f < BLK; f++) {
+        float *row = fb->rows + (size_t)f * fb->nfft;
+        const float *x = wave + (t0 + (f < nb ? f : nb - 1)) * fb->shift;
+        if (fb->o.dither == 0.0)
+            memcpy(row, x, sizeof(float) * win);
+        else if (f < nb) /* torch adds the noise to the centred frame, before the DC removal */
+            for (int j = 0; j < win; j++) row[j] = (x[j] - *xm) + rng_gauss(&fb->rng) * (float)fb->o.dither;
+        else
+            memcpy(row, row - fb->nfft, sizeof(float) * win);
+    }
+    if (fb->o.dither != 0.0) *xm = 0.0f;
+    *ss = fb->nfft;
+    return fb->rows;
 }
 
 HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n, float *out,
                           int64_t *frames_out, cav_err *err) {
     if (frames_out) *frames_out = 0;
     if (n <= 0 || channels <= 0) return cav_fail(err, CAV_EXIT_INPUT, "no audio samples");
-    int finite;
-    double sum = sum_finite(wave, n * channels, &finite);
-    if (!finite)
+    uint32_t bad;
+    float sum = clip_sum(wave, n * channels, &bad);
+    if (bad)
         for (int64_t i = 0; i < n * channels; i++)
             if (!isfinite(wave[i]))
                 return cav_fail(err, CAV_EXIT_INPUT, "sample %lld of channel %d is not finite (%g)",
@@ -436,59 +457,38 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
         return cav_fail(err, CAV_EXIT_INPUT,
                         "%lld samples: shorter than one %d-sample frame (%g ms at %g Hz)", (long long)n,
                         fb->win, fb->o.frame_length_ms, fb->o.sample_rate);
-    /* waveform - waveform.mean(): one float32 scalar, then a float32 subtraction per sample; done per frame
-     * below (into the frame scratch) rather than over the whole clip, to stay in L1. */
-    const float mean = fb->o.subtract_clip_mean ? (float)(sum / (double)(n * channels)) : 0.0f;
+    /* waveform - waveform.mean(): one float32 scalar (the sum over all channels divided by their count),
+     * then a float32 subtraction per sample, done as each frame is read rather than over the clip. */
+    const float mean = fb->o.subtract_clip_mean ? sum / (float)(n * channels) : 0.0f;
 
-    const int win = fb->win, nbins = fb->nbins, half = fb->nfft / 2;
-    const float pre = (float)fb->o.preemph, inv_win = 1.0f / (float)win;
-    const float eps = FLT_EPSILON;
-    const int dither = fb->o.dither != 0.0;
+    const int nbins = fb->nbins, nfft = fb->nfft, half = nfft / 2;
+    const v8f veps = {FLT_EPSILON, FLT_EPSILON, FLT_EPSILON, FLT_EPSILON,
+                      FLT_EPSILON, FLT_EPSILON, FLT_EPSILON, FLT_EPSILON};
     int64_t m = cav_fbank_num_frames(fb, n);
     int64_t rows = cav_fbank_out_frames(fb, n);
     int64_t used = m < rows ? m : rows;
-    float *restrict fr = fb->frame, *restrict pw = fb->power, *restrict en = fb->energy;
-    const float *restrict w = fb->window;
+    float *restrict pw = fb->power, *restrict en = fb->energy;
     for (int64_t t0 = 0; t0 < used; t0 += BLK) {
         int nb = used - t0 < BLK ? (int)(used - t0) : BLK;
-        for (int f = 0; f < nb; f++) {
-            const float *x = wave + (t0 + f) * fb->shift;
-            float *restrict in = fb->fft_in;
-            float xm = mean; /* what to subtract from x to centre it */
-            if (dither) {    /* the centred frame plus noise, in the scratch frame */
-                for (int j = 0; j < win; j++) fr[j] = (x[j] - mean) + rng_gauss(&fb->rng) * (float)fb->o.dither;
-                x = fr, xm = 0.0f;
-            }
-            float dc = 0.0f;
-            if (fb->o.remove_dc) dc = frame_sum(x, xm, win) * inv_win;
-            /* (x - mean) - dc, then y[j] - pre * y[max(j-1, 0)], then the window; float32 as torch. */
-            float y0 = (x[0] - xm) - dc;
-            in[0] = (y0 - pre * y0) * w[0];
-#pragma omp simd
-            for (int j = 1; j < win; j++) in[j] = (((x[j] - xm) - dc) - pre * ((x[j - 1] - xm) - dc)) * w[j];
-            fftwf_execute(fb->plan);
-            const float *restrict re = fb->fft_re, *restrict im = fb->fft_im;
-            float *restrict pf = fb->pframes + (size_t)f * half;
-#pragma omp simd
-            for (int k = 0; k < half; k++) pf[k] = re[k] * re[k] + im[k] * im[k];
-        }
-        int k8 = half & ~7;
-        for (int k = 0; k < k8; k += 8) transpose8(fb->pframes + k, half, pw + k * BLK, BLK);
-        for (int k = k8; k < half; k++)
-            for (int f = 0; f < BLK; f++) pw[k * BLK + f] = fb->pframes[(size_t)f * half + k];
-        /* Lanes past nb in a last partial block hold stale values: computed, never written out. */
+        /* Lanes past nb in a last partial block repeat its last frame: computed, never written out. */
+        float xm = mean;
+        int64_t ss;
+        const float *src = block_source(fb, wave, t0, nb, &xm, &ss);
+        frames_to_lanes(fb, src, ss, xm);
+        const v8f *h = (const v8f *)cav_rfft_forward8(fb->fft, fb->fft_a, fb->fft_b);
+        /* |X_k|^2 from the half-complex r0, r1, i1, ..., r(n/2); the Nyquist bin has no mel weight. */
+        v8f *pv = (v8f *)pw;
+        pv[0] = h[0] * h[0];
+        for (int k = 1; k < half; k++) pv[k] = h[2 * k - 1] * h[2 * k - 1] + h[2 * k] * h[2 * k];
+        /* The mel sums (in the order of the bins; torch's sgemm has its own) floored at FLT_EPSILON. */
+        v8f *ev = (v8f *)en;
         for (int b = 0; b < nbins; b++) {
             const float *bw = fb->band_w + fb->band_off[b];
-            const float *p = pw + (size_t)fb->band_start[b] * BLK;
-            int len = fb->band_len[b];
-            float acc[BLK] = {0};
-            for (int k = 0; k < len; k++) {
-                float wk = bw[k];
-#pragma omp simd
-                for (int f = 0; f < BLK; f++) acc[f] += wk * p[k * BLK + f];
-            }
-#pragma omp simd
-            for (int f = 0; f < BLK; f++) en[b * BLK + f] = acc[f] > eps ? acc[f] : eps;
+            const v8f *p = pv + fb->band_start[b];
+            v8f acc = {0};
+            for (int k = 0, len = fb->band_len[b]; k < len; k++) acc += bw[k] * p[k];
+            v8i keep = acc > veps;
+            ev[b] = (v8f)((keep & (v8i)acc) | (~keep & (v8i)veps));
         }
         cav_logf_vec(en, en, nbins * BLK);
         int b8 = nb == BLK ? nbins & ~7 : 0;
@@ -525,13 +525,22 @@ const float *cav_fbank_wave_samples(const cav_tensor *wv, float **buf, int64_t *
     return *buf;
 }
 
-double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
+HOT double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n) {
     int64_t m = cav_fbank_num_frames(fb, n);
+    const int win = fb->win, nfft = fb->nfft;
     double check = 0.0;
-    for (int64_t t = 0; t < m; t++) {
-        memcpy(fb->fft_in, wave + t * fb->shift, sizeof(float) * fb->win);
-        fftwf_execute(fb->plan);
-        check += fb->fft_re[1];
+    for (int64_t t0 = 0; t0 < m; t0 += BLK) {
+        int nb = m - t0 < BLK ? (int)(m - t0) : BLK;
+        float xm = 0.0f;
+        int64_t ss;
+        const float *src = block_source(fb, wave, t0, nb, &xm, &ss);
+        /* the frames into the transform's layout, nothing else */
+        int j = 0;
+        for (; j + 8 <= win; j += 8) transpose8(src + j, ss, fb->fft_a + (size_t)j * BLK, BLK);
+        for (; j < win; j++)
+            for (int f = 0; f < BLK; f++) fb->fft_a[j * BLK + f] = src[f * ss + j];
+        memset(fb->fft_a + (size_t)win * BLK, 0, sizeof(float) * BLK * (size_t)(nfft - win));
+        check += cav_rfft_forward8(fb->fft, fb->fft_a, fb->fft_b)[BLK];
     }
     return check;
 }

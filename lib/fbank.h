@@ -1,11 +1,12 @@
 /* fbank.h: Kaldi-compatible log-mel filterbank, computed as torchaudio.compliance.kaldi.fbank does with the
  * reference's arguments (SPEC 1.3): clip mean subtraction, snip-edges framing, per-frame DC removal,
- * pre-emphasis, a window, a power-of-two real FFT (FFTW, single precision), the power spectrum, HTK mel
- * triangles with float32 weights, log with the float-epsilon floor; then cut or zero-pad in time.
+ * pre-emphasis, a window, a power-of-two real FFT (pocketfft's arithmetic, as torch.fft.rfft: rfft.h), the
+ * power spectrum, HTK mel triangles with float32 weights, log with the float-epsilon floor; then cut or
+ * zero-pad in time. Up to the power spectrum the float32 values are torch's own, bit for bit.
  *
  * A cav_fbank holds everything that depends only on the options (window, mel weights, FFT plan, scratch
- * buffers): build one per thread and per sample rate, then call cav_fbank_compute for each clip. Plan
- * creation and destruction are serialised internally, so objects may be built from several threads.
+ * buffers): build one per thread and per sample rate, then call cav_fbank_compute for each clip. Objects
+ * share no state, so they may be built and used from several threads.
  * The loader's normalisation (x - mean) / std is cav_fbank_normalize in augment.h. */
 #ifndef CAV_FBANK_H
 #define CAV_FBANK_H
@@ -77,8 +78,9 @@ const float *cav_fbank_wave_samples(const cav_tensor *wave, float **buf, int64_t
 /* Restarts the dither stream (the tool reseeds per record so results do not depend on record order). */
 void cav_fbank_reseed(cav_fbank *fb, uint64_t seed);
 
-/* The FFT floor for benchmarks: runs the same FFTW transform over the clip's frames (the frame copy only,
- * no other processing) and returns a checksum so the work cannot be optimised away. */
+/* The FFT floor for benchmarks: runs the same transform (rfft.c, eight frames per call) over the clip's
+ * frames, with only the frame copy and the transposition the transform's layout needs, and returns a
+ * checksum so the work cannot be optimised away. */
 double cav_fbank_fft_only(cav_fbank *fb, const float *wave, int64_t n);
 
 /* Fast natural log of x >= FLT_MIN for the feature path (branch-free, vectorisable; error below 2 ulp

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """bench_fbank.py: clips/s of the fbank computation on one core, against torchaudio's kaldi fbank called as
-the reference does (torch.set_num_threads(1)) and against the FFT floor (the same FFTW plan run over the
-same frames with nothing else), all on the same 10 s clips of real speech (asterisk prompts, 16 kHz),
-measured in one run as thread CPU time (the machine is shared), best of 5 passes. Prints ratios; asserts
-nothing (not a test). Run by `make bench`; results go to tests/bench/RESULTS.md by hand."""
+the reference does (torch.set_num_threads(1)) and against the FFT floor (the same transforms fbank runs,
+lib/rfft.c with pocketfft's arithmetic, over the same frames with nothing else; FFTW's floor, frame by frame
+with an FFTW_ESTIMATE plan, is printed for comparison), all on the same 10 s clips of real speech (asterisk
+prompts, 16 kHz), measured in one run as thread CPU time (the machine is shared), best of several passes.
+Prints ratios and the load average; asserts nothing (not a test). Run by `make bench`; results go to
+tests/bench/RESULTS.md by hand."""
 import glob
 import os
 import resource
@@ -67,12 +69,15 @@ res = subprocess.run([exe, str(REPS)] + clips, check=True, stdout=subprocess.PIP
 vals = dict(line.split()[:2] for line in res.splitlines())
 n = REPS * NCLIPS
 t_torch, t_fb, t_fft = best_torch / n, float(vals["fbank"]) / n, float(vals["fft"]) / n
+t_fftw = float(vals["fftw"]) / n
 print(f"clips: {NCLIPS} x 10 s real speech at 16 kHz, {REPS} passes, best of 5, thread CPU time")
 print(f"torchaudio kaldi.fbank (1 thread): {t_torch * 1e3:.3f} ms/clip  {1 / t_torch:8.1f} clips/s")
 print(f"libcav fbank:                      {t_fb * 1e3:.3f} ms/clip  {1 / t_fb:8.1f} clips/s")
-print(f"FFT floor (998 FFTW r2c 512):      {t_fft * 1e3:.3f} ms/clip  {1 / t_fft:8.1f} clips/s")
+print(f"FFT floor (998 rfft.c r2c 512):    {t_fft * 1e3:.3f} ms/clip  {1 / t_fft:8.1f} clips/s")
+print(f"FFTW floor (998 FFTW r2c 512):     {t_fftw * 1e3:.3f} ms/clip  {1 / t_fftw:8.1f} clips/s")
 print(f"ratio: fbank vs torchaudio {t_torch / t_fb:.2f}x faster (goal >= 2.5x); "
-      f"fbank / FFT floor {t_fb / t_fft:.2f}x (goal <= 1.3x)")
+      f"fbank / FFT floor {t_fb / t_fft:.2f}x (goal <= 1.3x); fbank / FFTW floor {t_fb / t_fftw:.2f}x")
+print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 # The fbank tool end to end on a record stream of the same clips (decode the input stream, compute, zstd
 # the output stream), as child CPU time.

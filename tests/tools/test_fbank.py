@@ -69,8 +69,12 @@ def records(data):
 
 
 def wav_input_matches_torchaudio():
+    """Every case torchaudio computes, through the tool: within 1e-4 of it in every cell (the issue's
+    limit; measured: about 1e-6, one float ulp of the log)."""
     cases = index()
-    names = ["digits16k_10s", "long16k_12s", "speech8k", "stereo44k", "silence16k", "hamming64_16k"]
+    names = [name for name, c in cases.items() if c["ok"]]
+    assert len(names) >= 12, names
+    worst = 0.0
     for name in names:
         c = cases[name]
         args = ["--wav", os.path.join(REF, name + ".wav"), "--bins", str(c["bins"]), "--window", c["window"],
@@ -86,8 +90,10 @@ def wav_input_matches_torchaudio():
         m = min(1024, c["frames"])
         d = np.abs(fb[:m] - ref[:m])
         print(f"  {name}: {c['frames']} frames, max abs diff {d.max():.3g}, mean {d.mean():.3g}")
-        assert d.mean() <= 2e-5 and d.max() <= 3e-3, name
+        assert d.max() <= 1e-4, f"{name}: max abs diff {d.max():.3g} over 1e-4"
         assert not fb[m:].any(), "padding rows are not zero"
+        worst = max(worst, float(d.max()))
+    print(f"  all {len(names)} cases: max abs diff {worst:.3g}")
 
 
 def audio_files_through_ffmpeg():
@@ -170,8 +176,9 @@ def sanitizer_build_agrees():
     wav = os.path.join(REF, "stereo44k.wav")
     a = records(run(["--wav", wav])[0])["stereo44k"][1]["fbank"]
     b = records(run(["--wav", wav], binary=ASAN)[0])["stereo44k"][1]["fbank"]
-    # The sanitizer build runs the baseline (non-AVX2) code path: same algorithm, float roundings may differ.
-    assert np.abs(a - b).max() <= 1e-4, np.abs(a - b).max()
+    # The sanitizer build runs the baseline (non-AVX2) code path: every operation is the same float32 rounding
+    # (no FMA contraction, the same summation orders), so the bits are the same.
+    assert np.array_equal(a, b), np.abs(a - b).max()
 
 
 test(wav_input_matches_torchaudio)
