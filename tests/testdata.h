@@ -32,4 +32,19 @@ static inline void *ref_read(const char *gen, const char *name, size_t *nbytes) 
     return buf;
 }
 
+/* Reads a raw float32 file of exactly count values (NULL if it is shorter, longer or unreadable). */
+static inline float *read_f32(const char *path, size_t count) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *v = malloc(sizeof(float) * (count ? count : 1));
+    size_t got = v ? fread(v, sizeof(float), count, f) : 0;
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (got != count || extra) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
 #endif

@@ -4,25 +4,12 @@
  * refusals where torchaudio refuses, and the mel weights against get_mel_banks (bit-identical). */
 #include "fbank.h"
 #include "harness.h"
+#include "testdata.h"
 #include "wav.h"
 
 #include <stdint.h>
 
 static char refdir[1024];
-
-static float *read_f32(const char *path, int64_t count) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    float *v = malloc(sizeof(float) * (count ? count : 1));
-    size_t got = v ? fread(v, sizeof(float), count, f) : 0;
-    int extra = fgetc(f) != EOF;
-    fclose(f);
-    if (got != (size_t)count || extra) {
-        free(v);
-        return NULL;
-    }
-    return v;
-}
 
 /* Report one case as its own PASS/FAIL line (the harness counts it like a TEST). */
 static void report(int ok, const char *name, const char *detail) {
@@ -85,7 +72,7 @@ static void one_case(const char *line) {
     float *ref = NULL, *got = NULL, *pad = NULL;
     int64_t m = -1;
     snprintf(path, sizeof path, "%s/%s.out.f32", refdir, name);
-    ref = read_f32(path, frames * bins);
+    ref = read_f32(path, (size_t)(frames * bins));
     got = malloc(sizeof(float) * (size_t)(frames * bins + 1));
     if (!ref || !got || cav_fbank_compute(fb, x, channels, n, got, &m, &err) || m != frames) {
         snprintf(msg, sizeof msg, "%s",
@@ -96,7 +83,7 @@ static void one_case(const char *line) {
     double maxd = 0, sumd = 0, max_exact = 0, torch_exact = 0;
     int64_t over = 0;
     snprintf(path, sizeof path, "%s/%s.out64.f64", refdir, name);
-    double *exact = (double *)read_f32(path, 2 * frames * bins);
+    double *exact = (double *)read_f32(path, (size_t)(2 * frames * bins));
     for (int64_t i = 0; i < frames * bins; i++) {
         double d = fabs((double)got[i] - ref[i]);
         sumd += d;

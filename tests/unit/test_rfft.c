@@ -3,25 +3,12 @@
  * (each lane a different signal) and the single-signal call; plus the plan's refusals and an independent
  * check of the transform's values against a float64 DFT, which needs no reference data. */
 #include "harness.h"
+#include "testdata.h"
 #include "rfft.h"
 
 #include <stdint.h>
 
 static char refdir[1024];
-
-static float *read_f32(const char *path, size_t count) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    float *v = malloc(sizeof(float) * (count ? count : 1));
-    size_t got = v ? fread(v, sizeof(float), count, f) : 0;
-    int extra = fgetc(f) != EOF;
-    fclose(f);
-    if (got != count || extra) {
-        free(v);
-        return NULL;
-    }
-    return v;
-}
 
 static void plans_only_for_powers_of_two(void) {
     static const int bad[] = {-4, 0, 1, 3, 6, 12, 400, 1000};
