@@ -31,8 +31,8 @@ for split in train test; do
     [ -f "$RUN/$split.h5" ] && continue
     say "extracting $split: av-extract | fbank | shard-pack -> $RUN/$split.h5"
     av-extract -j 2 "$DATA/$split"/* | fbank --drop-wave |
-        shard-pack -j "$DATA/$split.json" -c "$DATA/class_labels_indices.csv" -o "$RUN/$split.h5.tmp" -
-    mv "$RUN/$split.h5.tmp" "$RUN/$split.h5"
+        shard-pack -j "$DATA/$split.json" -c "$DATA/class_labels_indices.csv" -o "$RUN/$split.tmp.h5" -
+    mv "$RUN/$split.tmp.h5" "$RUN/$split.h5"
 done
 
 for v in $VARIANTS; do
