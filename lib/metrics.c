@@ -131,27 +131,64 @@ cav_cls_stats cav_classification_stats(const float *scores, const float *targets
     return st;
 }
 
-static int cmp_i64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+void cav_retrieval_ranks(const double *sim, int64_t n, int64_t *rank, int64_t *ties) {
+    for (int64_t i = 0; i < n; i++) {
+        const double *row = sim + i * n, d = row[i];
+        int64_t r = 0, t = 0;
+        for (int64_t j = 0; j < n; j++) r += row[j] > d, t += row[j] == d;
+        rank[i] = r, ties[i] = t;
+    }
+}
+
+/* The hits as a histogram over positions 0..n-1 (a difference array: hits of query i cover
+ * [rank, rank + ties)), so that all-equal rows cost O(n) memory rather than n^2 hits. */
+cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n) {
+    cav_recall_stats st = {NAN, NAN, NAN, NAN, 0};
+    if (n <= 0) return st;
+    int64_t *cnt = calloc((size_t)n + 1, sizeof *cnt);
+    if (!cnt) return st;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t t = ties ? ties[i] : 1;
+        if (t <= 0 || rank[i] < 0 || rank[i] + t > n) continue;
+        cnt[rank[i]]++, cnt[rank[i] + t]--;
+    }
+    int64_t h = 0, h1 = 0, h5 = 0, h10 = 0;
+    for (int64_t p = 0; p < n; p++) {
+        if (p) cnt[p] += cnt[p - 1];
+        h += cnt[p];
+        if (p < 1) h1 += cnt[p];
+        if (p < 5) h5 += cnt[p];
+        if (p < 10) h10 += cnt[p];
+    }
+    st.hits = h;
+    if (h) {
+        /* np.median: the middle hit, or the mean of the two middle ones */
+        int64_t lo = (h - 1) / 2, hi = h / 2, seen = 0, vlo = -1, vhi = -1;
+        for (int64_t p = 0; p < n && vhi < 0; p++) {
+            seen += cnt[p];
+            if (vlo < 0 && seen > lo) vlo = p;
+            if (seen > hi) vhi = p;
+        }
+        st.r1 = (double)h1 / (double)h, st.r5 = (double)h5 / (double)h, st.r10 = (double)h10 / (double)h;
+        st.mr = 0.5 * (double)(vlo + vhi) + 1;
+    }
+    free(cnt);
+    return st;
 }
 
 cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n) {
-    cav_recall_stats st = {NAN, NAN, NAN, NAN};
+    cav_recall_stats st = {NAN, NAN, NAN, NAN, 0};
     if (n <= 0) return st;
-    int64_t *rank = malloc((size_t)n * sizeof *rank);
-    if (!rank) return st;
-    int64_t h1 = 0, h5 = 0, h10 = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const float *row = sim + i * n;
-        int64_t r = 0;
-        for (int64_t j = 0; j < n; j++) r += row[j] > row[i];
-        rank[i] = r;
-        h1 += r < 1, h5 += r < 5, h10 += r < 10;
+    int64_t *rank = malloc((size_t)n * sizeof *rank), *ties = malloc((size_t)n * sizeof *ties);
+    if (rank && ties) {
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = sim + i * n, d = row[i];
+            int64_t r = 0, t = 0;
+            for (int64_t j = 0; j < n; j++) r += row[j] > d, t += row[j] == d;
+            rank[i] = r, ties[i] = t;
+        }
+        st = cav_retrieval_stats_ranks(rank, ties, n);
     }
-    qsort(rank, (size_t)n, sizeof *rank, cmp_i64);
-    double med = n % 2 ? (double)rank[n / 2] : 0.5 * (double)(rank[n / 2 - 1] + rank[n / 2]);
-    st.r1 = (double)h1 / n, st.r5 = (double)h5 / n, st.r10 = (double)h10 / n, st.mr = med + 1;
-    free(rank);
+    free(rank), free(ties);
     return st;
 }

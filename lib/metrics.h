@@ -22,9 +22,20 @@ cav_cls_stats cav_classification_stats(const float *scores, const float *targets
 
 typedef struct {
     double r1, r5, r10, mr;
+    int64_t hits; /* the positions the means and the median run over (n without ties) */
 } cav_recall_stats;
-/* sim: [n, n], row i = query i, the right item is column i. rank = number of columns with a strictly
- * greater similarity (0-based), R@k = fraction rank < k, MR = median(rank) + 1. */
+/* The reference's compute_metrics (SPEC 4) on sim [n, n], row i = query i, the right item is column i. It
+ * sorts each row descending and takes every position where the sorted row equals the diagonal value
+ * (np.where): the rank, 0-based, is the number of columns with a strictly greater similarity, and a
+ * diagonal tied with k other columns yields k + 1 hits, at rank .. rank + k; a NaN diagonal yields none.
+ * R@k = fraction of hits < k, MR = median of the hits + 1 (NaN when there is no hit). */
 cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n);
+
+/* The same on a double matrix, in two steps: per query, rank[i] (strictly greater columns; NaNs in the
+ * row never count) and ties[i] (columns equal to the diagonal, itself included; 0 for a NaN diagonal). */
+void cav_retrieval_ranks(const double *sim, int64_t n, int64_t *rank, int64_t *ties);
+/* Statistics from them; ties NULL counts one hit per query at its rank (no duplicate hits). NaNs when
+ * memory runs out. */
+cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n);
 
 #endif

@@ -1,0 +1,213 @@
+/* cav-embed: retrieval embeddings of clips (SPEC 4): records holding fbank (or wave) and frames, from shards
+ * or a record stream, through the evaluation transforms of the loader (frame 5, no noise, roll or
+ * SpecAugment), a CAV-MAE encoder's forward_feat, mean pooling over all tokens and L2 normalisation. The
+ * model side is lib/embed.c. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "cli.h"
+#include "embed.h"
+#include "io.h"
+#include "loader.h"
+#include "shard.h"
+
+static const char usage[] =
+    "Usage: cav-embed --model CKPT [OPTION]... [INPUT]... [-o OUT]\n"
+    "Audio and visual embeddings of clips for retrieval: each INPUT (shard or record stream, '-' for stdin,\n"
+    "the default) holds records with fbank (or a 16 kHz `wave`) and frames; the middle frame (5) and the\n"
+    "normalised fbank go through the encoder's forward_feat without masking, and each record is written with\n"
+    "its id, emb_a f32 [D] and emb_v f32 [D]: the mean over all audio (visual) tokens, L2-normalised.\n"
+    "\n"
+    "  -m, --model CKPT         checkpoint: .safetensors (cav-pretrain, cav-ckpt) or a reference .pth\n"
+    "      --model-type TYPE    pretrain (CAVMAE) or finetune (CAVMAEFT); default: from the checkpoint\n"
+    "      --arch NAME          base (default) or tiny, for a checkpoint without a config (.pth)\n"
+    "      --set KEY=VALUE      a model knob by the reference's name (applied last)\n"
+    "  -o, --out OUT            output: a shard (*.h5) or a record stream ('-', the default: stdout)\n"
+    "  -b, --batch-size N       clips per forward pass (default 4)\n"
+    "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
+    "      --frame N            use frame N instead of the middle frame 5\n"
+    "      --help, --version\n"
+    "\n"
+    "Threads: OMP_NUM_THREADS. A bad record is reported (file, record, field) and skipped.\n"
+    "Exit status: 0 ok, 1 usage, 2 bad input (bad records were skipped, or a bad checkpoint), 3 internal\n"
+    "or resource failure.\n";
+
+enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME };
+
+typedef struct {
+    cav_embedder e;
+    cav_writer *w;
+    int tokens, n, B;
+    char **ids;     /* [B] ids of the rows in the batch */
+    float *ea, *ev; /* [B, D] */
+    int64_t written;
+} state;
+
+static void flush(state *s) {
+    if (!s->n) return;
+    cav_model *m = s->e.m;
+    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    /* rows past n hold the previous batch's inputs: zero them so the unused rows compute on finite values */
+    memset(m->in.audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
+    memset(m->in.video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
+    cav_embedder_run(&s->e, s->n, s->ea, s->ev);
+    int D = m->D;
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_err err = {0, ""};
+    for (int i = 0; i < s->n; i++) {
+        cav_record_clear(&rec);
+        int64_t sd[1] = {D}, sa[2] = {m->La, D}, sv[2] = {m->Lv, D};
+        if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, "emb_a", CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
+            !cav_record_put(&rec, "emb_v", CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
+            (s->tokens && (!cav_record_put(&rec, "feat_a", CAV_F32, 2, sa, m->feat_a + (size_t)i * m->La * D) ||
+                           !cav_record_put(&rec, "feat_v", CAV_F32, 2, sv, m->feat_v + (size_t)i * m->Lv * D))))
+            cav_die(CAV_EXIT_INTERNAL, "out of memory");
+        if (cav_writer_put(s->w, &rec, &err)) {
+            cav_writer_abort(s->w);
+            cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+        }
+        free(s->ids[i]);
+        s->ids[i] = NULL;
+        s->written++;
+    }
+    cav_record_clear(&rec);
+    s->n = 0;
+}
+
+int main(int argc, char **argv) {
+    cav_set_tool("cav-embed");
+    cav_blas_fit_cpu("cav-embed", argv);
+    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"model-type", 1, 0, O_TYPE}, {"arch", 1, 0, O_ARCH},
+                                         {"set", 1, 0, O_SET}, {"out", 1, 0, 'o'}, {"batch-size", 1, 0, 'b'},
+                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, CAV_STD_OPTIONS,
+                                         {0, 0, 0, 0}};
+    cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
+    const char **keys = calloc((size_t)argc + 1, sizeof *keys), **vals = calloc((size_t)argc + 1, sizeof *vals);
+    const char *out = "-";
+    int tokens = 0, frame = -1, c;
+    if (!keys || !vals) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    while ((c = getopt_long(argc, argv, "m:o:b:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': eo.path = optarg; break;
+        case O_TYPE:
+            if (!strcmp(optarg, "pretrain")) eo.type = CAV_EMBED_PRETRAIN;
+            else if (!strcmp(optarg, "finetune")) eo.type = CAV_EMBED_FINETUNE;
+            else cav_usage_error("--model-type: pretrain or finetune, not '%s'", optarg);
+            break;
+        case O_ARCH:
+            if (strcmp(optarg, "tiny") && strcmp(optarg, "base")) cav_usage_error("--arch: base or tiny, not '%s'", optarg);
+            eo.arch = optarg;
+            break;
+        case O_SET: {
+            char *eq = strchr(optarg, '=');
+            if (!eq) cav_usage_error("--set wants KEY=VALUE, not '%s'", optarg);
+            *eq = 0;
+            keys[eo.nset] = optarg, vals[eo.nset++] = eq + 1;
+            break;
+        }
+        case 'o': out = optarg; break;
+        case 'b': eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16); break;
+        case O_TOKENS: tokens = 1; break;
+        case O_FRAME: frame = (int)cav_parse_int("frame", optarg, 0, 1000); break;
+        default: cav_std_option(c, usage); cav_usage_error("unexpected option");
+        }
+    }
+    if (!eo.path) cav_usage_error("--model CKPT is required");
+    eo.set_keys = keys, eo.set_vals = vals;
+    char *stdin_only[] = {"-"};
+    char **inputs = optind < argc ? argv + optind : stdin_only;
+    int ninputs = optind < argc ? argc - optind : 1, nstdin = 0;
+    for (int i = 0; i < ninputs; i++) nstdin += !strcmp(inputs[i], "-");
+    if (nstdin > 1) cav_usage_error("stdin ('-') can be read only once");
+
+    state s = {0};
+    cav_err err = {0, ""};
+    if (cav_embedder_open(&s.e, &eo, &err)) {
+        if (err.code == CAV_EXIT_USAGE) cav_usage_error("%s", err.msg);
+        cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+    }
+    cav_model *m = s.e.m;
+    cav_msg("%s: %s model (config from %s), %d tensors loaded; embed_dim %d, %d audio and %d visual tokens", eo.path,
+            s.e.type == CAV_EMBED_FINETUNE ? "fine-tuned" : "pretraining",
+            s.e.config_from_file ? "the file" : "the command line", s.e.nparams_loaded, m->D, m->La, m->Lv);
+    cav_model_describe(m, stderr);
+    s.tokens = tokens, s.B = eo.batch;
+    s.ids = calloc((size_t)s.B, sizeof *s.ids);
+    s.ea = malloc((size_t)s.B * m->D * sizeof(float)), s.ev = malloc((size_t)s.B * m->D * sizeof(float));
+    if (!s.ids || !s.ea || !s.ev) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+
+    cav_loader_opts lo;
+    cav_loader_opts_default(&lo, 0);
+    lo.target_length = m->cfg.audio_length, lo.mel_bins = m->cfg.mel_bins, lo.img_size = m->cfg.img_size;
+    lo.frame = frame; /* -1: the evaluation frame, 5 */
+    lo.label_dim = 0;
+
+    /* Open every input first, so a missing file fails before any work and the progress line has a total. */
+    cav_reader **rds = calloc((size_t)ninputs, sizeof *rds);
+    if (!rds) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    int64_t total = 0;
+    for (int i = 0; i < ninputs; i++) {
+        if (!(rds[i] = cav_reader_open(inputs[i], &err))) cav_die(err.code ? err.code : CAV_EXIT_INPUT, "%s", err.msg);
+        struct cav_shard *sh = cav_reader_shard(rds[i]);
+        total = total >= 0 && sh ? total + cav_shard_rows(sh) : -1;
+    }
+    cav_attrs attrs;
+    cav_attrs_init(&attrs);
+    char dim[32];
+    snprintf(dim, sizeof dim, "%d", m->D);
+    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, "model", eo.path) ||
+        cav_attrs_set(&attrs, "embedding", "forward_feat, mean over all tokens, L2-normalised") ||
+        cav_attrs_set(&attrs, "embed_dim", dim))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    if (!(s.w = cav_writer_open(out, cav_format_for_path(out), &attrs, &err)))
+        cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+    cav_attrs_clear(&attrs);
+
+    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    int64_t bad = 0, seen = 0;
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_progress *prog = cav_progress_start("clips", total > 0 ? total : 0);
+    for (int i = 0; i < ninputs; i++) {
+        cav_reader *rd = rds[i];
+        int shard = cav_reader_format(rd) == CAV_FMT_SHARD, r;
+        while ((r = cav_reader_next(rd, &rec, &err)) != 0) {
+            int64_t idx = cav_reader_index(rd);
+            seen++;
+            cav_progress_add(prog, 1);
+            if (r < 0) {
+                if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s", err.msg);
+                cav_msg("%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
+                bad++;
+                if (!shard) break; /* a stream cannot be resynchronised after a bad frame */
+                continue;
+            }
+            if (cav_loader_sample(&lo, &rec, 1, seen - 1, m->in.audio + (size_t)s.n * A, m->in.video + (size_t)s.n * V,
+                                  NULL, &err)) {
+                if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
+                cav_msg("%s: record %lld: %s; skipped", inputs[i], (long long)idx, err.msg);
+                bad++;
+                continue;
+            }
+            if (!(s.ids[s.n++] = strdup(rec.id ? rec.id : ""))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+            if (s.n == s.B) flush(&s);
+        }
+        cav_reader_close(rd);
+    }
+    flush(&s);
+    cav_progress_end(prog);
+    cav_record_clear(&rec);
+    if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+    cav_msg("%lld clips embedded", (long long)s.written);
+    cav_embedder_close(&s.e);
+    free(s.ids), free(s.ea), free(s.ev), free(rds), free(keys), free(vals);
+    if (bad) {
+        cav_msg("%lld bad record%s skipped", (long long)bad, bad > 1 ? "s" : "");
+        return CAV_EXIT_INPUT;
+    }
+    return CAV_EXIT_OK;
+}
