@@ -23,6 +23,7 @@
 #include "pth.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "trainio.h"
 
 void cav_pretrain_opts_default(cav_pretrain_opts *o) {
     memset(o, 0, sizeof *o);
@@ -265,20 +266,6 @@ static void run_groups(trainer *t, const cav_batch *b, int train, uint64_t key_e
     }
 }
 
-static int all_finite(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
-static int write_file(const char *path, const char *text, cav_err *err) {
-    FILE *f = fopen(path, "w");
-    if (!f) return cav_fail(err, 3, "%s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f)) return cav_fail(err, 3, "%s: write failed", path);
-    return 0;
-}
-
 static char *config_json(const cav_config *c) {
     char *s = malloc(1024);
     if (!s) return NULL;
@@ -297,41 +284,6 @@ static char *config_json(const cav_config *c) {
     return s;
 }
 
-/* The model's parameters (and, for checkpoints, Adam's moments) as safetensors entries. */
-static cav_st_entry *param_entries(cav_model *m, const float *base, const char *prefix, char ***names) {
-    cav_st_entry *e = calloc((size_t)m->ntable, sizeof *e);
-    *names = calloc((size_t)m->ntable, sizeof **names);
-    if (!e || !*names) return free(e), NULL;
-    for (int i = 0; i < m->ntable; i++) {
-        cav_param *p = &m->table[i];
-        size_t n = strlen(prefix) + strlen(p->name) + 1;
-        (*names)[i] = malloc(n);
-        snprintf((*names)[i], n, "%s%s", prefix, p->name);
-        e[i].name = (*names)[i];
-        e[i].dtype = CAV_F32;
-        e[i].ndim = p->ndim;
-        memcpy(e[i].shape, p->shape, sizeof p->shape);
-        e[i].data = base + p->offset;
-    }
-    return e;
-}
-
-static void free_names(char **names, int n) {
-    for (int i = 0; names && i < n; i++) free(names[i]);
-    free(names);
-}
-
-static int save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err) {
-    char **names;
-    cav_st_entry *e = param_entries(m, m->params, "", &names);
-    if (!e) return cav_fail(err, 3, "out of memory");
-    const char *k[] = {"format", "config"}, *v[] = {"cav-mae/1", cfgjson};
-    int rc = cav_st_write(path, e, m->ntable, k, v, 2, err);
-    free(e);
-    free_names(names, m->ntable);
-    return rc;
-}
-
 typedef struct {
     int epoch;        /* epoch to run next (1-indexed) */
     int64_t batch;    /* batch within it */
@@ -343,18 +295,7 @@ typedef struct {
 
 static int save_checkpoint(trainer *t, const position *pos, const char *cfgjson, cav_err *err) {
     cav_model *m = t->m;
-    char **n1, **n2, **n3;
-    cav_st_entry *pe = param_entries(m, m->params, "", &n1), *me = param_entries(m, m->adam_m, "m.", &n2),
-                 *ve = param_entries(m, m->adam_v, "v.", &n3);
-    cav_st_entry *oe = calloc((size_t)m->ntable * 2, sizeof *oe);
-    int rc = -1;
     char state[2048];
-    if (!pe || !me || !ve || !oe) {
-        cav_fail(err, 3, "out of memory");
-        goto out;
-    }
-    memcpy(oe, me, (size_t)m->ntable * sizeof *oe);
-    memcpy(oe + m->ntable, ve, (size_t)m->ntable * sizeof *oe);
     snprintf(state, sizeof state,
              "{\"epoch\":%d,\"batch\":%lld,\"step\":%lld,\"adam_t\":%d,\"seed\":%llu,"
              "\"train_mae_a\":%.17g,\"train_mae_v\":%.17g,\"train_c\":%.17g,\"train_total\":%.17g,"
@@ -362,38 +303,13 @@ static int save_checkpoint(trainer *t, const position *pos, const char *cfgjson,
              pos->epoch, (long long)pos->batch, (long long)pos->step, m->adam_t, (unsigned long long)t->o->seed,
              pos->train.mae_a, pos->train.mae_v, pos->train.c, pos->train.total, pos->train.acc,
              (long long)pos->train.n, isfinite(pos->best_eval) ? pos->best_eval : 1e308, pos->best_epoch);
-    cav_ckpt c = {pe, m->ntable, oe, 2 * m->ntable, cfgjson, state};
-    rc = cav_ckpt_save(t->o->out_dir, pos->epoch, pos->step, &c, t->o->keep, err);
-out:
-    free(pe), free(me), free(ve), free(oe);
-    free_names(n1, m->ntable), free_names(n2, m->ntable), free_names(n3, m->ntable);
-    return rc;
+    return cav_train_save_checkpoint(m, t->o->out_dir, pos->epoch, pos->step, cfgjson, state, t->o->keep, err);
 }
 
 static int load_checkpoint(trainer *t, const char *dir, position *pos, cav_err *err) {
     cav_model *m = t->m;
-    char p[4200];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    if (cav_load_params(m, p, 0, 0, NULL, err)) return -1;
-    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
-    cav_safetensors st;
-    if (cav_st_open(&st, p, err)) return -1;
-    int rc = 0;
-    for (int i = 0; i < m->ntable && !rc; i++) {
-        char name[96];
-        for (int k = 0; k < 2 && !rc; k++) {
-            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', m->table[i].name);
-            const cav_st_tensor *x = cav_st_find(&st, name);
-            if (!x) rc = cav_fail(err, 2, "%s: %s missing", p, name);
-            else rc = cav_st_copy_f32(&st, x, (k ? m->adam_v : m->adam_m) + m->table[i].offset, m->table[i].numel, err);
-        }
-    }
-    cav_st_close(&st);
-    if (rc) return rc;
-    snprintf(p, sizeof p, "%s/state.json", dir);
-    char jerr[512];
-    cav_json *j = cav_json_load(p, jerr, sizeof jerr);
-    if (!j) return cav_fail(err, 2, "%s", jerr);
+    cav_json *j = cav_train_load_checkpoint(m, dir, err);
+    if (!j) return -1;
     pos->epoch = (int)cav_json_get_number(j, "epoch", 1);
     pos->batch = (int64_t)cav_json_get_number(j, "batch", 0);
     pos->step = (int64_t)cav_json_get_number(j, "step", 0);
@@ -409,7 +325,7 @@ static int load_checkpoint(trainer *t, const char *dir, position *pos, cav_err *
     uint64_t seed = (uint64_t)cav_json_get_number(j, "seed", 0);
     cav_json_free(j);
     if (seed != t->o->seed)
-        return cav_fail(err, 1, "%s: the run used --seed %llu; resume with the same seed", p, (unsigned long long)seed);
+        return cav_fail(err, 1, "%s: the run used --seed %llu; resume with the same seed", dir, (unsigned long long)seed);
     return 0;
 }
 
@@ -546,7 +462,7 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
         }
         if (d->rank == 0 && o->args_json) {
             snprintf(path, sizeof path, "%s/args.json", o->out_dir);
-            if (write_file(path, o->args_json, err)) goto done;
+            if (cav_train_write_file(path, o->args_json, err)) goto done;
         }
     }
     if (d->rank == 0) {
@@ -581,7 +497,7 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
                 memcpy(m->grads, t.acc, m->nparams * sizeof *t.acc);
             }
             cav_dist_sum_f64(d, out, 5);
-            int bad = !isfinite(out[0]) || !all_finite(m->grads, m->nparams);
+            int bad = !isfinite(out[0]) || !cav_train_all_finite(m->grads, m->nparams);
             if (cav_dist_max_int(d, bad)) {
                 char last[4096] = "none";
                 cav_ckpt_latest(o->out_dir, last, sizeof last, NULL);
@@ -653,12 +569,12 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
             snprintf(path, sizeof path, "%s/models", o->out_dir);
             if (cav_mkdirs(path, err)) goto done;
             snprintf(path, sizeof path, "%s/models/audio_model.%d.safetensors", o->out_dir, pos.epoch);
-            if (save_model(m, path, cfgjson, err)) goto done;
+            if (cav_train_save_model(m, path, cfgjson, err)) goto done;
             if (ev && evr[0] < pos.best_eval) {
                 pos.best_eval = evr[0];
                 pos.best_epoch = pos.epoch;
                 snprintf(path, sizeof path, "%s/models/best_audio_model.safetensors", o->out_dir);
-                if (save_model(m, path, cfgjson, err)) goto done;
+                if (cav_train_save_model(m, path, cfgjson, err)) goto done;
             }
         }
         position next = pos;

@@ -1,0 +1,109 @@
+/* trainio.c: see trainio.h. */
+#include "trainio.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "pretrain.h"
+#include "safetensors.h"
+
+/* The model's parameters (or Adam's moments, from another base buffer) as safetensors entries. */
+static cav_st_entry *param_entries(cav_model *m, const float *base, const char *prefix, char ***names) {
+    cav_st_entry *e = calloc((size_t)m->ntable, sizeof *e);
+    *names = calloc((size_t)m->ntable, sizeof **names);
+    if (!e || !*names) return free(e), NULL;
+    for (int i = 0; i < m->ntable; i++) {
+        cav_param *p = &m->table[i];
+        size_t n = strlen(prefix) + strlen(p->name) + 1;
+        (*names)[i] = malloc(n);
+        if (!(*names)[i]) return free(e), NULL;
+        snprintf((*names)[i], n, "%s%s", prefix, p->name);
+        e[i].name = (*names)[i];
+        e[i].dtype = CAV_F32;
+        e[i].ndim = p->ndim;
+        memcpy(e[i].shape, p->shape, sizeof p->shape);
+        e[i].data = base + p->offset;
+    }
+    return e;
+}
+
+static void free_names(char **names, int n) {
+    for (int i = 0; names && i < n; i++) free(names[i]);
+    free(names);
+}
+
+int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err) {
+    char **names = NULL;
+    cav_st_entry *e = param_entries(m, m->params, "", &names);
+    if (!e) return free_names(names, m->ntable), cav_fail(err, 3, "out of memory");
+    const char *k[] = {"format", "config"}, *v[] = {"cav-mae/1", cfgjson};
+    int rc = cav_st_write(path, e, m->ntable, k, v, 2, err);
+    free(e);
+    free_names(names, m->ntable);
+    return rc;
+}
+
+int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step, const char *cfgjson,
+                              const char *state_json, int keep, cav_err *err) {
+    char **n1 = NULL, **n2 = NULL, **n3 = NULL;
+    cav_st_entry *pe = param_entries(m, m->params, "", &n1), *me = param_entries(m, m->adam_m, "m.", &n2),
+                 *ve = param_entries(m, m->adam_v, "v.", &n3);
+    cav_st_entry *oe = calloc((size_t)m->ntable * 2, sizeof *oe);
+    int rc = -1;
+    if (!pe || !me || !ve || !oe) {
+        cav_fail(err, 3, "out of memory");
+        goto out;
+    }
+    memcpy(oe, me, (size_t)m->ntable * sizeof *oe);
+    memcpy(oe + m->ntable, ve, (size_t)m->ntable * sizeof *oe);
+    cav_ckpt c = {pe, m->ntable, oe, 2 * m->ntable, cfgjson, state_json};
+    rc = cav_ckpt_save(run_dir, epoch, step, &c, keep, err);
+out:
+    free(pe), free(me), free(ve), free(oe);
+    free_names(n1, m->ntable), free_names(n2, m->ntable), free_names(n3, m->ntable);
+    return rc;
+}
+
+cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    if (cav_load_params(m, p, 0, 0, NULL, err)) return NULL;
+    snprintf(p, sizeof p, "%s/optim.safetensors", dir);
+    cav_safetensors st;
+    if (cav_st_open(&st, p, err)) return NULL;
+    int rc = 0;
+    for (int i = 0; i < m->ntable && !rc; i++) {
+        char name[96];
+        for (int k = 0; k < 2 && !rc; k++) {
+            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', m->table[i].name);
+            const cav_st_tensor *x = cav_st_find(&st, name);
+            if (!x) rc = cav_fail(err, 2, "%s: %s missing", p, name);
+            else rc = cav_st_copy_f32(&st, x, (k ? m->adam_v : m->adam_m) + m->table[i].offset, m->table[i].numel, err);
+        }
+    }
+    cav_st_close(&st);
+    if (rc) return NULL;
+    snprintf(p, sizeof p, "%s/state.json", dir);
+    char jerr[512];
+    cav_json *j = cav_json_load(p, jerr, sizeof jerr);
+    if (!j) cav_fail(err, 2, "%s", jerr);
+    return j;
+}
+
+int cav_train_write_file(const char *path, const char *text, cav_err *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return cav_fail(err, 3, "%s: %s", path, strerror(errno));
+    fputs(text, f);
+    if (fclose(f)) return cav_fail(err, 3, "%s: write failed", path);
+    return 0;
+}
+
+int cav_train_all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}

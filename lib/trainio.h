@@ -1,0 +1,25 @@
+/* trainio.h: the files a training tool writes and reads back, shared by cav-pretrain and cav-finetune:
+ * a model as safetensors (reference names, config JSON as metadata), a checkpoint of the parameters and
+ * Adam moments with the trainer's own state.json (through lib/checkpoint's crash-safe directories), the
+ * restore of such a checkpoint into a model, and small helpers (a text file, a finiteness check). */
+#ifndef CAV_TRAINIO_H
+#define CAV_TRAINIO_H
+
+#include <stddef.h>
+
+#include "json.h"
+#include "model.h"
+
+/* The model's parameters to path; 0 ok, -1 with err. */
+int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err);
+/* RUN/checkpoints/e<epoch>-s<step> with model.safetensors, optim.safetensors (m.<name>, v.<name>) and
+ * state_json as state.json; keeps the newest `keep` (0: all). 0 ok, -1 with err. */
+int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step, const char *cfgjson,
+                              const char *state_json, int keep, cav_err *err);
+/* Parameters and Adam moments (allocated by the caller) from checkpoint directory dir; returns its
+ * state.json parsed (the caller frees it), or NULL with err. */
+cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err);
+int cav_train_write_file(const char *path, const char *text, cav_err *err);
+int cav_train_all_finite(const float *x, size_t n);
+
+#endif
