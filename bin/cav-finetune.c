@@ -45,7 +45,7 @@ static const char usage[] =
     "Data transforms (defaults are the reference's fine-tuning ones):\n"
     "      --no-noise --no-roll   disable the audio noise / time roll\n"
     "      --freqm N --timem N    SpecAugment widths (default 48, 192)\n"
-    "      --frame N              use this frame instead of a random one (training) and frame 5 (eval)\n"
+    "      --frame N              use frame N in training and evaluation (default: random, and 5)\n"
     "      --norm-mean X --norm-std X  fbank normalisation (default -5.081, 4.4849)\n"
     "      --loader-threads N     decoding threads (default 2); --prefetch N batches ahead (default 2)\n"
     "Checkpoints and logs:\n"
