@@ -30,10 +30,13 @@ cav_specaug cav_specaug_draw(cav_rng *r, int T, int F, int freqm, int timem) {
 }
 
 void cav_specaug_apply(float *fb, int T, int F, cav_specaug m) {
+    /* A mask wider than the axis (e.g. timem 192 on a short input) draws a negative start; torchaudio's
+     * mask (arange >= start) & (arange < end) then covers 0..end-1, so the start is clipped at 0. */
     int f1 = m.f0 + m.fw > F ? F : m.f0 + m.fw, t1 = m.t0 + m.tw > T ? T : m.t0 + m.tw;
+    int f0 = m.f0 < 0 ? 0 : m.f0, t0 = m.t0 < 0 ? 0 : m.t0;
     for (int t = 0; t < T; t++)
-        for (int f = m.f0; f < f1; f++) fb[(size_t)t * F + f] = 0.0f;
-    for (int t = m.t0; t < t1; t++) memset(fb + (size_t)t * F, 0, (size_t)F * sizeof *fb);
+        for (int f = f0; f < f1; f++) fb[(size_t)t * F + f] = 0.0f;
+    for (int t = t0; t < t1; t++) memset(fb + (size_t)t * F, 0, (size_t)F * sizeof *fb);
 }
 
 void cav_fbank_normalize(float *x, int64_t n, float mean, float std) {

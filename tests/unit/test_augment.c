@@ -98,8 +98,32 @@ static void draws_stay_in_range(void) {
     CHECK(none.fw == 0 && none.tw == 0);
 }
 
+/* A mask wider than the axis (timem 192 on 64 frames) draws a negative start; torchaudio then masks
+ * [0, start + width), and nothing outside the buffer is touched (ASan build). */
+static void mask_wider_than_axis(void) {
+    enum { T = 64, F = 8 };
+    float fb[T * F];
+    cav_rng r;
+    cav_rng_seed(&r, 3, CAV_RNG_SPECAUG, 0, 0);
+    int seen_neg = 0;
+    for (int i = 0; i < 200; i++) {
+        cav_specaug s = cav_specaug_draw(&r, T, F, 48, 192);
+        for (int k = 0; k < T * F; k++) fb[k] = 1.0f;
+        cav_specaug_apply(fb, T, F, s);
+        seen_neg |= s.t0 < 0 || s.f0 < 0;
+        for (int t = 0; t < T; t++)
+            for (int f = 0; f < F; f++) {
+                int masked = (f >= s.f0 && f < s.f0 + s.fw) || (t >= s.t0 && t < s.t0 + s.tw);
+                CHECK(fb[t * F + f] == (masked ? 0.0f : 1.0f));
+                if (harness_cur_failed) return;
+            }
+    }
+    CHECK(seen_neg);
+}
+
 int main(void) {
     TEST(audio_transforms_match_torch);
+    TEST(mask_wider_than_axis);
     TEST(image_normalize_matches_torchvision);
     TEST(draws_stay_in_range);
     return harness_exit();
