@@ -5,6 +5,7 @@ to an uninterrupted run; one training step's loss equals the PyTorch reference C
 same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5; non-zero mixup is refused."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,5 +152,45 @@ with torch.no_grad():
 ok = len(c_loss) == 1 and abs(c_loss[0] - t_loss) <= 1e-5 * abs(t_loss)
 print("  one step: C %s, PyTorch %.9g" % (c_loss, t_loss))
 report("one_step_loss_equals_pytorch", ok, r.stderr[-800:])
+
+# Two MPI ranks against one process on the same global batch, 2 steps: each rank's mean loss and gradients
+# weighted by its half of the batch and summed are the whole batch's. The step losses within rel 1e-5, the
+# parameters within 1e-5 in relative L2 norm; the attention key biases are left out (softmax is blind to
+# them: their true gradient is 0 and Adam turns the rounding noise into steps of about lr, as in
+# test_pretrain.py). Adam alone is blind to a common gradient scale; the coupled weight decay is not.
+mpirun = shutil.which("mpirun")
+if not mpirun:
+    report("mpi_two_ranks_equal_one_process", False, "mpirun not found (Debian openmpi-bin)")
+else:
+    base = ["--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3", "--head-lr", "10", "-e", "1",
+            "--weight-decay", "0.05",  # coupled L2 makes Adam see a wrong gradient scale
+            "--max-steps", "2", "--loader-threads", "1"] + MICRO + [train]
+    one, two = os.path.join(TMP, "mpi_one"), os.path.join(TMP, "mpi_two")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    r1 = subprocess.run([BIN + "/cav-finetune", "-o", one] + base, capture_output=True, text=True, env=env)
+    r2 = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-finetune", "-o",
+                         two] + base, capture_output=True, text=True, env=env)
+    if r1.returncode or r2.returncode:
+        report("mpi_two_ranks_equal_one_process", False, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-800:])
+    else:
+        def newest(run):
+            d = os.path.join(run, "checkpoints")
+            return st_io.load(os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1],
+                                           "model.safetensors"))[0]
+        la = [x["loss"] for x in jsonl(os.path.join(one, "metrics.jsonl"))]
+        lb = [x["loss"] for x in jsonl(os.path.join(two, "metrics.jsonl"))]
+        a, b = newest(one), newest(two)
+        num = den = 0.0
+        for k in a:
+            x, y = a[k].double().flatten(), b[k].double().flatten()
+            if k.endswith("attn.qkv.bias"):
+                c = x.shape[0] // 3
+                x, y = torch.cat([x[:c], x[2 * c:]]), torch.cat([y[:c], y[2 * c:]])
+            num += float(((x - y) ** 2).sum())
+            den += float((x ** 2).sum())
+        rel = (num / den) ** 0.5
+        print("  losses one %s, two ranks %s; parameters rel L2 %.3g" % (la, lb, rel))
+        ok = len(la) == 2 and len(lb) == 2 and all(abs(p - q) <= 1e-5 * abs(p) for p, q in zip(la, lb)) and rel <= 1e-5
+        report("mpi_two_ranks_equal_one_process", ok, "")
 
 sys.exit(1 if fails else 0)
