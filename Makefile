@@ -4,6 +4,7 @@
 #   make              build everything          make check       unit tests (+ASan/UBSan) and tool tests
 #   make refs         regenerate golden data    make check-long  the long runs
 #   make bench        benchmarks                make check-cuda  CUDA parity tests (needs a GPU)
+#   make demo         a small real dataset, pretraining and retrieval end to end (minutes, CPU)
 #   make install PREFIX=/usr/local              make clean
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -100,7 +101,7 @@ REL := $(BUILD)/rel
 ASAN := $(BUILD)/asan
 PLUGIN := $(BUILD)/plugin/libcav_h5zstd.so
 
-.PHONY: all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz
+.PHONY: demo all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz
 all: tools $(if $(wildcard lib/h5zstd_plugin.c),$(PLUGIN))
 tools: $(TOOLS:%=$(BUILD)/bin/%)
 config: $(BUILD)/config.mk
@@ -188,6 +189,11 @@ bench: all refs $(BENCH_PROGS) | $(BUILD)/.check-deps
 	@$(call ensure_debs,$(BENCH_DEBS))
 	@for b in $(sort $(wildcard tests/bench/bench_*.sh tests/bench/bench_*.py)); do \
 	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) /usr/bin/python3 $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
+
+# The README's demo: a small real dataset built here, pretraining and retrieval through the tools.
+demo: all
+	PATH="$(abspath $(BUILD)/bin):$$PATH" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
+	  OMP_WAIT_POLICY=passive pipelines/demo.sh $(BUILD)/demo
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
