@@ -5,12 +5,12 @@
 # losses and contrastive accuracy per epoch), then embeds the held-out clips with cav-embed and scores
 # audio<->visual retrieval with cav-recall.
 # Usage: pipelines/demo.sh [OUTDIR]   (default build/demo; rerunning reuses what is there)
-# Environment: N_TRAIN=360 N_TEST=60 EPOCHS=4 SEED=1, and the tools on PATH (make demo sets it).
+# Environment: N_TRAIN=600 N_TEST=100 EPOCHS=6 SEED=1, and the tools on PATH (make demo sets it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 OUT=${1:-$ROOT/build/demo}
-export N_TRAIN=${N_TRAIN:-360} N_TEST=${N_TEST:-60} EPOCHS=${EPOCHS:-4} SEED=${SEED:-1}
+export N_TRAIN=${N_TRAIN:-600} N_TEST=${N_TEST:-100} EPOCHS=${EPOCHS:-6} SEED=${SEED:-1}
 export DATA=$OUT/av-digits CACHE=${CACHE:-$ROOT/build/cache/av-digits} VARIANTS=cav-mae
 t0=$(date +%s)
 "$HERE/av-digits/pretrain.sh" "$OUT/run"
