@@ -17,9 +17,10 @@
 
 /* OpenBLAS core names (openblas_get_corename) older than AVX2: x86-64 fallbacks and pre-Haswell models. */
 static int core_is_old(const char *core) {
-    static const char *old[] = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom",
-                                "sandybridge", "katmai", "coppermine", "northwood", "banias", "unknown",
-                                "opteron", "barcelona", "bobcat", "athlon", "opteron_sse3"};
+    static const char *old[] = {"prescott", "core2",       "penryn",  "dunnington", "nehalem",
+                                "atom",     "sandybridge", "katmai",  "coppermine", "northwood",
+                                "banias",   "unknown",     "opteron", "barcelona",  "bobcat",
+                                "athlon",   "opteron_sse3"};
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
         if (!strcasecmp(core, old[i])) return 1;
     return 0;
@@ -30,9 +31,11 @@ void cav_blas_fit_cpu(const char *tool, char **argv) {
     if (from) { /* this is the re-executed program; under mpirun only the first rank says so */
         const char *rank = getenv("OMPI_COMM_WORLD_RANK");
         if (!rank || !strcmp(rank, "0"))
-            fprintf(stderr, "%s: OpenBLAS chose its %s kernels on a CPU with wider vector instructions (a hidden CPU model, "
-                        "as on many virtual machines); using OPENBLAS_CORETYPE=%s (set it yourself to choose)\n",
-                tool, from, getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "?");
+            fprintf(stderr,
+                    "%s: OpenBLAS chose its %s kernels on a CPU with wider vector instructions (a hidden CPU "
+                    "model, "
+                    "as on many virtual machines); using OPENBLAS_CORETYPE=%s (set it yourself to choose)\n",
+                    tool, from, getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "?");
         unsetenv("CAV_BLAS_REEXEC");
         return;
     }

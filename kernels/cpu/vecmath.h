@@ -26,8 +26,11 @@ static inline __attribute__((always_inline)) float cav_exp_neg(float x) {
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float z = r * r;
-    float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
-               1.6666665459e-1f) * r + 5.0000001201e-1f;
+    float p =
+        ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+         1.6666665459e-1f) *
+            r +
+        5.0000001201e-1f;
     p = p * z + r + 1.0f;
     uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;

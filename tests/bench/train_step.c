@@ -29,11 +29,13 @@ static void fill(float *x, size_t n, uint64_t *s) {
 static int bench_sgemm(void) {
     /* (M, N, K): the base model's largest per-step GEMMs (decoder fc1 at batch 4, encoder fc1, qkv) and a
      * square one; peak = the best rate over them */
-    static const int shapes[][3] = {{2832, 2048, 512}, {512, 3072, 768}, {512, 2304, 768}, {2048, 2048, 2048}};
+    static const int shapes[][3] = {
+        {2832, 2048, 512}, {512, 3072, 768}, {512, 2304, 768}, {2048, 2048, 2048}};
     double best = 0;
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         int M = shapes[k][0], N = shapes[k][1], K = shapes[k][2];
-        float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
+        float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N),
+              *c = malloc(sizeof(float) * M * N);
         uint64_t s = 1;
         fill(a, (size_t)M * K, &s);
         fill(b, (size_t)K * N, &s);
@@ -64,7 +66,8 @@ static double step_flops(const cav_model *m) {
     int msd = c->modality_specific_depth, joint = c->depth - msd;
     double f = 2 * (m->La_full * 256.0 + m->Lv_full * 768.0) * D; /* patch embeddings */
     f += msd * (block_flops(La, D, m->hidden) + block_flops(Lv, D, m->hidden));
-    f += joint * (block_flops(La + Lv, D, m->hidden) + block_flops(La, D, m->hidden) + block_flops(Lv, D, m->hidden));
+    f += joint *
+         (block_flops(La + Lv, D, m->hidden) + block_flops(La, D, m->hidden) + block_flops(Lv, D, m->hidden));
     f += 2 * (La + Lv) * D * Dd + c->decoder_depth * block_flops(N, Dd, m->dhidden);
     f += 2 * (m->La_full * 256.0 + m->Lv_full * 768.0) * Dd; /* prediction heads */
     return 3 * f;
