@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "dist.h"
 #include "finetune.h"
+#include "trainio.h"
 #include "json.h"
 
 static const char usage[] =
@@ -62,12 +63,6 @@ enum {
     O_LDS, O_LDST, O_LD, O_WARM, O_WD, O_B1, O_B2, O_SMOOTH, O_MIXUP, O_METRIC, O_NONOISE, O_NOROLL, O_FREQM,
     O_TIMEM, O_FRAME, O_NMEAN, O_NSTD, O_LTHREADS, O_PREFETCH, O_SAVE, O_KEEP, O_LOG, O_MAXSTEPS,
 };
-
-static void set_knob(cav_config *c, const char *key, const char *val) {
-    int r = cav_config_set(c, key, val);
-    if (r == -2) cav_usage_error("unknown model knob '%s'", key);
-    if (r) cav_usage_error("bad value '%s' for %s", val, key);
-}
 
 typedef struct {
     const char *key;
@@ -162,12 +157,8 @@ int main(int argc, char **argv) {
         default: cav_std_option(c, usage); cav_usage_error("unexpected option");
         }
     }
-    if (!strcmp(model, "tiny")) {
-        static const char *const tiny[][2] = {{"embed_dim", "192"}, {"num_heads", "3"}, {"depth", "5"},
-                                              {"modality_specific_depth", "4"}};
-        for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) set_knob(&o.cfg, tiny[i][0], tiny[i][1]);
-    }
-    for (int i = 0; i < nknobs; i++) set_knob(&o.cfg, knobs[i].key, knobs[i].val);
+    if (cav_config_size(&o.cfg, model)) cav_usage_error("--model: base or tiny, not '%s'", model);
+    for (int i = 0; i < nknobs; i++) cav_train_set_knob(&o.cfg, knobs[i].key, knobs[i].val);
     o.metric_acc = metric >= 0 ? metric : o.cfg.loss_ce;
     for (int i = optind; i < argc; i++) train[ntrain++] = argv[i];
     if (!o.out_dir) cav_usage_error("--out DIR is required");

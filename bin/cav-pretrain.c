@@ -11,6 +11,7 @@
 #include "dist.h"
 #include "json.h"
 #include "pretrain.h"
+#include "trainio.h"
 
 static const char usage[] =
     "Usage: cav-pretrain [OPTION]... --out DIR TRAIN.h5...\n"
@@ -75,12 +76,6 @@ enum {
     O_NONOISE, O_NOROLL, O_FREQM, O_TIMEM, O_FRAME, O_NMEAN, O_NSTD, O_LTHREADS, O_PREFETCH, O_SAVE, O_KEEP,
     O_LOG, O_MAXSTEPS, O_CHECK, O_LOADER_ONLY,
 };
-
-static void set_knob(cav_config *c, const char *key, const char *val) {
-    int r = cav_config_set(c, key, val);
-    if (r == -2) cav_usage_error("unknown model knob '%s'", key);
-    if (r) cav_usage_error("bad value '%s' for %s", val, key);
-}
 
 /* Model knobs are applied after --model and --variant, whatever their order on the command line, so that
  * "--variant cav-mae --contrast-weight 0.1" and "--contrast-weight 0.1 --variant cav-mae" mean the same. */
@@ -204,15 +199,10 @@ int main(int argc, char **argv) {
         cav_dist_finalize(&d);
         return worst;
     }
-    if (!strcmp(model, "tiny")) {
-        static const char *const tiny[][2] = {{"embed_dim", "192"}, {"num_heads", "3"}, {"depth", "5"},
-                                              {"modality_specific_depth", "4"}, {"decoder_embed_dim", "128"},
-                                              {"decoder_depth", "2"}, {"decoder_num_heads", "4"}};
-        for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) set_knob(&o.cfg, tiny[i][0], tiny[i][1]);
-    }
+    if (cav_config_size(&o.cfg, model)) cav_usage_error("--model: base or tiny, not '%s'", model);
     if (variant && cav_config_variant(&o.cfg, variant))
         cav_usage_error("--variant: cav-mae, av-mae, vanilla-av-mae, cav, audio-mae or visual-mae, not '%s'", variant);
-    for (int i = 0; i < nknobs; i++) set_knob(&o.cfg, knobs[i].key, knobs[i].val);
+    for (int i = 0; i < nknobs; i++) cav_train_set_knob(&o.cfg, knobs[i].key, knobs[i].val);
     for (int i = optind; i < argc; i++) train[ntrain++] = argv[i];
     if (!o.out_dir && !o.loader_only) cav_usage_error("--out DIR is required");
     if (!ntrain) cav_usage_error("no training shards");

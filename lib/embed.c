@@ -15,18 +15,6 @@ static const char *strip_module(const char *name) { return strncmp(name, "module
 
 static int is_decoder_name(const char *n) { return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0; }
 
-/* The same sizes as cav-pretrain --model tiny. */
-static int set_arch(cav_config *c, const char *arch) {
-    static const char *const tiny[][2] = {{"embed_dim", "192"}, {"num_heads", "3"}, {"depth", "5"},
-                                          {"modality_specific_depth", "4"}, {"decoder_embed_dim", "128"},
-                                          {"decoder_depth", "2"}, {"decoder_num_heads", "4"}};
-    if (!arch || !strcmp(arch, "base")) return 0;
-    if (strcmp(arch, "tiny")) return -1;
-    for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++)
-        if (cav_config_set(c, tiny[i][0], tiny[i][1])) return -1;
-    return 0;
-}
-
 /* The checkpoint's "config" metadata (cav-pretrain, cav-finetune) applied key by key; a key the C model
  * does not know is an error, not silently ignored. */
 static int apply_config(cav_config *cfg, const cav_json *j, const char *path, cav_err *err) {
@@ -95,7 +83,7 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
     if (cj) {
         if (apply_config(&cfg, cj, o->path, err)) goto done;
         e->config_from_file = 1;
-    } else if (set_arch(&cfg, o->arch)) {
+    } else if (o->arch && cav_config_size(&cfg, o->arch)) {
         cav_fail(err, 1, "--arch: base or tiny, not '%s'", o->arch);
         goto done;
     }

@@ -63,6 +63,14 @@ int cav_config_variant(cav_config *c, const char *variant) {
     return 0;
 }
 
+int cav_config_size(cav_config *c, const char *name) {
+    if (!strcmp(name, "base")) return 0;
+    if (strcmp(name, "tiny")) return -1;
+    c->embed_dim = 192, c->num_heads = 3, c->depth = 5, c->modality_specific_depth = 4;
+    if (c->task != CAV_TASK_FINETUNE) c->decoder_embed_dim = 128, c->decoder_depth = 2, c->decoder_num_heads = 4;
+    return 0;
+}
+
 static int parse_bool(const char *v) {
     if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1")) return 1;
     if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0")) return 0;

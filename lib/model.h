@@ -66,6 +66,10 @@ cav_config cav_config_default(cav_task task);
  * "vanilla-av-mae" (12 joint layers, lambda_c 0), "cav" (MAE weight 0), "audio-mae" and "visual-mae"
  * (12 joint layers, one modality, lambda_c 0); '_' may stand for '-'. Returns -1 for an unknown name. */
 int cav_config_variant(cav_config *cfg, const char *name);
+/* Named model sizes: "base" (the reference's, the default config) or "tiny" (192-dim, 3 heads, 4 + 1
+ * layers; for pretraining and embedding configs also decoder 128 x 2 with 4 heads), for CPU runs and tests.
+ * Returns -1 for another name. */
+int cav_config_size(cav_config *cfg, const char *name);
 /* Sets one knob by the reference's constructor/forward argument name (the debug state's config keys):
  * embed_dim, modality_specific_depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads,
  * mlp_ratio, norm_pix_loss, tr_pos, mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight,

@@ -1,6 +1,8 @@
 /* trainio.c: see trainio.h. */
 #include "trainio.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -106,4 +108,10 @@ int cav_train_all_finite(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return 0;
     return 1;
+}
+
+void cav_train_set_knob(cav_config *cfg, const char *key, const char *value) {
+    int r = cav_config_set(cfg, key, value);
+    if (r == -2) cav_usage_error("unknown model knob '%s'", key);
+    if (r) cav_usage_error("bad value '%s' for %s", value, key);
 }

@@ -19,6 +19,8 @@ int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long
 /* Parameters and Adam moments (allocated by the caller) from checkpoint directory dir; returns its
  * state.json parsed (the caller frees it), or NULL with err. */
 cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err);
+/* cav_config_set for a command-line option: an unknown key or a bad value is a usage error (exit 1). */
+void cav_train_set_knob(cav_config *cfg, const char *key, const char *value);
 int cav_train_write_file(const char *path, const char *text, cav_err *err);
 int cav_train_all_finite(const float *x, size_t n);
 
