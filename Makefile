@@ -77,14 +77,18 @@ endif
 
 CC ?= cc
 WERROR := $(if $(filter true,$(CI)),-Werror)
-CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp -Ilib -Ikernels -Itests \
+# lib/ is layered: base (CLI, JSON, RNG) < formats (records, streams, shards, checkpoints) < media (decode,
+# fbank, patches) < model < train; every layer's headers are on the include path.
+LIB_DIRS := lib/base lib/formats lib/media lib/model lib/train
+LIB_INC := $(LIB_DIRS:%=-I%)
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp $(LIB_INC) -Ikernels -Ikernels/cpu -Itests \
   -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
 OPT ?= -O2 -march=x86-64-v2
 CFLAGS_REL := $(CFLAGS_BASE) $(OPT)
 CFLAGS_ASAN := $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LIBS := $(DEP_LIBS) -fopenmp -lm -lpthread
 
-LIB_SRC := $(filter-out lib/h5zstd_plugin.c,$(wildcard lib/*.c)) $(wildcard kernels/cpu/*.c)
+LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))) $(wildcard kernels/cpu/*.c)
 TOOLS := $(patsubst bin/%.c,%,$(wildcard bin/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 TOOL_TESTS := $(sort $(wildcard tests/tools/test_*.sh tests/tools/test_*.py))
@@ -102,7 +106,7 @@ ASAN := $(BUILD)/asan
 PLUGIN := $(BUILD)/plugin/libcav_h5zstd.so
 
 .PHONY: demo all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz
-all: tools $(if $(wildcard lib/h5zstd_plugin.c),$(PLUGIN))
+all: tools $(if $(wildcard lib/formats/h5zstd_plugin.c),$(PLUGIN))
 tools: $(TOOLS:%=$(BUILD)/bin/%)
 config: $(BUILD)/config.mk
 	@cat $(BUILD)/config.txt
@@ -111,16 +115,16 @@ config: $(BUILD)/config.mk
 $(REL)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
-	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
-# lib/rfft.c, lib/torchmath.c and lib/fbank.c reproduce PyTorch's float32 arithmetic operation by
+	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+# lib/media/rfft.c, torchmath.c and fbank.c reproduce PyTorch's float32 arithmetic operation by
 # operation: a*b + c must stay two roundings (-std=c11 already implies this; said explicitly so that no
 # dialect change can undo it).
-$(REL)/lib/rfft.o $(REL)/lib/fbank.o $(REL)/lib/torchmath.o: CFLAGS_REL += -ffp-contract=off
-$(ASAN)/lib/rfft.o $(ASAN)/lib/fbank.o $(ASAN)/lib/torchmath.o: CFLAGS_ASAN += -ffp-contract=off
+$(REL)/lib/media/rfft.o $(REL)/lib/media/fbank.o $(REL)/lib/media/torchmath.o: CFLAGS_REL += -ffp-contract=off
+$(ASAN)/lib/media/rfft.o $(ASAN)/lib/media/fbank.o $(ASAN)/lib/media/torchmath.o: CFLAGS_ASAN += -ffp-contract=off
 $(ASAN)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
-	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 $(REL)/libcav.a: $(LIB_SRC:%.c=$(REL)/%.o)
@@ -144,9 +148,9 @@ $(ASAN)/tests/%: $(ASAN)/tests/unit/%.o $(ASAN)/libcav.a
 	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS) $(MPI_LIBS)
 
 # The HDF5 filter plugin: the same filter code as libcav, plus the plugin entry points.
-$(PLUGIN): lib/h5zstd_plugin.c lib/h5zstd.c $(BUILD)/config.mk
+$(PLUGIN): lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_REL) $(OPT) -fPIC -shared lib/h5zstd_plugin.c lib/h5zstd.c -o $@ $(DEP_LIBS)
+	$(CC) $(CFLAGS_REL) $(OPT) -fPIC -shared lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c -o $@ $(DEP_LIBS)
 
 tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) all
 
@@ -202,7 +206,7 @@ install: all
 	install -m 644 $(wildcard man/man1/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
 	$(if $(wildcard man/man5/*.5),install -m 644 $(wildcard man/man5/*.5) $(DESTDIR)$(PREFIX)/share/man/man5)
 	$(if $(wildcard man/man7/*.7),install -m 644 $(wildcard man/man7/*.7) $(DESTDIR)$(PREFIX)/share/man/man7)
-	$(if $(wildcard lib/h5zstd_plugin.c),install -m 755 $(PLUGIN) $(DESTDIR)$(PREFIX)/lib/hdf5/plugin)
+	$(if $(wildcard lib/formats/h5zstd_plugin.c),install -m 755 $(PLUGIN) $(DESTDIR)$(PREFIX)/lib/hdf5/plugin)
 
 clean:
 	rm -rf $(BUILD)
@@ -211,10 +215,10 @@ clean:
 # The corpus starts from the short golden clips and grows in $(BUILD)/fuzz/corpus.
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-$(BUILD)/fuzz/fuzz_avdecode: tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c lib/avdecode.h $(BUILD)/config.mk
+$(BUILD)/fuzz/fuzz_avdecode: tests/fuzz/fuzz_avdecode.c lib/media/avdecode.c lib/media/imresize.c lib/media/avdecode.h $(BUILD)/config.mk
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Ilib $(DEP_CFLAGS) \
-	  tests/fuzz/fuzz_avdecode.c lib/avdecode.c lib/imresize.c -o $@ $(DEP_LIBS) -lm -lpthread
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(LIB_INC) $(DEP_CFLAGS) \
+	  tests/fuzz/fuzz_avdecode.c lib/media/avdecode.c lib/media/imresize.c -o $@ $(DEP_LIBS) -lm -lpthread
 fuzz: $(BUILD)/fuzz/fuzz_avdecode refs
 	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seed
 	@cp $(BUILD)/ref/gen_avextract/video/h264_25_short_4s.mp4 $(BUILD)/ref/gen_avextract/audio/*.ogg \

@@ -1,7 +1,7 @@
 /* cav-embed: retrieval embeddings of clips (SPEC 4): records holding fbank (or wave) and frames, from shards
  * or a record stream, through the evaluation transforms of the loader (frame 5, no noise, roll or
  * SpecAugment), a CAV-MAE encoder's forward_feat, mean pooling over all tokens and L2 normalisation. The
- * model side is lib/embed.c. */
+ * model side is lib/model/embed.c. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* cav-finetune: supervised fine-tuning of CAV-MAE (CAVMAEFT) on labelled shards from a pretrained
- * checkpoint. Options are parsed here; the loop is lib/finetune.c. */
+ * checkpoint. Options are parsed here; the loop is lib/train/finetune.c. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

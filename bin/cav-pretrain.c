@@ -1,5 +1,5 @@
 /* cav-pretrain: self-supervised CAV-MAE pretraining (and the paper's baselines) on shards; also checks the
- * C model against PyTorch debug states. Options are parsed here; the loop is lib/pretrain.c. */
+ * C model against PyTorch debug states. Options are parsed here; the loop is lib/train/pretrain.c. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* cav-recall: audio-visual retrieval metrics of the reference (SPEC 4, src/retrieval.py) from embedding
  * records (cav-embed's output): the cosine similarity matrix dot / (|a| |b|), and per direction the rank of
  * every query's own item, R@1, R@5, R@10 and the median rank, as one CSV line like its
- * retrieval_result.csv. The metrics themselves are lib/metrics.c. */
+ * retrieval_result.csv. The metrics themselves are lib/train/metrics.c. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench_fbank.py: clips/s of the fbank computation on one core, against torchaudio's kaldi fbank called as
 the reference does (torch.set_num_threads(1)) and against the FFT floor (the same transforms fbank runs,
-lib/rfft.c with pocketfft's arithmetic, over the same frames with nothing else; FFTW's floor, frame by frame
+lib/media/rfft.c with pocketfft's arithmetic, over the same frames with nothing else; FFTW's floor, frame by frame
 with an FFTW_ESTIMATE plan, is printed for comparison), all on the same 10 s clips of real speech (asterisk
 prompts, 16 kHz), measured in one run as thread CPU time (the machine is shared), best of several passes.
 Prints ratios and the load average; asserts nothing (not a test). Run by `make bench`; results go to
@@ -62,7 +62,7 @@ for _ in range(5):
 # The C side: cav_fbank_compute and the FFT floor, built against the release libcav.
 exe = os.path.join(tmp, "fbank_speed")
 subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-O2", "-march=x86-64-v2", "-fopenmp",
-                "-I" + os.path.join(src, "lib"), os.path.join(src, "tests/bench/fbank_speed.c"),
+                *["-I" + os.path.join(src, "lib", d) for d in ("base", "formats", "media")], os.path.join(src, "tests/bench/fbank_speed.c"),
                 os.path.join(build, "rel/libcav.a"), "-lfftw3f", "-lm", "-o", exe], check=True)
 res = subprocess.run([exe, str(REPS)] + clips, check=True, stdout=subprocess.PIPE, text=True,
                      env=dict(os.environ, OMP_NUM_THREADS="1")).stdout

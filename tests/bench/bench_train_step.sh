@@ -7,7 +7,7 @@
 #   as-set   the environment this script was started with;
 #   unset    OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed (run only when as-set has either);
 #   SkylakeX / Haswell   OPENBLAS_CORETYPE forced to the widest kernels this CPU runs, which the training
-#            tools choose by themselves when OpenBLAS would fall back to older ones (lib/blas.c).
+#            tools choose by themselves when OpenBLAS would fall back to older ones (kernels/cpu/blas.c).
 # Env: STEPS_TINY (default 5), STEPS_BASE (default 2), SETTINGS (default: as described).
 # Prints samples/s, C/PyTorch ratios and % of the sgemm peak; not a test (timings are never asserted).
 set -euo pipefail

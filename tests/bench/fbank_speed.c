@@ -1,6 +1,6 @@
 /* fbank_speed.c: the C side of bench_fbank.py. Reads 16-bit WAV clips, then times on one thread
  * (a) cav_fbank_compute per clip (the fbank tool's work, without record I/O), (b) the FFT floor: the same
- * transforms fbank runs (lib/rfft.c, pocketfft's arithmetic, eight frames per call) over the same frames
+ * transforms fbank runs (lib/media/rfft.c, pocketfft's arithmetic, eight frames per call) over the same frames
  * with only the frame copy and transposition, and (c) for comparison, the FFTW floor: an FFTW_ESTIMATE
  * 512-point r2c plan (what fbank used before it had to match torch's FFT to the bit) run frame by frame
  * over the same frames with only the frame copy. Prints "fbank", "fft" and "fftw" SECONDS for REPS passes

@@ -1,4 +1,4 @@
-"""gen_augment.py OUTDIR: golden data for lib/augment.c from PyTorch/torchaudio, applying the reference
+"""gen_augment.py OUTDIR: golden data for lib/media/augment.c from PyTorch/torchaudio, applying the reference
 loader's transforms (SPEC 1.3 step 4, 1.4, 1.5) with explicit parameters. Writes raw little-endian files
 and an index (one case per line: name m T F freqm-params...)."""
 import os

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """gen_torch_f32.py OUTDIR: golden float32 results of the PyTorch operations that fbank reproduces bit for bit
-(lib/rfft.c, lib/torchmath.c; tests/unit/test_rfft.c and test_torchmath.c compare every bit), from Debian's
+(lib/media/rfft.c, lib/media/torchmath.c; tests/unit/test_rfft.c and test_torchmath.c compare every bit), from Debian's
 python3-torch (a CPU build without MKL: torch.fft.rfft is pocketfft) with its AVX2 kernels pinned
 (ATEN_CPU_CAPABILITY=avx2, as gen_fbank.py; the AVX-512 kernels sum in another order). All files are raw
 little-endian; index.txt lists them.

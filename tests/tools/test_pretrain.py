@@ -293,7 +293,7 @@ else:
     bad = [k for k in want if k not in random_init and (k not in got or not np.array_equal(got[k], want[k]))]
     report("init_from_mae_matches_reference_mapping", not bad and got.keys() == want.keys(), "differ: %s" % bad[:8])
 
-# OpenBLAS kernels (lib/blas.c): OPENBLAS_VERBOSE=2 makes OpenBLAS print "Core: NAME" each time it loads.
+# OpenBLAS kernels (kernels/cpu/blas.c): OPENBLAS_VERBOSE=2 makes OpenBLAS print "Core: NAME" each time it loads.
 # Unset, a pre-AVX2 choice on a CPU with AVX2+FMA or AVX-512 must be followed by exactly one restart with the
 # wider kernels (and the note); any other choice must be kept. A value the user sets is never changed.
 flags = open("/proc/cpuinfo").read().split("\nflags")[1].split("\n")[0].split() if os.path.exists("/proc/cpuinfo") else []

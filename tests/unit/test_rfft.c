@@ -1,4 +1,4 @@
-/* test_rfft.c: lib/rfft.c against torch.fft.rfft (pocketfft, float32) on the signals of
+/* test_rfft.c: lib/media/rfft.c against torch.fft.rfft (pocketfft, float32) on the signals of
  * tests/ref/gen_torch_f32.py, bit for bit, for every length there (2 to 4096), through the eight-lane transform
  * (each lane a different signal) and the single-signal call; plus the plan's refusals and an independent
  * check of the transform's values against a float64 DFT, which needs no reference data. */
