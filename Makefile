@@ -2,6 +2,7 @@
 # the tests into build/, and runs them. The first run installs missing Debian packages (as root; otherwise it
 # prints the apt-get line) and writes build/config.mk with what it found, one line per dependency.
 #   make              build everything          make check       unit tests (+ASan/UBSan) and tool tests
+#   make check-unit, make check-tools (T=... narrows any check to the named tests)
 #   make refs         regenerate golden data    make check-long  the long runs
 #   make bench        benchmarks                make check-cuda  CUDA parity tests (needs a GPU)
 #   make demo         a small real dataset, pretraining and retrieval end to end (minutes, CPU)
@@ -92,6 +93,12 @@ LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wi
 TOOLS := $(patsubst bin/%.c,%,$(wildcard bin/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 TOOL_TESTS := $(sort $(wildcard tests/tools/test_*.sh tests/tools/test_*.py))
+# T=... narrows check, check-unit and check-tools to the named tests (unit test names or tool test paths):
+#   make check-tools T=tests/tools/test_recall.py      make check-unit T=test_kernels
+ifneq ($(T),)
+UNIT_TESTS := $(filter $(notdir $(basename $(T))),$(UNIT_TESTS))
+TOOL_TESTS := $(filter $(T),$(TOOL_TESTS))
+endif
 LONG_TESTS := $(sort $(wildcard tests/long/test_*.sh tests/long/test_*.py))
 REF_GENS := $(wildcard tests/ref/gen_*.py)
 # The tools that train link MPI (data parallelism); the others do not need it.
@@ -178,6 +185,17 @@ check: tests refs | $(BUILD)/.check-deps
 	$(TEST_ENV) tests/run.sh unit $(UNIT_TESTS:%=$(REL)/tests/%) || st=1; \
 	$(TEST_ENV) tests/run.sh asan $(UNIT_TESTS:%=$(ASAN)/tests/%) || st=1; \
 	$(if $(TOOL_TESTS),$(TEST_ENV) tests/run.sh tools $(TOOL_TESTS) || st=1;) \
+	$(TEST_ENV) tests/run.sh --total || st=1; exit $$st
+
+check-unit: tests refs | $(BUILD)/.check-deps
+	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; st=0; \
+	$(TEST_ENV) tests/run.sh unit $(UNIT_TESTS:%=$(REL)/tests/%) || st=1; \
+	$(TEST_ENV) tests/run.sh asan $(UNIT_TESTS:%=$(ASAN)/tests/%) || st=1; \
+	$(TEST_ENV) tests/run.sh --total || st=1; exit $$st
+
+check-tools: tests refs | $(BUILD)/.check-deps
+	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; st=0; \
+	$(TEST_ENV) tests/run.sh tools $(TOOL_TESTS) || st=1; \
 	$(TEST_ENV) tests/run.sh --total || st=1; exit $$st
 
 check-long: tests refs | $(BUILD)/.check-deps
