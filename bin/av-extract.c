@@ -10,6 +10,7 @@
 #include "avdecode.h"
 #include "avextract.h"
 #include "cli.h"
+#include "clip.h"
 #include "io.h"
 
 static const char usage[] =
@@ -211,12 +212,13 @@ int main(int argc, char **argv) {
 
     cav_attrs attrs;
     cav_attrs_init(&attrs);
-    char q[16];
+    char q[16], rate[16];
     snprintf(q, sizeof q, "%d", ropts.jpeg_quality);
-    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, "sample_rate", "16000") ||
-        (dopts.video && cav_attrs_set(&attrs, "frames_format", ropts.jpeg_quality ? "jpeg" : "raw")) ||
-        (dopts.video && ropts.jpeg_quality && cav_attrs_set(&attrs, "jpeg_quality", q)) ||
-        (dopts.audio && cav_attrs_set(&attrs, "audio_channel", dopts.downmix ? "mean" : "1")))
+    snprintf(rate, sizeof rate, "%d", CAV_AV_RATE);
+    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, CAV_DATTR_SAMPLE_RATE, rate) ||
+        (dopts.video && cav_attrs_set(&attrs, CAV_DATTR_FRAMES_FORMAT, ropts.jpeg_quality ? "jpeg" : "raw")) ||
+        (dopts.video && ropts.jpeg_quality && cav_attrs_set(&attrs, CAV_DATTR_JPEG_QUALITY, q)) ||
+        (dopts.audio && cav_attrs_set(&attrs, CAV_DATTR_AUDIO_CHANNEL, dopts.downmix ? "mean" : "1")))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     cav_writer *w = cav_writer_open(out, cav_format_for_path(out), &attrs, &err);
     cav_attrs_clear(&attrs);

@@ -9,6 +9,7 @@
 
 #include "augment.h"
 #include "cli.h"
+#include "clip.h"
 #include "io.h"
 #include "jpeg.h"
 #include "patchify.h"
@@ -75,76 +76,77 @@ static noreturn void fail(const cav_err *err) {
 #define BAD(...) cav_fail(err, CAV_EXIT_INPUT, __VA_ARGS__)
 #define OOM() cav_fail(err, CAV_EXIT_INTERNAL, "out of memory")
 
-/* A field as float32 (f32 as is, f16 widened); *tmp is freed by the caller. */
-static const float *as_f32(const cav_tensor *t, float **tmp) {
+/* The fbank as float32 (f32 as is, f16 widened); *tmp is freed by the caller. */
+static const float *as_f32(const cav_clip_fbank *f, float **tmp) {
     *tmp = NULL;
-    if (t->dtype == CAV_F32) return t->data;
-    int64_t n = t->nbytes / 2;
-    float *v = malloc(sizeof(float) * (n ? n : 1));
+    if (f->f32) return f->f32;
+    float *v = malloc(sizeof(float) * (size_t)(f->frames * f->bins));
     if (!v) return NULL;
-    for (int64_t i = 0; i < n; i++) v[i] = cav_f16_to_f32(((const uint16_t *)t->data)[i]);
+    cav_clip_fbank_rows(f, f->frames, v);
     return *tmp = v;
 }
 
 static int audio_forward(const opts *o, cav_record *rec, const char *where, cav_err *err) {
-    cav_tensor *t = cav_record_find(rec, "fbank");
-    if (!t) return 0;
-    if ((t->dtype != CAV_F32 && t->dtype != CAV_F16) || t->ndim != 2)
-        return BAD("%s: fbank: need f32 or f16 [frames,bins]", where);
-    cav_plane pl = cav_plane_fbank((int)t->shape[0], (int)t->shape[1]);
+    cav_clip_fbank fb;
+    cav_err e2;
+    int has = cav_clip_get_fbank(rec, 0, &fb, &e2);
+    if (has <= 0) return has ? BAD("%s: %s", where, e2.msg) : 0;
+    cav_plane pl = cav_plane_fbank((int)fb.frames, fb.bins);
     int ntok, dim;
     if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
-        return BAD("%s: fbank: [%lld,%lld] is smaller than one %d x %d patch", where, (long long)t->shape[0],
-                   (long long)t->shape[1], o->patch, o->patch);
+        return BAD("%s: " CAV_FIELD_FBANK ": [%lld,%d] is smaller than one %d x %d patch", where,
+                   (long long)fb.frames, fb.bins, o->patch, o->patch);
     float *tmp;
-    const float *x = as_f32(t, &tmp);
+    const float *x = as_f32(&fb, &tmp);
     int64_t shape[2] = {ntok, dim};
-    cav_tensor *out = x ? cav_record_add(rec, "audio_patches", CAV_F32, 2, shape) : NULL;
+    cav_tensor *out = x ? cav_record_add(rec, CAV_FIELD_AUDIO_PATCHES, CAV_F32, 2, shape) : NULL;
     if (!out) return free(tmp), OOM();
     cav_patchify_f32(&pl, x, o->patch, o->stride, out->data);
     free(tmp);
     if (o->norm_pix) cav_norm_pix(out->data, ntok, dim, 1e-6f);
-    if (o->drop) cav_record_remove(rec, "fbank");
+    if (o->drop) cav_record_remove(rec, CAV_FIELD_FBANK);
     return 1;
 }
 
 /* The frames of a record as u8 RGB [n,h,w,3]: raw `frames`, or decoded `frames_jpeg`. */
 static uint8_t *get_frames(cav_record *rec, const char *where, int *n, int *h, int *w, int *single,
                            cav_err *err) {
-    cav_tensor *t = cav_record_find(rec, "frames");
-    if (t) {
-        if (t->dtype != CAV_U8 || (t->ndim != 4 && t->ndim != 3) || t->shape[t->ndim - 1] != 3)
-            return BAD("%s: frames: need u8 [N,H,W,3] or [H,W,3] RGB", where), NULL;
-        *single = t->ndim == 3;
-        *n = *single ? 1 : (int)t->shape[0];
-        *h = (int)t->shape[t->ndim - 3], *w = (int)t->shape[t->ndim - 2];
-        uint8_t *c = malloc(t->nbytes ? t->nbytes : 1);
-        if (!c) return OOM(), NULL;
-        return memcpy(c, t->data, t->nbytes);
-    }
+    cav_clip_frames fr;
     cav_err e2;
+    int has = cav_clip_get_frames(rec, &fr, &e2);
+    if (has < 0) return BAD("%s: %s", where, e2.msg), NULL;
+    if (has) {
+        *single = fr.single, *n = fr.n, *h = fr.h, *w = fr.w;
+        size_t bytes = (size_t)fr.n * fr.h * fr.w * 3;
+        uint8_t *c = malloc(bytes ? bytes : 1);
+        if (!c) return OOM(), NULL;
+        return memcpy(c, fr.rgb, bytes);
+    }
     const uint8_t *src;
     size_t len;
-    *n = cav_jpeg_frame(rec, 0, &src, &len, &e2), *single = 0;
+    *n = cav_clip_jpeg_frame(rec, 0, &src, &len, &e2), *single = 0;
     if (*n == 0) return NULL;
     if (*n < 0) return BAD("%s: %s", where, e2.msg), NULL;
     uint8_t *all = NULL;
     for (int k = 0; k < *n; k++) {
-        if (cav_jpeg_frame(rec, k, &src, &len, &e2) < 0) return free(all), BAD("%s: %s", where, e2.msg), NULL;
+        if (cav_clip_jpeg_frame(rec, k, &src, &len, &e2) < 0)
+            return free(all), BAD("%s: %s", where, e2.msg), NULL;
         int fw, fh;
         if (cav_jpeg_size(src, len, &fw, &fh, &e2))
-            return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
+            return free(all), BAD("%s: " CAV_FIELD_FRAMES_JPEG ": frame %d: %s", where, k, e2.msg), NULL;
         if (k == 0) {
             *w = fw, *h = fh;
             all = malloc((size_t)*n * fw * fh * 3);
             if (!all) return OOM(), NULL;
         } else if (fw != *w || fh != *h) {
             return free(all),
-                   BAD("%s: frames_jpeg: frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh, *w, *h), NULL;
+                   BAD("%s: " CAV_FIELD_FRAMES_JPEG ": frame %d is %dx%d, frame 0 %dx%d", where, k, fw, fh,
+                       *w, *h),
+                   NULL;
         }
         size_t fsz = (size_t)fw * fh * 3;
         if (cav_jpeg_decode(src, len, all + k * fsz, fsz, &fw, &fh, &e2))
-            return free(all), BAD("%s: frames_jpeg: frame %d: %s", where, k, e2.msg), NULL;
+            return free(all), BAD("%s: " CAV_FIELD_FRAMES_JPEG ": frame %d: %s", where, k, e2.msg), NULL;
     }
     return all;
 }
@@ -157,17 +159,18 @@ static int video_forward(const opts *o, cav_record *rec, const char *where, cav_
     int first = 0, count = n;
     if (o->frame >= 0) {
         if (o->frame >= n)
-            return free(px), BAD("%s: frames: --frame=%d but the record has %d", where, o->frame, n);
+            return free(px),
+                   BAD("%s: " CAV_FIELD_FRAMES ": --frame=%d but the record has %d", where, o->frame, n);
         first = o->frame, count = 1, single = 1;
     }
     cav_plane hwc = cav_plane_hwc(h, w, 3), chw = cav_plane_chw(3, h, w);
     int ntok, dim;
     if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
-        return free(px),
-               BAD("%s: frames: %dx%d is smaller than one %d x %d patch", where, h, w, o->patch, o->patch);
+        return free(px), BAD("%s: " CAV_FIELD_FRAMES ": %dx%d is smaller than one %d x %d patch", where, h, w,
+                             o->patch, o->patch);
     int64_t shape[3] = {count, ntok, dim};
     cav_tensor *out =
-        cav_record_add(rec, "video_patches", CAV_F32, single ? 2 : 3, single ? shape + 1 : shape);
+        cav_record_add(rec, CAV_FIELD_VIDEO_PATCHES, CAV_F32, single ? 2 : 3, single ? shape + 1 : shape);
     float *img = malloc(sizeof(float) * (size_t)h * w * 3);
     if (!out || !img) return free(px), free(img), OOM();
     for (int k = 0; k < count; k++) {
@@ -184,35 +187,32 @@ static int video_forward(const opts *o, cav_record *rec, const char *where, cav_
     }
     free(px);
     free(img);
-    if (o->drop) {
-        cav_record_remove(rec, "frames");
-        cav_record_remove(rec, "frames_jpeg");
-        cav_record_remove(rec, "frames_jpeg_offsets");
-    }
+    if (o->drop) cav_clip_drop_frames(rec);
     return 1;
 }
 
 static int audio_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
-    cav_tensor *t = cav_record_find(rec, "audio_patches");
+    cav_tensor *t = cav_record_find(rec, CAV_FIELD_AUDIO_PATCHES);
     if (!t) return 0;
     cav_plane pl = cav_plane_fbank(o->fb_t, o->fb_f);
     int ntok, dim;
     if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
         return BAD("%s: --fbank-size too small", where);
     if (t->dtype != CAV_F32 || t->ndim != 2 || t->shape[0] != ntok || t->shape[1] != dim)
-        return BAD("%s: audio_patches: need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d", where,
-                   ntok, dim, o->fb_t, o->fb_f, o->patch, o->stride);
+        return BAD("%s: " CAV_FIELD_AUDIO_PATCHES
+                   ": need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d",
+                   where, ntok, dim, o->fb_t, o->fb_f, o->patch, o->stride);
     int64_t shape[2] = {o->fb_t, o->fb_f};
-    cav_tensor *out = cav_record_add(rec, "fbank", CAV_F32, 2, shape);
+    cav_tensor *out = cav_record_add(rec, CAV_FIELD_FBANK, CAV_F32, 2, shape);
     if (!out) return OOM();
-    t = cav_record_find(rec, "audio_patches");
+    t = cav_record_find(rec, CAV_FIELD_AUDIO_PATCHES);
     if (cav_unpatchify_f32(&pl, t->data, o->patch, o->stride, out->data) < 0) return OOM();
-    if (o->drop) cav_record_remove(rec, "audio_patches");
+    if (o->drop) cav_record_remove(rec, CAV_FIELD_AUDIO_PATCHES);
     return 1;
 }
 
 static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
-    cav_tensor *t = cav_record_find(rec, "video_patches");
+    cav_tensor *t = cav_record_find(rec, CAV_FIELD_VIDEO_PATCHES);
     if (!t) return 0;
     cav_plane hwc = cav_plane_hwc(o->im_h, o->im_w, 3);
     int ntok, dim;
@@ -220,9 +220,9 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
         return BAD("%s: --image-size too small", where);
     if (t->dtype != CAV_F32 || t->ndim < 2 || t->ndim > 3 || t->shape[t->ndim - 2] != ntok ||
         t->shape[t->ndim - 1] != dim)
-        return BAD(
-            "%s: video_patches: need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
-            where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
+        return BAD("%s: " CAV_FIELD_VIDEO_PATCHES
+                   ": need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
+                   where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
     int n = t->ndim == 3 ? (int)t->shape[0] : 1;
     int64_t shape[4] = {n, o->im_h, o->im_w, 3};
     size_t npx = (size_t)o->im_h * o->im_w * 3;
@@ -243,12 +243,12 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
             u8[k * npx + i] = (uint8_t)(v <= 0 || v != v ? 0 : v >= 255 ? 255 : v);
         }
     }
-    cav_tensor *out =
-        cav_record_put(rec, "frames", CAV_U8, t->ndim == 3 ? 4 : 3, t->ndim == 3 ? shape : shape + 1, u8);
+    cav_tensor *out = cav_record_put(rec, CAV_FIELD_FRAMES, CAV_U8, t->ndim == 3 ? 4 : 3,
+                                     t->ndim == 3 ? shape : shape + 1, u8);
     free(img);
     free(u8);
     if (!out) return OOM();
-    if (o->drop) cav_record_remove(rec, "video_patches");
+    if (o->drop) cav_record_remove(rec, CAV_FIELD_VIDEO_PATCHES);
     return 1;
 }
 
@@ -366,7 +366,7 @@ int main(int argc, char **argv) {
                      : o.image_norm == NORM_UNIT   ? "unit"
                                                    : "none");
             if (cav_attrs_copy(&a, cav_reader_attrs(rd)) || cav_attrs_provenance(&a, argc, argv) ||
-                cav_attrs_set(&a, "patchify", s))
+                cav_attrs_set(&a, CAV_DATTR_PATCHIFY, s))
                 cav_die(CAV_EXIT_INTERNAL, "out of memory");
             writer = cav_writer_open_level(output, cav_format_for_path(output), &a, level, &err);
             cav_attrs_clear(&a);

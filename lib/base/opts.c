@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,8 +26,12 @@ static int parse_ll(const cav_opt *o, const char *s, long long *v, char *why, si
     errno = 0;
     *v = strtoll(s, &end, 10);
     if (errno || end == s || *end) return snprintf(why, whylen, "'%s' is not an integer", s), -1;
-    if ((double)*v < o->min || (double)*v > o->max)
-        return snprintf(why, whylen, "%lld is outside [%.0f, %.0f]", *v, o->min, o->max), -1;
+    if ((double)*v < o->min || (double)*v > o->max) {
+        /* 2^63 as a double is INT64_MAX's nearest: say INT64_MAX, as the table means */
+        long long lo = o->min <= -0x1p63 ? LLONG_MIN : (long long)o->min;
+        long long hi = o->max >= 0x1p63 ? LLONG_MAX : (long long)o->max;
+        return snprintf(why, whylen, "%lld is outside [%lld, %lld]", *v, lo, hi), -1;
+    }
     return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "json.h"
 
 /* Splits one CSV record starting at *p into up to max fields (copied, unquoted); advances *p past the
@@ -169,8 +170,8 @@ int cav_labelset_attrs(const cav_labelset *ls, cav_attrs *a) {
     char k[32];
     snprintf(k, sizeof k, "%d", ls->k);
     char *m = join(ls->mids, ls->k), *n = join(ls->names, ls->k);
-    int st = !m || !n || cav_attrs_set(a, "label_count", k) || cav_attrs_set(a, "label_mids", m) ||
-             cav_attrs_set(a, "label_names", n);
+    int st = !m || !n || cav_attrs_set(a, CAV_DATTR_LABEL_COUNT, k) || cav_attrs_set(a, CAV_DATTR_LABEL_MIDS, m) ||
+             cav_attrs_set(a, CAV_DATTR_LABEL_NAMES, n);
     free(m);
     free(n);
     return st ? -1 : 0;
@@ -195,12 +196,12 @@ int cav_manifest_load(cav_manifest *m, const char *path, const cav_labelset *ls,
         st = cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     for (int i = 0; !st && i < data->n; i++) {
         const cav_json *e = data->items[i];
-        const char *id = jstr(e, "video_id"), *wav = jstr(e, "wav"), *vp = jstr(e, "video_path"),
-                   *labels = jstr(e, "labels");
-        const char *missing = !id ? "video_id" : !wav ? "wav" : !labels ? "labels" : NULL;
+        const char *id = jstr(e, CAV_REFJSON_ID), *wav = jstr(e, CAV_REFJSON_WAV), *vp = jstr(e, CAV_REFJSON_VIDEO_PATH),
+                   *labels = jstr(e, CAV_REFJSON_LABELS);
+        const char *missing = !id ? CAV_REFJSON_ID : !wav ? CAV_REFJSON_WAV : !labels ? CAV_REFJSON_LABELS : NULL;
         if (missing) {
             st = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]%s%s%s: %s: missing or not a string", path, i,
-                          id ? " (video_id '" : "", id ? id : "", id ? "')" : "", missing);
+                          id ? " (" CAV_REFJSON_ID " '" : "", id ? id : "", id ? "')" : "", missing);
             break;
         }
         if (!id[0] || strlen(id) > CAV_MAX_NAME) {
@@ -279,14 +280,13 @@ double cav_manifest_weight(const cav_manifest *m, int item) {
 int cav_manifest_apply(const cav_manifest *m, int item, const cav_labelset *ls, cav_record *rec) {
     const cav_manifest_item *it = &m->items[item];
     if (!rec->id && cav_record_set_id(rec, it->id)) return -1;
-    int64_t k = ls->k;
-    cav_tensor *t = cav_record_add(rec, "labels", CAV_F32, 1, &k);
-    if (!t) return -1;
-    for (int i = 0; i < it->nlab; i++) ((float *)t->data)[it->lab[i]] = 1.0f;
-    t = cav_record_add(rec, "weight", CAV_F32, 0, NULL);
-    if (!t) return -1;
-    *(float *)t->data = (float)cav_manifest_weight(m, item);
-    if (cav_attrs_set(&rec->attrs, "wav", it->wav)) return -1;
-    if (it->video_path[0] && cav_attrs_set(&rec->attrs, "video_path", it->video_path)) return -1;
+    float *lab = calloc(ls->k ? (size_t)ls->k : 1, sizeof *lab);
+    if (!lab) return -1;
+    for (int i = 0; i < it->nlab; i++) lab[it->lab[i]] = 1.0f;
+    int bad = cav_clip_put_labels(rec, lab, ls->k, (float)cav_manifest_weight(m, item));
+    free(lab);
+    if (bad) return -1;
+    if (cav_attrs_set(&rec->attrs, CAV_ATTR_WAV, it->wav)) return -1;
+    if (it->video_path[0] && cav_attrs_set(&rec->attrs, CAV_ATTR_VIDEO_PATH, it->video_path)) return -1;
     return 0;
 }

@@ -1,21 +1,14 @@
 /* record.h: the in-memory clip record that tools pass along — an id, named typed shaped tensors and string
- * attributes — plus the error value every fallible libcav call fills. The two containers that carry records
- * (record stream, HDF5 shard) are behind io.h. */
+ * attributes. The error value every fallible libcav call fills is err.h's; the clip schema (field names,
+ * typed accessors) is clip.h; the two containers that carry records (record stream, HDF5 shard) are behind
+ * io.h. */
 #ifndef CAV_RECORD_H
 #define CAV_RECORD_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Error: code is the exit status a tool should use (CAV_EXIT_INPUT for bad data, CAV_EXIT_INTERNAL for
- * resources), msg names the file, the record and the field where they are known. */
-typedef struct {
-    int code;
-    char msg[1024];
-} cav_err;
-
-/* Fills err (if not NULL) and returns -1, so callers can write `return cav_fail(err, 2, "...")`. */
-int cav_fail(cav_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include "err.h"
 
 /* Element types. The numeric values are part of the stream format (cav-stream(5)): never renumber. */
 typedef enum {

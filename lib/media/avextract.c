@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "jpeg.h"
 #include "json.h"
 
@@ -82,18 +83,18 @@ int cav_av_inputs_load_json(cav_av_inputs *in, const char *jsonfile, const char 
         ret = cav_fail(err, CAV_EXIT_INPUT, "%s: no \"data\" array (the reference's dataset JSON)", jsonfile);
         goto out;
     }
-    static const char *keys[] = {"video", "media", "path", "wav"};
+    static const char *keys[] = {"video", "media", "path", CAV_REFJSON_WAV};
     for (int i = 0; i < data->n && !ret; i++) {
-        const cav_json *it = data->items[i], *id = cav_json_get(it, "video_id"), *p = NULL;
+        const cav_json *it = data->items[i], *id = cav_json_get(it, CAV_REFJSON_ID), *p = NULL;
         if (key)
             p = cav_json_get(it, key);
         else
             for (size_t k = 0; k < sizeof keys / sizeof *keys && !p; k++) p = cav_json_get(it, keys[k]);
         if (!id || id->type != CAV_JSON_STRING)
-            ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: no string \"video_id\"", jsonfile, i);
+            ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: no string \"" CAV_REFJSON_ID "\"", jsonfile, i);
         else if (!p || p->type != CAV_JSON_STRING)
             ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (%s): no string \"%s\" with the media path",
-                           jsonfile, i, id->string, key ? key : "video\", \"media\", \"path\" or \"wav");
+                           jsonfile, i, id->string, key ? key : "video\", \"media\", \"path\" or \"" CAV_REFJSON_WAV);
         else
             ret = cav_av_inputs_add(in, p->string, id->string, err);
     }
@@ -117,49 +118,37 @@ int cav_av_clip_to_record(const cav_av_clip *c, const char *id, const char *sour
                           const cav_av_record_opts *o, cav_record *rec, cav_err *err) {
     cav_record_clear(rec);
     int bad = cav_record_set_id(rec, id);
-    bad |= put_attr(rec, "source", "%s", source);
-    if (c->duration > 0) bad |= put_attr(rec, "duration", "%.6f", c->duration);
-    if (c->container[0]) bad |= put_attr(rec, "container", "%s", c->container);
+    bad |= put_attr(rec, CAV_ATTR_SOURCE, "%s", source);
+    if (c->duration > 0) bad |= put_attr(rec, CAV_ATTR_DURATION, "%.6f", c->duration);
+    if (c->container[0]) bad |= put_attr(rec, CAV_ATTR_CONTAINER, "%s", c->container);
     if (c->wave) {
-        int64_t n = c->nsamples;
-        bad |= !cav_record_put(rec, "wave", CAV_I16, 1, &n, c->wave);
-        bad |= put_attr(rec, "sample_rate", "%d", CAV_AV_RATE);
-        bad |= put_attr(rec, "src_sample_rate", "%d", c->src_sample_rate);
-        bad |= put_attr(rec, "src_channels", "%d", c->src_channels);
-        bad |= put_attr(rec, "audio_codec", "%s", c->audio_codec);
+        bad |= cav_clip_put_wave(rec, CAV_I16, 1, c->nsamples, c->wave);
+        bad |= put_attr(rec, CAV_ATTR_SAMPLE_RATE, "%d", CAV_AV_RATE);
+        bad |= put_attr(rec, CAV_ATTR_SRC_SAMPLE_RATE, "%d", c->src_sample_rate);
+        bad |= put_attr(rec, CAV_ATTR_SRC_CHANNELS, "%d", c->src_channels);
+        bad |= put_attr(rec, CAV_ATTR_AUDIO_CODEC, "%s", c->audio_codec);
     }
     if (c->frames) {
-        bad |= put_attr(rec, "fps", "%.17g", c->fps);
-        bad |= put_attr(rec, "frame_count", "%lld", (long long)c->frame_count);
+        bad |= put_attr(rec, CAV_ATTR_FPS, "%.17g", c->fps);
+        bad |= put_attr(rec, CAV_ATTR_FRAME_COUNT, "%lld", (long long)c->frame_count);
         char idx[256] = "";
         for (int k = 0; k < CAV_AV_NFRAMES; k++)
             snprintf(idx + strlen(idx), sizeof idx - strlen(idx), "%s%d", k ? "," : "", c->frame_index[k]);
-        bad |= put_attr(rec, "frame_index", "%s", idx);
-        bad |= put_attr(rec, "video_codec", "%s", c->video_codec);
+        bad |= put_attr(rec, CAV_ATTR_FRAME_INDEX, "%s", idx);
+        bad |= put_attr(rec, CAV_ATTR_VIDEO_CODEC, "%s", c->video_codec);
         const size_t fsz = (size_t)CAV_AV_SIZE * CAV_AV_SIZE * 3;
         if (o->jpeg_quality <= 0) {
             int64_t shape[4] = {CAV_AV_NFRAMES, CAV_AV_SIZE, CAV_AV_SIZE, 3};
-            bad |= !cav_record_put(rec, "frames", CAV_U8, 4, shape, c->frames);
+            bad |= !cav_record_put(rec, CAV_FIELD_FRAMES, CAV_U8, 4, shape, c->frames);
         } else {
             uint8_t *jb[CAV_AV_NFRAMES] = {0};
             size_t jn[CAV_AV_NFRAMES];
-            int64_t off[CAV_AV_NFRAMES + 1] = {0};
             int ok = 1;
-            for (int k = 0; k < CAV_AV_NFRAMES && ok; k++) {
+            for (int k = 0; k < CAV_AV_NFRAMES && ok; k++)
                 if (cav_jpeg_encode(c->frames + k * fsz, CAV_AV_SIZE, CAV_AV_SIZE, o->jpeg_quality, &jb[k],
                                     &jn[k], err))
                     ok = 0;
-                else
-                    off[k + 1] = off[k] + (int64_t)jn[k];
-            }
-            cav_tensor *t = NULL;
-            if (ok) {
-                int64_t total = off[CAV_AV_NFRAMES], n11 = CAV_AV_NFRAMES + 1;
-                if ((t = cav_record_add(rec, "frames_jpeg", CAV_U8, 1, &total)))
-                    for (int k = 0; k < CAV_AV_NFRAMES; k++)
-                        memcpy((uint8_t *)t->data + off[k], jb[k], jn[k]);
-                bad |= !t || !cav_record_put(rec, "frames_jpeg_offsets", CAV_I64, 1, &n11, off);
-            }
+            if (ok) bad |= cav_clip_put_jpeg_frames(rec, CAV_AV_NFRAMES, jb, jn);
             for (int k = 0; k < CAV_AV_NFRAMES; k++) free(jb[k]);
             if (!ok) {
                 cav_record_clear(rec);

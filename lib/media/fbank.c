@@ -12,6 +12,8 @@
 
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,23 +103,6 @@ struct cav_fbank {
     uint64_t rng;
 };
 
-void cav_fbank_opts_default(cav_fbank_opts *o) {
-    *o = (cav_fbank_opts){.sample_rate = 16000,
-                          .num_mel_bins = 128,
-                          .frame_length_ms = 25,
-                          .frame_shift_ms = 10,
-                          .window = CAV_WIN_HANNING,
-                          .blackman_coeff = 0.42,
-                          .low_freq = 20,
-                          .high_freq = 0,
-                          .preemph = 0.97,
-                          .remove_dc = 1,
-                          .subtract_clip_mean = 1,
-                          .dither = 0,
-                          .dither_seed = 0,
-                          .target_length = 1024};
-}
-
 static const char *const window_names[] = {"hanning", "hamming", "povey", "rectangular", "blackman"};
 
 int cav_window_parse(const char *name) {
@@ -129,6 +114,57 @@ int cav_window_parse(const char *name) {
 
 const char *cav_window_name(cav_window w) {
     return (unsigned)w < 5 ? window_names[w] : "?";
+}
+
+static int parse_window(const char *s, void *field, char *why, size_t whylen) {
+    int w = cav_window_parse(s);
+    if (w < 0) return snprintf(why, whylen, "unknown window '%s'", s), -1;
+    *(cav_window *)field = (cav_window)w;
+    return 0;
+}
+
+static void format_window(const void *field, char *buf, size_t len) {
+    snprintf(buf, len, "%s", cav_window_name(*(const cav_window *)field));
+}
+
+#define FO(field) offsetof(cav_fbank_opts, field)
+/* The options fbank(1) offers, in its --help order; the echo keys are those of the tool's `fbank` dataset
+ * attribute. remove_dc and subtract_clip_mean are not options (the reference always does both). */
+const cav_opt cav_fbank_options[] = {
+    {.name = "sample-rate", .short_name = 'r', .type = CAV_OPTT_DOUBLE, .offset = FO(sample_rate), .def = "16000",
+     .min = 1, .max = 1e7, .arg = "HZ", .help = "rate of records without a sample_rate attribute"},
+    {.name = "bins", .short_name = 'b', .type = CAV_OPTT_INT, .offset = FO(num_mel_bins), .def = "128", .min = 4,
+     .max = 4096, .arg = "N", .help = "mel bins", .key = "bins"},
+    {.name = "frame-length", .type = CAV_OPTT_DOUBLE, .offset = FO(frame_length_ms), .def = "25", .min = 0.01,
+     .max = 10000, .arg = "MS", .help = "frame length", .key = "frame_length_ms"},
+    {.name = "frame-shift", .type = CAV_OPTT_DOUBLE, .offset = FO(frame_shift_ms), .def = "10", .min = 0.01,
+     .max = 10000, .arg = "MS", .help = "frame shift", .key = "frame_shift_ms"},
+    {.name = "window", .type = CAV_OPTT_CUSTOM, .offset = FO(window), .def = "hanning", .arg = "TYPE",
+     .help = "hanning (symmetric Hann), hamming, povey, rectangular, blackman", .key = "window",
+     .parse = parse_window, .format = format_window},
+    {.name = "blackman-coeff", .type = CAV_OPTT_DOUBLE, .offset = FO(blackman_coeff), .def = "0.42", .min = -10,
+     .max = 10, .arg = "X", .help = "for --window=blackman"},
+    {.name = "low-freq", .type = CAV_OPTT_DOUBLE, .offset = FO(low_freq), .def = "20", .min = 0, .max = 1e7,
+     .arg = "HZ", .help = "lowest mel edge", .key = "low_freq"},
+    {.name = "high-freq", .type = CAV_OPTT_DOUBLE, .offset = FO(high_freq), .def = "0", .min = -1e7, .max = 1e7,
+     .arg = "HZ", .help = "highest mel edge; 0 = Nyquist, negative = Nyquist + HZ", .key = "high_freq"},
+    {.name = "preemphasis", .type = CAV_OPTT_DOUBLE, .offset = FO(preemph), .def = "0.97", .min = 0, .max = 1,
+     .arg = "X", .help = "pre-emphasis coefficient", .key = "preemphasis"},
+    {.name = "dither", .type = CAV_OPTT_DOUBLE, .offset = FO(dither), .def = "0", .min = 0, .max = 1e3, .arg = "X",
+     .help = "Gaussian dither scale (0 = none, as the reference)", .key = "dither"},
+    {.name = "seed", .type = CAV_OPTT_U64, .offset = FO(dither_seed), .def = "0", .min = 0, .max = (double)INT64_MAX,
+     .arg = "N", .help = "dither seed (each record's stream is keyed by the seed and its id)"},
+    {.name = "target-length", .short_name = 't', .type = CAV_OPTT_INT, .offset = FO(target_length), .def = "1024",
+     .min = 0, .max = 1 << 24, .arg = "N", .help = "cut or zero-pad to N frames (0 = keep every frame)",
+     .key = "target_length"},
+    {0},
+};
+
+void cav_fbank_opts_default(cav_fbank_opts *o) {
+    memset(o, 0, sizeof *o);
+    cav_opts_defaults(cav_fbank_options, o);
+    o->remove_dc = 1;
+    o->subtract_clip_mean = 1;
 }
 
 /* torch.hann_window / hamming_window (periodic=False) are arange(N) * (2π/(N-1)), cos, * -beta, + alpha,
@@ -503,24 +539,15 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     return 0;
 }
 
-const float *cav_fbank_wave_samples(const cav_tensor *wv, float **buf, int64_t *cap, int *channels, int64_t *n,
+const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf, int64_t *cap,
                                     cav_err *err) {
-    if ((wv->dtype != CAV_I16 && wv->dtype != CAV_F32) || wv->ndim < 1 || wv->ndim > 2) {
-        const char *dt = cav_dtype_name(wv->dtype);
-        cav_fail(err, CAV_EXIT_INPUT, "%s with %d dimensions; need i16 or f32 [n] or [channels,n]", dt ? dt : "?",
-                 wv->ndim);
-        return NULL;
-    }
-    *channels = wv->ndim == 2 ? (int)wv->shape[0] : 1;
-    *n = wv->shape[wv->ndim - 1];
-    if (wv->dtype == CAV_F32) return wv->data;
-    int64_t total = *n * *channels;
+    if (f32) return f32;
     if (total > *cap) {
         float *s = realloc(*buf, sizeof(float) * (size_t)(total ? total : 1));
         if (!s) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory"), NULL;
         *buf = s, *cap = total;
     }
-    const int16_t *s = wv->data; /* as torchaudio.load: int16 / 32768 */
+    const int16_t *s = i16; /* as torchaudio.load: int16 / 32768 */
     for (int64_t i = 0; i < total; i++) (*buf)[i] = s[i] / 32768.0f;
     return *buf;
 }

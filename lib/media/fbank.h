@@ -13,7 +13,8 @@
 
 #include <stdint.h>
 
-#include "record.h"
+#include "err.h"
+#include "opts.h"
 
 typedef enum {
     CAV_WIN_HANNING = 0, /* symmetric Hann: torch.hann_window(N, periodic=False) (the reference) */
@@ -40,6 +41,10 @@ typedef struct {
     int target_length;      /* frames after cut/zero-pad; 1024; 0 keeps the natural frame count */
 } cav_fbank_opts;
 
+/* The options as fbank(1) offers them (opts.h table over cav_fbank_opts): names, defaults, ranges, help,
+ * and the keys of the settings echo. cav_fbank_opts_default takes its defaults from here, so the tool, the
+ * training loader and every other caller share them. */
+extern const cav_opt cav_fbank_options[];
 void cav_fbank_opts_default(cav_fbank_opts *o);
 /* "hanning" (also "hann"), "hamming", "povey", "rectangular", "blackman"; -1 if unknown. */
 int cav_window_parse(const char *name);
@@ -69,11 +74,11 @@ void cav_fbank_mel_weights(const cav_fbank *fb, float *out);
  * (torchaudio refuses these too). frames_out (may be NULL) receives the natural frame count. */
 int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n, float *out,
                       int64_t *frames_out, cav_err *err);
-/* The samples of a record's `wave` tensor (i16 or f32, [n] or [channels, n]) as cav_fbank_compute takes
- * them: f32 as stored, i16 divided by 32768 as torchaudio.load into *buf (grown to *cap floats as needed;
- * the caller frees it). Sets *channels and *n. NULL with err filled for another dtype or rank (code
- * CAV_EXIT_INPUT) or when out of memory. The fbank tool and the training loader both read waves here. */
-const float *cav_fbank_wave_samples(const cav_tensor *wave, float **buf, int64_t *cap, int *channels, int64_t *n,
+/* Samples as cav_fbank_compute takes them: f32 (if not NULL) as they are; else i16 divided by 32768 as
+ * torchaudio.load, into *buf (grown to *cap floats as needed; the caller frees it). total = channels x n.
+ * NULL with err filled when out of memory. The fbank tool and the training loader both read waves here
+ * (clip.h's cav_clip_get_wave finds and checks a record's `wave`). */
+const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf, int64_t *cap,
                                     cav_err *err);
 /* Restarts the dither stream (the tool reseeds per record so results do not depend on record order). */
 void cav_fbank_reseed(cav_fbank *fb, uint64_t seed);

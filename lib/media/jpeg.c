@@ -142,19 +142,3 @@ int cav_jpeg_decode(const uint8_t *data, size_t len, uint8_t *rgb, size_t cap, i
     if (warned) return cav_fail(err, CAV_EXIT_INPUT, "jpeg: corrupt data: %s", e.msg);
     return 0;
 }
-
-int cav_jpeg_frame(const cav_record *rec, int k, const uint8_t **data, size_t *len, cav_err *err) {
-    const cav_tensor *t = cav_record_find(rec, "frames_jpeg"), *off = cav_record_find(rec, "frames_jpeg_offsets");
-    if (!t) return 0;
-    if (t->dtype != CAV_U8 || t->ndim != 1 || !off || off->dtype != CAV_I64 || off->ndim != 1 || off->shape[0] < 2)
-        return cav_fail(err, CAV_EXIT_INPUT, "frames_jpeg: need u8 [bytes] and frames_jpeg_offsets i64 [N+1]");
-    const int64_t *o = off->data;
-    int n = (int)(off->shape[0] - 1);
-    if (k < 0 || k >= n) return cav_fail(err, CAV_EXIT_INPUT, "frames_jpeg: no frame %d of %d", k, n);
-    if (o[k] < 0 || o[k + 1] < o[k] || o[k + 1] > t->shape[0])
-        return cav_fail(err, CAV_EXIT_INPUT, "frames_jpeg_offsets: frame %d spans [%lld,%lld) outside %lld bytes", k,
-                        (long long)o[k], (long long)o[k + 1], (long long)t->shape[0]);
-    *data = (const uint8_t *)t->data + o[k];
-    *len = (size_t)(o[k + 1] - o[k]);
-    return n;
-}

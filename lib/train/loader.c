@@ -12,6 +12,7 @@
 
 #include "augment.h"
 #include "cli.h"
+#include "clip.h"
 #include "fbank.h"
 #include "jpeg.h"
 #include "rng.h"
@@ -26,8 +27,10 @@ void cav_loader_opts_default(cav_loader_opts *o, int train) {
     o->train = train;
     o->batch = 48;
     o->drop_last = 1;
-    o->target_length = 1024;
-    o->mel_bins = 128;
+    cav_fbank_opts fo; /* the filterbank's own defaults (fbank(1)'s option table) */
+    cav_fbank_opts_default(&fo);
+    o->target_length = fo.target_length;
+    o->mel_bins = fo.num_mel_bins;
     o->norm_mean = CAV_FBANK_MEAN;
     o->norm_std = CAV_FBANK_STD;
     o->noise = train;
@@ -100,13 +103,12 @@ static int field_shape(cav_shard *s, const char *name, cav_shard_field *f) {
 
 /* A row's sample rate (attribute sample_rate; absent: 16 kHz, the fbank tool's default) must be 16 kHz. */
 static int check_rate(const char *path, cav_shard *s, int64_t row, cav_err *err) {
-    const char *ra = cav_shard_row_attr(s, row, "sample_rate");
+    const char *ra = cav_shard_row_attr(s, row, CAV_ATTR_SAMPLE_RATE);
     if (!ra) return 0;
-    char *end;
-    double rate = strtod(ra, &end);
-    if (end == ra || *end || rate != WAVE_RATE)
+    double rate;
+    if (cav_clip_parse_rate(ra, &rate) || rate != WAVE_RATE)
         return cav_fail(err, 2,
-                        "%s: row %lld (id '%s'): field wave: sample_rate %s Hz; the loader computes fbank from %d Hz "
+                        "%s: row %lld (id '%s'): field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz; the loader computes fbank from %d Hz "
                         "waveforms only (resample with av-extract, or store fbank with fbank(1))",
                         path, (long long)row, cav_shard_id(s, row), ra, WAVE_RATE);
     return 0;
@@ -119,43 +121,43 @@ static int validate_shard(cav_loader *ld, int si, cav_err *err) {
     int64_t rows = cav_shard_rows(s);
     cav_shard_field f;
     if (ld->o.need_audio) {
-        if (field_shape(s, "fbank", &f)) {
-            if (f.present != rows) return cav_fail(err, 2, "%s: field fbank: present in %lld of %lld rows", path, (long long)f.present, (long long)rows);
+        if (field_shape(s, CAV_FIELD_FBANK, &f)) {
+            if (f.present != rows) return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": present in %lld of %lld rows", path, (long long)f.present, (long long)rows);
             if (f.dtype != CAV_F32 && f.dtype != CAV_F16)
-                return cav_fail(err, 2, "%s: field fbank: type %s, expected f32 or f16", path, cav_dtype_name(f.dtype));
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": type %s, expected f32 or f16", path, cav_dtype_name(f.dtype));
             if (!f.ragged && (f.ndim != 2 || f.shape[1] != ld->o.mel_bins))
-                return cav_fail(err, 2, "%s: field fbank: rows are not [T, %d]", path, ld->o.mel_bins);
-        } else if (field_shape(s, "wave", &f)) {
-            if (f.present != rows) return cav_fail(err, 2, "%s: field wave: present in %lld of %lld rows (and no field fbank)", path, (long long)f.present, (long long)rows);
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": rows are not [T, %d]", path, ld->o.mel_bins);
+        } else if (field_shape(s, CAV_FIELD_WAVE, &f)) {
+            if (f.present != rows) return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": present in %lld of %lld rows (and no field " CAV_FIELD_FBANK ")", path, (long long)f.present, (long long)rows);
             if (f.dtype != CAV_I16 && f.dtype != CAV_F32)
-                return cav_fail(err, 2, "%s: field wave: type %s, expected i16 or f32", path, cav_dtype_name(f.dtype));
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": type %s, expected i16 or f32", path, cav_dtype_name(f.dtype));
             if (!f.ragged && (f.ndim < 1 || f.ndim > 2))
-                return cav_fail(err, 2, "%s: field wave: rows are not [n] or [channels, n]", path);
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": rows are not [n] or [channels, n]", path);
             for (int64_t r = 0; r < rows; r++)
                 if (check_rate(path, s, r, err)) return -1;
             ld->from_wave[si] = 1;
         } else {
-            return cav_fail(err, 2, "%s: no field fbank or wave (av-extract writes wave; fbank(1) adds fbank)", path);
+            return cav_fail(err, 2, "%s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE " (av-extract writes " CAV_FIELD_WAVE "; fbank(1) adds " CAV_FIELD_FBANK ")", path);
         }
     }
     if (ld->o.need_video) {
-        const char *name = "frames";
-        if (field_shape(s, "frames", &f)) {
-            if (f.dtype != CAV_U8) return cav_fail(err, 2, "%s: field frames: type %s, expected u8", path, cav_dtype_name(f.dtype));
-        } else if (field_shape(s, "frames_jpeg", &f)) {
+        const char *name = CAV_FIELD_FRAMES;
+        if (field_shape(s, CAV_FIELD_FRAMES, &f)) {
+            if (f.dtype != CAV_U8) return cav_fail(err, 2, "%s: field " CAV_FIELD_FRAMES ": type %s, expected u8", path, cav_dtype_name(f.dtype));
+        } else if (field_shape(s, CAV_FIELD_FRAMES_JPEG, &f)) {
             cav_shard_field fo;
-            if (!field_shape(s, "frames_jpeg_offsets", &fo)) return cav_fail(err, 2, "%s: field frames_jpeg without frames_jpeg_offsets", path);
-            name = "frames_jpeg";
+            if (!field_shape(s, CAV_FIELD_FRAMES_JPEG_OFFSETS, &fo)) return cav_fail(err, 2, "%s: field " CAV_FIELD_FRAMES_JPEG " without " CAV_FIELD_FRAMES_JPEG_OFFSETS, path);
+            name = CAV_FIELD_FRAMES_JPEG;
             ld->jpeg[si] = 1;
         } else {
-            return cav_fail(err, 2, "%s: no field frames or frames_jpeg", path);
+            return cav_fail(err, 2, "%s: no field " CAV_FIELD_FRAMES " or " CAV_FIELD_FRAMES_JPEG, path);
         }
         if (f.present != rows) return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, name, (long long)f.present, (long long)rows);
     }
     if (ld->o.label_dim > 0) {
-        if (!field_shape(s, "labels", &f)) return cav_fail(err, 2, "%s: no field labels", path);
+        if (!field_shape(s, CAV_FIELD_LABELS, &f)) return cav_fail(err, 2, "%s: no field " CAV_FIELD_LABELS, path);
         if (f.present != rows || f.ragged || f.ndim != 1 || f.shape[0] != ld->o.label_dim || f.dtype != CAV_F32)
-            return cav_fail(err, 2, "%s: field labels: expected f32 [%d] in every row", path, ld->o.label_dim);
+            return cav_fail(err, 2, "%s: field " CAV_FIELD_LABELS ": expected f32 [%d] in every row", path, ld->o.label_dim);
     }
     return 0;
 }
@@ -241,11 +243,14 @@ static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int avai
 /* The fbank of a record's `wave` [T, F] into out (cut or zero-padded to T frames), as fbank(1) computes it
  * by default (SPEC 1.3) at 16 kHz; *fb is the caller's filterbank, built on first use. Returns the frames
  * kept (the natural count, at most T), or -1. */
-static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_tensor *wv, cav_fbank **fb,
+static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_clip_wave *wv, cav_fbank **fb,
                       float *out, cav_err *err) {
-    const char *ra = cav_attrs_get(&rec->attrs, "sample_rate");
-    if (ra && strtod(ra, NULL) != WAVE_RATE)
-        return cav_fail(err, 2, "record %s: field wave: sample_rate %s Hz, expected %d", rec->id, ra, WAVE_RATE);
+    double rate;
+    cav_err e;
+    if (cav_clip_rate(rec, WAVE_RATE, &rate, &e)) return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
+    if (rate != WAVE_RATE)
+        return cav_fail(err, 2, "record %s: field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz, expected %d",
+                        rec->id, cav_attrs_get(&rec->attrs, CAV_ATTR_SAMPLE_RATE), WAVE_RATE);
     if (!*fb) {
         cav_fbank_opts fo;
         cav_fbank_opts_default(&fo);
@@ -255,39 +260,39 @@ static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav
         if (!(*fb = cav_fbank_new(&fo, err))) return -1;
     }
     float *buf = NULL;
-    int64_t cap = 0, n, frames;
-    int channels;
-    cav_err e;
-    const float *x = cav_fbank_wave_samples(wv, &buf, &cap, &channels, &n, &e);
-    int rc = !x || cav_fbank_compute(*fb, x, channels, n, out, &frames, &e) ? -1 : 0;
+    int64_t cap = 0, frames;
+    const float *x = cav_fbank_wave_samples(wv->i16, wv->f32, wv->n * wv->channels, &buf, &cap, &e);
+    int rc = !x || cav_fbank_compute(*fb, x, wv->channels, wv->n, out, &frames, &e) ? -1 : 0;
     free(buf);
-    if (rc) return cav_fail(err, e.code ? e.code : 2, "record %s: field wave: %s", rec->id, e.msg);
+    if (rc) return cav_fail(err, e.code ? e.code : 2, "record %s: field " CAV_FIELD_WAVE ": %s", rec->id, e.msg);
     return frames < o->target_length ? (int)frames : o->target_length;
 }
 
 static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *out,
                         cav_fbank **fb, cav_err *err) {
     int F = o->mel_bins, T = o->target_length, keep;
-    const cav_tensor *t = cav_record_find(rec, "fbank"), *wv;
-    if (t) {
-        if (t->ndim != 2 || t->shape[1] != o->mel_bins || t->shape[0] < 1)
-            return cav_fail(err, 2, "record %s: field fbank: shape is not [T, %d]", rec->id, o->mel_bins);
-        int m = (int)t->shape[0];
-        keep = m < T ? m : T;
+    cav_clip_fbank fbk;
+    cav_clip_wave wv;
+    cav_err e;
+    int has = cav_clip_get_fbank(rec, o->mel_bins, &fbk, &e);
+    if (has < 0) return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
+    if (has) {
+        keep = fbk.frames < T ? (int)fbk.frames : T;
         /* Fit first (float16 rows widen on the way), so SpecAugment runs on [T, F] raw log-mel. */
-        if (t->dtype == CAV_F32) cav_fbank_fit(t->data, keep, F, T, out);
-        else if (t->dtype == CAV_F16) {
-            const uint16_t *h = t->data;
-            for (int64_t i = 0; i < (int64_t)keep * F; i++) out[i] = cav_f16_to_f32(h[i]);
+        if (fbk.f32) cav_fbank_fit(fbk.f32, keep, F, T, out);
+        else {
+            cav_clip_fbank_rows(&fbk, keep, out);
             memset(out + (size_t)keep * F, 0, (size_t)(T - keep) * F * sizeof *out);
-        } else return cav_fail(err, 2, "record %s: field fbank: type %s", rec->id, cav_dtype_name(t->dtype));
-    } else if ((wv = cav_record_find(rec, "wave"))) {
-        if ((keep = wave_fbank(o, rec, wv, fb, out, err)) < 0) return -1;
+        }
+    } else if ((has = cav_clip_get_wave(rec, &wv, &e)) > 0) {
+        if ((keep = wave_fbank(o, rec, &wv, fb, out, err)) < 0) return -1;
+    } else if (has < 0) {
+        return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
     } else {
-        return cav_fail(err, 2, "record %s: no field fbank or wave", rec->id ? rec->id : "?");
+        return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE, rec->id ? rec->id : "?");
     }
     for (int64_t i = 0; i < (int64_t)keep * F; i++)
-        if (!isfinite(out[i])) return cav_fail(err, 2, "record %s: field fbank: non-finite value at frame %lld", rec->id, (long long)(i / F));
+        if (!isfinite(out[i])) return cav_fail(err, 2, "record %s: field " CAV_FIELD_FBANK ": non-finite value at frame %lld", rec->id, (long long)(i / F));
     if (o->train && (o->freqm > 0 || o->timem > 0)) {
         cav_rng r;
         cav_rng_seed(&r, o->seed, CAV_RNG_SPECAUG, (uint64_t)epoch, (uint64_t)pos);
@@ -313,32 +318,33 @@ static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epo
 static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *out,
                         cav_err *err) {
     int S = o->img_size;
-    const cav_tensor *t = cav_record_find(rec, "frames");
-    if (t) {
-        if (t->dtype != CAV_U8 || t->ndim != 4 || t->shape[0] < 1 || t->shape[1] != S || t->shape[2] != S || t->shape[3] != 3)
-            return cav_fail(err, 2, "record %s: field frames: expected u8 [F, %d, %d, 3]", rec->id, S, S);
-        int idx = pick_frame(o, epoch, pos, (int)t->shape[0]);
-        cav_image_normalize((const uint8_t *)t->data + (size_t)idx * S * S * 3, S, S, o->img_mean, o->img_std, out);
+    cav_clip_frames fr;
+    cav_err jerr;
+    int has = cav_clip_get_frames(rec, &fr, &jerr);
+    if (has) {
+        if (has < 0 || fr.single || fr.n < 1 || fr.h != S || fr.w != S)
+            return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES ": expected u8 [F, %d, %d, 3]", rec->id, S, S);
+        int idx = pick_frame(o, epoch, pos, fr.n);
+        cav_image_normalize(fr.rgb + (size_t)idx * S * S * 3, S, S, o->img_mean, o->img_std, out);
         return 0;
     }
     const uint8_t *jpg;
     size_t len;
-    cav_err jerr;
-    int nframes = cav_jpeg_frame(rec, 0, &jpg, &len, &jerr);
-    if (nframes == 0) return cav_fail(err, 2, "record %s: no field frames or frames_jpeg", rec->id);
+    int nframes = cav_clip_jpeg_frame(rec, 0, &jpg, &len, &jerr);
+    if (nframes == 0) return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FRAMES " or " CAV_FIELD_FRAMES_JPEG, rec->id);
     int idx = nframes > 0 ? pick_frame(o, epoch, pos, nframes) : 0;
-    if (nframes < 0 || cav_jpeg_frame(rec, idx, &jpg, &len, &jerr) < 0)
+    if (nframes < 0 || cav_clip_jpeg_frame(rec, idx, &jpg, &len, &jerr) < 0)
         return cav_fail(err, 2, "record %s: %s", rec->id, jerr.msg);
     uint8_t *rgb = malloc((size_t)S * S * 3);
     if (!rgb) return cav_fail(err, 3, "out of memory");
     int w, h;
     if (cav_jpeg_decode(jpg, len, rgb, (size_t)S * S * 3, &w, &h, &jerr)) {
         free(rgb);
-        return cav_fail(err, 2, "record %s: field frames_jpeg: frame %d: %s", rec->id, idx, jerr.msg);
+        return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d: %s", rec->id, idx, jerr.msg);
     }
     if (w != S || h != S) {
         free(rgb);
-        return cav_fail(err, 2, "record %s: field frames_jpeg: frame %d is %dx%d, expected %dx%d", rec->id, idx, w, h, S, S);
+        return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d is %dx%d, expected %dx%d", rec->id, idx, w, h, S, S);
     }
     cav_image_normalize(rgb, S, S, o->img_mean, o->img_std, out);
     free(rgb);
@@ -350,10 +356,10 @@ static int sample_one(const cav_loader_opts *o, const cav_record *rec, int epoch
     if (o->need_audio && sample_audio(o, rec, epoch, pos, audio, fb, err)) return -1;
     if (o->need_video && sample_video(o, rec, epoch, pos, video, err)) return -1;
     if (o->label_dim > 0) {
-        const cav_tensor *t = cav_record_find(rec, "labels");
-        if (!t || t->dtype != CAV_F32 || t->ndim != 1 || t->shape[0] != o->label_dim)
-            return cav_fail(err, 2, "record %s: field labels: expected f32 [%d]", rec->id, o->label_dim);
-        memcpy(labels, t->data, (size_t)o->label_dim * sizeof(float));
+        const float *lab;
+        if (cav_clip_get_labels(rec, o->label_dim, &lab, NULL, NULL) != 1)
+            return cav_fail(err, 2, "record %s: field " CAV_FIELD_LABELS ": expected f32 [%d]", rec->id, o->label_dim);
+        memcpy(labels, lab, (size_t)o->label_dim * sizeof(float));
     }
     return 0;
 }
@@ -380,20 +386,20 @@ static void run_job(cav_loader *ld, int64_t j, cav_fbank **fb) {
     cav_err e = {0, ""};
     const char *names[3];
     int nn = 0;
-    if (ld->o.need_audio) names[nn++] = ld->from_wave[si] ? "wave" : "fbank";
+    if (ld->o.need_audio) names[nn++] = ld->from_wave[si] ? CAV_FIELD_WAVE : CAV_FIELD_FBANK;
     if (ld->o.need_video) {
-        names[nn++] = ld->jpeg[si] ? "frames_jpeg" : "frames";
-        if (ld->jpeg[si]) names[nn++] = "frames_jpeg_offsets";
+        names[nn++] = ld->jpeg[si] ? CAV_FIELD_FRAMES_JPEG : CAV_FIELD_FRAMES;
+        if (ld->jpeg[si]) names[nn++] = CAV_FIELD_FRAMES_JPEG_OFFSETS;
     }
     int rc = 0;
     if (cav_shard_read_fields(ld->shards[si], srow, names, nn, &rec, &e) == 0 && ld->o.label_dim > 0) {
         cav_record lab;
         cav_record_init(&lab);
-        const char *ln[1] = {"labels"};
+        const char *ln[1] = {CAV_FIELD_LABELS};
         rc = cav_shard_read_fields(ld->shards[si], srow, ln, 1, &lab, &e);
         if (rc == 0) {
-            cav_tensor *t = cav_record_find(&lab, "labels");
-            if (!cav_record_put(&rec, "labels", t->dtype, t->ndim, t->shape, t->data)) rc = cav_fail(&e, 3, "out of memory");
+            cav_tensor *t = cav_record_find(&lab, CAV_FIELD_LABELS);
+            if (!cav_record_put(&rec, CAV_FIELD_LABELS, t->dtype, t->ndim, t->shape, t->data)) rc = cav_fail(&e, 3, "out of memory");
         }
         cav_record_clear(&lab);
     } else if (e.msg[0]) rc = -1;
