@@ -9,6 +9,7 @@
 
 #include "blas.h"
 #include "cli.h"
+#include "clip.h"
 #include "embed.h"
 #include "io.h"
 #include "loader.h"
@@ -61,10 +62,10 @@ static void flush(state *s) {
     for (int i = 0; i < s->n; i++) {
         cav_record_clear(&rec);
         int64_t sd[1] = {D}, sa[2] = {m->La, D}, sv[2] = {m->Lv, D};
-        if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, "emb_a", CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
-            !cav_record_put(&rec, "emb_v", CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
-            (s->tokens && (!cav_record_put(&rec, "feat_a", CAV_F32, 2, sa, m->feat_a + (size_t)i * m->La * D) ||
-                           !cav_record_put(&rec, "feat_v", CAV_F32, 2, sv, m->feat_v + (size_t)i * m->Lv * D))))
+        if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, CAV_FIELD_EMB_A, CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
+            !cav_record_put(&rec, CAV_FIELD_EMB_V, CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
+            (s->tokens && (!cav_record_put(&rec, CAV_FIELD_FEAT_A, CAV_F32, 2, sa, m->feat_a + (size_t)i * m->La * D) ||
+                           !cav_record_put(&rec, CAV_FIELD_FEAT_V, CAV_F32, 2, sv, m->feat_v + (size_t)i * m->Lv * D))))
             cav_die(CAV_EXIT_INTERNAL, "out of memory");
         if (cav_writer_put(s->w, &rec, &err)) {
             cav_writer_abort(s->w);
@@ -159,9 +160,9 @@ int main(int argc, char **argv) {
     cav_attrs_init(&attrs);
     char dim[32];
     snprintf(dim, sizeof dim, "%d", m->D);
-    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, "model", eo.path) ||
-        cav_attrs_set(&attrs, "embedding", "forward_feat, mean over all tokens, L2-normalised") ||
-        cav_attrs_set(&attrs, "embed_dim", dim))
+    if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, CAV_DATTR_MODEL, eo.path) ||
+        cav_attrs_set(&attrs, CAV_DATTR_EMBEDDING, "forward_feat, mean over all tokens, L2-normalised") ||
+        cav_attrs_set(&attrs, CAV_DATTR_EMBED_DIM, dim))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (!(s.w = cav_writer_open(out, cav_format_for_path(out), &attrs, &err)))
         cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "io.h"
 #include "metrics.h"
 
@@ -40,8 +41,8 @@ typedef struct {
 } embs;
 
 static void add(embs *e, const cav_record *rec, const char *path, int64_t idx) {
-    const cav_tensor *t[2] = {cav_record_find(rec, "emb_a"), cav_record_find(rec, "emb_v")};
-    const char *names[2] = {"emb_a", "emb_v"};
+    const cav_tensor *t[2] = {cav_record_find(rec, CAV_FIELD_EMB_A), cav_record_find(rec, CAV_FIELD_EMB_V)};
+    const char *names[2] = {CAV_FIELD_EMB_A, CAV_FIELD_EMB_V};
     for (int k = 0; k < 2; k++) {
         if (!t[k]) cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): no field %s", path, (long long)idx, rec->id, names[k]);
         if (t[k]->dtype != CAV_F32 || t[k]->ndim != 1 || t[k]->shape[0] < 1)

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "idset.h"
 #include "io.h"
 #include "manifest.h"
@@ -112,7 +113,7 @@ static int emit(pipeline *p, cav_record *rec, const char *src, int64_t index, ca
 
 /* Warn when inputs disagree on a dataset attribute other than provenance. */
 static void compare_attrs(const cav_attrs *first, const cav_attrs *a, const char *path) {
-    static const char *prov[] = {"tool", "version", "args", "history"};
+    static const char *prov[] = {CAV_DATTR_TOOL, CAV_DATTR_VERSION, CAV_DATTR_ARGS, CAV_DATTR_HISTORY};
     for (int i = 0; i < a->n; i++) {
         int skip = 0;
         for (int k = 0; k < 4; k++) skip |= strcmp(a->v[i].key, prov[k]) == 0;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "shard.h"
 #include "stream.h"
 
@@ -224,14 +225,14 @@ int cav_attrs_provenance(cav_attrs *a, int argc, char **argv) {
     args[0] = 0;
     for (int i = 1; i < argc; i++)
         if (append_quoted(&args, &len, &cap, i > 1 ? " " : "", argv[i])) return free(args), -1;
-    const char *old = cav_attrs_get(a, "history");
+    const char *old = cav_attrs_get(a, CAV_DATTR_HISTORY);
     size_t hn = (old ? strlen(old) + 1 : 0) + strlen(cav_tool()) + strlen(cav_version_string()) + len + 3;
     char *hist = malloc(hn);
     if (!hist) return free(args), -1;
     snprintf(hist, hn, "%s%s%s %s%s%s", old ? old : "", old ? "\n" : "", cav_tool(), cav_version_string(),
              len ? " " : "", args);
-    int st = cav_attrs_set(a, "tool", cav_tool()) || cav_attrs_set(a, "version", cav_version_string()) ||
-             cav_attrs_set(a, "args", args) || cav_attrs_set(a, "history", hist);
+    int st = cav_attrs_set(a, CAV_DATTR_TOOL, cav_tool()) || cav_attrs_set(a, CAV_DATTR_VERSION, cav_version_string()) ||
+             cav_attrs_set(a, CAV_DATTR_ARGS, args) || cav_attrs_set(a, CAV_DATTR_HISTORY, hist);
     free(hist);
     free(args);
     return st ? -1 : 0;

@@ -15,6 +15,7 @@
 #include <zstd.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "h5zstd.h"
 #include "idset.h"
 
@@ -31,7 +32,7 @@ static pthread_mutex_t h5lock = PTHREAD_MUTEX_INITIALIZER;
 #define INDEX_CHUNK 4096                 /* rows per chunk of the per-row columns */
 #define READ_LIMIT (UINT64_C(1) << 32)   /* largest tensor a reader allocates for one row */
 
-static const char *reserved[] = {"id", "attrs", "attrs_set"};
+static const char *reserved[] = {CAV_FIELD_ID, "attrs", "attrs_set"};
 
 /* ---------------------------------------------------------------- HDF5 helpers (call under the lock) */
 
@@ -704,7 +705,7 @@ static int finish(cav_shard_writer *w) {
     hid_t st = vlen_str_type();
     int bad = 0;
     hsize_t none[1] = {0}, sh[1] = {CAV_MAX_NDIM};
-    bad = write_column(w->file, "id", st, st, 1, none, w->rows, w->ids, -1);
+    bad = write_column(w->file, CAV_FIELD_ID, st, st, 1, none, w->rows, w->ids, -1);
     for (int i = 0; !bad && i < w->nf; i++) {
         wfield *f = &w->f[i];
         if (!f->ragged) {
@@ -1138,7 +1139,7 @@ static int shard_open_locked(cav_shard *s, cav_err *err) {
         return cav_fail(err, CAV_EXIT_INPUT, "%s: cav_rows: missing or negative (an incomplete shard?)", p);
     if (H5Aiterate2(s->file, H5_INDEX_NAME, H5_ITER_INC, NULL, attr_cb, &s->attrs) < 0)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: dataset attributes unreadable: %s", p, h5_why(why));
-    hid_t d = open_column(s->file, "id", s->rows, 1, 0, p, "id", err);
+    hid_t d = open_column(s->file, CAV_FIELD_ID, s->rows, 1, 0, p, CAV_FIELD_ID, err);
     if (d < 0) return -1;
     s->ids = calloc(s->rows ? (size_t)s->rows : 1, sizeof *s->ids);
     int st = !s->ids || read_strings(d, s->rows, s->ids);

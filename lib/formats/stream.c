@@ -9,6 +9,7 @@
 #include <zstd.h>
 
 #include "cli.h"
+#include "clip.h"
 #include "idset.h"
 
 #define TAG_HEADER "HDR"
@@ -433,7 +434,7 @@ static int parse_record(cav_stream_reader *r, cav_record *rec, cav_err *err) {
     cursor c = {r->payload.p, r->payload.n, 0};
     char *id = NULL;
     int st = cur_str(&c, CAV_MAX_NAME, 0, &id);
-    if (st) return str_fail(st, err, where(r, NULL, loc, sizeof loc), "id");
+    if (st) return str_fail(st, err, where(r, NULL, loc, sizeof loc), CAV_FIELD_ID);
     rec->id = id;
     where(r, id, loc, sizeof loc);
     int dupid = cav_idset_add(&r->ids, id, r->cur);
