@@ -28,6 +28,7 @@ static const char usage[] =
     "      --set KEY=VALUE      a model knob by the reference's name (applied last)\n"
     "  -o, --out OUT            output: a shard (*.h5) or a record stream ('-', the default: stdout)\n"
     "  -b, --batch-size N       clips per forward pass (default 4)\n"
+    "      --device NAME        compute backend: cpu (default), cuda, cuda:N (when built with it)\n"
     "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
     "      --frame N            use frame N instead of the middle frame 5\n"
     "      --help, --version\n"
@@ -36,7 +37,7 @@ static const char usage[] =
     "Exit status: 0 ok, 1 usage, 2 bad input (bad records were skipped, or a bad checkpoint), 3 internal\n"
     "or resource failure.\n";
 
-enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME };
+enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME, O_DEVICE };
 
 typedef struct {
     cav_embedder e;
@@ -44,17 +45,22 @@ typedef struct {
     int tokens, n, B;
     char **ids;     /* [B] ids of the rows in the batch */
     float *ea, *ev; /* [B, D] */
+    float *audio, *video; /* the batch's inputs [B,T,F] [B,3,S,S], uploaded to the model per batch */
+    float *fa, *fv;       /* --tokens: the model's feat_a [B,La,D], feat_v [B,Lv,D] */
     int64_t written;
 } state;
 
 static void flush(state *s) {
     if (!s->n) return;
     cav_model *m = s->e.m;
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
     /* rows past n hold the previous batch's inputs: zero them so the unused rows compute on finite values */
-    memset(m->in.audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
-    memset(m->in.video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
-    cav_embedder_run(&s->e, s->n, s->ea, s->ev);
+    memset(s->audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
+    memset(s->video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
+    cav_model_set_input(m, CAV_IN_AUDIO, s->audio, s->B);
+    cav_model_set_input(m, CAV_IN_VIDEO, s->video, s->B);
+    if (cav_embedder_run(&s->e, s->n, s->ea, s->ev)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    if (s->tokens) cav_model_read_output(m, "feat_a", s->fa), cav_model_read_output(m, "feat_v", s->fv);
     int D = m->D;
     cav_record rec;
     cav_record_init(&rec);
@@ -62,10 +68,11 @@ static void flush(state *s) {
     for (int i = 0; i < s->n; i++) {
         cav_record_clear(&rec);
         int64_t sd[1] = {D}, sa[2] = {m->La, D}, sv[2] = {m->Lv, D};
-        if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, CAV_FIELD_EMB_A, CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
+        if (cav_record_set_id(&rec, s->ids[i]) ||
+            !cav_record_put(&rec, CAV_FIELD_EMB_A, CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
             !cav_record_put(&rec, CAV_FIELD_EMB_V, CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
-            (s->tokens && (!cav_record_put(&rec, CAV_FIELD_FEAT_A, CAV_F32, 2, sa, m->feat_a + (size_t)i * m->La * D) ||
-                           !cav_record_put(&rec, CAV_FIELD_FEAT_V, CAV_F32, 2, sv, m->feat_v + (size_t)i * m->Lv * D))))
+            (s->tokens && (!cav_record_put(&rec, CAV_FIELD_FEAT_A, CAV_F32, 2, sa, s->fa + (size_t)i * m->La * D) ||
+                           !cav_record_put(&rec, CAV_FIELD_FEAT_V, CAV_F32, 2, sv, s->fv + (size_t)i * m->Lv * D))))
             cav_die(CAV_EXIT_INTERNAL, "out of memory");
         if (cav_writer_put(s->w, &rec, &err)) {
             cav_writer_abort(s->w);
@@ -84,7 +91,8 @@ int main(int argc, char **argv) {
     cav_blas_fit_cpu("cav-embed", argv);
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"model-type", 1, 0, O_TYPE}, {"arch", 1, 0, O_ARCH},
                                          {"set", 1, 0, O_SET}, {"out", 1, 0, 'o'}, {"batch-size", 1, 0, 'b'},
-                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, CAV_STD_OPTIONS,
+                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, {"device", 1, 0, O_DEVICE},
+                                         CAV_STD_OPTIONS,
                                          {0, 0, 0, 0}};
     cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
     const char **keys = calloc((size_t)argc + 1, sizeof *keys), **vals = calloc((size_t)argc + 1, sizeof *vals);
@@ -114,6 +122,7 @@ int main(int argc, char **argv) {
         case 'b': eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16); break;
         case O_TOKENS: tokens = 1; break;
         case O_FRAME: frame = (int)cav_parse_int("frame", optarg, 0, 1000); break;
+        case O_DEVICE: eo.device = optarg; break;
         default: cav_std_option(c, usage); cav_usage_error("unexpected option");
         }
     }
@@ -139,7 +148,14 @@ int main(int argc, char **argv) {
     s.tokens = tokens, s.B = eo.batch;
     s.ids = calloc((size_t)s.B, sizeof *s.ids);
     s.ea = malloc((size_t)s.B * m->D * sizeof(float)), s.ev = malloc((size_t)s.B * m->D * sizeof(float));
-    if (!s.ids || !s.ea || !s.ev) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
+    s.audio = malloc((size_t)s.B * A * sizeof(float)), s.video = malloc((size_t)s.B * V * sizeof(float));
+    if (tokens) {
+        s.fa = malloc((size_t)s.B * m->La * m->D * sizeof(float));
+        s.fv = malloc((size_t)s.B * m->Lv * m->D * sizeof(float));
+    }
+    if (!s.ids || !s.ea || !s.ev || !s.audio || !s.video || (tokens && (!s.fa || !s.fv)))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
 
     cav_loader_opts lo;
     cav_loader_opts_default(&lo, 0);
@@ -168,7 +184,6 @@ int main(int argc, char **argv) {
         cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_attrs_clear(&attrs);
 
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
     int64_t bad = 0, seen = 0;
     cav_record rec;
     cav_record_init(&rec);
@@ -187,7 +202,7 @@ int main(int argc, char **argv) {
                 if (!shard) break; /* a stream cannot be resynchronised after a bad frame */
                 continue;
             }
-            if (cav_loader_sample(&lo, &rec, 1, seen - 1, m->in.audio + (size_t)s.n * A, m->in.video + (size_t)s.n * V,
+            if (cav_loader_sample(&lo, &rec, 1, seen - 1, s.audio + (size_t)s.n * A, s.video + (size_t)s.n * V,
                                   NULL, &err)) {
                 if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
                 cav_msg("%s: record %lld: %s; skipped", inputs[i], (long long)idx, err.msg);
@@ -205,7 +220,8 @@ int main(int argc, char **argv) {
     if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_msg("%lld clips embedded", (long long)s.written);
     cav_embedder_close(&s.e);
-    free(s.ids), free(s.ea), free(s.ev), free(rds), free(keys), free(vals);
+    free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds), free(keys),
+        free(vals);
     if (bad) {
         cav_msg("%lld bad record%s skipped", (long long)bad, bad > 1 ? "s" : "");
         return CAV_EXIT_INPUT;
