@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "h5zstd.h"
 #include "idset.h"
@@ -41,6 +42,10 @@ static void h5_init(void) {
     static int done;
     if (done) return;
     done = 1;
+    /* No HDF5 exit handler: after a failed H5Fclose (a full disk) the library's own cleanup at exit reads
+     * freed state and crashes (H5F__close_cb) after printing "infinite loop closing library". Every file is
+     * closed explicitly here; an output abandoned by an error is removed anyway. */
+    H5dont_atexit();
     H5open();
     /* errors are reported by us, with file/row/field and HDF5's innermost reason; CAV_HDF5_DEBUG=1 shows
      * HDF5's own stack as well */
@@ -292,6 +297,7 @@ typedef struct {
 
 struct cav_shard_writer {
     char *path, *tmp;
+    cav_afile *out; /* the temporary file HDF5 writes, renamed into place by a successful close */
     hid_t file;
     int level, planned, failed;
     cav_attrs attrs;
@@ -560,6 +566,7 @@ static void writer_free(cav_shard_writer *w) {
     cav_idset_clear(&w->idset);
     cav_attrs_clear(&w->attrs);
     if (w->file >= 0) H5Fclose(w->file);
+    cav_afile_abort(w->out);
     free(w->path);
     free(w->tmp);
     free(w);
@@ -577,14 +584,20 @@ cav_shard_writer *cav_shard_create(const char *path, const cav_attrs *attrs, int
     w->file = -1;
     w->level = level ? level : 3;
     w->path = strdup(path);
-    size_t n = strlen(path) + 32;
-    w->tmp = malloc(n);
-    if (!w->path || !w->tmp || (attrs && cav_attrs_copy(&w->attrs, attrs))) {
+    if (!w->path || (attrs && cav_attrs_copy(&w->attrs, attrs))) {
         cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", path);
         writer_free(w);
         return NULL;
     }
-    snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    if (!(w->out = cav_afile_open(path, CAV_AFILE_SEEKABLE, err))) {
+        writer_free(w);
+        return NULL;
+    }
+    if (!(w->tmp = strdup(cav_afile_name(w->out)))) {
+        cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", path);
+        writer_free(w);
+        return NULL;
+    }
     LOCK();
     h5_init();
     w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -768,17 +781,18 @@ int cav_shard_writer_close(cav_shard_writer *w, cav_err *err) {
         st = st ? st : finish(w);
         if (st) h5_why(why);
         UNLOCK();
-        if (st)
+        if (st) {
             cav_fail(err, CAV_EXIT_INTERNAL, "%s: write failed: %s", w->tmp, why);
-        else if (rename(w->tmp, w->path))
-            st = cav_fail(err, CAV_EXIT_INTERNAL, "%s: cannot rename %s into place", w->path, w->tmp);
+        } else {
+            st = cav_afile_commit(w->out, err);
+            w->out = NULL;
+        }
     }
     if (st) {
         LOCK();
         if (w->file >= 0) H5Fclose(w->file);
         w->file = -1;
         UNLOCK();
-        unlink(w->tmp);
     }
     LOCK();
     writer_free(w);
@@ -791,7 +805,6 @@ void cav_shard_writer_abort(cav_shard_writer *w) {
     LOCK();
     if (w->file >= 0) H5Fclose(w->file);
     w->file = -1;
-    unlink(w->tmp);
     writer_free(w);
     UNLOCK();
 }
