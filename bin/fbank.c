@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "augment.h"
 #include "avdecode.h"
 #include "cli.h"
@@ -96,7 +97,7 @@ static int process(state *st, cav_record *rec, const char *source, int64_t index
                         (long long)index, id);
     int channels;
     int64_t n;
-    cav_err e1;
+    cav_err e1 = {0};
     const float *x = cav_fbank_wave_samples(wv, &st->samples, &st->cap_samples, &channels, &n, &e1);
     if (!x)
         return cav_fail(err, e1.code, "%s: record %lld (id '%s'): wave: %s", source, (long long)index, id, e1.msg);
@@ -300,6 +301,7 @@ int main(int argc, char **argv) {
     cav_progress *prog = cav_progress_start("records", 0);
     if (nwavs) {
         if (optind < argc) cav_usage_error("give either --wav/--audio files or record INPUTs, not both");
+        for (int i = 0; i < nwavs; i++) cav_input_note(wavs[i]); /* the output may replace none of them */
         open_writer(output, NULL, &st, argc, argv);
         for (int i = 0; i < nwavs; i++) {
             cav_wav w;
@@ -343,6 +345,7 @@ int main(int argc, char **argv) {
         char *dash = "-";
         char **inputs = ninputs ? argv + optind : &dash;
         if (!ninputs) ninputs = 1;
+        for (int i = 0; i < ninputs; i++) cav_input_note(inputs[i]); /* the output may replace none of them */
         for (int i = 0; i < ninputs; i++) {
             cav_reader *rd = cav_reader_open(inputs[i], &err);
             if (!rd) fail(&err);

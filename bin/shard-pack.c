@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "idset.h"
 #include "io.h"
@@ -288,9 +289,11 @@ int main(int argc, char **argv) {
     if (pc < 0) cav_usage_error("--output '%s': at most one integer conversion such as %%03d", output);
     if (pc == 0 && (max_rows || max_bytes)) cav_usage_error("--max-rows/--max-bytes need a numbered --output pattern (out-%%03d.h5)");
     if (cav_format_for_path(output) == CAV_FMT_SHARD && strcmp(output, "-") == 0) cav_usage_error("a shard needs a file name");
-    if (strcmp(output, "-") && pc == 0)
-        for (int i = 0; i < nin; i++)
-            if (strcmp(inputs[i], output) == 0) cav_usage_error("output '%s' is also an input", output);
+    /* an output that is an input (same device and inode) is refused when opened and again at its rename */
+    for (int i = 0; i < nin; i++) cav_input_note(inputs[i]);
+    cav_input_note(json);
+    cav_input_note(csv);
+    cav_input_note(select_path);
 
     cav_err err = {0};
     cav_labelset labels = {0};

@@ -1,5 +1,6 @@
-/* checkpoint.c: see checkpoint.h. Durability: every file is written through atomicfile.h (fsync'ed) before the COMPLETE marker is
- * written, the directory is renamed into place, and the parent directory is fsync'ed after the rename. */
+/* checkpoint.c: see checkpoint.h. Durability: every file is written through atomicfile.h (fsync'ed, renamed
+ * into place) before the COMPLETE marker is written, the directory is renamed into place, and the parent
+ * directory is fsync'ed after the rename. */
 #include "checkpoint.h"
 
 #include <dirent.h>

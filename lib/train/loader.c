@@ -257,7 +257,7 @@ static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav
     float *buf = NULL;
     int64_t cap = 0, n, frames;
     int channels;
-    cav_err e;
+    cav_err e = {0};
     const float *x = cav_fbank_wave_samples(wv, &buf, &cap, &channels, &n, &e);
     int rc = !x || cav_fbank_compute(*fb, x, channels, n, out, &frames, &e) ? -1 : 0;
     free(buf);
