@@ -249,3 +249,16 @@ float cav_f16_to_f32(uint16_t h) {
     memcpy(&f, &x, 4);
     return f;
 }
+
+uint64_t cav_record_limit(void) {
+    const uint64_t dflt = UINT64_C(256) << 20, max = UINT64_C(1) << 34;
+    const char *e = getenv("CAV_MAX_RECORD_BYTES");
+    if (!e || !*e) return dflt;
+    char *end;
+    double v = strtod(e, &end), m = 1;
+    if (*end == 'K' || *end == 'k') m = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') m = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') m = 1024.0 * 1024 * 1024, end++;
+    if (end == e || *end || !(v > 0)) return dflt; /* unreadable: the default, not no limit */
+    return v * m >= (double)max ? max : (uint64_t)(v * m);
+}

@@ -88,4 +88,9 @@ int cav_attrs_copy(cav_attrs *dst, const cav_attrs *src);
 uint16_t cav_f32_to_f16(float f);
 float cav_f16_to_f32(uint16_t h);
 
+/* The largest record (uncompressed frame payload) a reader accepts before allocating for it: 256 MiB by
+ * default, CAV_MAX_RECORD_BYTES in the environment (bytes, K/M/G suffixes) raises or lowers it, up to the
+ * format's 16 GiB. A header cannot make a reader spend more than this. */
+uint64_t cav_record_limit(void);
+
 #endif
