@@ -162,6 +162,18 @@ static int verify(int n, char **inputs) {
                 continue;
             }
             count++;
+            /* no checksum covers ids and attribute strings: they are re-validated as text instead */
+            if (!cav_text_ok(rec.id, 0)) {
+                cav_msg("%s: record %lld: id: not valid UTF-8 text (or holds control characters)", path,
+                        (long long)cav_reader_index(rd));
+                bad++;
+            }
+            for (int a = 0; a < rec.attrs.n; a++)
+                if (!cav_text_ok(rec.attrs.v[a].key, 0) || !cav_text_ok(rec.attrs.v[a].value, 1)) {
+                    cav_msg("%s: record %lld (id '%s'): attribute '%s': not valid UTF-8 text (or holds control "
+                            "characters)", path, (long long)cav_reader_index(rd), rec.id, rec.attrs.v[a].key);
+                    bad++;
+                }
             int64_t first = cav_idset_get(&ids, rec.id);
             if (first >= 0) {
                 cav_msg("%s: record %lld (id '%s'): id: duplicated (also in %s)", path,

@@ -93,4 +93,8 @@ float cav_f16_to_f32(uint16_t h);
  * format's 16 GiB. A header cannot make a reader spend more than this. */
 uint64_t cav_record_limit(void);
 
+/* 1 when s is valid UTF-8 (shortest forms, no surrogates) without control characters (tab and newline
+ * allowed when allow_lines); what ids and attribute strings must be. */
+int cav_text_ok(const char *s, int allow_lines);
+
 #endif
