@@ -159,7 +159,13 @@ $(PLUGIN): lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_REL) $(OPT) -fPIC -shared lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c -o $@ $(DEP_LIBS)
 
-tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) all
+# The write-failure injector the reliability test preloads (tests/faultinj/faultinj.c).
+FAULTINJ := $(BUILD)/faultinj.so
+$(FAULTINJ): tests/faultinj/faultinj.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -Wall -Wextra $(WERROR) -O1 -fPIC -shared $< -o $@ -ldl
+
+tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) $(FAULTINJ) all
 
 # Golden data from the independent references (tests/ref/gen_*.py, Debian's python3 packages) goes to
 # $(BUILD)/ref/NAME/; a generator reruns when its script is newer than its stamp.
@@ -176,7 +182,7 @@ $(BUILD)/.check-deps: $(BUILD)/config.mk
 # What the tests see: the built tools first on PATH, the filter plugin for h5py/h5dump, the golden data.
 TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bin)" \
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
-  CAV_REF="$(abspath $(BUILD)/ref)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
+  CAV_REF="$(abspath $(BUILD)/ref)" CAV_FAULTINJ="$(abspath $(FAULTINJ))" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
   CAV_BENCH_BIN="$(abspath $(BUILD)/bench)" CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 

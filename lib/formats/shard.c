@@ -127,7 +127,7 @@ static int write_str_attr(hid_t loc, const char *name, const char *value) {
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(loc, name, st, sp, H5P_DEFAULT, H5P_DEFAULT);
     int bad = a < 0 || H5Awrite(a, st, &value) < 0;
-    if (a >= 0) H5Aclose(a);
+    if (a >= 0) bad = H5Aclose(a) < 0 || bad;
     H5Sclose(sp);
     H5Tclose(st);
     return bad ? -1 : 0;
@@ -136,7 +136,7 @@ static int write_i64_attr(hid_t loc, const char *name, int64_t v) {
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &v) < 0;
-    if (a >= 0) H5Aclose(a);
+    if (a >= 0) bad = H5Aclose(a) < 0 || bad;
     H5Sclose(sp);
     return bad ? -1 : 0;
 }
@@ -428,11 +428,12 @@ static int convert_to_ragged(cav_shard_writer *w, wfield *f) {
     for (int64_t r = 0; !bad && r < n; r++)
         bad = read_rows(fixed, mem_type(f->dtype), r, 1, t.data) || ragged_put(f, r, &t);
     free(t.data);
-    H5Dclose(fixed);
+    /* a close flushes: its failure is a write failure */
+    bad = H5Dclose(fixed) < 0 || bad;
     bad = bad || H5Ldelete(w->file, f->name, H5P_DEFAULT) < 0;
-    H5Dclose(f->d);
+    bad = H5Dclose(f->d) < 0 || bad;
     f->d = -1;
-    H5Gclose(g);
+    bad = H5Gclose(g) < 0 || bad;
     bad = bad || H5Lmove(w->file, tmp, w->file, f->name, H5P_DEFAULT, H5P_DEFAULT) < 0;
     if (bad) return -1;
     g = H5Gopen2(w->file, f->name, H5P_DEFAULT);
@@ -709,7 +710,7 @@ static int write_column(hid_t loc, const char *name, hid_t ftype, hid_t mtype, i
     hid_t d = create_ext(loc, name, ftype, rank, row_dims, chunk, level);
     if (d < 0) return -1;
     int bad = write_rows(d, mtype, 0, n, buf) || set_rows(d, n);
-    H5Dclose(d);
+    bad = H5Dclose(d) < 0 || bad; /* a close flushes: its failure is a write failure */
     return bad ? -1 : 0;
 }
 
@@ -729,7 +730,7 @@ static int finish(cav_shard_writer *w) {
               write_column(g, "offset", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, none, w->rows, f->off, w->level) ||
               write_column(g, "ndim", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, none, w->rows, f->nd, w->level) ||
               write_column(g, "shape", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, sh, w->rows, f->shp, w->level);
-        if (g >= 0) H5Gclose(g);
+        if (g >= 0) bad = H5Gclose(g) < 0 || bad;
     }
     if (!bad && w->na) {
         hid_t g = H5Gcreate2(w->file, "attrs", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -755,8 +756,8 @@ static int finish(cav_shard_writer *w) {
         }
         free(vals);
         free(set);
-        if (g >= 0) H5Gclose(g);
-        if (gs >= 0) H5Gclose(gs);
+        if (g >= 0) bad = H5Gclose(g) < 0 || bad;
+        if (gs >= 0) bad = H5Gclose(gs) < 0 || bad;
     }
     H5Tclose(st);
     for (int i = 0; !bad && i < w->attrs.n; i++) bad = write_str_attr(w->file, w->attrs.v[i].key, w->attrs.v[i].value);
@@ -764,7 +765,7 @@ static int finish(cav_shard_writer *w) {
           write_i64_attr(w->file, "cav_schema_version", CAV_SHARD_VERSION) ||
           write_i64_attr(w->file, "cav_rows", w->rows); /* last: marks the shard complete */
     for (int i = 0; i < w->nf; i++)
-        if (w->f[i].d >= 0) H5Dclose(w->f[i].d), w->f[i].d = -1;
+        if (w->f[i].d >= 0) bad = H5Dclose(w->f[i].d) < 0 || bad, w->f[i].d = -1;
     bad = H5Fclose(w->file) < 0 || bad;
     w->file = -1;
     return bad ? -1 : 0;
