@@ -514,7 +514,7 @@ const float *cav_fbank_wave_samples(const cav_tensor *wv, float **buf, int64_t *
     *channels = wv->ndim == 2 ? (int)wv->shape[0] : 1;
     *n = wv->shape[wv->ndim - 1];
     if (*n <= 0 || *channels <= 0) { /* also: an empty tensor has no data to return */
-        cav_fail(err, CAV_EXIT_INPUT, "no samples: nothing to compute a filterbank from");
+        cav_fail(err, CAV_EXIT_INPUT, "no audio samples");
         return NULL;
     }
     if (wv->dtype == CAV_F32) return wv->data;
