@@ -73,7 +73,9 @@ static void on_signal(int sig) {
     raise(sig);
 }
 
-static void at_exit(void) { unlink_live(); }
+static void at_exit(void) {
+    unlink_live();
+}
 
 static void install_cleanup(void) {
     static int done;
@@ -139,7 +141,8 @@ cav_afile *cav_afile_open(const char *path, int flags, cav_err *err) {
         }
         const char *in = input_of(&st);
         if (in) {
-            cav_fail(err, 1, "%s: the output is also an input (%s): refused, it would be destroyed", path, in);
+            cav_fail(err, 1, "%s: the output is also an input (%s): refused, it would be destroyed", path,
+                     in);
             goto fail;
         }
         if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode)) {
@@ -205,8 +208,12 @@ FILE *cav_afile_stream(cav_afile *a) {
     return a->f;
 }
 
-const char *cav_afile_name(const cav_afile *a) { return a->tmp ? a->tmp : a->f == stdout ? "stdout" : a->path; }
-const char *cav_afile_path(const cav_afile *a) { return a->f == stdout && !a->tmp ? "stdout" : a->path; }
+const char *cav_afile_name(const cav_afile *a) {
+    return a->tmp ? a->tmp : a->f == stdout ? "stdout" : a->path;
+}
+const char *cav_afile_path(const cav_afile *a) {
+    return a->f == stdout && !a->tmp ? "stdout" : a->path;
+}
 
 static void sync_dir(const char *file) {
     char *copy = strdup(file);
@@ -226,8 +233,10 @@ int cav_afile_commit(cav_afile *a, cav_err *err) {
         if (bad) e = errno;
     }
     if (!a->tmp) { /* stdout or a device: written as it went */
-        if (a->f && a->f != stdout) bad = fclose(a->f) != 0 || bad;
-        else if (!a->f && a->fd >= 0) close(a->fd);
+        if (a->f && a->f != stdout)
+            bad = fclose(a->f) != 0 || bad;
+        else if (!a->f && a->fd >= 0)
+            close(a->fd);
         if (bad) cav_fail(err, 3, "%s: write failed: %s", name, strerror(e ? e : EIO));
         afile_free(a);
         return bad ? -1 : 0;
@@ -272,8 +281,10 @@ fail:
 
 void cav_afile_abort(cav_afile *a) {
     if (!a) return;
-    if (a->f && a->f != stdout) fclose(a->f);
-    else if (!a->f && a->fd >= 0) close(a->fd);
+    if (a->f && a->f != stdout)
+        fclose(a->f);
+    else if (!a->f && a->fd >= 0)
+        close(a->fd);
     if (a->f == stdout) fflush(stdout);
     if (a->tmp) unlink(a->tmp);
     afile_free(a);

@@ -38,7 +38,9 @@ static int hit_(const char *fn) {
     return ++calls == fault_at;
 }
 
-#define REAL(name) static __typeof__(name) *real_##name; if (!real_##name) real_##name = dlsym(RTLD_NEXT, #name)
+#define REAL(name)                                                                                           \
+    static __typeof__(name) *real_##name;                                                                    \
+    if (!real_##name) real_##name = dlsym(RTLD_NEXT, #name)
 
 ssize_t write(int fd, const void *b, size_t n) {
     REAL(write);
@@ -67,7 +69,8 @@ int fputs(const char *s, FILE *f) {
 }
 int fflush(FILE *f) {
     REAL(fflush);
-    if (f && f != stderr && __fpending(f) && hit()) return errno = ENOSPC, EOF; /* nothing to write: no fault */
+    if (f && f != stderr && __fpending(f) && hit())
+        return errno = ENOSPC, EOF; /* nothing to write: no fault */
     return real_fflush(f);
 }
 int fclose(FILE *f) {

@@ -29,9 +29,11 @@ static inline int cav_fuzz_file(const uint8_t *data, size_t size, char *path, si
 #ifdef CAV_FUZZ_NO_MAIN
 #define CAV_FUZZ_ENTRY(name) int cav_fuzz_##name(const uint8_t *data, size_t size)
 #else
-#define CAV_FUZZ_ENTRY(name)                                                                                  \
+#define CAV_FUZZ_ENTRY(name)                                                                                 \
     int cav_fuzz_##name(const uint8_t *data, size_t size);                                                   \
-    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return cav_fuzz_##name(data, size); }     \
+    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {                                           \
+        return cav_fuzz_##name(data, size);                                                                  \
+    }                                                                                                        \
     int cav_fuzz_##name(const uint8_t *data, size_t size)
 #endif
 
@@ -39,7 +41,7 @@ static inline int cav_fuzz_file(const uint8_t *data, size_t size, char *path, si
 #define CAV_FUZZ_REQUIRE(cond)                                                                               \
     do {                                                                                                     \
         if (!(cond)) {                                                                                       \
-            fprintf(stderr, "fuzz invariant broken: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
+            fprintf(stderr, "fuzz invariant broken: %s (%s:%d)\n", #cond, __FILE__, __LINE__);               \
             abort();                                                                                         \
         }                                                                                                    \
     } while (0)

@@ -26,7 +26,9 @@ CAV_FUZZ_ENTRY(records) {
             CAV_FUZZ_REQUIRE(rec.id && rec.id[0]);
             for (int i = 0; i < rec.ntensors; i++) { /* touch the data: ASan checks the sizes */
                 const unsigned char *p = rec.tensors[i].data;
-                if (rec.tensors[i].nbytes) CAV_FUZZ_REQUIRE(p[0] == p[0] && p[rec.tensors[i].nbytes - 1] == p[rec.tensors[i].nbytes - 1]);
+                if (rec.tensors[i].nbytes)
+                    CAV_FUZZ_REQUIRE(p[0] == p[0] &&
+                                     p[rec.tensors[i].nbytes - 1] == p[rec.tensors[i].nbytes - 1]);
             }
         }
         cav_record_clear(&rec);

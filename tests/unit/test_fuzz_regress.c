@@ -19,9 +19,8 @@ typedef int (*entry)(const uint8_t *, size_t);
 static const struct {
     const char *name;
     entry fn;
-} targets[] = {{"json", cav_fuzz_json},       {"manifest", cav_fuzz_manifest},
-               {"pth", cav_fuzz_pth},         {"records", cav_fuzz_records},
-               {"safetensors", cav_fuzz_safetensors}, {"wav", cav_fuzz_wav}};
+} targets[] = {{"json", cav_fuzz_json},       {"manifest", cav_fuzz_manifest},       {"pth", cav_fuzz_pth},
+               {"records", cav_fuzz_records}, {"safetensors", cav_fuzz_safetensors}, {"wav", cav_fuzz_wav}};
 
 /* Runs fn over every file of dir; returns how many (-1: no such directory). */
 static int replay(const char *dir, entry fn) {
