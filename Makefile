@@ -152,17 +152,23 @@ $(ASAN)/bin/%: $(ASAN)/bin/%.o $(ASAN)/libcav.a
 	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS) $(if $(filter $*,$(MPI_TOOLS)),$(MPI_LIBS))
 $(REL)/tests/%: $(REL)/tests/unit/%.o $(REL)/libcav.a
 	@echo "  LINK    $@"
-	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS) $(MPI_LIBS)
+	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS)
 $(ASAN)/tests/%: $(ASAN)/tests/unit/%.o $(ASAN)/libcav.a
 	@echo "  LINK    $@"
-	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS) $(MPI_LIBS)
+	$(Q)$(CC) $(CFLAGS_ASAN) $^ -o $@ $(LIBS)
 
 # The HDF5 filter plugin: the same filter code as libcav, plus the plugin entry points.
 $(PLUGIN): lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_REL) $(OPT) -fPIC -shared lib/formats/h5zstd_plugin.c lib/formats/h5zstd.c -o $@ $(DEP_LIBS)
 
-tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) all
+# The write-failure injector the reliability test preloads (tests/faultinj/faultinj.c).
+FAULTINJ := $(BUILD)/faultinj.so
+$(FAULTINJ): tests/faultinj/faultinj.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -Wall -Wextra $(WERROR) -O1 -fPIC -shared $< -o $@ -ldl
+
+tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) $(FAULTINJ) all
 
 # Golden data from the independent references (tests/ref/gen_*.py, Debian's python3 packages) goes to
 # $(BUILD)/ref/NAME/; a generator reruns when its script is newer than its stamp.
@@ -179,7 +185,7 @@ $(BUILD)/.check-deps: $(BUILD)/config.mk
 # What the tests see: the built tools first on PATH, the filter plugin for h5py/h5dump, the golden data.
 TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bin)" \
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
-  CAV_REF="$(abspath $(BUILD)/ref)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
+  CAV_REF="$(abspath $(BUILD)/ref)" CAV_FAULTINJ="$(abspath $(FAULTINJ))" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
   CAV_BENCH_BIN="$(abspath $(BUILD)/bench)" CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 
@@ -232,17 +238,38 @@ install: all
 clean:
 	rm -rf $(BUILD)
 
-# libFuzzer target for av-extract's demux/decode path (not part of check): make fuzz FUZZ_SECONDS=120.
-# The corpus starts from the short golden clips and grows in $(BUILD)/fuzz/corpus.
+# libFuzzer targets (not part of check; install clang with FUZZ_DEBS): one per parser, tests/fuzz/fuzz_*.c,
+# built with clang's coverage and ASan+UBSan over the library compiled the same way. `make fuzz` runs each
+# for FUZZ_SECONDS (default 60) from its seed corpus tests/fuzz/corpus/NAME/ (media: the golden clips); the
+# corpus grows in $(BUILD)/fuzz/corpus/NAME; crashes are left as $(BUILD)/fuzz/crash-NAME-*: fix them and
+# add the input to tests/fuzz/regress/NAME/, which `make check` replays (tests/unit/test_fuzz_regress.c).
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-$(BUILD)/fuzz/fuzz_avdecode: tests/fuzz/fuzz_avdecode.c lib/media/avdecode.c lib/media/imresize.c lib/media/avdecode.h $(BUILD)/config.mk
+FUZZ_DEBS := clang
+FUZZ := $(BUILD)/fuzz
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_CFLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+  $(LIB_INC) -Ikernels -Ikernels/cpu -Itests -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
+$(FUZZ)/.deps: $(BUILD)/config.mk
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(LIB_INC) $(DEP_CFLAGS) \
-	  tests/fuzz/fuzz_avdecode.c lib/media/avdecode.c lib/media/imresize.c -o $@ $(DEP_LIBS) -lm -lpthread
-fuzz: $(BUILD)/fuzz/fuzz_avdecode refs
-	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seed
+	@$(call ensure_debs,$(FUZZ_DEBS))
+	@touch $@
+$(FUZZ)/obj/%.o: %.c $(FUZZ)/.deps
+	@mkdir -p $(@D)
+	@echo "  CC      $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(if $(filter lib/media/rfft.c lib/media/fbank.c lib/media/torchmath.c,$<),-ffp-contract=off) -c $< -o $@
+$(FUZZ)/libcav.a: $(LIB_SRC:%.c=$(FUZZ)/obj/%.o)
+	@rm -f $@; ar rcs $@ $^
+$(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_file.h $(FUZZ)/libcav.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ)/libcav.a -o $@ $(LIBS)
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ)/fuzz_%) $(PLUGIN) refs
+	@mkdir -p $(FUZZ)/seed/avdecode
 	@cp $(BUILD)/ref/gen_avextract/video/h264_25_short_4s.mp4 $(BUILD)/ref/gen_avextract/audio/*.ogg \
-	  $(BUILD)/ref/gen_avextract/bad/truncated_head.mp4 $(BUILD)/fuzz/seed/ 2>/dev/null || true
-	cd $(BUILD)/fuzz && ./fuzz_avdecode -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2560 \
-	  -max_len=262144 -print_final_stats=1 corpus seed
+	  $(BUILD)/ref/gen_avextract/bad/truncated_head.mp4 $(FUZZ)/seed/avdecode/ 2>/dev/null || true
+	@set -o pipefail; st=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ)/corpus/$$t; seed=tests/fuzz/corpus/$$t; [ -d $$seed ] || seed=$(FUZZ)/seed/$$t; \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  (cd $(FUZZ) && HDF5_PLUGIN_PATH=$(abspath $(dir $(PLUGIN))) ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 \
+	    -rss_limit_mb=2560 -max_len=262144 -print_final_stats=1 -artifact_prefix=crash-$$t- \
+	    corpus/$$t $(abspath .)/$$seed 2>&1 | tail -12) || st=1; \
+	done; exit $$st

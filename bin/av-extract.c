@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "avdecode.h"
 #include "avextract.h"
 #include "cli.h"
@@ -209,6 +210,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < njsons; i++)
         if (cav_av_inputs_load_json(&in, jsons[i], json_key, &err)) cav_die(err.code, "%s", err.msg);
     if (in.n == 0) cav_usage_error("no input files (give FILEs, --list or --json)");
+    for (int i = 0; i < in.n; i++) cav_input_note(in.v[i].path); /* the output may replace none of them */
 
     cav_attrs attrs;
     cav_attrs_init(&attrs);

@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "pth.h"
 #include "safetensors.h"
@@ -13,6 +16,8 @@
 static const char usage[] =
     "Usage: cav-ckpt ls FILE\n"
     "       cav-ckpt convert IN OUT.safetensors\n"
+    "FILE, IN: '-' = stdin; OUT: '-' = stdout. OUT is written under a temporary name and renamed into place\n"
+    "when complete (a device such as /dev/null is written as is; OUT may not be IN).\n"
     "List the tensors of a checkpoint, or convert one to safetensors.\n"
     "FILE and IN are PyTorch .pth state dicts (torch.save zip or legacy format; a leading \"module.\" is\n"
     "removed, {\"model\": ...} is unwrapped; tensors become float32) or safetensors files (dtypes and\n"
@@ -22,6 +27,20 @@ static const char usage[] =
     "      --version   print the version and exit\n"
     "\n"
     "Exit status: 0 ok, 1 usage, 2 bad input, 3 internal error.\n";
+
+/* "-": stdin copied into an anonymous memory file, so the readers (which map or seek files) see a path. */
+static const char *input_path(const char *path, char *buf, size_t n) {
+    if (strcmp(path, "-")) return path;
+    int fd = memfd_create("stdin", MFD_CLOEXEC);
+    if (fd < 0) cav_die(CAV_EXIT_INTERNAL, "stdin: cannot make a memory file: %m");
+    char b[1 << 16];
+    size_t k;
+    while ((k = fread(b, 1, sizeof b, stdin)) > 0)
+        if (write(fd, b, k) != (ssize_t)k) cav_die(CAV_EXIT_INTERNAL, "stdin: cannot keep it in memory: %m");
+    if (ferror(stdin)) cav_die(CAV_EXIT_INPUT, "stdin: read error: %m");
+    snprintf(buf, n, "/proc/self/fd/%d", fd);
+    return buf;
+}
 
 /* .pth files start with a zip local header or a pickle PROTO opcode; anything else is read as safetensors. */
 static int is_pth(const char *path) {
@@ -127,11 +146,15 @@ int main(int argc, char **argv) {
     const char *cmd = argv[optind];
     if (!strcmp(cmd, "ls")) {
         if (n != 2) cav_usage_error("ls takes one FILE");
-        return cmd_ls(argv[optind + 1]);
+        char buf[64];
+        return cmd_ls(input_path(argv[optind + 1], buf, sizeof buf));
     }
     if (!strcmp(cmd, "convert")) {
         if (n != 3) cav_usage_error("convert takes IN and OUT.safetensors");
-        return cmd_convert(argv[optind + 1], argv[optind + 2]);
+        char buf[64];
+        const char *in = input_path(argv[optind + 1], buf, sizeof buf);
+        cav_input_note(in);
+        return cmd_convert(in, argv[optind + 2]);
     }
     cav_usage_error("unknown command '%s'", cmd);
 }

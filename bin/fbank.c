@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "augment.h"
 #include "avdecode.h"
 #include "cli.h"
@@ -173,7 +174,7 @@ static uint64_t id_seed(uint64_t seed, const char *id) {
 static int process(state *st, cav_record *rec, const char *source, int64_t index, cav_err *err) {
     const char *id = rec->id ? rec->id : "";
     cav_clip_wave wv;
-    cav_err e1;
+    cav_err e1 = {0};
     int found = cav_clip_get_wave(rec, &wv, &e1);
     if (found == 0)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): no '" CAV_FIELD_WAVE "' field",
@@ -279,6 +280,7 @@ int main(int argc, char **argv) {
     cav_progress *prog = cav_progress_start("records", 0);
     if (nwavs) {
         if (optind_ < argc) cav_usage_error("give either --wav/--audio files or record INPUTs, not both");
+        for (int i = 0; i < nwavs; i++) cav_input_note(wavs[i]); /* the output may replace none of them */
         open_writer(output, NULL, &st, argc, argv);
         for (int i = 0; i < nwavs; i++) {
             cav_wav w;
@@ -320,6 +322,7 @@ int main(int argc, char **argv) {
         char *dash = "-";
         char **inputs = ninputs ? argv + optind_ : &dash;
         if (!ninputs) ninputs = 1;
+        for (int i = 0; i < ninputs; i++) cav_input_note(inputs[i]); /* the output may replace none of them */
         for (int i = 0; i < ninputs; i++) {
             cav_reader *rd = cav_reader_open(inputs[i], &err);
             if (!rd) fail(&err);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "augment.h"
 #include "cli.h"
 #include "clip.h"
@@ -349,6 +350,7 @@ int main(int argc, char **argv) {
     char *dash = "-";
     char **inputs = ninputs ? argv + optind : &dash;
     if (!ninputs) ninputs = 1;
+    for (int i = 0; i < ninputs; i++) cav_input_note(inputs[i]); /* the output may replace none of them */
     cav_err err = {0};
     cav_record rec;
     cav_record_init(&rec);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "clip.h"
 #include "idset.h"
@@ -162,6 +163,18 @@ static int verify(int n, char **inputs) {
                 continue;
             }
             count++;
+            /* no checksum covers ids and attribute strings: they are re-validated as text instead */
+            if (!cav_text_ok(rec.id, 0)) {
+                cav_msg("%s: record %lld: id: not valid UTF-8 text (or holds control characters)", path,
+                        (long long)cav_reader_index(rd));
+                bad++;
+            }
+            for (int a = 0; a < rec.attrs.n; a++)
+                if (!cav_text_ok(rec.attrs.v[a].key, 0) || !cav_text_ok(rec.attrs.v[a].value, 1)) {
+                    cav_msg("%s: record %lld (id '%s'): attribute '%s': not valid UTF-8 text (or holds control "
+                            "characters)", path, (long long)cav_reader_index(rd), rec.id, rec.attrs.v[a].key);
+                    bad++;
+                }
             int64_t first = cav_idset_get(&ids, rec.id);
             if (first >= 0) {
                 cav_msg("%s: record %lld (id '%s'): id: duplicated (also in %s)", path,
@@ -289,9 +302,11 @@ int main(int argc, char **argv) {
     if (pc < 0) cav_usage_error("--output '%s': at most one integer conversion such as %%03d", output);
     if (pc == 0 && (max_rows || max_bytes)) cav_usage_error("--max-rows/--max-bytes need a numbered --output pattern (out-%%03d.h5)");
     if (cav_format_for_path(output) == CAV_FMT_SHARD && strcmp(output, "-") == 0) cav_usage_error("a shard needs a file name");
-    if (strcmp(output, "-") && pc == 0)
-        for (int i = 0; i < nin; i++)
-            if (strcmp(inputs[i], output) == 0) cav_usage_error("output '%s' is also an input", output);
+    /* an output that is an input (same device and inode) is refused when opened and again at its rename */
+    for (int i = 0; i < nin; i++) cav_input_note(inputs[i]);
+    cav_input_note(json);
+    cav_input_note(csv);
+    cav_input_note(select_path);
 
     cav_err err = {0};
     cav_labelset labels = {0};

@@ -17,9 +17,22 @@
 
 static const char *tool_name = "cav";
 
+/* Output on stdout is checked like any file: a full disk or /dev/full behind it is an error (exit 3), not a
+ * silent loss; registered first, so it runs after every other exit handler. */
+static void check_stdout(void) {
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout)) return;
+    int e = errno ? errno : EIO;
+    if (e == EPIPE) return; /* the reader went away (| head): not a loss */
+    fprintf(stderr, "%s: write error on stdout: %s\n", tool_name, strerror(e));
+    _exit(CAV_EXIT_INTERNAL);
+}
+
 void cav_set_tool(const char *name) {
     const char *slash = strrchr(name, '/');
     tool_name = slash ? slash + 1 : name;
+    static int registered;
+    if (!registered) registered = 1, atexit(check_stdout);
 }
 const char *cav_tool(void) { return tool_name; }
 const char *cav_version_string(void) { return CAV_VERSION; }

@@ -1,5 +1,6 @@
-/* checkpoint.c: see checkpoint.h. Durability: every file is fsync'ed before the COMPLETE marker is
- * written, the directory is renamed into place, and the parent directory is fsync'ed after the rename. */
+/* checkpoint.c: see checkpoint.h. Durability: every file is written through atomicfile.h (fsync'ed, renamed
+ * into place) before the COMPLETE marker is written, the directory is renamed into place, and the parent
+ * directory is fsync'ed after the rename. */
 #include "checkpoint.h"
 
 #include <dirent.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "atomicfile.h"
 
 /* snprintf into a path buffer, refusing truncation. */
 static int pathf(char *out, size_t n, cav_err *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -44,19 +47,6 @@ static int fsync_path(const char *path, int dir, cav_err *err) {
     int e = errno;
     close(fd);
     if (rc && !(dir && e == EINVAL)) return cav_fail(err, 3, "%s: fsync: %s", path, strerror(e));
-    return 0;
-}
-
-static int write_text(const char *path, const char *text, cav_err *err) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return cav_fail(err, 3, "%s: %s", path, strerror(errno));
-    size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n;
-    bad |= fflush(f) != 0;
-    bad |= fsync(fileno(f)) != 0;
-    int e = errno;
-    bad |= fclose(f) != 0;
-    if (bad) return cav_fail(err, 3, "%s: write failed: %s", path, strerror(e ? e : EIO));
     return 0;
 }
 
@@ -114,10 +104,10 @@ int cav_ckpt_save(const char *run_dir, int epoch, long long step, const cav_ckpt
     remove_tree(tmp);
     if (mkdir(tmp, 0777)) return cav_fail(err, 3, "%s: %s", tmp, strerror(errno));
     const char *mk[] = {"format", "config"}, *mv[] = {"cav-mae/1", c->config_json ? c->config_json : "{}"};
-    if (pathf(p, sizeof p, err, "%s/model.safetensors", tmp) || cav_st_write(p, c->model, c->nmodel, mk, mv, 2, err) || fsync_path(p, 0, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/optim.safetensors", tmp) || cav_st_write(p, c->optim, c->noptim, mk, mv, 2, err) || fsync_path(p, 0, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/state.json", tmp) || write_text(p, c->state_json, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/COMPLETE", tmp) || write_text(p, "ok\n", err) || fsync_path(tmp, 1, err)) goto fail;
+    if (pathf(p, sizeof p, err, "%s/model.safetensors", tmp) || cav_st_write(p, c->model, c->nmodel, mk, mv, 2, err)) goto fail;
+    if (pathf(p, sizeof p, err, "%s/optim.safetensors", tmp) || cav_st_write(p, c->optim, c->noptim, mk, mv, 2, err)) goto fail;
+    if (pathf(p, sizeof p, err, "%s/state.json", tmp) || cav_afile_write_text(p, c->state_json, err)) goto fail;
+    if (pathf(p, sizeof p, err, "%s/COMPLETE", tmp) || cav_afile_write_text(p, "ok\n", err) || fsync_path(tmp, 1, err)) goto fail;
     remove_tree(fin); /* a complete checkpoint of the same position is replaced */
     if (rename(tmp, fin)) {
         cav_fail(err, 3, "%s: rename: %s", fin, strerror(errno));

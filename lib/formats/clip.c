@@ -40,6 +40,8 @@ int cav_clip_get_wave(const cav_record *r, cav_clip_wave *w, cav_err *err) {
                         dtype_or_what(t->dtype), t->ndim);
     w->channels = t->ndim == 2 ? (int)t->shape[0] : 1;
     w->n = t->shape[t->ndim - 1];
+    if (w->n <= 0 || w->channels <= 0)
+        return cav_fail(err, CAV_EXIT_INPUT, "field " CAV_FIELD_WAVE ": no audio samples");
     if (t->dtype == CAV_I16)
         w->i16 = t->data;
     else

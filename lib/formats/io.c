@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "clip.h"
 #include "shard.h"
@@ -44,6 +45,7 @@ cav_reader *cav_reader_open(const char *path, cav_err *err) {
         goto fail;
     }
     if (!is_stdin) setvbuf(f, NULL, _IOFBF, 1 << 20);
+    cav_input_note_fd(fileno(f)); /* no output may replace it */
     unsigned char m[8];
     size_t k = fread(m, 1, 8, f);
     if (k < 8 && ferror(f)) {
@@ -69,6 +71,7 @@ cav_reader *cav_reader_open(const char *path, cav_err *err) {
     }
     /* anything else is tried as a shard (HDF5 also allows its signature at 512, 1024, ... bytes) */
     rd->fmt = CAV_FMT_SHARD;
+    cav_input_note(path);
     rd->sh = cav_shard_open(path, err);
     if (!rd->sh) {
         if (k < 8 || memcmp(m, hdf5_sig, 8))
@@ -111,11 +114,13 @@ void cav_reader_close(cav_reader *rd) {
 }
 
 /* A FILE that counts what goes through it is not worth it: the stream writer's frames are counted here by
- * asking the FILE position where possible, else by the frames' sizes. */
+ * asking the FILE position where possible, else by the frames' sizes. A stream file is written through
+ * atomicfile.h (temporary file, renamed into place by a successful close), as the shard writer does. */
 struct cav_writer {
     cav_format fmt;
     cav_stream_writer *st;
     cav_shard_writer *sh;
+    cav_afile *out;
     FILE *f;
     int is_stdout;
     int64_t count;
@@ -137,16 +142,17 @@ cav_writer *cav_writer_open_level(const char *path, cav_format fmt, const cav_at
         if (!(w->sh = cav_shard_create(path, attrs, level, err))) return free(w), NULL;
         return w;
     }
-    w->f = is_stdout ? stdout : fopen(path, "wb");
-    if (!w->f) {
-        cav_fail(err, CAV_EXIT_INTERNAL, "%s: cannot create: %m", path);
+    if (!(w->out = cav_afile_open(path, 0, err))) return free(w), NULL;
+    if (!(w->f = cav_afile_stream(w->out))) {
+        cav_fail(err, CAV_EXIT_INTERNAL, "%s: cannot create: %m", cav_afile_name(w->out));
+        cav_afile_abort(w->out);
         free(w);
         return NULL;
     }
-    if (!is_stdout) setvbuf(w->f, NULL, _IOFBF, 1 << 20);
-    w->st = cav_stream_writer_open(w->f, is_stdout ? "stdout" : path, attrs, level, !is_stdout, err);
+    /* the stream writer flushes but does not close: the commit syncs, closes and renames */
+    w->st = cav_stream_writer_open(w->f, cav_afile_name(w->out), attrs, level, 0, err);
     if (!w->st) {
-        if (!is_stdout) fclose(w->f);
+        cav_afile_abort(w->out);
         free(w);
         return NULL;
     }
@@ -169,6 +175,7 @@ void cav_writer_abort(cav_writer *w) {
     if (!w) return;
     if (w->sh) cav_shard_writer_abort(w->sh);
     if (w->st) cav_stream_writer_abort(w->st);
+    cav_afile_abort(w->out);
     free(w);
 }
 
@@ -180,6 +187,10 @@ uint64_t cav_writer_bytes(cav_writer *w) {
 
 int cav_writer_close(cav_writer *w, cav_err *err) {
     int st = w->st ? cav_stream_writer_close(w->st, err) : cav_shard_writer_close(w->sh, err);
+    if (w->out) {
+        if (st) cav_afile_abort(w->out);
+        else st = cav_afile_commit(w->out, err);
+    }
     free(w);
     return st;
 }

@@ -18,24 +18,27 @@ static int csv_record(const char **p, const char *end, char **fields, int max) {
     for (;;) {
         size_t cap = 64, len = 0;
         char *f = malloc(cap);
-        if (!f) return -1;
+        if (!f) goto fail;
         if (s < end && *s == '"') {
             s++;
             for (;;) {
-                if (s >= end) return free(f), -1;
+                if (s >= end) {
+                    free(f);
+                    goto fail;
+                }
                 if (*s == '"') {
                     if (s + 1 < end && s[1] == '"') s++;
                     else break;
                 }
                 if (len + 2 > cap) f = realloc(f, cap *= 2);
-                if (!f) return -1;
+                if (!f) goto fail;
                 f[len++] = *s++;
             }
             s++; /* closing quote */
         }
         while (s < end && *s != ',' && *s != '\n' && *s != '\r') {
             if (len + 2 > cap) f = realloc(f, cap *= 2);
-            if (!f) return -1;
+            if (!f) goto fail;
             f[len++] = *s++;
         }
         f[len] = 0;
@@ -52,6 +55,9 @@ static int csv_record(const char **p, const char *end, char **fields, int max) {
     if (s < end && *s == '\n') s++;
     *p = s;
     return n;
+fail: /* the fields already copied are the caller's only on success (found by fuzz_manifest) */
+    for (int i = 0; i < n && i < max; i++) free(fields[i]), fields[i] = NULL;
+    return -1;
 }
 
 static char *slurp(const char *path, size_t *n, cav_err *err) {

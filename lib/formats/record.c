@@ -237,3 +237,40 @@ float cav_f16_to_f32(uint16_t h) {
     memcpy(&f, &x, 4);
     return f;
 }
+
+uint64_t cav_record_limit(void) {
+    const uint64_t dflt = UINT64_C(256) << 20, max = UINT64_C(1) << 34;
+    const char *e = getenv("CAV_MAX_RECORD_BYTES");
+    if (!e || !*e) return dflt;
+    char *end;
+    double v = strtod(e, &end), m = 1;
+    if (*end == 'K' || *end == 'k') m = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') m = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') m = 1024.0 * 1024 * 1024, end++;
+    if (end == e || *end || !(v > 0)) return dflt; /* unreadable: the default, not no limit */
+    return v * m >= (double)max ? max : (uint64_t)(v * m);
+}
+
+int cav_text_ok(const char *s, int allow_lines) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            if ((c < 0x20 && !(allow_lines && (c == '\t' || c == '\n'))) || c == 0x7f) return 0;
+            p++;
+            continue;
+        }
+        int n = c >= 0xf0 && c <= 0xf4 ? 3 : c >= 0xe0 ? (c <= 0xef ? 2 : -1) : c >= 0xc2 ? 1 : -1;
+        if (n < 0) return 0;
+        uint32_t cp = c & (0x3fu >> n);
+        for (int k = 1; k <= n; k++) {
+            if ((p[k] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (p[k] & 0x3fu);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return 0;
+        if (cp >= 0x80 && cp < 0xa0) return 0; /* C1 controls */
+        p += n + 1;
+    }
+    return 1;
+}

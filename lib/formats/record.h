@@ -81,4 +81,13 @@ int cav_attrs_copy(cav_attrs *dst, const cav_attrs *src);
 uint16_t cav_f32_to_f16(float f);
 float cav_f16_to_f32(uint16_t h);
 
+/* The largest record (uncompressed frame payload) a reader accepts before allocating for it: 256 MiB by
+ * default, CAV_MAX_RECORD_BYTES in the environment (bytes, K/M/G suffixes) raises or lowers it, up to the
+ * format's 16 GiB. A header cannot make a reader spend more than this. */
+uint64_t cav_record_limit(void);
+
+/* 1 when s is valid UTF-8 (shortest forms, no surrogates) without control characters (tab and newline
+ * allowed when allow_lines); what ids and attribute strings must be. */
+int cav_text_ok(const char *s, int allow_lines);
+
 #endif

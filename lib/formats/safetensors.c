@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "atomicfile.h"
 #include "json.h"
 
 static const struct {
@@ -359,7 +360,7 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
     char *h = NULL;
     size_t hl = 0, hc = 0;
     uint64_t *sizes = calloc((size_t)n + 1, sizeof *sizes);
-    char *tmp = NULL;
+    cav_afile *out = NULL;
     FILE *f = NULL;
     int rc = -1;
     if (!sizes) return cav_fail(err, 3, "%s: out of memory", path);
@@ -438,16 +439,10 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
     }
     APPEND("}");
     while (hl % 8) APPEND(" ");
-    size_t pl = strlen(path);
-    tmp = malloc(pl + 16);
-    if (!tmp) {
-        cav_fail(err, 3, "%s: out of memory", path);
-        goto out;
-    }
-    snprintf(tmp, pl + 16, "%s.tmp%ld", path, (long)getpid() % 100000);
-    f = fopen(tmp, "wb");
-    if (!f) {
-        cav_fail(err, 3, "%s: cannot create: %s", tmp, strerror(errno));
+    out = cav_afile_open(path, 0, err);
+    if (!out) goto out;
+    if (!(f = cav_afile_stream(out))) {
+        cav_fail(err, 3, "%s: cannot create: %s", cav_afile_name(out), strerror(errno));
         goto out;
     }
     unsigned char len8[8];
@@ -455,24 +450,18 @@ int cav_st_write(const char *path, const cav_st_entry *e, int n, const char *con
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h, 1, hl, f) == hl;
     for (int i = 0; ok && i < n; i++)
         if (sizes[i] && fwrite(e[i].data, 1, (size_t)sizes[i], f) != sizes[i]) ok = 0;
-    if (fclose(f) != 0) ok = 0;
-    f = NULL;
     if (!ok) {
-        cav_fail(err, 3, "%s: write failed: %s", tmp, strerror(errno));
-        unlink(tmp);
+        cav_fail(err, 3, "%s: write failed: %s", cav_afile_name(out), strerror(errno));
         goto out;
     }
-    if (rename(tmp, path) != 0) {
-        cav_fail(err, 3, "%s: cannot rename into place: %s", path, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
+    cav_afile *done = out;
+    out = NULL;
+    if (cav_afile_commit(done, err)) goto out;
     rc = 0;
 out:
 #undef APPEND
 #undef APPEND_STR
-    if (f) fclose(f), unlink(tmp);
-    free(tmp);
+    cav_afile_abort(out);
     free(h);
     free(sizes);
     return rc;

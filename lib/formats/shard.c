@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "clip.h"
 #include "h5zstd.h"
@@ -42,6 +43,10 @@ static void h5_init(void) {
     static int done;
     if (done) return;
     done = 1;
+    /* No HDF5 exit handler: after a failed H5Fclose (a full disk) the library's own cleanup at exit reads
+     * freed state and crashes (H5F__close_cb) after printing "infinite loop closing library". Every file is
+     * closed explicitly here; an output abandoned by an error is removed anyway. */
+    H5dont_atexit();
     H5open();
     /* errors are reported by us, with file/row/field and HDF5's innermost reason; CAV_HDF5_DEBUG=1 shows
      * HDF5's own stack as well */
@@ -123,7 +128,7 @@ static int write_str_attr(hid_t loc, const char *name, const char *value) {
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(loc, name, st, sp, H5P_DEFAULT, H5P_DEFAULT);
     int bad = a < 0 || H5Awrite(a, st, &value) < 0;
-    if (a >= 0) H5Aclose(a);
+    if (a >= 0) bad = H5Aclose(a) < 0 || bad;
     H5Sclose(sp);
     H5Tclose(st);
     return bad ? -1 : 0;
@@ -132,7 +137,7 @@ static int write_i64_attr(hid_t loc, const char *name, int64_t v) {
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &v) < 0;
-    if (a >= 0) H5Aclose(a);
+    if (a >= 0) bad = H5Aclose(a) < 0 || bad;
     H5Sclose(sp);
     return bad ? -1 : 0;
 }
@@ -293,6 +298,7 @@ typedef struct {
 
 struct cav_shard_writer {
     char *path, *tmp;
+    cav_afile *out; /* the temporary file HDF5 writes, renamed into place by a successful close */
     hid_t file;
     int level, planned, failed;
     cav_attrs attrs;
@@ -423,11 +429,12 @@ static int convert_to_ragged(cav_shard_writer *w, wfield *f) {
     for (int64_t r = 0; !bad && r < n; r++)
         bad = read_rows(fixed, mem_type(f->dtype), r, 1, t.data) || ragged_put(f, r, &t);
     free(t.data);
-    H5Dclose(fixed);
+    /* a close flushes: its failure is a write failure */
+    bad = H5Dclose(fixed) < 0 || bad;
     bad = bad || H5Ldelete(w->file, f->name, H5P_DEFAULT) < 0;
-    H5Dclose(f->d);
+    bad = H5Dclose(f->d) < 0 || bad;
     f->d = -1;
-    H5Gclose(g);
+    bad = H5Gclose(g) < 0 || bad;
     bad = bad || H5Lmove(w->file, tmp, w->file, f->name, H5P_DEFAULT, H5P_DEFAULT) < 0;
     if (bad) return -1;
     g = H5Gopen2(w->file, f->name, H5P_DEFAULT);
@@ -561,6 +568,7 @@ static void writer_free(cav_shard_writer *w) {
     cav_idset_clear(&w->idset);
     cav_attrs_clear(&w->attrs);
     if (w->file >= 0) H5Fclose(w->file);
+    cav_afile_abort(w->out);
     free(w->path);
     free(w->tmp);
     free(w);
@@ -578,14 +586,20 @@ cav_shard_writer *cav_shard_create(const char *path, const cav_attrs *attrs, int
     w->file = -1;
     w->level = level ? level : 3;
     w->path = strdup(path);
-    size_t n = strlen(path) + 32;
-    w->tmp = malloc(n);
-    if (!w->path || !w->tmp || (attrs && cav_attrs_copy(&w->attrs, attrs))) {
+    if (!w->path || (attrs && cav_attrs_copy(&w->attrs, attrs))) {
         cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", path);
         writer_free(w);
         return NULL;
     }
-    snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    if (!(w->out = cav_afile_open(path, CAV_AFILE_SEEKABLE, err))) {
+        writer_free(w);
+        return NULL;
+    }
+    if (!(w->tmp = strdup(cav_afile_name(w->out)))) {
+        cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", path);
+        writer_free(w);
+        return NULL;
+    }
     LOCK();
     h5_init();
     w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -697,7 +711,7 @@ static int write_column(hid_t loc, const char *name, hid_t ftype, hid_t mtype, i
     hid_t d = create_ext(loc, name, ftype, rank, row_dims, chunk, level);
     if (d < 0) return -1;
     int bad = write_rows(d, mtype, 0, n, buf) || set_rows(d, n);
-    H5Dclose(d);
+    bad = H5Dclose(d) < 0 || bad; /* a close flushes: its failure is a write failure */
     return bad ? -1 : 0;
 }
 
@@ -717,7 +731,7 @@ static int finish(cav_shard_writer *w) {
               write_column(g, "offset", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, none, w->rows, f->off, w->level) ||
               write_column(g, "ndim", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, none, w->rows, f->nd, w->level) ||
               write_column(g, "shape", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, sh, w->rows, f->shp, w->level);
-        if (g >= 0) H5Gclose(g);
+        if (g >= 0) bad = H5Gclose(g) < 0 || bad;
     }
     if (!bad && w->na) {
         hid_t g = H5Gcreate2(w->file, "attrs", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -743,8 +757,8 @@ static int finish(cav_shard_writer *w) {
         }
         free(vals);
         free(set);
-        if (g >= 0) H5Gclose(g);
-        if (gs >= 0) H5Gclose(gs);
+        if (g >= 0) bad = H5Gclose(g) < 0 || bad;
+        if (gs >= 0) bad = H5Gclose(gs) < 0 || bad;
     }
     H5Tclose(st);
     for (int i = 0; !bad && i < w->attrs.n; i++) bad = write_str_attr(w->file, w->attrs.v[i].key, w->attrs.v[i].value);
@@ -752,7 +766,7 @@ static int finish(cav_shard_writer *w) {
           write_i64_attr(w->file, "cav_schema_version", CAV_SHARD_VERSION) ||
           write_i64_attr(w->file, "cav_rows", w->rows); /* last: marks the shard complete */
     for (int i = 0; i < w->nf; i++)
-        if (w->f[i].d >= 0) H5Dclose(w->f[i].d), w->f[i].d = -1;
+        if (w->f[i].d >= 0) bad = H5Dclose(w->f[i].d) < 0 || bad, w->f[i].d = -1;
     bad = H5Fclose(w->file) < 0 || bad;
     w->file = -1;
     return bad ? -1 : 0;
@@ -769,17 +783,18 @@ int cav_shard_writer_close(cav_shard_writer *w, cav_err *err) {
         st = st ? st : finish(w);
         if (st) h5_why(why);
         UNLOCK();
-        if (st)
+        if (st) {
             cav_fail(err, CAV_EXIT_INTERNAL, "%s: write failed: %s", w->tmp, why);
-        else if (rename(w->tmp, w->path))
-            st = cav_fail(err, CAV_EXIT_INTERNAL, "%s: cannot rename %s into place", w->path, w->tmp);
+        } else {
+            st = cav_afile_commit(w->out, err);
+            w->out = NULL;
+        }
     }
     if (st) {
         LOCK();
         if (w->file >= 0) H5Fclose(w->file);
         w->file = -1;
         UNLOCK();
-        unlink(w->tmp);
     }
     LOCK();
     writer_free(w);
@@ -792,7 +807,6 @@ void cav_shard_writer_abort(cav_shard_writer *w) {
     LOCK();
     if (w->file >= 0) H5Fclose(w->file);
     w->file = -1;
-    unlink(w->tmp);
     writer_free(w);
     UNLOCK();
 }

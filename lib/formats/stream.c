@@ -270,6 +270,12 @@ static int read_frame(cav_stream_reader *r, char tag[4], cav_err *err) {
         return cav_fail(err, CAV_EXIT_INPUT, "%s: frame size: %llu uncompressed bytes exceed the limit %llu",
                         where(r, NULL, w, sizeof w), (unsigned long long)us,
                         (unsigned long long)CAV_STREAM_MAX_FRAME);
+    uint64_t limit = cav_record_limit();
+    if (us > limit && memcmp(tag, TAG_RECORD "\0", 4) == 0)
+        return cav_fail(err, CAV_EXIT_INPUT,
+                        "%s: frame size: %llu uncompressed bytes exceed the record limit %llu "
+                        "(CAV_MAX_RECORD_BYTES raises it)",
+                        where(r, NULL, w, sizeof w), (unsigned long long)us, (unsigned long long)limit);
     if (cs < 9 || cs > ZSTD_compressBound((size_t)us))
         return cav_fail(err, CAV_EXIT_INPUT,
                         "%s: frame size: compressed size %llu impossible for %llu uncompressed bytes",

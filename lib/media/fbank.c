@@ -541,6 +541,10 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
 
 const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf, int64_t *cap,
                                     cav_err *err) {
+    if (total <= 0) { /* an empty tensor has no data to return */
+        cav_fail(err, CAV_EXIT_INPUT, "no audio samples");
+        return NULL;
+    }
     if (f32) return f32;
     if (total > *cap) {
         float *s = realloc(*buf, sizeof(float) * (size_t)(total ? total : 1));

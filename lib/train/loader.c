@@ -246,7 +246,7 @@ static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int avai
 static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_clip_wave *wv, cav_fbank **fb,
                       float *out, cav_err *err) {
     double rate;
-    cav_err e;
+    cav_err e = {0};
     if (cav_clip_rate(rec, WAVE_RATE, &rate, &e)) return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
     if (rate != WAVE_RATE)
         return cav_fail(err, 2, "record %s: field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz, expected %d",
@@ -273,7 +273,7 @@ static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epo
     int F = o->mel_bins, T = o->target_length, keep;
     cav_clip_fbank fbk;
     cav_clip_wave wv;
-    cav_err e;
+    cav_err e = {0};
     int has = cav_clip_get_fbank(rec, o->mel_bins, &fbk, &e);
     if (has < 0) return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
     if (has) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "checkpoint.h"
 #include "pretrain.h"
 #include "safetensors.h"
@@ -107,11 +108,7 @@ cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err)
 }
 
 int cav_train_write_file(const char *path, const char *text, cav_err *err) {
-    FILE *f = fopen(path, "w");
-    if (!f) return cav_fail(err, 3, "%s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f)) return cav_fail(err, 3, "%s: write failed", path);
-    return 0;
+    return cav_afile_write_text(path, text, err);
 }
 
 int cav_train_all_finite(const float *x, size_t n) {
