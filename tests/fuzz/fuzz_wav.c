@@ -1,5 +1,6 @@
 /* fuzz_wav.c: libFuzzer target for the WAV reader (cav_wav_parse), then the samples as fbank takes them
  * (cav_fbank_wave_samples): a failure must always say why. */
+#include "clip.h"
 #include "fbank.h"
 #include "fuzz_file.h"
 #include "wav.h"
@@ -11,19 +12,20 @@ CAV_FUZZ_ENTRY(wav) {
         CAV_FUZZ_REQUIRE(err.msg[0] && err.code >= 2);
         return 0;
     }
-    int64_t shape[2] = {w.channels, w.frames};
-    cav_tensor t = {0};
-    t.dtype = w.dtype;
-    t.ndim = w.channels > 1 ? 2 : 1;
-    t.shape[0] = t.ndim == 2 ? shape[0] : shape[1];
-    t.shape[1] = shape[1];
-    t.data = w.data;
-    t.nbytes = (size_t)(w.channels * w.frames) * cav_dtype_size(w.dtype);
+    /* through the record, as fbank(1) reads a stream's wave */
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_clip_wave wv;
     float *buf = NULL;
-    int64_t cap = 0, n;
-    int ch;
+    int64_t cap = 0;
     cav_err e2 = {0};
-    if (!cav_fbank_wave_samples(&t, &buf, &cap, &ch, &n, &e2)) CAV_FUZZ_REQUIRE(e2.msg[0]);
+    if (cav_clip_put_wave(&rec, w.dtype, w.channels, w.frames, w.data) == 0) {
+        int got = cav_clip_get_wave(&rec, &wv, &e2);
+        if (got < 0) CAV_FUZZ_REQUIRE(e2.msg[0]);
+        else if (got > 0 && !cav_fbank_wave_samples(wv.i16, wv.f32, wv.n * wv.channels, &buf, &cap, &e2))
+            CAV_FUZZ_REQUIRE(e2.msg[0]);
+    }
+    cav_record_clear(&rec);
     free(buf);
     cav_wav_free(&w);
     return 0;
