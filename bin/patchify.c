@@ -11,6 +11,7 @@
 #include "augment.h"
 #include "cli.h"
 #include "clip.h"
+#include "cpu.h"
 #include "io.h"
 #include "jpeg.h"
 #include "patchify.h"
@@ -104,7 +105,7 @@ static int audio_forward(const opts *o, cav_record *rec, const char *where, cav_
     if (!out) return free(tmp), OOM();
     cav_patchify_f32(&pl, x, o->patch, o->stride, out->data);
     free(tmp);
-    if (o->norm_pix) cav_norm_pix(out->data, ntok, dim, 1e-6f);
+    if (o->norm_pix) cav_normpix(out->data, ntok, dim, 1e-6f);
     if (o->drop) cav_record_remove(rec, CAV_FIELD_FBANK);
     return 1;
 }
@@ -184,7 +185,7 @@ static int video_forward(const opts *o, cav_record *rec, const char *where, cav_
             cav_image_normalize(f, h, w, in ? imagenet_mean : unit_mean, in ? imagenet_std : unit_std, img);
             cav_patchify_f32(&chw, img, o->patch, o->stride, tok);
         }
-        if (o->norm_pix) cav_norm_pix(tok, ntok, dim, 1e-6f);
+        if (o->norm_pix) cav_normpix(tok, ntok, dim, 1e-6f);
     }
     free(px);
     free(img);

@@ -1,4 +1,4 @@
-/* patchify.c: patch tokens in the reference's element orders, their inverse and the norm_pix targets (see
+/* patchify.c: patch tokens in the reference's element orders, and their inverse (see
  * patchify.h). */
 #include "patchify.h"
 
@@ -95,17 +95,4 @@ int64_t cav_unpatchify_f32(const cav_plane *pl, const float *tok, int patch, int
     free(sum);
     free(cnt);
     return uncovered;
-}
-
-void cav_norm_pix(float *tok, int ntok, int dim, float eps) {
-    for (int i = 0; i < ntok; i++) {
-        float *t = tok + (int64_t)i * dim;
-        double s = 0, ss = 0;
-        for (int k = 0; k < dim; k++) s += t[k];
-        double mean = s / dim;
-        for (int k = 0; k < dim; k++) ss += (t[k] - mean) * (t[k] - mean);
-        double var = dim > 1 ? ss / (dim - 1) : NAN; /* torch.var of one element is NaN too */
-        float m = (float)mean, d = (float)sqrt(var + (double)eps);
-        for (int k = 0; k < dim; k++) t[k] = (t[k] - m) / d;
-    }
 }

@@ -1,5 +1,5 @@
 /* patchify.h: cutting model inputs into patch tokens in exactly the reference's orders (SPEC 2.3, 2.9), the
- * inverse for reconstruction outputs, and the per-patch normalised targets of norm_pix_loss.
+ * inverse for reconstruction outputs.
  *
  * A plane is an H x W grid of C-channel pixels addressed through strides, so one routine serves both
  * modalities:
@@ -38,7 +38,6 @@ void cav_patchify_u8(const cav_plane *pl, const uint8_t *src, int patch, int str
  * no patch covers (a border the grid leaves out) are set to 0. Returns how many such pixels there were. */
 int64_t cav_unpatchify_f32(const cav_plane *pl, const float *tok, int patch, int stride, float *dst);
 
-/* norm_pix_loss targets in place: each token (t - mean) / sqrt(var + eps), var unbiased (÷ dim-1). */
-void cav_norm_pix(float *tok, int ntok, int dim, float eps);
+/* norm_pix_loss targets: the model's own kernel, cav_normpix (kernels/cpu/cpu.h), on tok [ntok, dim]. */
 
 #endif

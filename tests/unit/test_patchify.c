@@ -95,8 +95,8 @@ static void norm_pix_matches_reference(void) {
     float *a = load("audio_tokens.f32", 4 * 512 * 256), *an = load("audio_normpix.f32", 4 * 512 * 256);
     float *v = load("video_tokens.f32", 4 * 196 * 768), *vn = load("video_normpix.f32", 4 * 196 * 768);
     REQUIRE(a && an && v && vn);
-    cav_norm_pix(a, 512, 256, 1e-6f);
-    cav_norm_pix(v, 196, 768, 1e-6f);
+    cav_normpix(a, 512, 256, 1e-6f);
+    cav_normpix(v, 196, 768, 1e-6f);
     double ma = 0, mv = 0;
     for (int i = 0; i < 512 * 256; i++) ma = fmax(ma, fabs(a[i] - an[i]));
     for (int i = 0; i < 196 * 768; i++) mv = fmax(mv, fabs(v[i] - vn[i]));
