@@ -14,15 +14,16 @@ PREFIX ?= /usr/local
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
 BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
-  libswscale-dev libfftw3-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
+  libswscale-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
 CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
   python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard bc
 # real recordings for golden data (fbank, av-extract) and the sources of the AV-Digits dataset
 # (pipelines/av-digits, built by tests/tools/test_av_digits.sh)
 CHECK_DEBS += tuxpaint-stamps-default gcompris-qt-data espeak-ng flite asterisk-core-sounds-en-g722 \
   asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722
-# the benchmarks also time PyTorch under jemalloc (tests/bench/bench_train_step.sh)
-BENCH_DEBS := libjemalloc2
+# the benchmarks also time PyTorch under jemalloc (tests/bench/bench_train_step.sh); FFTW is only the
+# floor bench_fbank.py compares fbank with (it builds tests/bench/fbank_speed.c itself): no tool links it
+BENCH_DEBS := libjemalloc2 libfftw3-dev
 
 # ensure_debs: install what is missing (root), or say exactly what to run (not root).
 define ensure_debs
@@ -40,7 +41,7 @@ if command -v dpkg >/dev/null 2>&1; then \
 else echo "make: no dpkg here; relying on pkg-config to find the libraries"; fi
 endef
 
-PKGS := libavformat libavcodec libavutil libswresample libswscale fftw3f hdf5 libzstd openblas libjpeg
+PKGS := libavformat libavcodec libavutil libswresample libswscale hdf5 libzstd openblas libjpeg
 
 $(BUILD)/config.mk: Makefile
 	@mkdir -p $(BUILD)

@@ -28,7 +28,7 @@ cav_writer *cav_writer_open(const char *path, cav_format fmt, const cav_attrs *a
 int cav_writer_put(cav_writer *w, const cav_record *rec, cav_err *err); /* 0 ok, -1 error */
 int cav_writer_close(cav_writer *w, cav_err *err); /* flushes; 0 ok, -1 error (the file is then incomplete) */
 
-/* Additions (containers branch). */
+/* Writers with a compression level, and abandoning a write. */
 /* As cav_writer_open, with a zstd level (0 = the default 3; 1..19, negative for the fast levels). */
 cav_writer *cav_writer_open_level(const char *path, cav_format fmt, const cav_attrs *attrs, int level,
                                   cav_err *err);

@@ -1,5 +1,5 @@
 #!/bin/bash
-# pretrain.sh: the pretraining demonstration on AV-Digits, through the tools end to end:
+# pretrain.sh: the pretraining demonstration on AV-Digits, through the tools end to end:
 #   build.sh (the clips) -> av-extract | fbank | shard-pack (train.h5, test.h5) -> cav-pretrain
 # at the tiny config on the CPU: CAV-MAE and, for comparison, AV-MAE (lambda_c = 0), both evaluated on the
 # held-out split every epoch (losses with masking, and the contrastive accuracy of CAV-MAE: chance is

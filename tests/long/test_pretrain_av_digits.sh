@@ -1,5 +1,5 @@
 #!/bin/bash
-# test_pretrain_av_digits.sh (long): issue 5's demonstration as a test. pipelines/av-digits/pretrain.sh builds
+# test_pretrain_av_digits.sh (long): the pretraining demonstration as a test. pipelines/av-digits/pretrain.sh builds
 # AV-Digits (or reuses build/data/av-digits), extracts it through av-extract | fbank | shard-pack, and
 # pretrains a tiny CAV-MAE and an AV-MAE on the CPU with evaluation on the held-out split each epoch. Checks:
 # both runs' reconstruction losses (train and eval, audio and visual) fall from the first epoch to the last,

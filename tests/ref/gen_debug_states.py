@@ -1,5 +1,6 @@
-"""gen_debug_states.py OUTDIR: writes the debug states the C model is checked against (issue 4, "The debug
-state"), from the independent PyTorch model in cavmae_ref.py, in fp32 without autocast.
+"""gen_debug_states.py OUTDIR: writes the debug states the C model is checked against (the contract of
+cav-pretrain(1) --check-debug-state), from the independent PyTorch model in cavmae_ref.py, in fp32 without
+autocast.
 
 Each OUTDIR/NAME.safetensors holds:
 - metadata `format` = `cav-debug-state/1`, `config` = JSON of every constructor and forward knob (all keys

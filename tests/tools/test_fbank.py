@@ -69,8 +69,8 @@ def records(data):
 
 
 def wav_input_matches_torchaudio():
-    """Every case torchaudio computes, through the tool: within 1e-4 of it in every cell (the issue's
-    limit; measured: about 1e-6, one float ulp of the log)."""
+    """Every case torchaudio computes, through the tool: within 1e-4 of it in every cell (the limit
+    fbank(1) promises; measured: about 1e-6, one float ulp of the log)."""
     cases = index()
     names = [name for name, c in cases.items() if c["ok"]]
     assert len(names) >= 12, names
