@@ -43,17 +43,22 @@ typedef struct {
     int tokens, n, B;
     char **ids;     /* [B] ids of the rows in the batch */
     float *ea, *ev; /* [B, D] */
+    float *audio, *video; /* the batch's inputs [B,T,F] [B,3,S,S], uploaded to the model per batch */
+    float *fa, *fv;       /* --tokens: the model's feat_a [B,La,D], feat_v [B,Lv,D] */
     int64_t written;
 } state;
 
 static void flush(state *s) {
     if (!s->n) return;
     cav_model *m = s->e.m;
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
     /* rows past n hold the previous batch's inputs: zero them so the unused rows compute on finite values */
-    memset(m->in.audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
-    memset(m->in.video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
-    cav_embedder_run(&s->e, s->n, s->ea, s->ev);
+    memset(s->audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
+    memset(s->video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
+    cav_model_set_input(m, CAV_IN_AUDIO, s->audio, s->B);
+    cav_model_set_input(m, CAV_IN_VIDEO, s->video, s->B);
+    if (cav_embedder_run(&s->e, s->n, s->ea, s->ev)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    if (s->tokens) cav_model_read_output(m, "feat_a", s->fa), cav_model_read_output(m, "feat_v", s->fv);
     int D = m->D;
     cav_record rec;
     cav_record_init(&rec);
@@ -63,8 +68,8 @@ static void flush(state *s) {
         int64_t sd[1] = {D}, sa[2] = {m->La, D}, sv[2] = {m->Lv, D};
         if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, "emb_a", CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
             !cav_record_put(&rec, "emb_v", CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
-            (s->tokens && (!cav_record_put(&rec, "feat_a", CAV_F32, 2, sa, m->feat_a + (size_t)i * m->La * D) ||
-                           !cav_record_put(&rec, "feat_v", CAV_F32, 2, sv, m->feat_v + (size_t)i * m->Lv * D))))
+            (s->tokens && (!cav_record_put(&rec, "feat_a", CAV_F32, 2, sa, s->fa + (size_t)i * m->La * D) ||
+                           !cav_record_put(&rec, "feat_v", CAV_F32, 2, sv, s->fv + (size_t)i * m->Lv * D))))
             cav_die(CAV_EXIT_INTERNAL, "out of memory");
         if (cav_writer_put(s->w, &rec, &err)) {
             cav_writer_abort(s->w);
@@ -138,7 +143,14 @@ int main(int argc, char **argv) {
     s.tokens = tokens, s.B = eo.batch;
     s.ids = calloc((size_t)s.B, sizeof *s.ids);
     s.ea = malloc((size_t)s.B * m->D * sizeof(float)), s.ev = malloc((size_t)s.B * m->D * sizeof(float));
-    if (!s.ids || !s.ea || !s.ev) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
+    s.audio = malloc((size_t)s.B * A * sizeof(float)), s.video = malloc((size_t)s.B * V * sizeof(float));
+    if (tokens) {
+        s.fa = malloc((size_t)s.B * m->La * m->D * sizeof(float));
+        s.fv = malloc((size_t)s.B * m->Lv * m->D * sizeof(float));
+    }
+    if (!s.ids || !s.ea || !s.ev || !s.audio || !s.video || (tokens && (!s.fa || !s.fv)))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
 
     cav_loader_opts lo;
     cav_loader_opts_default(&lo, 0);
@@ -167,7 +179,6 @@ int main(int argc, char **argv) {
         cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_attrs_clear(&attrs);
 
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
     int64_t bad = 0, seen = 0;
     cav_record rec;
     cav_record_init(&rec);
@@ -186,7 +197,7 @@ int main(int argc, char **argv) {
                 if (!shard) break; /* a stream cannot be resynchronised after a bad frame */
                 continue;
             }
-            if (cav_loader_sample(&lo, &rec, 1, seen - 1, m->in.audio + (size_t)s.n * A, m->in.video + (size_t)s.n * V,
+            if (cav_loader_sample(&lo, &rec, 1, seen - 1, s.audio + (size_t)s.n * A, s.video + (size_t)s.n * V,
                                   NULL, &err)) {
                 if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
                 cav_msg("%s: record %lld: %s; skipped", inputs[i], (long long)idx, err.msg);
@@ -204,7 +215,8 @@ int main(int argc, char **argv) {
     if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_msg("%lld clips embedded", (long long)s.written);
     cav_embedder_close(&s.e);
-    free(s.ids), free(s.ea), free(s.ev), free(rds), free(keys), free(vals);
+    free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds), free(keys),
+        free(vals);
     if (bad) {
         cav_msg("%lld bad record%s skipped", (long long)bad, bad > 1 ? "s" : "");
         return CAV_EXIT_INPUT;

@@ -59,6 +59,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     cav_json *cj = NULL;
     float *gath[3] = {NULL, NULL, NULL}; /* pred_a, pred_v, logits gathered over the groups */
     float *buf = NULL, *fa = NULL, *fv = NULL, *fl = NULL, *acc = NULL;
+    float *pbuf = NULL, *feat = NULL; /* one buffer of the model [nparams]; a forward_feat output */
     int64_t *fka = NULL, *fkv = NULL;
     if (!fmt || strcmp(fmt, "cav-debug-state/1")) {
         cav_fail(err, 2, "%s: metadata format is not cav-debug-state/1", path);
@@ -98,6 +99,11 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         rc = err->code ? err->code : 3;
         goto done;
     }
+    if (!(pbuf = malloc(m->nparams * sizeof *pbuf))) {
+        cav_fail(err, 3, "out of memory");
+        rc = 3;
+        goto done;
+    }
     /* Parameters: every model parameter must be in the file, and the file must hold no other. */
     int nparam_file = 0;
     for (int i = 0; i < st.n; i++)
@@ -116,7 +122,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             cav_fail(err, 2, "%s: parameter %s missing", path, p->name);
             goto done;
         }
-        if (cav_st_copy_f32(&st, t, p->data, p->numel, err)) goto done;
+        if (cav_st_copy_f32(&st, t, pbuf, p->numel, err)) goto done;
+        cav_model_write_param(m, CAV_BUF_PARAMS, p, pbuf);
     }
     if (nparam_file != m->ntable) {
         cav_fail(err, 2, "%s: %d parameters in the file, %d in the model", path, nparam_file, m->ntable);
@@ -136,8 +143,9 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         goto done;
     }
     /* A single-modality model reads only its own input. */
-    if (m->in.audio && cav_st_copy_f32(&st, ta, fa, G * ga, err)) goto done;
-    if (m->in.video && (!tv || cav_st_copy_f32(&st, tv, fv, G * gv, err))) {
+    int ua = cav_model_input_size(m, CAV_IN_AUDIO) > 0, uv = cav_model_input_size(m, CAV_IN_VIDEO) > 0;
+    if (ua && cav_st_copy_f32(&st, ta, fa, G * ga, err)) goto done;
+    if (uv && (!tv || cav_st_copy_f32(&st, tv, fv, G * gv, err))) {
         if (!tv) cav_fail(err, 2, "%s: in.video missing", path);
         goto done;
     }
@@ -164,26 +172,22 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     size_t gsz[3] = {0, 0, 0};
     memset(acc, 0, m->nparams * sizeof *acc);
     for (int g = 0; g < G; g++) {
-        if (m->in.audio) memcpy(m->in.audio, fa + g * ga, ga * sizeof *fa);
-        if (m->in.video) memcpy(m->in.video, fv + g * gv, gv * sizeof *fv);
+        if (ua) cav_model_set_input(m, CAV_IN_AUDIO, fa + g * ga, Bg);
+        if (uv) cav_model_set_input(m, CAV_IN_VIDEO, fv + g * gv, Bg);
         if (!ft) {
-            if (m->La) memcpy(m->in.keep_a, fka + g * gka, gka * sizeof *fka);
-            if (m->Lv) memcpy(m->in.keep_v, fkv + g * gkv, gkv * sizeof *fkv);
-        } else memcpy(m->in.labels, fl + g * gl, gl * sizeof *fl);
+            if (m->La) cav_model_set_input(m, CAV_IN_KEEP_A, fka + g * gka, Bg);
+            if (m->Lv) cav_model_set_input(m, CAV_IN_KEEP_V, fkv + g * gkv, Bg);
+        } else cav_model_set_input(m, CAV_IN_LABELS, fl + g * gl, Bg);
         cav_model_forward(m);
         for (int k = 0; k < 6; k++) {
-            int64_t sh[4];
-            int nd;
-            const float *v = cav_model_output(m, scalars[k], sh, &nd);
-            if (v) sc[k] += k == 5 ? v[0] / G : v[0];
+            float v;
+            if (cav_model_output_shape(m, scalars[k], NULL, NULL) == 1 && !cav_model_read_output(m, scalars[k], &v))
+                sc[k] += k == 5 ? v / G : v;
         }
         for (int k = 0; k < 3; k++) {
-            int64_t sh[4];
-            int nd;
-            const float *v = cav_model_output(m, tensors[k], sh, &nd);
-            if (!v) continue;
-            size_t n = 1;
-            for (int d = 0; d < nd; d++) n *= (size_t)sh[d];
+            int nv = cav_model_output_shape(m, tensors[k], NULL, NULL);
+            if (nv < 0) continue;
+            size_t n = (size_t)nv;
             if (!gath[k]) {
                 gsz[k] = n;
                 if (!(gath[k] = malloc(G * n * sizeof(float)))) {
@@ -192,12 +196,13 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                     goto done;
                 }
             }
-            memcpy(gath[k] + g * n, v, n * sizeof(float));
+            cav_model_read_output(m, tensors[k], gath[k] + g * n);
         }
         cav_model_backward(m);
-        for (size_t i = 0; i < m->nparams; i++) acc[i] += m->grads[i];
+        cav_model_read_buffer(m, CAV_BUF_GRADS, pbuf);
+        for (size_t i = 0; i < m->nparams; i++) acc[i] += pbuf[i];
     }
-    memcpy(m->grads, acc, m->nparams * sizeof *acc);
+    cav_model_write_buffer(m, CAV_BUF_GRADS, acc);
     /* Outputs: every out.* of the file that the C model has. */
     for (int i = 0; i < st.n; i++) {
         const cav_st_tensor *t = &st.t[i];
@@ -221,17 +226,23 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                         cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
                         goto done;
                     }
-                    memcpy(fm->table[k].data, src->data, src->numel * sizeof(float));
+                    cav_model_read_param(m, CAV_BUF_PARAMS, src, pbuf);
+                    cav_model_write_param(fm, CAV_BUF_PARAMS, &fm->table[k], pbuf);
                 }
-                if (fm->in.audio) memcpy(fm->in.audio, fa, G * ga * sizeof *fa);
-                if (fm->in.video) memcpy(fm->in.video, fv, G * gv * sizeof *fv);
+                if (cav_model_input_size(fm, CAV_IN_AUDIO)) cav_model_set_input(fm, CAV_IN_AUDIO, fa, B);
+                if (cav_model_input_size(fm, CAV_IN_VIDEO)) cav_model_set_input(fm, CAV_IN_VIDEO, fv, B);
                 cav_model_forward(fm);
             }
-            int64_t sh[4];
-            int nd;
-            c = cav_model_output(fm, name, sh, &nd);
-            cn = 1;
-            for (int d = 0; c && d < nd; d++) cn *= (size_t)sh[d];
+            int nf = cav_model_output_shape(fm, name, NULL, NULL);
+            free(feat);
+            feat = nf > 0 ? malloc((size_t)nf * sizeof *feat) : NULL;
+            if (nf > 0 && !feat) {
+                cav_fail(err, 3, "out of memory");
+                rc = 3;
+                goto done;
+            }
+            if (feat) cav_model_read_output(fm, name, feat);
+            c = feat, cn = nf > 0 ? (size_t)nf : 0;
         }
         if (!c) {
             cav_fail(err, 2, "%s: %s: the C model has no such output", path, t->name);
@@ -272,7 +283,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             int listed = 0, nonzero = 0;
             for (int k = 0; k < ng->n; k++)
                 listed |= ng->items[k]->type == CAV_JSON_STRING && strcmp(ng->items[k]->string, p->name) == 0;
-            for (size_t k = 0; k < p->numel && !nonzero; k++) nonzero = p->grad[k] != 0.0f;
+            cav_model_read_param(m, CAV_BUF_GRADS, p, pbuf);
+            for (size_t k = 0; k < p->numel && !nonzero; k++) nonzero = pbuf[k] != 0.0f;
             if (listed == p->used || (!p->used && nonzero)) {
                 fprintf(out, "%-48s %s\n", p->name,
                         listed == p->used ? (listed ? "has no gradient in PyTorch, but is used in C"
@@ -305,7 +317,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             goto done;
         }
         double ma, rel;
-        compare(p->grad, buf, p->numel, &ma, &rel);
+        cav_model_read_param(m, CAV_BUF_GRADS, p, pbuf);
+        compare(pbuf, buf, p->numel, &ma, &rel);
         rep->max_rel_grad = worse(rep->max_rel_grad, rel);
         fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e\n", gname, ma, rel);
         rep->tensors++;
@@ -353,7 +366,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
              * rounding noise for a gradient, and Adam divides it by its own tiny RMS, so both
              * implementations move them by noise of order lr. */
             double ma, rel;
-            compare(m->table[i].data, buf, t->numel, &ma, &rel);
+            cav_model_read_param(m, CAV_BUF_PARAMS, &m->table[i], pbuf);
+            compare(pbuf, buf, t->numel, &ma, &rel);
             rep->max_rel_final = worse(rep->max_rel_final, rel);
             fprintf(out, "%-48s max_abs=%.3e max_rel=%.3e (after the steps; not gated)\n", fname, ma, rel);
         }
@@ -366,7 +380,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     if (rc) cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path, CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
 done:
     for (int k = 0; k < 3; k++) free(gath[k]);
-    free(buf), free(fa), free(fv), free(fl), free(fka), free(fkv), free(acc);
+    free(buf), free(fa), free(fv), free(fl), free(fka), free(fkv), free(acc), free(pbuf), free(feat);
     cav_json_free(cj);
     cav_model_free(m);
     cav_model_free(fm);

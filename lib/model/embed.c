@@ -138,9 +138,16 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
             break;
         }
         if (is_st) {
-            if (cav_st_copy_f32(&st, &st.t[i], p->data, p->numel, err)) break;
+            float *host = malloc(p->numel * sizeof *host);
+            if (!host) {
+                cav_fail(err, 3, "out of memory");
+                break;
+            }
+            if (!cav_st_copy_f32(&st, &st.t[i], host, p->numel, err)) cav_model_write_param(m, CAV_BUF_PARAMS, p, host);
+            free(host);
+            if (err->code) break;
         } else {
-            memcpy(p->data, pth.t[i].data, p->numel * sizeof(float));
+            cav_model_write_param(m, CAV_BUF_PARAMS, p, pth.t[i].data);
         }
         seen[p - m->table] = 1;
         e->nparams_loaded++;
@@ -181,9 +188,16 @@ void cav_pool_normalize(const float *x, int n, int L, int D, float *out) {
     }
 }
 
-void cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v) {
+int cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v) {
     cav_model *m = e->m;
-    cav_model_forward(m);
-    cav_pool_normalize(m->feat_a, n, m->La, m->D, emb_a);
-    cav_pool_normalize(m->feat_v, n, m->Lv, m->D, emb_v);
+    float *fa = malloc((size_t)m->B * m->La * m->D * sizeof *fa);
+    float *fv = malloc((size_t)m->B * m->Lv * m->D * sizeof *fv);
+    if (fa && fv) {
+        cav_model_forward(m);
+        cav_model_read_output(m, "feat_a", fa), cav_model_read_output(m, "feat_v", fv);
+        cav_pool_normalize(fa, n, m->La, m->D, emb_a);
+        cav_pool_normalize(fv, n, m->Lv, m->D, emb_v);
+    }
+    free(fa), free(fv);
+    return fa && fv ? 0 : -1;
 }

@@ -24,7 +24,7 @@ typedef struct {
 } cav_embed_opts;
 
 typedef struct {
-    cav_model *m;          /* task FEAT, batch rows; fill m->in.audio [B,T,F] and m->in.video [B,3,S,S] */
+    cav_model *m;          /* task FEAT, batch rows; inputs CAV_IN_AUDIO [B,T,F] and CAV_IN_VIDEO [B,3,S,S] */
     cav_embed_type type;   /* what the checkpoint was */
     int config_from_file;  /* the config came from the checkpoint's metadata */
     int nparams_loaded;
@@ -36,8 +36,9 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err);
 void cav_embedder_close(cav_embedder *e);
 
 /* forward_feat on the model's inputs, then for rows 0..n-1: emb_a [n,D], emb_v [n,D] pooled and
- * normalised. The token outputs stay in m->feat_a [B,La,D] and m->feat_v [B,Lv,D]. */
-void cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v);
+ * normalised. The token outputs stay in the model (outputs "feat_a" [B,La,D], "feat_v" [B,Lv,D]).
+ * 0 ok, -1 out of memory. */
+int cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v);
 
 /* Mean over L tokens of x [n,L,D], then x / max(|x|, 1e-12) (torch.nn.functional.normalize) into out [n,D]. */
 void cav_pool_normalize(const float *x, int n, int L, int D, float *out);

@@ -255,7 +255,7 @@ static int reg(cav_model *m, float **field, int trainable, int head, int ndim, c
     e->head = head;
     m->nparams += e->numel;
     /* where the pointer lives inside cav_params, so the gradient struct gets the same field */
-    e->data = (float *)(uintptr_t)((char *)field - (char *)&m->p);
+    e->slot = (size_t)((char *)field - (char *)&m->p);
     return 0;
 }
 #define S1(a) ((const int64_t[]){a})
@@ -455,7 +455,7 @@ static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, floa
 
 static void mark(cav_model *m, const float *p) {
     for (int i = 0; i < m->ntable; i++)
-        if (m->table[i].data == p) m->table[i].used = 1;
+        if (p && m->params + m->table[i].offset == p) m->table[i].used = 1;
 }
 
 static void mark_stream(cav_model *m, const cav_stream *s) {
@@ -550,13 +550,8 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
     for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
-        size_t fo = (size_t)(uintptr_t)e->data;
-        *(float **)((char *)&m->p + fo) = m->params + e->offset;
-        e->data = m->params + e->offset;
-        if (m->grads) {
-            *(float **)((char *)&m->g + fo) = m->grads + e->offset;
-            e->grad = m->grads + e->offset;
-        }
+        *(float **)((char *)&m->p + e->slot) = m->params + e->offset;
+        if (m->grads) *(float **)((char *)&m->g + e->slot) = m->grads + e->offset;
     }
     plan(m);
     m->acts_size = m->acts_used;
@@ -945,11 +940,23 @@ int cav_model_split(cav_model *m, int n, int row0) {
     return 0;
 }
 
+void cav_model_split_embeddings(const cav_model *m, float *ca, float *cv, double mae[4]) {
+    size_t nd = (size_t)m->B * m->D;
+    if (m->cfg.contrast_loss_weight != 0) {
+        memcpy(ca, m->ca_n, sizeof(float) * nd);
+        memcpy(cv, m->cv_n, sizeof(float) * nd);
+    }
+    memcpy(mae, m->split.mae, sizeof m->split.mae);
+}
+
 /* As forward_pretrain's loss lines, on the group's embeddings and sums. */
-void cav_model_split_losses(cav_model *m, const double mae[4]) {
+void cav_model_split_losses(cav_model *m, const float *group_ca, const float *group_cv, const double mae[4]) {
     const cav_config *c = &m->cfg;
     memset(&m->out, 0, sizeof m->out);
     if (c->contrast_loss_weight != 0) {
+        size_t nd = (size_t)m->split.n * m->D;
+        memcpy(m->split.ca, group_ca, sizeof(float) * nd);
+        memcpy(m->split.cv, group_cv, sizeof(float) * nd);
         float nce = cav_contrastive_forward(&m->out.c_acc, m->split.ca, m->split.cv, m->split.n, m->D,
                                             c->bidirect_contrast);
         m->out.loss_c = (float)c->contrast_loss_weight * nce;
@@ -1209,12 +1216,102 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
     for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
         if (!e->trainable || !e->used) continue;
-        cav_adam_step(e->data, e->grad, m->adam_m + e->offset, m->adam_v + e->offset, e->numel,
+        size_t o = e->offset;
+        cav_adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
                       e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }
 }
 
-const float *cav_model_output(cav_model *m, const char *name, int64_t shape[4], int *ndim) {
+/* ---- model memory ------------------------------------------------------------------------------- */
+
+/* The input's buffer and its element size, or NULL when the task does not read it. */
+static void *input_buf(const cav_model *m, cav_input which, size_t *elsize) {
+    *elsize = which == CAV_IN_KEEP_A || which == CAV_IN_KEEP_V ? sizeof(int64_t) : sizeof(float);
+    if (!cav_model_input_size(m, which)) return NULL;
+    switch (which) {
+    case CAV_IN_AUDIO: return m->in.audio;
+    case CAV_IN_VIDEO: return m->in.video;
+    case CAV_IN_KEEP_A: return m->in.keep_a;
+    case CAV_IN_KEEP_V: return m->in.keep_v;
+    case CAV_IN_LABELS: return m->in.labels;
+    }
+    return NULL;
+}
+
+size_t cav_model_input_size(const cav_model *m, cav_input which) {
+    int pre = m->cfg.task == CAV_TASK_PRETRAIN;
+    switch (which) {
+    case CAV_IN_AUDIO: return m->in.audio ? (size_t)m->T * m->F : 0;
+    case CAV_IN_VIDEO: return m->in.video ? (size_t)3 * m->S * m->S : 0;
+    case CAV_IN_KEEP_A: return pre ? (size_t)m->La : 0;
+    case CAV_IN_KEEP_V: return pre ? (size_t)m->Lv : 0;
+    case CAV_IN_LABELS: return m->in.labels ? (size_t)m->cfg.label_dim : 0;
+    }
+    return 0;
+}
+
+void cav_model_set_input(cav_model *m, cav_input which, const void *host, int rows) {
+    size_t es;
+    void *dst = input_buf(m, which, &es);
+    if (dst && rows > 0) memcpy(dst, host, es * cav_model_input_size(m, which) * (size_t)rows);
+}
+
+void cav_model_get_input(const cav_model *m, cav_input which, void *host, int rows) {
+    size_t es;
+    const void *src = input_buf(m, which, &es);
+    if (src && rows > 0) memcpy(host, src, es * cav_model_input_size(m, which) * (size_t)rows);
+}
+
+static float *buffer(const cav_model *m, cav_buffer buf) {
+    switch (buf) {
+    case CAV_BUF_PARAMS: return m->params;
+    case CAV_BUF_GRADS: return m->grads;
+    case CAV_BUF_ADAM_M: return m->adam_m;
+    case CAV_BUF_ADAM_V: return m->adam_v;
+    }
+    return NULL;
+}
+
+/* The buffer to write, allocating the moments on first use; NULL: not held (gradients of FEAT). */
+static float *buffer_w(cav_model *m, cav_buffer buf) {
+    if ((buf == CAV_BUF_ADAM_M || buf == CAV_BUF_ADAM_V) && cav_model_alloc_adam(m)) {
+        fprintf(stderr, "model: out of memory for the Adam moments\n");
+        abort();
+    }
+    return buffer(m, buf);
+}
+
+void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
+    const float *b = buffer(m, buf);
+    if (b) memcpy(host, b + p->offset, sizeof(float) * p->numel);
+    else memset(host, 0, sizeof(float) * p->numel);
+}
+
+void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host) {
+    float *b = buffer_w(m, buf);
+    if (b) memcpy(b + p->offset, host, sizeof(float) * p->numel);
+}
+
+void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host) {
+    const float *b = buffer(m, buf);
+    if (b) memcpy(host, b, sizeof(float) * m->nparams);
+    else memset(host, 0, sizeof(float) * m->nparams);
+}
+
+void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
+    float *b = buffer_w(m, buf);
+    if (b) memcpy(b, host, sizeof(float) * m->nparams);
+}
+
+int cav_model_grads_finite(const cav_model *m) {
+    if (!m->grads) return 1;
+    for (size_t i = 0; i < m->nparams; i++)
+        if (!isfinite(m->grads[i])) return 0;
+    return 1;
+}
+
+/* An output's memory and shape, or NULL when this task has none by that name. */
+static const float *output(const cav_model *m, const char *name, int64_t shape[4], int *ndim) {
     int B = m->B;
     struct {
         const char *name;
@@ -1241,10 +1338,31 @@ const float *cav_model_output(cav_model *m, const char *name, int64_t shape[4], 
         if (strcmp(t[i].name, name)) continue;
         if (i < 6 && !(pre || (ft && i == 0))) return NULL;
         if (!t[i].p) return NULL;
-        if (ndim) *ndim = t[i].nd;
-        if (shape)
-            for (int k = 0; k < t[i].nd; k++) shape[k] = t[i].s[k];
+        *ndim = t[i].nd;
+        for (int k = 0; k < t[i].nd; k++) shape[k] = t[i].s[k];
         return t[i].p;
     }
     return NULL;
+}
+
+int cav_model_output_shape(const cav_model *m, const char *name, int64_t shape[4], int *ndim) {
+    int64_t s[4];
+    int nd;
+    if (!output(m, name, s, &nd)) return -1;
+    int64_t n = 1;
+    for (int k = 0; k < nd; k++) n *= s[k];
+    if (shape) memcpy(shape, s, sizeof(int64_t) * nd);
+    if (ndim) *ndim = nd;
+    return (int)n;
+}
+
+int cav_model_read_output(const cav_model *m, const char *name, float *host) {
+    int64_t s[4];
+    int nd;
+    const float *p = output(m, name, s, &nd);
+    if (!p) return -1;
+    size_t n = 1;
+    for (int k = 0; k < nd; k++) n *= (size_t)s[k];
+    memcpy(host, p, sizeof(float) * n);
+    return 0;
 }

@@ -8,9 +8,10 @@
  * (SPEC 2.2: e.g. "blocks_a.3.attn.qkv.weight", conv weights [768,1,16,16]), so checkpoints and PyTorch
  * debug states map by name. Usage:
  *   cav_model *m = cav_model_create(&cfg, B, &err);  cav_model_init(m, seed);   (or load by name)
- *   fill m->in.audio / in.video (and in.keep_a / in.keep_v, or cav_model_random_masks) / in.labels
+ *   cav_model_set_input(m, CAV_IN_AUDIO, audio, B) ... (keep indices, or cav_model_random_masks; labels)
  *   cav_model_forward(m);  cav_model_backward(m);  cav_model_adam_step(m, ...);
- * Outputs are in m->out and by name through cav_model_output. */
+ * Scalar losses are in m->out; tensors by name through cav_model_read_output. Code outside model.c
+ * touches the model's buffers only through the accessors below, which copy. */
 #ifndef CAV_MODEL_H
 #define CAV_MODEL_H
 
@@ -121,7 +122,7 @@ typedef struct {
     /* reached by this config's forward; in PyTorch an unreached parameter's .grad stays None and
      * torch.optim.Adam skips it (no weight decay, no moment update), so cav_model_adam_step does too */
     int used;
-    float *data, *grad;
+    size_t slot; /* model.c's own: where this tensor's pointer sits inside cav_params */
 } cav_param;
 
 /* Saved activations of one Block on [B,N,C] tokens (hidden = C * mlp_ratio). */
@@ -230,13 +231,12 @@ void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows);
 /* Contrast groups spread over several processes (pretraining with fewer groups than ranks): this model's B
  * rows are rows row0..row0+B-1 of a group of n, the others are on other models. After cav_model_split
  * (0 ok, -1 out of memory), cav_model_forward stops short of the losses that need the whole group: it
- * leaves this model's contrastive embeddings in ca_n, cv_n [B,D] and its MAE sums in split.mae, and
- * sets no output. The caller gathers the group's embeddings into split.ca, split.cv [n,D] (row order)
- * and sums split.mae over the group, then calls cav_model_split_losses, which sets out as one model over
+ * leaves this model's contrastive embeddings [B,D] and its MAE sums for cav_model_split_embeddings, and
+ * sets no output. The caller gathers the group's embeddings [n,D] (row order) and sums the MAE sums over
+ * the group, then calls cav_model_split_losses (below), which sets out as one model over
  * the whole group would; cav_model_backward then gives the gradient of that group loss through this
  * model's rows only (the other rows' part is computed where they are; the parts add up to the whole). */
 int cav_model_split(cav_model *m, int n, int row0);
-void cav_model_split_losses(cav_model *m, const double group_mae[4]);
 
 /* Forward of the task: pretraining losses and predictions, fine-tuning logits and loss, or (task FEAT)
  * feat_a [B,La_full,D] and feat_v [B,Lv_full,D]. */
@@ -253,9 +253,44 @@ int cav_model_alloc_adam(cav_model *m);
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
                          double wd);
 
-/* Outputs by name ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc", "pred_a", "pred_v",
- * "mask_a", "mask_v", "logits", "feat_a", "feat_v"): a pointer and the shape, or NULL when this task
- * has no such output. */
-const float *cav_model_output(cav_model *m, const char *name, int64_t shape[4], int *ndim);
+/* ---- model memory --------------------------------------------------------------------------------- */
+
+/* The model's buffers live where its backend puts them (host memory on the CPU, device memory on a GPU);
+ * code outside model.c reads and writes them only through these calls, which copy. */
+typedef enum { CAV_IN_AUDIO, CAV_IN_VIDEO, CAV_IN_KEEP_A, CAV_IN_KEEP_V, CAV_IN_LABELS } cav_input;
+/* Elements per row (floats; int64 for the keep indices); 0: this task does not read that input. */
+size_t cav_model_input_size(const cav_model *m, cav_input which);
+/* Rows [0,rows) of an input from host memory (keep indices: int64_t, the rest float). */
+void cav_model_set_input(cav_model *m, cav_input which, const void *host, int rows);
+/* The inverse, e.g. the masks cav_model_random_masks drew. */
+void cav_model_get_input(const cav_model *m, cav_input which, void *host, int rows);
+
+typedef enum { CAV_BUF_PARAMS, CAV_BUF_GRADS, CAV_BUF_ADAM_M, CAV_BUF_ADAM_V } cav_buffer;
+/* One table entry's numel floats. Reading a buffer the model does not hold (the gradients of an
+ * embedding model, moments before the first step) gives zeros; writing the moments allocates them,
+ * writing gradients the model does not hold is ignored. */
+void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host);
+void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host);
+/* A whole buffer, nparams floats in table order (cav_param.offset). */
+void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host);
+void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host);
+/* 1 when every gradient is finite (1 for a model without gradients). */
+int cav_model_grads_finite(const cav_model *m);
+
+/* Outputs by name: "loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc" (pretraining; "loss"
+ * also fine-tuning), "pred_a", "pred_v", "mask_a", "mask_v", "logits", "feat_a", "feat_v". The shape and
+ * the element count, or -1 when this task has no such output. Scalar losses stay in the host struct m->out
+ * (the model downloads them after the forward). */
+int cav_model_output_shape(const cav_model *m, const char *name, int64_t shape[4], int *ndim);
+/* 0 ok, -1 no such output. */
+int cav_model_read_output(const cav_model *m, const char *name, float *host);
+
+/* Contrast groups spread over processes: this model's contrastive embeddings ca, cv [B,D] (left alone when
+ * the contrastive loss is off) and its MAE sums (audio squared-error sum, mask count; video). */
+void cav_model_split_embeddings(const cav_model *m, float *ca, float *cv, double mae[4]);
+/* The group's embeddings [n,D] x2 (row order; ignored when the contrastive loss is off) and MAE sums:
+ * sets m->out as one model over the whole group would. */
+void cav_model_split_losses(cav_model *m, const float *group_ca, const float *group_cv,
+                            const double group_mae[4]);
 
 #endif

@@ -91,14 +91,16 @@ static int load_init(cav_model *m, const char *path, cav_err *err) {
     int nl = 0, nhead = 0, nhead_file = 0;
     for (int i = 0; i < m->ntable; i++) nhead += m->table[i].head;
     /* mark the head so that we can tell whether the file supplied it */
-    float *mark = malloc(m->nparams * sizeof *mark);
-    if (!mark) return cav_fail(err, 3, "out of memory");
-    memcpy(mark, m->params, m->nparams * sizeof *mark);
-    if (cav_load_params(m, path, 1, 1, &nl, err)) return free(mark), -1;
+    float *mark = malloc(m->nparams * sizeof *mark), *now = malloc(m->nparams * sizeof *now);
+    if (!mark || !now) return free(mark), free(now), cav_fail(err, 3, "out of memory");
+    cav_model_read_buffer(m, CAV_BUF_PARAMS, mark);
+    if (cav_load_params(m, path, 1, 1, &nl, err)) return free(mark), free(now), -1;
+    cav_model_read_buffer(m, CAV_BUF_PARAMS, now);
     for (int i = 0; i < m->ntable; i++)
-        if (m->table[i].head && memcmp(mark + m->table[i].offset, m->table[i].data, m->table[i].numel * sizeof(float)))
+        if (m->table[i].head &&
+            memcmp(mark + m->table[i].offset, now + m->table[i].offset, m->table[i].numel * sizeof(float)))
             nhead_file++;
-    free(mark);
+    free(mark), free(now);
     if (nl - nhead_file < m->ntable - nhead)
         return cav_fail(err, 2, "%s: %d of the model's %d encoder parameters found; not a CAV-MAE checkpoint of this size",
                         path, nl - nhead_file, m->ntable - nhead);
@@ -112,11 +114,12 @@ static int evaluate(const cav_finetune_opts *o, const cav_dist *d, cav_model *m,
                     double res[5], cav_err *err) {
     int K = m->cfg.label_dim;
     int64_t nb = cav_loader_batches(ev), N = nb * o->batch;
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
     float *logits = calloc((size_t)N * K, sizeof *logits), *tgt = calloc((size_t)N * K, sizeof *tgt);
+    float *out = malloc((size_t)m->B * K * sizeof *out); /* the model's logits [B,K] */
     double loss = 0;
     int rc = -1;
-    if (!logits || !tgt) {
+    if (!logits || !tgt || !out) {
         cav_fail(err, 3, "out of memory for the evaluation logits");
         goto out;
     }
@@ -125,14 +128,15 @@ static int evaluate(const cav_finetune_opts *o, const cav_dist *d, cav_model *m,
     int got;
     int64_t bi = 0;
     while ((got = cav_loader_next(ev, &b, err)) == 1) {
-        if (m->in.audio) memcpy(m->in.audio, b.audio, (size_t)b.n * A * sizeof(float));
-        if (m->in.video) memcpy(m->in.video, b.video, (size_t)b.n * V * sizeof(float));
-        memcpy(m->in.labels, b.labels, (size_t)b.n * K * sizeof(float));
+        if (A) cav_model_set_input(m, CAV_IN_AUDIO, b.audio, b.n);
+        if (V) cav_model_set_input(m, CAV_IN_VIDEO, b.video, b.n);
+        cav_model_set_input(m, CAV_IN_LABELS, b.labels, b.n);
         cav_model_forward(m);
         loss += m->out.loss * b.n / o->batch;
         /* this rank's rows sit at its slice of the global batch */
         size_t at = ((size_t)bi * o->batch + (size_t)d->rank * m->B) * K;
-        memcpy(logits + at, m->logits, (size_t)b.n * K * sizeof(float));
+        cav_model_read_output(m, "logits", out);
+        memcpy(logits + at, out, (size_t)b.n * K * sizeof(float));
         memcpy(tgt + at, b.labels, (size_t)b.n * K * sizeof(float));
         bi++;
     }
@@ -145,7 +149,7 @@ static int evaluate(const cav_finetune_opts *o, const cav_dist *d, cav_model *m,
     res[0] = st.acc, res[1] = st.mAP, res[2] = st.mAUC, res[3] = st.dprime, res[4] = nb ? loss / nb : 0;
     rc = 0;
 out:
-    free(logits), free(tgt);
+    free(logits), free(tgt), free(out);
     return rc;
 }
 
@@ -154,7 +158,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
     cav_model *m = NULL;
     cav_loader *tl = NULL, *ev = NULL;
     FILE *metrics = NULL;
-    float *acc = NULL;
+    float *acc = NULL, *labels = NULL; /* labels: the smoothed targets [B,K] */
     char cfgjson[2048];
     if (o->mixup != 0)
         return cav_fail(err, 1, "--mixup %g: mixup is not implemented yet (the reference mixes waveforms before the "
@@ -241,7 +245,11 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
             goto done;
         }
     }
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
+    if (!(labels = malloc((size_t)m->B * K * sizeof *labels))) {
+        cav_fail(err, 3, "out of memory");
+        goto done;
+    }
     /* each rank's mean loss weighted by its share of the global batch (1 with one process) */
     double share = (double)rows / o->batch;
     int64_t steps_done_here = 0;
@@ -256,20 +264,22 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         while ((got = cav_loader_next(tl, &b, err)) == 1) {
             double t0 = cav_now();
             lr = cav_schedule_lr(&o->sched, pos.epoch, pos.step);
-            if (m->in.audio) memcpy(m->in.audio, b.audio, (size_t)b.n * A * sizeof(float));
-            if (m->in.video) memcpy(m->in.video, b.video, (size_t)b.n * V * sizeof(float));
-            cav_smooth_labels(b.labels, m->in.labels, b.n, K, o->label_smooth);
+            if (A) cav_model_set_input(m, CAV_IN_AUDIO, b.audio, b.n);
+            if (V) cav_model_set_input(m, CAV_IN_VIDEO, b.video, b.n);
+            cav_smooth_labels(b.labels, labels, b.n, K, o->label_smooth);
+            cav_model_set_input(m, CAV_IN_LABELS, labels, b.n);
             cav_model_forward(m);
             cav_model_backward(m);
             double loss = m->out.loss;
             if (acc) {
-                for (size_t i = 0; i < m->nparams; i++) acc[i] = (float)share * m->grads[i];
+                cav_model_read_buffer(m, CAV_BUF_GRADS, acc);
+                for (size_t i = 0; i < m->nparams; i++) acc[i] = (float)share * acc[i];
                 cav_dist_sum_f32(d, acc, m->nparams);
-                memcpy(m->grads, acc, m->nparams * sizeof *acc);
+                cav_model_write_buffer(m, CAV_BUF_GRADS, acc);
                 loss *= share;
                 cav_dist_sum_f64(d, &loss, 1);
             }
-            int bad = !isfinite(loss) || !cav_train_all_finite(m->grads, m->nparams);
+            int bad = !isfinite(loss) || !cav_model_grads_finite(m);
             if (cav_dist_max_int(d, bad)) {
                 char last[4096] = "none";
                 cav_ckpt_latest(o->out_dir, last, sizeof last, NULL);
@@ -361,7 +371,7 @@ fail_data:
     rc = err->code ? err->code : 2;
 done:
     if (metrics) fclose(metrics);
-    free(acc);
+    free(acc), free(labels);
     cav_model_free(m);
     cav_loader_close(tl);
     cav_loader_close(ev);

@@ -78,8 +78,16 @@ int cav_load_params(cav_model *m, const char *path, int allow_extra, int allow_m
             rc = cav_fail(err, 2, "%s: %s: shape differs from the model's", path, name);
             break;
         }
-        if (is_st) rc = cav_st_copy_f32(&st, &st.t[i], p->data, p->numel, err);
-        else memcpy(p->data, pth.t[i].data, p->numel * sizeof(float));
+        if (is_st) {
+            float *host = malloc(p->numel * sizeof *host);
+            if (!host) rc = cav_fail(err, 3, "out of memory");
+            else if (!(rc = cav_st_copy_f32(&st, &st.t[i], host, p->numel, err)))
+                cav_model_write_param(m, CAV_BUF_PARAMS, p, host);
+            free(host);
+            if (rc) break;
+        } else {
+            cav_model_write_param(m, CAV_BUF_PARAMS, p, pth.t[i].data);
+        }
         seen[p - m->table] = 1;
         n++;
     }
@@ -107,7 +115,7 @@ static int copy_rows(cav_model *m, const char *dst, const cav_pth *p, const char
     if (!s) return cav_fail(err, 2, "%s: %s missing (needed for %s)", path, src, dst);
     if (s->numel < skip_front + d->numel)
         return cav_fail(err, 2, "%s: %s has %zu values, %s needs %zu", path, src, s->numel, dst, d->numel);
-    memcpy(d->data, s->data + skip_front, d->numel * sizeof(float));
+    cav_model_write_param(m, CAV_BUF_PARAMS, d, s->data + skip_front);
     return 0;
 }
 
@@ -175,12 +183,16 @@ int cav_init_from_mae(cav_model *m, const char *path, cav_err *err) {
             rc = cav_fail(err, 2, "%s: patch_embed.proj.weight: missing or not [%lld,3,16,16]", path, (long long)pa->shape[0]);
         else {
             size_t K = (size_t)(pw->shape[2] * pw->shape[3]);
-            for (int64_t o = 0; o < pa->shape[0]; o++)
+            float *sum = malloc(pa->numel * sizeof *sum);
+            if (!sum) rc = cav_fail(err, 3, "out of memory");
+            for (int64_t o = 0; sum && o < pa->shape[0]; o++)
                 for (size_t q = 0; q < K; q++) {
                     const float *w = pw->data + (size_t)o * 3 * K;
-                    pa->data[o * K + q] = w[q] + w[K + q] + w[2 * K + q];
+                    sum[o * K + q] = w[q] + w[K + q] + w[2 * K + q];
                 }
-            rc = copy_rows(m, "patch_embed_a.proj.bias", &p, "patch_embed.proj.bias", 0, path, err);
+            if (sum) cav_model_write_param(m, CAV_BUF_PARAMS, pa, sum);
+            free(sum);
+            if (!rc) rc = copy_rows(m, "patch_embed_a.proj.bias", &p, "patch_embed.proj.bias", 0, path, err);
         }
     }
     cav_pth_free(&p);
@@ -210,6 +222,8 @@ typedef struct {
     int gsize;           /* rows of a contrast group */
     int mrows;           /* rows of the model: gsize, or a rank's part of a group spread over ranks */
     cav_dist_block blk;  /* the ranks sharing this rank's group (size 1 when groups are whole) */
+    float *grad;         /* one group's gradients read from the model [nparams], with acc */
+    float *gca, *gcv;    /* a spread group's contrastive embeddings [gsize,D], then this rank's [mrows,D] */
 } trainer;
 
 /* A group spread over ranks: every rank of the group gathers the group's contrastive embeddings and MAE
@@ -217,14 +231,15 @@ typedef struct {
 static void split_losses(trainer *t) {
     cav_model *m = t->m;
     size_t nd = (size_t)m->B * m->D;
-    if (m->cfg.contrast_loss_weight != 0) {
-        cav_dist_block_gather_f32(&t->blk, m->ca_n, m->split.ca, nd);
-        cav_dist_block_gather_f32(&t->blk, m->cv_n, m->split.cv, nd);
-    }
+    float *ca = t->gca + (size_t)t->gsize * m->D, *cv = t->gcv + (size_t)t->gsize * m->D;
     double mae[4];
-    memcpy(mae, m->split.mae, sizeof mae);
+    cav_model_split_embeddings(m, ca, cv, mae);
+    if (m->cfg.contrast_loss_weight != 0) {
+        cav_dist_block_gather_f32(&t->blk, ca, t->gca, nd);
+        cav_dist_block_gather_f32(&t->blk, cv, t->gcv, nd);
+    }
     cav_dist_block_sum_f64(&t->blk, mae, 4);
-    cav_model_split_losses(m, mae);
+    cav_model_split_losses(m, t->gca, t->gcv, mae);
 }
 
 /* Forward (and backward when train) of every local group of a batch slice; returns the summed (or mean)
@@ -239,8 +254,10 @@ static void run_groups(trainer *t, const cav_batch *b, int train, uint64_t key_e
     memset(out, 0, 5 * sizeof *out);
     if (train && t->acc) memset(t->acc, 0, m->nparams * sizeof *t->acc);
     for (int g = 0; g < t->local_groups; g++) {
-        if (m->in.audio) memcpy(m->in.audio, b->audio + (size_t)g * rows * A, rows * A * sizeof(float));
-        if (m->in.video) memcpy(m->in.video, b->video + (size_t)g * rows * V, rows * V * sizeof(float));
+        if (cav_model_input_size(m, CAV_IN_AUDIO))
+            cav_model_set_input(m, CAV_IN_AUDIO, b->audio + (size_t)g * rows * A, t->mrows);
+        if (cav_model_input_size(m, CAV_IN_VIDEO))
+            cav_model_set_input(m, CAV_IN_VIDEO, b->video + (size_t)g * rows * V, t->mrows);
         /* the global group index; a rank holding part of a group draws the masks of its rows from the
          * group's stream, as one process over the whole group would */
         int gid = t->blk.size > 1 ? t->d->rank / t->blk.size : t->d->rank * t->local_groups + g;
@@ -260,8 +277,10 @@ static void run_groups(trainer *t, const cav_batch *b, int train, uint64_t key_e
         }
         if (train) {
             cav_model_backward(m);
-            if (t->acc)
-                for (size_t i = 0; i < m->nparams; i++) t->acc[i] += (float)scale * m->grads[i];
+            if (t->acc) {
+                cav_model_read_buffer(m, CAV_BUF_GRADS, t->grad);
+                for (size_t i = 0; i < m->nparams; i++) t->acc[i] += (float)scale * t->grad[i];
+            }
         }
     }
 }
@@ -351,7 +370,7 @@ static int evaluate(trainer *t, cav_loader *ev, int epoch, double res[5], cav_er
 
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err) {
     int rc = 3;
-    trainer t = {o, d, NULL, NULL, 0, 0, 0, {0, 1, NULL}};
+    trainer t = {o, d, NULL, NULL, 0, 0, 0, {0, 1, NULL}, NULL, NULL, NULL};
     cav_loader *tl = NULL, *ev = NULL;
     char *cfgjson = NULL;
     FILE *metrics = NULL;
@@ -416,7 +435,9 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
         goto done;
     }
     cav_model *m = t.m;
-    if (t.blk.size > 1 && cav_model_split(m, t.gsize, t.blk.rank * t.mrows)) {
+    if (t.blk.size > 1 && (cav_model_split(m, t.gsize, t.blk.rank * t.mrows) ||
+                           !(t.gca = malloc((size_t)(t.gsize + t.mrows) * m->D * sizeof *t.gca)) ||
+                           !(t.gcv = malloc((size_t)(t.gsize + t.mrows) * m->D * sizeof *t.gcv)))) {
         cav_fail(err, 3, "out of memory for the gathered contrastive embeddings");
         goto done;
     }
@@ -426,7 +447,8 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     }
     if (o->groups > 1 || d->world > 1 || t.local_groups > 1) {
         t.acc = malloc(m->nparams * sizeof *t.acc);
-        if (!t.acc) {
+        t.grad = malloc(m->nparams * sizeof *t.grad);
+        if (!t.acc || !t.grad) {
             cav_fail(err, 3, "out of memory for the gradient accumulator");
             goto done;
         }
@@ -494,10 +516,10 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
             run_groups(&t, &b, 1, (uint64_t)pos.epoch, (uint64_t)pos.step, out);
             if (t.acc) {
                 cav_dist_sum_f32(d, t.acc, m->nparams);
-                memcpy(m->grads, t.acc, m->nparams * sizeof *t.acc);
+                cav_model_write_buffer(m, CAV_BUF_GRADS, t.acc);
             }
             cav_dist_sum_f64(d, out, 5);
-            int bad = !isfinite(out[0]) || !cav_train_all_finite(m->grads, m->nparams);
+            int bad = !isfinite(out[0]) || !cav_model_grads_finite(m);
             if (cav_dist_max_int(d, bad)) {
                 char last[4096] = "none";
                 cav_ckpt_latest(o->out_dir, last, sizeof last, NULL);
@@ -596,7 +618,7 @@ fail_data:
 done:
     if (metrics) fclose(metrics);
     free(cfgjson);
-    free(t.acc);
+    free(t.acc), free(t.grad), free(t.gca), free(t.gcv);
     cav_model_free(t.m);
     cav_dist_block_close(&t.blk);
     cav_loader_close(tl);

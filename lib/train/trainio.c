@@ -13,11 +13,14 @@
 #include "pretrain.h"
 #include "safetensors.h"
 
-/* The model's parameters (or Adam's moments, from another base buffer) as safetensors entries. */
-static cav_st_entry *param_entries(cav_model *m, const float *base, const char *prefix, char ***names) {
+/* One of the model's buffers (parameters, Adam's moments) as safetensors entries over a host copy *base
+ * (freed by the caller). */
+static cav_st_entry *param_entries(cav_model *m, cav_buffer buf, float **base, const char *prefix, char ***names) {
     cav_st_entry *e = calloc((size_t)m->ntable, sizeof *e);
     *names = calloc((size_t)m->ntable, sizeof **names);
-    if (!e || !*names) return free(e), NULL;
+    *base = malloc(m->nparams * sizeof **base);
+    if (!e || !*names || !*base) return free(e), NULL;
+    cav_model_read_buffer(m, buf, *base);
     for (int i = 0; i < m->ntable; i++) {
         cav_param *p = &m->table[i];
         size_t n = strlen(prefix) + strlen(p->name) + 1;
@@ -28,7 +31,7 @@ static cav_st_entry *param_entries(cav_model *m, const float *base, const char *
         e[i].dtype = CAV_F32;
         e[i].ndim = p->ndim;
         memcpy(e[i].shape, p->shape, sizeof p->shape);
-        e[i].data = base + p->offset;
+        e[i].data = *base + p->offset;
     }
     return e;
 }
@@ -40,11 +43,12 @@ static void free_names(char **names, int n) {
 
 int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err) {
     char **names = NULL;
-    cav_st_entry *e = param_entries(m, m->params, "", &names);
-    if (!e) return free_names(names, m->ntable), cav_fail(err, 3, "out of memory");
+    float *host = NULL;
+    cav_st_entry *e = param_entries(m, CAV_BUF_PARAMS, &host, "", &names);
+    if (!e) return free(host), free_names(names, m->ntable), cav_fail(err, 3, "out of memory");
     const char *k[] = {"format", "config"}, *v[] = {"cav-mae/1", cfgjson};
     int rc = cav_st_write(path, e, m->ntable, k, v, 2, err);
-    free(e);
+    free(e), free(host);
     free_names(names, m->ntable);
     return rc;
 }
@@ -52,8 +56,10 @@ int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, ca
 int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step, const char *cfgjson,
                               const char *state_json, int keep, cav_err *err) {
     char **n1 = NULL, **n2 = NULL, **n3 = NULL;
-    cav_st_entry *pe = param_entries(m, m->params, "", &n1), *me = param_entries(m, m->adam_m, "m.", &n2),
-                 *ve = param_entries(m, m->adam_v, "v.", &n3);
+    float *h1 = NULL, *h2 = NULL, *h3 = NULL;
+    cav_st_entry *pe = param_entries(m, CAV_BUF_PARAMS, &h1, "", &n1),
+                 *me = param_entries(m, CAV_BUF_ADAM_M, &h2, "m.", &n2),
+                 *ve = param_entries(m, CAV_BUF_ADAM_V, &h3, "v.", &n3);
     cav_st_entry *oe = calloc((size_t)m->ntable * 2, sizeof *oe);
     int rc = -1;
     if (!pe || !me || !ve || !oe) {
@@ -65,7 +71,7 @@ int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long
     cav_ckpt c = {pe, m->ntable, oe, 2 * m->ntable, cfgjson, state_json};
     rc = cav_ckpt_save(run_dir, epoch, step, &c, keep, err);
 out:
-    free(pe), free(me), free(ve), free(oe);
+    free(pe), free(me), free(ve), free(oe), free(h1), free(h2), free(h3);
     free_names(n1, m->ntable), free_names(n2, m->ntable), free_names(n3, m->ntable);
     return rc;
 }
@@ -78,15 +84,19 @@ cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err)
     cav_safetensors st;
     if (cav_st_open(&st, p, err)) return NULL;
     int rc = 0;
+    float *host = malloc(m->nparams * sizeof *host);
+    if (!host) rc = cav_fail(err, 3, "out of memory");
     for (int i = 0; i < m->ntable && !rc; i++) {
         char name[96];
         for (int k = 0; k < 2 && !rc; k++) {
             snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', m->table[i].name);
             const cav_st_tensor *x = cav_st_find(&st, name);
             if (!x) rc = cav_fail(err, 2, "%s: %s missing", p, name);
-            else rc = cav_st_copy_f32(&st, x, (k ? m->adam_v : m->adam_m) + m->table[i].offset, m->table[i].numel, err);
+            else if (!(rc = cav_st_copy_f32(&st, x, host, m->table[i].numel, err)))
+                cav_model_write_param(m, k ? CAV_BUF_ADAM_V : CAV_BUF_ADAM_M, &m->table[i], host);
         }
     }
+    free(host);
     cav_st_close(&st);
     if (rc) return NULL;
     snprintf(p, sizeof p, "%s/state.json", dir);

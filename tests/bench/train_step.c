@@ -97,8 +97,17 @@ int main(int argc, char **argv) {
     }
     cav_model_init(m, 1);
     uint64_t s = 7, mask_rng = 11;
-    fill(m->in.audio, (size_t)B * m->T * m->F, &s);
-    fill(m->in.video, (size_t)B * 3 * m->S * m->S, &s);
+    size_t na = (size_t)B * m->T * m->F, nv = (size_t)B * 3 * m->S * m->S;
+    float *audio = malloc(na * sizeof *audio), *video = malloc(nv * sizeof *video);
+    if (!audio || !video) {
+        fprintf(stderr, "train_step: out of memory\n");
+        return 3;
+    }
+    fill(audio, na, &s);
+    fill(video, nv, &s);
+    cav_model_set_input(m, CAV_IN_AUDIO, audio, B);
+    cav_model_set_input(m, CAV_IN_VIDEO, video, B);
+    free(audio), free(video);
     double tf = 0, tb = 0, ta = 0, t_all = 0;
     for (int i = 0; i <= steps; i++) { /* step 0 warms up (first touch of activations, BLAS buffers) */
         double t0 = now();

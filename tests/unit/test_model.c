@@ -44,7 +44,15 @@ static void test_param_table(void) {
     CHECK(e->ndim == 4 && e->shape[0] == 64 && e->shape[1] == 1 && e->shape[2] == 16 && e->shape[3] == 16);
     e = cav_model_param(m, "module.blocks_u.0.attn.qkv.weight");
     REQUIRE(e);
-    CHECK(e->shape[0] == 192 && e->shape[1] == 64 && e->data == m->p.blocks_u[0].qkv_w && e->grad == m->g.blocks_u[0].qkv_w);
+    CHECK(e->shape[0] == 192 && e->shape[1] == 64 && e->numel == 192 * 64);
+    /* a tensor written by name lands at its table offset of the whole buffer */
+    float *x = malloc(sizeof(float) * e->numel), *all = calloc(m->nparams, sizeof(float));
+    REQUIRE(x && all);
+    for (size_t k = 0; k < e->numel; k++) x[k] = (float)k;
+    cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
+    cav_model_read_buffer(m, CAV_BUF_PARAMS, all);
+    CHECK(!memcmp(all + e->offset, x, sizeof(float) * e->numel));
+    free(x), free(all);
     e = cav_model_param(m, "pos_embed_a");
     REQUIRE(e);
     CHECK(e->shape[1] == 8 * 8 && !e->trainable); /* audio 128 frames x 128 mel: 8 x 8 grid */
@@ -64,6 +72,18 @@ static double ur(void) {
     return (double)(rs >> 11) / 9007199254740992.0;
 }
 
+/* A copy of one tensor of one of the model's buffers (freed by the caller), and one value of it. */
+static float *get(const cav_model *m, cav_buffer b, const cav_param *e) {
+    float *x = malloc(sizeof(float) * e->numel);
+    if (x) cav_model_read_param(m, b, e, x);
+    return x;
+}
+static float get1(const cav_model *m, cav_buffer b, const cav_param *e, size_t k) {
+    float *x = get(m, b, e), v = x ? x[k] : NAN;
+    free(x);
+    return v;
+}
+
 static cav_config tiny(cav_task task) {
     cav_config c = cav_config_default(task);
     c.audio_length = 48, c.mel_bins = 32, c.img_size = 48; /* audio grid 2 x 3, video 3 x 3 */
@@ -79,24 +99,29 @@ static void jitter(cav_model *m) {
     for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
         if (!e->trainable) continue;
-        for (size_t k = 0; k < e->numel; k++) e->data[k] += (float)(0.1 * (2 * ur() - 1));
+        float *x = get(m, CAV_BUF_PARAMS, e);
+        for (size_t k = 0; k < e->numel; k++) x[k] += (float)(0.1 * (2 * ur() - 1));
+        cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
+        free(x);
     }
 }
 
 /* The directional derivative of out.loss along v (+-1 per element) for tensor e at step h: numeric by
  * central differences, analytic as sum g v over the float steps actually taken. */
-static void directional(cav_model *m, cav_param *e, const float *x0, const float *v, double h, double *num,
-                        double *ana) {
+static void directional(cav_model *m, cav_param *e, const float *x0, const float *g, const float *v, double h,
+                        double *num, double *ana) {
     double dp = 0, dm = 0;
-    for (size_t k = 0; k < e->numel; k++)
-        e->data[k] = (float)(x0[k] + h * v[k]), dp += ((double)e->data[k] - x0[k]) * e->grad[k];
+    float *x = malloc(sizeof(float) * e->numel);
+    for (size_t k = 0; k < e->numel; k++) x[k] = (float)(x0[k] + h * v[k]), dp += ((double)x[k] - x0[k]) * g[k];
+    cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
     cav_model_forward(m);
     double lp = m->out.loss;
-    for (size_t k = 0; k < e->numel; k++)
-        e->data[k] = (float)(x0[k] - h * v[k]), dm += ((double)x0[k] - e->data[k]) * e->grad[k];
+    for (size_t k = 0; k < e->numel; k++) x[k] = (float)(x0[k] - h * v[k]), dm += ((double)x0[k] - x[k]) * g[k];
+    cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
     cav_model_forward(m);
     double lm = m->out.loss;
-    memcpy(e->data, x0, sizeof(float) * e->numel);
+    cav_model_write_param(m, CAV_BUF_PARAMS, e, x0);
+    free(x);
     *ana = (dp + dm) / (2 * h), *num = (lp - lm) / (2 * h);
 }
 
@@ -112,20 +137,21 @@ static double model_gradcheck(cav_model *m, char *worst, size_t wlen) {
     for (int t = 0; t < nt; t++) {
         cav_param *e = &m->table[t];
         double gmax = 0;
-        for (size_t k = 0; k < e->numel; k++) gmax = fmax(gmax, fabs(e->grad[k]));
+        float *g = get(m, CAV_BUF_GRADS, e);
+        for (size_t k = 0; k < e->numel; k++) gmax = fmax(gmax, fabs(g[k]));
         if (!e->trainable) {
             if (gmax != 0) snprintf(worst, wlen, "%s is frozen but has a gradient", e->name), err = 1e9;
+            free(g);
             continue;
         }
-        float *x0 = malloc(sizeof(float) * e->numel), *v = malloc(sizeof(float) * e->numel);
+        float *x0 = get(m, CAV_BUF_PARAMS, e), *v = malloc(sizeof(float) * e->numel);
         double xs = 0;
-        for (size_t k = 0; k < e->numel; k++) xs = fmax(xs, fabs(e->data[k]));
-        memcpy(x0, e->data, sizeof(float) * e->numel);
+        for (size_t k = 0; k < e->numel; k++) xs = fmax(xs, fabs(x0[k]));
         for (size_t k = 0; k < e->numel; k++) v[k] = ur() < 0.5 ? -1.0f : 1.0f;
-        directional(m, e, x0, v, 1e-2 * fmax(xs, 0.1), &num[2 * t], &ana[2 * t]);
-        directional(m, e, x0, v, 3e-3 * fmax(xs, 0.1), &num[2 * t + 1], &ana[2 * t + 1]);
+        directional(m, e, x0, g, v, 1e-2 * fmax(xs, 0.1), &num[2 * t], &ana[2 * t]);
+        directional(m, e, x0, g, v, 3e-3 * fmax(xs, 0.1), &num[2 * t + 1], &ana[2 * t + 1]);
         amax = fmax(amax, fabs(ana[2 * t]));
-        free(x0), free(v);
+        free(x0), free(v), free(g);
     }
     for (int t = 0; t < nt; t++) {
         if (!m->table[t].trainable) continue;
@@ -142,13 +168,16 @@ static double model_gradcheck(cav_model *m, char *worst, size_t wlen) {
 }
 
 static void fill_inputs(cav_model *m, uint64_t *mask_rng) {
-    int ua = m->La > 0 && m->in.audio, uv = m->Lv > 0 && m->in.video;
-    if (ua)
-        for (size_t i = 0; i < (size_t)m->B * m->T * m->F; i++) m->in.audio[i] = (float)(2 * ur() - 1);
-    if (uv)
-        for (size_t i = 0; i < (size_t)m->B * 3 * m->S * m->S; i++) m->in.video[i] = (float)(2 * ur() - 1);
-    if (m->in.labels)
-        for (size_t i = 0; i < (size_t)m->B * m->cfg.label_dim; i++) m->in.labels[i] = (float)ur();
+    size_t na = cav_model_input_size(m, CAV_IN_AUDIO) * m->B, nv = cav_model_input_size(m, CAV_IN_VIDEO) * m->B;
+    size_t nl = cav_model_input_size(m, CAV_IN_LABELS) * m->B;
+    float *x = malloc(sizeof(float) * (na + nv + nl + 1));
+    for (size_t i = 0; i < na; i++) x[i] = (float)(2 * ur() - 1);
+    if (na) cav_model_set_input(m, CAV_IN_AUDIO, x, m->B);
+    for (size_t i = 0; i < nv; i++) x[i] = (float)(2 * ur() - 1);
+    if (nv) cav_model_set_input(m, CAV_IN_VIDEO, x, m->B);
+    for (size_t i = 0; i < nl; i++) x[i] = (float)ur();
+    if (nl) cav_model_set_input(m, CAV_IN_LABELS, x, m->B);
+    free(x);
     cav_model_random_masks(m, mask_rng);
 }
 
@@ -225,10 +254,10 @@ static void test_branches(void) {
     CHECK_NEAR(m->out.loss, m->out.loss_mae_a + m->out.loss_mae_v, 1e-6);
     int64_t shape[4];
     int nd;
-    const float *pa = cav_model_output(m, "pred_a", shape, &nd);
-    CHECK(pa && nd == 3 && shape[0] == 2 && shape[1] == 6 && shape[2] == 256);
-    const float *ma = cav_model_output(m, "mask_a", shape, &nd);
-    REQUIRE(ma);
+    CHECK(cav_model_output_shape(m, "pred_a", shape, &nd) == 2 * 6 * 256 && nd == 3 && shape[0] == 2 &&
+          shape[1] == 6 && shape[2] == 256);
+    float ma[12];
+    REQUIRE(cav_model_output_shape(m, "mask_a", shape, &nd) == 12 && cav_model_read_output(m, "mask_a", ma) == 0);
     double s = 0;
     for (int i = 0; i < 12; i++) s += ma[i];
     CHECK(s == 6); /* half of 2 x 6 tokens masked */
@@ -240,13 +269,14 @@ static void test_branches(void) {
     cav_model_init(m, 3);
     fill_inputs(m, &mr);
     cav_model_forward(m);
-    const float *fa = cav_model_output(m, "feat_a", shape, &nd);
-    CHECK(fa && shape[1] == 6 && shape[2] == 16);
+    float fa[2 * 6 * 16];
+    REQUIRE(cav_model_output_shape(m, "feat_a", shape, &nd) == 2 * 6 * 16);
+    CHECK(cav_model_read_output(m, "feat_a", fa) == 0 && shape[1] == 6 && shape[2] == 16);
     /* norm_a output: each token has mean ~0 and variance ~1 (LN weight 1, bias 0 at init) */
     double mu = 0;
     for (int k = 0; k < 16; k++) mu += fa[k];
     CHECK_NEAR(mu / 16, 0, 1e-5);
-    CHECK(cav_model_output(m, "loss", NULL, NULL) == NULL);
+    CHECK(cav_model_output_shape(m, "loss", NULL, NULL) == -1 && cav_model_read_output(m, "loss", fa) == -1);
     cav_model_free(m);
 }
 
@@ -262,10 +292,13 @@ static void test_masks(void) {
         CHECK(m->La == 128 && m->Lv == 2); /* int(512 * 0.25), int(9 * 0.25) */
         uint64_t r = 99 + mode;
         cav_model_random_masks(m, &r);
+        int64_t keep[2 * 128];
+        REQUIRE(cav_model_input_size(m, CAV_IN_KEEP_A) == 128);
+        cav_model_get_input(m, CAV_IN_KEEP_A, keep, 2);
         for (int b = 0; b < 2; b++) {
             int seen[512] = {0}, cols[64] = {0}, rows[8] = {0}, ok = 1;
             for (int l = 0; l < 128; l++) {
-                int64_t k = m->in.keep_a[b * 128 + l];
+                int64_t k = keep[b * 128 + l];
                 ok &= k >= 0 && k < 512 && !seen[k];
                 seen[k] = 1, cols[k % 64]++, rows[k / 64]++;
             }
@@ -283,10 +316,10 @@ static void test_masks(void) {
             if (mode == CAV_MASK_UNSTRUCTURED) CHECK(ncol > 40); /* spread over the grid */
         }
         /* the next draw differs */
-        int64_t first[128];
-        memcpy(first, m->in.keep_a, sizeof first);
+        int64_t next[2 * 128];
         cav_model_random_masks(m, &r);
-        CHECK(memcmp(first, m->in.keep_a, sizeof first) != 0);
+        cav_model_get_input(m, CAV_IN_KEEP_A, next, 2);
+        CHECK(memcmp(next, keep, sizeof next) != 0);
         cav_model_free(m);
     }
 }
@@ -307,47 +340,69 @@ static double split_vs_whole(const cav_config *c) {
     cav_model_forward(w);
     cav_model_backward(w);
     double worst = 0;
-    size_t A = (size_t)w->T * w->F, V = (size_t)3 * w->S * w->S;
+    size_t A = cav_model_input_size(w, CAV_IN_AUDIO), V = cav_model_input_size(w, CAV_IN_VIDEO);
+    size_t KA = cav_model_input_size(w, CAV_IN_KEEP_A), KV = cav_model_input_size(w, CAV_IN_KEEP_V);
+    float *params = malloc(sizeof(float) * w->nparams), *grads = malloc(sizeof(float) * w->nparams);
+    float *in = malloc(sizeof(float) * N * (A + V + 1)), *ca = calloc((size_t)N * w->D, sizeof(float));
+    float *cv = calloc((size_t)N * w->D, sizeof(float));
+    int64_t *keep = malloc(sizeof(int64_t) * N * (KA + KV + 1)), *pkeep = malloc(sizeof(int64_t) * R * (KA + KV + 1));
+    if (!params || !grads || !in || !ca || !cv || !keep || !pkeep) return 1e9;
+    cav_model_read_buffer(w, CAV_BUF_PARAMS, params);
     for (int k = 0; k < P; k++) {
         part[k] = cav_model_create(c, R, &err);
         if (!part[k] || cav_model_split(part[k], N, k * R)) return 1e9;
-        memcpy(part[k]->params, w->params, sizeof(float) * w->nparams);
-        if (w->La) memcpy(part[k]->in.audio, w->in.audio + k * R * A, sizeof(float) * R * A);
-        if (w->Lv) memcpy(part[k]->in.video, w->in.video + k * R * V, sizeof(float) * R * V);
+        cav_model_write_buffer(part[k], CAV_BUF_PARAMS, params);
+        cav_input which_in[2] = {CAV_IN_AUDIO, CAV_IN_VIDEO};
+        for (int i = 0; i < 2; i++) {
+            size_t n = cav_model_input_size(w, which_in[i]);
+            if (!n) continue;
+            cav_model_get_input(w, which_in[i], in, N);
+            cav_model_set_input(part[k], which_in[i], in + k * R * n, R);
+        }
         st = seed;
         cav_model_skip_masks(part[k], &st, k * R);
         cav_model_random_masks(part[k], &st);
-        if (w->La && memcmp(part[k]->in.keep_a, w->in.keep_a + k * R * w->La, sizeof(int64_t) * R * w->La)) worst = 1e9;
-        if (w->Lv && memcmp(part[k]->in.keep_v, w->in.keep_v + k * R * w->Lv, sizeof(int64_t) * R * w->Lv)) worst = 1e9;
+        cav_input which[2] = {CAV_IN_KEEP_A, CAV_IN_KEEP_V};
+        for (int i = 0; i < 2; i++) {
+            size_t n = cav_model_input_size(w, which[i]);
+            if (!n) continue;
+            cav_model_get_input(w, which[i], keep, N), cav_model_get_input(part[k], which[i], pkeep, R);
+            if (memcmp(pkeep, keep + k * R * n, sizeof(int64_t) * R * n)) worst = 1e9;
+        }
         cav_model_forward(part[k]);
     }
     double mae[4] = {0};
     size_t rd = (size_t)R * w->D;
-    for (int k = 0; k < P; k++) {
-        for (int i = 0; i < 4; i++) mae[i] += part[k]->split.mae[i];
-        for (int j = 0; j < P && c->contrast_loss_weight != 0; j++) { /* the gather */
-            memcpy(part[j]->split.ca + k * rd, part[k]->ca_n, sizeof(float) * rd);
-            memcpy(part[j]->split.cv + k * rd, part[k]->cv_n, sizeof(float) * rd);
-        }
+    for (int k = 0; k < P; k++) { /* the gather */
+        double part_mae[4];
+        cav_model_split_embeddings(part[k], ca + k * rd, cv + k * rd, part_mae);
+        for (int i = 0; i < 4; i++) mae[i] += part_mae[i];
     }
     for (int k = 0; k < P; k++) {
-        cav_model_split_losses(part[k], mae);
+        cav_model_split_losses(part[k], ca, cv, mae);
         cav_model_backward(part[k]);
         const float *got = &part[k]->out.loss, *want = &w->out.loss; /* loss .. c_acc */
         for (int i = 0; i < 6; i++) worst = fmax(worst, fabs(got[i] - want[i]) / fmax(fabs(want[i]), 1e-6));
     }
+    /* params: the parts' gradients summed */
+    memset(params, 0, sizeof(float) * w->nparams);
+    for (int k = 0; k < P; k++) {
+        cav_model_read_buffer(part[k], CAV_BUF_GRADS, grads);
+        for (size_t i = 0; i < w->nparams; i++) params[i] += grads[i];
+    }
+    cav_model_read_buffer(w, CAV_BUF_GRADS, grads);
     for (int t = 0; t < w->ntable; t++) {
         cav_param *e = &w->table[t];
         double d2 = 0, n2 = 0;
         for (size_t i = 0; i < e->numel; i++) {
-            double s = 0;
-            for (int k = 0; k < P; k++) s += part[k]->grads[e->offset + i];
-            d2 += (s - e->grad[i]) * (s - e->grad[i]), n2 += (double)e->grad[i] * e->grad[i];
+            double s = params[e->offset + i], g = grads[e->offset + i];
+            d2 += (s - g) * (s - g), n2 += g * g;
         }
         if (d2 > 0) worst = fmax(worst, sqrt(d2 / fmax(n2, 1e-30)));
     }
     for (int k = 0; k < P; k++) cav_model_free(part[k]);
     cav_model_free(w);
+    free(params), free(grads), free(in), free(ca), free(cv), free(keep), free(pkeep);
     return worst;
 }
 
@@ -387,21 +442,22 @@ static void test_model_adam(void) {
     cav_param *w = cav_model_param(m, "blocks_u.0.mlp.fc1.weight"), *h = cav_model_param(m, "mlp_head.1.weight");
     cav_param *pos = cav_model_param(m, "pos_embed_v");
     REQUIRE(w && h && pos);
-    float w0 = w->data[5], gw = w->grad[5], h0 = h->data[2], gh = h->grad[2], p0 = pos->data[7];
+    float w0 = get1(m, CAV_BUF_PARAMS, w, 5), gw = get1(m, CAV_BUF_GRADS, w, 5);
+    float h0 = get1(m, CAV_BUF_PARAMS, h, 2), gh = get1(m, CAV_BUF_GRADS, h, 2), p0 = get1(m, CAV_BUF_PARAMS, pos, 7);
     double lr = 1e-3, wd = 5e-7;
     cav_model_adam_step(m, lr, 100, 0.95, 0.999, 1e-8, wd);
     /* first step: m = (1-b1) g', v = (1-b2) g'^2, update = lr * g' / (|g'| + eps * sqrt(1-b2)) ~ lr sign(g') */
     double g1 = gw + wd * w0, want = w0 - lr * g1 / (fabs(g1) + 1e-8);
-    CHECK_NEAR(w->data[5], want, 1e-7);
+    CHECK_NEAR(get1(m, CAV_BUF_PARAMS, w, 5), want, 1e-7);
     double g2 = gh + wd * h0;
-    CHECK_NEAR(h->data[2], h0 - 100 * lr * g2 / (fabs(g2) + 1e-8), 1e-6);
-    CHECK(pos->data[7] == p0);
+    CHECK_NEAR(get1(m, CAV_BUF_PARAMS, h, 2), h0 - 100 * lr * g2 / (fabs(g2) + 1e-8), 1e-6);
+    CHECK(get1(m, CAV_BUF_PARAMS, pos, 7) == p0);
     /* accumulation: two backward passes without zeroing give twice the gradient */
     cav_model_forward(m);
     cav_model_backward(m);
-    float g1x = w->grad[5];
+    float g1x = get1(m, CAV_BUF_GRADS, w, 5);
     cav_model_backward_accumulate(m);
-    CHECK_NEAR(w->grad[5], 2 * g1x, 1e-6 * fabs(g1x) + 1e-12);
+    CHECK_NEAR(get1(m, CAV_BUF_GRADS, w, 5), 2 * g1x, 1e-6 * fabs(g1x) + 1e-12);
     cav_model_free(m);
 }
 
@@ -487,9 +543,9 @@ static void test_used(void) {
     cav_model_forward(m);
     cav_model_backward(m);
     cav_param *u = cav_model_param(m, "blocks_u.0.norm1_v.weight"), *r = cav_model_param(m, "blocks_u.0.norm1.weight");
-    float u0 = u->data[0], r0 = r->data[0];
+    float u0 = get1(m, CAV_BUF_PARAMS, u, 0), r0 = get1(m, CAV_BUF_PARAMS, r, 0);
     cav_model_adam_step(m, 1e-3, 1, 0.95, 0.999, 1e-8, 0.1);
-    CHECK(u->data[0] == u0 && r->data[0] != r0);
+    CHECK(get1(m, CAV_BUF_PARAMS, u, 0) == u0 && get1(m, CAV_BUF_PARAMS, r, 0) != r0);
     cav_model_free(m);
     c = tiny(CAV_TASK_FINETUNE);
     c.mode = CAV_FT_AUDIOONLY;
