@@ -28,13 +28,16 @@ static int knob_loss(const char *s, void *f, char *why, size_t n) {
     if (strcmp(s, "bce") && strcmp(s, "ce")) return snprintf(why, n, "bce or ce, not '%s'", s), -1;
     return cav_knob_add(f, "loss", s, why, n);
 }
+/* map, acc, or auto: acc with --loss ce, else map (decided when the run starts) */
 static int parse_metric(const char *s, void *field, char *why, size_t whylen) {
-    if (strcmp(s, "map") && strcmp(s, "acc")) return snprintf(why, whylen, "map or acc, not '%s'", s), -1;
-    return *(int *)field = strcmp(s, "acc") == 0, 0;
+    static const char *const names[] = {"auto", "map", "acc"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, names[i]) == 0) return *(int *)field = i - 1, 0;
+    return snprintf(why, whylen, "map, acc or auto, not '%s'", s), -1;
 }
 static void format_metric(const void *field, char *buf, size_t len) {
     int v = *(const int *)field;
-    snprintf(buf, len, "%s", v < 0 ? "by-loss" : v ? "acc" : "map");
+    snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "acc" : "map");
 }
 
 #define FT(f) offsetof(cav_finetune_opts, f)
@@ -69,10 +72,11 @@ static const cav_opt finetune_table[] = {
     {.name = "metric",
      .type = CAV_OPTT_CUSTOM,
      .offset = FT(metric),
-     .arg = "map|acc",
+     .arg = "map|acc|auto",
+     .def = "auto",
      .parse = parse_metric,
      .format = format_metric,
-     .help = "which metric picks best_audio_model (default map; acc with --loss ce)",
+     .help = "which metric picks best_audio_model (auto: acc with --loss ce, else map)",
      .key = "metric"},
     {0},
 };
@@ -93,24 +97,8 @@ static const cav_opt knob_table[] = {
     {0},
 };
 
-/* The recipe's run options where they differ from the pretraining one. */
-static const char *const run_defaults[][2] = {
-    {"batch-size", "36"}, {"epochs", "15"}, {"lr-decay-start", "5"}, {"lr-decay-step", "1"}, {"freqm", "48"},
-    {"timem", "192"},     {NULL, NULL}};
-
-const cav_train_options_of cav_finetune_options_of = {finetune_table,
-                                                      knob_table,
-                                                      run_defaults,
-                                                      sizeof(cav_finetune_opts),
-                                                      offsetof(cav_finetune_opts, run),
-                                                      offsetof(cav_finetune_opts, model),
-                                                      offsetof(cav_finetune_opts, cfg)};
-
-void cav_finetune_opts_default(cav_finetune_opts *o) {
-    if (cav_train_opts_default(&cav_finetune_options_of, o)) abort(); /* out of memory before anything ran */
-    o->cfg = cav_config_default(CAV_TASK_FINETUNE);
-    o->metric = -1;
-}
+const cav_train_options_of cav_finetune_options_of =
+    CAV_TRAIN_OPTIONS_OF(cav_finetune_opts, finetune_table, knob_table, CAV_TASK_FINETUNE);
 
 void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps) {
     /* the reference starts from eps/K and assigns 1 - eps to the positives (not +=; SPEC 1.7) */
@@ -295,8 +283,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         .score = score,
         .epoch_report = epoch_report,
         .epoch_metrics = epoch_metrics,
-        .describe = describe,
-    };
+        .describe = describe};
     int rc = cav_train_run(&o->run, &o->cfg, o->run.batch / d->world, &task, d, err);
     free(f.targets), free(f.grads), free(f.logits);
     return rc;
@@ -304,9 +291,6 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
 
 /* ---- the tool ---------------------------------------------------------------------------------------- */
 
-static void defaults(void *o) {
-    cav_finetune_opts_default(o);
-}
 static int run_tool(const void *o, const cav_dist *d, cav_err *err) {
     return cav_finetune_run(o, d, err);
 }
@@ -324,7 +308,5 @@ const cav_train_tool cav_finetune_tool = {
     "Exit status: 0 ok, 1 usage, 2 bad input, 3 internal or resource failure (including a non-finite "
     "loss).\n",
     &cav_finetune_options_of,
-    defaults,
     run_tool,
-    NULL,
-};
+    NULL};

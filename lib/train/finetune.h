@@ -18,17 +18,13 @@ typedef struct {
     double head_lr;       /* the head group's lr multiplier (SPEC 3.3: 100, 50 or 10) */
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
     double mixup;         /* probability of mixup; only 0 is implemented (see cav-finetune(1)) */
-    int metric;           /* best model by: 1 accuracy, 0 mAP, -1 accuracy with --loss ce, else mAP */
+    int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */
 extern const cav_train_options_of cav_finetune_options_of;
 /* The tool (cav_train_main): its tables, usage and the run. */
 extern const cav_train_tool cav_finetune_tool;
-/* The defaults of those tables: the AS-20K recipe (run_cavmae_ft_bal.sh) with mixup off: batch 36, 15 epochs,
- * lr 5e-5 x head 100, decay from epoch 5 every epoch by 0.5, label smoothing 0.1, freqm 48, timem 192,
- * noise, BCE, 527 labels. */
-void cav_finetune_opts_default(cav_finetune_opts *o);
 /* Smoothed training targets (SPEC 1.7, without mixup): eps/K everywhere, positives 1 - eps. */
 void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps);
 /* Runs the whole fine-tuning. 0 ok; else an exit code with err filled. */

@@ -125,24 +125,8 @@ static const cav_opt knob_table[] = {
     {0},
 };
 
-/* The recipe's run options where they differ from the fine-tuning one. */
-static const char *const run_defaults[][2] = {
-    {"batch-size", "48"}, {"epochs", "25"}, {"lr-decay-start", "10"}, {"lr-decay-step", "5"}, {"freqm", "0"},
-    {"timem", "0"},       {NULL, NULL}};
-
-const cav_train_options_of cav_pretrain_options_of = {pretrain_table,
-                                                      knob_table,
-                                                      run_defaults,
-                                                      sizeof(cav_pretrain_opts),
-                                                      offsetof(cav_pretrain_opts, run),
-                                                      offsetof(cav_pretrain_opts, model),
-                                                      offsetof(cav_pretrain_opts, cfg)};
-
-void cav_pretrain_opts_default(cav_pretrain_opts *o) {
-    if (cav_train_opts_default(&cav_pretrain_options_of, o)) abort(); /* out of memory before anything ran */
-    o->cfg = cav_config_default(CAV_TASK_PRETRAIN);
-    o->cfg.norm_pix_loss = 1; /* every pretraining script sets it */
-}
+const cav_train_options_of cav_pretrain_options_of =
+    CAV_TRAIN_OPTIONS_OF(cav_pretrain_opts, pretrain_table, knob_table, CAV_TASK_PRETRAIN);
 
 typedef struct {
     const cav_pretrain_opts *o;
@@ -298,23 +282,21 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     static const char *const stat_keys[] = {"loss", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc"};
     static const char *const state_keys[] = {"train_total", "train_mae_a", "train_mae_v", "train_c",
                                              "train_acc"};
-    cav_train_task task = {
-        .need_audio = o->cfg.use_audio,
-        .need_video = o->cfg.use_video,
-        .nstats = 5,
-        .stat_keys = stat_keys,
-        .state_keys = state_keys,
-        .best_key = "best_eval",
-        .head_lr = 1.0,
-        .ctx = &p,
-        .prepare = prepare,
-        .init = init,
-        .step = step,
-        .evaluate = evaluate,
-        .score = score,
-        .epoch_report = epoch_report,
-        .describe = describe,
-    };
+    cav_train_task task = {.need_audio = o->cfg.use_audio,
+                           .need_video = o->cfg.use_video,
+                           .nstats = 5,
+                           .stat_keys = stat_keys,
+                           .state_keys = state_keys,
+                           .best_key = "best_eval",
+                           .head_lr = 1.0,
+                           .ctx = &p,
+                           .prepare = prepare,
+                           .init = init,
+                           .step = step,
+                           .evaluate = evaluate,
+                           .score = score,
+                           .epoch_report = epoch_report,
+                           .describe = describe};
     int rc = cav_train_run(&o->run, &o->cfg, p.mrows, &task, d, err);
     cav_groups_free(&p.g);
     cav_dist_block_close(&p.blk);
@@ -323,9 +305,6 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
 
 /* ---- the tool ---------------------------------------------------------------------------------------- */
 
-static void defaults(void *o) {
-    cav_pretrain_opts_default(o);
-}
 static int run_tool(const void *o, const cav_dist *d, cav_err *err) {
     return cav_pretrain_run(o, d, err);
 }
@@ -358,7 +337,5 @@ const cav_train_tool cav_pretrain_tool = {
     "Exit status: 0 ok, 1 usage, 2 bad input or outside tolerance, 3 internal or resource failure\n"
     "(including a non-finite loss).\n",
     &cav_pretrain_options_of,
-    defaults,
     run_tool,
-    check_states,
-};
+    check_states};

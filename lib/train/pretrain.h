@@ -22,9 +22,6 @@ typedef struct {
 extern const cav_train_options_of cav_pretrain_options_of;
 /* The tool (cav_train_main): its tables, usage, the run, and --check-debug-state instead of training. */
 extern const cav_train_tool cav_pretrain_tool;
-/* The defaults of those tables (the reference's recipe: batch 48 in 4 contrast groups, 25 epochs, lr 5e-5
- * halved every 5 epochs from epoch 10, norm_pix_loss). */
-void cav_pretrain_opts_default(cav_pretrain_opts *o);
 /* Runs the whole training. 0 ok; else an exit code with err filled. */
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err);
 

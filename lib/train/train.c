@@ -400,14 +400,21 @@ static const cav_opt train_table[] = {
 };
 #undef RUN
 
+/* The run options whose defaults differ between the recipes: pretraining (the run_cavmae_pretrain scripts)
+ * and fine-tuning on AS-20K (run_cavmae_ft_bal.sh). */
+static const char *const recipe_defaults[][3] = {{"batch-size", "48", "36"},    {"epochs", "25", "15"},
+                                                 {"lr-decay-start", "10", "5"}, {"lr-decay-step", "5", "1"},
+                                                 {"freqm", "0", "48"},          {"timem", "0", "192"}};
+
 int cav_train_options(cav_optgroup g[CAV_TRAIN_GROUPS], const cav_train_options_of *of, void *o) {
     size_t n = sizeof train_table / sizeof *train_table;
+    int col = of->task == CAV_TASK_FINETUNE ? 2 : 1;
     cav_opt *t = malloc(sizeof train_table);
     if (!t) return -1;
     memcpy(t, train_table, sizeof train_table);
-    for (int i = 0; of->run_defaults && of->run_defaults[i][0]; i++)
+    for (size_t i = 0; i < sizeof recipe_defaults / sizeof *recipe_defaults; i++)
         for (size_t k = 0; k + 1 < n; k++)
-            if (strcmp(t[k].name, of->run_defaults[i][0]) == 0) t[k].def = of->run_defaults[i][1];
+            if (strcmp(t[k].name, recipe_defaults[i][0]) == 0) t[k].def = recipe_defaults[i][col];
     void *mo = (char *)o + of->model;
     g[0] = (cav_optgroup){t, (char *)o + of->run};
     g[1] = (cav_optgroup){model_table, mo};
@@ -425,6 +432,9 @@ int cav_train_opts_default(const cav_train_options_of *of, void *o) {
     run->adam_eps = 1e-8;
     for (int i = 0; i < CAV_TRAIN_GROUPS; i++) cav_opts_defaults(g[i].opts, g[i].base);
     free((void *)g[0].opts);
+    cav_config *cfg = (cav_config *)((char *)o + of->cfg);
+    *cfg = cav_config_default(of->task);
+    if (of->task == CAV_TASK_PRETRAIN) cfg->norm_pix_loss = 1;
     return 0;
 }
 
@@ -441,8 +451,8 @@ int cav_train_main(int argc, char **argv, const cav_train_tool *tool, void *o) {
     cav_dist_init(&d, &argc, &argv);
     const cav_train_options_of *of = tool->options;
     cav_optgroup g[CAV_TRAIN_GROUPS];
-    tool->defaults(o);
-    if (cav_train_options(g, of, o)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    if (cav_train_opts_default(of, o) || cav_train_options(g, of, o))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
     cav_train_opts *run = g[0].base;
     int first = cav_opts_parse(argc, argv, g, CAV_TRAIN_GROUPS, tool->usage_head, tool->usage_tail), rc = 0;
     char *args = NULL;

@@ -11,6 +11,7 @@
 #ifndef CAV_TRAIN_H
 #define CAV_TRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -84,29 +85,32 @@ int cav_knob_add_number(cav_model_opts *mo, const char *key, const char *s, doub
 int cav_train_paths_parse(const char *s, void *field, char *why, size_t whylen);
 void cav_train_paths_format(const void *field, char *buf, size_t len);
 
-/* A trainer's options: its own table and its model knobs' table, the run options whose defaults differ
- * from the driver's table ({name, default} pairs, NULL-terminated: batch size, epochs, the schedule and
- * SpecAugment differ between the recipes), and where its options struct keeps the run's and the model's. */
+/* A trainer's options: its own table and its model knobs' table, its task (which picks the recipe's
+ * defaults: the run options that differ between pretraining and fine-tuning, and the model config), and
+ * where its options struct keeps the run's options, the model's and the config. */
 typedef struct {
     const cav_opt *own, *knobs;
-    const char *const (*run_defaults)[2];
+    cav_task task;
     size_t size, run, model, cfg; /* sizeof the trainer's options; offsetof its cav_train_opts,
                                    * cav_model_opts, cav_config */
 } cav_train_options_of;
+/* The options of a trainer of TASK whose options struct TYPE has fields run, model and cfg. */
+#define CAV_TRAIN_OPTIONS_OF(TYPE, OWN, KNOBS, TASK)                                                         \
+    { OWN, KNOBS, TASK, sizeof(TYPE), offsetof(TYPE, run), offsetof(TYPE, model), offsetof(TYPE, cfg) }
 
 /* The option groups of a trainer's options o, in --help order: [0] the run's table (malloc'd: the driver's
- * with the trainer's defaults), [1] the model's size and --set and [2] the trainer's knobs, [3] its own
+ * with the recipe's defaults), [1] the model's size and --set and [2] the trainer's knobs, [3] its own
  * table. 0 ok, -1 out of memory. */
 #define CAV_TRAIN_GROUPS 4
 int cav_train_options(cav_optgroup g[CAV_TRAIN_GROUPS], const cav_train_options_of *of, void *o);
-/* o zeroed, then the defaults of those tables (the loader's first). -1 out of memory. */
+/* o zeroed, then the defaults of those tables (the loader's first) and the task's reference config (for
+ * pretraining with norm_pix_loss, as every pretraining script sets it). -1 out of memory. */
 int cav_train_opts_default(const cav_train_options_of *of, void *o);
 
 /* A training tool: cav-pretrain and cav-finetune are this main over their own tables and run function. */
 typedef struct {
     const char *name, *usage_head, *usage_tail; /* --help: head, the tables' option lines, tail */
     const cav_train_options_of *options;
-    void (*defaults)(void *o); /* the tool's defaults into its options struct */
     int (*run)(const void *o, const cav_dist *d, cav_err *err);
     /* After parsing, a mode other than training (the debug-state check): 1 when it ran, with *rc its exit
      * code; NULL: none. */
