@@ -82,14 +82,17 @@ WERROR := $(if $(filter true,$(CI)),-Werror)
 # fbank, patches) < model < train; every layer's headers are on the include path.
 LIB_DIRS := lib/base lib/formats lib/media lib/model lib/train
 LIB_INC := $(LIB_DIRS:%=-I%)
-CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp $(LIB_INC) -Ikernels -Ikernels/cpu -Itests \
+# Compute backends (kernels/kernels.h's cav_backend), one folder each; kernels/cpu is always built. A GPU
+# backend is one more entry here (with its compiler rule and CAV_HAVE_<NAME> define).
+KERNEL_DIRS := kernels/cpu
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp $(LIB_INC) -Ikernels $(KERNEL_DIRS:%=-I%) -Itests \
   -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
 OPT ?= -O2 -march=x86-64-v2
 CFLAGS_REL := $(CFLAGS_BASE) $(OPT)
 CFLAGS_ASAN := $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LIBS := $(DEP_LIBS) -fopenmp -lm -lpthread
 
-LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))) $(wildcard kernels/cpu/*.c)
+LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))) $(foreach d,$(KERNEL_DIRS),$(wildcard $(d)/*.c))
 TOOLS := $(patsubst bin/%.c,%,$(wildcard bin/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 TOOL_TESTS := $(sort $(wildcard tests/tools/test_*.sh tests/tools/test_*.py))

@@ -27,6 +27,7 @@ static const char usage[] =
     "      --set KEY=VALUE      a model knob by the reference's name (applied last)\n"
     "  -o, --out OUT            output: a shard (*.h5) or a record stream ('-', the default: stdout)\n"
     "  -b, --batch-size N       clips per forward pass (default 4)\n"
+    "      --device NAME        compute backend: cpu (default), cuda, cuda:N (when built with it)\n"
     "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
     "      --frame N            use frame N instead of the middle frame 5\n"
     "      --help, --version\n"
@@ -35,7 +36,7 @@ static const char usage[] =
     "Exit status: 0 ok, 1 usage, 2 bad input (bad records were skipped, or a bad checkpoint), 3 internal\n"
     "or resource failure.\n";
 
-enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME };
+enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME, O_DEVICE };
 
 typedef struct {
     cav_embedder e;
@@ -88,7 +89,8 @@ int main(int argc, char **argv) {
     cav_blas_fit_cpu("cav-embed", argv);
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"model-type", 1, 0, O_TYPE}, {"arch", 1, 0, O_ARCH},
                                          {"set", 1, 0, O_SET}, {"out", 1, 0, 'o'}, {"batch-size", 1, 0, 'b'},
-                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, CAV_STD_OPTIONS,
+                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, {"device", 1, 0, O_DEVICE},
+                                         CAV_STD_OPTIONS,
                                          {0, 0, 0, 0}};
     cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
     const char **keys = calloc((size_t)argc + 1, sizeof *keys), **vals = calloc((size_t)argc + 1, sizeof *vals);
@@ -118,6 +120,7 @@ int main(int argc, char **argv) {
         case 'b': eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16); break;
         case O_TOKENS: tokens = 1; break;
         case O_FRAME: frame = (int)cav_parse_int("frame", optarg, 0, 1000); break;
+        case O_DEVICE: eo.device = optarg; break;
         default: cav_std_option(c, usage); cav_usage_error("unexpected option");
         }
     }

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "cpu.h"
 #include "vecmath.h"
 
 /* -O2's "very cheap" vectorizer cost model leaves almost every elementwise loop here scalar; these loops are
@@ -226,6 +226,14 @@ void cav_accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
+void cav_average_forward(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = (a[i] + b[i]) / 2;
+}
+
+void cav_average_backward(float *da, const float *dout, size_t n) {
+    for (size_t i = 0; i < n; i++) da[i] = dout[i] / 2;
+}
+
 /* Attention works per (batch, head) on small matrices (N x C/H): the (batch, head) pairs are spread over
  * OpenMP threads, each calling a single-threaded sgemm (see sgemm_par for why). */
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
@@ -245,17 +253,18 @@ void cav_attention_forward(float *out, float *att, const float *qkv, int B, int 
     blas_single_end(nb);
 }
 
-void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int N, int C,
-                            int H) {
+size_t cav_attention_workspace(int N) { return (size_t)omp_get_max_threads() * N * N; }
+
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work, int B,
+                            int N, int C, int H) {
     int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel if((size_t)B * H * N * N > CAV_PAR_MIN)
     {
-        float *g = malloc(sizeof(float) * (size_t)N * N); /* d att of one (batch, head) */
+        float *g = work + (size_t)omp_get_thread_num() * N * N; /* d att of one (batch, head) */
 #pragma omp for collapse(2) schedule(dynamic)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
-                if (!g) abort();
                 size_t o = (size_t)b * N * 3 * C + (size_t)h * hd;
                 const float *q = qkv + o, *k = q + C, *v = q + 2 * C;
                 float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
@@ -271,7 +280,6 @@ void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, co
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, q, 3 * C, 0.0f, dk,
                             3 * C);
             }
-        free(g);
     }
     blas_single_end(nb);
 }

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "cpu.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -66,8 +66,10 @@ static void col_lse(double *lse, const double *S, int B, int transpose) {
     }
 }
 
-float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect) {
-    double *S = malloc(sizeof(double) * (size_t)B * B), *lse = malloc(sizeof(double) * B);
+size_t cav_contrastive_workspace(int B) { return 2 * (size_t)B * B + B; }
+
+float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect, double *work) {
+    double *S = work, *lse = work + 2 * (size_t)B * B; /* S [B,B], lse [B] */
     double nce = 0, hits = 0;
     int dirs = bidirect ? 2 : 1;
     similarity(S, a, v, B, C);
@@ -88,16 +90,14 @@ float cav_contrastive_forward(float *acc, const float *a, const float *v, int B,
         nce += -n / B;
         hits += (double)hit / B;
     }
-    free(S);
-    free(lse);
     if (acc) *acc = (float)(hits / dirs);
     return (float)(nce / dirs);
 }
 
 void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
-                              int bidirect) {
-    double *S = malloc(sizeof(double) * (size_t)B * B), *dS = calloc((size_t)B * B, sizeof(double));
-    double *lse = malloc(sizeof(double) * B);
+                              int bidirect, double *work) {
+    double *S = work, *dS = work + (size_t)B * B, *lse = work + 2 * (size_t)B * B; /* [B,B] [B,B] [B] */
+    memset(dS, 0, sizeof(double) * B * B);
     int dirs = bidirect ? 2 : 1;
     similarity(S, a, v, B, C);
     for (int t = 0; t < dirs; t++) {
@@ -117,12 +117,9 @@ void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a,
                 if (dv) dv[(size_t)j * C + c] += (float)(g * a[(size_t)i * C + c]);
             }
         }
-    free(S);
-    free(dS);
-    free(lse);
 }
 
-void cav_normpix(float *t, int M, int P) {
+void cav_normpix(float *t, int M, int P, float eps) {
 #pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         float *r = t + (size_t)m * P;
@@ -130,7 +127,7 @@ void cav_normpix(float *t, int M, int P) {
         for (int p = 0; p < P; p++) s += r[p];
         double mu = s / P;
         for (int p = 0; p < P; p++) ss += (r[p] - mu) * (r[p] - mu);
-        float mf = (float)mu, sd = sqrtf((float)(ss / (P - 1)) + 1e-6f);
+        float mf = (float)mu, sd = sqrtf((float)(ss / (P - 1)) + eps);
         for (int p = 0; p < P; p++) r[p] = (r[p] - mf) / sd;
     }
 }
@@ -248,4 +245,10 @@ void cav_adam_step(float *p, const float *grad, float *m, float *v, size_t n, do
         float denom = sqrtf(v[i]) / bc2s + epsf;
         p[i] = p[i] + step * m[i] / denom;
     }
+}
+
+int cav_all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }

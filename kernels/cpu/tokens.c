@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "cpu.h"
 
 /* -O2's "very cheap" vectorizer cost model leaves almost every elementwise loop here scalar; these loops are
  * memory-bound streams where vectors pay. Float reductions keep their order (no -fassociative-math), so
@@ -28,6 +28,12 @@ void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *i
             const float *s = dout + ((size_t)b * L + l) * C;
             for (int c = 0; c < C; c++) d[c] += s[c];
         }
+}
+
+void cav_mask_from_keep(float *mask, const int64_t *idx, int B, int N, int L) {
+    for (size_t i = 0; i < (size_t)B * N; i++) mask[i] = 1;
+    for (int b = 0; b < B; b++)
+        for (int l = 0; l < L; l++) mask[(size_t)b * N + idx[(size_t)b * L + l]] = 0;
 }
 
 void cav_unshuffle_forward(float *out, const float *src, const int64_t *idx, const float *fill, int B, int N,

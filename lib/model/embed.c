@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "kernels.h"
 #include "weights.h"
 
 static int is_decoder_name(const char *n) { return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0; }
@@ -78,7 +79,9 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         err->code = cfgtext ? 2 : 1;
         goto done;
     }
-    if (!(e->m = cav_model_create(&cfg, o->batch, err))) {
+    cav_backend *be = cav_backend_open(o->device ? o->device : "cpu", err);
+    if (!be) goto done;
+    if (!(e->m = cav_model_create_on(be, &cfg, o->batch, err))) {
         if (!err->code) err->code = 3;
         goto done;
     }
@@ -99,33 +102,14 @@ void cav_embedder_close(cav_embedder *e) {
     e->m = NULL;
 }
 
-void cav_pool_normalize(const float *x, int n, int L, int D, float *out) {
-    for (int b = 0; b < n; b++) {
-        const float *xb = x + (size_t)b * L * D;
-        float *ob = out + (size_t)b * D;
-        double ss = 0;
-        for (int d = 0; d < D; d++) {
-            double acc = 0;
-            for (int l = 0; l < L; l++) acc += xb[(size_t)l * D + d];
-            ob[d] = (float)(acc / L); /* torch.mean's float32 result */
-            ss += (double)ob[d] * ob[d];
-        }
-        double nrm = sqrt(ss);
-        if (nrm < 1e-12) nrm = 1e-12;
-        for (int d = 0; d < D; d++) ob[d] = (float)(ob[d] / nrm);
-    }
-}
-
 int cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v) {
     cav_model *m = e->m;
-    float *fa = malloc((size_t)m->B * m->La * m->D * sizeof *fa);
-    float *fv = malloc((size_t)m->B * m->Lv * m->D * sizeof *fv);
-    if (fa && fv) {
+    float *ea = malloc((size_t)m->B * m->D * sizeof *ea), *ev = malloc((size_t)m->B * m->D * sizeof *ev);
+    if (ea && ev) {
         cav_model_forward(m);
-        cav_model_read_output(m, "feat_a", fa), cav_model_read_output(m, "feat_v", fv);
-        cav_pool_normalize(fa, n, m->La, m->D, emb_a);
-        cav_pool_normalize(fv, n, m->Lv, m->D, emb_v);
+        cav_model_read_output(m, "emb_a", ea), cav_model_read_output(m, "emb_v", ev);
+        memcpy(emb_a, ea, (size_t)n * m->D * sizeof *ea), memcpy(emb_v, ev, (size_t)n * m->D * sizeof *ev);
     }
-    free(fa), free(fv);
-    return fa && fv ? 0 : -1;
+    free(ea), free(ev);
+    return ea && ev ? 0 : -1;
 }

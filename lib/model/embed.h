@@ -21,6 +21,7 @@ typedef struct {
     int nset;              /* knobs applied last, by the reference's names (cav_config_set) */
     const char *const *set_keys, *const *set_vals;
     int batch;             /* rows per forward */
+    const char *device;    /* backend name for cav_backend_open ("cpu" when NULL) */
 } cav_embed_opts;
 
 typedef struct {
@@ -36,11 +37,8 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err);
 void cav_embedder_close(cav_embedder *e);
 
 /* forward_feat on the model's inputs, then for rows 0..n-1: emb_a [n,D], emb_v [n,D] pooled and
- * normalised. The token outputs stay in the model (outputs "feat_a" [B,La,D], "feat_v" [B,Lv,D]).
+ * normalised (the model's outputs "emb_a", "emb_v"). The token outputs stay in the model (outputs "feat_a" [B,La,D], "feat_v" [B,Lv,D]).
  * 0 ok, -1 out of memory. */
 int cav_embedder_run(cav_embedder *e, int n, float *emb_a, float *emb_v);
-
-/* Mean over L tokens of x [n,L,D], then x / max(|x|, 1e-12) (torch.nn.functional.normalize) into out [n,D]. */
-void cav_pool_normalize(const float *x, int n, int L, int D, float *out);
 
 #endif

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "kernels.h"
 #include "rng.h"
 
@@ -338,7 +339,7 @@ static void register_params(cav_model *m) {
 
 /* ---- activation planning ------------------------------------------------------------------------ */
 
-static size_t max_mc, max_mh; /* scratch sizes found while planning (reset per plan) */
+static size_t max_mc, max_mh, max_att; /* scratch sizes found while planning (reset per plan) */
 
 static float *bump(cav_model *m, size_t n) {
     size_t o = m->acts_used;
@@ -354,7 +355,8 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
         cav_block_acts *a = &s->a[i];
         s->p[i] = pb + i, s->g[i] = gb + i;
         a->ln1 = bump(m, M * C), a->ln1_mean = bump(m, M), a->ln1_rstd = bump(m, M);
-        a->qkv = bump(m, M * 3 * C), a->att = bump(m, B * H * N * N), a->atty = bump(m, M * C);
+        a->qkv = bump(m, M * 3 * C), a->att = bump(m, m->be->attention_state_size(m->B, H, N));
+        a->atty = bump(m, M * C);
         a->x1 = bump(m, M * C);
         a->ln2 = bump(m, M * C), a->ln2_mean = bump(m, M), a->ln2_rstd = bump(m, M);
         a->fc1 = bump(m, M * hidden), a->gelu = bump(m, M * hidden), a->out = bump(m, M * C);
@@ -362,6 +364,7 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
     if (M * hidden > max_mh) max_mh = M * hidden;
+    if (nblk && m->be->attention_workspace(m->B, H, N) > max_att) max_att = m->be->attention_workspace(m->B, H, N);
 }
 
 static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
@@ -373,7 +376,7 @@ static void plan(cav_model *m) {
     size_t B = (size_t)m->B;
     int D = m->D, Dd = m->Dd, ua, uv, msd = c->modality_specific_depth, J = m->joint;
     modalities(c, &ua, &uv);
-    max_mc = max_mh = 0;
+    max_mc = max_mh = max_att = 0;
     m->acts_used = 0;
     cav_params *p = &m->p, *g = &m->g;
     /* the joint block used by the contrastive passes: all of them chained, or the reference's last one */
@@ -396,6 +399,8 @@ static void plan(cav_model *m) {
             plan_ln(m, &m->ln_ca, B * m->La, D), plan_ln(m, &m->ln_cv, B * m->Lv, D);
             m->ca_mean = bump(m, B * D), m->cv_mean = bump(m, B * D), m->ca_n = bump(m, B * D);
             m->cv_n = bump(m, B * D), m->ca_norm = bump(m, B), m->cv_norm = bump(m, B);
+            /* doubles: two floats each, on the slices' 64-byte alignment */
+            m->con_work = (double *)bump(m, 2 * m->be->contrastive_workspace(m->B));
         }
         if (c->mae_loss_weight != 0) {
             int Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0);
@@ -439,13 +444,16 @@ static void plan(cav_model *m) {
         if (ua) plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1), plan_ln(m, &m->ln_ca, B * m->La, D);
         if (uv) plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2), plan_ln(m, &m->ln_cv, B * m->Lv, D);
         m->feat_a = m->ln_ca.out, m->feat_v = m->ln_cv.out;
+        /* the retrieval embeddings: pooled, then L2-normalised (as the contrastive branch) */
+        if (ua) m->ca_mean = bump(m, B * D), m->ca_n = bump(m, B * D), m->ca_norm = bump(m, B);
+        if (uv) m->cv_mean = bump(m, B * D), m->cv_n = bump(m, B * D), m->cv_norm = bump(m, B);
     }
     m->d_vec1 = bump(m, B * D), m->d_vec2 = bump(m, B * D), m->d_vec3 = bump(m, B * D), m->d_vec4 = bump(m, B * D);
     m->d_tok = bump(m, B * Ltok * D);
     if (c->task != CAV_TASK_FEAT) {
         /* gradient scratch shared by every block */
         m->sc_ln = bump(m, max_mc), m->sc_atty = bump(m, max_mc), m->sc_qkv = bump(m, 3 * max_mc);
-        m->sc_h1 = bump(m, max_mh), m->sc_h2 = bump(m, max_mh);
+        m->sc_h1 = bump(m, max_mh), m->sc_h2 = bump(m, max_mh), m->sc_att = bump(m, max_att);
     }
 }
 
@@ -520,7 +528,17 @@ size_t cav_config_param_count(const cav_config *cfg, size_t *trainable) {
     return m.nparams;
 }
 
+/* Points the fields of a cav_params at the table's tensors inside one buffer of nparams floats. */
+static void params_at(const cav_model *m, float *base, cav_params *out) {
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < m->ntable; i++) *(float **)((char *)out + m->table[i].slot) = base + m->table[i].offset;
+}
+
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
+    return cav_model_create_on(cav_backend_cpu(), cfg, B, err);
+}
+
+cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err) {
     if (cav_config_check(cfg, err)) return NULL;
     if (B <= 0) {
         cav_fail(err, 1, "batch size %d must be positive", B);
@@ -528,6 +546,7 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     }
     cav_model *m = calloc(1, sizeof *m);
     if (!m) goto oom;
+    m->be = be;
     derive(m, cfg, B);
     const cav_config *c = &m->cfg;
     int ua, uv;
@@ -545,26 +564,21 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
         m->La = ua ? m->La_full : 0, m->Lv = uv ? m->Lv_full : 0;
     }
     register_params(m);
-    m->params = calloc(m->nparams, sizeof(float));
-    m->grads = c->task == CAV_TASK_FEAT ? NULL : calloc(m->nparams, sizeof(float));
+    m->params = be->alloc(m->nparams * sizeof(float));
+    m->grads = c->task == CAV_TASK_FEAT ? NULL : be->alloc(m->nparams * sizeof(float));
     if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
-    for (int i = 0; i < m->ntable; i++) {
-        cav_param *e = &m->table[i];
-        *(float **)((char *)&m->p + e->slot) = m->params + e->offset;
-        if (m->grads) *(float **)((char *)&m->g + e->slot) = m->grads + e->offset;
-    }
+    params_at(m, m->params, &m->p);
+    if (m->grads) params_at(m, m->grads, &m->g);
     plan(m);
     m->acts_size = m->acts_used;
-    m->acts = aligned_alloc(64, (m->acts_size * sizeof(float) + 63) & ~(size_t)63);
-    if (!m->acts) goto oom;
-    memset(m->acts, 0, m->acts_size * sizeof(float));
+    if (!(m->acts = be->alloc(m->acts_size * sizeof(float)))) goto oom;
     plan(m);
     mark_used(m);
     /* inputs */
     size_t na = ua ? (size_t)B * m->T * m->F : 0, nv = uv ? (size_t)B * 3 * m->S * m->S : 0;
     size_t nk = c->task == CAV_TASK_PRETRAIN ? (size_t)B * (m->La + m->Lv) : 0;
     size_t nl = c->task == CAV_TASK_FINETUNE ? (size_t)B * c->label_dim : 0;
-    m->in_mem = calloc(1, sizeof(int64_t) * nk + sizeof(float) * (na + nv + nl) + 64);
+    m->in_mem = be->alloc(sizeof(int64_t) * nk + sizeof(float) * (na + nv + nl) + 64);
     if (!m->in_mem) goto oom;
     m->in.keep_a = (int64_t *)m->in_mem, m->in.keep_v = m->in.keep_a + (size_t)B * m->La;
     float *f = (float *)(m->in.keep_a + nk);
@@ -572,10 +586,14 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     m->in.video = uv ? f : NULL, f += nv;
     m->in.labels = nl ? f : NULL;
     if (c->task == CAV_TASK_PRETRAIN) { /* a valid default: keep the first tokens */
+        int64_t *keep = malloc(sizeof(int64_t) * (nk + 1));
+        if (!keep) goto oom;
         for (int b = 0; b < B; b++) {
-            for (int l = 0; l < m->La; l++) m->in.keep_a[(size_t)b * m->La + l] = l;
-            for (int l = 0; l < m->Lv; l++) m->in.keep_v[(size_t)b * m->Lv + l] = l;
+            for (int l = 0; l < m->La; l++) keep[(size_t)b * m->La + l] = l;
+            for (int l = 0; l < m->Lv; l++) keep[(size_t)B * m->La + (size_t)b * m->Lv + l] = l;
         }
+        be->upload(m->in.keep_a, keep, sizeof(int64_t) * nk);
+        free(keep);
     }
     return m;
 oom:
@@ -586,8 +604,10 @@ oom:
 
 void cav_model_free(cav_model *m) {
     if (!m) return;
-    free(m->table), free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->acts);
-    free(m->in_mem), free(m->split.ca), free(m);
+    cav_backend *be = m->be;
+    be->free(m->params), be->free(m->grads), be->free(m->adam_m), be->free(m->adam_v), be->free(m->acts);
+    be->free(m->in_mem), be->free(m->split.ca);
+    free(m->table), free(m);
 }
 
 cav_param *cav_model_param(cav_model *m, const char *name) {
@@ -606,13 +626,14 @@ size_t cav_model_trainable(const cav_model *m) {
 void cav_model_describe(const cav_model *m, FILE *f) {
     static const char *tasks[] = {"pretraining", "fine-tuning", "embedding"};
     double mb = 1.0 / (1 << 20);
-    fprintf(f, "model: %s, batch %d, %d+%d layers of %d (%d heads)", tasks[m->cfg.task], m->B,
+    fprintf(f, "%s: model: %s on %s, batch %d, %d+%d layers of %d (%d heads)", cav_tool(), tasks[m->cfg.task],
+            m->be->name, m->B,
             m->cfg.modality_specific_depth, m->joint, m->D, m->H);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         fprintf(f, ", decoder %d x %d (%d heads)", m->cfg.decoder_depth, m->Dd, m->Hdec);
-    fprintf(f, "\nmodel: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
+    fprintf(f, "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
                "activations %.1f MiB\n",
-            m->nparams, cav_model_trainable(m), m->nparams * 4 * mb, m->grads ? m->nparams * 4 * mb : 0.0,
+            cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb, m->grads ? m->nparams * 4 * mb : 0.0,
             m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb, m->acts_size * 4 * mb);
 }
 
@@ -640,9 +661,17 @@ static void init_block(cav_block_params *p, int C, int hid, uint64_t *s) {
     memset(p->fc1_b, 0, sizeof(float) * hid), memset(p->fc2_b, 0, sizeof(float) * C);
 }
 
+/* Computed in host memory, then uploaded (the tensors the init does not set keep their values). */
 void cav_model_init(cav_model *m, uint64_t seed) {
     uint64_t s = seed;
-    cav_params *p = &m->p;
+    float *host = malloc(sizeof(float) * m->nparams);
+    if (!host) {
+        fprintf(stderr, "%s: model: out of memory initialising the parameters\n", cav_tool());
+        abort();
+    }
+    m->be->download(host, m->params, sizeof(float) * m->nparams);
+    cav_params hp, *p = &hp;
+    params_at(m, host, &hp);
     const cav_config *c = &m->cfg;
     int D = m->D, Dd = m->Dd;
     cav_sincos_pos_2d(p->pos_embed_a, D, m->gf, m->gt);
@@ -671,6 +700,8 @@ void cav_model_init(cav_model *m, uint64_t seed) {
         init_ln(p->head_norm_w, p->head_norm_b, D);
         xavier(p->head_w, c->label_dim, D, &s), memset(p->head_b, 0, sizeof(float) * c->label_dim);
     }
+    m->be->upload(m->params, host, sizeof(float) * m->nparams);
+    free(host);
 }
 
 typedef struct {
@@ -713,16 +744,25 @@ static void make_mask(int64_t *keep, int L, int len_keep, int mode, int gf, int 
     free(it);
 }
 
+/* Drawn on the host ([B,La] then [B,Lv], as the input buffer holds them), then uploaded. */
 void cav_model_random_masks(cav_model *m, uint64_t *rng) {
     if (m->cfg.task != CAV_TASK_PRETRAIN) return;
+    size_t na = (size_t)m->B * m->La, n = na + (size_t)m->B * m->Lv;
+    int64_t *keep = malloc(sizeof(int64_t) * n);
+    if (!keep) {
+        fprintf(stderr, "%s: model: out of memory drawing masks\n", cav_tool());
+        abort();
+    }
     for (int b = 0; b < m->B; b++) {
         if (m->La)
-            make_mask(m->in.keep_a + (size_t)b * m->La, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt,
+            make_mask(keep + (size_t)b * m->La, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt,
                       m->cfg.mask_ratio_a, rng);
         if (m->Lv)
-            make_mask(m->in.keep_v + (size_t)b * m->Lv, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full,
+            make_mask(keep + na + (size_t)b * m->Lv, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full,
                       m->cfg.mask_ratio_v, rng);
     }
+    m->be->upload(m->in.keep_a, keep, sizeof(int64_t) * n);
+    free(keep);
 }
 
 void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows) {
@@ -750,16 +790,16 @@ static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     int B = m->B, N = s->N, C = s->C, M = B * N;
     float *w1, *b1, *w2, *b2;
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
-    cav_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
-    cav_linear_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
-    cav_attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
-    cav_linear_forward(a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
-    cav_add_forward(a->x1, x, a->x1, (size_t)M * C);
-    cav_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, w2, b2, M, C);
-    cav_linear_forward(a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
-    cav_gelu_forward(a->gelu, a->fc1, (size_t)M * s->hidden);
-    cav_linear_forward(a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
-    cav_add_forward(a->out, a->x1, a->out, (size_t)M * C);
+    m->be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
+    m->be->linear_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    m->be->attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
+    m->be->linear_forward(a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
+    m->be->add_forward(a->x1, x, a->x1, (size_t)M * C);
+    m->be->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, w2, b2, M, C);
+    m->be->linear_forward(a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
+    m->be->gelu_forward(a->gelu, a->fc1, (size_t)M * s->hidden);
+    m->be->linear_forward(a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
+    m->be->add_forward(a->out, a->x1, a->out, (size_t)M * C);
 }
 
 /* On entry s->d holds d out; on exit d x (in place: the residual path carries it through). */
@@ -770,19 +810,19 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     float *w1, *b1, *w2, *b2, *gw1, *gb1, *gw2, *gb2, *d = s->d;
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
     block_lns(g, s->mod, &gw1, &gb1, &gw2, &gb2);
-    memset(m->sc_h1, 0, sizeof(float) * M * hid);
-    cav_linear_backward(m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
-    memset(m->sc_h2, 0, sizeof(float) * M * hid);
-    cav_gelu_backward(m->sc_h2, a->fc1, m->sc_h1, (size_t)M * hid);
-    memset(m->sc_ln, 0, sizeof(float) * M * C);
-    cav_linear_backward(m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
-    cav_layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
-    memset(m->sc_atty, 0, sizeof(float) * M * C);
-    cav_linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
-    cav_attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->att, B, N, C, s->H);
-    memset(m->sc_ln, 0, sizeof(float) * M * C);
-    cav_linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
-    cav_layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
+    m->be->zero(m->sc_h1, sizeof(float) * M * hid);
+    m->be->linear_backward(m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
+    m->be->zero(m->sc_h2, sizeof(float) * M * hid);
+    m->be->gelu_backward(m->sc_h2, a->fc1, m->sc_h1, (size_t)M * hid);
+    m->be->zero(m->sc_ln, sizeof(float) * M * C);
+    m->be->linear_backward(m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
+    m->be->layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
+    m->be->zero(m->sc_atty, sizeof(float) * M * C);
+    m->be->linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
+    m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->att, m->sc_att, B, N, C, s->H);
+    m->be->zero(m->sc_ln, sizeof(float) * M * C);
+    m->be->linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
+    m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
 }
 
 static void stream_forward(cav_model *m, cav_stream *s, const float *in) {
@@ -800,37 +840,38 @@ static void stream_backward(cav_model *m, cav_stream *s) {
 }
 
 /* A final LayerNorm over a stream's output: forward, and backward that sets s->d. */
-static void final_ln_forward(cav_ln_acts *l, const float *x, const float *w, const float *b, size_t M, int C) {
-    cav_layernorm_forward(l->out, l->mean, l->rstd, x, w, b, (int)M, C);
+static void final_ln_forward(cav_model *m, cav_ln_acts *l, const float *x, const float *w, const float *b, size_t M,
+                             int C) {
+    m->be->layernorm_forward(l->out, l->mean, l->rstd, x, w, b, (int)M, C);
 }
-static void final_ln_backward(cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *dout,
+static void final_ln_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *dout,
                               const float *w, size_t M) {
-    memset(s->d, 0, sizeof(float) * M * s->C);
-    cav_layernorm_backward(s->d, gw, gb, dout, s->out, w, l->mean, l->rstd, (int)M, s->C);
+    m->be->zero(s->d, sizeof(float) * M * s->C);
+    m->be->layernorm_backward(s->d, gw, gb, dout, s->out, w, l->mean, l->rstd, (int)M, s->C);
 }
 
 /* patch embedding + position table + modality embedding: emb [B,L,D] */
 static void embed_audio(cav_model *m) {
-    cav_patchify_audio(m->cols_a, m->in.audio, m->B, m->T, m->F);
-    cav_linear_forward(m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
-    cav_add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full, m->D);
+    m->be->patchify_audio(m->cols_a, m->in.audio, m->B, m->T, m->F);
+    m->be->linear_forward(m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
+    m->be->add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full, m->D);
 }
 static void embed_video(cav_model *m) {
-    cav_im2col_video(m->cols_v, m->in.video, m->B, m->S);
-    cav_linear_forward(m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
-    cav_add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full, m->D);
+    m->be->im2col_video(m->cols_v, m->in.video, m->B, m->S);
+    m->be->linear_forward(m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
+    m->be->add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full, m->D);
 }
 /* d emb [B,L,D] -> position, modality and patch-embedding gradients */
 static void embed_audio_backward(cav_model *m, const float *demb) {
-    cav_add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full, 0,
+    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full, 0,
                          m->La_full, m->D);
-    cav_linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w, m->B * m->La_full, 256,
+    m->be->linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w, m->B * m->La_full, 256,
                         m->D);
 }
 static void embed_video_backward(cav_model *m, const float *demb) {
-    cav_add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full, 0,
+    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full, 0,
                          m->Lv_full, m->D);
-    cav_linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w, m->B * m->Lv_full, 768,
+    m->be->linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w, m->B * m->Lv_full, 768,
                         m->D);
 }
 
@@ -838,20 +879,20 @@ static void embed_video_backward(cav_model *m, const float *demb) {
 static void contrast_side_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in, const float *w,
                                   const float *b, float *mean, float *n, float *norm) {
     stream_forward(m, s, in);
-    final_ln_forward(l, s->out, w, b, (size_t)m->B * s->N, m->D);
-    cav_mean_tokens_forward(mean, l->out, m->B, s->N, m->D);
-    cav_l2norm_forward(n, norm, mean, m->B, m->D);
+    final_ln_forward(m, l, s->out, w, b, (size_t)m->B * s->N, m->D);
+    m->be->mean_tokens_forward(mean, l->out, m->B, s->N, m->D);
+    m->be->l2norm_forward(n, norm, mean, m->B, m->D);
 }
 static void contrast_side_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb,
                                    const float *w, const float *dn, const float *n, const float *norm,
                                    float *dres) {
-    memset(m->d_vec3, 0, sizeof(float) * m->B * m->D);
-    cav_l2norm_backward(m->d_vec3, dn, n, norm, m->B, m->D);
-    memset(m->d_tok, 0, sizeof(float) * m->B * s->N * m->D);
-    cav_mean_tokens_backward(m->d_tok, m->d_vec3, m->B, s->N, m->D);
-    final_ln_backward(s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
+    m->be->zero(m->d_vec3, sizeof(float) * m->B * m->D);
+    m->be->l2norm_backward(m->d_vec3, dn, n, norm, m->B, m->D);
+    m->be->zero(m->d_tok, sizeof(float) * m->B * s->N * m->D);
+    m->be->mean_tokens_backward(m->d_tok, m->d_vec3, m->B, s->N, m->D);
+    final_ln_backward(m, s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
     stream_backward(m, s);
-    cav_accumulate(dres, s->d, (size_t)m->B * s->N * m->D);
+    m->be->accumulate(dres, s->d, (size_t)m->B * s->N * m->D);
 }
 
 /* ---- pretraining ------------------------------------------------------------------------------- */
@@ -863,18 +904,14 @@ static void forward_pretrain(cav_model *m) {
     memset(&m->out, 0, sizeof m->out);
     if (ua) {
         embed_audio(m);
-        cav_gather_tokens_forward(m->x_a, m->emb_a, m->in.keep_a, B, m->La_full, m->La, D);
-        for (size_t i = 0; i < (size_t)B * m->La_full; i++) m->mask_a[i] = 1;
-        for (int b = 0; b < B; b++)
-            for (int l = 0; l < m->La; l++) m->mask_a[(size_t)b * m->La_full + m->in.keep_a[(size_t)b * m->La + l]] = 0;
+        m->be->gather_tokens_forward(m->x_a, m->emb_a, m->in.keep_a, B, m->La_full, m->La, D);
+        m->be->mask_from_keep(m->mask_a, m->in.keep_a, B, m->La_full, m->La);
         stream_forward(m, &m->s_a, m->x_a);
     }
     if (uv) {
         embed_video(m);
-        cav_gather_tokens_forward(m->x_v, m->emb_v, m->in.keep_v, B, m->Lv_full, m->Lv, D);
-        for (size_t i = 0; i < (size_t)B * m->Lv_full; i++) m->mask_v[i] = 1;
-        for (int b = 0; b < B; b++)
-            for (int l = 0; l < m->Lv; l++) m->mask_v[(size_t)b * m->Lv_full + m->in.keep_v[(size_t)b * m->Lv + l]] = 0;
+        m->be->gather_tokens_forward(m->x_v, m->emb_v, m->in.keep_v, B, m->Lv_full, m->Lv, D);
+        m->be->mask_from_keep(m->mask_v, m->in.keep_v, B, m->Lv_full, m->Lv);
         stream_forward(m, &m->s_v, m->x_v);
     }
     if (c->contrast_loss_weight != 0) {
@@ -883,47 +920,48 @@ static void forward_pretrain(cav_model *m) {
         contrast_side_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->cv_mean, m->cv_n,
                               m->cv_norm);
         if (!m->split.on) { /* split: the loss needs the whole group (cav_model_split_losses) */
-            float nce = cav_contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast);
+            float nce = m->be->contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast,
+                                                   m->con_work);
             m->out.loss_c = (float)c->contrast_loss_weight * nce;
         }
     }
     if (c->mae_loss_weight != 0) {
         int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
         const float *xin = ua && uv ? m->x_cat : ua ? m->s_a.out : m->s_v.out;
-        if (ua && uv) cav_concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
+        if (ua && uv) m->be->concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
         stream_forward(m, &m->s_u, xin);
-        final_ln_forward(&m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
+        final_ln_forward(m, &m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
         /* decoder: visible audio tokens first, then the visible video tokens (SPEC 2.8) */
-        cav_linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
-        if (ua) cav_unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La, Lvis, 0, Dd);
-        if (uv) cav_unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
-        if (ua && uv) cav_concat_forward(m->dec_x, m->dec_ua, m->dec_uv, B, m->La_full, m->Lv_full, Dd);
-        else memcpy(m->dec_x, ua ? m->dec_ua : m->dec_uv, sizeof(float) * B * Ld * Dd);
-        if (ua) cav_add_pos_forward(m->dec_x, p->decoder_pos_embed_a, p->decoder_modality_a, B, Ld, 0, m->La_full, Dd);
-        if (uv) cav_add_pos_forward(m->dec_x, p->decoder_pos_embed_v, p->decoder_modality_v, B, Ld, voff, m->Lv_full, Dd);
+        m->be->linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
+        if (ua) m->be->unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La, Lvis, 0, Dd);
+        if (uv) m->be->unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
+        if (ua && uv) m->be->concat_forward(m->dec_x, m->dec_ua, m->dec_uv, B, m->La_full, m->Lv_full, Dd);
+        else m->be->copy(m->dec_x, ua ? m->dec_ua : m->dec_uv, sizeof(float) * B * Ld * Dd);
+        if (ua) m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_a, p->decoder_modality_a, B, Ld, 0, m->La_full, Dd);
+        if (uv) m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_v, p->decoder_modality_v, B, Ld, voff, m->Lv_full, Dd);
         stream_forward(m, &m->s_dec, m->dec_x);
-        final_ln_forward(&m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld, Dd);
+        final_ln_forward(m, &m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld, Dd);
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             if (ua)
-                cav_linear_forward(m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
+                m->be->linear_forward(m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
                                    p->decoder_pred_a_b, m->La_full, Dd, 256);
             if (uv)
-                cav_linear_forward(m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                m->be->linear_forward(m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
                                    p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
         }
         /* targets: the patchified input (audio's im2col is its patchify) */
         if (ua) {
-            memcpy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
-            if (c->norm_pix_loss) cav_normpix(m->tgt_a, B * m->La_full, 256);
-            if (m->split.on) cav_masked_mse_sums(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, &m->split.mae[0], &m->split.mae[1]);
-            else m->out.loss_mae_a = cav_masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            m->be->copy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
+            if (c->norm_pix_loss) m->be->normpix(m->tgt_a, B * m->La_full, 256, 1e-6f);
+            if (m->split.on) m->be->masked_mse_sums(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, &m->split.mae[0], &m->split.mae[1]);
+            else m->out.loss_mae_a = m->be->masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
         }
         if (uv) {
-            cav_patchify_video(m->tgt_v, m->in.video, B, m->S);
-            if (c->norm_pix_loss) cav_normpix(m->tgt_v, B * m->Lv_full, 768);
-            if (m->split.on) cav_masked_mse_sums(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, &m->split.mae[2], &m->split.mae[3]);
-            else m->out.loss_mae_v = cav_masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            m->be->patchify_video(m->tgt_v, m->in.video, B, m->S);
+            if (c->norm_pix_loss) m->be->normpix(m->tgt_v, B * m->Lv_full, 768, 1e-6f);
+            if (m->split.on) m->be->masked_mse_sums(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, &m->split.mae[2], &m->split.mae[3]);
+            else m->out.loss_mae_v = m->be->masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
         }
         m->out.loss_mae = (float)c->mae_loss_weight * (m->out.loss_mae_a + m->out.loss_mae_v);
     }
@@ -931,11 +969,13 @@ static void forward_pretrain(cav_model *m) {
 }
 
 int cav_model_split(cav_model *m, int n, int row0) {
-    free(m->split.ca);
+    m->be->free(m->split.ca);
     memset(&m->split, 0, sizeof m->split);
-    size_t nd = (size_t)n * m->D;
-    if (!(m->split.ca = malloc(4 * nd * sizeof(float)))) return -1;
+    size_t nd = (size_t)n * m->D, nw = m->be->contrastive_workspace(n);
+    /* ca, cv, da, dv [n,D], then the contrastive loss's workspace (doubles) */
+    if (!(m->split.ca = m->be->alloc(4 * nd * sizeof(float) + nw * sizeof(double) + 64))) return -1;
     m->split.cv = m->split.ca + nd, m->split.da = m->split.cv + nd, m->split.dv = m->split.da + nd;
+    m->split.work = (double *)(m->split.dv + nd + (nd & 1)); /* 8-byte aligned */
     m->split.on = 1, m->split.n = n, m->split.row0 = row0;
     return 0;
 }
@@ -943,8 +983,8 @@ int cav_model_split(cav_model *m, int n, int row0) {
 void cav_model_split_embeddings(const cav_model *m, float *ca, float *cv, double mae[4]) {
     size_t nd = (size_t)m->B * m->D;
     if (m->cfg.contrast_loss_weight != 0) {
-        memcpy(ca, m->ca_n, sizeof(float) * nd);
-        memcpy(cv, m->cv_n, sizeof(float) * nd);
+        m->be->download(ca, m->ca_n, sizeof(float) * nd);
+        m->be->download(cv, m->cv_n, sizeof(float) * nd);
     }
     memcpy(mae, m->split.mae, sizeof m->split.mae);
 }
@@ -955,10 +995,10 @@ void cav_model_split_losses(cav_model *m, const float *group_ca, const float *gr
     memset(&m->out, 0, sizeof m->out);
     if (c->contrast_loss_weight != 0) {
         size_t nd = (size_t)m->split.n * m->D;
-        memcpy(m->split.ca, group_ca, sizeof(float) * nd);
-        memcpy(m->split.cv, group_cv, sizeof(float) * nd);
-        float nce = cav_contrastive_forward(&m->out.c_acc, m->split.ca, m->split.cv, m->split.n, m->D,
-                                            c->bidirect_contrast);
+        m->be->upload(m->split.ca, group_ca, sizeof(float) * nd);
+        m->be->upload(m->split.cv, group_cv, sizeof(float) * nd);
+        float nce = m->be->contrastive_forward(&m->out.c_acc, m->split.ca, m->split.cv, m->split.n, m->D,
+                                               c->bidirect_contrast, m->split.work);
         m->out.loss_c = (float)c->contrast_loss_weight * nce;
     }
     if (c->mae_loss_weight != 0) {
@@ -974,73 +1014,73 @@ static void backward_pretrain(cav_model *m) {
     const cav_config *c = &m->cfg;
     int B = m->B, D = m->D, Dd = m->Dd, ua = m->La > 0, uv = m->Lv > 0;
     cav_params *p = &m->p, *g = &m->g;
-    if (ua) memset(m->s_a.d, 0, sizeof(float) * B * m->La * D);
-    if (uv) memset(m->s_v.d, 0, sizeof(float) * B * m->Lv * D);
+    if (ua) m->be->zero(m->s_a.d, sizeof(float) * B * m->La * D);
+    if (uv) m->be->zero(m->s_v.d, sizeof(float) * B * m->Lv * D);
     if (c->mae_loss_weight != 0) {
         int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
         float w = (float)c->mae_loss_weight;
-        memset(m->d_dn, 0, sizeof(float) * B * Ld * Dd);
+        m->be->zero(m->d_dn, sizeof(float) * B * Ld * Dd);
         if (ua) {
-            memset(m->d_pred_a, 0, sizeof(float) * B * m->La_full * 256);
-            if (m->split.on) cav_masked_mse_backward_den(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, m->split.den_a);
-            else cav_masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            m->be->zero(m->d_pred_a, sizeof(float) * B * m->La_full * 256);
+            if (m->split.on) m->be->masked_mse_backward_den(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, m->split.den_a);
+            else m->be->masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
         }
         if (uv) {
-            memset(m->d_pred_v, 0, sizeof(float) * B * m->Lv_full * 768);
-            if (m->split.on) cav_masked_mse_backward_den(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, m->split.den_v);
-            else cav_masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            m->be->zero(m->d_pred_v, sizeof(float) * B * m->Lv_full * 768);
+            if (m->split.on) m->be->masked_mse_backward_den(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, m->split.den_v);
+            else m->be->masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
         }
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             float *dxb = m->d_dn + (size_t)b * Ld * Dd;
             if (ua)
-                cav_linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a + (size_t)b * m->La_full * 256,
+                m->be->linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a + (size_t)b * m->La_full * 256,
                                     xb, p->decoder_pred_a_w, m->La_full, Dd, 256);
             if (uv)
-                cav_linear_backward(dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
+                m->be->linear_backward(dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
                                     m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
                                     p->decoder_pred_v_w, m->Lv_full, Dd, 768);
         }
-        final_ln_backward(&m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn, p->decoder_norm_w,
+        final_ln_backward(m, &m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn, p->decoder_norm_w,
                           (size_t)B * Ld);
         stream_backward(m, &m->s_dec);
         float *dx = m->s_dec.d; /* d dec_x [B,Ld,Dd] */
         if (ua)
-            cav_add_pos_backward(c->tr_pos ? g->decoder_pos_embed_a : NULL, g->decoder_modality_a, dx, B, Ld, 0,
+            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_a : NULL, g->decoder_modality_a, dx, B, Ld, 0,
                                  m->La_full, Dd);
         if (uv)
-            cav_add_pos_backward(c->tr_pos ? g->decoder_pos_embed_v : NULL, g->decoder_modality_v, dx, B, Ld, voff,
+            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_v : NULL, g->decoder_modality_v, dx, B, Ld, voff,
                                  m->Lv_full, Dd);
         const float *dua = dx, *duv = dx;
         if (ua && uv) {
-            memset(m->d_ua, 0, sizeof(float) * B * m->La_full * Dd);
-            memset(m->d_uv, 0, sizeof(float) * B * m->Lv_full * Dd);
-            cav_concat_backward(m->d_ua, m->d_uv, dx, B, m->La_full, m->Lv_full, Dd);
+            m->be->zero(m->d_ua, sizeof(float) * B * m->La_full * Dd);
+            m->be->zero(m->d_uv, sizeof(float) * B * m->Lv_full * Dd);
+            m->be->concat_backward(m->d_ua, m->d_uv, dx, B, m->La_full, m->Lv_full, Dd);
             dua = m->d_ua, duv = m->d_uv;
         }
-        memset(m->d_dec_emb, 0, sizeof(float) * B * Lvis * Dd);
-        if (ua) cav_unshuffle_backward(m->d_dec_emb, g->mask_token, dua, m->in.keep_a, B, m->La_full, m->La, Lvis, 0, Dd);
-        if (uv) cav_unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
-        memset(m->d_lat, 0, sizeof(float) * B * Lvis * D);
-        cav_linear_backward(m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
+        m->be->zero(m->d_dec_emb, sizeof(float) * B * Lvis * Dd);
+        if (ua) m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, dua, m->in.keep_a, B, m->La_full, m->La, Lvis, 0, Dd);
+        if (uv) m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
+        m->be->zero(m->d_lat, sizeof(float) * B * Lvis * D);
+        m->be->linear_backward(m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
                             p->decoder_embed_w, B * Lvis, D, Dd);
-        final_ln_backward(&m->s_u, &m->ln_u, g->norm_w, g->norm_b, m->d_lat, p->norm_w, (size_t)B * Lvis);
+        final_ln_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, m->d_lat, p->norm_w, (size_t)B * Lvis);
         stream_backward(m, &m->s_u);
-        if (ua && uv) cav_concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
-        else cav_accumulate(ua ? m->s_a.d : m->s_v.d, m->s_u.d, (size_t)B * Lvis * D);
+        if (ua && uv) m->be->concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+        else m->be->accumulate(ua ? m->s_a.d : m->s_v.d, m->s_u.d, (size_t)B * Lvis * D);
     }
     if (c->contrast_loss_weight != 0) {
-        memset(m->d_vec1, 0, sizeof(float) * B * D), memset(m->d_vec2, 0, sizeof(float) * B * D);
+        m->be->zero(m->d_vec1, sizeof(float) * B * D), m->be->zero(m->d_vec2, sizeof(float) * B * D);
         if (m->split.on) { /* the whole group's gradient, of which this model's rows go on */
             size_t nd = (size_t)m->split.n * D, off = (size_t)m->split.row0 * D;
-            memset(m->split.da, 0, sizeof(float) * nd), memset(m->split.dv, 0, sizeof(float) * nd);
-            cav_contrastive_backward(m->split.da, m->split.dv, (float)c->contrast_loss_weight, m->split.ca,
-                                     m->split.cv, m->split.n, D, c->bidirect_contrast);
-            memcpy(m->d_vec1, m->split.da + off, sizeof(float) * B * D);
-            memcpy(m->d_vec2, m->split.dv + off, sizeof(float) * B * D);
+            m->be->zero(m->split.da, sizeof(float) * nd), m->be->zero(m->split.dv, sizeof(float) * nd);
+            m->be->contrastive_backward(m->split.da, m->split.dv, (float)c->contrast_loss_weight, m->split.ca,
+                                        m->split.cv, m->split.n, D, c->bidirect_contrast, m->split.work);
+            m->be->copy(m->d_vec1, m->split.da + off, sizeof(float) * B * D);
+            m->be->copy(m->d_vec2, m->split.dv + off, sizeof(float) * B * D);
         } else {
-            cav_contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
-                                     c->bidirect_contrast);
+            m->be->contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
+                                        c->bidirect_contrast, m->con_work);
         }
         contrast_side_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec1, m->ca_n,
                                m->ca_norm, m->s_a.d);
@@ -1049,14 +1089,14 @@ static void backward_pretrain(cav_model *m) {
     }
     if (ua) {
         stream_backward(m, &m->s_a);
-        memset(m->d_emb_a, 0, sizeof(float) * B * m->La_full * D);
-        cav_gather_tokens_backward(m->d_emb_a, m->s_a.d, m->in.keep_a, B, m->La_full, m->La, D);
+        m->be->zero(m->d_emb_a, sizeof(float) * B * m->La_full * D);
+        m->be->gather_tokens_backward(m->d_emb_a, m->s_a.d, m->in.keep_a, B, m->La_full, m->La, D);
         embed_audio_backward(m, m->d_emb_a);
     }
     if (uv) {
         stream_backward(m, &m->s_v);
-        memset(m->d_emb_v, 0, sizeof(float) * B * m->Lv_full * D);
-        cav_gather_tokens_backward(m->d_emb_v, m->s_v.d, m->in.keep_v, B, m->Lv_full, m->Lv, D);
+        m->be->zero(m->d_emb_v, sizeof(float) * B * m->Lv_full * D);
+        m->be->gather_tokens_backward(m->d_emb_v, m->s_v.d, m->in.keep_v, B, m->Lv_full, m->Lv, D);
         embed_video_backward(m, m->d_emb_v);
     }
 }
@@ -1067,14 +1107,14 @@ static void backward_pretrain(cav_model *m) {
 static void pooled_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in, const float *w,
                            const float *b, float *pool) {
     stream_forward(m, s, in);
-    final_ln_forward(l, s->out, w, b, (size_t)m->B * s->N, m->D);
-    cav_mean_tokens_forward(pool, l->out, m->B, s->N, m->D);
+    final_ln_forward(m, l, s->out, w, b, (size_t)m->B * s->N, m->D);
+    m->be->mean_tokens_forward(pool, l->out, m->B, s->N, m->D);
 }
 static void pooled_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *w,
                             const float *dpool) {
-    memset(m->d_tok, 0, sizeof(float) * m->B * s->N * m->D);
-    cav_mean_tokens_backward(m->d_tok, dpool, m->B, s->N, m->D);
-    final_ln_backward(s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
+    m->be->zero(m->d_tok, sizeof(float) * m->B * s->N * m->D);
+    m->be->mean_tokens_backward(m->d_tok, dpool, m->B, s->N, m->D);
+    final_ln_backward(m, s, l, gw, gb, m->d_tok, w, (size_t)m->B * s->N);
     stream_backward(m, s);
 }
 
@@ -1087,7 +1127,7 @@ static void forward_finetune(cav_model *m) {
     if (m->Lv) embed_video(m), stream_forward(m, &m->s_v, m->emb_v);
     switch (c->mode) {
     case CAV_FT_MULTIMODAL:
-        cav_concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
+        m->be->concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
         pooled_forward(m, &m->s_u, &m->ln_u, m->x_cat, p->norm_w, p->norm_b, m->pooled);
         break;
     case CAV_FT_AUDIOONLY:
@@ -1103,56 +1143,56 @@ static void forward_finetune(cav_model *m) {
         pooled_forward(m, &m->s_u, &m->ln_u, x, p->norm_w, p->norm_b, m->pool_u);
         if (a) pooled_forward(m, &m->s_ca, &m->ln_ca, x, p->norm_a_w, p->norm_a_b, m->pool_s);
         else pooled_forward(m, &m->s_cv, &m->ln_cv, x, p->norm_v_w, p->norm_v_b, m->pool_s);
-        for (int i = 0; i < B * D; i++) m->pooled[i] = (m->pool_u[i] + m->pool_s[i]) / 2;
+        m->be->average_forward(m->pooled, m->pool_u, m->pool_s, (size_t)B * D);
         break;
     }
     }
-    cav_layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
+    m->be->layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
                           p->head_norm_b, B, D);
-    cav_linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, D, K);
-    m->out.loss = c->loss_ce ? cav_soft_ce_forward(m->logits, m->in.labels, B, K)
-                             : cav_bce_logits_forward(m->logits, m->in.labels, B, K);
+    m->be->linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, D, K);
+    m->out.loss = c->loss_ce ? m->be->soft_ce_forward(m->logits, m->in.labels, B, K)
+                             : m->be->bce_logits_forward(m->logits, m->in.labels, B, K);
 }
 
 static void backward_finetune(cav_model *m) {
     const cav_config *c = &m->cfg;
     cav_params *p = &m->p, *g = &m->g;
     int B = m->B, D = m->D, K = c->label_dim;
-    memset(m->d_logits, 0, sizeof(float) * B * K);
-    if (c->loss_ce) cav_soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
-    else cav_bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
-    memset(m->d_vec1, 0, sizeof(float) * B * D), memset(m->d_vec2, 0, sizeof(float) * B * D);
-    cav_linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, D, K);
-    cav_layernorm_backward(m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1, m->pooled, p->head_norm_w,
+    m->be->zero(m->d_logits, sizeof(float) * B * K);
+    if (c->loss_ce) m->be->soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    else m->be->bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    m->be->zero(m->d_vec1, sizeof(float) * B * D), m->be->zero(m->d_vec2, sizeof(float) * B * D);
+    m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, D, K);
+    m->be->layernorm_backward(m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1, m->pooled, p->head_norm_w,
                            m->ln_head.mean, m->ln_head.rstd, B, D);
     float *dp = m->d_vec2; /* d pooled [B,D] */
-    if (m->La) memset(m->s_a.d, 0, sizeof(float) * B * m->La * D);
-    if (m->Lv) memset(m->s_v.d, 0, sizeof(float) * B * m->Lv * D);
+    if (m->La) m->be->zero(m->s_a.d, sizeof(float) * B * m->La * D);
+    if (m->Lv) m->be->zero(m->s_v.d, sizeof(float) * B * m->Lv * D);
     switch (c->mode) {
     case CAV_FT_MULTIMODAL:
         pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, dp);
-        cav_concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+        m->be->concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
         break;
     case CAV_FT_AUDIOONLY:
         pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, dp);
-        cav_accumulate(m->s_a.d, m->s_ca.d, (size_t)B * m->La * D);
+        m->be->accumulate(m->s_a.d, m->s_ca.d, (size_t)B * m->La * D);
         break;
     case CAV_FT_VIDEOONLY:
         pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, dp);
-        cav_accumulate(m->s_v.d, m->s_cv.d, (size_t)B * m->Lv * D);
+        m->be->accumulate(m->s_v.d, m->s_cv.d, (size_t)B * m->Lv * D);
         break;
     case CAV_FT_MISSINGAUDIOONLY:
     case CAV_FT_MISSINGVIDEOONLY: {
         int a = c->mode == CAV_FT_MISSINGAUDIOONLY;
-        for (int i = 0; i < B * D; i++) m->d_vec3[i] = dp[i] / 2;
-        memcpy(m->d_vec4, m->d_vec3, sizeof(float) * B * D); /* contrast_side/pooled reuse d_vec3 */
+        m->be->average_backward(m->d_vec3, dp, (size_t)B * D);
+        m->be->copy(m->d_vec4, m->d_vec3, sizeof(float) * B * D); /* contrast_side/pooled reuse d_vec3 */
         float *dres = a ? m->s_a.d : m->s_v.d;
         size_t n = (size_t)B * (a ? m->La : m->Lv) * D;
         pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, m->d_vec4);
-        cav_accumulate(dres, m->s_u.d, n);
+        m->be->accumulate(dres, m->s_u.d, n);
         if (a) pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec4);
         else pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec4);
-        cav_accumulate(dres, a ? m->s_ca.d : m->s_cv.d, n);
+        m->be->accumulate(dres, a ? m->s_ca.d : m->s_cv.d, n);
         break;
     }
     }
@@ -1164,11 +1204,15 @@ static void forward_feat(cav_model *m) {
     cav_params *p = &m->p;
     if (m->La) {
         embed_audio(m), stream_forward(m, &m->s_a, m->emb_a), stream_forward(m, &m->s_ca, m->s_a.out);
-        final_ln_forward(&m->ln_ca, m->s_ca.out, p->norm_a_w, p->norm_a_b, (size_t)m->B * m->La, m->D);
+        final_ln_forward(m, &m->ln_ca, m->s_ca.out, p->norm_a_w, p->norm_a_b, (size_t)m->B * m->La, m->D);
+        m->be->mean_tokens_forward(m->ca_mean, m->ln_ca.out, m->B, m->La, m->D);
+        m->be->l2norm_forward(m->ca_n, m->ca_norm, m->ca_mean, m->B, m->D);
     }
     if (m->Lv) {
         embed_video(m), stream_forward(m, &m->s_v, m->emb_v), stream_forward(m, &m->s_cv, m->s_v.out);
-        final_ln_forward(&m->ln_cv, m->s_cv.out, p->norm_v_w, p->norm_v_b, (size_t)m->B * m->Lv, m->D);
+        final_ln_forward(m, &m->ln_cv, m->s_cv.out, p->norm_v_w, p->norm_v_b, (size_t)m->B * m->Lv, m->D);
+        m->be->mean_tokens_forward(m->cv_mean, m->ln_cv.out, m->B, m->Lv, m->D);
+        m->be->l2norm_forward(m->cv_n, m->cv_norm, m->cv_mean, m->B, m->D);
     }
 }
 
@@ -1179,7 +1223,7 @@ void cav_model_forward(cav_model *m) {
 }
 
 void cav_model_zero_grad(cav_model *m) {
-    if (m->grads) memset(m->grads, 0, sizeof(float) * m->nparams);
+    if (m->grads) m->be->zero(m->grads, sizeof(float) * m->nparams);
 }
 
 void cav_model_backward_accumulate(cav_model *m) {
@@ -1195,10 +1239,10 @@ void cav_model_backward(cav_model *m) {
 
 int cav_model_alloc_adam(cav_model *m) {
     if (m->adam_m) return 0;
-    m->adam_m = calloc(m->nparams, sizeof(float));
-    m->adam_v = calloc(m->nparams, sizeof(float));
+    m->adam_m = m->be->alloc(m->nparams * sizeof(float));
+    m->adam_v = m->be->alloc(m->nparams * sizeof(float));
     if (!m->adam_m || !m->adam_v) {
-        free(m->adam_m), free(m->adam_v);
+        m->be->free(m->adam_m), m->be->free(m->adam_v);
         m->adam_m = m->adam_v = NULL;
         return -1;
     }
@@ -1209,7 +1253,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
                          double wd) {
     if (!m->grads) return;
     if (cav_model_alloc_adam(m)) {
-        fprintf(stderr, "model: out of memory for the Adam moments\n");
+        fprintf(stderr, "%s: model: out of memory for the Adam moments\n", cav_tool());
         abort();
     }
     m->adam_t++;
@@ -1217,7 +1261,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
         cav_param *e = &m->table[i];
         if (!e->trainable || !e->used) continue;
         size_t o = e->offset;
-        cav_adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
+        m->be->adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
                       e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }
 }
@@ -1253,13 +1297,13 @@ size_t cav_model_input_size(const cav_model *m, cav_input which) {
 void cav_model_set_input(cav_model *m, cav_input which, const void *host, int rows) {
     size_t es;
     void *dst = input_buf(m, which, &es);
-    if (dst && rows > 0) memcpy(dst, host, es * cav_model_input_size(m, which) * (size_t)rows);
+    if (dst && rows > 0) m->be->upload(dst, host, es * cav_model_input_size(m, which) * (size_t)rows);
 }
 
 void cav_model_get_input(const cav_model *m, cav_input which, void *host, int rows) {
     size_t es;
     const void *src = input_buf(m, which, &es);
-    if (src && rows > 0) memcpy(host, src, es * cav_model_input_size(m, which) * (size_t)rows);
+    if (src && rows > 0) m->be->download(host, src, es * cav_model_input_size(m, which) * (size_t)rows);
 }
 
 static float *buffer(const cav_model *m, cav_buffer buf) {
@@ -1275,7 +1319,7 @@ static float *buffer(const cav_model *m, cav_buffer buf) {
 /* The buffer to write, allocating the moments on first use; NULL: not held (gradients of FEAT). */
 static float *buffer_w(cav_model *m, cav_buffer buf) {
     if ((buf == CAV_BUF_ADAM_M || buf == CAV_BUF_ADAM_V) && cav_model_alloc_adam(m)) {
-        fprintf(stderr, "model: out of memory for the Adam moments\n");
+        fprintf(stderr, "%s: model: out of memory for the Adam moments\n", cav_tool());
         abort();
     }
     return buffer(m, buf);
@@ -1283,31 +1327,28 @@ static float *buffer_w(cav_model *m, cav_buffer buf) {
 
 void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
     const float *b = buffer(m, buf);
-    if (b) memcpy(host, b + p->offset, sizeof(float) * p->numel);
+    if (b) m->be->download(host, b + p->offset, sizeof(float) * p->numel);
     else memset(host, 0, sizeof(float) * p->numel);
 }
 
 void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host) {
     float *b = buffer_w(m, buf);
-    if (b) memcpy(b + p->offset, host, sizeof(float) * p->numel);
+    if (b) m->be->upload(b + p->offset, host, sizeof(float) * p->numel);
 }
 
 void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host) {
     const float *b = buffer(m, buf);
-    if (b) memcpy(host, b, sizeof(float) * m->nparams);
+    if (b) m->be->download(host, b, sizeof(float) * m->nparams);
     else memset(host, 0, sizeof(float) * m->nparams);
 }
 
 void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
     float *b = buffer_w(m, buf);
-    if (b) memcpy(b, host, sizeof(float) * m->nparams);
+    if (b) m->be->upload(b, host, sizeof(float) * m->nparams);
 }
 
 int cav_model_grads_finite(const cav_model *m) {
-    if (!m->grads) return 1;
-    for (size_t i = 0; i < m->nparams; i++)
-        if (!isfinite(m->grads[i])) return 0;
-    return 1;
+    return !m->grads || m->be->all_finite(m->grads, m->nparams);
 }
 
 /* An output's memory and shape, or NULL when this task has none by that name. */
@@ -1332,6 +1373,8 @@ static const float *output(const cav_model *m, const char *name, int64_t shape[4
         {"logits", m->logits, 2, {B, m->cfg.label_dim}},
         {"feat_a", m->feat_a, 3, {B, m->La, m->D}},
         {"feat_v", m->feat_v, 3, {B, m->Lv, m->D}},
+        {"emb_a", m->cfg.task == CAV_TASK_FEAT ? m->ca_n : NULL, 2, {B, m->D}},
+        {"emb_v", m->cfg.task == CAV_TASK_FEAT ? m->cv_n : NULL, 2, {B, m->D}},
     };
     int pre = m->cfg.task == CAV_TASK_PRETRAIN, ft = m->cfg.task == CAV_TASK_FINETUNE;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -1363,6 +1406,9 @@ int cav_model_read_output(const cav_model *m, const char *name, float *host) {
     if (!p) return -1;
     size_t n = 1;
     for (int k = 0; k < nd; k++) n *= (size_t)s[k];
-    memcpy(host, p, sizeof(float) * n);
+    /* the scalar losses are in the host struct, the tensors in the backend's memory */
+    const char *o = (const char *)&m->out;
+    if ((const char *)p >= o && (const char *)p < o + sizeof m->out) memcpy(host, p, sizeof(float) * n);
+    else m->be->download(host, p, sizeof(float) * n);
     return 0;
 }

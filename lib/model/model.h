@@ -150,8 +150,11 @@ typedef struct {
     float *out, *mean, *rstd;
 } cav_ln_acts;
 
+typedef struct cav_backend cav_backend; /* kernels/kernels.h */
+
 typedef struct {
     cav_config cfg;
+    cav_backend *be; /* where the buffers live and the ops run */
     int B;
     /* derived sizes */
     int T, F, S, gf, gt;        /* audio patch grid gf x gt (frequency rows x time columns) */
@@ -190,7 +193,8 @@ typedef struct {
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
-    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2;
+    float *sc_ln, *sc_atty, *sc_qkv, *sc_h1, *sc_h2, *sc_att; /* sc_att: attention's backward workspace */
+    double *con_work;                                         /* the contrastive loss's workspace */
     /* outputs */
     struct {
         float loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, c_acc;
@@ -202,13 +206,16 @@ typedef struct {
         float *da, *dv;      /* [n,D] backward scratch */
         double mae[4];       /* forward: this model's MAE sums (audio squared-error sum, mask count; video) */
         double den_a, den_v; /* the group's mask counts, set by cav_model_split_losses */
+        double *work;        /* the contrastive loss's workspace for n rows */
     } split;
 } cav_model;
 
 /* Parameter count of a config (all tensors, and the trainable ones) without building the model. */
 size_t cav_config_param_count(const cav_config *cfg, size_t *trainable);
 
-/* Builds the model for batch size B (parameters uninitialised). NULL with err filled on failure. */
+/* Builds the model for batch size B on a backend (cav_backend_open: "cpu", "cuda", ...; parameters
+ * uninitialised). NULL with err filled on failure. cav_model_create is the same on the CPU. */
+cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err);
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
 void cav_model_free(cav_model *m);
 /* The reference's initialisation (SPEC 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
@@ -239,7 +246,8 @@ void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows);
 int cav_model_split(cav_model *m, int n, int row0);
 
 /* Forward of the task: pretraining losses and predictions, fine-tuning logits and loss, or (task FEAT)
- * feat_a [B,La_full,D] and feat_v [B,Lv_full,D]. */
+ * feat_a [B,La_full,D] and feat_v [B,Lv_full,D] and the retrieval embeddings emb_a, emb_v [B,D] (their
+ * mean over tokens, L2-normalised). */
 void cav_model_forward(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
@@ -278,7 +286,8 @@ void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host);
 int cav_model_grads_finite(const cav_model *m);
 
 /* Outputs by name: "loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc" (pretraining; "loss"
- * also fine-tuning), "pred_a", "pred_v", "mask_a", "mask_v", "logits", "feat_a", "feat_v". The shape and
+ * also fine-tuning), "pred_a", "pred_v", "mask_a", "mask_v", "logits", "feat_a", "feat_v", "emb_a", "emb_v"
+ * (embedding). The shape and
  * the element count, or -1 when this task has no such output. Scalar losses stay in the host struct m->out
  * (the model downloads them after the forward). */
 int cav_model_output_shape(const cav_model *m, const char *name, int64_t shape[4], int *ndim);

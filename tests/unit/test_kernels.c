@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "kernels.h"
+#include "cpu.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double urand(void) { /* [0,1) */
@@ -271,7 +271,9 @@ static void attention_case(int B, int N, int C, int H) {
             }
     CHECK(max_abs_diff(c.out, ref, B * N * C) < 1e-5);
     float *dqkv = rnd(B * N * 3 * C, 1); /* garbage in dqkv: it must be overwritten */
-    cav_attention_backward(dqkv, c.r, c.qkv, c.att, B, N, C, H);
+    float *work = rnd(cav_attention_workspace(N), 1); /* garbage: scratch only */
+    cav_attention_backward(dqkv, c.r, c.qkv, c.att, work, B, N, C, H);
+    free(work);
     CHECK(gradcheck(c.qkv, B * N * 3 * C, dqkv, att_obj, &c, 1e-2) < 2e-3);
     free(ref), free(c.qkv), free(c.out), free(c.att), free(c.r), free(dqkv);
 }
@@ -451,7 +453,9 @@ static double con_obj(void *p) {
     con_ctx *c = p;
     cav_l2norm_forward(c->an, c->na, c->a, c->B, c->C);
     cav_l2norm_forward(c->vn, c->nv, c->v, c->B, c->C);
-    return cav_contrastive_forward(NULL, c->an, c->vn, c->B, c->C, c->bidir);
+    double work[2 * 8 * 8 + 8];
+    if (cav_contrastive_workspace(c->B) > sizeof work / sizeof work[0]) abort();
+    return cav_contrastive_forward(NULL, c->an, c->vn, c->B, c->C, c->bidir, work);
 }
 static double naive_nce(const float *a, const float *v, int B, int C, int transpose, double *acc) {
     double S[B][B], loss = 0;
@@ -490,14 +494,17 @@ static void test_contrastive(void) {
         for (int i = 0; i < C; i++) c.v[2 * C + i] = c.a[2 * C + i] + 0.1f * c.v[2 * C + i]; /* one sure hit */
         double loss = con_obj(&c);
         float acc;
-        cav_contrastive_forward(&acc, c.an, c.vn, B, C, bidir);
+        double *work = malloc(sizeof(double) * cav_contrastive_workspace(B));
+        cav_contrastive_forward(&acc, c.an, c.vn, B, C, bidir, work);
         double a1, a2, l1 = naive_nce(c.a, c.v, B, C, 0, &a1), l2 = naive_nce(c.a, c.v, B, C, 1, &a2);
         double want = bidir ? (l1 + l2) / 2 : l1, want_acc = bidir ? (a1 + a2) / 2 : a1;
         CHECK_NEAR(loss, want, 1e-5 * want);
         CHECK_NEAR(acc, want_acc, 1e-6);
         CHECK(acc >= 0.2f - 1e-6);
         float *dan = zeros(B * C), *dvn = zeros(B * C), *da = zeros(B * C), *dv = zeros(B * C);
-        cav_contrastive_backward(dan, dvn, 1.0f, c.an, c.vn, B, C, bidir);
+        for (size_t i = 0; i < cav_contrastive_workspace(B); i++) work[i] = 1e300; /* garbage: scratch only */
+        cav_contrastive_backward(dan, dvn, 1.0f, c.an, c.vn, B, C, bidir, work);
+        free(work);
         cav_l2norm_backward(da, dan, c.an, c.na, B, C);
         cav_l2norm_backward(dv, dvn, c.vn, c.nv, B, C);
         CHECK(gradcheck(c.a, B * C, da, con_obj, &c, 1e-3) < 5e-3);
@@ -522,7 +529,7 @@ static void test_mse(void) {
     memcpy(raw, c.t, sizeof raw);
     float mask[M] = {1, 0, 1, 1, 0, 1};
     c.mask = mask;
-    cav_normpix(c.t, M, P);
+    cav_normpix(c.t, M, P, 1e-6f);
     double num = 0;
     for (int m = 0; m < M; m++) {
         double mu = 0, var = 0, s = 0;
@@ -627,6 +634,148 @@ static void test_adam(void) {
     }
 }
 
+/* ---- every backend against the CPU reference (ggml's test-backend-ops) --------------------------- */
+
+static const cav_backend *cur_be; /* the backend under test */
+
+/* A host array in the backend's memory, and back. */
+static void *dev(const void *host, size_t bytes) {
+    void *d = cur_be->alloc(bytes ? bytes : 1);
+    if (d && host && bytes) cur_be->upload(d, host, bytes);
+    return d;
+}
+static float *back(const void *d, size_t n) {
+    float *h = malloc(sizeof(float) * (n ? n : 1));
+    if (n) cur_be->download(h, d, sizeof(float) * n);
+    return h;
+}
+/* max |backend - cpu| over n values, relative to max |cpu| */
+static double rel_diff(const float *d, const float *ref, size_t n) {
+    float *h = back(d, n);
+    double ma = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) ma = fmax(ma, fabs((double)h[i] - ref[i])), mb = fmax(mb, fabs((double)ref[i]));
+    free(h);
+    return mb > 0 ? ma / mb : ma;
+}
+
+/* One shape: B rows of N tokens of C channels, H heads. */
+static int backend_case(int B, int N, int C, int H, double tol) {
+    const cav_backend *be = cur_be;
+    int ok = 1, M = B * N, L = (N + 1) / 2, OC = 2 * C + 1;
+    size_t nx = (size_t)M * C;
+    float *x = rnd(nx, 1), *w = rnd((size_t)OC * C, 0.3), *b = rnd(OC, 0.1), *g = rnd(C, 1), *bb = rnd(C, 0.1);
+    float *dx = rnd((size_t)M * OC, 1);
+    float *dev_x = dev(x, sizeof(float) * nx), *dev_w = dev(w, sizeof(float) * OC * C), *dev_b = dev(b, sizeof(float) * OC);
+    /* linear, forward and backward */
+    float *ref = zeros((size_t)M * OC), *out = dev(NULL, sizeof(float) * M * OC);
+    cav_linear_forward(ref, x, w, b, M, C, OC);
+    be->linear_forward(out, dev_x, dev_w, dev_b, M, C, OC);
+    ok &= rel_diff(out, ref, (size_t)M * OC) <= tol;
+    float *rdi = zeros(nx), *rdw = zeros((size_t)OC * C), *rdb = zeros(OC);
+    float *ddo = dev(dx, sizeof(float) * M * OC), *ddi = dev(rdi, sizeof(float) * nx);
+    float *ddw = dev(rdw, sizeof(float) * OC * C), *ddb = dev(rdb, sizeof(float) * OC);
+    cav_linear_backward(rdi, rdw, rdb, dx, x, w, M, C, OC);
+    be->linear_backward(ddi, ddw, ddb, ddo, dev_x, dev_w, M, C, OC);
+    ok &= rel_diff(ddi, rdi, nx) <= tol && rel_diff(ddw, rdw, (size_t)OC * C) <= tol && rel_diff(ddb, rdb, OC) <= tol;
+    /* layernorm */
+    float *lo = zeros(nx), *lm = zeros(M), *lr = zeros(M), *dg = dev(g, sizeof(float) * C), *dbb = dev(bb, sizeof(float) * C);
+    float *dlo = dev(NULL, sizeof(float) * nx), *dlm = dev(NULL, sizeof(float) * M), *dlr = dev(NULL, sizeof(float) * M);
+    cav_layernorm_forward(lo, lm, lr, x, g, bb, M, C);
+    be->layernorm_forward(dlo, dlm, dlr, dev_x, dg, dbb, M, C);
+    ok &= rel_diff(dlo, lo, nx) <= tol && rel_diff(dlr, lr, M) <= tol;
+    /* attention: forward, and the backward through the opaque state and the caller's workspace */
+    float *qkv = rnd(3 * nx, 1), *ao = zeros(nx), *att = zeros((size_t)B * H * N * N), *dq = zeros(3 * nx);
+    float *dqkv = dev(qkv, sizeof(float) * 3 * nx), *dao = dev(NULL, sizeof(float) * nx);
+    float *dst = dev(NULL, sizeof(float) * be->attention_state_size(B, H, N));
+    float *dwk = dev(NULL, sizeof(float) * be->attention_workspace(B, H, N)), *ddq = dev(NULL, sizeof(float) * 3 * nx);
+    float *cwork = malloc(sizeof(float) * cav_attention_workspace(N));
+    cav_attention_forward(ao, att, qkv, B, N, C, H);
+    be->attention_forward(dao, dst, dqkv, B, N, C, H);
+    ok &= rel_diff(dao, ao, nx) <= tol;
+    cav_attention_backward(dq, x, qkv, att, cwork, B, N, C, H);
+    be->attention_backward(ddq, dev_x, dqkv, dst, dwk, B, N, C, H);
+    ok &= rel_diff(ddq, dq, 3 * nx) <= tol;
+    /* masking gather, its scatter, the MAE mask; pooling and L2 normalisation */
+    int64_t *idx = malloc(sizeof(int64_t) * B * L);
+    for (int i = 0; i < B; i++) /* distinct per row: a reversed run */
+        for (int l = 0; l < L; l++) idx[i * L + l] = (N - 1 - l - i % 2 + N) % N;
+    int64_t *didx = dev(idx, sizeof(int64_t) * B * L);
+    float *go = zeros((size_t)B * L * C), *dgo = dev(NULL, sizeof(float) * B * L * C);
+    cav_gather_tokens_forward(go, x, idx, B, N, L, C);
+    be->gather_tokens_forward(dgo, dev_x, didx, B, N, L, C);
+    ok &= rel_diff(dgo, go, (size_t)B * L * C) <= tol;
+    float *gi = zeros(nx), *dgi = dev(gi, sizeof(float) * nx);
+    cav_gather_tokens_backward(gi, go, idx, B, N, L, C);
+    be->gather_tokens_backward(dgi, dgo, didx, B, N, L, C);
+    ok &= rel_diff(dgi, gi, nx) <= tol;
+    float *mk = zeros(M), *dmk = dev(NULL, sizeof(float) * M);
+    cav_mask_from_keep(mk, idx, B, N, L);
+    be->mask_from_keep(dmk, didx, B, N, L);
+    ok &= rel_diff(dmk, mk, M) <= tol;
+    float *pm = zeros((size_t)B * C), *pn = zeros((size_t)B * C), *pr = zeros(B);
+    float *dpm = dev(NULL, sizeof(float) * B * C), *dpn = dev(NULL, sizeof(float) * B * C), *dpr = dev(NULL, sizeof(float) * B);
+    cav_mean_tokens_forward(pm, x, B, N, C), cav_l2norm_forward(pn, pr, pm, B, C);
+    be->mean_tokens_forward(dpm, dev_x, B, N, C), be->l2norm_forward(dpn, dpr, dpm, B, C);
+    ok &= rel_diff(dpn, pn, (size_t)B * C) <= tol;
+    /* contrastive loss over the B pooled rows, through the caller's workspace */
+    double *w1 = malloc(sizeof(double) * cav_contrastive_workspace(B));
+    double *w2 = dev(NULL, sizeof(double) * be->contrastive_workspace(B));
+    float a1 = 0, a2 = 0, l1 = cav_contrastive_forward(&a1, pn, pn, B, C, 1, w1);
+    float l2 = be->contrastive_forward(&a2, dpn, dpn, B, C, 1, w2);
+    ok &= fabs(l1 - l2) <= tol * fmax(1, fabs(l1)) && a1 == a2;
+    /* Adam on the linear weight, and the finiteness check */
+    float *pm1 = zeros((size_t)OC * C), *pv1 = zeros((size_t)OC * C), *wc = malloc(sizeof(float) * OC * C);
+    memcpy(wc, w, sizeof(float) * OC * C);
+    float *dm1 = dev(pm1, sizeof(float) * OC * C), *dv1 = dev(pv1, sizeof(float) * OC * C);
+    cav_adam_step(wc, rdw, pm1, pv1, (size_t)OC * C, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1);
+    be->adam_step(dev_w, ddw, dm1, dv1, (size_t)OC * C, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1);
+    ok &= rel_diff(dev_w, wc, (size_t)OC * C) <= tol && be->all_finite(dev_w, (size_t)OC * C);
+    /* memory: zero and copy */
+    be->copy(dlo, dev_x, sizeof(float) * nx);
+    ok &= rel_diff(dlo, x, nx) == 0;
+    be->zero(dlo, sizeof(float) * nx);
+    float *z = zeros(nx);
+    ok &= rel_diff(dlo, z, nx) == 0;
+    free(z);
+    void *devs[] = {dev_x, dev_w, dev_b, out, ddo, ddi, ddw, ddb, dg, dbb, dlo, dlm, dlr, dqkv, dao, dst, dwk, ddq,
+                    didx, dgo, dgi, dmk, dpm, dpn, dpr, w2, dm1, dv1};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) be->free(devs[i]);
+    void *hosts[] = {x, w, b, g, bb, dx, ref, rdi, rdw, rdb, lo, lm, lr, qkv, ao, att, dq, cwork, idx, go, gi, mk, pm,
+                     pn, pr, w1, pm1, pv1, wc};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+    return ok;
+}
+
+/* Each backend built in against the CPU kernels on random shapes, awkward ones included (odd token counts,
+ * one row, one token); a backend not present here is skipped. */
+static void test_backends(void) {
+    static const char *names[] = {"cpu", "cuda"};
+    int ran = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        cav_err err = {0, ""};
+        cur_be = cav_backend_open(names[k], &err);
+        if (!cur_be) {
+            fprintf(stderr, "  backend %s: SKIPPED (%s)\n", names[k], err.msg);
+            CHECK(err.code == 1);
+            continue;
+        }
+        /* shapes: (B, N, C, H) */
+        static const int shapes[][4] = {{2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
+        int ok = 1;
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            int good = backend_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 1e-5);
+            if (!good) fprintf(stderr, "  backend %s: shape %d %d %d %d differs\n", names[k], shapes[i][0],
+                               shapes[i][1], shapes[i][2], shapes[i][3]);
+            ok &= good;
+        }
+        CHECK(ok);
+        ran++;
+    }
+    cav_err err = {0, ""};
+    CHECK(cav_backend_open("tpu", &err) == NULL && err.code == 1 && strstr(err.msg, "unknown"));
+    CHECK(ran >= 1);
+}
+
 int main(void) {
     TEST(test_linear);
     TEST(test_linear_banded);
@@ -640,5 +789,6 @@ int main(void) {
     TEST(test_mse);
     TEST(test_classification_losses);
     TEST(test_adam);
+    TEST(test_backends);
     return harness_exit();
 }

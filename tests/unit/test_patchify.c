@@ -3,7 +3,7 @@
  * round trips patchify -> unpatchify. */
 #include "harness.h"
 #include "augment.h"
-#include "kernels.h"
+#include "cpu.h"
 #include "patchify.h"
 
 #include <stdint.h>
