@@ -18,6 +18,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "json.h"
+#include "kernels.h"
 #include "trainio.h"
 #include "weights.h"
 
@@ -194,7 +195,7 @@ static const cav_opt train_table[] = {
      .offset = RUN(device),
      .def = "cpu",
      .arg = "NAME",
-     .help = "compute backend",
+     .help = "compute backend: cpu, or cuda / cuda:N in a build with CUDA",
      .key = "device"},
     {.name = "batch-size",
      .short_name = 'b',
@@ -728,18 +729,6 @@ static int loader_only(cav_loader *tl, int threads, cav_err *err) {
     return 0;
 }
 
-/* cav_model_describe's lines, each as a message of the tool. */
-static void describe_model(const cav_model *m) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return;
-    cav_model_describe(m, f);
-    fclose(f);
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) cav_msg("%s", line);
-    free(text);
-}
-
 static int stop_nonfinite(cav_trainer *t, const position *p, double loss, cav_err *err) {
     char last[4096] = "none";
     cav_ckpt_latest(t->o->out_dir, last, sizeof last, NULL);
@@ -756,8 +745,9 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
     float *sum = NULL;
     position pos = {1, 0, 0, {0}, 0, task->best_higher ? -INFINITY : INFINITY, 0, NULL, 0};
     char cfgjson[2048], path[4200], ck[4096];
-    if (strcmp(o->device, "cpu"))
-        return cav_fail(err, 1, "--device %s: this build runs on the CPU only (--device cpu)", o->device), 1;
+    cav_err berr = {0, ""};
+    cav_backend *be = cav_backend_open(o->device, &berr);
+    if (!be) return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code; /* names --device */
     if (o->batch % d->world)
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->batch, d->world), 1;
     if (cav_config_check(cfg, err)) return 1;
@@ -797,7 +787,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             goto done;
         }
     }
-    if (!(t.m = cav_model_create(cfg, rows, err))) {
+    if (!(t.m = cav_model_create_on(be, cfg, rows, err))) {
         rc = err->code ? err->code : 3;
         goto done;
     }
@@ -833,7 +823,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
     }
     if (d->rank == 0) {
         char more[512] = "";
-        describe_model(m);
+        cav_model_describe(m, stderr);
         cav_msg("config %s", cfgjson);
         if (task->describe) task->describe(&t, more, sizeof more);
         cav_msg("%lld training rows, %lld steps per epoch, batch %d, %d process%s%s",
