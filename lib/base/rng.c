@@ -4,7 +4,7 @@
 
 #include <math.h>
 
-static uint64_t splitmix64(uint64_t *x) {
+uint64_t cav_splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -14,13 +14,13 @@ static uint64_t splitmix64(uint64_t *x) {
 void cav_rng_seed(cav_rng *r, uint64_t seed, uint64_t stream, uint64_t a, uint64_t b) {
     /* Fold the key through splitmix so that nearby keys give unrelated states. */
     uint64_t x = seed;
-    uint64_t h = splitmix64(&x);
+    uint64_t h = cav_splitmix64(&x);
     x = h ^ stream;
-    h = splitmix64(&x);
+    h = cav_splitmix64(&x);
     x = h ^ a;
-    h = splitmix64(&x);
+    h = cav_splitmix64(&x);
     x = h ^ b;
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++) r->s[i] = cav_splitmix64(&x);
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

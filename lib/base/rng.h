@@ -23,6 +23,10 @@ enum {
     CAV_RNG_DITHER,
 };
 
+/* splitmix64 (Steele et al.): advances *state by the golden gamma and returns its mixed value; the seeder
+ * below, the model's initialisation stream and fbank's dither draw from it. */
+uint64_t cav_splitmix64(uint64_t *state);
+
 void cav_rng_seed(cav_rng *r, uint64_t seed, uint64_t stream, uint64_t a, uint64_t b);
 uint64_t cav_rng_u64(cav_rng *r);
 float cav_rng_float(cav_rng *r);    /* uniform [0,1), 24 random bits, as torch.rand's float32 */

@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "rfft.h"
+#include "rng.h"
 #include "torchmath.h"
 
 /* Frames go BLK at a time: their means are summed frame by frame (SIMD along the frame, in torch's order),
@@ -368,11 +369,7 @@ void cav_fbank_reseed(cav_fbank *fb, uint64_t seed) {
 
 /* splitmix64, then Box-Muller: a reproducible Gaussian stream for dither. */
 static double rng_uniform(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return ((cav_splitmix64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
 static float rng_gauss(uint64_t *s) {

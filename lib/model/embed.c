@@ -1,6 +1,6 @@
 /* embed.c: see embed.h. The checkpoint is read once (a .pth is decoded into memory, a safetensors file is
- * mapped): its names decide the model type and are checked against the encoder's table before any value
- * is copied. */
+ * mapped, both through lib/model/weights): its names decide the model type, and the weights module checks
+ * them against the encoder's table as it copies. */
 #include "embed.h"
 
 #include <math.h>
@@ -9,56 +9,29 @@
 
 #include "json.h"
 #include "kernels.h"
-#include "pth.h"
-#include "safetensors.h"
-
-static const char *strip_module(const char *name) { return strncmp(name, "module.", 7) == 0 ? name + 7 : name; }
+#include "weights.h"
 
 static int is_decoder_name(const char *n) { return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0; }
 
-/* The checkpoint's "config" metadata (cav-pretrain, cav-finetune) applied key by key; a key the C model
- * does not know is an error, not silently ignored. */
-static int apply_config(cav_config *cfg, const cav_json *j, const char *path, cav_err *err) {
-    for (int i = 0; i < j->n; i++) {
-        const cav_json *v = j->items[i];
-        char text[64];
-        switch (v->type) {
-        case CAV_JSON_NUMBER: snprintf(text, sizeof text, "%.17g", v->number); break;
-        case CAV_JSON_BOOL: snprintf(text, sizeof text, "%s", v->boolean ? "true" : "false"); break;
-        case CAV_JSON_STRING: snprintf(text, sizeof text, "%s", v->string); break;
-        case CAV_JSON_NULL: continue;
-        default: return cav_fail(err, 2, "%s: metadata config key %s: not a scalar", path, j->keys[i]);
-        }
-        int rc = cav_config_set(cfg, j->keys[i], text);
-        if (rc == -2) return cav_fail(err, 2, "%s: metadata config key %s: unknown to this model", path, j->keys[i]);
-        if (rc) return cav_fail(err, 2, "%s: metadata config key %s: bad value %s", path, j->keys[i], text);
-    }
-    return 0;
+/* The part of the checkpoint's model that retrieval does not run. */
+static int other_part(const char *name, void *ctx) {
+    cav_embed_type t = *(const cav_embed_type *)ctx;
+    return (t == CAV_EMBED_FINETUNE && strncmp(name, "mlp_head.", 9) == 0) || (t == CAV_EMBED_PRETRAIN && is_decoder_name(name));
 }
 
 int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
     memset(e, 0, sizeof *e);
     err->code = 0;
-    size_t len = strlen(o->path);
-    int is_st = len > 12 && strcmp(o->path + len - 12, ".safetensors") == 0;
-    cav_safetensors st;
-    cav_pth pth;
+    cav_weights w;
     cav_json *cj = NULL;
-    int rc = -1, count;
-    if (is_st) {
-        if (cav_st_open(&st, o->path, err)) return -1;
-        count = st.n;
-    } else {
-        if (cav_pth_load(&pth, o->path, err)) return -1;
-        count = pth.n;
-    }
-#define NAME(i) strip_module(is_st ? st.t[i].name : pth.t[i].name)
+    int rc = -1;
+    if (cav_weights_open(&w, o->path, err)) return -1;
     int has_head = 0, has_dec = 0;
-    for (int i = 0; i < count; i++) {
-        has_head |= strncmp(NAME(i), "mlp_head.", 9) == 0;
-        has_dec |= is_decoder_name(NAME(i));
+    for (int i = 0; i < w.n; i++) {
+        has_head |= strncmp(cav_weights_name(&w, i), "mlp_head.", 9) == 0;
+        has_dec |= is_decoder_name(cav_weights_name(&w, i));
     }
-    const char *cfgtext = is_st ? cav_st_meta(&st, "config") : NULL;
+    const char *cfgtext = cav_weights_meta(&w, "config");
     char jerr[256];
     if (cfgtext) {
         cj = cav_json_parse(cfgtext, strlen(cfgtext), jerr, sizeof jerr);
@@ -82,7 +55,7 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
     e->type = file_type;
     cav_config cfg = cav_config_default(CAV_TASK_FEAT);
     if (cj) {
-        if (apply_config(&cfg, cj, o->path, err)) goto done;
+        if (cav_config_from_json(&cfg, cj, o->path, "metadata config", NULL, err)) goto done;
         e->config_from_file = 1;
     } else if (o->arch && cav_config_size(&cfg, o->arch)) {
         cav_fail(err, 1, "--arch: base or tiny, not '%s'", o->arch);
@@ -112,59 +85,14 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         if (!err->code) err->code = 3;
         goto done;
     }
-    cav_model *m = e->m;
-    char *seen = calloc((size_t)m->ntable, 1);
-    if (!seen) {
-        cav_fail(err, 3, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < count; i++) {
-        const char *name = NAME(i);
-        cav_param *p = cav_model_param(m, name);
-        if (!p) {
-            if ((file_type == CAV_EMBED_FINETUNE && strncmp(name, "mlp_head.", 9) == 0) ||
-                (file_type == CAV_EMBED_PRETRAIN && is_decoder_name(name)))
-                continue; /* the part of the model retrieval does not run */
-            cav_fail(err, 2, "%s: %s: not a parameter of this model", o->path, name);
-            break;
-        }
-        int ndim = is_st ? st.t[i].ndim : pth.t[i].ndim;
-        const int64_t *shape = is_st ? st.t[i].shape : pth.t[i].shape;
-        int same = ndim == p->ndim;
-        for (int d = 0; same && d < ndim; d++) same = shape[d] == p->shape[d];
-        if (!same) {
-            char got[96] = "", want[96] = "";
-            for (int d = 0; d < ndim && d < 4; d++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? "," : "", (long long)shape[d]);
-            for (int d = 0; d < p->ndim; d++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? "," : "", (long long)p->shape[d]);
-            cav_fail(err, 2, "%s: %s: shape [%s], the model's is [%s]%s", o->path, name, got, want,
-                     cfgtext ? "" : " (no config in the file: give --arch / --set)");
-            break;
-        }
-        if (is_st) {
-            float *host = malloc(p->numel * sizeof *host);
-            if (!host) {
-                cav_fail(err, 3, "out of memory");
-                break;
-            }
-            if (!cav_st_copy_f32(&st, &st.t[i], host, p->numel, err)) cav_model_write_param(m, CAV_BUF_PARAMS, p, host);
-            free(host);
-            if (err->code) break;
-        } else {
-            cav_model_write_param(m, CAV_BUF_PARAMS, p, pth.t[i].data);
-        }
-        seen[p - m->table] = 1;
-        e->nparams_loaded++;
-    }
-#undef NAME
-    int bad = err->code != 0;
-    for (int i = 0; i < m->ntable && !bad; i++)
-        if (!seen[i]) bad = 1, cav_fail(err, 2, "%s: parameter %s missing", o->path, m->table[i].name);
-    free(seen);
-    if (!bad) rc = 0;
+    cav_weights_load_opts lo = {.ignore = other_part, .ctx = &file_type,
+                                .shape_hint = cfgtext ? "" : " (no config in the file: give --arch / --set)"};
+    if (cav_weights_load(e->m, &w, &lo, err)) goto done;
+    e->nparams_loaded = lo.loaded;
+    rc = 0;
 done:
     cav_json_free(cj);
-    if (is_st) cav_st_close(&st);
-    else cav_pth_free(&pth);
+    cav_weights_close(&w);
     if (rc) cav_embedder_close(e);
     return rc;
 }

@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "kernels.h"
+#include "rng.h"
 
 /* ---- configuration ------------------------------------------------------------------------------ */
 
@@ -638,13 +639,7 @@ void cav_model_describe(const cav_model *m, FILE *f) {
 
 /* ---- initialisation and masks ------------------------------------------------------------------ */
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double uniform01(uint64_t *s) { return (double)(splitmix(s) >> 11) / 9007199254740992.0; }
+static double uniform01(uint64_t *s) { return (double)(cav_splitmix64(s) >> 11) / 9007199254740992.0; }
 static double normal01(uint64_t *s) {
     double u = uniform01(s), v = uniform01(s);
     return sqrt(-2.0 * log(1.0 - u)) * cos(2 * M_PI * v);

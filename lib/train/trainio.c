@@ -1,8 +1,6 @@
 /* trainio.c: see trainio.h. */
 #include "trainio.h"
 
-#include "cli.h"
-
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,8 +9,8 @@
 
 #include "atomicfile.h"
 #include "checkpoint.h"
-#include "pretrain.h"
 #include "safetensors.h"
+#include "weights.h"
 
 /* One of the model's buffers (parameters, Adam's moments) as safetensors entries over a host copy *base
  * (freed by the caller). */
@@ -80,25 +78,13 @@ out:
 cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err) {
     char p[4200];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    if (cav_load_params(m, p, 0, 0, NULL, err)) return NULL;
+    if (cav_weights_load_path(m, p, 0, 0, NULL, err)) return NULL;
     snprintf(p, sizeof p, "%s/optim.safetensors", dir);
-    cav_safetensors st;
-    if (cav_st_open(&st, p, err)) return NULL;
-    int rc = 0;
-    float *host = malloc(m->nparams * sizeof *host);
-    if (!host) rc = cav_fail(err, 3, "out of memory");
-    for (int i = 0; i < m->ntable && !rc; i++) {
-        char name[96];
-        for (int k = 0; k < 2 && !rc; k++) {
-            snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', m->table[i].name);
-            const cav_st_tensor *x = cav_st_find(&st, name);
-            if (!x) rc = cav_fail(err, 2, "%s: %s missing", p, name);
-            else if (!(rc = cav_st_copy_f32(&st, x, host, m->table[i].numel, err)))
-                cav_model_write_param(m, k ? CAV_BUF_ADAM_V : CAV_BUF_ADAM_M, &m->table[i], host);
-        }
-    }
-    free(host);
-    cav_st_close(&st);
+    cav_weights w;
+    if (cav_weights_open(&w, p, err)) return NULL;
+    int rc = cav_weights_load_buffer(m, &w, CAV_BUF_ADAM_M, "m.", err) ||
+             cav_weights_load_buffer(m, &w, CAV_BUF_ADAM_V, "v.", err);
+    cav_weights_close(&w);
     if (rc) return NULL;
     snprintf(p, sizeof p, "%s/state.json", dir);
     char jerr[512];
@@ -109,16 +95,4 @@ cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err)
 
 int cav_train_write_file(const char *path, const char *text, cav_err *err) {
     return cav_afile_write_text(path, text, err);
-}
-
-int cav_train_all_finite(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
-void cav_train_set_knob(cav_config *cfg, const char *key, const char *value) {
-    int r = cav_config_set(cfg, key, value);
-    if (r == -2) cav_usage_error("unknown model knob '%s'", key);
-    if (r) cav_usage_error("bad value '%s' for %s", value, key);
 }

@@ -1,7 +1,7 @@
 /* trainio.h: the files a training tool writes and reads back, shared by cav-pretrain and cav-finetune:
  * a model as safetensors (reference names, config JSON as metadata), a checkpoint of the parameters and
  * Adam moments with the trainer's own state.json (through lib/checkpoint's crash-safe directories), the
- * restore of such a checkpoint into a model, and small helpers (a text file, a finiteness check). */
+ * restore of such a checkpoint into a model (through lib/model/weights), and writing a small text file. */
 #ifndef CAV_TRAINIO_H
 #define CAV_TRAINIO_H
 
@@ -19,9 +19,6 @@ int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long
 /* Parameters and Adam moments (allocated by the caller) from checkpoint directory dir; returns its
  * state.json parsed (the caller frees it), or NULL with err. */
 cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err);
-/* cav_config_set for a command-line option: an unknown key or a bad value is a usage error (exit 1). */
-void cav_train_set_knob(cav_config *cfg, const char *key, const char *value);
 int cav_train_write_file(const char *path, const char *text, cav_err *err);
-int cav_train_all_finite(const float *x, size_t n);
 
 #endif

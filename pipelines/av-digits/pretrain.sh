@@ -38,7 +38,7 @@ done
 for v in $VARIANTS; do
     out=$RUN/$v
     resume=""
-    [ -d "$out/checkpoints" ] && resume=--resume
+    [ -e "$out" ] && resume=--resume # a new run needs an empty --out; without a checkpoint --resume starts anew
     say "cav-pretrain --variant $v: $EPOCHS epochs, batch $BATCH, lr $LR -> $out"
     cw=()
     case $v in cav-mae | cav) cw=(--contrast-weight "$CONTRAST_WEIGHT") ;; esac

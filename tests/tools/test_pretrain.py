@@ -241,7 +241,7 @@ for order in (["--contrast-weight", "0.3", "--variant", "cav-mae"], ["--variant"
     r = pretrain(os.path.join(TMP, "order"), "-e", "1", "--max-steps", "1", *order, train, check=False)
     shutil.rmtree(os.path.join(TMP, "order"), ignore_errors=True)
     report("knob_after_variant_" + order[0].strip("-"), r.returncode == 0 and
-           '"contrast_loss_weight":0.2999' in r.stderr and '"embed_dim":32' in r.stderr, r.stderr[-300:])
+           '"contrast_loss_weight": 0.2999' in r.stderr and '"embed_dim": 32' in r.stderr, r.stderr[-300:])
 
 # Input without fbank: refused at start-up, naming the shard and the field.
 bad = os.path.join(TMP, "nofbank.h5")
