@@ -204,8 +204,9 @@ def main():
         c = index['clips'].get(vid)
         if c is None or c['key'] != key_of(p) or c['path'] != os.path.abspath(p):
             todo.append(vid)
-    print('prepare: %d clips listed, %d found, %d to decode (new or changed), %d decoded before'
-          % (sum(len(v) for v in data.values()), len(wanted), len(todo), len(wanted) - len(todo)), file=sys.stderr)
+    print('prepare: %d entries listed in %d data files, %d distinct clips found, %d to decode (new or changed), %d decoded before'
+          % (sum(len(v) for v in data.values()), len(data), len(wanted), len(todo), len(wanted) - len(todo)),
+          file=sys.stderr)
 
     if todo:
         n = 1 + max([int(re.findall(r'\d+', p)[0]) for p in index['parts']] or [-1])

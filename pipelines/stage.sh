@@ -13,7 +13,7 @@
 # crash or a kill; a directory without one is the start of a run that never checkpointed and is started afresh.
 # The done file is written last, so Make reruns an unfinished stage and skips a finished one.
 # Environment (from the Makefile): DATA_DIR_<DATA> (the shards of a dataset: train.h5, eval.h5, ret.h5),
-# SCALE (mini or full), MODEL (tiny or base), GROUPS (contrast groups), LAUNCH (e.g. "mpirun -np 4"),
+# SCALE (mini or full), MODEL (tiny or base), CONTRAST_GROUPS (contrast groups), LAUNCH (e.g. "mpirun -np 4"),
 # DEVICE (passed as --device when set), THREADS, SAVE_EVERY, the recipes' PT_*/FT_* settings (see the Makefile).
 set -euo pipefail
 kind=$1 W=$2 name=$3
@@ -54,7 +54,7 @@ pretrain)
     [ ${#F[@]} -eq 9 ] || die "pretrain name $name: expected DATA_VARIANT_cX_mX_MODE_NORM_bN_eN_lrX"
     data=${F[0]} variant=${F[1]} c=${F[2]#c} m=${F[3]#m} mode=${F[4]} norm=${F[5]} b=${F[6]#b} e=${F[7]#e} lr=${F[8]#lr}
     args=(--variant "$variant" --model "${MODEL:-tiny}" -b "$b" -e "$e" --lr "$lr" --mask-ratio-a "$m"
-          --mask-ratio-v "$m" --mask-mode "$mode" --contrast-groups "${GROUPS:-4}" --seed "${SEED:-1}"
+          --mask-ratio-v "$m" --mask-mode "$mode" --contrast-groups "${CONTRAST_GROUPS:-4}" --seed "${SEED:-1}"
           --save-every "${SAVE_EVERY:-1000}" --log-every "${LOG_EVERY:-100}")
     case $variant in cav-mae | cav) args+=(--contrast-weight "$c") ;; esac
     [ "$norm" = nonorm ] && args+=(--no-norm-pix-loss)
@@ -87,6 +87,9 @@ finetune)
     *) die "unknown mode $mode" ;;
     esac
     [ -f "$init" ] || die "$init: missing"
+    # the single-stream variants have only joint layers (cav-pretrain(1), Variants): so has their classifier
+    IFS=_ read -r -a P <<<"$pt"
+    case ${P[1]} in vanilla-av-mae | audio-mae | visual-mae) rargs+=(--set modality_specific_depth=0) ;; esac
     train "$W/ft/$name" cav-finetune --model "${MODEL:-tiny}" --mode "$mode" --init "$init" \
         --label-dim "$(cat "$(dirname "$(shards "$data" train)")/label-dim")" "${rargs[@]}" --seed "${SEED:-1}" \
         --save-every "${SAVE_EVERY:-1000}" --log-every "${LOG_EVERY:-100}" ${FT_EXTRA:-} \
