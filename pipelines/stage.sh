@@ -58,7 +58,6 @@ pretrain)
           --save-every "${SAVE_EVERY:-1000}" --log-every "${LOG_EVERY:-100}")
     case $variant in cav-mae | cav) args+=(--contrast-weight "$c") ;; esac
     [ "$norm" = nonorm ] && args+=(--no-norm-pix-loss)
-    [ -n "${PT_INIT:-}" ] && args+=(--init-from-mae "$PT_INIT")
     # a pretraining continued on another dataset (Table 2e, AS-2M+VS): DATA is FIRST+SECOND, and the start is
     # the last model of the run PT_CONTINUE (the Scale+ run on FIRST)
     if [[ $data == *+* ]]; then
@@ -66,6 +65,8 @@ pretrain)
         last=$(ls "$W/pt/$PT_CONTINUE/models"/audio_model.*.safetensors | sort -t. -k2 -n | tail -1)
         args+=(--init "$last")
         data=${data#*+}
+    elif [ -n "${PT_INIT:-}" ]; then
+        args+=(--init-from-mae "$PT_INIT")
     fi
     train "$W/pt/$name" cav-pretrain "${args[@]}" ${PT_EXTRA:-} --eval "$(shards "$data" eval)" "$(shards "$data" train)"
     touch "$W/pt/$name/done"

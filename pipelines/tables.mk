@@ -63,10 +63,10 @@ cov_dirs = $(sort $(foreach c,$(1),$(if $(call cell_stage,$(c)),$(W)/data/$(call
 $(ALL_TABLES): %: $(TABLES)/%.md
 $(TABLES)/%.md: $$(STAGES_$$*) $(HERE)/tables.py $(HERE)/paper-numbers.tsv
 	@mkdir -p $(@D)
-	@cost=$$($(MAKE) -s --no-print-directory -f $(HERE)/Makefile SCALE=full W=$(W)/full-names cost-one T=$*); \
-	$(PY) $(HERE)/tables.py table $(patsubst table%,%,$*) --out $@ --w $(W) --scale $(SCALE) \
+	@$(MAKE) -s --no-print-directory -f $(HERE)/Makefile SCALE=full W=$(W)/full-names cost-one T=$* >$@.cost
+	@$(PY) $(HERE)/tables.py table $(patsubst table%,%,$*) --out $@ --w $(W) --scale $(SCALE) \
 	  $(foreach d,$(call cov_dirs,$(CELLS_$*)),--coverage $(d)) \
-	  $(if $(NOTES_$*),--note $(NOTES_$*)) --note "$$cost" $(foreach c,$(CELLS_$*),'$(c)')
+	  $(if $(NOTES_$*),--note $(NOTES_$*)) --note "$$(cat $@.cost)" $(foreach c,$(CELLS_$*),'$(c)'); rm -f $@.cost
 
 .PHONY: cost-one
 cost-one:
