@@ -10,6 +10,8 @@
 # tests/long/test_tables_mini.sh at the mini defaults, not here.
 # Environment: TABLES_CHECK_* below override the sizes (defaults: 80 + 24 clips, 2 epochs).
 set -u
+# a make of its own, not a sub-make of the one running the tests (whose jobserver it cannot use)
+unset MAKEFLAGS MFLAGS MAKELEVEL
 SRC=${CAV_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 BUILD=${CAV_BUILD:-$SRC/build}
 W=$BUILD/tables-check
