@@ -1,0 +1,210 @@
+"""test_prepare.py: pipelines/prepare.py (data preparation for the tables, cav-tables(7)) on a deliberately damaged
+copy of a small dataset made here with ffmpeg: 12 clips listed in the reference's JSON format, of which 2 are
+missing, 1 truncated, 1 without audio, 1 not a media file, 1 with digital silence as its audio, 6 good.
+Checks: the coverage report counts each (listed, found, missing, broken by reason, silent, usable, per-class
+fractions), nothing crashes, the shard holds exactly the usable clips with their labels (nothing substituted for a
+bad one), the weight CSV is checked against the shard's weights, a rerun decodes nothing and leaves the shard
+alone, a changed and a new clip are the only ones decoded again (ids stay unique), a repaired clip joins, a kill -9
+of the whole run in the middle of decoding is recovered by the next run, --drop-silent leaves the silent clip
+out, and bad input exits 2 naming the entry and field."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
+os.environ['PATH'] = BIN + ':' + os.environ['PATH']
+os.environ.setdefault('HDF5_PLUGIN_PATH', os.path.join(SRC, 'build', 'plugin'))
+import h5py  # noqa: E402  (after HDF5_PLUGIN_PATH is set)
+
+PREP = [sys.executable, os.path.join(SRC, 'pipelines', 'prepare.py')]
+TMP = tempfile.mkdtemp(prefix='cav-prepare-test-')
+fails = 0
+
+
+def report(name, ok, why=''):
+    global fails
+    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
+    fails += not ok
+
+
+def ffmpeg(out, hue, audio='sine', seconds=3):
+    """A short clip: a coloured test pattern and a tone (or silence, or no audio track)."""
+    a = []
+    if audio == 'sine':
+        a = ['-f', 'lavfi', '-i', 'sine=frequency=%d:sample_rate=22050:duration=%d' % (300 + 40 * hue, seconds)]
+    elif audio == 'silent':
+        a = ['-f', 'lavfi', '-i', 'anullsrc=r=22050:cl=mono', '-t', str(seconds)]
+    v = ['-f', 'lavfi', '-i', 'testsrc=size=160x120:rate=10:duration=%d,hue=h=%d' % (seconds, 20 * hue)]
+    subprocess.run(['ffmpeg', '-v', 'error', '-y'] + v + a + ['-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-g', '10'] +
+                   (['-c:a', 'aac', '-shortest'] if a else ['-an']) + [out], check=True)
+
+
+def prepare(*args, check=False):
+    return subprocess.run(PREP + list(args), capture_output=True, text=True, check=check)
+
+
+def shard_ids(path):
+    with h5py.File(path, 'r') as f:
+        return [x.decode() if isinstance(x, bytes) else x for x in f['id'][:]]
+
+
+def main():
+    vid = os.path.join(TMP, 'videos')
+    os.makedirs(vid)
+    classes = ['/m/a', '/m/b', '/m/c']
+    with open(os.path.join(TMP, 'labels.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['index', 'mid', 'display_name'])
+        for i, m in enumerate(classes):
+            w.writerow([i, m, 'class %s' % m[-1]])
+    entries = []
+    kinds = {}
+    for i in range(12):
+        name = 'clip%02d' % i
+        # class a: 0-3, b: 4-7, c: 8-11; the damage falls on classes b and c
+        labels = classes[i // 4] + (',' + classes[0] if i == 5 else '')
+        entries.append({'video_id': name, 'wav': '/data/audio/%s.flac' % name, 'video_path': '/data/frames/',
+                        'labels': labels})
+        kind = {4: 'missing', 9: 'missing', 5: 'truncated', 6: 'noaudio', 7: 'garbage', 10: 'silent'}.get(i, 'good')
+        kinds[name] = kind
+        p = os.path.join(vid, name + '.mp4')
+        if kind == 'good':
+            ffmpeg(p, i)
+        elif kind == 'silent':
+            ffmpeg(p, i, audio='silent')
+        elif kind == 'noaudio':
+            ffmpeg(p, i, audio=None)
+        elif kind == 'truncated':
+            ffmpeg(p, i)
+            data = open(p, 'rb').read()
+            open(p, 'wb').write(data[:len(data) // 3])
+        elif kind == 'garbage':
+            open(p, 'w').write('this is not a video\n' * 100)
+    # a stray file of another dataset in the directory is ignored
+    open(os.path.join(vid, 'README.txt'), 'w').write('not listed\n')
+    js = os.path.join(TMP, 'train.json')
+    json.dump({'data': entries}, open(js, 'w'))
+    # the reference's weight CSV: label_weight[c] = 1000 / (count_c + 0.01), a clip's weight the sum over its labels
+    count = {m: sum(m in e['labels'].split(',') for e in entries) for m in classes}
+    wcsv = os.path.join(TMP, 'weights.csv')
+    with open(wcsv, 'w') as f:
+        for e in entries:
+            f.write('%.17g\n' % sum(1000 / (count[m] + 0.01) for m in e['labels'].split(',')))
+    out = os.path.join(TMP, 'out')
+    good = sorted(n for n, k in kinds.items() if k in ('good', 'silent'))
+
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, '--weights',
+                'train=' + wcsv, 'train=' + js)
+    report('damaged_copy_runs', r.returncode == 0, 'exit %d: %s' % (r.returncode, r.stderr[-800:]))
+    if r.returncode:
+        return
+    cov = json.load(open(os.path.join(out, 'coverage.json')))['splits']['train']
+    want = {'listed': 12, 'found': 10, 'missing': 2, 'decoded': 7, 'broken': 3, 'silent': 1, 'usable': 7}
+    got = {k: cov[k] for k in want}
+    report('coverage_counts', got == want, 'got %s, want %s' % (got, want))
+    reasons = cov['broken_reasons']
+    report('coverage_broken_reasons', reasons == {'corrupt': 2, 'no-audio': 1}, str(reasons))
+    pc = {v['name']: (v['usable'], v['listed']) for v in cov['per_class'].values()}
+    # class a: clips 0-3 + clip 5 (truncated) -> 4 of 5; b: 4-7 -> none usable; c: 8-11 (9 missing, 10 silent) -> 3/4
+    report('coverage_per_class', pc == {'class a': (4, 5), 'class b': (0, 4), 'class c': (3, 4)}, str(pc))
+    report('coverage_worst_class', cov['class_fraction_min'] == 0.0, str(cov['class_fraction_min']))
+    md = r.stdout
+    report('coverage_printed', '| train | 12 | 10 | 7 | 3 (corrupt 2, no-audio 1) | 1 | 7 | 0.583 | class b 0.000 |' in md,
+           md[:600])
+    rows = list(csv.DictReader(open(os.path.join(out, 'coverage-clips.tsv')), delimiter='\t'))
+    st = {r['video_id']: (r['status'], r['reason'].split(':')[0]) for r in rows}
+    want_st = {'clip04': ('missing', 'no file named clip04.* under %s' % vid), 'clip09': ('missing', st.get(
+        'clip09', ('', ''))[1]), 'clip05': ('broken', 'corrupt'), 'clip06': ('broken', 'no-audio'),
+        'clip07': ('broken', 'corrupt'), 'clip10': ('silent', '')}
+    report('coverage_clip_list', st == want_st and st['clip09'][1].startswith('no file named clip09'), str(st))
+    shard = os.path.join(out, 'train.h5')
+    ids = shard_ids(shard)
+    report('shard_holds_usable_only', sorted(ids) == good, 'ids %s, want %s' % (sorted(ids), good))
+    with h5py.File(shard, 'r') as f:
+        lab = {i: tuple(np.nonzero(f['labels'][k])[0]) for k, i in enumerate(ids)}
+        fb = {i: f['fbank'][k] for k, i in enumerate(ids)}
+    report('shard_labels', all(lab[n] == (int(n[4:]) // 4,) for n in ids), str(lab))
+    # the silent clip is kept as what it is (the log floor), the others carry sound
+    report('silent_clip_flagged_not_replaced', float(np.ptp(fb['clip10'][:200])) == 0.0 and
+           all(float(np.ptp(fb[n][:200])) > 1 for n in ids if n != 'clip10'), 'ptp %s' % {
+               n: float(np.ptp(v[:200])) for n, v in fb.items()})
+    report('weight_csv_checked', cov.get('weights_check', '').endswith('(agree)'), cov.get('weights_check'))
+
+    # rerun: nothing decoded, the shard untouched
+    m0 = os.stat(shard).st_mtime_ns
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + js)
+    report('rerun_decodes_nothing', r.returncode == 0 and ', 0 to decode' in r.stderr and
+           os.stat(shard).st_mtime_ns == m0, r.stderr[-400:])
+
+    # a changed clip, a repaired clip and a new one: only those three are decoded
+    time.sleep(0.01)
+    ffmpeg(os.path.join(vid, 'clip01.mp4'), 7, seconds=4)
+    ffmpeg(os.path.join(vid, 'clip05.mp4'), 5)
+    ffmpeg(os.path.join(vid, 'clip12.mp4'), 12)
+    entries.append({'video_id': 'clip12', 'wav': '', 'video_path': '', 'labels': '/m/c'})
+    json.dump({'data': entries}, open(js, 'w'))
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + js)
+    ids = shard_ids(shard)
+    report('changed_new_repaired_only', r.returncode == 0 and ', 3 to decode' in r.stderr and
+           sorted(ids) == sorted(good + ['clip05', 'clip12']) and len(ids) == len(set(ids)),
+           '%s; ids %s' % (r.stderr[-300:], ids))
+    with h5py.File(shard, 'r') as f:
+        k = ids.index('clip01')
+        n_frames = int(np.sum(np.any(f['fbank'][k] != 0, axis=1)))
+    # 4 s of audio (AAC priming adds a few frames to the 398 of exactly 4 s) where the old clip had 3 s
+    report('changed_clip_redecoded', 398 <= n_frames <= 410, '%d fbank frames, want 398-410 (4 s)' % n_frames)
+    parts = sorted(os.listdir(os.path.join(out, 'parts')))
+    allids = sum((shard_ids(os.path.join(out, 'parts', p)) for p in parts), [])
+    report('parts_ids_unique', len(allids) == len(set(allids)), str(sorted(allids)))
+
+    # kill -9 of the whole run in the middle of decoding, then a rerun
+    for i in range(13, 21):
+        ffmpeg(os.path.join(vid, 'clip%02d.mp4' % i), i)
+        entries.append({'video_id': 'clip%02d' % i, 'wav': '', 'video_path': '', 'labels': '/m/a'})
+    json.dump({'data': entries}, open(js, 'w'))
+    p = subprocess.Popen(PREP + ['-j', '1', '--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out',
+                                 out, 'train=' + js], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True, text=True)
+    line = p.stderr.readline()  # "prepare: ... to decode": the decode has started
+    time.sleep(0.3)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    idx = json.load(open(os.path.join(out, 'index.json')))['clips']
+    killed_midway = not any('clip%02d' % i in idx for i in range(13, 21))
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + js)
+    ids = shard_ids(shard)
+    cov = json.load(open(os.path.join(out, 'coverage.json')))['splits']['train']
+    report('kill9_then_rerun', killed_midway and r.returncode == 0 and ', 8 to decode' in line and len(ids) == 17 == cov['usable'] and
+           len(ids) == len(set(ids)) and not [f for f in os.listdir(os.path.join(out, 'parts')) if '.tmp' in f],
+           '%s | %s; %d ids' % (line.strip(), r.stderr[-300:], len(ids)))
+
+    r = prepare('--drop-silent', '--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out,
+                'train=' + js)
+    ids = shard_ids(shard)
+    report('drop_silent', r.returncode == 0 and 'clip10' not in ids and len(ids) == 16, str(len(ids)))
+
+    bad = os.path.join(TMP, 'bad.json')
+    json.dump({'data': entries[:3] + [{'video_id': 'x', 'labels': '/m/nope'}]}, open(bad, 'w'))
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + bad)
+    report('bad_label_exit2', r.returncode == 2 and 'entry 3 (x): field labels: mid /m/nope' in r.stderr, r.stderr)
+    json.dump({'data': [{'video_id': 'x'}]}, open(bad, 'w'))
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + bad)
+    report('missing_field_exit2', r.returncode == 2 and 'entry 0: field labels' in r.stderr, r.stderr)
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train.json')
+    report('usage_exit1', r.returncode == 1, '%d %s' % (r.returncode, r.stderr))
+
+
+try:
+    main()
+finally:
+    shutil.rmtree(TMP, ignore_errors=True)
+sys.exit(1 if fails else 0)
