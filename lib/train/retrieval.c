@@ -211,6 +211,12 @@ static void scan_cols(dstate *s, const float *F, int64_t r0, int br, int64_t c0,
     s->rechecked += rech;
 }
 
+/* The starting cut: every item may enter a top-k list that is not full; +inf keeps queries without one off
+ * the slow path. */
+static float top_cut(const cav_retr_dir *d, int64_t i) {
+    return d->k && (!d->want_top || d->want_top[i]) ? -INFINITY : INFINITY;
+}
+
 static int dstate_init(dstate *s, cav_retr_dir *d, const cav_retr_set *self, const cav_retr_set *other) {
     memset(s, 0, sizeof *s);
     s->d = d, s->self = self, s->other = other, s->m = cav_retr_margin(self->D);
@@ -220,7 +226,7 @@ static int dstate_init(dstate *s, cav_retr_dir *d, const cav_retr_set *self, con
     if (!s->hi || !s->lo || !s->cut || !s->heapn) return -1;
     d->rechecked = 0;
     for (int64_t i = 0; i < self->n; i++) {
-        d->rank[i] = 0, d->ties[i] = 0, s->cut[i] = -INFINITY;
+        d->rank[i] = 0, d->ties[i] = 0, s->cut[i] = top_cut(d, i);
         if (d->lab) d->thr[i] = NAN; /* the class maximum, found by the first pass */
         else {
             int64_t t = d->target ? d->target[i] : -1;
@@ -229,6 +235,8 @@ static int dstate_init(dstate *s, cav_retr_dir *d, const cav_retr_set *self, con
         for (int k = 0; k < d->k; k++) d->top[i * d->k + k] = -1, d->topsim[i * d->k + k] = NAN;
     }
     s->mode = d->lab ? CLASSMAX : COUNT;
+    if (s->mode == CLASSMAX)
+        for (int64_t i = 0; i < self->n; i++) s->cut[i] = -INFINITY; /* no class maximum found yet */
     return 0;
 }
 
@@ -237,7 +245,7 @@ static void dstate_free(dstate *s) { free(s->hi), free(s->lo), free(s->cut), fre
 /* After a class pass: the band around the found maxima, and the cuts reset for the top-k lists. */
 static void to_count(dstate *s) {
     s->mode = COUNT;
-    for (int64_t i = 0; i < s->self->n; i++) set_band(s, i), s->cut[i] = -INFINITY;
+    for (int64_t i = 0; i < s->self->n; i++) set_band(s, i), s->cut[i] = top_cut(s->d, i);
 }
 
 /* best first: heap order is worst at the root, so sort by before() */
