@@ -528,8 +528,7 @@ int main(int argc, char **argv) {
     if (!paired && (cav_retr_set_init(&ga, eg.a, eg.n, eg.D) || cav_retr_set_init(&gv, eg.v, eg.n, eg.D)))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     int k = matches_path || html_dir ? topk : 0;
-    int64_t show = matches_path ? -1 : html_dir ? nshow : 0;
-    if (show > e.n) show = e.n;
+    int64_t show = matches_path ? -1 : html_dir ? nshow : 0; /* the queries needing a top-k list: -1 all */
     direction dv, da; /* video: visual queries against audio items; audio: the reverse */
     direction_init(&dv, e.n, k, show, class_level, &e, G, paired);
     direction_init(&da, e.n, k, show, class_level, &e, G, paired);
@@ -599,7 +598,7 @@ int main(int argc, char **argv) {
         shown sh[2];
         int ns = 0;
         for (int kd = 0; kd < 2; kd++)
-            if (dirs & (1 << kd)) sh[ns++] = (shown){dname[kd], &dd[kd]->d, &e, G, show, class_level};
+            if (dirs & (1 << kd)) sh[ns++] = (shown){dname[kd], &dd[kd]->d, &e, G, nshow < e.n ? nshow : e.n, class_level};
         write_gallery(html_dir, dataset, sh, ns, media, nmedia);
     }
     direction_free(&dv), direction_free(&da);
