@@ -78,6 +78,10 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
                  o->type == CAV_EMBED_FINETUNE ? "finetune" : "pretrain");
         goto done;
     }
+    if (o->decoder && (file_type != CAV_EMBED_PRETRAIN || !has_dec)) {
+        cav_fail(err, 2, "%s: no decoder (a pretraining checkpoint of CAV-MAE with its decoder is needed)", o->path);
+        goto done;
+    }
     e->type = file_type;
     cav_config cfg = cav_config_default(CAV_TASK_FEAT);
     if (cj) {
@@ -87,7 +91,7 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         cav_fail(err, 1, "--arch: base or tiny, not '%s'", o->arch);
         goto done;
     }
-    cfg.task = CAV_TASK_FEAT;
+    cfg.task = o->decoder ? CAV_TASK_PRETRAIN : CAV_TASK_FEAT;
     for (int i = 0; i < o->nset; i++) {
         int r = cav_config_set(&cfg, o->set_keys[i], o->set_vals[i]);
         if (r) {
@@ -120,7 +124,7 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         cav_param *p = cav_model_param(m, name);
         if (!p) {
             if ((file_type == CAV_EMBED_FINETUNE && strncmp(name, "mlp_head.", 9) == 0) ||
-                (file_type == CAV_EMBED_PRETRAIN && is_decoder_name(name)))
+                (file_type == CAV_EMBED_PRETRAIN && is_decoder_name(name) && !o->decoder))
                 continue; /* the part of the model retrieval does not run */
             cav_fail(err, 2, "%s: %s: not a parameter of this model", o->path, name);
             break;

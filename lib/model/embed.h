@@ -21,6 +21,7 @@ typedef struct {
     int nset;              /* knobs applied last, by the reference's names (cav_config_set) */
     const char *const *set_keys, *const *set_vals;
     int batch;             /* rows per forward */
+    int decoder;           /* also load the decoder and run task PRETRAIN (reconstructions; pretraining files) */
 } cav_embed_opts;
 
 typedef struct {
