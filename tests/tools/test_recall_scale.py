@@ -256,6 +256,21 @@ if r.returncode == 0:
 else:
     report('gallery_ranks', False, r.stderr.decode()[-300:])
 
+# the ASan/UBSan build through every path (blocks of 7: edges everywhere; class, top-k, two sets)
+ASAN = os.environ.get('CAV_ASAN_BIN', '')
+if ASAN and os.path.exists(os.path.join(ASAN, 'cav-recall')):
+    outs = []
+    for extra in (['--class', '--labels', pl, p], ['--gallery', pg, pq], [pq]):
+        args = ['--block', '7', '--topk', '3', '--matches', os.path.join(TMP, 'am.csv'), '--ranks',
+                os.path.join(TMP, 'ar.csv')] + extra
+        ra = run(*args, binary=os.path.join(ASAN, 'cav-recall'))
+        rr = run(*args)
+        e = ra.stderr.decode()
+        outs.append(ra.returncode == 0 and ra.stdout == rr.stdout and 'Sanitizer' not in e and 'runtime error' not in e)
+    report('asan_class_gallery_topk', all(outs), str(outs))
+else:
+    print('SKIP asan: no ASan build of cav-recall (CAV_ASAN_BIN)')
+
 r = run('--block', '0', pq)
 report('bad_block_exit_1', r.returncode == 1, str(r.returncode))
 sys.exit(1 if fails else 0)
