@@ -125,27 +125,7 @@ static void add(embs *e, const cav_record *rec, const char *path, int64_t idx) {
     e->n++;
 }
 
-static void read_set(embs *e, char **inputs, int ninputs) {
-    cav_err err = {0, ""};
-    cav_record rec;
-    cav_record_init(&rec);
-    for (int i = 0; i < ninputs; i++) {
-        cav_reader *rd = cav_reader_open(inputs[i], &err);
-        if (!rd) cav_die(err.code ? err.code : CAV_EXIT_INPUT, "%s", err.msg);
-        int r;
-        while ((r = cav_reader_next(rd, &rec, &err)) == 1) add(e, &rec, inputs[i], cav_reader_index(rd));
-        if (r < 0) cav_die(err.code ? err.code : CAV_EXIT_INPUT, "%s", err.msg);
-        cav_reader_close(rd);
-    }
-    cav_record_clear(&rec);
-    if (e->n == 0) cav_die(CAV_EXIT_INPUT, "%s: no embedding records", inputs[0]);
-    cav_idset_init(&e->byid);
-    for (int64_t i = 0; i < e->n; i++)
-        if (cav_idset_add(&e->byid, e->ids[i], i) < 0) cav_die(CAV_EXIT_INTERNAL, "out of memory");
-}
-
-/* Calls fn for every record of the files whose id is in one of the sets (sets[k]->byid): the join by id of
- * --labels and --media. */
+/* Calls fn for every record of the files (the inputs, and the joins by id of --labels and --media). */
 typedef void (*record_fn)(void *ctx, const cav_record *rec, const char *path, int64_t idx);
 static void scan_files(char **paths, int npaths, record_fn fn, void *ctx) {
     cav_err err = {0, ""};
@@ -160,6 +140,16 @@ static void scan_files(char **paths, int npaths, record_fn fn, void *ctx) {
         cav_reader_close(rd);
     }
     cav_record_clear(&rec);
+}
+
+static void add_fn(void *ctx, const cav_record *rec, const char *path, int64_t idx) { add(ctx, rec, path, idx); }
+
+static void read_set(embs *e, char **inputs, int ninputs) {
+    scan_files(inputs, ninputs, add_fn, e);
+    if (e->n == 0) cav_die(CAV_EXIT_INPUT, "%s: no embedding records", inputs[0]);
+    cav_idset_init(&e->byid);
+    for (int64_t i = 0; i < e->n; i++)
+        if (cav_idset_add(&e->byid, e->ids[i], i) < 0) cav_die(CAV_EXIT_INTERNAL, "out of memory");
 }
 
 static void label_fn(void *ctx, const cav_record *rec, const char *path, int64_t idx) {
