@@ -332,7 +332,7 @@ int main(int argc, char **argv) {
     cav_progress_end(prog);
     cav_record_clear(&rec);
     if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
-    cav_msg("%lld clips embedded", (long long)s.written);
+    cav_msg("%lld clips %s", (long long)s.written, recon_dir ? "reconstructed" : "embedded");
     cav_embedder_close(&s.e);
     free(s.ids), free(s.ea), free(s.ev), free(rds), free(keys), free(vals);
     if (bad) {
