@@ -1,5 +1,5 @@
-/* picture.c: see picture.h. The colour ramp is a few control points of matplotlib's "magma" (black, purple, orange,
- * pale yellow) interpolated linearly: dark for quiet, bright for loud, readable in print. */
+/* picture.c: see picture.h. The colour ramp is a few control points of matplotlib's "magma" (black, purple,
+ * orange, pale yellow) interpolated linearly: dark for quiet, bright for loud, readable in print. */
 #include "picture.h"
 
 #include <errno.h>
@@ -49,7 +49,8 @@ int cav_png_write(const char *path, const uint8_t *rgb, int w, int h, cav_err *e
     png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
     png_infop info = p ? png_create_info_struct(p) : NULL;
     int bad = !info;
-    if (!bad && setjmp(png_jmpbuf(p))) bad = 1;
+    if (!bad && setjmp(png_jmpbuf(p)))
+        bad = 1;
     else if (!bad) {
         png_init_io(p, f);
         png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
@@ -63,8 +64,8 @@ int cav_png_write(const char *path, const uint8_t *rgb, int w, int h, cav_err *e
 }
 
 uint8_t *cav_picture_spectrogram(const float *x, int T, int F, float lo, float hi) {
-    static const float ramp[][3] = {{0, 0, 4}, {59, 15, 112}, {140, 41, 129}, {222, 73, 104}, {254, 159, 109},
-                                    {252, 253, 191}};
+    static const float ramp[][3] = {{0, 0, 4},      {59, 15, 112},   {140, 41, 129},
+                                    {222, 73, 104}, {254, 159, 109}, {252, 253, 191}};
     const int nr = sizeof ramp / sizeof ramp[0];
     uint8_t *rgb = malloc((size_t)T * F * 3 + 1);
     if (!rgb) return NULL;

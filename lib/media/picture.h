@@ -1,5 +1,5 @@
-/* picture.h: pictures for people (cav-recall --html, cav-embed --reconstruct): 8-bit RGB images written as PNG
- * with libpng, and the two kinds of picture the tools draw: a video frame and a spectrogram. */
+/* picture.h: pictures for people (cav-recall --html, cav-embed --reconstruct): 8-bit RGB images written as
+ * PNG with libpng, and the two kinds of picture the tools draw: a video frame and a spectrogram. */
 #ifndef CAV_PICTURE_H
 #define CAV_PICTURE_H
 

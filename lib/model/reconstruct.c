@@ -9,7 +9,8 @@
 
 #include "patchify.h"
 
-/* One modality: tok [L, P] target patches of plane pl; pred [L, P]; mask [L]. Fills out[0..2] in pl's layout. */
+/* One modality: tok [L, P] target patches of plane pl; pred [L, P]; mask [L]. Fills out[0..2] in pl's layout.
+ */
 static int one(const cav_plane *pl, const float *src, const float *pred, const float *mask, int L, int P,
                int norm_pix, float *out[3]) {
     float *tok = malloc((size_t)L * P * sizeof *tok), *rec = malloc((size_t)L * P * sizeof *rec);
@@ -45,8 +46,9 @@ int cav_reconstruct(cav_model *m, int b, cav_reconstruction *r, cav_err *err) {
     const float *pa = cav_model_output(m, "pred_a", sa, &nd), *pv = cav_model_output(m, "pred_v", sv, &nd);
     const float *ma = cav_model_output(m, "mask_a", sma, &nd), *mv = cav_model_output(m, "mask_v", smv, &nd);
     if (!pa || !pv || !ma || !mv)
-        return cav_fail(err, 2, "the model has no decoder output for both modalities (a pretraining CAV-MAE with "
-                                "mae_loss_weight > 0 is needed)");
+        return cav_fail(err, 2,
+                        "the model has no decoder output for both modalities (a pretraining CAV-MAE with "
+                        "mae_loss_weight > 0 is needed)");
     r->T = m->T, r->F = m->F, r->S = m->S, r->La = (int)sa[1], r->Lv = (int)sv[1];
     size_t A = (size_t)r->T * r->F, V = (size_t)3 * r->S * r->S;
     int bad = 0;
@@ -54,16 +56,20 @@ int cav_reconstruct(cav_model *m, int b, cav_reconstruction *r, cav_err *err) {
         bad |= !(r->audio[k] = malloc(A * sizeof(float)));
         bad |= !(r->video[k] = malloc(V * sizeof(float)));
     }
-    bad |= !(r->mask_a = malloc((size_t)r->La * sizeof(float))) || !(r->mask_v = malloc((size_t)r->Lv * sizeof(float)));
-    bad |= !(r->pred_a = malloc((size_t)r->La * 256 * sizeof(float))) || !(r->pred_v = malloc((size_t)r->Lv * 768 * sizeof(float)));
+    bad |= !(r->mask_a = malloc((size_t)r->La * sizeof(float))) ||
+           !(r->mask_v = malloc((size_t)r->Lv * sizeof(float)));
+    bad |= !(r->pred_a = malloc((size_t)r->La * 256 * sizeof(float))) ||
+           !(r->pred_v = malloc((size_t)r->Lv * 768 * sizeof(float)));
     if (bad) return cav_reconstruction_free(r), cav_fail(err, 3, "out of memory");
     memcpy(r->mask_a, ma + (size_t)b * r->La, (size_t)r->La * sizeof(float));
     memcpy(r->mask_v, mv + (size_t)b * r->Lv, (size_t)r->Lv * sizeof(float));
     memcpy(r->pred_a, pa + (size_t)b * r->La * 256, (size_t)r->La * 256 * sizeof(float));
     memcpy(r->pred_v, pv + (size_t)b * r->Lv * 768, (size_t)r->Lv * 768 * sizeof(float));
     cav_plane pla = cav_plane_fbank(r->T, r->F), plv = cav_plane_chw(3, r->S, r->S);
-    if (one(&pla, m->in.audio + (size_t)b * A, r->pred_a, r->mask_a, r->La, 256, m->cfg.norm_pix_loss, r->audio) ||
-        one(&plv, m->in.video + (size_t)b * V, r->pred_v, r->mask_v, r->Lv, 768, m->cfg.norm_pix_loss, r->video))
+    if (one(&pla, m->in.audio + (size_t)b * A, r->pred_a, r->mask_a, r->La, 256, m->cfg.norm_pix_loss,
+            r->audio) ||
+        one(&plv, m->in.video + (size_t)b * V, r->pred_v, r->mask_v, r->Lv, 768, m->cfg.norm_pix_loss,
+            r->video))
         return cav_reconstruction_free(r), cav_fail(err, 3, "out of memory");
     return 0;
 }

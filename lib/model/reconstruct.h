@@ -13,8 +13,8 @@ typedef struct {
      * from the input, the masked ones from the decoder; in the model's units (normalised fbank [T, F],
      * normalised image [3, S, S]) */
     float *audio[3], *video[3];
-    float *mask_a, *mask_v;   /* [La], [Lv]: 1 masked, 0 visible */
-    float *pred_a, *pred_v;   /* [La, 256], [Lv, 768]: the decoder's output as it is (norm-pix units or not) */
+    float *mask_a, *mask_v; /* [La], [Lv]: 1 masked, 0 visible */
+    float *pred_a, *pred_v; /* [La, 256], [Lv, 768]: the decoder's output as it is (norm-pix units or not) */
 } cav_reconstruction;
 
 /* Row b of a model that ran cav_model_forward in task PRETRAIN (with the decoder). 0 ok; -1 with err when

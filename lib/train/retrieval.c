@@ -63,9 +63,10 @@ double cav_retr_sim(const cav_retr_set *q, int64_t i, const cav_retr_set *g, int
 }
 
 /* |t / |q| - sim| where t = F * (1 / |g|) in float: the float sum of D products of rows that were themselves
- * rounded (gamma_D times sum |q_d g_d| <= |q| |g|), two more float roundings (the reciprocal and the product),
- * and the double evaluation of the reference; with 1 % and 1e-12 to spare. Valid for any summation order,
- * FMA or not (it is the worst case of a float dot product); it assumes IEEE float products (no TF32). */
+ * rounded (gamma_D times sum |q_d g_d| <= |q| |g|), two more float roundings (the reciprocal and the
+ * product), and the double evaluation of the reference; with 1 % and 1e-12 to spare. Valid for any summation
+ * order, FMA or not (it is the worst case of a float dot product); it assumes IEEE float products (no TF32).
+ */
 double cav_retr_margin(int D) {
     const double u = 0x1p-24, g = (D + 3) * u / (1 - (D + 3) * u);
     return 1.01 * g + (D + 8) * 0x1p-52 + 1e-12;
@@ -83,8 +84,12 @@ typedef struct {
     int64_t rechecked;
 } dstate;
 
-static float up(double x) { return nextafterf((float)x, INFINITY); }
-static float down(double x) { return nextafterf((float)x, -INFINITY); }
+static float up(double x) {
+    return nextafterf((float)x, INFINITY);
+}
+static float down(double x) {
+    return nextafterf((float)x, -INFINITY);
+}
 
 static int shares_label(const dstate *s, int64_t qi, int64_t oj) {
     const uint64_t *a = s->d->lab + qi * s->d->lw, *b = s->d->other_lab + oj * s->d->lw;
@@ -94,7 +99,9 @@ static int shares_label(const dstate *s, int64_t qi, int64_t oj) {
 }
 
 /* (x, j) ranks before (y, k): higher similarity, then lower index */
-static int before(double x, int64_t j, double y, int64_t k) { return x > y || (x == y && j < k); }
+static int before(double x, int64_t j, double y, int64_t k) {
+    return x > y || (x == y && j < k);
+}
 
 /* top [k] as a heap whose root is the worst entry */
 static void heap_push(int64_t *top, double *sim, int *n, int k, int64_t j, double x) {
@@ -132,7 +139,8 @@ static void visit(dstate *s, int64_t qi, int64_t oj, float t, int64_t *rechecked
         if (!(t >= s->cut[qi]) || !shares_label(s, qi, oj)) return;
         double x = cav_retr_sim(s->self, qi, s->other, oj);
         (*rechecked)++;
-        if (isnan(d->thr[qi]) || x > d->thr[qi]) d->thr[qi] = x, s->cut[qi] = down((x - s->m) * s->self->norm[qi]);
+        if (isnan(d->thr[qi]) || x > d->thr[qi])
+            d->thr[qi] = x, s->cut[qi] = down((x - s->m) * s->self->norm[qi]);
         return;
     }
     double x = NAN;
@@ -204,7 +212,8 @@ static void scan_cols(dstate *s, const float *F, int64_t r0, int br, int64_t c0,
             for (int j = j0; j < j1; j++) {
                 if (s->mode == COUNT) s->d->rank[c0 + j] += gt[j - j0];
                 if (flag[j - j0])
-                    for (int i = 0; i < br; i++) visit(s, c0 + j, r0 + i, F[(size_t)i * bc + j] * rn[i], &rech);
+                    for (int i = 0; i < br; i++)
+                        visit(s, c0 + j, r0 + i, F[(size_t)i * bc + j] * rn[i], &rech);
             }
         }
     }
@@ -227,7 +236,8 @@ static int dstate_init(dstate *s, cav_retr_dir *d, const cav_retr_set *self, con
     d->rechecked = 0;
     for (int64_t i = 0; i < self->n; i++) {
         d->rank[i] = 0, d->ties[i] = 0, s->cut[i] = top_cut(d, i);
-        if (d->lab) d->thr[i] = NAN; /* the class maximum, found by the first pass */
+        if (d->lab)
+            d->thr[i] = NAN; /* the class maximum, found by the first pass */
         else {
             int64_t t = d->target ? d->target[i] : -1;
             d->thr[i] = t >= 0 && t < other->n ? cav_retr_sim(self, i, other, t) : NAN;
@@ -240,7 +250,9 @@ static int dstate_init(dstate *s, cav_retr_dir *d, const cav_retr_set *self, con
     return 0;
 }
 
-static void dstate_free(dstate *s) { free(s->hi), free(s->lo), free(s->cut), free(s->heapn); }
+static void dstate_free(dstate *s) {
+    free(s->hi), free(s->lo), free(s->cut), free(s->heapn);
+}
 
 /* After a class pass: the band around the found maxima, and the cuts reset for the top-k lists. */
 static void to_count(dstate *s) {
@@ -262,7 +274,8 @@ static void sort_top(cav_retr_dir *d, int64_t n, const int *heapn) {
     }
 }
 
-int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev, int64_t block) {
+int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev,
+                 int64_t block) {
     if (block <= 0) {
         const char *e = getenv("CAV_RECALL_BLOCK");
         block = e && atoll(e) > 0 ? atoll(e) : DEFAULT_BLOCK;

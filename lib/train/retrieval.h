@@ -27,16 +27,17 @@ typedef struct {
 int cav_retr_set_init(cav_retr_set *s, float *x, int64_t n, int D);
 void cav_retr_set_free(cav_retr_set *s);
 /* The reference's similarity of q row i and g row j: their dot product and norms accumulated in double in
- * index order, dot / (|q_i| |g_j|). Equal, bit for bit, to that of the unscaled rows; NaN if either is invalid. */
+ * index order, dot / (|q_i| |g_j|). Equal, bit for bit, to that of the unscaled rows; NaN if either is
+ * invalid. */
 double cav_retr_sim(const cav_retr_set *q, int64_t i, const cav_retr_set *g, int64_t j);
 
 /* One direction's queries and what is asked of them. */
 typedef struct {
     const int64_t *target; /* [nq]: the index of each query's own item in the other set, -1 none */
-    const uint64_t *lab;   /* class-level retrieval: label bitsets [n, lw] of the queries (NULL: item-level) */
+    const uint64_t *lab; /* class-level retrieval: label bitsets [n, lw] of the queries (NULL: item-level) */
     const uint64_t *other_lab; /* [n_other, lw]: of the items searched */
     int lw;
-    int k;                        /* top-k per query (0: none) */
+    int k;                         /* top-k per query (0: none) */
     const unsigned char *want_top; /* [nq]: the queries that need a top-k list (NULL: all) */
     /* outputs, [nq]: threshold (the similarity ranked: the own item's, or the best same-label item's; NaN:
      * none), rank (items with a strictly greater similarity), ties (items with an equal one, the ranked item
@@ -52,7 +53,8 @@ typedef struct {
 /* Ranks q's rows against g (fwd) and, when rev is not NULL, g's rows against q from the same products.
  * block: rows and columns per product (<= 0: the default, 2048, or CAV_RECALL_BLOCK from the environment).
  * 0 ok, -1 out of memory. */
-int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev, int64_t block);
+int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev,
+                 int64_t block);
 
 /* The absolute bound on |float product cosine - reference similarity| used to decide entries (D terms). */
 double cav_retr_margin(int D);
