@@ -14,9 +14,9 @@ PREFIX ?= /usr/local
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
 BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
-  libswscale-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev
+  libswscale-dev libhdf5-dev libzstd-dev libopenblas-dev libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev
 CHECK_DEBS := hdf5-tools ffmpeg sox python3-numpy python3-torch python3-torchaudio python3-h5py \
-  python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard bc
+  python3-sklearn python3-opencv python3-pil python3-torchvision python3-scipy python3-zstandard bc chromium
 # real recordings for golden data (fbank, av-extract) and the sources of the AV-Digits dataset
 # (pipelines/av-digits, built by tests/tools/test_av_digits.sh)
 CHECK_DEBS += tuxpaint-stamps-default gcompris-qt-data espeak-ng flite asterisk-core-sounds-en-g722 \
@@ -41,7 +41,7 @@ if command -v dpkg >/dev/null 2>&1; then \
 else echo "make: no dpkg here; relying on pkg-config to find the libraries"; fi
 endef
 
-PKGS := libavformat libavcodec libavutil libswresample libswscale hdf5 libzstd openblas libjpeg
+PKGS := libavformat libavcodec libavutil libswresample libswscale hdf5 libzstd openblas libjpeg libpng
 
 $(BUILD)/config.mk: Makefile
 	@mkdir -p $(BUILD)

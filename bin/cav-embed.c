@@ -2,10 +2,13 @@
  * or a record stream, through the evaluation transforms of the loader (frame 5, no noise, roll or
  * SpecAugment), a CAV-MAE encoder's forward_feat, mean pooling over all tokens and L2 normalisation. The
  * model side is lib/model/embed.c. */
+#include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "blas.h"
 #include "cli.h"
@@ -13,6 +16,9 @@
 #include "embed.h"
 #include "io.h"
 #include "loader.h"
+#include "picture.h"
+#include "reconstruct.h"
+#include "rng.h"
 #include "shard.h"
 
 static const char usage[] =
@@ -31,13 +37,20 @@ static const char usage[] =
     "      --device NAME        compute backend: cpu (default), cuda, cuda:N (when built with it)\n"
     "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
     "      --frame N            use frame N instead of the middle frame 5\n"
+    "      --reconstruct DIR    instead of embeddings: for the first --clips clips, PNG pictures of the input,\n"
+    "                           the masked input and the decoder's reconstruction of the spectrogram\n"
+    "                           (DIR/N-audio.png) and the image (DIR/N-video.png), and DIR/reconstruction.cavs\n"
+    "                           (id, mask_a, mask_v, pred_a, pred_v); needs a pretraining checkpoint\n"
+    "      --mask-ratio R       masked fraction of both modalities (default: the checkpoint's)\n"
+    "      --seed N             masks' seed (default 0)\n"
+    "      --clips N            clips to reconstruct (default 4)\n"
     "      --help, --version\n"
     "\n"
     "Threads: OMP_NUM_THREADS. A bad record is reported (file, record, field) and skipped.\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (bad records were skipped, or a bad checkpoint), 3 internal\n"
     "or resource failure.\n";
 
-enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME, O_DEVICE };
+enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME, O_DEVICE, O_RECON, O_MASK, O_SEED, O_CLIPS };
 
 typedef struct {
     cav_embedder e;
@@ -86,18 +99,111 @@ static void flush(state *s) {
     s->n = 0;
 }
 
+/* The model's part of a reconstruction: masks drawn from seed (the project's generator, as cav-pretrain draws
+ * them), then the pretraining forward. */
+static void masked_forward(cav_model *m, uint64_t seed) {
+    cav_rng r;
+    cav_rng_seed(&r, seed, CAV_RNG_MASK, 0, 0);
+    uint64_t state = cav_rng_u64(&r);
+    cav_model_random_masks(m, &state);
+    cav_model_forward(m);
+}
+
+/* pictures side by side (video: horizontal) or stacked (audio), 4 white pixels apart */
+static uint8_t *triptych(uint8_t *p[3], int w, int h, int horizontal, int *W, int *H) {
+    *W = horizontal ? 3 * w + 8 : w, *H = horizontal ? h : 3 * h + 8;
+    uint8_t *o = malloc((size_t)*W * *H * 3);
+    if (!o) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    memset(o, 255, (size_t)*W * *H * 3);
+    for (int k = 0; k < 3; k++)
+        for (int y = 0; y < h; y++)
+            memcpy(o + ((size_t)(horizontal ? y : y + k * (h + 4)) * *W + (horizontal ? k * (w + 4) : 0)) * 3,
+                   p[k] + (size_t)y * w * 3, (size_t)w * 3);
+    return o;
+}
+
+/* image [3, S, S] in the model's units back to RGB (mean and std of the loader); NaN (masked) is grey */
+static uint8_t *to_rgb(const float *x, int S, const cav_loader_opts *lo) {
+    uint8_t *o = malloc((size_t)S * S * 3);
+    if (!o) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < (size_t)S * S; i++) {
+            float v = x[(size_t)c * S * S + i];
+            float u = isnan(v) ? 128 : (v * lo->img_std[c] + lo->img_mean[c]) * 255;
+            o[i * 3 + c] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : lrintf(u));
+        }
+    return o;
+}
+
+static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const cav_loader_opts *lo) {
+    cav_model *m = s->e.m;
+    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
+    memset(m->in.audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
+    memset(m->in.video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
+    masked_forward(m, seed);
+    cav_err err = {0, ""};
+    cav_record rec;
+    cav_record_init(&rec);
+    for (int i = 0; i < s->n; i++) {
+        cav_reconstruction r;
+        if (cav_reconstruct(m, i, &r, &err)) cav_die(err.code, "%s: %s", dir, err.msg);
+        uint8_t *pa[3], *pv[3];
+        float lo_a = INFINITY, hi_a = -INFINITY; /* the input's range, for all three spectrograms */
+        for (size_t k = 0; k < A; k++) lo_a = fminf(lo_a, r.audio[0][k]), hi_a = fmaxf(hi_a, r.audio[0][k]);
+        for (int k = 0; k < 3; k++) {
+            if (!(pa[k] = cav_picture_spectrogram(r.audio[k], r.T, r.F, lo_a, hi_a))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+            pv[k] = to_rgb(r.video[k], r.S, lo);
+        }
+        int W, H;
+        char path[4200];
+        uint8_t *pic = triptych(pa, r.T, r.F, 0, &W, &H);
+        snprintf(path, sizeof path, "%s/%d-audio.png", dir, i);
+        if (cav_png_write(path, pic, W, H, &err)) cav_die(err.code, "%s", err.msg);
+        free(pic);
+        pic = triptych(pv, r.S, r.S, 1, &W, &H);
+        snprintf(path, sizeof path, "%s/%d-video.png", dir, i);
+        if (cav_png_write(path, pic, W, H, &err)) cav_die(err.code, "%s", err.msg);
+        free(pic);
+        double ma = 0, mv = 0;
+        for (int l = 0; l < r.La; l++) ma += r.mask_a[l];
+        for (int l = 0; l < r.Lv; l++) mv += r.mask_v[l];
+        cav_msg("%s: %s/%d-audio.png, %s/%d-video.png (%.0f of %d audio and %.0f of %d visual patches masked)",
+                s->ids[i], dir, i, dir, i, ma, r.La, mv, r.Lv);
+        cav_record_clear(&rec);
+        int64_t sa[1] = {r.La}, sv[1] = {r.Lv}, spa[2] = {r.La, 256}, spv[2] = {r.Lv, 768};
+        if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, "mask_a", CAV_F32, 1, sa, r.mask_a) ||
+            !cav_record_put(&rec, "mask_v", CAV_F32, 1, sv, r.mask_v) ||
+            !cav_record_put(&rec, "pred_a", CAV_F32, 2, spa, r.pred_a) ||
+            !cav_record_put(&rec, "pred_v", CAV_F32, 2, spv, r.pred_v))
+            cav_die(CAV_EXIT_INTERNAL, "out of memory");
+        if (cav_writer_put(s->w, &rec, &err)) {
+            cav_writer_abort(s->w);
+            cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
+        }
+        for (int k = 0; k < 3; k++) free(pa[k]), free(pv[k]);
+        cav_reconstruction_free(&r);
+        free(s->ids[i]);
+        s->ids[i] = NULL;
+        s->written++;
+    }
+    cav_record_clear(&rec);
+    s->n = 0;
+}
+
 int main(int argc, char **argv) {
     cav_set_tool("cav-embed");
     cav_blas_fit_cpu("cav-embed", argv);
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"model-type", 1, 0, O_TYPE}, {"arch", 1, 0, O_ARCH},
                                          {"set", 1, 0, O_SET}, {"out", 1, 0, 'o'}, {"batch-size", 1, 0, 'b'},
                                          {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, {"device", 1, 0, O_DEVICE},
-                                         CAV_STD_OPTIONS,
+                                         {"reconstruct", 1, 0, O_RECON}, {"mask-ratio", 1, 0, O_MASK},
+                                         {"seed", 1, 0, O_SEED}, {"clips", 1, 0, O_CLIPS}, CAV_STD_OPTIONS,
                                          {0, 0, 0, 0}};
     cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
-    const char **keys = calloc((size_t)argc + 1, sizeof *keys), **vals = calloc((size_t)argc + 1, sizeof *vals);
-    const char *out = "-";
-    int tokens = 0, frame = -1, c;
+    const char **keys = calloc((size_t)argc + 3, sizeof *keys), **vals = calloc((size_t)argc + 3, sizeof *vals);
+    const char *out = "-", *recon_dir = NULL, *mask_ratio = NULL;
+    int tokens = 0, frame = -1, clips = 4, c;
+    uint64_t seed = 0;
     if (!keys || !vals) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     while ((c = getopt_long(argc, argv, "m:o:b:", opts, NULL)) != -1) {
         switch (c) {
@@ -123,10 +229,19 @@ int main(int argc, char **argv) {
         case O_TOKENS: tokens = 1; break;
         case O_FRAME: frame = (int)cav_parse_int("frame", optarg, 0, 1000); break;
         case O_DEVICE: eo.device = optarg; break;
+        case O_RECON: recon_dir = optarg; break;
+        case O_MASK: cav_parse_double("mask-ratio", optarg, 0, 0.99), mask_ratio = optarg; break;
+        case O_SEED: seed = (uint64_t)cav_parse_int("seed", optarg, 0, INT64_MAX); break;
+        case O_CLIPS: clips = (int)cav_parse_int("clips", optarg, 1, 256); break;
         default: cav_std_option(c, usage); cav_usage_error("unexpected option");
         }
     }
     if (!eo.path) cav_usage_error("--model CKPT is required");
+    if (recon_dir) {
+        eo.decoder = 1, eo.batch = clips;
+        if (mask_ratio) keys[eo.nset] = "mask_ratio_a", vals[eo.nset++] = mask_ratio, keys[eo.nset] = "mask_ratio_v",
+                        vals[eo.nset++] = mask_ratio;
+    }
     eo.set_keys = keys, eo.set_vals = vals;
     char *stdin_only[] = {"-"};
     char **inputs = optind < argc ? argv + optind : stdin_only;
@@ -180,6 +295,12 @@ int main(int argc, char **argv) {
         cav_attrs_set(&attrs, CAV_DATTR_EMBEDDING, "forward_feat, mean over all tokens, L2-normalised") ||
         cav_attrs_set(&attrs, CAV_DATTR_EMBED_DIM, dim))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    char recon_out[4200];
+    if (recon_dir) {
+        if (mkdir(recon_dir, 0777) && errno != EEXIST) cav_die(CAV_EXIT_INTERNAL, "%s: cannot create: %s", recon_dir, strerror(errno));
+        snprintf(recon_out, sizeof recon_out, "%s/reconstruction.cavs", recon_dir);
+        out = recon_out;
+    }
     if (!(s.w = cav_writer_open(out, cav_format_for_path(out), &attrs, &err)))
         cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_attrs_clear(&attrs);
@@ -210,15 +331,23 @@ int main(int argc, char **argv) {
                 continue;
             }
             if (!(s.ids[s.n++] = strdup(rec.id ? rec.id : ""))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
-            if (s.n == s.B) flush(&s);
+            if (s.n == s.B) {
+                if (recon_dir) break; /* the clips to draw are in */
+                flush(&s);
+            }
         }
         cav_reader_close(rd);
+        if (recon_dir && s.n == s.B) {
+            for (int j = i + 1; j < ninputs; j++) cav_reader_close(rds[j]);
+            break;
+        }
     }
-    flush(&s);
+    if (recon_dir) reconstruct_batch(&s, recon_dir, seed, &lo);
+    else flush(&s);
     cav_progress_end(prog);
     cav_record_clear(&rec);
     if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
-    cav_msg("%lld clips embedded", (long long)s.written);
+    cav_msg("%lld clips %s", (long long)s.written, recon_dir ? "reconstructed" : "embedded");
     cav_embedder_close(&s.e);
     free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds), free(keys),
         free(vals);

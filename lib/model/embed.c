@@ -13,10 +13,16 @@
 
 static int is_decoder_name(const char *n) { return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0; }
 
-/* The part of the checkpoint's model that retrieval does not run. */
+typedef struct {
+    cav_embed_type type;
+    int decoder; /* the decoder is loaded too (reconstructions) */
+} file_part;
+
+/* The part of the checkpoint's model that this pass does not run. */
 static int other_part(const char *name, void *ctx) {
-    cav_embed_type t = *(const cav_embed_type *)ctx;
-    return (t == CAV_EMBED_FINETUNE && strncmp(name, "mlp_head.", 9) == 0) || (t == CAV_EMBED_PRETRAIN && is_decoder_name(name));
+    const file_part *f = ctx;
+    return (f->type == CAV_EMBED_FINETUNE && strncmp(name, "mlp_head.", 9) == 0) ||
+           (f->type == CAV_EMBED_PRETRAIN && !f->decoder && is_decoder_name(name));
 }
 
 int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
@@ -52,6 +58,10 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
                  o->type == CAV_EMBED_FINETUNE ? "finetune" : "pretrain");
         goto done;
     }
+    if (o->decoder && (file_type != CAV_EMBED_PRETRAIN || !has_dec)) {
+        cav_fail(err, 2, "%s: no decoder (a pretraining checkpoint of CAV-MAE with its decoder is needed)", o->path);
+        goto done;
+    }
     e->type = file_type;
     cav_config cfg = cav_config_default(CAV_TASK_FEAT);
     if (cj) {
@@ -61,7 +71,7 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         cav_fail(err, 1, "--arch: base or tiny, not '%s'", o->arch);
         goto done;
     }
-    cfg.task = CAV_TASK_FEAT;
+    cfg.task = o->decoder ? CAV_TASK_PRETRAIN : CAV_TASK_FEAT;
     for (int i = 0; i < o->nset; i++) {
         int r = cav_config_set(&cfg, o->set_keys[i], o->set_vals[i]);
         if (r) {
@@ -85,7 +95,8 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         if (!err->code) err->code = 3;
         goto done;
     }
-    cav_weights_load_opts lo = {.ignore = other_part, .ctx = &file_type,
+    file_part part = {file_type, o->decoder};
+    cav_weights_load_opts lo = {.ignore = other_part, .ctx = &part,
                                 .shape_hint = cfgtext ? "" : " (no config in the file: give --arch / --set)"};
     if (cav_weights_load(e->m, &w, &lo, err)) goto done;
     e->nparams_loaded = lo.loaded;

@@ -22,6 +22,7 @@ typedef struct {
     const char *const *set_keys, *const *set_vals;
     int batch;             /* rows per forward */
     const char *device;    /* backend name for cav_backend_open ("cpu" when NULL) */
+    int decoder;           /* also load the decoder and run task PRETRAIN (reconstructions; pretraining files) */
 } cav_embed_opts;
 
 typedef struct {

@@ -131,29 +131,20 @@ cav_cls_stats cav_classification_stats(const float *scores, const float *targets
     return st;
 }
 
-void cav_retrieval_ranks(const double *sim, int64_t n, int64_t *rank, int64_t *ties) {
-    for (int64_t i = 0; i < n; i++) {
-        const double *row = sim + i * n, d = row[i];
-        int64_t r = 0, t = 0;
-        for (int64_t j = 0; j < n; j++) r += row[j] > d, t += row[j] == d;
-        rank[i] = r, ties[i] = t;
-    }
-}
-
-/* The hits as a histogram over positions 0..n-1 (a difference array: hits of query i cover
+/* The hits as a histogram over positions 0..npos-1 (a difference array: hits of query i cover
  * [rank, rank + ties)), so that all-equal rows cost O(n) memory rather than n^2 hits. */
-cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n) {
+cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n, int64_t npos) {
     cav_recall_stats st = {NAN, NAN, NAN, NAN, 0};
-    if (n <= 0) return st;
-    int64_t *cnt = calloc((size_t)n + 1, sizeof *cnt);
+    if (n <= 0 || npos <= 0) return st;
+    int64_t *cnt = calloc((size_t)npos + 1, sizeof *cnt);
     if (!cnt) return st;
     for (int64_t i = 0; i < n; i++) {
         int64_t t = ties ? ties[i] : 1;
-        if (t <= 0 || rank[i] < 0 || rank[i] + t > n) continue;
+        if (t <= 0 || rank[i] < 0 || rank[i] + t > npos) continue;
         cnt[rank[i]]++, cnt[rank[i] + t]--;
     }
     int64_t h = 0, h1 = 0, h5 = 0, h10 = 0;
-    for (int64_t p = 0; p < n; p++) {
+    for (int64_t p = 0; p < npos; p++) {
         if (p) cnt[p] += cnt[p - 1];
         h += cnt[p];
         if (p < 1) h1 += cnt[p];
@@ -164,7 +155,7 @@ cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *t
     if (h) {
         /* np.median: the middle hit, or the mean of the two middle ones */
         int64_t lo = (h - 1) / 2, hi = h / 2, seen = 0, vlo = -1, vhi = -1;
-        for (int64_t p = 0; p < n && vhi < 0; p++) {
+        for (int64_t p = 0; p < npos && vhi < 0; p++) {
             seen += cnt[p];
             if (vlo < 0 && seen > lo) vlo = p;
             if (seen > hi) vhi = p;
@@ -187,7 +178,7 @@ cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n) {
             for (int64_t j = 0; j < n; j++) r += row[j] > d, t += row[j] == d;
             rank[i] = r, ties[i] = t;
         }
-        st = cav_retrieval_stats_ranks(rank, ties, n);
+        st = cav_retrieval_stats_ranks(rank, ties, n, n);
     }
     free(rank), free(ties);
     return st;

@@ -31,11 +31,9 @@ typedef struct {
  * R@k = fraction of hits < k, MR = median of the hits + 1 (NaN when there is no hit). */
 cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n);
 
-/* The same on a double matrix, in two steps: per query, rank[i] (strictly greater columns; NaNs in the
- * row never count) and ties[i] (columns equal to the diagonal, itself included; 0 for a NaN diagonal). */
-void cav_retrieval_ranks(const double *sim, int64_t n, int64_t *rank, int64_t *ties);
-/* Statistics from them; ties NULL counts one hit per query at its rank (no duplicate hits). NaNs when
- * memory runs out. */
-cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n);
+/* Statistics from per-query ranks (items with a strictly greater similarity) and ties (items equal to the
+ * ranked one, itself included; 0: no hit) over npos items (the positions a hit can take); ties NULL counts
+ * one hit per query at its rank. lib/train/retrieval.h computes both at any scale. NaNs when memory runs out. */
+cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n, int64_t npos);
 
 #endif
