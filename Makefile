@@ -84,7 +84,9 @@ LIB_DIRS := lib/base lib/formats lib/media lib/model lib/train
 LIB_INC := $(LIB_DIRS:%=-I%)
 # Compute backends (kernels/kernels.h's cav_backend), one folder each; kernels/cpu is always built. A GPU
 # backend is one more entry here (with its compiler rule and CAV_HAVE_<NAME> define).
-KERNEL_DIRS := kernels/cpu
+# kernels/cuda: where the config step found nvcc and cuBLAS (make NVCC= builds without it)
+CUDA_BUILD := $(and $(NVCC),$(HAVE_CUBLAS))
+KERNEL_DIRS := kernels/cpu $(if $(CUDA_BUILD),kernels/cuda)
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp $(LIB_INC) -Ikernels $(KERNEL_DIRS:%=-I%) -Itests \
   -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
 OPT ?= -O2 -march=x86-64-v2
@@ -107,15 +109,15 @@ REF_GENS := $(wildcard tests/ref/gen_*.py)
 # The tools that train link MPI (data parallelism); the others do not need it.
 MPI_TOOLS := cav-pretrain cav-finetune
 
-# The CUDA backend (kernels/cuda), built whenever the config step found nvcc and cuBLAS (make NVCC= builds
-# without it). nvcc compiles each .cu once, for sm_80 and sm_90, warnings as errors; the objects join both
-# libcav.a (the ASan build links the same, uninstrumented, objects) and every program links cudart, cuBLAS
-# and cuBLASLt. -fmad=false: no multiply-add contraction, so elementwise kernels do the CPU's float
-# operations (the CPU build never contracts either: -std=c11 implies -ffp-contract=off).
-ifneq ($(and $(NVCC),$(HAVE_CUBLAS)),)
+# The CUDA backend (kernels/cuda, CUDA_BUILD above): nvcc compiles each .cu once, for sm_80 and sm_90,
+# warnings as errors; the objects join both libcav.a (the ASan build links the same, uninstrumented,
+# objects) and every program links cudart, cuBLAS and cuBLASLt. -fmad=false: no multiply-add contraction,
+# so elementwise kernels do the CPU's float operations (the CPU build never contracts either: -std=c11
+# implies -ffp-contract=off).
+ifneq ($(CUDA_BUILD),)
 CUDA_OBJ := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(wildcard kernels/cuda/*.cu))
 NVCC_FLAGS := -std=c++17 -O2 -g -fmad=false -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-  -Werror all-warnings -Xcompiler -Wall,-Wextra $(LIB_INC) -Ikernels -Ikernels/cuda
+  -Werror all-warnings -Xcompiler -Wall,-Wextra $(LIB_INC) -Ikernels
 CFLAGS_REL += -DCAV_HAVE_CUDA=1
 CFLAGS_ASAN += -DCAV_HAVE_CUDA=1
 LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++

@@ -4,7 +4,7 @@
  * in the same order per element. The backend is compiled with -fmad=false and IEEE sqrtf and division, so
  * no multiply-add is contracted and each parameter's new value has the CPU's bits. Also the finiteness
  * check of the gradients. */
-#include "cuda.h"
+#include "cuda_ops.h"
 
 static __global__ void adam_kernel(float *p, const float *grad, float *m, float *v, size_t n, float step,
                                    float bc2s, float c1, float c2, float b1, float b2, float eps, float wd) {

@@ -6,7 +6,7 @@
  *
  * cuBLAS is column-major: a row-major X[r,c] with leading dimension ld is the column-major X^T, so each
  * row-major product below is written as its transpose. */
-#include "cuda.h"
+#include "cuda_ops.h"
 
 /* Column-major C[m,n] = alpha op(A) op(B) + beta C for `batch` matrices strideA/B/C floats apart. */
 static void gemm_batched(bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda,

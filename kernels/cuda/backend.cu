@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda.h"
+#include "cuda_ops.h"
 
 cav_cuda_ctx cav_cuda = {-1, NULL, NULL, NULL, 0, {NULL, NULL}, {0, 0}};
 

@@ -9,7 +9,7 @@
  * Where no algorithm accepts the epilogue (an unaligned bias pointer), the bias is added after the GEMM
  * with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
  * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order. */
-#include "cuda.h"
+#include "cuda_ops.h"
 
 /* D[:, j] += bias for each of the n columns of the column-major D[m,n] (a row-major out[n,m] += b[m]) */
 static __global__ void add_rows_kernel(float *D, const float *bias, int m, int n, int ldd) {

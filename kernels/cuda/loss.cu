@@ -4,7 +4,7 @@
  * synchronises). Sums are in double as the CPU's; the long ones (a row of C or P values, the rows of a
  * batch) in reduce.h's tree order, the short ones (the B x B similarity's log-sum-exps and the diagonal
  * sum, a row of soft CE) on one thread in the CPU's own order. No atomics: the same bits on every run. */
-#include "cuda.h"
+#include "cuda_ops.h"
 
 /* ---- L2 normalisation: one block per row ------------------------------------------------------------------
  */

@@ -5,7 +5,7 @@
  * position table's gradient over the batch, the pooling) one thread owns the output and adds in the CPU's
  * order, so the bits are the CPU's and the same on every run; the sums over many rows (the modality
  * embedding, the mask token) are reduce.h's column sums. */
-#include "cuda.h"
+#include "cuda_ops.h"
 
 static __global__ void gather_kernel(float *out, const float *inp, const int64_t *idx, int B, int N, int L,
                                      int C) {

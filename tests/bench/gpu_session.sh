@@ -57,9 +57,20 @@ step() { # NAME CONFIG B STEPS DEVICE CMD...
 for cfg in tiny base; do
     if [ $cfg = tiny ]; then b=$b_tiny n=$steps_tiny; else b=$b_base n=$steps_base; fi
     step "step $cfg C $device" $cfg "$b" "$n" "$device" build/bench/train_step step
+    [ $cfg = tiny ] && sed -n 's/^last_loss //p' "$results/out" >"$results/tiny_loss"
     step "step $cfg PyTorch $device" $cfg "$b" "$n" "$device" "$python" tests/bench/train_step_torch.py
     step "step $cfg C cpu" $cfg "$b" 1 cpu build/bench/train_step step
 done
+
+# Determinism: the same tiny run again on the GPU must give the same loss to the last bit (no atomics in
+# reductions; resume is bit-exact only if this holds).
+if [ -s "$results/tiny_loss" ]; then
+    stage "step tiny C $device again" 100 env CAV_BENCH_DEVICE="$device" build/bench/train_step step tiny "$b_tiny" \
+        "$steps_tiny"
+    again=$(sed -n 's/^last_loss //p' "$results/out")
+    if [ "$again" = "$(cat "$results/tiny_loss")" ]; then verdict="same bits"; else verdict="DIFFERENT"; fi
+    echo "determinism: last loss $(cat "$results/tiny_loss") then $again: $verdict" | tee -a "$results/summary"
+fi
 
 echo
 echo "==== summary (rc 124: over its time limit)"
