@@ -85,7 +85,9 @@ LIB_DIRS := lib/base lib/formats lib/media lib/model lib/train
 LIB_INC := $(LIB_DIRS:%=-I%)
 # Compute backends (kernels/kernels.h's cav_backend), one folder each; kernels/cpu is always built. A GPU
 # backend is one more entry here (with its compiler rule and CAV_HAVE_<NAME> define).
-KERNEL_DIRS := kernels/cpu
+# kernels/cuda: where the config step found nvcc and cuBLAS (make NVCC= builds without it)
+CUDA_BUILD := $(and $(NVCC),$(HAVE_CUBLAS))
+KERNEL_DIRS := kernels/cpu $(if $(CUDA_BUILD),kernels/cuda)
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -g -fopenmp $(LIB_INC) -Ikernels $(KERNEL_DIRS:%=-I%) -Itests \
   -DCAV_VERSION='"$(VERSION)"' $(DEP_CFLAGS)
 OPT ?= -O2 -march=x86-64-v2
@@ -107,6 +109,20 @@ LONG_TESTS := $(sort $(wildcard tests/long/test_*.sh tests/long/test_*.py))
 REF_GENS := $(wildcard tests/ref/gen_*.py)
 # The tools that train link MPI (data parallelism); the others do not need it.
 MPI_TOOLS := cav-pretrain cav-finetune
+
+# The CUDA backend (kernels/cuda, CUDA_BUILD above): nvcc compiles each .cu once, for sm_80 and sm_90,
+# warnings as errors; the objects join both libcav.a (the ASan build links the same, uninstrumented,
+# objects) and every program links cudart, cuBLAS and cuBLASLt. -fmad=false: no multiply-add contraction,
+# so elementwise kernels do the CPU's float operations (the CPU build never contracts either: -std=c11
+# implies -ffp-contract=off).
+ifneq ($(CUDA_BUILD),)
+CUDA_OBJ := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(wildcard kernels/cuda/*.cu))
+NVCC_FLAGS := -std=c++17 -O2 -g -fmad=false -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+  -Werror all-warnings -Xcompiler -Wall,-Wextra $(LIB_INC) -Ikernels
+CFLAGS_REL += -DCAV_HAVE_CUDA=1
+CFLAGS_ASAN += -DCAV_HAVE_CUDA=1
+LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
 
 # V=1 shows the full commands.
 Q := $(if $(V),,@)
@@ -137,6 +153,12 @@ $(ASAN)/%.o: %.c $(BUILD)/config.mk
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+$(BUILD)/cuda/%.o: %.cu $(wildcard kernels/cuda/*.h) kernels/kernels.h lib/formats/record.h $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	@echo "  NVCC    $@"
+	$(Q)$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+$(REL)/libcav.a $(ASAN)/libcav.a: $(CUDA_OBJ)
 
 $(REL)/libcav.a: $(LIB_SRC:%.c=$(REL)/%.o)
 	@rm -f $@; ar rcs $@ $^
@@ -211,6 +233,19 @@ check-tools: tests refs | $(BUILD)/.check-deps
 check-long: tests refs | $(BUILD)/.check-deps
 	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; \
 	$(TEST_ENV) CAV_TEST_TIMEOUT=36000 tests/run.sh long $(LONG_TESTS); $(TEST_ENV) tests/run.sh --total
+
+# The CUDA backend against the CPU's (test_kernels' backend list, the cuda entry required): SKIPPED where
+# this build has no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees but the backend
+# cannot open is a failure.
+check-cuda: $(REL)/tests/test_kernels
+	@mkdir -p $(BUILD)/test-logs; log=$(BUILD)/test-logs/check-cuda.log; \
+	if [ -z "$(CUDA_OBJ)" ]; then echo "SKIPPED check-cuda: this build has no CUDA backend (nvcc or cuBLAS not found)"; exit 0; fi; \
+	$(TEST_ENV) $(REL)/tests/test_kernels >$$log 2>&1; st=$$?; cat $$log; \
+	if grep -q 'backend cuda: SKIPPED' $$log; then \
+	  if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo "FAIL check-cuda: a GPU is present but the cuda backend did not open"; exit 1; fi; \
+	  echo "SKIPPED check-cuda: $$(sed -n 's/.*backend cuda: SKIPPED (\(.*\))$$/\1/p' $$log)"; exit 0; fi; \
+	if ! grep -q '^PASS test_backends' $$log; then echo "FAIL check-cuda: test_kernels did not pass its backend test (log: $$log)"; exit 1; fi; \
+	echo "PASS check-cuda"; exit $$st
 
 # C programs the benchmark scripts time (tests/bench/*.c except fbank_speed.c, which bench_fbank.py builds).
 BENCH_PROGS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(filter-out tests/bench/fbank_speed.c,$(wildcard tests/bench/*.c)))

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels.h"
 #include "model.h"
 
 static double now(void) {
@@ -90,7 +91,10 @@ int main(int argc, char **argv) {
     }
     int B = atoi(argv[3]), steps = atoi(argv[4]);
     cav_err err = {0};
-    cav_model *m = cav_model_create(&cfg, B, &err);
+    /* CAV_BENCH_DEVICE picks the backend (tests/bench/gpu_session.sh times "cuda"); the CPU otherwise */
+    const char *device = getenv("CAV_BENCH_DEVICE");
+    cav_backend *be = cav_backend_open(device ? device : "cpu", &err);
+    cav_model *m = be ? cav_model_create_on(be, &cfg, B, &err) : NULL;
     if (!m || cav_model_alloc_adam(m)) {
         fprintf(stderr, "train_step: %s\n", m ? "out of memory" : err.msg);
         return 3;
@@ -129,6 +133,7 @@ int main(int argc, char **argv) {
            t_all / steps);
     printf("gflop_per_sample %.2f\n", step_flops(m) / 1e9);
     printf("samples_per_s %.4f\n", B * steps / t_all);
+    printf("last_loss %.9g\n", m->out.loss); /* fixed seeds: two runs on one device give the same bits */
     cav_model_free(m);
     return 0;
 }

@@ -1,0 +1,244 @@
+/* dense.cu: the CUDA backend's dense ops, mirroring kernels/cpu/dense.c — Linear through cuBLASLt (fp32
+ * compute, no TF32), LayerNorm, exact GELU, the elementwise adds — and the deterministic column sums that
+ * the parameter gradients (bias, LayerNorm, embeddings) use. Contracts in kernels.h.
+ *
+ * The Linear bias rides cuBLASLt's BIAS epilogue: D = fl(acc + b) per element, the acc being the finished
+ * fp32 dot product. The CPU gives the bias to OpenBLAS as the C operand (beta = 1), which computes
+ * fl(b + acc) as long as the K dimension is one OpenBLAS block, so the two differ only by the dot product's
+ * summation order (a few ulp, the tolerance of tests/unit/test_kernels.c), not by where the bias enters.
+ * Where no algorithm accepts the epilogue (an unaligned bias pointer), the bias is added after the GEMM
+ * with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
+ * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order. */
+#include "cuda_ops.h"
+
+/* D[:, j] += bias for each of the n columns of the column-major D[m,n] (a row-major out[n,m] += b[m]) */
+static __global__ void add_rows_kernel(float *D, const float *bias, int m, int n, int ldd) {
+    CAV_FOR_EACH(i, (size_t)m * n) D[(i / m) * ldd + i % m] += bias[i % m];
+}
+static void add_rows(float *D, const float *bias, int m, int n, int ldd) {
+    add_rows_kernel<<<cav_grid((size_t)m * n, 256), 256>>>(D, bias, m, n, ldd);
+    LAUNCHED();
+}
+
+/* ---- cuBLASLt GEMM, column-major: D[m,n] = op(A) op(B) (+ beta D) (+ bias[m] per row of D) ------------- */
+
+static void lt_gemm(bool ta, bool tb, int m, int n, int k, const float *A, int lda, const float *B, int ldb,
+                    float beta, float *D, int ldd, const float *bias) {
+    if (m == 0 || n == 0) return;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, ta ? k : m, ta ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, tb ? n : k, tb ? k : n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, ldd));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &cav_cuda.lt_work_bytes,
+                                                      sizeof cav_cuda.lt_work_bytes));
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    bool fused = false;
+    if (bias) {
+        cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        if (cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, op, la, lb, ld, ld, pref, 1, &h, &found) ==
+                CUBLAS_STATUS_SUCCESS &&
+            found > 0)
+            fused = true;
+        else {
+            cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
+            CUBLAS_CHECK(
+                cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof none));
+        }
+    }
+    if (!fused) {
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, op, la, lb, ld, ld, pref, 1, &h, &found));
+        if (found == 0)
+            cav_cuda_die("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no fp32 algorithm");
+    }
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(cav_cuda.lt, op, &one, A, la, B, lb, &beta, D, ld, D, ld, &h.algo,
+                                cav_cuda.lt_work, cav_cuda.lt_work_bytes, 0));
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+    if (bias && !fused) add_rows(D, bias, m, n, ldd);
+}
+
+/* Row-major out[M,OC] is column-major out^T[OC,M]: out^T = w @ inp^T with w^T[IC,OC] transposed back. */
+void cav_cuda_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC,
+                             int OC) {
+    lt_gemm(true, false, OC, M, IC, w, IC, inp, IC, 0.0f, out, OC, b);
+}
+
+void cav_cuda_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                              const float *w, int M, int IC, int OC) {
+    if (dinp)
+        lt_gemm(false, false, IC, M, OC, w, IC, dout, OC, 1.0f, dinp, IC, NULL);    /* dinp^T += w^T dout^T */
+    if (dw) lt_gemm(false, true, IC, OC, M, inp, IC, dout, OC, 1.0f, dw, IC, NULL); /* dw^T += inp^T dout */
+    if (db) cav_cuda_colsum(db, dout, NULL, M, OC, M, M, 0);
+}
+
+/* ---- column sums in reduce.h's chunk order ----------------------------------------------------------------
+ */
+
+static __global__ void colsum_part_kernel(double *part, const float *x, const float *keep, int rows, int C,
+                                          int n, int ntot, int off, int chunks) {
+    CAV_FOR_EACH(i, (size_t)chunks * C)
+    part[i] = cav_col_chunk(x, keep, rows, C, n, ntot, off, (int)(i % C), (int)(i / C));
+}
+static __global__ void colsum_ln_part_kernel(double *part, const float *dy, const float *x, const float *mean,
+                                             const float *rstd, int rows, int C, int chunks) {
+    CAV_FOR_EACH(i, (size_t)chunks * C)
+    part[i] = cav_col_chunk_ln(dy, x, mean, rstd, rows, C, (int)(i % C), (int)(i / C));
+}
+static __global__ void colsum_total_kernel(float *out, const double *part, int chunks, int C) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
+        out[c] += (float)cav_col_total(part, chunks, C, c);
+}
+
+void cav_cuda_colsum(float *out, const float *x, const float *keep, int rows, int C, int n, int ntot,
+                     int off) {
+    if (rows <= 0 || C <= 0) return;
+    int chunks = cav_col_chunks(rows);
+    double *part = (double *)cav_cuda_scratch(0, sizeof(double) * chunks * C);
+    colsum_part_kernel<<<cav_grid((size_t)chunks * C, 256), 256>>>(part, x, keep, rows, C, n, ntot, off,
+                                                                   chunks);
+    LAUNCHED();
+    colsum_total_kernel<<<cav_grid(C, 256), 256>>>(out, part, chunks, C);
+    LAUNCHED();
+}
+
+void cav_cuda_colsum_ln(float *dw, const float *dy, const float *x, const float *mean, const float *rstd,
+                        int rows, int C) {
+    if (rows <= 0 || C <= 0) return;
+    int chunks = cav_col_chunks(rows);
+    double *part = (double *)cav_cuda_scratch(0, sizeof(double) * chunks * C);
+    colsum_ln_part_kernel<<<cav_grid((size_t)chunks * C, 256), 256>>>(part, dy, x, mean, rstd, rows, C,
+                                                                      chunks);
+    LAUNCHED();
+    colsum_total_kernel<<<cav_grid(C, 256), 256>>>(dw, part, chunks, C);
+    LAUNCHED();
+}
+
+/* ---- LayerNorm: one block of CAV_RD_T threads per row
+ * ------------------------------------------------------ */
+
+static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
+                                                const float *w, const float *b, int C) {
+    __shared__ double sh[CAV_RD_T];
+    int l = threadIdx.x;
+    const float *x = inp + (size_t)blockIdx.x * C;
+    float *y = out + (size_t)blockIdx.x * C;
+    double mu = cav_block_sum(cav_rd_sum(x, C, l), sh) / C;
+    double ss = cav_block_sum(cav_rd_sqdev(x, C, mu, l), sh);
+    float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / C + (double)CAV_LN_EPS));
+    for (int c = l; c < C; c += CAV_RD_T) y[c] = (x[c] - mf) * rs * w[c] + b[c];
+    if (l == 0) mean[blockIdx.x] = mf, rstd[blockIdx.x] = rs;
+}
+
+void cav_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                const float *b, int M, int C) {
+    if (M <= 0) return;
+    layernorm_forward_kernel<<<M, CAV_RD_T>>>(out, mean, rstd, inp, w, b, C);
+    LAUNCHED();
+}
+
+static __global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp,
+                                                 const float *w, const float *mean, const float *rstd,
+                                                 int C) {
+    __shared__ double sh[CAV_RD_T];
+    int l = threadIdx.x;
+    size_t o = (size_t)blockIdx.x * C;
+    const float *x = inp + o, *dy = dout + o;
+    float *dx = dinp + o;
+    float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
+    double a, bs;
+    cav_rd_ln_bwd(x, dy, w, mu, rs, C, l, &a, &bs);
+    a = cav_block_sum(a, sh);
+    bs = cav_block_sum(bs, sh);
+    float ma = (float)(a / C), mb = (float)(bs / C);
+    for (int c = l; c < C; c += CAV_RD_T) {
+        float xh = (x[c] - mu) * rs;
+        dx[c] += rs * (dy[c] * w[c] - ma - xh * mb);
+    }
+}
+
+void cav_cuda_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                 const float *w, const float *mean, const float *rstd, int M, int C) {
+    if (M <= 0) return;
+    if (dinp) {
+        layernorm_backward_kernel<<<M, CAV_RD_T>>>(dinp, dout, inp, w, mean, rstd, C);
+        LAUNCHED();
+    }
+    if (dw) cav_cuda_colsum_ln(dw, dout, inp, mean, rstd, M, C);
+    if (db) cav_cuda_colsum(db, dout, NULL, M, C, M, M, 0);
+}
+
+/* ---- elementwise
+ * ------------------------------------------------------------------------------------------- */
+
+static __global__ void gelu_forward_kernel(float *out, const float *inp, size_t n) {
+    CAV_FOR_EACH(i, n) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    }
+}
+static __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n) {
+    const float k = 0.39894228040143268f; /* 1/sqrt(2 pi) */
+    CAV_FOR_EACH(i, n) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        float pdf = k * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+static __global__ void add_kernel(float *out, const float *a, const float *b, size_t n) {
+    CAV_FOR_EACH(i, n) out[i] = a[i] + b[i];
+}
+static __global__ void accumulate_kernel(float *dst, const float *src, size_t n) {
+    CAV_FOR_EACH(i, n) dst[i] += src[i];
+}
+static __global__ void average_kernel(float *out, const float *a, const float *b, size_t n) {
+    CAV_FOR_EACH(i, n) out[i] = (a[i] + b[i]) / 2;
+}
+static __global__ void half_kernel(float *da, const float *dout, size_t n) {
+    CAV_FOR_EACH(i, n) da[i] = dout[i] / 2;
+}
+
+void cav_cuda_gelu_forward(float *out, const float *inp, size_t n) {
+    if (!n) return;
+    gelu_forward_kernel<<<cav_grid(n, 256), 256>>>(out, inp, n);
+    LAUNCHED();
+}
+void cav_cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    if (!n) return;
+    gelu_backward_kernel<<<cav_grid(n, 256), 256>>>(dinp, inp, dout, n);
+    LAUNCHED();
+}
+void cav_cuda_add_forward(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    add_kernel<<<cav_grid(n, 256), 256>>>(out, a, b, n);
+    LAUNCHED();
+}
+void cav_cuda_accumulate(float *dst, const float *src, size_t n) {
+    if (!n) return;
+    accumulate_kernel<<<cav_grid(n, 256), 256>>>(dst, src, n);
+    LAUNCHED();
+}
+void cav_cuda_average_forward(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    average_kernel<<<cav_grid(n, 256), 256>>>(out, a, b, n);
+    LAUNCHED();
+}
+void cav_cuda_average_backward(float *da, const float *dout, size_t n) {
+    if (!n) return;
+    half_kernel<<<cav_grid(n, 256), 256>>>(da, dout, n);
+    LAUNCHED();
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# gpu_session.sh: the first thing to run when a GPU is lent (one prepared run of about 10 minutes), from the
+# repository root. Writes everything to one log (argument 1, default build/gpu-session.log):
+#   1. the machine: GPU, driver, nvcc, torch and whether torch sees the GPU;
+#   2. the build: the CUDA backend (nvcc, sm_80 + sm_90) and the two programs this needs;
+#   3. make check-cuda: every op of the CUDA backend against the CPU's (tests/unit/test_kernels.c);
+#   4. the training step (forward + backward + Adam, tests/bench/train_step.c) at the tiny and base configs,
+#      samples/s on the GPU against the reference PyTorch model (tests/ref/cavmae_ref.py) on the same GPU in
+#      fp32 (TF32 off), and the C model on the CPU for scale.
+# Each stage has its own time limit and a failure does not stop the later ones; the log ends with a summary
+# line per stage and the samples/s of each step run. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8),
+# STEPS_TINY (10), STEPS_BASE (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+log=${1:-build/gpu-session.log}
+mkdir -p "$(dirname "$log")"
+exec > >(tee "$log") 2>&1
+jobs=${JOBS:-$(nproc)}
+b_tiny=${B_TINY:-16} b_base=${B_BASE:-8} steps_tiny=${STEPS_TINY:-10} steps_base=${STEPS_BASE:-5}
+device=${DEVICE:-cuda} python=${PYTHON:-/usr/bin/python3}
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_WAIT_POLICY=passive
+# stage NAME SECONDS CMD...: runs CMD under a time limit, notes its outcome for the summary
+stage() {
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    echo
+    echo "==== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
+    timeout "$limit" "$@" 2>&1 | tee "$results/out"
+    local rc=${PIPESTATUS[0]}
+    printf '%-28s rc %3d  %4ds\n' "$name" "$rc" $((SECONDS - t0)) >>"$results/summary"
+    return "$rc"
+}
+
+echo "gpu_session: $(git describe --tags --always --dirty 2>/dev/null) on $(hostname), $(nproc) cores"
+stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/local/cuda/bin/nvcc;
+    (nvcc --version || /usr/local/cuda/bin/nvcc --version) | tail -2;
+    '"$python"' -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
+        \"available\", torch.cuda.is_available())"'
+
+# Only what the later stages run: the unit test of the kernels and the step benchmark (a full `make tests`
+# builds the ASan tree too, minutes this session does not have).
+stage build 300 make -j"$jobs" build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
+grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
+
+stage cuda-arith 60 build/rel/tests/test_cuda_arith
+stage check-cuda 180 make check-cuda
+
+# The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.
+step() { # NAME CONFIG B STEPS DEVICE CMD...
+    local name=$1 cfg=$2 b=$3 n=$4 dev=$5
+    shift 5
+    stage "$name" 100 env CAV_BENCH_DEVICE="$dev" "$@" "$cfg" "$b" "$n"
+    printf '  %-28s B %3s  %s samples/s\n' "$name" "$b" "$(sed -n 's/^samples_per_s //p' "$results/out")" >>"$results/samples"
+}
+for cfg in tiny base; do
+    if [ $cfg = tiny ]; then b=$b_tiny n=$steps_tiny; else b=$b_base n=$steps_base; fi
+    step "step $cfg C $device" $cfg "$b" "$n" "$device" build/bench/train_step step
+    [ $cfg = tiny ] && sed -n 's/^last_loss //p' "$results/out" >"$results/tiny_loss"
+    step "step $cfg PyTorch $device" $cfg "$b" "$n" "$device" "$python" tests/bench/train_step_torch.py
+    step "step $cfg C cpu" $cfg "$b" 1 cpu build/bench/train_step step
+done
+
+# Determinism: the same tiny run again on the GPU must give the same loss to the last bit (no atomics in
+# reductions; resume is bit-exact only if this holds).
+if [ -s "$results/tiny_loss" ]; then
+    stage "step tiny C $device again" 100 env CAV_BENCH_DEVICE="$device" build/bench/train_step step tiny "$b_tiny" \
+        "$steps_tiny"
+    again=$(sed -n 's/^last_loss //p' "$results/out")
+    if [ "$again" = "$(cat "$results/tiny_loss")" ]; then verdict="same bits"; else verdict="DIFFERENT"; fi
+    echo "determinism: last loss $(cat "$results/tiny_loss") then $again: $verdict" | tee -a "$results/summary"
+fi
+
+echo
+echo "==== summary (rc 124: over its time limit)"
+cat "$results/summary"
+echo "training step, samples/s (fp32; the CPU row is the C model on this machine's $(nproc) cores):"
+cat "$results/samples"
