@@ -1,5 +1,5 @@
-/* cav-embed: retrieval embeddings of clips (SPEC 4): records holding fbank (or wave) and frames, from shards
- * or a record stream, through the evaluation transforms of the loader (frame 5, no noise, roll or
+/* cav-embed: retrieval embeddings of clips (cav-numerics(7) 4): records holding fbank (or wave) and frames,
+ * from shards or a record stream, through the evaluation transforms of the loader (frame 5, no noise, roll or
  * SpecAugment), a CAV-MAE encoder's forward_feat, mean pooling over all tokens and L2 normalisation. The
  * model side is lib/model/embed.c. */
 #include <errno.h>
@@ -63,15 +63,21 @@ typedef struct {
     int64_t written;
 } state;
 
-static void flush(state *s) {
-    if (!s->n) return;
+/* The batch's n clips to the model; rows past n hold the previous batch's inputs: zero them so the unused
+ * rows compute on finite values. */
+static void upload_batch(state *s) {
     cav_model *m = s->e.m;
     size_t A = cav_model_input_size(m, CAV_IN_AUDIO), V = cav_model_input_size(m, CAV_IN_VIDEO);
-    /* rows past n hold the previous batch's inputs: zero them so the unused rows compute on finite values */
     memset(s->audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
     memset(s->video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
     cav_model_set_input(m, CAV_IN_AUDIO, s->audio, s->B);
     cav_model_set_input(m, CAV_IN_VIDEO, s->video, s->B);
+}
+
+static void flush(state *s) {
+    if (!s->n) return;
+    cav_model *m = s->e.m;
+    upload_batch(s);
     if (cav_embedder_run(&s->e, s->n, s->ea, s->ev)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (s->tokens) cav_model_read_output(m, "feat_a", s->fa), cav_model_read_output(m, "feat_v", s->fv);
     int D = m->D;
@@ -137,9 +143,8 @@ static uint8_t *to_rgb(const float *x, int S, const cav_loader_opts *lo) {
 
 static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const cav_loader_opts *lo) {
     cav_model *m = s->e.m;
-    size_t A = (size_t)m->T * m->F, V = (size_t)3 * m->S * m->S;
-    memset(m->in.audio + (size_t)s->n * A, 0, (size_t)(s->B - s->n) * A * sizeof(float));
-    memset(m->in.video + (size_t)s->n * V, 0, (size_t)(s->B - s->n) * V * sizeof(float));
+    size_t A = (size_t)m->T * m->F;
+    upload_batch(s);
     masked_forward(m, seed);
     cav_err err = {0, ""};
     cav_record rec;

@@ -1,9 +1,9 @@
-/* cav-recall: audio-visual retrieval metrics of the reference (SPEC 4, src/retrieval.py) from embedding
- * records (cav-embed's output): the cosine similarity dot / (|a| |b|), and per direction the rank of every
- * query's own item (or, with --class, of its best item sharing a label), R@1, R@5, R@10 and the median rank,
- * as one CSV line like its retrieval_result.csv; top-k lists per query, a gallery page of them, and queries
- * against another set (--gallery). The ranks are lib/train/retrieval.c (blocks, never the n x n matrix),
- * the statistics lib/train/metrics.c. */
+/* cav-recall: audio-visual retrieval metrics of the reference (cav-numerics(7) 4, src/retrieval.py) from
+ * embedding records (cav-embed's output): the cosine similarity dot / (|a| |b|), and per direction the rank
+ * of every query's own item (or, with --class, of its best item sharing a label), R@1, R@5, R@10 and the
+ * median rank, as one CSV line like its retrieval_result.csv; top-k lists per query, a gallery page of them,
+ * and queries against another set (--gallery). The ranks are lib/train/retrieval.c (blocks, never the n x n
+ * matrix), the statistics lib/train/metrics.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>

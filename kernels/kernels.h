@@ -24,7 +24,7 @@
 #include "record.h"
 
 #define CAV_LN_EPS 1e-5f        /* LayerNorm eps (torch default) */
-#define CAV_CONTRAST_TAU 0.05f  /* contrastive temperature (SPEC 2.10) */
+#define CAV_CONTRAST_TAU 0.05f  /* contrastive temperature (cav-numerics(7) 2.10) */
 
 typedef struct cav_backend cav_backend;
 struct cav_backend {
@@ -89,7 +89,7 @@ struct cav_backend {
     void (*mean_tokens_forward)(float *out, const float *inp, int B, int N, int C);
     void (*mean_tokens_backward)(float *dinp, const float *dout, int B, int N, int C);
 
-    /* ---- patches (SPEC 2.3; layouts in kernels/cpu/cpu.h) ---- */
+    /* ---- patches (cav-numerics(7) 2.3; layouts in kernels/cpu/cpu.h) ---- */
     void (*patchify_audio)(float *out, const float *a, int B, int T, int F);  /* [B,(F/16)(T/16),256] */
     void (*patchify_video)(float *out, const float *v, int B, int S);         /* MAE target [B,(S/16)^2,768] */
     void (*im2col_video)(float *out, const float *v, int B, int S);           /* conv order [B,(S/16)^2,768] */
@@ -98,14 +98,15 @@ struct cav_backend {
     /* F.normalize: out[B,C] = x / max(|x|, 1e-12), norm[B] saved. */
     void (*l2norm_forward)(float *out, float *norm, const float *inp, int B, int C);
     void (*l2norm_backward)(float *dinp, const float *dout, const float *out, const float *norm, int B, int C);
-    /* InfoNCE on normalised a[B,C], v[B,C] (SPEC 2.10); returns nce, *acc the accuracy; work:
+    /* InfoNCE on normalised a[B,C], v[B,C] (cav-numerics(7) 2.10); returns nce, *acc the accuracy; work:
      * contrastive_workspace(B) doubles. Backward: da, dv += dloss * d nce. */
     size_t (*contrastive_workspace)(int B);
     float (*contrastive_forward)(float *acc, const float *a, const float *v, int B, int C, int bidirect,
                                  double *work);
     void (*contrastive_backward)(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
                                  int bidirect, double *work);
-    /* norm-pix target in place (SPEC 2.9): rows of t[M,P] to (t - mean) / sqrt(var_unbiased + eps) */
+    /* norm-pix target in place (cav-numerics(7) 2.9): rows of t[M,P] to (t - mean) / sqrt(var_unbiased +
+     * eps) */
     void (*normpix)(float *t, int M, int P, float eps);
     /* masked MSE over M = B*N patches: its two sums (loss = num / den), and its backward with the
      * denominator given (the whole group's mask count when these rows are a part of it) */
@@ -123,7 +124,8 @@ struct cav_backend {
     void (*soft_ce_backward)(float *dx, float dloss, const float *x, const float *y, int B, int K);
 
     /* ---- optimiser ---- */
-    /* torch.optim.Adam (SPEC 3.1, coupled L2) on n parameters, t the step number after increment */
+    /* torch.optim.Adam (cav-numerics(7) 3.1, coupled L2) on n parameters, t the step number after
+     * increment */
     void (*adam_step)(float *p, const float *grad, float *m, float *v, size_t n, double lr, double beta1,
                       double beta2, double eps, double wd, int t);
     /* 1 when all n values are finite */
@@ -137,8 +139,9 @@ cav_backend *cav_backend_open(const char *name, cav_err *err);
 /* The CPU backend (always built). */
 cav_backend *cav_backend_cpu(void);
 
-/* The fixed 2-D sin-cos position table (SPEC 2.4) for a gh x gw grid, computed in double and rounded to
- * float, in host memory: out[gh*gw, D], token k = i*gw + j, [sin(j w), cos(j w), sin(i w), cos(i w)]. */
+/* The fixed 2-D sin-cos position table (cav-numerics(7) 2.4) for a gh x gw grid, computed in double and
+ * rounded to float, in host memory: out[gh*gw, D], token k = i*gw + j, [sin(j w), cos(j w), sin(i w), cos(i
+ * w)]. */
 void cav_sincos_pos_2d(float *out, int D, int gh, int gw);
 
 #endif

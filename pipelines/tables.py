@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# GPU-hours per epoch at full scale, from the reference's logs (SPEC 8: 4 GPUs, Titan X Pascal / RTX A5000
+# GPU-hours per epoch at full scale, from the reference's training logs (4 GPUs, Titan X Pascal / RTX A5000
 # class): AS-2M pretraining 77,500 s per epoch at batch 48; AS-2M fine-tuning 86,100 s, AS-20K 450 s, VGGSound
 # 2,000 s per epoch; VGGSound pretraining 1,400 s; retrieval embeddings (a forward pass over ~1,700 clips) ~0.05 h.
 GPU_H_PT = {'as2m': 4 * 77500 / 3600, 'vgg': 4 * 1400 / 3600}

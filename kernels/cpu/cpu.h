@@ -96,8 +96,8 @@ void cav_mean_tokens_backward(float *dinp, const float *dout, int B, int N, int 
 
 /* ---- patches ----------------------------------------------------------------------------------- */
 
-/* Audio fbank a[B,T,F] (time, mel) is seen by the model as the image [B,1,F,T] (SPEC 2.3): a grid of
- * (F/16) frequency rows x (T/16) time columns, token k = f*(T/16) + t, element p*16 + q (p frequency
+/* Audio fbank a[B,T,F] (time, mel) is seen by the model as the image [B,1,F,T] (cav-numerics(7) 2.3): a grid
+ * of (F/16) frequency rows x (T/16) time columns, token k = f*(T/16) + t, element p*16 + q (p frequency
  * offset, q time offset). This is both the patch-embedding conv's im2col and the MAE target (c = 1).
  * out[B, (F/16)*(T/16), 256]. */
 void cav_patchify_audio(float *out, const float *a, int B, int T, int F);
@@ -114,7 +114,7 @@ void cav_im2col_video(float *out, const float *v, int B, int S);
 void cav_l2norm_forward(float *out, float *norm, const float *inp, int B, int C);
 void cav_l2norm_backward(float *dinp, const float *dout, const float *out, const float *norm, int B, int C);
 
-/* Contrastive loss on normalised embeddings a[B,C], v[B,C] (SPEC 2.10): S = a @ v^T / 0.05;
+/* Contrastive loss on normalised embeddings a[B,C], v[B,C] (cav-numerics(7) 2.10): S = a @ v^T / 0.05;
  * single direction nce = -mean_j log_softmax(S, dim=0)[j,j], c_acc = mean_j [argmax_i S[i,j] == j];
  * bidirectional: the mean of that and the same on S^T. Returns nce, writes *acc. */
 /* work: cav_contrastive_workspace(B) doubles. */
@@ -124,9 +124,9 @@ float cav_contrastive_forward(float *acc, const float *a, const float *v, int B,
 void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
                               int bidirect, double *work);
 
-/* In place norm-pix target (SPEC 2.9): each row of t[M,P] becomes (t - mean) / sqrt(var + eps) with the
- * unbiased variance (the reference's eps is 1e-6); float arithmetic as the reference's, NaN for P = 1 as
- * torch.var. */
+/* In place norm-pix target (cav-numerics(7) 2.9): each row of t[M,P] becomes (t - mean) / sqrt(var + eps)
+ * with the unbiased variance (the reference's eps is 1e-6); float arithmetic as the reference's, NaN for P =
+ * 1 as torch.var. */
 void cav_normpix(float *t, int M, int P, float eps);
 /* Masked MSE: loss = sum_m mask[m] * mean_p (pred[m,p] - t[m,p])^2 / sum_m mask[m] over M = B*N patches. */
 float cav_masked_mse_forward(const float *pred, const float *t, const float *mask, int M, int P);
@@ -150,8 +150,8 @@ void cav_soft_ce_backward(float *dx, float dloss, const float *x, const float *y
 
 /* ---- optimiser --------------------------------------------------------------------------------- */
 
-/* One torch.optim.Adam step (SPEC 3.1: coupled L2, g = grad + wd * p) on n parameters; t is the step number
- * after increment (1 for the first step), m and v are the moments. Bias correction as torch 1.13:
+/* One torch.optim.Adam step (cav-numerics(7) 3.1: coupled L2, g = grad + wd * p) on n parameters; t is the
+ * step number after increment (1 for the first step), m and v are the moments. Bias correction as torch 1.13:
  * p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
 void cav_adam_step(float *p, const float *grad, float *m, float *v, size_t n, double lr, double beta1,
                    double beta2, double eps, double wd, int t);

@@ -1,7 +1,7 @@
-/* loss.c: the CPU reference of the losses — L2 normalisation and the contrastive loss (SPEC 2.10), the
- * norm-pix target and masked MSE of the MAE (SPEC 2.9), BCE-with-logits and soft-target cross-entropy of
- * fine-tuning — and torch.optim.Adam's update (SPEC 3.1). Reductions accumulate in double: these are
- * small, and the extra precision keeps the result within an ulp or two of PyTorch's. */
+/* loss.c: the CPU reference of the losses — L2 normalisation and the contrastive loss (cav-numerics(7) 2.10),
+ * the norm-pix target and masked MSE of the MAE (cav-numerics(7) 2.9), BCE-with-logits and soft-target
+ * cross-entropy of fine-tuning — and torch.optim.Adam's update (cav-numerics(7) 3.1). Reductions accumulate
+ * in double: these are small, and the extra precision keeps the result within an ulp or two of PyTorch's. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* adam.cu: torch.optim.Adam's step on the GPU (SPEC 3.1, coupled L2), mirroring cav_adam_step of
+/* adam.cu: torch.optim.Adam's step on the GPU (cav-numerics(7) 3.1, coupled L2), mirroring cav_adam_step of
  * kernels/cpu/loss.c: one kernel over all n parameters (the model keeps them in one buffer), the scalars
  * formed on the host in double and rounded to float exactly as the CPU does, and the same float operations
  * in the same order per element. The backend is compiled with -fmad=false and IEEE sqrtf and division, so

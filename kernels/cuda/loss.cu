@@ -42,7 +42,7 @@ void cav_cuda_l2norm_backward(float *dinp, const float *dout, const float *out, 
     LAUNCHED();
 }
 
-/* ---- contrastive (SPEC 2.10): work = S[B,B], dS[B,B], lse[B] in doubles, as the CPU's
+/* ---- contrastive (cav-numerics(7) 2.10): work = S[B,B], dS[B,B], lse[B] in doubles, as the CPU's
  * ---------------------- */
 
 /* S[i,j] = (float)(a_i . v_j) / tau: one block per (i, j) */
@@ -125,7 +125,7 @@ void cav_cuda_contrastive_backward(float *da, float *dv, float dloss, const floa
     LAUNCHED();
 }
 
-/* ---- norm-pix target and masked MSE (SPEC 2.9)
+/* ---- norm-pix target and masked MSE (cav-numerics(7) 2.9)
  * -------------------------------------------------------------- */
 
 static __global__ void normpix_kernel(float *t, int P, float eps) {

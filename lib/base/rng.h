@@ -1,7 +1,8 @@
 /* rng.h: the project's random numbers. Counter-keyed: a generator is seeded from (seed, stream, a, b), e.g.
  * (run seed, "noise", epoch, sample index), so every sample's draws are fixed by its position alone. That
  * makes multi-threaded loading deterministic and resuming mid-epoch exact, with no generator state to save
- * beyond the position. PyTorch's streams cannot be matched bit for bit (SPEC: verification injects masks). */
+ * beyond the position. PyTorch's streams cannot be matched bit for bit (cav-numerics(7) 5: verification
+ * injects masks). */
 #ifndef CAV_RNG_H
 #define CAV_RNG_H
 

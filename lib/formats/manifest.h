@@ -1,7 +1,8 @@
-/* manifest.h: import of the reference's dataset files (SPEC 1.8): the label CSV (index,mid,display_name)
- * and the dataset JSON ({"data": [{"video_id", "wav", "video_path", "labels": "mid1,mid2"}]}), and the
- * reference's sample weights for balanced sampling (gen_weight_file.py): label_weight[c] = 1000 /
- * (count_c + 0.01), a sample's weight the sum of label_weight over its label list. */
+/* manifest.h: import of the reference's dataset files (cav-numerics(7) 1.8): the label CSV
+ * (index,mid,display_name) and the dataset JSON ({"data": [{"video_id", "wav", "video_path", "labels":
+ * "mid1,mid2"}]}), and the reference's sample weights for balanced sampling (gen_weight_file.py):
+ * label_weight[c] = 1000 / (count_c + 0.01), a sample's weight the sum of label_weight over its label
+ * list. */
 #ifndef CAV_MANIFEST_H
 #define CAV_MANIFEST_H
 

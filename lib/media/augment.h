@@ -1,7 +1,7 @@
-/* augment.h: the reference's per-sample input transforms (SPEC 1.3 step 4, 1.4, 1.5): fbank cut/pad to the
- * target length, SpecAugment, normalisation, noise and circular time roll for audio; /255 and ImageNet
- * normalisation for frames. Each random transform is split into a draw (from a cav_rng) and an apply with
- * explicit parameters, so the apply step can be checked exactly against PyTorch. */
+/* augment.h: the reference's per-sample input transforms (cav-numerics(7) 1.3 step 6, 1.4, 1.5): fbank
+ * cut/pad to the target length, SpecAugment, normalisation, noise and circular time roll for audio; /255 and
+ * ImageNet normalisation for frames. Each random transform is split into a draw (from a cav_rng) and an apply
+ * with explicit parameters, so the apply step can be checked exactly against PyTorch. */
 #ifndef CAV_AUGMENT_H
 #define CAV_AUGMENT_H
 

@@ -1,9 +1,9 @@
 /* avdecode.h: one pass of FFmpeg over a media file that yields what the reference's two preprocessing
- * scripts produce (SPEC 1.1, 1.2): the whole audio track at 16 kHz mono s16 (swresample at its defaults, as
- * `ffmpeg -i X -vn -ar 16000` does, then channel 1 as `sox remix 1`, or a channel average), and the 10
- * frames OpenCV's CAP_PROP_POS_FRAMES seek + read return at indices int(i*total/10)-1, converted to RGB as
- * OpenCV converts them and resized/cropped to 224x224 as torchvision's Resize+CenterCrop do on PIL images.
- * Only the video packets that lead to those 10 frames are decoded: decoding stops after the last one,
+ * scripts produce (cav-numerics(7) 1.1, 1.2): the whole audio track at 16 kHz mono s16 (swresample at its
+ * defaults, as `ffmpeg -i X -vn -ar 16000` does, then channel 1 as `sox remix 1`, or a channel average), and
+ * the 10 frames OpenCV's CAP_PROP_POS_FRAMES seek + read return at indices int(i*total/10)-1, converted to
+ * RGB as OpenCV converts them and resized/cropped to 224x224 as torchvision's Resize+CenterCrop do on PIL
+ * images. Only the video packets that lead to those 10 frames are decoded: decoding stops after the last one,
  * non-reference frames nobody needs are discarded, and when the container's index shows a keyframe between
  * the last needed frame and the next, the packets before that keyframe are dropped unseen. */
 #ifndef CAV_AVDECODE_H

@@ -1,8 +1,8 @@
 /* fbank.h: Kaldi-compatible log-mel filterbank, computed as torchaudio.compliance.kaldi.fbank does with the
- * reference's arguments (SPEC 1.3): clip mean subtraction, snip-edges framing, per-frame DC removal,
- * pre-emphasis, a window, a power-of-two real FFT (pocketfft's arithmetic, as torch.fft.rfft: rfft.h), the
- * power spectrum, HTK mel triangles with float32 weights, log with the float-epsilon floor; then cut or
- * zero-pad in time. Up to the power spectrum the float32 values are torch's own, bit for bit.
+ * reference's arguments (cav-numerics(7) 1.3): clip mean subtraction, snip-edges framing, per-frame DC
+ * removal, pre-emphasis, a window, a power-of-two real FFT (pocketfft's arithmetic, as torch.fft.rfft:
+ * rfft.h), the power spectrum, HTK mel triangles with float32 weights, log with the float-epsilon floor; then
+ * cut or zero-pad in time. Up to the power spectrum the float32 values are torch's own, bit for bit.
  *
  * A cav_fbank holds everything that depends only on the options (window, mel weights, FFT plan, scratch
  * buffers): build one per thread and per sample rate, then call cav_fbank_compute for each clip. Objects

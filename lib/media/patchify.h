@@ -1,5 +1,5 @@
-/* patchify.h: cutting model inputs into patch tokens in exactly the reference's orders (SPEC 2.3, 2.9), the
- * inverse for reconstruction outputs.
+/* patchify.h: cutting model inputs into patch tokens in exactly the reference's orders (cav-numerics(7) 2.3,
+ * 2.9), the inverse for reconstruction outputs.
  *
  * A plane is an H x W grid of C-channel pixels addressed through strides, so one routine serves both
  * modalities:

@@ -1,5 +1,5 @@
-/* embed.h: the retrieval embeddings of the reference (SPEC 4, 2.11): a CAV-MAE encoder loaded from a
- * checkpoint (safetensors with the config as metadata, as cav-pretrain writes, or a reference .pth),
+/* embed.h: the retrieval embeddings of the reference (cav-numerics(7) 4, 2.11): a CAV-MAE encoder loaded from
+ * a checkpoint (safetensors with the config as metadata, as cav-pretrain writes, or a reference .pth),
  * forward_feat without masking, and the pooled embeddings: the mean over all tokens (audio 512, visual
  * 196 at the reference's sizes) followed by L2 normalisation, as src/retrieval.py computes them.
  *

@@ -725,8 +725,8 @@ static void sample(int *out, int n, int k, uint64_t *rng) {
     }
 }
 
-/* SPEC 2.6: noise in [0,1) per token; structured modes force whole time columns and/or frequency rows
- * to 1.1 (removed first); the kept tokens are the len_keep smallest, in ascending order of noise. */
+/* cav-numerics(7) 2.6: noise in [0,1) per token; structured modes force whole time columns and/or frequency
+ * rows to 1.1 (removed first); the kept tokens are the len_keep smallest, in ascending order of noise. */
 static void make_mask(int64_t *keep, int L, int len_keep, int mode, int gf, int gt, double r, uint64_t *rng) {
     noise_item *it = malloc(sizeof(noise_item) * L);
     int sel[gt > gf ? gt : gf];
@@ -931,7 +931,7 @@ static void forward_pretrain(cav_model *m) {
         if (ua && uv) m->be->concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
         stream_forward(m, &m->s_u, xin);
         final_ln_forward(m, &m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
-        /* decoder: visible audio tokens first, then the visible video tokens (SPEC 2.8) */
+        /* decoder: visible audio tokens first, then the visible video tokens (cav-numerics(7) 2.8) */
         m->be->linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
         if (ua) m->be->unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La, Lvis, 0, Dd);
         if (uv) m->be->unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);

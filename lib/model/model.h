@@ -1,12 +1,12 @@
-/* model.h: the CAV-MAE models in C — the pretraining model CAVMAE (SPEC 2.2-2.11, with the six pretraining
- * variants of the paper as settings of one config), the fine-tuning model CAVMAEFT (SPEC 2.12) and the
- * embedding pass forward_feat — composed explicitly from kernels/kernels.h, forward and backward, in the
- * style of llm.c: one allocation per role (parameters, gradients, Adam moments, activations), structs of
- * typed pointers into them, sizes computed from the config and the batch size.
+/* model.h: the CAV-MAE models in C — the pretraining model CAVMAE (cav-numerics(7) 2.2-2.11, with the six
+ * pretraining variants of the paper as settings of one config), the fine-tuning model CAVMAEFT
+ * (cav-numerics(7) 2.12) and the embedding pass forward_feat — composed explicitly from kernels/kernels.h,
+ * forward and backward, in the style of llm.c: one allocation per role (parameters, gradients, Adam moments,
+ * activations), structs of typed pointers into them, sizes computed from the config and the batch size.
  *
  * Parameters are listed in a table under the reference's state-dict names and shapes, in its order
- * (SPEC 2.2: e.g. "blocks_a.3.attn.qkv.weight", conv weights [768,1,16,16]), so checkpoints and PyTorch
- * debug states map by name. Usage:
+ * (cav-numerics(7) 2.2: e.g. "blocks_a.3.attn.qkv.weight", conv weights [768,1,16,16]), so checkpoints and
+ * PyTorch debug states map by name. Usage:
  *   cav_model *m = cav_model_create(&cfg, B, &err);  cav_model_init(m, seed);   (or load by name)
  *   cav_model_set_input(m, CAV_IN_AUDIO, audio, B) ... (keep indices, or cav_model_random_masks; labels)
  *   cav_model_forward(m);  cav_model_backward(m);  cav_model_adam_step(m, ...);
@@ -44,16 +44,17 @@ typedef struct {
     double mlp_ratio;
     int norm_pix_loss;
     int tr_pos; /* position tables trainable (pretraining default 0; fine-tuning default 1) */
-    /* pretraining forward arguments (SPEC 2.11) */
+    /* pretraining forward arguments (cav-numerics(7) 2.11) */
     double mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight;
     cav_mask_mode mask_mode;
     int bidirect_contrast;
     /* single-modality variants (Audio-MAE, Visual-MAE): the absent modality is skipped entirely */
     int use_audio, use_video;
     /* The reference's contrastive streams apply each joint block to the modality-specific output, not to
-     * the previous joint block's (SPEC 2.7.5): only the last joint block counts. 1 chains them instead. */
+     * the previous joint block's (cav-numerics(7) 2.7 step 5): only the last joint block counts. 1 chains
+     * them instead. */
     int chain_contrast_streams;
-    /* fine-tuning (SPEC 2.12) */
+    /* fine-tuning (cav-numerics(7) 2.12) */
     int label_dim;
     cav_ft_mode mode;
     int loss_ce; /* 0: BCEWithLogits (mean over B x K); 1: CrossEntropy with soft targets */
@@ -218,7 +219,7 @@ size_t cav_config_param_count(const cav_config *cfg, size_t *trainable);
 cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err);
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
 void cav_model_free(cav_model *m);
-/* The reference's initialisation (SPEC 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
+/* The reference's initialisation (cav-numerics(7) 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
  * patch-embedding weights, zero Linear biases, PyTorch's default conv bias, LN (1,0), N(0, 0.02) tokens. */
 void cav_model_init(cav_model *m, uint64_t seed);
 /* The parameter table entry for a reference name, or NULL. */
@@ -227,8 +228,8 @@ size_t cav_model_trainable(const cav_model *m);
 /* One line per role with its size, for the start-up message. */
 void cav_model_describe(const cav_model *m, FILE *f);
 
-/* Masks by the project's seeded generator (SPEC 2.6, incl. the structured audio modes): fills in.keep_a and
- * in.keep_v. *rng is a 64-bit state that advances. */
+/* Masks by the project's seeded generator (cav-numerics(7) 2.6, incl. the structured audio modes): fills
+ * in.keep_a and in.keep_v. *rng is a 64-bit state that advances. */
 void cav_model_random_masks(cav_model *m, uint64_t *rng);
 
 /* Advances *rng as drawing the masks of `rows` rows would, so that a model holding rows r.. of a group
@@ -254,7 +255,7 @@ void cav_model_backward(cav_model *m);
 /* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */
 void cav_model_zero_grad(cav_model *m);
 void cav_model_backward_accumulate(cav_model *m);
-/* torch.optim.Adam over the trainable parameters (coupled weight decay, SPEC 3.1); the head group
+/* torch.optim.Adam over the trainable parameters (coupled weight decay, cav-numerics(7) 3.1); the head group
  * (mlp_head.*) uses lr * head_lr_scale. */
 /* Allocates the Adam moments (zero) if they are not yet; 0 ok, -1 out of memory. */
 int cav_model_alloc_adam(cav_model *m);

@@ -1,7 +1,7 @@
 /* weights.h: a model's parameters by name from a file, for every tool that loads a model (cav-pretrain,
  * cav-finetune, cav-embed, the debug-state check): a PyTorch .pth state dict or a safetensors file opened
  * alike ("module." prefixes stripped), its tensors checked against the model's table and copied in, the
- * paper's ImageNet-MAE start point (SPEC 3.5), and the model config read back from the JSON that
+ * paper's ImageNet-MAE start point (cav-numerics(7) 3.5), and the model config read back from the JSON that
  * cav_config_json writes into a file's metadata (the one serialiser; this is its reader). */
 #ifndef CAV_WEIGHTS_H
 #define CAV_WEIGHTS_H
@@ -52,7 +52,8 @@ int cav_weights_load_path(cav_model *m, const char *path, int allow_extra, int a
 int cav_weights_load_buffer(cav_model *m, const cav_weights *w, cav_buffer buf, const char *prefix,
                             cav_err *err);
 
-/* The paper's start point (SPEC 3.5): an ImageNet MAE ViT-B/16 .pth mapped onto the CAV-MAE model. */
+/* The paper's start point (cav-numerics(7) 3.5): an ImageNet MAE ViT-B/16 .pth mapped onto the CAV-MAE
+ * model. */
 int cav_weights_from_mae(cav_model *m, const char *path, cav_err *err);
 
 /* Config keys (as cav_config_json writes them, or a debug state's) applied to cfg one by one: a key the C

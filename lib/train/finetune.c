@@ -101,7 +101,7 @@ const cav_train_options_of cav_finetune_options_of =
     CAV_TRAIN_OPTIONS_OF(cav_finetune_opts, finetune_table, knob_table, CAV_TASK_FINETUNE);
 
 void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps) {
-    /* the reference starts from eps/K and assigns 1 - eps to the positives (not +=; SPEC 1.7) */
+    /* the reference starts from eps/K and assigns 1 - eps to the positives (not +=; cav-numerics(7) 1.7) */
     float lo = (float)(eps / k), hi = (float)(1.0 - eps);
     for (int64_t i = 0; i < n * k; i++) out[i] = labels[i] > 0.5f ? hi : lo;
 }
@@ -122,9 +122,9 @@ static int prepare(cav_trainer *t, cav_err *err) {
     return 0;
 }
 
-/* The pretrained start point (SPEC 2.12, 3.3): every encoder parameter by name, as load_state_dict with
- * strict=False loads a CAVMAE checkpoint into CAVMAEFT; the decoder's names are ignored, the head keeps its
- * fresh initialisation unless the file has one of the same shape (a fine-tuned checkpoint). Unlike
+/* The pretrained start point (cav-numerics(7) 2.12, 3.3): every encoder parameter by name, as load_state_dict
+ * with strict=False loads a CAVMAE checkpoint into CAVMAEFT; the decoder's names are ignored, the head keeps
+ * its fresh initialisation unless the file has one of the same shape (a fine-tuned checkpoint). Unlike
  * strict=False, an encoder parameter missing from the file is refused: it would silently stay random. */
 static int init(cav_trainer *t, cav_err *err) {
     cav_model *m = t->m;
@@ -174,8 +174,8 @@ static void step(cav_trainer *t, const cav_batch *b, int epoch, int64_t stepi, d
     }
 }
 
-/* Per-epoch evaluation (SPEC 3.4): frame 5, hard targets, drop_last, statistics on the raw logits of
- * every rank's rows, gathered in batch order. res: acc, mAP, mAUC, d', loss. */
+/* Per-epoch evaluation (cav-numerics(7) 3.4): frame 5, hard targets, drop_last, statistics on the raw logits
+ * of every rank's rows, gathered in batch order. res: acc, mAP, mAUC, d', loss. */
 static int evaluate(cav_trainer *t, cav_loader *ev, int epoch, double *res, cav_err *err) {
     finetuner *f = t->task->ctx;
     cav_model *m = t->m;
@@ -226,7 +226,8 @@ static void epoch_report(const cav_trainer *t, const double *tr, const double *e
     static const double none[5] = {0};
     const double *e = ev ? ev : none;
     (void)t;
-    /* The reference's columns (SPEC 3.6); the lr is the base group's, the one used in this epoch. */
+    /* The reference's columns (cav-numerics(7) 3.6); the lr is the base group's, the one used in this
+     * epoch. */
     snprintf(row, nrow, "%.8g,%.8g,%.8g,%.8g", e[0], e[1], e[2], lr);
     if (ev)
         snprintf(msg, nmsg, "train loss %.4f; acc %.4f mAP %.4f mAUC %.4f d' %.4f eval loss %.4f", tr[0],
@@ -256,7 +257,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
     if (o->mixup != 0)
         return cav_fail(err, 1,
                         "--mixup %g: mixup is not implemented yet (the reference mixes waveforms before the "
-                        "fbank, SPEC 1.7); use --mixup 0",
+                        "fbank, cav-numerics(7) 1.7); use --mixup 0",
                         o->mixup),
                1;
     if (o->run.batch % d->world)

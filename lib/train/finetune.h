@@ -1,7 +1,7 @@
-/* finetune.h: cav-finetune's task for the training driver (SPEC 2.12, 3.1, 3.3, 3.4, 3.6): CAVMAEFT started
- * from a pretrained checkpoint (encoder by name, new head), Adam with two learning-rate groups (the head's
- * lr x head_lr), label smoothing, per-epoch evaluation on frame 5 with mAP, mAUC and accuracy on raw
- * logits, and result.csv [acc, mAP, mAUC, lr]. */
+/* finetune.h: cav-finetune's task for the training driver (cav-numerics(7) 2.12, 3.1, 3.3, 3.4, 3.6):
+ * CAVMAEFT started from a pretrained checkpoint (encoder by name, new head), Adam with two learning-rate
+ * groups (the head's lr x head_lr), label smoothing, per-epoch evaluation on frame 5 with mAP, mAUC and
+ * accuracy on raw logits, and result.csv [acc, mAP, mAUC, lr]. */
 #ifndef CAV_FINETUNE_H
 #define CAV_FINETUNE_H
 
@@ -15,7 +15,7 @@ typedef struct {
     cav_train_opts run;
     cav_model_opts model; /* size and knobs (label_dim, mode, loss, ...): cfg is built from them */
     cav_config cfg;       /* task CAV_TASK_FINETUNE: label_dim, mode, loss */
-    double head_lr;       /* the head group's lr multiplier (SPEC 3.3: 100, 50 or 10) */
+    double head_lr;       /* the head group's lr multiplier (cav-numerics(7) 3.3: 100, 50 or 10) */
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
     double mixup;         /* probability of mixup; only 0 is implemented (see cav-finetune(1)) */
     int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
@@ -25,7 +25,7 @@ typedef struct {
 extern const cav_train_options_of cav_finetune_options_of;
 /* The tool (cav_train_main): its tables, usage and the run. */
 extern const cav_train_tool cav_finetune_tool;
-/* Smoothed training targets (SPEC 1.7, without mixup): eps/K everywhere, positives 1 - eps. */
+/* Smoothed training targets (cav-numerics(7) 1.7, without mixup): eps/K everywhere, positives 1 - eps. */
 void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps);
 /* Runs the whole fine-tuning. 0 ok; else an exit code with err filled. */
 int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err);

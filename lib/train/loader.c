@@ -241,8 +241,8 @@ static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int avai
 }
 
 /* The fbank of a record's `wave` [T, F] into out (cut or zero-padded to T frames), as fbank(1) computes it
- * by default (SPEC 1.3) at 16 kHz; *fb is the caller's filterbank, built on first use. Returns the frames
- * kept (the natural count, at most T), or -1. */
+ * by default (cav-numerics(7) 1.3) at 16 kHz; *fb is the caller's filterbank, built on first use. Returns the
+ * frames kept (the natural count, at most T), or -1. */
 static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_clip_wave *wv, cav_fbank **fb,
                       float *out, cav_err *err) {
     double rate;

@@ -1,9 +1,9 @@
 /* loader.h: the training/evaluation data loader shared by cav-pretrain and cav-finetune. It reads rows from
  * one or many shards, shuffles with a seed per epoch, and assembles batches on background threads with
- * exactly the reference's per-sample transforms (SPEC 1.4-1.6): frame choice (random 0-9 in training,
- * frame 5 in evaluation), cut/pad to the target length, SpecAugment, normalisation, noise and circular
- * time roll for audio; /255 and ImageNet normalisation for the frame. Audio is the stored `fbank`, or,
- * for shards without it, the fbank of the stored 16 kHz `wave` computed on the worker threads exactly as
+ * exactly the reference's per-sample transforms (cav-numerics(7) 1.4-1.6): frame choice (random 0-9 in
+ * training, frame 5 in evaluation), cut/pad to the target length, SpecAugment, normalisation, noise and
+ * circular time roll for audio; /255 and ImageNet normalisation for the frame. Audio is the stored `fbank`,
+ * or, for shards without it, the fbank of the stored 16 kHz `wave` computed on the worker threads exactly as
  * the fbank tool computes it by default (cav_fbank with the reference's options).
  *
  * Every random draw of a sample is keyed by (seed, epoch, position in the epoch), so batches do not depend

@@ -1,4 +1,4 @@
-/* metrics.h: the evaluation metrics of the reference (SPEC 3.4, 4): per-class average precision
+/* metrics.h: the evaluation metrics of the reference (cav-numerics(7) 3.4, 4): per-class average precision
  * (non-interpolated, as sklearn's average_precision_score) and ROC AUC (as roc_auc_score, ties counted
  * half), d' from the mean AUC, top-1 accuracy, and retrieval ranks R@1/5/10 and median rank. */
 #ifndef CAV_METRICS_H
@@ -24,9 +24,9 @@ typedef struct {
     double r1, r5, r10, mr;
     int64_t hits; /* the positions the means and the median run over (n without ties) */
 } cav_recall_stats;
-/* The reference's compute_metrics (SPEC 4) on sim [n, n], row i = query i, the right item is column i. It
- * sorts each row descending and takes every position where the sorted row equals the diagonal value
- * (np.where): the rank, 0-based, is the number of columns with a strictly greater similarity, and a
+/* The reference's compute_metrics (cav-numerics(7) 4) on sim [n, n], row i = query i, the right item is
+ * column i. It sorts each row descending and takes every position where the sorted row equals the diagonal
+ * value (np.where): the rank, 0-based, is the number of columns with a strictly greater similarity, and a
  * diagonal tied with k other columns yields k + 1 hits, at rank .. rank + k; a NaN diagonal yields none.
  * R@k = fraction of hits < k, MR = median of the hits + 1 (NaN when there is no hit). */
 cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n);

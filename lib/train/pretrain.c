@@ -187,7 +187,8 @@ static void step(cav_trainer *t, const cav_batch *b, int epoch, int64_t stepi, d
     memcpy(stats, out, 5 * sizeof *stats);
 }
 
-/* Evaluation with masking, as the reference validates (SPEC 3.1): eval loader, same groups. res as stats. */
+/* Evaluation with masking, as the reference validates (cav-numerics(7) 3.1): eval loader, same groups. res as
+ * stats. */
 static int evaluate(cav_trainer *t, cav_loader *ev, int epoch, double *res, cav_err *err) {
     if (cav_loader_begin(ev, epoch, 0, err)) return -1;
     cav_batch b;
@@ -215,7 +216,7 @@ static void epoch_report(const cav_trainer *t, const double *tr, const double *e
     static const double none[5] = {0};
     const double *e = ev ? ev : none;
     (void)t;
-    /* The reference's columns (SPEC 3.6); the lr printed is the one used in this epoch. */
+    /* The reference's columns (cav-numerics(7) 3.6); the lr printed is the one used in this epoch. */
     snprintf(row, nrow, "%.8g,%.8g,%.8g,%.8g,%.8g,%.8g,%.8g,%.8g,%.8g,%.8g", tr[1], tr[2], tr[3], tr[0], e[1],
              e[2], e[3], e[0], e[4], lr);
     int k = snprintf(msg, nmsg, "train loss %.4f (a %.4f v %.4f c %.4f) c_acc %.4f", tr[0], tr[1], tr[2],
@@ -235,8 +236,8 @@ static void describe(const cav_trainer *t, char *out, size_t n) {
              p->blk.size > 1 ? ", each group over several processes (embeddings gathered)" : "");
 }
 
-/* A ratio of 0 masks nothing: the reconstruction loss, a mean over the masked patches (SPEC 2.9), is 0/0
- * in the reference and would stop the run at its first step. */
+/* A ratio of 0 masks nothing: the reconstruction loss, a mean over the masked patches (cav-numerics(7) 2.9),
+ * is 0/0 in the reference and would stop the run at its first step. */
 static int check_mask_ratios(const cav_config *c, cav_err *err) {
     if (c->mae_loss_weight == 0) return 0;
     if (c->use_audio && c->mask_ratio_a == 0)

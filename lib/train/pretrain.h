@@ -1,5 +1,5 @@
-/* pretrain.h: cav-pretrain's task for the training driver (SPEC 3.1, 3.2, 3.6): the CAV-MAE models with
- * masking, contrast groups (the reference's per-GPU contrastive batches, summed) also spread over ranks,
+/* pretrain.h: cav-pretrain's task for the training driver (cav-numerics(7) 3.1, 3.2, 3.6): the CAV-MAE models
+ * with masking, contrast groups (the reference's per-GPU contrastive batches, summed) also spread over ranks,
  * per-epoch evaluation with masking, and the reference's result.csv columns. */
 #ifndef CAV_PRETRAIN_H
 #define CAV_PRETRAIN_H
@@ -14,7 +14,7 @@ typedef struct {
     cav_config cfg;
     int groups;             /* contrast groups per global batch */
     int group_mean;         /* reduce group losses by their mean instead of the reference's sum */
-    const char *init_mae;   /* an ImageNet MAE ViT-B .pth mapped as SPEC 3.5 */
+    const char *init_mae;   /* an ImageNet MAE ViT-B .pth mapped as cav-numerics(7) 3.5 */
     cav_train_paths checks; /* debug states to check instead of training */
 } cav_pretrain_opts;
 

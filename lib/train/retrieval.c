@@ -53,8 +53,8 @@ void cav_retr_set_free(cav_retr_set *s) {
     s->norm = NULL, s->rnorm = NULL;
 }
 
-/* The reference's expression, term for term (SPEC 4: get_sim_mat). Scaling both rows by powers of two
- * changes neither the rounding of the double sums nor the quotient. */
+/* The reference's expression, term for term (cav-numerics(7) 4: get_sim_mat). Scaling both rows by powers of
+ * two changes neither the rounding of the double sums nor the quotient. */
 double cav_retr_sim(const cav_retr_set *q, int64_t i, const cav_retr_set *g, int64_t j) {
     const float *a = q->x + i * q->D, *b = g->x + j * g->D;
     double dot = 0;

@@ -1,6 +1,6 @@
 /* retrieval.h: retrieval ranks at any scale (cav-recall(1)). The similarity matrix of the reference
- * (dot / (|q| |g|) in double, SPEC 4) is never held: it is computed in blocks by a float product (the
- * kernel seam's cav_linear_forward, OpenBLAS sgemm on the CPU), every entry is compared with its query's
+ * (dot / (|q| |g|) in double, cav-numerics(7) 4) is never held: it is computed in blocks by a float product
+ * (the kernel seam's cav_linear_forward, OpenBLAS sgemm on the CPU), every entry is compared with its query's
  * threshold (the similarity of its own item, or its best same-label item), and the entries that the float
  * product cannot decide within its rounding bound are recomputed in double exactly as the reference does.
  * So ranks, ties and top-k lists equal the full double matrix's, bit for bit, with O(n D + block^2) memory.

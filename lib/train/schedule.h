@@ -1,6 +1,6 @@
-/* schedule.h: learning-rate schedules of the reference (SPEC 3.1): MultiStepLR stepped once per epoch with
- * milestones range(start, 1000, step), plus an optional linear warmup over the first steps (the reference
- * has none: its --warmup flag is never read). */
+/* schedule.h: learning-rate schedules of the reference (cav-numerics(7) 3.1): MultiStepLR stepped once per
+ * epoch with milestones range(start, 1000, step), plus an optional linear warmup over the first steps (the
+ * reference has none: its --warmup flag is never read). */
 #ifndef CAV_SCHEDULE_H
 #define CAV_SCHEDULE_H
 

@@ -1,13 +1,13 @@
-/* train.h: the one training driver under cav-pretrain and cav-finetune (SPEC 3.1, 3.6): the options both
- * share, the data loaders, the epoch and step loop with the per-epoch schedule, data parallelism over ranks
- * (gradients and statistics summed), the non-finite stop, Adam, metrics.jsonl, result.csv, the models of
- * each epoch and the best one, and checkpoints from which a run resumes exactly. What differs between the
- * tasks (the step's forward and backward, the evaluation, the start point, the columns they report) comes
- * in as a cav_train_task of small hooks.
+/* train.h: the one training driver under cav-pretrain and cav-finetune (cav-numerics(7) 3.1, 3.6): the
+ * options both share, the data loaders, the epoch and step loop with the per-epoch schedule, data parallelism
+ * over ranks (gradients and statistics summed), the non-finite stop, Adam, metrics.jsonl, result.csv, the
+ * models of each epoch and the best one, and checkpoints from which a run resumes exactly. What differs
+ * between the tasks (the step's forward and backward, the evaluation, the start point, the columns they
+ * report) comes in as a cav_train_task of small hooks.
  *
- * It also holds the contrast groups (SPEC 2.10: the reference's per-GPU replicas, their losses summed),
- * the group loop that pretraining steps and the debug-state check (cav-pretrain --check-debug-state) both
- * run. */
+ * It also holds the contrast groups (cav-numerics(7) 2.10: the reference's per-GPU replicas, their losses
+ * summed), the group loop that pretraining steps and the debug-state check (cav-pretrain --check-debug-state)
+ * both run. */
 #ifndef CAV_TRAIN_H
 #define CAV_TRAIN_H
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """ref_extract_frames.py OUTDIR CLIP...: the reference's frame extraction (src/preprocess/extract_video_frame.py,
-SPEC 1.2) for the av-extract benchmark: per clip an OpenCV VideoCapture, ten CAP_PROP_POS_FRAMES seeks + reads,
-BGR->RGB, torchvision Resize(224) + CenterCrop(224) + ToTensor, save_image to OUTDIR/frame_{i}/ID.jpg.
+cav-numerics(7) 1.2) for the av-extract benchmark: per clip an OpenCV VideoCapture, ten CAP_PROP_POS_FRAMES seeks +
+reads, BGR->RGB, torchvision Resize(224) + CenterCrop(224) + ToTensor, save_image to OUTDIR/frame_{i}/ID.jpg.
 Prints the CPU and wall seconds of the per-clip loop (imports excluded, as they are paid once per dataset)."""
 import os, sys, time
 import cv2

@@ -1,15 +1,15 @@
-"""cavmae_ref.py: an independent PyTorch implementation of the reference CAV-MAE model (SPEC section 2),
-written from the SPEC for Debian's python3-torch 1.13 (no timm). It is the yardstick the C model is checked
+"""cavmae_ref.py: an independent PyTorch implementation of the reference CAV-MAE model (cav-numerics(7) section 2),
+written from cav-numerics(7) for Debian's python3-torch 1.13 (no timm). It is the yardstick the C model is checked
 against: the debug-state generator (gen_debug_states.py), the .pth writer (gen_pth.py) and the interop tests
 build it. Parameter names, shapes, initialisation and the reference's quirks are kept:
 
 - Block = timm 0.4.5 Block with six LayerNorms (norm1/norm2 for the joint stream, *_a and *_v for the
-  modality streams), eps 1e-5, exact (erf) GELU, attention scale applied after q @ k^T (SPEC 2.1).
+  modality streams), eps 1e-5, exact (erf) GELU, attention scale applied after q @ k^T (cav-numerics(7) 2.1).
 - 2-D sin-cos position tables computed in float64 and cast to float32; the first half of each vector
-  encodes the column (time for audio), the second half the row (frequency) (SPEC 2.4).
+  encodes the column (time for audio), the second half the row (frequency) (cav-numerics(7) 2.4).
 - The contrastive stream loop of forward_encoder feeds the same input to every joint block, so with more
-  than one joint layer only the last one counts (SPEC 2.7.5); forward_feat and CAVMAEFT chain properly.
-- The decoder slices the visual tokens at `num_patches_a - n_masked_a` of sample 0 (SPEC 2.8).
+  than one joint layer only the last one counts (cav-numerics(7) 2.7 step 5); forward_feat and CAVMAEFT chain properly.
+- The decoder slices the visual tokens at `num_patches_a - n_masked_a` of sample 0 (cav-numerics(7) 2.8).
 - Masking: `keep` tensors (the reference's ids_shuffle[:, :len_keep], in kept order) can be injected; the
   mask and ids_restore are then derived exactly as the reference derives them from ids_shuffle (the
   removed tokens follow in ascending order, which does not change any output: every removed slot gets the
@@ -59,7 +59,7 @@ VARIANTS = {
     'cav_mae': dict(msd='full', modalities='av', mae_loss_weight=1.0, contrast_loss_weight=0.01),
 }
 
-# The reference's constructor and forward defaults (SPEC 2.2, 2.11, 2.12), plus this file's extensions.
+# The reference's constructor and forward defaults (cav-numerics(7) 2.2, 2.11, 2.12), plus this file's extensions.
 PRETRAIN_DEFAULTS = dict(img_size=224, audio_length=1024, patch_size=16, in_chans=3, embed_dim=768,
                          modality_specific_depth=11, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
                          decoder_num_heads=16, mlp_ratio=4.0, norm_pix_loss=False, tr_pos=False, depth=12,
@@ -73,7 +73,7 @@ FT_MODES = ('multimodal', 'audioonly', 'videoonly', 'missingaudioonly', 'missing
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Position tables (SPEC 2.4)
+# Position tables (cav-numerics(7) 2.4)
 
 def sincos_1d(dim, pos):
     """pos: float64 [M] -> float64 [M, dim] = [sin(pos*w), cos(pos*w)], w_m = 1/10000^(m/(dim/2))."""
@@ -94,7 +94,7 @@ def sincos_2d(dim, grid_h, grid_w):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Building blocks (SPEC 2.1)
+# Building blocks (cav-numerics(7) 2.1)
 
 class PatchEmbed(nn.Module):
     def __init__(self, in_chans, embed_dim, patch_size=16):
@@ -172,7 +172,7 @@ def _init_weights(m):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Masking (SPEC 2.6)
+# Masking (cav-numerics(7) 2.6)
 
 def masking_from_keep(keep, L):
     """keep: int64 [B, len_keep] (ids_shuffle[:, :len_keep]) -> (ids_shuffle [B,L], ids_restore [B,L],
@@ -277,7 +277,8 @@ class _Encoder(nn.Module):
         return self.patch_embed_v(v) + self.pos_embed_v + self.modality_v
 
     def feat(self, a, v):
-        """forward_feat (SPEC 2.11): unmasked, modality streams chained through blocks_u, [B,La,D], [B,Lv,D]."""
+        """forward_feat (cav-numerics(7) 2.11): unmasked, modality streams chained through blocks_u, [B,La,D],
+        [B,Lv,D]."""
         a = self.embed_a(a)
         v = self.embed_v(v)
         for blk in self.blocks_a:
@@ -294,7 +295,7 @@ class _Encoder(nn.Module):
 
 
 class CAVMAE(_Encoder):
-    """The pretraining model (SPEC 2.2-2.11)."""
+    """The pretraining model (cav-numerics(7) 2.2-2.11)."""
 
     def __init__(self, img_size=224, audio_length=1024, patch_size=16, in_chans=3, embed_dim=768,
                  modality_specific_depth=11, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
@@ -331,7 +332,7 @@ class CAVMAE(_Encoder):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(_init_weights)
 
-    # -- patchify (SPEC 2.9) --
+    # -- patchify (cav-numerics(7) 2.9) --
     @staticmethod
     def patchify(imgs, c, h, w, p=16):  # [B, c, h*p, w*p] -> [B, h*w, p*p*c], element (p*16+q)*c + channel
         x = imgs.reshape(imgs.shape[0], c, h, p, w, p)
@@ -361,7 +362,7 @@ class CAVMAE(_Encoder):
 
     def forward_encoder(self, a, v, mask_ratio_a, mask_ratio_v, mask_mode='unstructured', keep_a=None,
                         keep_v=None):
-        """SPEC 2.7. Returns latent x (joint stream after `norm`), mask_a, ids_restore_a, mask_v,
+        """cav-numerics(7) 2.7. Returns latent x (joint stream after `norm`), mask_a, ids_restore_a, mask_v,
         ids_restore_v, ca, cv. Single-modality models return None for the absent modality and for ca/cv."""
         use_a, use_v = 'a' in self.modalities, 'v' in self.modalities
         mask_a = ids_restore_a = mask_v = ids_restore_v = None
@@ -384,7 +385,7 @@ class CAVMAE(_Encoder):
         x = self.norm(x)
         ca = cv = None
         if use_a and use_v:
-            # The reference's loop: every joint block gets `a` itself (SPEC 2.7.5).
+            # The reference's loop: every joint block gets `a` itself (cav-numerics(7) 2.7 step 5).
             ca = a
             for blk in self.blocks_u:
                 ca = blk(a, 'a')
@@ -396,7 +397,7 @@ class CAVMAE(_Encoder):
         return x, mask_a, ids_restore_a, mask_v, ids_restore_v, ca, cv
 
     def forward_decoder(self, x, mask_a, ids_restore_a, mask_v, ids_restore_v):
-        """SPEC 2.8. Returns pred_a [B, La, 256], pred_v [B, Lv, 768] (None for an absent modality)."""
+        """cav-numerics(7) 2.8. Returns pred_a [B, La, 256], pred_v [B, Lv, 768] (None for an absent modality)."""
         x = self.decoder_embed(x)
         B, _, Dd = x.shape
         La = self.num_patches_a
@@ -427,7 +428,7 @@ class CAVMAE(_Encoder):
         return pred_a, pred_v
 
     def forward_contrastive(self, audio_rep, video_rep, bidirect_contrast=False):
-        """SPEC 2.10: S = norm(a) @ norm(v)^T / 0.05; softmax over audios (dim 0) for each video column."""
+        """cav-numerics(7) 2.10: S = norm(a) @ norm(v)^T / 0.05; softmax over audios (dim 0) for each video column."""
         audio_rep = F.normalize(audio_rep, dim=-1)
         video_rep = F.normalize(video_rep, dim=-1)
         total = torch.mm(audio_rep, video_rep.t()) / 0.05
@@ -490,7 +491,7 @@ class CAVMAE(_Encoder):
     def forward(self, audio, imgs, mask_ratio_a=0.75, mask_ratio_v=0.75, mae_loss_weight=1.,
                 contrast_loss_weight=0.01, mask_mode='unstructured', bidirect_contrast=False, keep_a=None,
                 keep_v=None):
-        """SPEC 2.11: (loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, mask_a, mask_v, c_acc)."""
+        """cav-numerics(7) 2.11: (loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, mask_a, mask_v, c_acc)."""
         r = self.forward_all(audio, imgs, mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight,
                              mask_mode, bidirect_contrast, keep_a, keep_v)
         return (r['loss'], r['loss_mae'], r['loss_mae_a'], r['loss_mae_v'], r['loss_c'], r['mask_a'],
@@ -509,7 +510,7 @@ class CAVMAE(_Encoder):
 
 
 class CAVMAEFT(_Encoder):
-    """The fine-tuning model (SPEC 2.12): the encoder plus mlp_head = LayerNorm + Linear."""
+    """The fine-tuning model (cav-numerics(7) 2.12): the encoder plus mlp_head = LayerNorm + Linear."""
 
     def __init__(self, label_dim, img_size=224, audio_length=1024, patch_size=16, in_chans=3, embed_dim=768,
                  modality_specific_depth=11, num_heads=12, mlp_ratio=4.0, norm_pix_loss=False, tr_pos=True,
@@ -569,7 +570,7 @@ class CAVMAEFT(_Encoder):
 
 
 def ft_loss(logits, labels, loss='bce'):
-    """BCEWithLogitsLoss (mean over B x K) or CrossEntropyLoss with soft targets (mean over B), SPEC 3.3."""
+    """BCEWithLogitsLoss (mean over B x K) or CrossEntropyLoss with soft targets (mean over B), cav-numerics(7) 3.3."""
     if loss == 'bce':
         return F.binary_cross_entropy_with_logits(logits, labels)
     if loss == 'ce':
@@ -584,7 +585,7 @@ def count_params(model):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ImageNet-MAE initialisation (SPEC 3.5)
+# ImageNet-MAE initialisation (cav-numerics(7) 3.5)
 
 def adapt_mae_state(mae, model):
     """The CAV-MAE starting point built from a MAE ViT state dict `mae` (timm names: patch_embed.proj,

@@ -1,5 +1,5 @@
 """gen_augment.py OUTDIR: golden data for lib/media/augment.c from PyTorch/torchaudio, applying the reference
-loader's transforms (SPEC 1.3 step 4, 1.4, 1.5) with explicit parameters. Writes raw little-endian files
+loader's transforms (cav-numerics(7) 1.3 step 6, 1.4, 1.5) with explicit parameters. Writes raw little-endian files
 and an index (one case per line: name m T F freqm-params...)."""
 import os
 import sys

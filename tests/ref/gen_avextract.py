@@ -4,7 +4,7 @@
 Clips are assembled here with Debian's ffmpeg from real material: speech from espeak-ng (several voices, so
 the channels of a stereo file differ), and camera pans over the two real photographs shipped with
 python3-sklearn (china.jpg, flower.jpg). Then, for each clip, the reference's preprocessing is run exactly as
-SPEC 1.1/1.2 describe:
+cav-numerics(7) 1.1/1.2 describe:
   audio:  `ffmpeg -i X -vn -ar 16000 inter.wav` then `sox inter.wav out.wav remix 1`  -> NAME.ref.s16
           (plus the channel mean of inter.wav, rounded, for --downmix)                 -> NAME.mix.s16
   frames: OpenCV VideoCapture, CAP_PROP_POS_FRAMES seek to int(i*total/10)-1 + read, BGR->RGB, then
@@ -110,9 +110,9 @@ audio_cases = [
 
 def audio_ref(src, name):
     inter = os.path.join(tmp, name + "_intermediate.wav")
-    ff("-i", src, "-vn", "-ar", "16000", inter)           # SPEC 1.1 step 1
+    ff("-i", src, "-vn", "-ar", "16000", inter)           # cav-numerics(7) 1.1 step 1
     one = os.path.join(tmp, name + ".wav")
-    run(["sox", inter, one, "remix", "1"])                 # SPEC 1.1 step 2
+    run(["sox", inter, one, "remix", "1"])                 # cav-numerics(7) 1.1 step 2
     x = read_wav_s16(inter)
     y = read_wav_s16(one)[:, 0]
     assert np.array_equal(y, x[:, 0]), "sox remix 1 is not channel 1"
@@ -180,7 +180,7 @@ def tv_resize_crop(im):
 
 
 def frame_ref(path, name):
-    vidcap = cv2.VideoCapture(path)                        # SPEC 1.2, as extract_video_frame.py
+    vidcap = cv2.VideoCapture(path)                        # cav-numerics(7) 1.2, as extract_video_frame.py
     fps = vidcap.get(cv2.CAP_PROP_FPS)
     count = int(vidcap.get(cv2.CAP_PROP_FRAME_COUNT))
     total = min(count, int(fps * 10))

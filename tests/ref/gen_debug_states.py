@@ -47,7 +47,7 @@ import cavmae_ref as R  # noqa: E402
 import st_io  # noqa: E402
 
 FORMAT = 'cav-debug-state/1'
-# States that also hold forward_feat's outputs on their inputs (SPEC 2.11: unmasked, blocks_u chained with
+# States that also hold forward_feat's outputs on their inputs (cav-numerics(7) 2.11: unmasked, blocks_u chained with
 # the modality LayerNorms): `out.feat_a` [B, La, D] and `out.feat_v` [B, Lv, D]; joint2 has two joint layers,
 # where the chained forward_feat and the pretraining loop's quirk differ.
 FEAT_STATES = ('tiny_small_input', 'joint2')
@@ -96,7 +96,7 @@ def states():
         S['mask_' + mode] = dict(small, mask_mode=mode)
     S['normpix'] = dict(small, norm_pix_loss=True)
     S['bidirect'] = dict(small, bidirect_contrast=True)
-    # Two joint layers: exercises the reference's contrastive-stream loop (SPEC 2.7.5).
+    # Two joint layers: exercises the reference's contrastive-stream loop (cav-numerics(7) 2.7 step 5).
     S['joint2'] = dict(small, depth=4, modality_specific_depth=2)
     S['weights'] = dict(small, mae_loss_weight=0.7, contrast_loss_weight=0.3, mask_ratio_a=0.5,
                         mask_ratio_v=0.6)
@@ -106,8 +106,8 @@ def states():
             S['ft_%s_%s' % (mode, loss)] = ft_config(**ft_tiny, **SMALL_IN, label_dim=7, mode=mode, loss=loss,
                                                      batch=3)
     S['ft_tiny_full_input'] = ft_config(**ft_tiny, label_dim=7, mode='multimodal', loss='bce', batch=2)
-    # The reference's 4-GPU semantics (SPEC 2.10): DataParallel gives each replica a quarter of the batch, each
-    # computes its own contrastive loss over its quarter, and the four losses are summed (c_acc averaged).
+    # The reference's 4-GPU semantics (cav-numerics(7) 2.10): DataParallel gives each replica a quarter of the batch,
+    # each computes its own contrastive loss over its quarter, and the four losses are summed (c_acc averaged).
     S['groups4'] = dict(small, batch=8, contrast_groups=4, contrast_loss_weight=0.5)
     return S
 

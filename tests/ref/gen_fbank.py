@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """gen_fbank.py OUTDIR: golden log-mel filterbanks from torchaudio.compliance.kaldi.fbank (Debian
-python3-torchaudio), called exactly as the reference's AudiosetDataset._wav2fbank (SPEC 1.3), on real
+python3-torchaudio), called exactly as the reference's AudiosetDataset._wav2fbank (cav-numerics(7) 1.3), on real
 recordings (asterisk G.722 prompts, tuxpaint vorbis animal sounds, decoded by ffmpeg to 16-bit WAV) and edge
 cases, plus a few non-default option sets. For each case it writes:
   NAME.wav          the input, 16-bit PCM WAV (what the reference loads with torchaudio.load)

@@ -1,5 +1,5 @@
-"""gen_metrics.py OUTDIR: golden metrics from sklearn/scipy/numpy as the reference computes them (SPEC 3.4:
-calculate_stats; SPEC 4: compute_metrics of retrieval.py), on random scores with and without ties."""
+"""gen_metrics.py OUTDIR: golden metrics from sklearn/scipy/numpy as the reference computes them (cav-numerics(7) 3.4:
+calculate_stats; cav-numerics(7) 4: compute_metrics of retrieval.py), on random scores with and without ties."""
 import os
 import sys
 

@@ -14,7 +14,7 @@ Written:
   expanded (stride 0) views, f64/f16/bf16/int64/int32/uint8 tensors, a 0-d scalar and an empty tensor;
 - mae_tiny.pth: {"model": MAE ViT state dict} with MAE's names and shapes at tiny sizes (192-dim, 3 blocks,
   3 heads, decoder 128 x 2, 96 x 96 images), and cavmae_from_mae_tiny.safetensors: the CAV-MAE start state
-  the reference's mapping (SPEC 3.5, cavmae_ref.adapt_mae_state) builds from it for CAVMAE(embed_dim 192,
+  the reference's mapping (cav-numerics(7) 3.5, cavmae_ref.adapt_mae_state) builds from it for CAVMAE(embed_dim 192,
   depth 3, modality_specific_depth 2, num_heads 3, decoder 128 x 2 with 4 heads, audio_length 256,
   img_size 96); metadata `config` (those arguments) and `random_init` (JSON list of the tensors that come
   from the model's own random initialisation, not from MAE: compare them by shape only);

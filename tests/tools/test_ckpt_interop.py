@@ -145,8 +145,8 @@ def test_hostile():
 
 
 def test_mae_fixture(tmp):
-    """The MAE-shaped .pth reads in C as torch wrote it, and the expected CAV-MAE start state follows SPEC 3.5
-    statement by statement (checked here independently of cavmae_ref.adapt_mae_state)."""
+    """The MAE-shaped .pth reads in C as torch wrote it, and the expected CAV-MAE start state follows cav-numerics(7)
+    3.5 statement by statement (checked here independently of cavmae_ref.adapt_mae_state)."""
     out = os.path.join(tmp, 'mae.safetensors')
     r = ckpt('convert', os.path.join(REF, 'mae_tiny.pth'), out)
     if r.returncode != 0:
@@ -175,7 +175,7 @@ def test_mae_fixture(tmp):
         'audio pos table sin-cos': torch.equal(cav['pos_embed_a'][0], R.sincos_2d(192, 8, 16)),
     }
     bad = [k for k, v in checks.items() if not v]
-    report('mae_fixture', same and not bad, 'C read equal %s; SPEC 3.5 violations %s' % (same, bad))
+    report('mae_fixture', same and not bad, 'C read equal %s; cav-numerics(7) 3.5 violations %s' % (same, bad))
 
 
 def main():

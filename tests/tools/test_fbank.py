@@ -145,7 +145,7 @@ def options_normalize_half_length():
     norm = records(run(["--wav", wav, "--normalize", "-5.081,4.4849"])[0])["speech16k"][1]["fbank"]
     want = ((raw - np.float32(-5.081)) / np.float32(4.4849)).astype(np.float32)
     assert np.array_equal(norm, want), np.abs(norm - want).max()
-    assert abs(norm[-1, 0] - 1.1329127) < 1e-6  # padding rows: raw 0 -> +1.1329 (SPEC 1.3)
+    assert abs(norm[-1, 0] - 1.1329127) < 1e-6  # padding rows: raw 0 -> +1.1329 (cav-numerics(7) 1.3)
     half = records(run(["--wav", wav, "--half"])[0])["speech16k"][1]["fbank"]
     assert half.dtype == np.float16 and np.array_equal(half, raw.astype(np.float16))
     full = records(run(["--wav", wav, "-t", "0", "--bins", "64"])[0])["speech16k"][1]["fbank"]

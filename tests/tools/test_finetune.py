@@ -74,7 +74,7 @@ make_shard(train, 32, seed=1)
 make_shard(evals, 16, seed=2)
 
 # A short run with evaluation; the toy set is learnable, so the loss falls. MultiStepLR from epoch 3: the
-# rate of epoch e+1 is lr * 0.5^(milestones <= e), so epoch 4 is the first at half rate (SPEC 3.1).
+# rate of epoch e+1 is lr * 0.5^(milestones <= e), so epoch 4 is the first at half rate (cav-numerics(7) 3.1).
 ref = os.path.join(TMP, "ref")
 common = ["-e", "4", "--lr-decay-start", "3", "--save-every", "1", "--keep", "0", "--eval", evals, train]
 r = finetune(ref, *common, check=False)

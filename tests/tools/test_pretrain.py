@@ -270,8 +270,8 @@ else:
     last = [os.path.join(c, sorted(os.listdir(c))[-1], "model.safetensors") for c in ck]
     report("training_on_waveforms_equals_fbank_tool", read(last[0]) == read(last[1]))
 
-# --init-from-mae: the paper's mapping (SPEC 3.5) of a MAE-shaped checkpoint (tests/ref/gen_pth.py, tiny sizes)
-# against the start state tests/ref/cavmae_ref.py's adapt_mae_state builds. A step at lr 0 leaves the
+# --init-from-mae: the paper's mapping (cav-numerics(7) 3.5) of a MAE-shaped checkpoint (tests/ref/gen_pth.py, tiny
+# sizes) against the start state tests/ref/cavmae_ref.py's adapt_mae_state builds. A step at lr 0 leaves the
 # parameters as initialised and writes them into a checkpoint.
 ref_pth = os.path.join(os.environ["CAV_REF"], "gen_pth")
 img96 = os.path.join(TMP, "img96.h5")

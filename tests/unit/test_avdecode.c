@@ -59,7 +59,7 @@ static int ncases;
 
 static void test_frame_indices(void) {
     int idx[10];
-    cav_av_frame_indices(25.0, 250, idx); /* SPEC 1.2's example */
+    cav_av_frame_indices(25.0, 250, idx); /* cav-numerics(7) 1.2's example */
     for (int i = 0; i < 10; i++) CHECK(idx[i] == 25 * i);
     cav_av_frame_indices(29.97002997002997, 360, idx); /* int(299.7) = 299 */
     CHECK(idx[1] == 29 && idx[9] == 269);

@@ -43,7 +43,7 @@ static void sizes_follow_kaldi(void) {
     CHECK(cav_fbank_num_frames(fb, 399) == 0 && cav_fbank_num_frames(fb, 400) == 1);
     CHECK(cav_fbank_num_frames(fb, 559) == 1 && cav_fbank_num_frames(fb, 560) == 2);
     CHECK(cav_fbank_out_frames(fb, 160000) == 1024);
-    /* SPEC 11: at 16 kHz mel band 3 holds no FFT bin, so its weights are all zero. */
+    /* cav-numerics(7) 1.3: at 16 kHz mel band 3 holds no FFT bin, so its weights are all zero. */
     float *wts = malloc(sizeof(float) * 128 * 257);
     cav_fbank_mel_weights(fb, wts);
     int empty3 = 1;
@@ -165,8 +165,8 @@ static void normalize_is_reference_formula(void) {
     float v[3] = {-5.081f, 0.0f, -15.942385f};
     cav_fbank_normalize(v, 3, -5.081f, 4.4849f);
     CHECK(v[0] == 0.0f);
-    CHECK_NEAR(v[1], 1.1329127, 1e-6); /* SPEC 1.3: padding zeros become +1.1329 */
-    CHECK_NEAR(v[2], -2.421768, 1e-5); /* SPEC 11: the floor becomes -2.421768 */
+    CHECK_NEAR(v[1], 1.1329127, 1e-6); /* cav-numerics(7) 1.3: padding zeros become +1.1329 */
+    CHECK_NEAR(v[2], -2.421768, 1e-5); /* cav-numerics(7) 1.3: the floor becomes -2.421768 */
 }
 
 static void *build_many(void *arg) {

@@ -1,8 +1,8 @@
 /* test_model.c: the C model without PyTorch — parameter counts and names against the reference's
- * (SPEC 2.2, 2.12), whole-model gradients against central finite differences at tiny configs for every
- * pretraining variant and fine-tuning mode, the mask generator's semantics (SPEC 2.6), and the Adam step
- * over the parameter table (frozen tables untouched, the head's learning-rate group), and a group split over
- * several models (losses and summed gradients equal one model's over the whole group). */
+ * (cav-numerics(7) 2.2, 2.12), whole-model gradients against central finite differences at tiny configs for
+ * every pretraining variant and fine-tuning mode, the mask generator's semantics (cav-numerics(7) 2.6), and
+ * the Adam step over the parameter table (frozen tables untouched, the head's learning-rate group), and a
+ * group split over several models (losses and summed gradients equal one model's over the whole group). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -280,7 +280,8 @@ static void test_branches(void) {
     cav_model_free(m);
 }
 
-/* SPEC 2.6 at the reference's audio grid (8 x 64): counts, distinctness and the structured modes. */
+/* cav-numerics(7) 2.6 at the reference's audio grid (8 x 64): counts, distinctness and the structured
+ * modes. */
 static void test_masks(void) {
     cav_config c = tiny(CAV_TASK_PRETRAIN);
     c.audio_length = 1024, c.mel_bins = 128, c.mask_ratio_a = 0.75, c.mask_ratio_v = 0.75;

@@ -1,4 +1,4 @@
-/* test_schedule.c: the learning rates the reference's logs print (SPEC 3.2, 3.3). */
+/* test_schedule.c: the learning rates the reference's logs print (cav-numerics(7) 3.2, 3.3). */
 #include "harness.h"
 #include "schedule.h"
 
@@ -11,7 +11,7 @@ static void pretrain_base_schedule(void) {
 }
 
 static void finetune_as20k_schedule(void) {
-    /* 5e-5 for epochs 1-5, then halved each epoch: 2.44e-8 after epoch 15 (SPEC 3.3) */
+    /* 5e-5 for epochs 1-5, then halved each epoch: 2.44e-8 after epoch 15 (cav-numerics(7) 3.3) */
     cav_schedule sc = {5e-5, 5, 1, 0.5, 0};
     CHECK_NEAR(cav_schedule_lr(&sc, 5, 0), 5e-5, 1e-18);
     CHECK_NEAR(cav_schedule_lr(&sc, 6, 0), 2.5e-5, 1e-18);
