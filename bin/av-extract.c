@@ -218,7 +218,8 @@ int main(int argc, char **argv) {
     snprintf(q, sizeof q, "%d", ropts.jpeg_quality);
     snprintf(rate, sizeof rate, "%d", CAV_AV_RATE);
     if (cav_attrs_provenance(&attrs, argc, argv) || cav_attrs_set(&attrs, CAV_DATTR_SAMPLE_RATE, rate) ||
-        (dopts.video && cav_attrs_set(&attrs, CAV_DATTR_FRAMES_FORMAT, ropts.jpeg_quality ? "jpeg" : "raw")) ||
+        (dopts.video &&
+         cav_attrs_set(&attrs, CAV_DATTR_FRAMES_FORMAT, ropts.jpeg_quality ? "jpeg" : "raw")) ||
         (dopts.video && ropts.jpeg_quality && cav_attrs_set(&attrs, CAV_DATTR_JPEG_QUALITY, q)) ||
         (dopts.audio && cav_attrs_set(&attrs, CAV_DATTR_AUDIO_CHANNEL, dopts.downmix ? "mean" : "1")))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");

@@ -25,7 +25,8 @@ static const char usage[] =
     "Usage: cav-embed --model CKPT [OPTION]... [INPUT]... [-o OUT]\n"
     "Audio and visual embeddings of clips for retrieval: each INPUT (shard or record stream, '-' for stdin,\n"
     "the default) holds records with fbank (or a 16 kHz `wave`) and frames; the middle frame (5) and the\n"
-    "normalised fbank go through the encoder's forward_feat without masking, and each record is written with\n"
+    "normalised fbank go through the encoder's forward_feat without masking, and each record is written "
+    "with\n"
     "its id, emb_a f32 [D] and emb_v f32 [D]: the mean over all audio (visual) tokens, L2-normalised.\n"
     "\n"
     "  -m, --model CKPT         checkpoint: .safetensors (cav-pretrain, cav-ckpt) or a reference .pth\n"
@@ -37,9 +38,11 @@ static const char usage[] =
     "      --device NAME        compute backend: cpu (default), cuda, cuda:N (when built with it)\n"
     "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
     "      --frame N            use frame N instead of the middle frame 5\n"
-    "      --reconstruct DIR    instead of embeddings: for the first --clips clips, PNG pictures of the input,\n"
+    "      --reconstruct DIR    instead of embeddings: for the first --clips clips, PNG pictures of the "
+    "input,\n"
     "                           the masked input and the decoder's reconstruction of the spectrogram\n"
-    "                           (DIR/N-audio.png) and the image (DIR/N-video.png), and DIR/reconstruction.cavs\n"
+    "                           (DIR/N-audio.png) and the image (DIR/N-video.png), and "
+    "DIR/reconstruction.cavs\n"
     "                           (id, mask_a, mask_v, pred_a, pred_v); needs a pretraining checkpoint\n"
     "      --mask-ratio R       masked fraction of both modalities (default: the checkpoint's)\n"
     "      --seed N             masks' seed (default 0)\n"
@@ -56,8 +59,8 @@ typedef struct {
     cav_embedder e;
     cav_writer *w;
     int tokens, n, B;
-    char **ids;     /* [B] ids of the rows in the batch */
-    float *ea, *ev; /* [B, D] */
+    char **ids;           /* [B] ids of the rows in the batch */
+    float *ea, *ev;       /* [B, D] */
     float *audio, *video; /* the batch's inputs [B,T,F] [B,3,S,S], uploaded to the model per batch */
     float *fa, *fv;       /* --tokens: the model's feat_a [B,La,D], feat_v [B,Lv,D] */
     int64_t written;
@@ -90,8 +93,9 @@ static void flush(state *s) {
         if (cav_record_set_id(&rec, s->ids[i]) ||
             !cav_record_put(&rec, CAV_FIELD_EMB_A, CAV_F32, 1, sd, s->ea + (size_t)i * D) ||
             !cav_record_put(&rec, CAV_FIELD_EMB_V, CAV_F32, 1, sd, s->ev + (size_t)i * D) ||
-            (s->tokens && (!cav_record_put(&rec, CAV_FIELD_FEAT_A, CAV_F32, 2, sa, s->fa + (size_t)i * m->La * D) ||
-                           !cav_record_put(&rec, CAV_FIELD_FEAT_V, CAV_F32, 2, sv, s->fv + (size_t)i * m->Lv * D))))
+            (s->tokens &&
+             (!cav_record_put(&rec, CAV_FIELD_FEAT_A, CAV_F32, 2, sa, s->fa + (size_t)i * m->La * D) ||
+              !cav_record_put(&rec, CAV_FIELD_FEAT_V, CAV_F32, 2, sv, s->fv + (size_t)i * m->Lv * D))))
             cav_die(CAV_EXIT_INTERNAL, "out of memory");
         if (cav_writer_put(s->w, &rec, &err)) {
             cav_writer_abort(s->w);
@@ -156,7 +160,8 @@ static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const ca
         float lo_a = INFINITY, hi_a = -INFINITY; /* the input's range, for all three spectrograms */
         for (size_t k = 0; k < A; k++) lo_a = fminf(lo_a, r.audio[0][k]), hi_a = fmaxf(hi_a, r.audio[0][k]);
         for (int k = 0; k < 3; k++) {
-            if (!(pa[k] = cav_picture_spectrogram(r.audio[k], r.T, r.F, lo_a, hi_a))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+            if (!(pa[k] = cav_picture_spectrogram(r.audio[k], r.T, r.F, lo_a, hi_a)))
+                cav_die(CAV_EXIT_INTERNAL, "out of memory");
             pv[k] = to_rgb(r.video[k], r.S, lo);
         }
         int W, H;
@@ -172,8 +177,9 @@ static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const ca
         double ma = 0, mv = 0;
         for (int l = 0; l < r.La; l++) ma += r.mask_a[l];
         for (int l = 0; l < r.Lv; l++) mv += r.mask_v[l];
-        cav_msg("%s: %s/%d-audio.png, %s/%d-video.png (%.0f of %d audio and %.0f of %d visual patches masked)",
-                s->ids[i], dir, i, dir, i, ma, r.La, mv, r.Lv);
+        cav_msg(
+            "%s: %s/%d-audio.png, %s/%d-video.png (%.0f of %d audio and %.0f of %d visual patches masked)",
+            s->ids[i], dir, i, dir, i, ma, r.La, mv, r.Lv);
         cav_record_clear(&rec);
         int64_t sa[1] = {r.La}, sv[1] = {r.Lv}, spa[2] = {r.La, 256}, spv[2] = {r.Lv, 768};
         if (cav_record_set_id(&rec, s->ids[i]) || !cav_record_put(&rec, "mask_a", CAV_F32, 1, sa, r.mask_a) ||
@@ -198,28 +204,44 @@ static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const ca
 int main(int argc, char **argv) {
     cav_set_tool("cav-embed");
     cav_blas_fit_cpu("cav-embed", argv);
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"model-type", 1, 0, O_TYPE}, {"arch", 1, 0, O_ARCH},
-                                         {"set", 1, 0, O_SET}, {"out", 1, 0, 'o'}, {"batch-size", 1, 0, 'b'},
-                                         {"tokens", 0, 0, O_TOKENS}, {"frame", 1, 0, O_FRAME}, {"device", 1, 0, O_DEVICE},
-                                         {"reconstruct", 1, 0, O_RECON}, {"mask-ratio", 1, 0, O_MASK},
-                                         {"seed", 1, 0, O_SEED}, {"clips", 1, 0, O_CLIPS}, CAV_STD_OPTIONS,
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"model-type", 1, 0, O_TYPE},
+                                         {"arch", 1, 0, O_ARCH},
+                                         {"set", 1, 0, O_SET},
+                                         {"out", 1, 0, 'o'},
+                                         {"batch-size", 1, 0, 'b'},
+                                         {"tokens", 0, 0, O_TOKENS},
+                                         {"frame", 1, 0, O_FRAME},
+                                         {"device", 1, 0, O_DEVICE},
+                                         {"reconstruct", 1, 0, O_RECON},
+                                         {"mask-ratio", 1, 0, O_MASK},
+                                         {"seed", 1, 0, O_SEED},
+                                         {"clips", 1, 0, O_CLIPS},
+                                         CAV_STD_OPTIONS,
                                          {0, 0, 0, 0}};
     cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
-    const char **keys = calloc((size_t)argc + 3, sizeof *keys), **vals = calloc((size_t)argc + 3, sizeof *vals);
+    const char **keys = calloc((size_t)argc + 3, sizeof *keys),
+               **vals = calloc((size_t)argc + 3, sizeof *vals);
     const char *out = "-", *recon_dir = NULL, *mask_ratio = NULL;
     int tokens = 0, frame = -1, clips = 4, c;
     uint64_t seed = 0;
     if (!keys || !vals) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     while ((c = getopt_long(argc, argv, "m:o:b:", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': eo.path = optarg; break;
+        case 'm':
+            eo.path = optarg;
+            break;
         case O_TYPE:
-            if (!strcmp(optarg, "pretrain")) eo.type = CAV_EMBED_PRETRAIN;
-            else if (!strcmp(optarg, "finetune")) eo.type = CAV_EMBED_FINETUNE;
-            else cav_usage_error("--model-type: pretrain or finetune, not '%s'", optarg);
+            if (!strcmp(optarg, "pretrain"))
+                eo.type = CAV_EMBED_PRETRAIN;
+            else if (!strcmp(optarg, "finetune"))
+                eo.type = CAV_EMBED_FINETUNE;
+            else
+                cav_usage_error("--model-type: pretrain or finetune, not '%s'", optarg);
             break;
         case O_ARCH:
-            if (strcmp(optarg, "tiny") && strcmp(optarg, "base")) cav_usage_error("--arch: base or tiny, not '%s'", optarg);
+            if (strcmp(optarg, "tiny") && strcmp(optarg, "base"))
+                cav_usage_error("--arch: base or tiny, not '%s'", optarg);
             eo.arch = optarg;
             break;
         case O_SET: {
@@ -229,23 +251,44 @@ int main(int argc, char **argv) {
             keys[eo.nset] = optarg, vals[eo.nset++] = eq + 1;
             break;
         }
-        case 'o': out = optarg; break;
-        case 'b': eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16); break;
-        case O_TOKENS: tokens = 1; break;
-        case O_FRAME: frame = (int)cav_parse_int("frame", optarg, 0, 1000); break;
-        case O_DEVICE: eo.device = optarg; break;
-        case O_RECON: recon_dir = optarg; break;
-        case O_MASK: cav_parse_double("mask-ratio", optarg, 0, 0.99), mask_ratio = optarg; break;
-        case O_SEED: seed = (uint64_t)cav_parse_int("seed", optarg, 0, INT64_MAX); break;
-        case O_CLIPS: clips = (int)cav_parse_int("clips", optarg, 1, 256); break;
-        default: cav_std_option(c, usage); cav_usage_error("unexpected option");
+        case 'o':
+            out = optarg;
+            break;
+        case 'b':
+            eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16);
+            break;
+        case O_TOKENS:
+            tokens = 1;
+            break;
+        case O_FRAME:
+            frame = (int)cav_parse_int("frame", optarg, 0, 1000);
+            break;
+        case O_DEVICE:
+            eo.device = optarg;
+            break;
+        case O_RECON:
+            recon_dir = optarg;
+            break;
+        case O_MASK:
+            cav_parse_double("mask-ratio", optarg, 0, 0.99), mask_ratio = optarg;
+            break;
+        case O_SEED:
+            seed = (uint64_t)cav_parse_int("seed", optarg, 0, INT64_MAX);
+            break;
+        case O_CLIPS:
+            clips = (int)cav_parse_int("clips", optarg, 1, 256);
+            break;
+        default:
+            cav_std_option(c, usage);
+            cav_usage_error("unexpected option");
         }
     }
     if (!eo.path) cav_usage_error("--model CKPT is required");
     if (recon_dir) {
         eo.decoder = 1, eo.batch = clips;
-        if (mask_ratio) keys[eo.nset] = "mask_ratio_a", vals[eo.nset++] = mask_ratio, keys[eo.nset] = "mask_ratio_v",
-                        vals[eo.nset++] = mask_ratio;
+        if (mask_ratio)
+            keys[eo.nset] = "mask_ratio_a", vals[eo.nset++] = mask_ratio, keys[eo.nset] = "mask_ratio_v",
+            vals[eo.nset++] = mask_ratio;
     }
     eo.set_keys = keys, eo.set_vals = vals;
     char *stdin_only[] = {"-"};
@@ -261,8 +304,8 @@ int main(int argc, char **argv) {
         cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     }
     cav_model *m = s.e.m;
-    cav_msg("%s: %s model (config from %s), %d tensors loaded; embed_dim %d, %d audio and %d visual tokens", eo.path,
-            s.e.type == CAV_EMBED_FINETUNE ? "fine-tuned" : "pretraining",
+    cav_msg("%s: %s model (config from %s), %d tensors loaded; embed_dim %d, %d audio and %d visual tokens",
+            eo.path, s.e.type == CAV_EMBED_FINETUNE ? "fine-tuned" : "pretraining",
             s.e.config_from_file ? "the file" : "the command line", s.e.nparams_loaded, m->D, m->La, m->Lv);
     cav_model_describe(m, stderr);
     s.tokens = tokens, s.B = eo.batch;
@@ -288,7 +331,8 @@ int main(int argc, char **argv) {
     if (!rds) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     int64_t total = 0;
     for (int i = 0; i < ninputs; i++) {
-        if (!(rds[i] = cav_reader_open(inputs[i], &err))) cav_die(err.code ? err.code : CAV_EXIT_INPUT, "%s", err.msg);
+        if (!(rds[i] = cav_reader_open(inputs[i], &err)))
+            cav_die(err.code ? err.code : CAV_EXIT_INPUT, "%s", err.msg);
         struct cav_shard *sh = cav_reader_shard(rds[i]);
         total = total >= 0 && sh ? total + cav_shard_rows(sh) : -1;
     }
@@ -302,7 +346,8 @@ int main(int argc, char **argv) {
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     char recon_out[4200];
     if (recon_dir) {
-        if (mkdir(recon_dir, 0777) && errno != EEXIST) cav_die(CAV_EXIT_INTERNAL, "%s: cannot create: %s", recon_dir, strerror(errno));
+        if (mkdir(recon_dir, 0777) && errno != EEXIST)
+            cav_die(CAV_EXIT_INTERNAL, "%s: cannot create: %s", recon_dir, strerror(errno));
         snprintf(recon_out, sizeof recon_out, "%s/reconstruction.cavs", recon_dir);
         out = recon_out;
     }
@@ -328,9 +373,10 @@ int main(int argc, char **argv) {
                 if (!shard) break; /* a stream cannot be resynchronised after a bad frame */
                 continue;
             }
-            if (cav_loader_sample(&lo, &rec, 1, seen - 1, s.audio + (size_t)s.n * A, s.video + (size_t)s.n * V,
-                                  NULL, &err)) {
-                if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
+            if (cav_loader_sample(&lo, &rec, 1, seen - 1, s.audio + (size_t)s.n * A,
+                                  s.video + (size_t)s.n * V, NULL, &err)) {
+                if (err.code == CAV_EXIT_INTERNAL)
+                    cav_die(err.code, "%s: record %lld: %s", inputs[i], (long long)idx, err.msg);
                 cav_msg("%s: record %lld: %s; skipped", inputs[i], (long long)idx, err.msg);
                 bad++;
                 continue;
@@ -347,15 +393,17 @@ int main(int argc, char **argv) {
             break;
         }
     }
-    if (recon_dir) reconstruct_batch(&s, recon_dir, seed, &lo);
-    else flush(&s);
+    if (recon_dir)
+        reconstruct_batch(&s, recon_dir, seed, &lo);
+    else
+        flush(&s);
     cav_progress_end(prog);
     cav_record_clear(&rec);
     if (cav_writer_close(s.w, &err)) cav_die(err.code ? err.code : CAV_EXIT_INTERNAL, "%s", err.msg);
     cav_msg("%lld clips %s", (long long)s.written, recon_dir ? "reconstructed" : "embedded");
     cav_embedder_close(&s.e);
-    free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds), free(keys),
-        free(vals);
+    free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds),
+        free(keys), free(vals);
     if (bad) {
         cav_msg("%lld bad record%s skipped", (long long)bad, bad > 1 ? "s" : "");
         return CAV_EXIT_INPUT;

@@ -41,9 +41,12 @@ static const char usage[] =
     "                           (f32 multi-hot field labels, in the records or in --labels)\n"
     "      --labels FILE        records with id and labels (e.g. the clips' shard) for --class (repeatable)\n"
     "  -k, --topk K             keep each query's K best items (for --matches and --html; default 5)\n"
-    "      --matches FILE       write the top-k lists: direction,index,id,k,match_index,match_id,similarity,own\n"
-    "      --html DIR           write a gallery page DIR/index.html (pictures in DIR/img) for --html-queries\n"
-    "                           queries per direction: their middle frame and spectrogram, their top-k items\n"
+    "      --matches FILE       write the top-k lists: "
+    "direction,index,id,k,match_index,match_id,similarity,own\n"
+    "      --html DIR           write a gallery page DIR/index.html (pictures in DIR/img) for "
+    "--html-queries\n"
+    "                           queries per direction: their middle frame and spectrogram, their top-k "
+    "items\n"
     "      --html-queries N     queries shown (default 8: the first N)\n"
     "      --media FILE         records with frames (or frames_jpeg) and fbank for the pictures, by id\n"
     "                           (repeatable; the clips' shards)\n"
@@ -54,8 +57,20 @@ static const char usage[] =
     "Threads: OMP_NUM_THREADS. Memory: the embeddings and one block, never the n x n matrix.\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (file, record and field named), 3 internal failure.\n";
 
-enum { O_DATASET = 0x100, O_DIRECTION, O_RANKS, O_TIES, O_GALLERY, O_CLASS, O_LABELS, O_MATCHES, O_HTML, O_HTMLQ,
-       O_MEDIA, O_BLOCK };
+enum {
+    O_DATASET = 0x100,
+    O_DIRECTION,
+    O_RANKS,
+    O_TIES,
+    O_GALLERY,
+    O_CLASS,
+    O_LABELS,
+    O_MATCHES,
+    O_HTML,
+    O_HTMLQ,
+    O_MEDIA,
+    O_BLOCK
+};
 
 typedef struct {
     int64_t n, cap;
@@ -74,17 +89,19 @@ static void *grow(void *p, int64_t cap, size_t elem) {
 }
 
 /* labels f32 [K] multi-hot into row i's bitset; the first one seen fixes K */
-static void put_labels(embs *e, int64_t i, const cav_tensor *t, const char *path, int64_t idx, const char *id) {
+static void put_labels(embs *e, int64_t i, const cav_tensor *t, const char *path, int64_t idx,
+                       const char *id) {
     if (t->dtype != CAV_F32 || t->ndim != 1 || t->shape[0] < 1)
-        cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field labels: expected f32 [K]", path, (long long)idx, id);
+        cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field labels: expected f32 [K]", path, (long long)idx,
+                id);
     if (!e->K) {
         e->K = (int)t->shape[0], e->lw = (e->K + 63) / 64;
         e->lab = calloc((size_t)e->cap * e->lw + 1, sizeof *e->lab);
         if (!e->lab) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     }
     if (t->shape[0] != e->K)
-        cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field labels: %lld classes, earlier records have %d", path,
-                (long long)idx, id, (long long)t->shape[0], e->K);
+        cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field labels: %lld classes, earlier records have %d",
+                path, (long long)idx, id, (long long)t->shape[0], e->K);
     const float *x = t->data;
     uint64_t *b = e->lab + i * e->lw;
     for (int k = 0; k < e->K; k++)
@@ -96,14 +113,16 @@ static void add(embs *e, const cav_record *rec, const char *path, int64_t idx) {
     const cav_tensor *t[2] = {cav_record_find(rec, CAV_FIELD_EMB_A), cav_record_find(rec, CAV_FIELD_EMB_V)};
     const char *names[2] = {CAV_FIELD_EMB_A, CAV_FIELD_EMB_V};
     for (int k = 0; k < 2; k++) {
-        if (!t[k]) cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): no field %s", path, (long long)idx, rec->id, names[k]);
-        if (t[k]->dtype != CAV_F32 || t[k]->ndim != 1 || t[k]->shape[0] < 1)
-            cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field %s: expected f32 [D]", path, (long long)idx, rec->id,
+        if (!t[k])
+            cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): no field %s", path, (long long)idx, rec->id,
                     names[k]);
+        if (t[k]->dtype != CAV_F32 || t[k]->ndim != 1 || t[k]->shape[0] < 1)
+            cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field %s: expected f32 [D]", path, (long long)idx,
+                    rec->id, names[k]);
         if (!e->D) e->D = (int)t[k]->shape[0];
         if (t[k]->shape[0] != e->D)
-            cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field %s: %lld values, earlier records have %d", path,
-                    (long long)idx, rec->id, names[k], (long long)t[k]->shape[0], e->D);
+            cav_die(CAV_EXIT_INPUT, "%s: record %lld (%s): field %s: %lld values, earlier records have %d",
+                    path, (long long)idx, rec->id, names[k], (long long)t[k]->shape[0], e->D);
     }
     if (e->n == e->cap) {
         int64_t old = e->cap;
@@ -143,7 +162,9 @@ static void scan_files(char **paths, int npaths, record_fn fn, void *ctx) {
     cav_record_clear(&rec);
 }
 
-static void add_fn(void *ctx, const cav_record *rec, const char *path, int64_t idx) { add(ctx, rec, path, idx); }
+static void add_fn(void *ctx, const cav_record *rec, const char *path, int64_t idx) {
+    add(ctx, rec, path, idx);
+}
 
 static void read_set(embs *e, char **inputs, int ninputs) {
     scan_files(inputs, ninputs, add_fn, e);
@@ -172,7 +193,7 @@ static void free_set(embs *e) {
 
 typedef struct {
     const char *dir;
-    cav_idset need;         /* id -> picture number */
+    cav_idset need;          /* id -> picture number */
     unsigned char *rendered; /* [number]: bit 0 frame, bit 1 spectrogram */
     int64_t n, missing;
 } pictures;
@@ -195,11 +216,13 @@ static void picture_fn(void *ctx, const cav_record *rec, const char *path, int64
         if (cav_png_write(file, rgb, w, h, &err)) cav_die(err.code, "%s", err.msg);
         free(rgb);
         p->rendered[k] |= 1;
-    } else if (err.code == CAV_EXIT_INTERNAL) cav_die(err.code, "%s", err.msg);
+    } else if (err.code == CAV_EXIT_INTERNAL)
+        cav_die(err.code, "%s", err.msg);
     const cav_tensor *fb = cav_record_find(rec, CAV_FIELD_FBANK);
     if (fb && fb->dtype == CAV_F32 && fb->ndim == 2 && fb->shape[0] > 0 && fb->shape[1] > 0) {
         int T = (int)fb->shape[0], F = (int)fb->shape[1];
-        if (!(rgb = cav_picture_spectrogram(fb->data, T, F, 0, 0))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+        if (!(rgb = cav_picture_spectrogram(fb->data, T, F, 0, 0)))
+            cav_die(CAV_EXIT_INTERNAL, "out of memory");
         snprintf(file, sizeof file, "%s/img/%lld-spec.png", p->dir, (long long)k);
         if (cav_png_write(file, rgb, T, F, &err)) cav_die(err.code, "%s", err.msg);
         free(rgb);
@@ -235,11 +258,16 @@ static void put(text *t, const char *fmt, ...) {
 
 static void put_html(text *t, const char *s) {
     for (; *s; s++) {
-        if (*s == '<') put(t, "&lt;");
-        else if (*s == '>') put(t, "&gt;");
-        else if (*s == '&') put(t, "&amp;");
-        else if (*s == '"') put(t, "&quot;");
-        else put(t, "%c", *s);
+        if (*s == '<')
+            put(t, "&lt;");
+        else if (*s == '>')
+            put(t, "&gt;");
+        else if (*s == '&')
+            put(t, "&amp;");
+        else if (*s == '"')
+            put(t, "&quot;");
+        else
+            put(t, "%c", *s);
     }
 }
 
@@ -248,7 +276,8 @@ static void put_img(text *t, const pictures *p, const char *id, int spec) {
     if (k >= 0 && p->rendered[k] & (spec ? 2 : 1))
         put(t, "<img class=\"%s\" src=\"img/%lld-%s.png\" alt=\"%s\">", spec ? "spec" : "frame", (long long)k,
             spec ? "spec" : "frame", spec ? "spectrogram" : "frame");
-    else put(t, "<span class=\"nopic\">no %s</span>", spec ? "spectrogram" : "frame");
+    else
+        put(t, "<span class=\"nopic\">no %s</span>", spec ? "spectrogram" : "frame");
 }
 
 typedef struct {
@@ -281,7 +310,9 @@ static void write_gallery(const char *dir, const char *dataset, const shown *dir
     if (!(p.rendered = calloc((size_t)p.n + 1, 1))) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     scan_files(media, nmedia, picture_fn, &p);
     for (int64_t k = 0; k < p.n; k++) p.missing += p.rendered[k] != 3;
-    if (p.missing) cav_msg("warning: %lld of %lld clips in the gallery have no record with pictures in --media", (long long)p.missing, (long long)p.n);
+    if (p.missing)
+        cav_msg("warning: %lld of %lld clips in the gallery have no record with pictures in --media",
+                (long long)p.missing, (long long)p.n);
 
     text t = {0};
     put(&t, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cav-recall: ");
@@ -289,16 +320,21 @@ static void write_gallery(const char *dir, const char *dataset, const shown *dir
     put(&t, "</title>\n<style>body{font-family:sans-serif;background:#fafafa}table{border-collapse:collapse}"
             "td{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center;font-size:12px}"
             "img.frame{width:112px;height:112px}img.spec{width:256px;height:64px;image-rendering:pixelated}"
-            "td.own{background:#c8f0c8;border:3px solid #2a2}td.query{background:#e8e8ff}</style></head><body>\n");
+            "td.own{background:#c8f0c8;border:3px solid "
+            "#2a2}td.query{background:#e8e8ff}</style></head><body>\n");
     put(&t, "<h1>cav-recall: ");
     put_html(&t, dataset);
-    put(&t, "</h1>\n<p>Each row: a query (its middle frame and spectrogram), its own rank, and its best items from the "
-            "other modality with their cosine similarity; the %s is marked green.</p>\n",
+    put(&t,
+        "</h1>\n<p>Each row: a query (its middle frame and spectrogram), its own rank, and its best items "
+        "from the "
+        "other modality with their cosine similarity; the %s is marked green.</p>\n",
         dirs[0].class_level ? "items sharing a label with the query" : "query's own item");
     for (int s = 0; s < ndirs; s++) {
         const shown *sh = &dirs[s];
         int video = !strcmp(sh->name, "video");
-        put(&t, "<h2 id=\"%s\">%s queries &rarr; %s items</h2>\n<table class=\"direction\" data-direction=\"%s\">\n",
+        put(&t,
+            "<h2 id=\"%s\">%s queries &rarr; %s items</h2>\n<table class=\"direction\" "
+            "data-direction=\"%s\">\n",
             sh->name, video ? "visual" : "audio", video ? "audio" : "visual", sh->name);
         for (int64_t i = 0; i < sh->nshow; i++) {
             const cav_retr_dir *d = sh->d;
@@ -308,14 +344,17 @@ static void write_gallery(const char *dir, const char *dataset, const shown *dir
             put_img(&t, &p, sh->q->ids[i], 1);
             put(&t, "<br><b>");
             put_html(&t, sh->q->ids[i]);
-            if (d->ties[i] > 0) put(&t, "</b><br>rank %lld</td>", (long long)d->rank[i] + 1);
-            else put(&t, "</b><br>no rank</td>");
+            if (d->ties[i] > 0)
+                put(&t, "</b><br>rank %lld</td>", (long long)d->rank[i] + 1);
+            else
+                put(&t, "</b><br>no rank</td>");
             for (int j = 0; j < d->k; j++) {
                 int64_t m = d->top[i * d->k + j];
                 if (m < 0) continue;
                 int own = !sh->class_level && d->target && d->target[i] == m;
                 if (sh->class_level)
-                    for (int w = 0; w < d->lw; w++) own |= (d->lab[i * d->lw + w] & d->other_lab[m * d->lw + w]) != 0;
+                    for (int w = 0; w < d->lw; w++)
+                        own |= (d->lab[i * d->lw + w] & d->other_lab[m * d->lw + w]) != 0;
                 put(&t, "<td class=\"match%s\">", own ? " own" : "");
                 put_img(&t, &p, sh->g->ids[m], video);
                 put(&t, "<br>%d. ", j + 1);
@@ -387,9 +426,11 @@ static void direction_init(direction *x, int64_t nq, int k, int64_t nshow, int c
     x->target = malloc((size_t)nq * sizeof *x->target);
     d->k = k;
     if (k) {
-        d->top = malloc((size_t)nq * k * sizeof *d->top), d->topsim = malloc((size_t)nq * k * sizeof *d->topsim);
+        d->top = malloc((size_t)nq * k * sizeof *d->top),
+        d->topsim = malloc((size_t)nq * k * sizeof *d->topsim);
         x->want = calloc((size_t)nq, 1);
-        if (!d->top || !d->topsim || !x->want) cav_die(CAV_EXIT_INTERNAL, "out of memory for the top-%d lists", k);
+        if (!d->top || !d->topsim || !x->want)
+            cav_die(CAV_EXIT_INTERNAL, "out of memory for the top-%d lists", k);
         for (int64_t i = 0; i < nq; i++) x->want[i] = nshow < 0 || i < nshow;
         d->want_top = x->want;
     }
@@ -400,7 +441,8 @@ static void direction_init(direction *x, int64_t nq, int k, int64_t nshow, int c
 }
 
 static void direction_free(direction *x) {
-    free(x->d.thr), free(x->d.rank), free(x->d.ties), free(x->d.top), free(x->d.topsim), free(x->target), free(x->want);
+    free(x->d.thr), free(x->d.rank), free(x->d.ties), free(x->d.top), free(x->d.topsim), free(x->target),
+        free(x->want);
 }
 
 static FILE *create(const char *path) {
@@ -420,30 +462,46 @@ static int finish(FILE *f) {
 static void check_labels(const embs *e, const char *what) {
     int64_t none = 0;
     for (int64_t i = 0; i < e->n; i++) none += !e->has_lab[i];
-    if (!e->K) cav_die(CAV_EXIT_INPUT, "--class: the %s records have no field labels (give --labels FILE)", what);
-    if (none) cav_msg("warning: --class: %lld %s records have no labels: they match no class", (long long)none, what);
+    if (!e->K)
+        cav_die(CAV_EXIT_INPUT, "--class: the %s records have no field labels (give --labels FILE)", what);
+    if (none)
+        cav_msg("warning: --class: %lld %s records have no labels: they match no class", (long long)none,
+                what);
 }
 
 static void warn_invalid(const embs *e, const char *what) {
     for (int64_t i = 0; i < e->n; i++) {
         double sa = 0, sv = 0;
-        for (int d = 0; d < e->D; d++) sa += (double)e->a[i * e->D + d] * e->a[i * e->D + d], sv += (double)e->v[i * e->D + d] * e->v[i * e->D + d];
+        for (int d = 0; d < e->D; d++)
+            sa += (double)e->a[i * e->D + d] * e->a[i * e->D + d],
+                sv += (double)e->v[i * e->D + d] * e->v[i * e->D + d];
         if (!(sa > 0 && isfinite(sa)) || !(sv > 0 && isfinite(sv)))
-            cav_msg("warning: %srecord %lld (%s): a zero or non-finite embedding: its similarities are NaN and it has "
-                    "no hit, as in the reference", what, (long long)i, e->ids[i]);
+            cav_msg("warning: %srecord %lld (%s): a zero or non-finite embedding: its similarities are NaN "
+                    "and it has "
+                    "no hit, as in the reference",
+                    what, (long long)i, e->ids[i]);
     }
 }
 
 int main(int argc, char **argv) {
     cav_set_tool("cav-recall");
     cav_blas_fit_cpu("cav-recall", argv);
-    static const struct option opts[] = {
-        {"dataset", 1, 0, O_DATASET}, {"direction", 1, 0, O_DIRECTION}, {"ranks", 1, 0, O_RANKS},
-        {"ties", 1, 0, O_TIES},       {"gallery", 1, 0, O_GALLERY},     {"class", 0, 0, O_CLASS},
-        {"labels", 1, 0, O_LABELS},   {"topk", 1, 0, 'k'},              {"matches", 1, 0, O_MATCHES},
-        {"html", 1, 0, O_HTML},       {"html-queries", 1, 0, O_HTMLQ},  {"media", 1, 0, O_MEDIA},
-        {"block", 1, 0, O_BLOCK},     {"out", 1, 0, 'o'},               CAV_STD_OPTIONS,
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"dataset", 1, 0, O_DATASET},
+                                         {"direction", 1, 0, O_DIRECTION},
+                                         {"ranks", 1, 0, O_RANKS},
+                                         {"ties", 1, 0, O_TIES},
+                                         {"gallery", 1, 0, O_GALLERY},
+                                         {"class", 0, 0, O_CLASS},
+                                         {"labels", 1, 0, O_LABELS},
+                                         {"topk", 1, 0, 'k'},
+                                         {"matches", 1, 0, O_MATCHES},
+                                         {"html", 1, 0, O_HTML},
+                                         {"html-queries", 1, 0, O_HTMLQ},
+                                         {"media", 1, 0, O_MEDIA},
+                                         {"block", 1, 0, O_BLOCK},
+                                         {"out", 1, 0, 'o'},
+                                         CAV_STD_OPTIONS,
+                                         {0, 0, 0, 0}};
     const char *dataset = NULL, *ranks_path = NULL, *out_path = "-", *matches_path = NULL, *html_dir = NULL;
     char **gallery = calloc((size_t)argc, sizeof *gallery), **labels = calloc((size_t)argc, sizeof *labels);
     char **media = calloc((size_t)argc, sizeof *media);
@@ -453,29 +511,60 @@ int main(int argc, char **argv) {
     if (!gallery || !labels || !media) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     while ((c = getopt_long(argc, argv, "o:k:", opts, NULL)) != -1) {
         switch (c) {
-        case O_DATASET: dataset = optarg; break;
-        case O_DIRECTION:
-            if (!strcmp(optarg, "both")) dirs = 3;
-            else if (!strcmp(optarg, "video")) dirs = 1;
-            else if (!strcmp(optarg, "audio")) dirs = 2;
-            else cav_usage_error("--direction: audio, video or both, not '%s'", optarg);
+        case O_DATASET:
+            dataset = optarg;
             break;
-        case O_RANKS: ranks_path = optarg; break;
+        case O_DIRECTION:
+            if (!strcmp(optarg, "both"))
+                dirs = 3;
+            else if (!strcmp(optarg, "video"))
+                dirs = 1;
+            else if (!strcmp(optarg, "audio"))
+                dirs = 2;
+            else
+                cav_usage_error("--direction: audio, video or both, not '%s'", optarg);
+            break;
+        case O_RANKS:
+            ranks_path = optarg;
+            break;
         case O_TIES:
-            if (strcmp(optarg, "reference") && strcmp(optarg, "first")) cav_usage_error("--ties: reference or first, not '%s'", optarg);
+            if (strcmp(optarg, "reference") && strcmp(optarg, "first"))
+                cav_usage_error("--ties: reference or first, not '%s'", optarg);
             first_only = !strcmp(optarg, "first");
             break;
-        case O_GALLERY: gallery[ngallery++] = optarg; break;
-        case O_CLASS: class_level = 1; break;
-        case O_LABELS: labels[nlabels++] = optarg; break;
-        case 'k': topk = (int)cav_parse_int("topk", optarg, 1, 1000); break;
-        case O_MATCHES: matches_path = optarg; break;
-        case O_HTML: html_dir = optarg; break;
-        case O_HTMLQ: nshow = (int)cav_parse_int("html-queries", optarg, 1, 100000); break;
-        case O_MEDIA: media[nmedia++] = optarg; break;
-        case O_BLOCK: block = cav_parse_int("block", optarg, 1, 16384); break;
-        case 'o': out_path = optarg; break;
-        default: cav_std_option(c, usage); cav_usage_error("unexpected option");
+        case O_GALLERY:
+            gallery[ngallery++] = optarg;
+            break;
+        case O_CLASS:
+            class_level = 1;
+            break;
+        case O_LABELS:
+            labels[nlabels++] = optarg;
+            break;
+        case 'k':
+            topk = (int)cav_parse_int("topk", optarg, 1, 1000);
+            break;
+        case O_MATCHES:
+            matches_path = optarg;
+            break;
+        case O_HTML:
+            html_dir = optarg;
+            break;
+        case O_HTMLQ:
+            nshow = (int)cav_parse_int("html-queries", optarg, 1, 100000);
+            break;
+        case O_MEDIA:
+            media[nmedia++] = optarg;
+            break;
+        case O_BLOCK:
+            block = cav_parse_int("block", optarg, 1, 16384);
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        default:
+            cav_std_option(c, usage);
+            cav_usage_error("unexpected option");
         }
     }
     char *stdin_only[] = {"-"};
@@ -484,9 +573,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < ninputs; i++) nstdin += !strcmp(inputs[i], "-");
     for (int i = 0; i < ngallery; i++) nstdin += !strcmp(gallery[i], "-");
     if (nstdin > 1) cav_usage_error("stdin ('-') can be read only once");
-    int nout = !strcmp(out_path, "-") + (ranks_path && !strcmp(ranks_path, "-")) + (matches_path && !strcmp(matches_path, "-"));
+    int nout = !strcmp(out_path, "-") + (ranks_path && !strcmp(ranks_path, "-")) +
+               (matches_path && !strcmp(matches_path, "-"));
     if (nout > 1) cav_usage_error("only one of the CSV, --ranks and --matches can go to stdout");
-    if (html_dir && !nmedia) cav_usage_error("--html needs --media FILE (records with frames and fbank, by id)");
+    if (html_dir && !nmedia)
+        cav_usage_error("--html needs --media FILE (records with frames and fbank, by id)");
     char base[256];
     if (!dataset) {
         const char *p = strcmp(inputs[0], "-") ? inputs[0] : "stdin", *slash = strrchr(p, '/');
@@ -501,7 +592,8 @@ int main(int argc, char **argv) {
     int paired = ngallery == 0;
     if (!paired) {
         read_set(&eg, gallery, ngallery);
-        if (eg.D != e.D) cav_die(CAV_EXIT_INPUT, "%s: %d-dim embeddings, the queries have %d", gallery[0], eg.D, e.D);
+        if (eg.D != e.D)
+            cav_die(CAV_EXIT_INPUT, "%s: %d-dim embeddings, the queries have %d", gallery[0], eg.D, e.D);
     }
     embs *G = paired ? &e : &eg;
     if (class_level) {
@@ -509,13 +601,15 @@ int main(int argc, char **argv) {
         scan_files(labels, nlabels, label_fn, sets);
         check_labels(&e, paired ? "input" : "query");
         if (!paired) check_labels(&eg, "gallery");
-        if (!paired && eg.K != e.K) cav_die(CAV_EXIT_INPUT, "--class: queries have %d classes, the gallery %d", e.K, eg.K);
+        if (!paired && eg.K != e.K)
+            cav_die(CAV_EXIT_INPUT, "--class: queries have %d classes, the gallery %d", e.K, eg.K);
     }
     warn_invalid(&e, paired ? "" : "query ");
     if (!paired) warn_invalid(&eg, "gallery ");
 
     cav_retr_set qa, qv, ga, gv;
-    if (cav_retr_set_init(&qa, e.a, e.n, e.D) || cav_retr_set_init(&qv, e.v, e.n, e.D)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    if (cav_retr_set_init(&qa, e.a, e.n, e.D) || cav_retr_set_init(&qv, e.v, e.n, e.D))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (!paired && (cav_retr_set_init(&ga, eg.a, eg.n, eg.D) || cav_retr_set_init(&gv, eg.v, eg.n, eg.D)))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     int k = matches_path || html_dir ? topk : 0;
@@ -525,14 +619,16 @@ int main(int argc, char **argv) {
     direction_init(&da, e.n, k, show, class_level, &e, G, paired);
     double t0 = cav_now();
     int rc = 0;
-    if (paired && dirs == 3) rc = cav_retrieve(&qv, &qa, &dv.d, &da.d, block); /* one product, both directions */
+    if (paired && dirs == 3)
+        rc = cav_retrieve(&qv, &qa, &dv.d, &da.d, block); /* one product, both directions */
     else {
         if (dirs & 1) rc |= cav_retrieve(&qv, paired ? &qa : &ga, &dv.d, NULL, block);
         if (dirs & 2) rc |= cav_retrieve(&qa, paired ? &qv : &gv, &da.d, NULL, block);
     }
     if (rc) cav_die(CAV_EXIT_INTERNAL, "out of memory for the similarity blocks (--block)");
-    cav_msg("%lld queries x %lld items, %d-dim: ranked in %.2f s (%lld entries rechecked in double)", (long long)e.n,
-            (long long)G->n, e.D, cav_now() - t0, (long long)(dv.d.rechecked + da.d.rechecked));
+    cav_msg("%lld queries x %lld items, %d-dim: ranked in %.2f s (%lld entries rechecked in double)",
+            (long long)e.n, (long long)G->n, e.D, cav_now() - t0,
+            (long long)(dv.d.rechecked + da.d.rechecked));
 
     FILE *out = create(out_path), *rf = create(ranks_path), *mf = create(matches_path);
     if (rf) fprintf(rf, "direction,index,id,rank,ties\n");
@@ -544,27 +640,32 @@ int main(int argc, char **argv) {
     for (int kd = 0; kd < 2; kd++) {
         if (!(dirs & (1 << kd))) continue;
         cav_retr_dir *d = &dd[kd]->d;
-        /* --ties first: one hit per query; a paired query keeps today's hit at its rank even without a value */
+        /* --ties first: one hit per query; a paired query keeps today's hit at its rank even without a value
+         */
         for (int64_t i = 0; i < e.n; i++) ones[i] = paired || d->ties[i] > 0;
         cav_recall_stats st = cav_retrieval_stats_ranks(d->rank, first_only ? ones : d->ties, e.n, G->n);
         if (st.hits == 0) {
             if (!paired && (mf || html_dir)) {
                 cav_msg("direction %s: no query has its own item in the gallery: no metrics", dname[kd]);
-            } else cav_die(CAV_EXIT_INPUT, "direction %s: no query has a defined similarity to its own item", dname[kd]);
+            } else
+                cav_die(CAV_EXIT_INPUT, "direction %s: no query has a defined similarity to its own item",
+                        dname[kd]);
         } else {
             char f[4][40];
-            pyfloat(f[0], sizeof f[0], st.r1), pyfloat(f[1], sizeof f[1], st.r5), pyfloat(f[2], sizeof f[2], st.r10);
+            pyfloat(f[0], sizeof f[0], st.r1), pyfloat(f[1], sizeof f[1], st.r5),
+                pyfloat(f[2], sizeof f[2], st.r10);
             pyfloat(f[3], sizeof f[3], st.mr);
             csv_field(out, dataset);
             fprintf(out, ",%s,%s,%s,%s,%s\n", dname[kd], f[0], f[1], f[2], f[3]);
             cav_msg("%s %s->%s: R@1 %.4f R@5 %.4f R@10 %.4f MR %g over %lld queries (%lld hits)", dataset,
-                    kd ? "audio" : "video", kd ? "video" : "audio", st.r1, st.r5, st.r10, st.mr, (long long)e.n,
-                    (long long)st.hits);
+                    kd ? "audio" : "video", kd ? "video" : "audio", st.r1, st.r5, st.r10, st.mr,
+                    (long long)e.n, (long long)st.hits);
         }
         for (int64_t i = 0; rf && i < e.n; i++) {
             fprintf(rf, "%s,%lld,", dname[kd], (long long)i);
             csv_field(rf, e.ids[i]);
-            fprintf(rf, ",%lld,%lld\n", (long long)d->rank[i], (long long)(d->ties[i] > 0 ? d->ties[i] - 1 : -1));
+            fprintf(rf, ",%lld,%lld\n", (long long)d->rank[i],
+                    (long long)(d->ties[i] > 0 ? d->ties[i] - 1 : -1));
         }
         for (int64_t i = 0; mf && i < e.n; i++)
             for (int j = 0; j < d->k; j++) {
@@ -573,7 +674,8 @@ int main(int argc, char **argv) {
                 int own = d->target[i] == m;
                 if (class_level) {
                     own = 0;
-                    for (int w = 0; w < d->lw; w++) own |= (d->lab[i * d->lw + w] & d->other_lab[m * d->lw + w]) != 0;
+                    for (int w = 0; w < d->lw; w++)
+                        own |= (d->lab[i * d->lw + w] & d->other_lab[m * d->lw + w]) != 0;
                 }
                 char sv[40];
                 pyfloat(sv, sizeof sv, d->topsim[i * d->k + j]);
@@ -589,7 +691,8 @@ int main(int argc, char **argv) {
         shown sh[2];
         int ns = 0;
         for (int kd = 0; kd < 2; kd++)
-            if (dirs & (1 << kd)) sh[ns++] = (shown){dname[kd], &dd[kd]->d, &e, G, nshow < e.n ? nshow : e.n, class_level};
+            if (dirs & (1 << kd))
+                sh[ns++] = (shown){dname[kd], &dd[kd]->d, &e, G, nshow < e.n ? nshow : e.n, class_level};
         write_gallery(html_dir, dataset, sh, ns, media, nmedia);
     }
     direction_free(&dv), direction_free(&da);

@@ -23,14 +23,18 @@ static const char usage[] =
     "Copy records from INPUTs (record streams or shards, '-' = stdin; default '-') to the output:\n"
     "merge, reshard, convert, select, shuffle, import labels; or check shards with --verify.\n"
     "\n"
-    "  -o, --output=PATTERN     output file, or '-' for a stream on stdout (default); names ending in .h5 or\n"
+    "  -o, --output=PATTERN     output file, or '-' for a stream on stdout (default); names ending in .h5 "
+    "or\n"
     "                           .hdf5 are shards, others streams; a pattern with one integer conversion\n"
     "                           (out-%03d.h5) numbers the files from 0\n"
     "  -n, --max-rows=N         at most N records per output file (needs a pattern)\n"
-    "  -b, --max-bytes=SIZE     start a new file once one reaches SIZE bytes (K, M, G suffixes; needs a pattern)\n"
-    "  -s, --select=FILE        only the records whose id is listed in FILE (one id per line); every listed id\n"
+    "  -b, --max-bytes=SIZE     start a new file once one reaches SIZE bytes (K, M, G suffixes; needs a "
+    "pattern)\n"
+    "  -s, --select=FILE        only the records whose id is listed in FILE (one id per line); every listed "
+    "id\n"
     "                           must be found\n"
-    "      --shuffle=SEED       write the records in a random order fixed by SEED (stream inputs are spooled\n"
+    "      --shuffle=SEED       write the records in a random order fixed by SEED (stream inputs are "
+    "spooled\n"
     "                           to a temporary shard in $TMPDIR first)\n"
     "  -j, --json=FILE          the reference's dataset JSON: adds labels (f32 [K] multi-hot), weight (f32\n"
     "                           sample weight) and the attributes wav and video_path to each record, by\n"
@@ -69,10 +73,14 @@ static uint64_t parse_size(const char *s) {
     char *end;
     double v = strtod(s, &end);
     double m = 1;
-    if (*end == 'K' || *end == 'k') m = 1024, end++;
-    else if (*end == 'M' || *end == 'm') m = 1024.0 * 1024, end++;
-    else if (*end == 'G' || *end == 'g') m = 1024.0 * 1024 * 1024, end++;
-    if (end == s || *end || v <= 0 || v * m > 1e18) cav_usage_error("option --max-bytes: '%s' is not a size", s);
+    if (*end == 'K' || *end == 'k')
+        m = 1024, end++;
+    else if (*end == 'M' || *end == 'm')
+        m = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        m = 1024.0 * 1024 * 1024, end++;
+    if (end == s || *end || v <= 0 || v * m > 1e18)
+        cav_usage_error("option --max-bytes: '%s' is not a size", s);
     return (uint64_t)(v * m);
 }
 
@@ -80,9 +88,9 @@ static uint64_t parse_size(const char *s) {
 typedef struct {
     const cav_manifest *man;
     const cav_labelset *labels;
-    cav_idset *select;        /* NULL = all */
-    unsigned char *selected;  /* per select entry: found */
-    cav_idset seen;           /* every id written, for duplicates across inputs */
+    cav_idset *select;       /* NULL = all */
+    unsigned char *selected; /* per select entry: found */
+    cav_idset seen;          /* every id written, for duplicates across inputs */
     cav_pack_out *out;
     cav_progress *prog;
 } pipeline;
@@ -97,15 +105,16 @@ static int emit(pipeline *p, cav_record *rec, const char *src, int64_t index, ca
     if (p->man) {
         int64_t item = cav_idset_get(&p->man->by_id, rec->id);
         if (item < 0)
-            return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): id: not in the dataset JSON", src,
-                            (long long)index, rec->id);
+            return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): id: not in the dataset JSON",
+                            src, (long long)index, rec->id);
         if (cav_manifest_apply(p->man, (int)item, p->labels, rec))
             return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     }
     int a = cav_idset_add(&p->seen, rec->id, 0);
     if (a < 0) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     if (a == 0)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): id: duplicated (already written from an earlier record)",
+        return cav_fail(err, CAV_EXIT_INPUT,
+                        "%s: record %lld (id '%s'): id: duplicated (already written from an earlier record)",
                         src, (long long)index, rec->id);
     if (cav_pack_out_put(p->out, rec, err)) return -1;
     cav_progress_add(p->prog, 1);
@@ -120,7 +129,8 @@ static void compare_attrs(const cav_attrs *first, const cav_attrs *a, const char
         for (int k = 0; k < 4; k++) skip |= strcmp(a->v[i].key, prov[k]) == 0;
         const char *v = cav_attrs_get(first, a->v[i].key);
         if (!skip && v && strcmp(v, a->v[i].value))
-            cav_msg("warning: %s: dataset attribute '%s' differs from the first input's; the output keeps the first",
+            cav_msg("warning: %s: dataset attribute '%s' differs from the first input's; the output keeps "
+                    "the first",
                     path, a->v[i].key);
     }
 }
@@ -171,8 +181,10 @@ static int verify(int n, char **inputs) {
             }
             for (int a = 0; a < rec.attrs.n; a++)
                 if (!cav_text_ok(rec.attrs.v[a].key, 0) || !cav_text_ok(rec.attrs.v[a].value, 1)) {
-                    cav_msg("%s: record %lld (id '%s'): attribute '%s': not valid UTF-8 text (or holds control "
-                            "characters)", path, (long long)cav_reader_index(rd), rec.id, rec.attrs.v[a].key);
+                    cav_msg(
+                        "%s: record %lld (id '%s'): attribute '%s': not valid UTF-8 text (or holds control "
+                        "characters)",
+                        path, (long long)cav_reader_index(rd), rec.id, rec.attrs.v[a].key);
                     bad++;
                 }
             int64_t first = cav_idset_get(&ids, rec.id);
@@ -256,7 +268,8 @@ static cav_idset *load_select(const char *path, int64_t *n) {
         lineno++;
         while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
         if (!len) continue;
-        if (cav_idset_add(s, line, k) == 0) cav_die(CAV_EXIT_INPUT, "%s: line %lld: id '%s' listed twice", path, (long long)lineno, line);
+        if (cav_idset_add(s, line, k) == 0)
+            cav_die(CAV_EXIT_INPUT, "%s: line %lld: id '%s' listed twice", path, (long long)lineno, line);
         k++;
     }
     free(line);
@@ -267,26 +280,52 @@ static cav_idset *load_select(const char *path, int64_t *n) {
 
 int main(int argc, char **argv) {
     cav_set_tool("shard-pack");
-    static const struct option opts[] = {
-        {"output", 1, 0, 'o'}, {"max-rows", 1, 0, 'n'}, {"max-bytes", 1, 0, 'b'}, {"select", 1, 0, 's'},
-        {"shuffle", 1, 0, 'S'}, {"json", 1, 0, 'j'},    {"label-csv", 1, 0, 'c'}, {"level", 1, 0, 'l'},
-        {"verify", 0, 0, 'V'},  CAV_STD_OPTIONS,        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"output", 1, 0, 'o'},
+                                         {"max-rows", 1, 0, 'n'},
+                                         {"max-bytes", 1, 0, 'b'},
+                                         {"select", 1, 0, 's'},
+                                         {"shuffle", 1, 0, 'S'},
+                                         {"json", 1, 0, 'j'},
+                                         {"label-csv", 1, 0, 'c'},
+                                         {"level", 1, 0, 'l'},
+                                         {"verify", 0, 0, 'V'},
+                                         CAV_STD_OPTIONS,
+                                         {0, 0, 0, 0}};
     const char *output = "-", *select_path = NULL, *json = NULL, *csv = NULL;
     int64_t max_rows = 0;
     uint64_t max_bytes = 0, seed = 0;
     int level = 0, do_verify = 0, do_shuffle = 0, c;
     while ((c = getopt_long(argc, argv, "o:n:b:s:j:c:l:", opts, NULL)) != -1) {
         switch (c) {
-        case 'o': output = optarg; break;
-        case 'n': max_rows = cav_parse_int("max-rows", optarg, 1, INT64_MAX); break;
-        case 'b': max_bytes = parse_size(optarg); break;
-        case 's': select_path = optarg; break;
-        case 'S': seed = (uint64_t)cav_parse_int("shuffle", optarg, 0, INT64_MAX), do_shuffle = 1; break;
-        case 'j': json = optarg; break;
-        case 'c': csv = optarg; break;
-        case 'l': level = (int)cav_parse_int("level", optarg, -7, 19); break;
-        case 'V': do_verify = 1; break;
-        default: cav_std_option(c, usage);
+        case 'o':
+            output = optarg;
+            break;
+        case 'n':
+            max_rows = cav_parse_int("max-rows", optarg, 1, INT64_MAX);
+            break;
+        case 'b':
+            max_bytes = parse_size(optarg);
+            break;
+        case 's':
+            select_path = optarg;
+            break;
+        case 'S':
+            seed = (uint64_t)cav_parse_int("shuffle", optarg, 0, INT64_MAX), do_shuffle = 1;
+            break;
+        case 'j':
+            json = optarg;
+            break;
+        case 'c':
+            csv = optarg;
+            break;
+        case 'l':
+            level = (int)cav_parse_int("level", optarg, -7, 19);
+            break;
+        case 'V':
+            do_verify = 1;
+            break;
+        default:
+            cav_std_option(c, usage);
         }
     }
     int nin = argc - optind;
@@ -300,8 +339,10 @@ int main(int argc, char **argv) {
     if (nin == 0 && !json) nin = 1, inputs = dash;
     int pc = cav_pattern_check(output);
     if (pc < 0) cav_usage_error("--output '%s': at most one integer conversion such as %%03d", output);
-    if (pc == 0 && (max_rows || max_bytes)) cav_usage_error("--max-rows/--max-bytes need a numbered --output pattern (out-%%03d.h5)");
-    if (cav_format_for_path(output) == CAV_FMT_SHARD && strcmp(output, "-") == 0) cav_usage_error("a shard needs a file name");
+    if (pc == 0 && (max_rows || max_bytes))
+        cav_usage_error("--max-rows/--max-bytes need a numbered --output pattern (out-%%03d.h5)");
+    if (cav_format_for_path(output) == CAV_FMT_SHARD && strcmp(output, "-") == 0)
+        cav_usage_error("a shard needs a file name");
     /* an output that is an input (same device and inode) is refused when opened and again at its rename */
     for (int i = 0; i < nin; i++) cav_input_note(inputs[i]);
     cav_input_note(json);
@@ -312,7 +353,8 @@ int main(int argc, char **argv) {
     cav_labelset labels = {0};
     cav_manifest man = {0};
     if (json) {
-        if (cav_labelset_load(&labels, csv, &err) || cav_manifest_load(&man, json, &labels, &err)) fatal(&err);
+        if (cav_labelset_load(&labels, csv, &err) || cav_manifest_load(&man, json, &labels, &err))
+            fatal(&err);
     }
     pipeline p = {.man = json && nin ? &man : NULL, .labels = &labels};
     int64_t nselect = 0;
@@ -334,7 +376,8 @@ int main(int argc, char **argv) {
             if (!spool_dir[0]) {
                 const char *tmp = getenv("TMPDIR");
                 snprintf(spool_dir, sizeof spool_dir, "%s/shard-pack.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-                if (!mkdtemp(spool_dir)) spool_dir[0] = 0, cav_die(CAV_EXIT_INTERNAL, "cannot create a spool directory: %m");
+                if (!mkdtemp(spool_dir))
+                    spool_dir[0] = 0, cav_die(CAV_EXIT_INTERNAL, "cannot create a spool directory: %m");
             }
             char sp[600];
             snprintf(sp, sizeof sp, "%s/spool-%d.h5", spool_dir, nspool++);
@@ -350,8 +393,10 @@ int main(int argc, char **argv) {
             cav_reader_close(rds[i]);
             if (!(rds[i] = cav_reader_open(sp, &err))) fatal(&err);
         }
-        if (i > 0) compare_attrs(&attrs, cav_reader_attrs(rds[i]), cav_reader_path(rds[i]));
-        else cav_attrs_copy(&attrs, cav_reader_attrs(rds[0]));
+        if (i > 0)
+            compare_attrs(&attrs, cav_reader_attrs(rds[i]), cav_reader_path(rds[i]));
+        else
+            cav_attrs_copy(&attrs, cav_reader_attrs(rds[0]));
     }
     if (json && cav_labelset_attrs(&labels, &attrs)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (cav_attrs_provenance(&attrs, argc, argv)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
@@ -372,7 +417,8 @@ int main(int argc, char **argv) {
         }
         for (int64_t i = 0; i < man.n; i++) {
             cav_record_clear(&rec);
-            if (cav_manifest_apply(&man, (int)order[i], &labels, &rec)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+            if (cav_manifest_apply(&man, (int)order[i], &labels, &rec))
+                cav_die(CAV_EXIT_INTERNAL, "out of memory");
             if (emit(&p, &rec, json, order[i], &err)) fatal(&err);
         }
         free(order);
@@ -390,14 +436,17 @@ int main(int argc, char **argv) {
             int lo = 0, hi = nin; /* the shard holding order[k]: first[lo] <= order[k] < first[lo + 1] */
             while (hi - lo > 1) {
                 int mid = (lo + hi) / 2;
-                if (first[mid] <= order[k]) lo = mid;
-                else hi = mid;
+                if (first[mid] <= order[k])
+                    lo = mid;
+                else
+                    hi = mid;
             }
             int i = lo;
             int64_t pos = order[k] - first[i];
             cav_shard *s = cav_reader_shard(rds[i]);
             if (p.select && cav_idset_get(p.select, cav_shard_id(s, pos)) < 0) continue;
-            if (cav_shard_read(s, pos, &rec, &err) || emit(&p, &rec, cav_reader_path(rds[i]), pos, &err)) fatal(&err);
+            if (cav_shard_read(s, pos, &rec, &err) || emit(&p, &rec, cav_reader_path(rds[i]), pos, &err))
+                fatal(&err);
         }
         free(order);
         free(first);
@@ -428,17 +477,20 @@ int main(int argc, char **argv) {
         int64_t missing = 0;
         for (size_t s = 0; s < p.select->cap; s++) {
             if (!p.select->keys[s] || p.selected[p.select->vals[s]]) continue;
-            if (missing++ < 5) cav_msg("%s: id '%s': not found in the inputs", select_path, p.select->keys[s]);
+            if (missing++ < 5)
+                cav_msg("%s: id '%s': not found in the inputs", select_path, p.select->keys[s]);
         }
         if (missing) {
-            cav_msg("%s: %lld of %lld listed ids not found", select_path, (long long)missing, (long long)nselect);
+            cav_msg("%s: %lld of %lld listed ids not found", select_path, (long long)missing,
+                    (long long)nselect);
             status = CAV_EXIT_INPUT;
         }
         cav_idset_clear(p.select);
         free(p.select);
         free(p.selected);
     }
-    if (strcmp(output, "-")) cav_msg("%lld records into %d file%s", (long long)written, files, files == 1 ? "" : "s");
+    if (strcmp(output, "-"))
+        cav_msg("%lld records into %d file%s", (long long)written, files, files == 1 ? "" : "s");
     cav_idset_clear(&p.seen);
     cav_manifest_free(&man);
     cav_labelset_free(&labels);

@@ -23,8 +23,8 @@
 
 #include "record.h"
 
-#define CAV_LN_EPS 1e-5f        /* LayerNorm eps (torch default) */
-#define CAV_CONTRAST_TAU 0.05f  /* contrastive temperature (cav-numerics(7) 2.10) */
+#define CAV_LN_EPS 1e-5f       /* LayerNorm eps (torch default) */
+#define CAV_CONTRAST_TAU 0.05f /* contrastive temperature (cav-numerics(7) 2.10) */
 
 typedef struct cav_backend cav_backend;
 struct cav_backend {
@@ -34,19 +34,20 @@ struct cav_backend {
     void *(*alloc)(size_t bytes);
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
-    void (*copy)(void *dst, const void *src, size_t bytes);     /* within the backend's memory */
-    void (*upload)(void *dst, const void *host, size_t bytes);  /* host -> backend */
+    void (*copy)(void *dst, const void *src, size_t bytes);      /* within the backend's memory */
+    void (*upload)(void *dst, const void *host, size_t bytes);   /* host -> backend */
     void (*download)(void *host, const void *src, size_t bytes); /* backend -> host */
 
     /* ---- dense layers ---- */
     /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear.
      * Backward: dinp[M,IC] += dout @ w; dw[OC,IC] += dout^T @ inp; db[OC] += sum_m dout. */
-    void (*linear_forward)(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC);
-    void (*linear_backward)(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
-                            int M, int IC, int OC);
+    void (*linear_forward)(float *out, const float *inp, const float *w, const float *b, int M, int IC,
+                           int OC);
+    void (*linear_backward)(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                            const float *w, int M, int IC, int OC);
     /* LayerNorm over the last dimension, eps CAV_LN_EPS: out[M,C], mean[M], rstd[M] saved. */
-    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
-                              int M, int C);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                              const float *b, int M, int C);
     void (*layernorm_backward)(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                const float *w, const float *mean, const float *rstd, int M, int C);
     /* exact GELU over n values */
@@ -64,47 +65,54 @@ struct cav_backend {
     size_t (*attention_state_size)(int B, int H, int N);
     size_t (*attention_workspace)(int B, int H, int N);
     void (*attention_forward)(float *out, float *state, const float *qkv, int B, int N, int C, int H);
-    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *state, float *work,
-                               int B, int N, int C, int H);
+    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *state,
+                               float *work, int B, int N, int C, int H);
 
     /* ---- token bookkeeping ---- */
     /* Masking: out[B,L,C] = inp[b, idx[b,l], :] for inp[B,N,C]; backward dinp[b, idx[b,l], :] += dout. */
-    void (*gather_tokens_forward)(float *out, const float *inp, const int64_t *idx, int B, int N, int L, int C);
-    void (*gather_tokens_backward)(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L, int C);
+    void (*gather_tokens_forward)(float *out, const float *inp, const int64_t *idx, int B, int N, int L,
+                                  int C);
+    void (*gather_tokens_backward)(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L,
+                                   int C);
     /* The MAE's mask[B,N]: 1 everywhere except 0 at the L kept indices idx[B,L] (the scatter). */
     void (*mask_from_keep)(float *mask, const int64_t *idx, int B, int N, int L);
-    /* The decoder's un-shuffle: out[B,N,C] = fill[C] except out[b, idx[b,l]] = src[b, off + l] from src[B,Ns,C].
-     * Backward: dsrc[b, off+l] += dout[b, idx[b,l]], dfill += dout summed over the masked positions. */
-    void (*unshuffle_forward)(float *out, const float *src, const int64_t *idx, const float *fill, int B, int N,
-                              int L, int Ns, int off, int C);
-    void (*unshuffle_backward)(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N, int L,
-                               int Ns, int off, int C);
+    /* The decoder's un-shuffle: out[B,N,C] = fill[C] except out[b, idx[b,l]] = src[b, off + l] from
+     * src[B,Ns,C]. Backward: dsrc[b, off+l] += dout[b, idx[b,l]], dfill += dout summed over the masked
+     * positions. */
+    void (*unshuffle_forward)(float *out, const float *src, const int64_t *idx, const float *fill, int B,
+                              int N, int L, int Ns, int off, int C);
+    void (*unshuffle_backward)(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N,
+                               int L, int Ns, int off, int C);
     /* out[B,N1+N2,C] = cat(a[B,N1,C], b[B,N2,C]) along tokens; backward splits and accumulates. */
     void (*concat_forward)(float *out, const float *a, const float *b, int B, int N1, int N2, int C);
     void (*concat_backward)(float *da, float *db, const float *dout, int B, int N1, int N2, int C);
-    /* x[b, off+n] = (x + pos[n]) + mod for n < N inside x[B,Ntot,C]; dpos[N,C] += sum_b dx, dmod[C] += sum dx. */
-    void (*add_pos_forward)(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C);
-    void (*add_pos_backward)(float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C);
+    /* x[b, off+n] = (x + pos[n]) + mod for n < N inside x[B,Ntot,C]; dpos[N,C] += sum_b dx, dmod[C] += sum
+     * dx. */
+    void (*add_pos_forward)(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N,
+                            int C);
+    void (*add_pos_backward)(float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N,
+                             int C);
     /* The pooling: out[B,C] = mean over N of inp[B,N,C]; backward dinp += dout / N. */
     void (*mean_tokens_forward)(float *out, const float *inp, int B, int N, int C);
     void (*mean_tokens_backward)(float *dinp, const float *dout, int B, int N, int C);
 
     /* ---- patches (cav-numerics(7) 2.3; layouts in kernels/cpu/cpu.h) ---- */
-    void (*patchify_audio)(float *out, const float *a, int B, int T, int F);  /* [B,(F/16)(T/16),256] */
-    void (*patchify_video)(float *out, const float *v, int B, int S);         /* MAE target [B,(S/16)^2,768] */
-    void (*im2col_video)(float *out, const float *v, int B, int S);           /* conv order [B,(S/16)^2,768] */
+    void (*patchify_audio)(float *out, const float *a, int B, int T, int F); /* [B,(F/16)(T/16),256] */
+    void (*patchify_video)(float *out, const float *v, int B, int S);        /* MAE target [B,(S/16)^2,768] */
+    void (*im2col_video)(float *out, const float *v, int B, int S);          /* conv order [B,(S/16)^2,768] */
 
     /* ---- losses ---- */
     /* F.normalize: out[B,C] = x / max(|x|, 1e-12), norm[B] saved. */
     void (*l2norm_forward)(float *out, float *norm, const float *inp, int B, int C);
-    void (*l2norm_backward)(float *dinp, const float *dout, const float *out, const float *norm, int B, int C);
+    void (*l2norm_backward)(float *dinp, const float *dout, const float *out, const float *norm, int B,
+                            int C);
     /* InfoNCE on normalised a[B,C], v[B,C] (cav-numerics(7) 2.10); returns nce, *acc the accuracy; work:
      * contrastive_workspace(B) doubles. Backward: da, dv += dloss * d nce. */
     size_t (*contrastive_workspace)(int B);
     float (*contrastive_forward)(float *acc, const float *a, const float *v, int B, int C, int bidirect,
                                  double *work);
-    void (*contrastive_backward)(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
-                                 int bidirect, double *work);
+    void (*contrastive_backward)(float *da, float *dv, float dloss, const float *a, const float *v, int B,
+                                 int C, int bidirect, double *work);
     /* norm-pix target in place (cav-numerics(7) 2.9): rows of t[M,P] to (t - mean) / sqrt(var_unbiased +
      * eps) */
     void (*normpix)(float *t, int M, int P, float eps);
@@ -112,11 +120,11 @@ struct cav_backend {
      * denominator given (the whole group's mask count when these rows are a part of it) */
     void (*masked_mse_sums)(const float *pred, const float *t, const float *mask, int M, int P, double *num,
                             double *den);
-    void (*masked_mse_backward_den)(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
-                                    int M, int P, double den);
+    void (*masked_mse_backward_den)(float *dpred, float dloss, const float *pred, const float *t,
+                                    const float *mask, int M, int P, double den);
     float (*masked_mse_forward)(const float *pred, const float *t, const float *mask, int M, int P);
-    void (*masked_mse_backward)(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
-                                int P);
+    void (*masked_mse_backward)(float *dpred, float dloss, const float *pred, const float *t,
+                                const float *mask, int M, int P);
     /* BCEWithLogits (mean over B*K) and CrossEntropy with probability targets, on logits x[B,K], y[B,K] */
     float (*bce_logits_forward)(const float *x, const float *y, int B, int K);
     void (*bce_logits_backward)(float *dx, float dloss, const float *x, const float *y, int B, int K);

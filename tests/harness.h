@@ -21,12 +21,12 @@ static void harness_note(const char *file, int line, const char *what) {
 
 #define CHECK(cond)                                                                                          \
     do {                                                                                                     \
-        if (!(cond)) harness_note(__FILE__, __LINE__, #cond);                                               \
+        if (!(cond)) harness_note(__FILE__, __LINE__, #cond);                                                \
     } while (0)
 #define REQUIRE(cond)                                                                                        \
     do {                                                                                                     \
         if (!(cond)) {                                                                                       \
-            harness_note(__FILE__, __LINE__, #cond);                                                        \
+            harness_note(__FILE__, __LINE__, #cond);                                                         \
             return;                                                                                          \
         }                                                                                                    \
     } while (0)
@@ -34,15 +34,15 @@ static void harness_note(const char *file, int line, const char *what) {
 #define CHECK_NEAR(a, b, tol)                                                                                \
     do {                                                                                                     \
         double ha_ = (double)(a), hb_ = (double)(b);                                                         \
-        if (!(fabs(ha_ - hb_) <= (double)(tol))) {                                                          \
+        if (!(fabs(ha_ - hb_) <= (double)(tol))) {                                                           \
             char hm_[256];                                                                                   \
             snprintf(hm_, sizeof hm_, "%s = %.9g vs %s = %.9g (tol %g)", #a, ha_, #b, hb_, (double)(tol));   \
-            harness_note(__FILE__, __LINE__, hm_);                                                          \
+            harness_note(__FILE__, __LINE__, hm_);                                                           \
         }                                                                                                    \
     } while (0)
 #define SKIP(reason)                                                                                         \
     do {                                                                                                     \
-        snprintf(harness_first, sizeof harness_first, "%s", reason);                                        \
+        snprintf(harness_first, sizeof harness_first, "%s", reason);                                         \
         harness_cur_skipped = 1;                                                                             \
         return;                                                                                              \
     } while (0)
@@ -54,15 +54,17 @@ static void harness_note(const char *file, int line, const char *what) {
         fn();                                                                                                \
         if (harness_cur_failed) {                                                                            \
             harness_failed_tests++;                                                                          \
-            printf("FAIL %s: %s\n", #fn, harness_first);                                                    \
+            printf("FAIL %s: %s\n", #fn, harness_first);                                                     \
         } else if (harness_cur_skipped) {                                                                    \
-            printf("SKIP %s: %s\n", #fn, harness_first);                                                    \
+            printf("SKIP %s: %s\n", #fn, harness_first);                                                     \
         } else {                                                                                             \
             printf("PASS %s\n", #fn);                                                                        \
         }                                                                                                    \
         fflush(stdout);                                                                                      \
     } while (0)
 
-static inline int harness_exit(void) { return harness_failed_tests ? 1 : 0; }
+static inline int harness_exit(void) {
+    return harness_failed_tests ? 1 : 0;
+}
 
 #endif

@@ -11,14 +11,18 @@ static void *cpu_alloc(size_t bytes) {
     if (p) memset(p, 0, bytes);
     return p;
 }
-static void cpu_free(void *p) { free(p); }
+static void cpu_free(void *p) {
+    free(p);
+}
 static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
-static size_t cpu_attention_state_size(int B, int H, int N) { return (size_t)B * H * N * N; }
+static size_t cpu_attention_state_size(int B, int H, int N) {
+    return (size_t)B * H * N * N;
+}
 static size_t cpu_attention_workspace(int B, int H, int N) {
     (void)B, (void)H;
     return cav_attention_workspace(N);
@@ -78,7 +82,9 @@ static cav_backend cpu = {
     .all_finite = cav_all_finite,
 };
 
-cav_backend *cav_backend_cpu(void) { return &cpu; }
+cav_backend *cav_backend_cpu(void) {
+    return &cpu;
+}
 
 /* A backend folder other than kernels/cpu registers itself by defining CAV_HAVE_<NAME> in the build and
  * providing cav_backend_<name>_open; until kernels/cuda exists, "cuda" answers that it is not built. */

@@ -27,8 +27,8 @@
 /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear. */
 void cav_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC);
 /* dinp[M,IC] += dout @ w; dw[OC,IC] += dout^T @ inp; db[OC] += sum_m dout. */
-void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
-                         int M, int IC, int OC);
+void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int IC, int OC);
 
 /* LayerNorm over the last dimension, eps 1e-5 (torch default): out[M,C], and mean[M], rstd[M] saved. */
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
@@ -60,15 +60,16 @@ void cav_attention_forward(float *out, float *att, const float *qkv, int B, int 
 /* dqkv[B,N,3C] is SET (overwritten), not accumulated. Both run the (batch, head) pairs on OpenMP threads
  * with OpenBLAS single-threaded for the duration of the call. work: cav_attention_workspace(N) floats. */
 size_t cav_attention_workspace(int N);
-void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work, int B,
-                            int N, int C, int H);
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work,
+                            int B, int N, int C, int H);
 
 /* ---- token bookkeeping ------------------------------------------------------------------------- */
 
 /* Masking: out[B,L,C] = inp[b, idx[b,l], :] for inp[B,N,C] and kept-token indices idx[B,L] (the order
  * kept). Backward: dinp[b, idx[b,l], :] += dout[b,l,:]. */
 void cav_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L, int C);
-void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L, int C);
+void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L,
+                                int C);
 /* mask[B,N] = 1 except 0 at the kept indices idx[B,L]. */
 void cav_mask_from_keep(float *mask, const int64_t *idx, int B, int N, int L);
 
@@ -78,8 +79,8 @@ void cav_mask_from_keep(float *mask, const int64_t *idx, int B, int N, int L);
  * dfill += sum of dout over the masked positions. */
 void cav_unshuffle_forward(float *out, const float *src, const int64_t *idx, const float *fill, int B, int N,
                            int L, int Ns, int off, int C);
-void cav_unshuffle_backward(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N, int L,
-                            int Ns, int off, int C);
+void cav_unshuffle_backward(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N,
+                            int L, int Ns, int off, int C);
 
 /* Concatenation along tokens: out[B,N1+N2,C] = cat(a[B,N1,C], b[B,N2,C]); backward splits and accumulates. */
 void cav_concat_forward(float *out, const float *a, const float *b, int B, int N1, int N2, int C);
@@ -87,7 +88,8 @@ void cav_concat_backward(float *da, float *db, const float *dout, int B, int N1,
 
 /* x[b, off+n, :] = (x + pos[n,:]) + mod[:] for n < N inside x[B,Ntot,C] (PyTorch adds the position table
  * first, then the modality embedding). Backward: dpos[N,C] += sum_b dx, dmod[C] += sum_{b,n} dx. */
-void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C);
+void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N,
+                         int C);
 void cav_add_pos_backward(float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C);
 
 /* out[B,C] = mean over N of inp[B,N,C]. Backward: dinp += dout / N. */
@@ -107,7 +109,6 @@ void cav_patchify_audio(float *out, const float *a, int B, int T, int F);
 void cav_patchify_video(float *out, const float *v, int B, int S);
 void cav_im2col_video(float *out, const float *v, int B, int S);
 
-
 /* ---- losses ------------------------------------------------------------------------------------ */
 
 /* F.normalize(x, dim=-1, eps=1e-12): out[B,C] = x / max(|x|, eps); norm[B] saved. */
@@ -119,7 +120,8 @@ void cav_l2norm_backward(float *dinp, const float *dout, const float *out, const
  * bidirectional: the mean of that and the same on S^T. Returns nce, writes *acc. */
 /* work: cav_contrastive_workspace(B) doubles. */
 size_t cav_contrastive_workspace(int B);
-float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect, double *work);
+float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect,
+                              double *work);
 /* da[B,C] += dloss * d nce / da, dv likewise. */
 void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a, const float *v, int B, int C,
                               int bidirect, double *work);
@@ -131,15 +133,16 @@ void cav_normpix(float *t, int M, int P, float eps);
 /* Masked MSE: loss = sum_m mask[m] * mean_p (pred[m,p] - t[m,p])^2 / sum_m mask[m] over M = B*N patches. */
 float cav_masked_mse_forward(const float *pred, const float *t, const float *mask, int M, int P);
 /* dpred[M,P] += dloss * d loss / d pred. */
-void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
-                             int P);
+void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
+                             int M, int P);
 /* The two sums of the masked MSE (loss = *num / *den), for a loss whose rows are spread over processes:
  * the parts' sums add up to the whole's. */
 void cav_masked_mse_sums(const float *pred, const float *t, const float *mask, int M, int P, double *num,
                          double *den);
-/* cav_masked_mse_backward with the denominator given (the whole's mask count when these M rows are a part). */
-void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
-                                 int M, int P, double den);
+/* cav_masked_mse_backward with the denominator given (the whole's mask count when these M rows are a part).
+ */
+void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t,
+                                 const float *mask, int M, int P, double den);
 
 /* BCEWithLogitsLoss, mean over B*K: logits x[B,K], targets y[B,K]. */
 float cav_bce_logits_forward(const float *x, const float *y, int B, int K);

@@ -38,7 +38,7 @@ static void sgemm_par(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, i
     int nb = blas_single_begin();
     int bands = (double)M * N * K < 4e6 ? 1 : omp_get_max_threads();
     int rows = ((M + bands - 1) / bands + 15) / 16 * 16;
-#pragma omp parallel for if(bands > 1)
+#pragma omp parallel for if (bands > 1)
     for (int r0 = 0; r0 < M; r0 += rows) {
         int m = M - r0 < rows ? M - r0 : rows;
         const float *a = ta == CblasNoTrans ? A + (size_t)r0 * lda : A + r0;
@@ -50,21 +50,19 @@ static void sgemm_par(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, i
 void cav_linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int IC, int OC) {
     /* torch's addmm: the bias is the C operand of the gemm (beta = 1). */
     if (b) {
-#pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * OC > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) memcpy(out + (size_t)m * OC, b, sizeof(float) * OC);
     }
     sgemm_par(CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
 }
 
-void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
-                         int M, int IC, int OC) {
-    if (dinp)
-        sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
-    if (dw)
-        sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int IC, int OC) {
+    if (dinp) sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+    if (dw) sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) {
         /* column sums over rows read contiguously: each thread owns a band of 256 columns */
-#pragma omp parallel for if((size_t)M * OC > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * OC > CAV_PAR_MIN)
         for (int o0 = 0; o0 < OC; o0 += 256) {
             int n = OC - o0 < 256 ? OC - o0 : 256;
             double s[256] = {0};
@@ -79,7 +77,7 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
 
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int M, int C) {
-#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * C > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *x = inp + (size_t)m * C;
         float *y = out + (size_t)m * C;
@@ -97,7 +95,7 @@ void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *mean, const float *rstd, int M, int C) {
     if (dinp) {
-#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * C > CAV_PAR_MIN)
         for (int m = 0; m < M; m++) {
             const float *x = inp + (size_t)m * C, *dy = dout + (size_t)m * C;
             float *dx = dinp + (size_t)m * C;
@@ -117,7 +115,7 @@ void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
     }
     if (dw || db) {
         /* Column sums: threads own disjoint column ranges, so no reduction races. */
-#pragma omp parallel for if((size_t)M * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * C > CAV_PAR_MIN)
         for (int c0 = 0; c0 < C; c0 += 64) {
             int c1 = c0 + 64 < C ? c0 + 64 : C;
             double sw[64] = {0}, sb[64] = {0};
@@ -147,8 +145,9 @@ CAV_VEC static void gelu_forward_block(float *out, const float *inp, size_t n) {
 }
 
 void cav_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if(n > CAV_PAR_MIN)
-    for (size_t i = 0; i < n; i += GELU_BLOCK) gelu_forward_block(out + i, inp + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
+#pragma omp parallel for if (n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i += GELU_BLOCK)
+        gelu_forward_block(out + i, inp + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
 }
 
 CAV_VEC static void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {
@@ -162,7 +161,7 @@ CAV_VEC static void gelu_backward_block(float *dinp, const float *inp, const flo
 }
 
 void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for if(n > CAV_PAR_MIN)
+#pragma omp parallel for if (n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i += GELU_BLOCK)
         gelu_backward_block(dinp + i, inp + i, dout + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
 }
@@ -201,12 +200,12 @@ CAV_VEC static void softmax_row_backward(float *g, const float *y, int N, float 
 }
 
 void cav_softmax_forward(float *out, const float *inp, int M, int N) {
-#pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * N > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) softmax_row(out + (size_t)m * N, inp + (size_t)m * N, N);
 }
 
 void cav_softmax_backward(float *dinp, const float *dout, const float *out, int M, int N) {
-#pragma omp parallel for if((size_t)M * N > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * N > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *y = out + (size_t)m * N, *dy = dout + (size_t)m * N;
         float *dx = dinp + (size_t)m * N;
@@ -217,12 +216,12 @@ void cav_softmax_backward(float *dinp, const float *dout, const float *out, int 
 }
 
 void cav_add_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for if(n > CAV_PAR_MIN)
+#pragma omp parallel for if (n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void cav_accumulate(float *dst, const float *src, size_t n) {
-#pragma omp parallel for if(n > CAV_PAR_MIN)
+#pragma omp parallel for if (n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
@@ -239,13 +238,14 @@ void cav_average_backward(float *da, const float *dout, size_t n) {
 void cav_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
     int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(dynamic) if((size_t)B * H * N * N > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * H * N * N > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const float *q = qkv + (size_t)b * N * 3 * C + (size_t)h * hd, *k = q + C, *v = q + 2 * C;
             float *a = att + ((size_t)b * H + h) * N * N;
             /* alpha = scale multiplies the finished dot product: the scale applies after QK^T, as timm. */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * C, k, 3 * C, 0.0f, a, N);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, 3 * C, k, 3 * C, 0.0f, a,
+                        N);
             for (int i = 0; i < N; i++) softmax_row(a + (size_t)i * N, a + (size_t)i * N, N);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, v, 3 * C, 0.0f,
                         out + (size_t)b * N * C + (size_t)h * hd, C);
@@ -253,13 +253,15 @@ void cav_attention_forward(float *out, float *att, const float *qkv, int B, int 
     blas_single_end(nb);
 }
 
-size_t cav_attention_workspace(int N) { return (size_t)omp_get_max_threads() * N * N; }
+size_t cav_attention_workspace(int N) {
+    return (size_t)omp_get_max_threads() * N * N;
+}
 
-void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work, int B,
-                            int N, int C, int H) {
+void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work,
+                            int B, int N, int C, int H) {
     int hd = C / H, nb = blas_single_begin();
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel if((size_t)B * H * N * N > CAV_PAR_MIN)
+#pragma omp parallel if ((size_t)B * H * N * N > CAV_PAR_MIN)
     {
         float *g = work + (size_t)omp_get_thread_num() * N * N; /* d att of one (batch, head) */
 #pragma omp for collapse(2) schedule(dynamic)
@@ -271,12 +273,15 @@ void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, co
                 const float *a = att + ((size_t)b * H + h) * N * N;
                 const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
                 /* datt = dO @ v^T; dv = att^T @ dO */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, g, N);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv, 3 * C);
-                /* through the softmax and the scale, in place */
-                for (int i = 0; i < N; i++) softmax_row_backward(g + (size_t)i * N, a + (size_t)i * N, N, scale);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, k, 3 * C, 0.0f, dq,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, 3 * C, 0.0f, g,
+                            N);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, a, N, dO, C, 0.0f, dv,
                             3 * C);
+                /* through the softmax and the scale, in place */
+                for (int i = 0; i < N; i++)
+                    softmax_row_backward(g + (size_t)i * N, a + (size_t)i * N, N, scale);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, k, 3 * C, 0.0f,
+                            dq, 3 * C);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, g, N, q, 3 * C, 0.0f, dk,
                             3 * C);
             }

@@ -66,9 +66,12 @@ static void col_lse(double *lse, const double *S, int B, int transpose) {
     }
 }
 
-size_t cav_contrastive_workspace(int B) { return 2 * (size_t)B * B + B; }
+size_t cav_contrastive_workspace(int B) {
+    return 2 * (size_t)B * B + B;
+}
 
-float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect, double *work) {
+float cav_contrastive_forward(float *acc, const float *a, const float *v, int B, int C, int bidirect,
+                              double *work) {
     double *S = work, *lse = work + 2 * (size_t)B * B; /* S [B,B], lse [B] */
     double nce = 0, hits = 0;
     int dirs = bidirect ? 2 : 1;
@@ -120,7 +123,7 @@ void cav_contrastive_backward(float *da, float *dv, float dloss, const float *a,
 }
 
 void cav_normpix(float *t, int M, int P, float eps) {
-#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         float *r = t + (size_t)m * P;
         double s = 0, ss = 0;
@@ -154,18 +157,19 @@ float cav_masked_mse_forward(const float *pred, const float *t, const float *mas
     return (float)(num / den);
 }
 
-void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
-                                 int M, int P, double den) {
-#pragma omp parallel for if((size_t)M * P > CAV_PAR_MIN)
+void cav_masked_mse_backward_den(float *dpred, float dloss, const float *pred, const float *t,
+                                 const float *mask, int M, int P, double den) {
+#pragma omp parallel for if ((size_t)M * P > CAV_PAR_MIN)
     for (int m = 0; m < M; m++) {
         if (mask[m] == 0) continue;
         float g = (float)((double)dloss * mask[m] / den * 2.0 / P);
-        for (int p = 0; p < P; p++) dpred[(size_t)m * P + p] += g * (pred[(size_t)m * P + p] - t[(size_t)m * P + p]);
+        for (int p = 0; p < P; p++)
+            dpred[(size_t)m * P + p] += g * (pred[(size_t)m * P + p] - t[(size_t)m * P + p]);
     }
 }
 
-void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask, int M,
-                             int P) {
+void cav_masked_mse_backward(float *dpred, float dloss, const float *pred, const float *t, const float *mask,
+                             int M, int P) {
     double den = 0;
     for (int m = 0; m < M; m++) den += mask[m];
     cav_masked_mse_backward_den(dpred, dloss, pred, t, mask, M, P, den);
@@ -182,7 +186,8 @@ float cav_bce_logits_forward(const float *x, const float *y, int B, int K) {
 
 void cav_bce_logits_backward(float *dx, float dloss, const float *x, const float *y, int B, int K) {
     double sc = (double)dloss / ((double)B * K);
-    for (size_t i = 0; i < (size_t)B * K; i++) dx[i] += (float)(sc * (1.0 / (1.0 + exp(-(double)x[i])) - y[i]));
+    for (size_t i = 0; i < (size_t)B * K; i++)
+        dx[i] += (float)(sc * (1.0 / (1.0 + exp(-(double)x[i])) - y[i]));
 }
 
 static double row_lse(const float *x, int K) {
@@ -225,8 +230,9 @@ void cav_adam_step(float *p, const float *grad, float *m, float *v, size_t n, do
      * vectorizing the loop itself, and this stream over four arrays is the optimiser's whole cost. */
     n4 = n / 4 * 4;
     const __m128 vb1 = _mm_set1_ps(b1), vc1 = _mm_set1_ps(c1), vb2 = _mm_set1_ps(b2), vc2 = _mm_set1_ps(c2);
-    const __m128 vwd = _mm_set1_ps(wdf), vbc = _mm_set1_ps(bc2s), veps = _mm_set1_ps(epsf), vst = _mm_set1_ps(step);
-#pragma omp parallel for if(n > CAV_PAR_MIN)
+    const __m128 vwd = _mm_set1_ps(wdf), vbc = _mm_set1_ps(bc2s), veps = _mm_set1_ps(epsf),
+                 vst = _mm_set1_ps(step);
+#pragma omp parallel for if (n > CAV_PAR_MIN)
     for (size_t i = 0; i < n4; i += 4) {
         __m128 pp = _mm_loadu_ps(p + i);
         __m128 g = _mm_add_ps(_mm_loadu_ps(grad + i), _mm_mul_ps(vwd, pp));

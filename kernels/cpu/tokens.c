@@ -12,16 +12,17 @@
 #pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno", "no-trapping-math")
 
 void cav_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L, int C) {
-#pragma omp parallel for collapse(2) if((size_t)B * L * C > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) if ((size_t)B * L * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++)
             memcpy(out + ((size_t)b * L + l) * C, inp + ((size_t)b * N + idx[(size_t)b * L + l]) * C,
                    sizeof(float) * C);
 }
 
-void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L, int C) {
+void cav_gather_tokens_backward(float *dinp, const float *dout, const int64_t *idx, int B, int N, int L,
+                                int C) {
     /* Indices within a sample may repeat in principle; one thread per sample keeps the += race-free. */
-#pragma omp parallel for if((size_t)B * L * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)B * L * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++) {
             float *d = dinp + ((size_t)b * N + idx[(size_t)b * L + l]) * C;
@@ -38,7 +39,7 @@ void cav_mask_from_keep(float *mask, const int64_t *idx, int B, int N, int L) {
 
 void cav_unshuffle_forward(float *out, const float *src, const int64_t *idx, const float *fill, int B, int N,
                            int L, int Ns, int off, int C) {
-#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++) {
         for (int n = 0; n < N; n++) memcpy(out + ((size_t)b * N + n) * C, fill, sizeof(float) * C);
         for (int l = 0; l < L; l++)
@@ -47,8 +48,8 @@ void cav_unshuffle_forward(float *out, const float *src, const int64_t *idx, con
     }
 }
 
-void cav_unshuffle_backward(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N, int L,
-                            int Ns, int off, int C) {
+void cav_unshuffle_backward(float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N,
+                            int L, int Ns, int off, int C) {
     for (int b = 0; b < B; b++) {
         /* kept[n] marks the visible positions; the rest received the fill token. */
         unsigned char kept[N];
@@ -81,12 +82,14 @@ void cav_concat_forward(float *out, const float *a, const float *b, int B, int N
 void cav_concat_backward(float *da, float *db, const float *dout, int B, int N1, int N2, int C) {
     for (int i = 0; i < B; i++) {
         if (da) cav_accumulate(da + (size_t)i * N1 * C, dout + (size_t)i * (N1 + N2) * C, (size_t)N1 * C);
-        if (db) cav_accumulate(db + (size_t)i * N2 * C, dout + ((size_t)i * (N1 + N2) + N1) * C, (size_t)N2 * C);
+        if (db)
+            cav_accumulate(db + (size_t)i * N2 * C, dout + ((size_t)i * (N1 + N2) + N1) * C, (size_t)N2 * C);
     }
 }
 
-void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C) {
-#pragma omp parallel for collapse(2) if((size_t)B * N * C > CAV_PAR_MIN)
+void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N,
+                         int C) {
+#pragma omp parallel for collapse(2) if ((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++) {
             float *r = x + ((size_t)b * Ntot + off + n) * C;
@@ -100,14 +103,14 @@ void cav_add_pos_forward(float *x, const float *pos, const float *mod, int B, in
 
 void cav_add_pos_backward(float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C) {
     if (dpos)
-#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)B * N * C > CAV_PAR_MIN)
         for (int n = 0; n < N; n++)
             for (int b = 0; b < B; b++) {
                 const float *r = dx + ((size_t)b * Ntot + off + n) * C;
                 for (int c = 0; c < C; c++) dpos[(size_t)n * C + c] += r[c];
             }
     if (dmod)
-#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)B * N * C > CAV_PAR_MIN)
         for (int c = 0; c < C; c++) {
             double s = 0;
             for (int b = 0; b < B; b++)
@@ -117,7 +120,7 @@ void cav_add_pos_backward(float *dpos, float *dmod, const float *dx, int B, int 
 }
 
 void cav_mean_tokens_forward(float *out, const float *inp, int B, int N, int C) {
-#pragma omp parallel for if((size_t)B * N * C > CAV_PAR_MIN)
+#pragma omp parallel for if ((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             double s = 0;
@@ -127,7 +130,7 @@ void cav_mean_tokens_forward(float *out, const float *inp, int B, int N, int C) 
 }
 
 void cav_mean_tokens_backward(float *dinp, const float *dout, int B, int N, int C) {
-#pragma omp parallel for collapse(2) if((size_t)B * N * C > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) if ((size_t)B * N * C > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++) dinp[((size_t)b * N + n) * C + c] += dout[(size_t)b * C + c] / N;
@@ -135,7 +138,7 @@ void cav_mean_tokens_backward(float *dinp, const float *dout, int B, int N, int 
 
 void cav_patchify_audio(float *out, const float *a, int B, int T, int F) {
     int gf = F / 16, gt = T / 16, L = gf * gt;
-#pragma omp parallel for collapse(2) if((size_t)B * L * 256 > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) if ((size_t)B * L * 256 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int f = k / gt, t = k % gt;
@@ -148,7 +151,7 @@ void cav_patchify_audio(float *out, const float *a, int B, int T, int F) {
 
 void cav_patchify_video(float *out, const float *v, int B, int S) {
     int g = S / 16, L = g * g;
-#pragma omp parallel for collapse(2) if((size_t)B * L * 768 > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) if ((size_t)B * L * 768 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int r = k / g, c = k % g;
@@ -156,13 +159,14 @@ void cav_patchify_video(float *out, const float *v, int B, int S) {
             for (int p = 0; p < 16; p++)
                 for (int q = 0; q < 16; q++)
                     for (int ch = 0; ch < 3; ch++)
-                        o[(p * 16 + q) * 3 + ch] = v[(((size_t)b * 3 + ch) * S + r * 16 + p) * S + c * 16 + q];
+                        o[(p * 16 + q) * 3 + ch] =
+                            v[(((size_t)b * 3 + ch) * S + r * 16 + p) * S + c * 16 + q];
         }
 }
 
 void cav_im2col_video(float *out, const float *v, int B, int S) {
     int g = S / 16, L = g * g;
-#pragma omp parallel for collapse(2) if((size_t)B * L * 768 > CAV_PAR_MIN)
+#pragma omp parallel for collapse(2) if ((size_t)B * L * 768 > CAV_PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < L; k++) {
             int r = k / g, c = k % g;

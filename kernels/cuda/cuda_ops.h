@@ -1,10 +1,11 @@
-/* cuda_ops.h: what the CUDA backend's files share (CUDA C++, included only by the .cu files of kernels/cuda): the
- * process's one device context (cuBLAS and cuBLASLt handles, their workspace, a scratch buffer for the column
- * sums' partials), the error checks, the block reductions in the order of reduce.h, and the declarations of
- * each family's ops (kernels.h's contracts; names mirror kernels/cpu's cav_* with cav_cuda_*). Every op runs
- * on the default stream, so the order of calls is the order of execution and the copies to the host
- * synchronise. A failing CUDA or cuBLAS call inside an op is a resource or internal failure the op cannot
- * report (the table's ops return nothing): it prints the call and the reason and exits with status 3. */
+/* cuda_ops.h: what the CUDA backend's files share (CUDA C++, included only by the .cu files of kernels/cuda):
+ * the process's one device context (cuBLAS and cuBLASLt handles, their workspace, a scratch buffer for the
+ * column sums' partials), the error checks, the block reductions in the order of reduce.h, and the
+ * declarations of each family's ops (kernels.h's contracts; names mirror kernels/cpu's cav_* with
+ * cav_cuda_*). Every op runs on the default stream, so the order of calls is the order of execution and the
+ * copies to the host synchronise. A failing CUDA or cuBLAS call inside an op is a resource or internal
+ * failure the op cannot report (the table's ops return nothing): it prints the call and the reason and exits
+ * with status 3. */
 #ifndef CAV_CUDA_OPS_H
 #define CAV_CUDA_OPS_H
 

@@ -34,8 +34,12 @@ void cav_set_tool(const char *name) {
     static int registered;
     if (!registered) registered = 1, atexit(check_stdout);
 }
-const char *cav_tool(void) { return tool_name; }
-const char *cav_version_string(void) { return CAV_VERSION; }
+const char *cav_tool(void) {
+    return tool_name;
+}
+const char *cav_version_string(void) {
+    return CAV_VERSION;
+}
 
 static void vmsg(const char *fmt, va_list ap) {
     fprintf(stderr, "%s: ", tool_name);
@@ -98,8 +102,7 @@ long long cav_parse_int(const char *opt, const char *s, long long min, long long
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end)
-        cav_usage_error("option --%s: '%s' is not an integer", opt, s);
+    if (errno || end == s || *end) cav_usage_error("option --%s: '%s' is not an integer", opt, s);
     if (v < min || v > max) cav_usage_error("option --%s: %lld is outside [%lld, %lld]", opt, v, min, max);
     return v;
 }
@@ -109,7 +112,8 @@ double cav_parse_double(const char *opt, const char *s, double min, double max) 
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) cav_usage_error("option --%s: '%s' is not a number", opt, s);
+    if (errno || end == s || *end || !isfinite(v))
+        cav_usage_error("option --%s: '%s' is not a number", opt, s);
     if (v < min || v > max) cav_usage_error("option --%s: %g is outside [%g, %g]", opt, v, min, max);
     return v;
 }

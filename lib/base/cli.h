@@ -18,7 +18,10 @@ enum {
  * CAV_OPT_HELP / CAV_OPT_VERSION in the getopt switch (or call cav_std_option). */
 #define CAV_OPT_HELP 0x1001
 #define CAV_OPT_VERSION 0x1002
-#define CAV_STD_OPTIONS {"help", 0, 0, CAV_OPT_HELP}, {"version", 0, 0, CAV_OPT_VERSION}
+#define CAV_STD_OPTIONS                                                                                      \
+    {"help", 0, 0, CAV_OPT_HELP}, {                                                                          \
+        "version", 0, 0, CAV_OPT_VERSION                                                                     \
+    }
 
 void cav_set_tool(const char *name);
 const char *cav_tool(void);

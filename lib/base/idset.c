@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-void cav_idset_init(cav_idset *s) { memset(s, 0, sizeof *s); }
+void cav_idset_init(cav_idset *s) {
+    memset(s, 0, sizeof *s);
+}
 
 void cav_idset_clear(cav_idset *s) {
     for (size_t i = 0; i < s->cap; i++) free(s->keys[i]);

@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 typedef struct {
-    size_t n, cap;   /* entries, slots (a power of two) */
-    char **keys;     /* owned copies; NULL = empty slot */
+    size_t n, cap; /* entries, slots (a power of two) */
+    char **keys;   /* owned copies; NULL = empty slot */
     int64_t *vals;
 } cav_idset;
 

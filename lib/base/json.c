@@ -21,8 +21,10 @@ static void fail(parser *ps, const char *why) {
     ps->failed = 1;
     int line = 1, col = 1;
     for (const char *q = ps->s; q < ps->p && q < ps->end; q++) {
-        if (*q == '\n') line++, col = 1;
-        else col++;
+        if (*q == '\n')
+            line++, col = 1;
+        else
+            col++;
     }
     if (ps->err && ps->errlen) snprintf(ps->err, ps->errlen, "line %d, column %d: %s", line, col, why);
 }
@@ -33,8 +35,10 @@ static void skip_ws(parser *ps) {
 
 static cav_json *node(parser *ps, cav_json_type t) {
     cav_json *j = calloc(1, sizeof *j);
-    if (!j) fail(ps, "out of memory");
-    else j->type = t;
+    if (!j)
+        fail(ps, "out of memory");
+    else
+        j->type = t;
     return j;
 }
 
@@ -110,14 +114,30 @@ static char *parse_string(parser *ps, size_t *outlen) {
             char e = *ps->p++;
             unsigned cp;
             switch (e) {
-            case '"': buf[k++] = '"'; break;
-            case '\\': buf[k++] = '\\'; break;
-            case '/': buf[k++] = '/'; break;
-            case 'b': buf[k++] = '\b'; break;
-            case 'f': buf[k++] = '\f'; break;
-            case 'n': buf[k++] = '\n'; break;
-            case 'r': buf[k++] = '\r'; break;
-            case 't': buf[k++] = '\t'; break;
+            case '"':
+                buf[k++] = '"';
+                break;
+            case '\\':
+                buf[k++] = '\\';
+                break;
+            case '/':
+                buf[k++] = '/';
+                break;
+            case 'b':
+                buf[k++] = '\b';
+                break;
+            case 'f':
+                buf[k++] = '\f';
+                break;
+            case 'n':
+                buf[k++] = '\n';
+                break;
+            case 'r':
+                buf[k++] = '\r';
+                break;
+            case 't':
+                buf[k++] = '\t';
+                break;
             case 'u':
                 if (read_hex4(ps, &cp)) goto bad;
                 if (cp >= 0xd800 && cp < 0xdc00) { /* surrogate pair */
@@ -141,7 +161,8 @@ static char *parse_string(parser *ps, size_t *outlen) {
                     fail(ps, "\\u0000 in string");
                     goto bad;
                 }
-                if (cp < 0x80) buf[k++] = (char)cp;
+                if (cp < 0x80)
+                    buf[k++] = (char)cp;
                 else if (cp < 0x800) {
                     buf[k++] = (char)(0xc0 | (cp >> 6));
                     buf[k++] = (char)(0x80 | (cp & 0x3f));
@@ -156,7 +177,9 @@ static char *parse_string(parser *ps, size_t *outlen) {
                     buf[k++] = (char)(0x80 | (cp & 0x3f));
                 }
                 break;
-            default: fail(ps, "bad escape in string"); goto bad;
+            default:
+                fail(ps, "bad escape in string");
+                goto bad;
             }
         } else {
             buf[k++] = (char)c;
@@ -183,10 +206,12 @@ static int parse_number(parser *ps, double *out) {
     const char *q = ps->p;
     if (q < ps->end && *q == '-') q++;
     if (q >= ps->end) return fail(ps, "bad number"), -1;
-    if (*q == '0') q++;
+    if (*q == '0')
+        q++;
     else if (*q >= '1' && *q <= '9')
         while (q < ps->end && *q >= '0' && *q <= '9') q++;
-    else return fail(ps, "bad number"), -1;
+    else
+        return fail(ps, "bad number"), -1;
     if (q < ps->end && *q == '.') {
         q++;
         if (q >= ps->end || *q < '0' || *q > '9') return fail(ps, "bad number"), -1;
@@ -393,13 +418,20 @@ cav_json *cav_json_load(const char *path, char *errbuf, size_t errlen) {
 
 static const char *escape_of(unsigned char c, char tmp[8]) {
     switch (c) {
-    case '"': return "\\\"";
-    case '\\': return "\\\\";
-    case '\n': return "\\n";
-    case '\r': return "\\r";
-    case '\t': return "\\t";
-    case '\b': return "\\b";
-    case '\f': return "\\f";
+    case '"':
+        return "\\\"";
+    case '\\':
+        return "\\\\";
+    case '\n':
+        return "\\n";
+    case '\r':
+        return "\\r";
+    case '\t':
+        return "\\t";
+    case '\b':
+        return "\\b";
+    case '\f':
+        return "\\f";
     default:
         if (c < 0x20) {
             snprintf(tmp, 8, "\\u%04x", c);
@@ -414,8 +446,10 @@ void cav_json_write_string(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
         const char *e = escape_of((unsigned char)*s, tmp);
-        if (e) fputs(e, f);
-        else fputc(*s, f);
+        if (e)
+            fputs(e, f);
+        else
+            fputc(*s, f);
     }
     fputc('"', f);
 }
@@ -445,4 +479,6 @@ int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s) 
     return append(buf, len, cap, "\"", 1);
 }
 
-int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s) { return append(buf, len, cap, s, strlen(s)); }
+int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s) {
+    return append(buf, len, cap, s, strlen(s));
+}

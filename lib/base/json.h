@@ -19,11 +19,11 @@ typedef enum {
 typedef struct cav_json cav_json;
 struct cav_json {
     cav_json_type type;
-    int boolean;     /* BOOL */
-    double number;   /* NUMBER */
-    char *string;    /* STRING: UTF-8, NUL-terminated (embedded NULs are refused) */
-    size_t len;      /* STRING: bytes */
-    int n;           /* ARRAY/OBJECT: number of items */
+    int boolean;      /* BOOL */
+    double number;    /* NUMBER */
+    char *string;     /* STRING: UTF-8, NUL-terminated (embedded NULs are refused) */
+    size_t len;       /* STRING: bytes */
+    int n;            /* ARRAY/OBJECT: number of items */
     cav_json **items; /* ARRAY/OBJECT: values, in document order */
     char **keys;      /* OBJECT: keys, parallel to items */
 };

@@ -23,7 +23,9 @@ void cav_rng_seed(cav_rng *r, uint64_t seed, uint64_t stream, uint64_t a, uint64
     for (int i = 0; i < 4; i++) r->s[i] = cav_splitmix64(&x);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t cav_rng_u64(cav_rng *r) {
     uint64_t *s = r->s;
@@ -37,8 +39,12 @@ uint64_t cav_rng_u64(cav_rng *r) {
     return out;
 }
 
-float cav_rng_float(cav_rng *r) { return (float)(cav_rng_u64(r) >> 40) * 0x1.0p-24f; }
-double cav_rng_double(cav_rng *r) { return (double)(cav_rng_u64(r) >> 11) * 0x1.0p-53; }
+float cav_rng_float(cav_rng *r) {
+    return (float)(cav_rng_u64(r) >> 40) * 0x1.0p-24f;
+}
+double cav_rng_double(cav_rng *r) {
+    return (double)(cav_rng_u64(r) >> 11) * 0x1.0p-53;
+}
 
 int64_t cav_rng_int(cav_rng *r, int64_t lo, int64_t hi) {
     uint64_t range = (uint64_t)hi - (uint64_t)lo + 1;

@@ -30,10 +30,10 @@ uint64_t cav_splitmix64(uint64_t *state);
 
 void cav_rng_seed(cav_rng *r, uint64_t seed, uint64_t stream, uint64_t a, uint64_t b);
 uint64_t cav_rng_u64(cav_rng *r);
-float cav_rng_float(cav_rng *r);    /* uniform [0,1), 24 random bits, as torch.rand's float32 */
-double cav_rng_double(cav_rng *r);  /* uniform [0,1), 53 bits */
+float cav_rng_float(cav_rng *r);   /* uniform [0,1), 24 random bits, as torch.rand's float32 */
+double cav_rng_double(cav_rng *r); /* uniform [0,1), 53 bits */
 int64_t cav_rng_int(cav_rng *r, int64_t lo, int64_t hi); /* uniform in [lo, hi], unbiased */
-double cav_rng_normal(cav_rng *r);  /* standard normal */
+double cav_rng_normal(cav_rng *r);                       /* standard normal */
 double cav_rng_gamma(cav_rng *r, double shape);
 double cav_rng_beta(cav_rng *r, double a, double b);
 void cav_rng_permutation(cav_rng *r, int64_t *out, int64_t n); /* uniform permutation of 0..n-1 */

@@ -16,7 +16,8 @@
 #include "atomicfile.h"
 
 /* snprintf into a path buffer, refusing truncation. */
-static int pathf(char *out, size_t n, cav_err *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int pathf(char *out, size_t n, cav_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 static int pathf(char *out, size_t n, cav_err *err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -70,7 +71,9 @@ static int is_complete(const char *root, const char *name) {
     return name[0] == 'e' && pathf(p, sizeof p, NULL, "%s/%s/COMPLETE", root, name) == 0 && stat(p, &st) == 0;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* Complete checkpoint names, sorted oldest first (the names sort by epoch then step). */
 static int list_complete(const char *root, char ***out, int *n) {
@@ -104,10 +107,17 @@ int cav_ckpt_save(const char *run_dir, int epoch, long long step, const cav_ckpt
     remove_tree(tmp);
     if (mkdir(tmp, 0777)) return cav_fail(err, 3, "%s: %s", tmp, strerror(errno));
     const char *mk[] = {"format", "config"}, *mv[] = {"cav-mae/1", c->config_json ? c->config_json : "{}"};
-    if (pathf(p, sizeof p, err, "%s/model.safetensors", tmp) || cav_st_write(p, c->model, c->nmodel, mk, mv, 2, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/optim.safetensors", tmp) || cav_st_write(p, c->optim, c->noptim, mk, mv, 2, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/state.json", tmp) || cav_afile_write_text(p, c->state_json, err)) goto fail;
-    if (pathf(p, sizeof p, err, "%s/COMPLETE", tmp) || cav_afile_write_text(p, "ok\n", err) || fsync_path(tmp, 1, err)) goto fail;
+    if (pathf(p, sizeof p, err, "%s/model.safetensors", tmp) ||
+        cav_st_write(p, c->model, c->nmodel, mk, mv, 2, err))
+        goto fail;
+    if (pathf(p, sizeof p, err, "%s/optim.safetensors", tmp) ||
+        cav_st_write(p, c->optim, c->noptim, mk, mv, 2, err))
+        goto fail;
+    if (pathf(p, sizeof p, err, "%s/state.json", tmp) || cav_afile_write_text(p, c->state_json, err))
+        goto fail;
+    if (pathf(p, sizeof p, err, "%s/COMPLETE", tmp) || cav_afile_write_text(p, "ok\n", err) ||
+        fsync_path(tmp, 1, err))
+        goto fail;
     remove_tree(fin); /* a complete checkpoint of the same position is replaced */
     if (rename(tmp, fin)) {
         cav_fail(err, 3, "%s: rename: %s", fin, strerror(errno));

@@ -56,8 +56,8 @@ fail:
     return 0;
 }
 
-size_t cav_h5z_zstd_filter(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[], size_t nbytes,
-                           size_t *buf_size, void **buf) {
+size_t cav_h5z_zstd_filter(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[],
+                           size_t nbytes, size_t *buf_size, void **buf) {
     if (flags & H5Z_FLAG_REVERSE) return decompress(nbytes, buf_size, buf);
     int level = cd_nelmts > 0 ? (int)cd_values[0] : 3; /* negative (fast) levels arrive as unsigned */
     if (level < ZSTD_minCLevel()) level = ZSTD_minCLevel();

@@ -15,8 +15,8 @@ extern const H5Z_class2_t cav_h5z_zstd_class;
 
 /* The filter callback (H5Z_func_t): returns the new data size, or 0 on failure (corrupt, oversized or
  * out of memory), which makes the HDF5 read or write fail cleanly. */
-size_t cav_h5z_zstd_filter(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[], size_t nbytes,
-                           size_t *buf_size, void **buf);
+size_t cav_h5z_zstd_filter(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[],
+                           size_t nbytes, size_t *buf_size, void **buf);
 
 /* Registers the filter with the HDF5 library once per process; 0 ok, -1 failure. Thread-safe. */
 int cav_h5zstd_register(void);

@@ -5,5 +5,9 @@
 
 #include "h5zstd.h"
 
-H5PL_type_t H5PLget_plugin_type(void) { return H5PL_TYPE_FILTER; }
-const void *H5PLget_plugin_info(void) { return &cav_h5z_zstd_class; }
+H5PL_type_t H5PLget_plugin_type(void) {
+    return H5PL_TYPE_FILTER;
+}
+const void *H5PLget_plugin_info(void) {
+    return &cav_h5z_zstd_class;
+}

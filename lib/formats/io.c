@@ -64,9 +64,12 @@ cav_reader *cav_reader_open(const char *path, cav_err *err) {
     }
     if (!is_stdin) fclose(f);
     if (is_stdin) {
-        cav_fail(err, CAV_EXIT_INPUT, "stdin: %s", k == 8 && memcmp(m, hdf5_sig, 8) == 0
-                     ? "an HDF5 shard cannot be read from a pipe (HDF5 needs a seekable file): give its file name"
-                     : k == 0 ? "empty input: not a cav record stream" : "magic: not a cav record stream");
+        cav_fail(
+            err, CAV_EXIT_INPUT, "stdin: %s",
+            k == 8 && memcmp(m, hdf5_sig, 8) == 0
+                ? "an HDF5 shard cannot be read from a pipe (HDF5 needs a seekable file): give its file name"
+            : k == 0 ? "empty input: not a cav record stream"
+                     : "magic: not a cav record stream");
         goto fail;
     }
     /* anything else is tried as a shard (HDF5 also allows its signature at 512, 1024, ... bytes) */
@@ -75,8 +78,9 @@ cav_reader *cav_reader_open(const char *path, cav_err *err) {
     rd->sh = cav_shard_open(path, err);
     if (!rd->sh) {
         if (k < 8 || memcmp(m, hdf5_sig, 8))
-            cav_fail(err, CAV_EXIT_INPUT, "%s: %s", path, k == 0 ? "empty file: neither a cav record stream nor a shard"
-                                                              : "magic: neither a cav record stream nor an HDF5 shard");
+            cav_fail(err, CAV_EXIT_INPUT, "%s: %s", path,
+                     k == 0 ? "empty file: neither a cav record stream nor a shard"
+                            : "magic: neither a cav record stream nor an HDF5 shard");
         goto fail;
     }
     return rd;
@@ -86,9 +90,15 @@ fail:
     return NULL;
 }
 
-const char *cav_reader_path(const cav_reader *rd) { return rd->path; }
-cav_format cav_reader_format(const cav_reader *rd) { return rd->fmt; }
-struct cav_shard *cav_reader_shard(cav_reader *rd) { return rd->sh; }
+const char *cav_reader_path(const cav_reader *rd) {
+    return rd->path;
+}
+cav_format cav_reader_format(const cav_reader *rd) {
+    return rd->fmt;
+}
+struct cav_shard *cav_reader_shard(cav_reader *rd) {
+    return rd->sh;
+}
 
 const cav_attrs *cav_reader_attrs(const cav_reader *rd) {
     return rd->st ? cav_stream_reader_attrs(rd->st) : cav_shard_attrs(rd->sh);
@@ -135,7 +145,8 @@ cav_writer *cav_writer_open_level(const char *path, cav_format fmt, const cav_at
     w->is_stdout = is_stdout;
     if (fmt == CAV_FMT_SHARD) {
         if (is_stdout) {
-            cav_fail(err, CAV_EXIT_USAGE, "stdout: an HDF5 shard cannot be written to a pipe: give a file name");
+            cav_fail(err, CAV_EXIT_USAGE,
+                     "stdout: an HDF5 shard cannot be written to a pipe: give a file name");
             free(w);
             return NULL;
         }
@@ -169,7 +180,9 @@ int cav_writer_put(cav_writer *w, const cav_record *rec, cav_err *err) {
     return st;
 }
 
-int64_t cav_writer_count(const cav_writer *w) { return w->count; }
+int64_t cav_writer_count(const cav_writer *w) {
+    return w->count;
+}
 
 void cav_writer_abort(cav_writer *w) {
     if (!w) return;
@@ -188,8 +201,10 @@ uint64_t cav_writer_bytes(cav_writer *w) {
 int cav_writer_close(cav_writer *w, cav_err *err) {
     int st = w->st ? cav_stream_writer_close(w->st, err) : cav_shard_writer_close(w->sh, err);
     if (w->out) {
-        if (st) cav_afile_abort(w->out);
-        else st = cav_afile_commit(w->out, err);
+        if (st)
+            cav_afile_abort(w->out);
+        else
+            st = cav_afile_commit(w->out, err);
     }
     free(w);
     return st;
@@ -199,7 +214,8 @@ int cav_writer_close(cav_writer *w, cav_err *err) {
 static int append_quoted(char **out, size_t *len, size_t *cap, const char *sep, const char *s) {
     int plain = s[0] != 0;
     for (const char *p = s; *p && plain; p++)
-        plain = strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+-%@", *p) != NULL;
+        plain =
+            strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+-%@", *p) != NULL;
     size_t need = *len + strlen(sep) + 4 * strlen(s) + 3;
     if (need > *cap) {
         size_t nc = need * 2;
@@ -242,7 +258,8 @@ int cav_attrs_provenance(cav_attrs *a, int argc, char **argv) {
     if (!hist) return free(args), -1;
     snprintf(hist, hn, "%s%s%s %s%s%s", old ? old : "", old ? "\n" : "", cav_tool(), cav_version_string(),
              len ? " " : "", args);
-    int st = cav_attrs_set(a, CAV_DATTR_TOOL, cav_tool()) || cav_attrs_set(a, CAV_DATTR_VERSION, cav_version_string()) ||
+    int st = cav_attrs_set(a, CAV_DATTR_TOOL, cav_tool()) ||
+             cav_attrs_set(a, CAV_DATTR_VERSION, cav_version_string()) ||
              cav_attrs_set(a, CAV_DATTR_ARGS, args) || cav_attrs_set(a, CAV_DATTR_HISTORY, hist);
     free(hist);
     free(args);

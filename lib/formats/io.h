@@ -35,8 +35,8 @@ cav_writer *cav_writer_open_level(const char *path, cav_format fmt, const cav_at
 /* Gives up: a shard's temporary file is removed, a stream is left without its end frame (so readers see
  * it as truncated). Frees w. */
 void cav_writer_abort(cav_writer *w);
-int64_t cav_writer_count(const cav_writer *w);  /* records put so far */
-uint64_t cav_writer_bytes(cav_writer *w);       /* bytes written so far (shards: as HDF5 reports them) */
+int64_t cav_writer_count(const cav_writer *w); /* records put so far */
+uint64_t cav_writer_bytes(cav_writer *w);      /* bytes written so far (shards: as HDF5 reports them) */
 cav_format cav_reader_format(const cav_reader *rd);
 /* The shard behind a reader of a shard (random access, shard.h), or NULL for a stream. */
 struct cav_shard *cav_reader_shard(cav_reader *rd);

@@ -27,8 +27,10 @@ static int csv_record(const char **p, const char *end, char **fields, int max) {
                     goto fail;
                 }
                 if (*s == '"') {
-                    if (s + 1 < end && s[1] == '"') s++;
-                    else break;
+                    if (s + 1 < end && s[1] == '"')
+                        s++;
+                    else
+                        break;
                 }
                 if (len + 2 > cap) f = realloc(f, cap *= 2);
                 if (!f) goto fail;
@@ -42,8 +44,10 @@ static int csv_record(const char **p, const char *end, char **fields, int max) {
             f[len++] = *s++;
         }
         f[len] = 0;
-        if (n < max) fields[n] = f;
-        else free(f);
+        if (n < max)
+            fields[n] = f;
+        else
+            free(f);
         n++;
         if (s < end && *s == ',') {
             s++;
@@ -94,7 +98,8 @@ int cav_labelset_load(cav_labelset *ls, const char *path, cav_err *err) {
     if (n >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0) p += 3; /* UTF-8 byte order mark */
     char *f[3] = {0};
     int st = 0, line = 1, nf = csv_record(&p, end, f, 3);
-    if (nf != 3 || strcmp(trim(f[0]), "index") || strcmp(trim(f[1]), "mid") || strcmp(trim(f[2]), "display_name"))
+    if (nf != 3 || strcmp(trim(f[0]), "index") || strcmp(trim(f[1]), "mid") ||
+        strcmp(trim(f[2]), "display_name"))
         st = cav_fail(err, CAV_EXIT_INPUT, "%s: line 1: header: expected 'index,mid,display_name'", path);
     for (int i = 0; i < 3 && i < nf; i++) free(f[i]);
     int cap = 0;
@@ -110,10 +115,11 @@ int cav_labelset_load(cav_labelset *ls, const char *path, cav_err *err) {
         char *e = NULL;
         long idx = nf == 3 ? strtol(trim(f[0]), &e, 10) : -1;
         if (nf != 3)
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: %d fields, expected 3 (index,mid,display_name)", path,
-                          line, nf);
+            st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: %d fields, expected 3 (index,mid,display_name)",
+                          path, line, nf);
         else if (!*f[0] || *e || idx < 0 || idx > 1000000)
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: index: '%s' is not a class index", path, line, f[0]);
+            st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: index: '%s' is not a class index", path, line,
+                          f[0]);
         else if (!*trim(f[1]))
             st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: mid: empty", path, line);
         if (!st && idx >= cap) {
@@ -130,7 +136,8 @@ int cav_labelset_load(cav_labelset *ls, const char *path, cav_err *err) {
         if (!st && mids[idx])
             st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: index: %ld appears twice", path, line, idx);
         if (!st && cav_idset_add(&ls->by_mid, trim(f[1]), idx) == 0)
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: mid: '%s' appears twice", path, line, trim(f[1]));
+            st =
+                cav_fail(err, CAV_EXIT_INPUT, "%s: line %d: mid: '%s' appears twice", path, line, trim(f[1]));
         if (!st) {
             mids[idx] = strdup(trim(f[1]));
             names[idx] = strdup(f[2]);
@@ -142,7 +149,9 @@ int cav_labelset_load(cav_labelset *ls, const char *path, cav_err *err) {
     ls->mids = mids;
     ls->names = names;
     for (int i = 0; !st && i < ls->k; i++)
-        if (!mids[i]) st = cav_fail(err, CAV_EXIT_INPUT, "%s: index: %d is missing (indices must be 0..%d)", path, i, ls->k - 1);
+        if (!mids[i])
+            st = cav_fail(err, CAV_EXIT_INPUT, "%s: index: %d is missing (indices must be 0..%d)", path, i,
+                          ls->k - 1);
     if (!st && ls->k == 0) st = cav_fail(err, CAV_EXIT_INPUT, "%s: no classes", path);
     if (st) {
         for (int i = ls->k; i < cap; i++) mids[i] = names[i] = NULL; /* never set beyond k */
@@ -176,8 +185,8 @@ int cav_labelset_attrs(const cav_labelset *ls, cav_attrs *a) {
     char k[32];
     snprintf(k, sizeof k, "%d", ls->k);
     char *m = join(ls->mids, ls->k), *n = join(ls->names, ls->k);
-    int st = !m || !n || cav_attrs_set(a, CAV_DATTR_LABEL_COUNT, k) || cav_attrs_set(a, CAV_DATTR_LABEL_MIDS, m) ||
-             cav_attrs_set(a, CAV_DATTR_LABEL_NAMES, n);
+    int st = !m || !n || cav_attrs_set(a, CAV_DATTR_LABEL_COUNT, k) ||
+             cav_attrs_set(a, CAV_DATTR_LABEL_MIDS, m) || cav_attrs_set(a, CAV_DATTR_LABEL_NAMES, n);
     free(m);
     free(n);
     return st ? -1 : 0;
@@ -195,30 +204,35 @@ int cav_manifest_load(cav_manifest *m, const char *path, const cav_labelset *ls,
     if (!j) return cav_fail(err, CAV_EXIT_INPUT, "%s", eb);
     const cav_json *data = cav_json_get(j, "data");
     int st = 0;
-    if (!data || data->type != CAV_JSON_ARRAY) st = cav_fail(err, CAV_EXIT_INPUT, "%s: data: missing or not an array", path);
+    if (!data || data->type != CAV_JSON_ARRAY)
+        st = cav_fail(err, CAV_EXIT_INPUT, "%s: data: missing or not an array", path);
     if (!st && !(m->items = calloc(data->n ? (size_t)data->n : 1, sizeof *m->items)))
         st = cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     if (!st && !(m->label_weight = calloc((size_t)ls->k, sizeof *m->label_weight)))
         st = cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     for (int i = 0; !st && i < data->n; i++) {
         const cav_json *e = data->items[i];
-        const char *id = jstr(e, CAV_REFJSON_ID), *wav = jstr(e, CAV_REFJSON_WAV), *vp = jstr(e, CAV_REFJSON_VIDEO_PATH),
-                   *labels = jstr(e, CAV_REFJSON_LABELS);
-        const char *missing = !id ? CAV_REFJSON_ID : !wav ? CAV_REFJSON_WAV : !labels ? CAV_REFJSON_LABELS : NULL;
+        const char *id = jstr(e, CAV_REFJSON_ID), *wav = jstr(e, CAV_REFJSON_WAV),
+                   *vp = jstr(e, CAV_REFJSON_VIDEO_PATH), *labels = jstr(e, CAV_REFJSON_LABELS);
+        const char *missing = !id       ? CAV_REFJSON_ID
+                              : !wav    ? CAV_REFJSON_WAV
+                              : !labels ? CAV_REFJSON_LABELS
+                                        : NULL;
         if (missing) {
             st = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]%s%s%s: %s: missing or not a string", path, i,
                           id ? " (" CAV_REFJSON_ID " '" : "", id ? id : "", id ? "')" : "", missing);
             break;
         }
         if (!id[0] || strlen(id) > CAV_MAX_NAME) {
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: video_id: empty or longer than %d bytes", path, i,
-                          CAV_MAX_NAME);
+            st = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: video_id: empty or longer than %d bytes", path,
+                          i, CAV_MAX_NAME);
             break;
         }
         int a = cav_idset_add(&m->by_id, id, i);
         if (a <= 0) {
             st = a < 0 ? cav_fail(err, CAV_EXIT_INTERNAL, "out of memory")
-                       : cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (video_id '%s'): video_id: duplicated (first at data[%lld])",
+                       : cav_fail(err, CAV_EXIT_INPUT,
+                                  "%s: data[%d] (video_id '%s'): video_id: duplicated (first at data[%lld])",
                                   path, i, id, (long long)cav_idset_get(&m->by_id, id));
             break;
         }
@@ -245,8 +259,9 @@ int cav_manifest_load(cav_manifest *m, const char *path, const cav_labelset *ls,
                 idx = cav_idset_get(&ls->by_mid, mid);
             }
             if (idx < 0) {
-                st = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (video_id '%s'): labels: '%.*s' is not in the label CSV",
-                              path, i, id, (int)(len > 80 ? 80 : len), p);
+                st = cav_fail(err, CAV_EXIT_INPUT,
+                              "%s: data[%d] (video_id '%s'): labels: '%.*s' is not in the label CSV", path, i,
+                              id, (int)(len > 80 ? 80 : len), p);
                 break;
             }
             it->lab[it->nlab++] = (int)idx;

@@ -55,9 +55,15 @@ static int open_next(cav_pack_out *o, cav_err *err) {
 cav_pack_out *cav_pack_out_open(const char *pattern, const cav_attrs *attrs, int level, int64_t max_rows,
                                 uint64_t max_bytes, cav_err *err) {
     int pc = cav_pattern_check(pattern);
-    if (pc < 0) return cav_fail(err, CAV_EXIT_USAGE, "output pattern '%s': one integer conversion (%%d, %%03d...) at most", pattern), NULL;
+    if (pc < 0)
+        return cav_fail(err, CAV_EXIT_USAGE,
+                        "output pattern '%s': one integer conversion (%%d, %%03d...) at most", pattern),
+               NULL;
     if (pc == 0 && (max_rows || max_bytes))
-        return cav_fail(err, CAV_EXIT_USAGE, "output '%s': a row or size limit needs a numbered pattern such as out-%%03d.h5", pattern), NULL;
+        return cav_fail(err, CAV_EXIT_USAGE,
+                        "output '%s': a row or size limit needs a numbered pattern such as out-%%03d.h5",
+                        pattern),
+               NULL;
     cav_pack_out *o = calloc(1, sizeof *o);
     if (!o || !(o->pattern = strdup(pattern)) || (attrs && cav_attrs_copy(&o->attrs, attrs))) {
         if (o) cav_attrs_clear(&o->attrs), free(o->pattern);
@@ -79,7 +85,8 @@ cav_pack_out *cav_pack_out_open(const char *pattern, const cav_attrs *attrs, int
 
 int cav_pack_out_put(cav_pack_out *o, const cav_record *rec, cav_err *err) {
     int64_t n = cav_writer_count(o->w);
-    if (n > 0 && ((o->max_rows && n >= o->max_rows) || (o->max_bytes && cav_writer_bytes(o->w) >= o->max_bytes))) {
+    if (n > 0 &&
+        ((o->max_rows && n >= o->max_rows) || (o->max_bytes && cav_writer_bytes(o->w) >= o->max_bytes))) {
         cav_writer *w = o->w;
         o->w = NULL;
         if (cav_writer_close(w, err) || open_next(o, err)) return -1;
@@ -105,5 +112,9 @@ void cav_pack_out_abort(cav_pack_out *o) {
     free(o);
 }
 
-int cav_pack_out_files(const cav_pack_out *o) { return o->files; }
-int64_t cav_pack_out_count(const cav_pack_out *o) { return o->count; }
+int cav_pack_out_files(const cav_pack_out *o) {
+    return o->files;
+}
+int64_t cav_pack_out_count(const cav_pack_out *o) {
+    return o->count;
+}

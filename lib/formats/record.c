@@ -13,8 +13,12 @@ static const struct {
 } dtypes[] = {{NULL, 0}, {"u8", 1}, {"i16", 2}, {"i32", 4}, {"i64", 8}, {"f16", 2}, {"f32", 4}, {"f64", 8}};
 #define NDTYPES (int)(sizeof dtypes / sizeof dtypes[0])
 
-size_t cav_dtype_size(cav_dtype t) { return (int)t > 0 && (int)t < NDTYPES ? dtypes[t].size : 0; }
-const char *cav_dtype_name(cav_dtype t) { return (int)t > 0 && (int)t < NDTYPES ? dtypes[t].name : NULL; }
+size_t cav_dtype_size(cav_dtype t) {
+    return (int)t > 0 && (int)t < NDTYPES ? dtypes[t].size : 0;
+}
+const char *cav_dtype_name(cav_dtype t) {
+    return (int)t > 0 && (int)t < NDTYPES ? dtypes[t].name : NULL;
+}
 int cav_dtype_parse(const char *name) {
     for (int i = 1; i < NDTYPES; i++)
         if (strcmp(name, dtypes[i].name) == 0) return i;
@@ -41,7 +45,9 @@ static char *dupstr(const char *s) {
     return d;
 }
 
-void cav_attrs_init(cav_attrs *a) { memset(a, 0, sizeof *a); }
+void cav_attrs_init(cav_attrs *a) {
+    memset(a, 0, sizeof *a);
+}
 
 void cav_attrs_clear(cav_attrs *a) {
     for (int i = 0; i < a->n; i++) {
@@ -88,7 +94,9 @@ int cav_attrs_copy(cav_attrs *dst, const cav_attrs *src) {
     return 0;
 }
 
-void cav_record_init(cav_record *r) { memset(r, 0, sizeof *r); }
+void cav_record_init(cav_record *r) {
+    memset(r, 0, sizeof *r);
+}
 
 void cav_record_clear(cav_record *r) {
     for (int i = 0; i < r->ntensors; i++) {
@@ -244,9 +252,12 @@ uint64_t cav_record_limit(void) {
     if (!e || !*e) return dflt;
     char *end;
     double v = strtod(e, &end), m = 1;
-    if (*end == 'K' || *end == 'k') m = 1024.0, end++;
-    else if (*end == 'M' || *end == 'm') m = 1024.0 * 1024, end++;
-    else if (*end == 'G' || *end == 'g') m = 1024.0 * 1024 * 1024, end++;
+    if (*end == 'K' || *end == 'k')
+        m = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm')
+        m = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        m = 1024.0 * 1024 * 1024, end++;
     if (end == e || *end || !(v > 0)) return dflt; /* unreadable: the default, not no limit */
     return v * m >= (double)max ? max : (uint64_t)(v * m);
 }
@@ -267,7 +278,8 @@ int cav_text_ok(const char *s, int allow_lines) {
             if ((p[k] & 0xc0) != 0x80) return 0;
             cp = (cp << 6) | (p[k] & 0x3fu);
         }
-        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
             return 0;
         if (cp >= 0x80 && cp < 0xa0) return 0; /* C1 controls */
         p += n + 1;

@@ -21,9 +21,9 @@ typedef enum {
     CAV_F64 = 7,
 } cav_dtype;
 
-size_t cav_dtype_size(cav_dtype t);       /* 0 for an unknown type */
-const char *cav_dtype_name(cav_dtype t);  /* "u8", "i16", ... or NULL */
-int cav_dtype_parse(const char *name);    /* inverse of cav_dtype_name; -1 if unknown */
+size_t cav_dtype_size(cav_dtype t);      /* 0 for an unknown type */
+const char *cav_dtype_name(cav_dtype t); /* "u8", "i16", ... or NULL */
+int cav_dtype_parse(const char *name);   /* inverse of cav_dtype_name; -1 if unknown */
 
 #define CAV_MAX_NDIM 8
 #define CAV_MAX_NAME 255 /* tensor names, attribute keys and ids, in bytes */
@@ -66,7 +66,7 @@ cav_tensor *cav_record_add(cav_record *r, const char *name, cav_dtype t, int ndi
 cav_tensor *cav_record_put(cav_record *r, const char *name, cav_dtype t, int ndim, const int64_t *shape,
                            const void *data);
 cav_tensor *cav_record_find(const cav_record *r, const char *name);
-int cav_record_remove(cav_record *r, const char *name); /* 1 removed, 0 absent */
+int cav_record_remove(cav_record *r, const char *name);      /* 1 removed, 0 absent */
 int cav_record_copy(cav_record *dst, const cav_record *src); /* deep copy; 0 ok, -1 out of memory */
 /* 1 when ids, tensors (names, types, shapes, bytes, in any order) and attributes are equal. */
 int cav_record_equal(const cav_record *a, const cav_record *b);

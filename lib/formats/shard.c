@@ -24,14 +24,15 @@ static pthread_mutex_t h5lock = PTHREAD_MUTEX_INITIALIZER;
 #define LOCK() pthread_mutex_lock(&h5lock)
 #define UNLOCK() pthread_mutex_unlock(&h5lock)
 
-#define PENDING_ROWS 64                  /* rows buffered before the fields' layouts are chosen */
+#define PENDING_ROWS 64                   /* rows buffered before the fields' layouts are chosen */
 #define PENDING_BYTES ((size_t)256 << 20) /* ...or this many tensor bytes */
-#define RAGGED_CHUNK_BYTES (256 << 10)   /* chunk of a ragged field's flat data, unless rows tell otherwise: */
-#define RAGGED_CHUNK_MIN (16 << 10)      /* ...the mean row size of the buffered rows, within these bounds */
+#define RAGGED_CHUNK_BYTES (256 << 10) /* chunk of a ragged field's flat data, unless rows tell otherwise:   \
+                                        */
+#define RAGGED_CHUNK_MIN (16 << 10)    /* ...the mean row size of the buffered rows, within these bounds */
 #define RAGGED_CHUNK_MAX (1 << 20)
-#define FIXED_CHUNK_BYTES (64 << 10)     /* small fixed rows are grouped up to this size per chunk */
-#define INDEX_CHUNK 4096                 /* rows per chunk of the per-row columns */
-#define READ_LIMIT (UINT64_C(1) << 32)   /* largest tensor a reader allocates for one row */
+#define FIXED_CHUNK_BYTES (64 << 10)   /* small fixed rows are grouped up to this size per chunk */
+#define INDEX_CHUNK 4096               /* rows per chunk of the per-row columns */
+#define READ_LIMIT (UINT64_C(1) << 32) /* largest tensor a reader allocates for one row */
 
 static const char *reserved[] = {CAV_FIELD_ID, "attrs", "attrs_set"};
 
@@ -81,25 +82,39 @@ static const char *h5_why(char *buf) {
 
 static hid_t file_type(cav_dtype t) {
     switch (t) {
-    case CAV_U8: return H5T_STD_U8LE;
-    case CAV_I16: return H5T_STD_I16LE;
-    case CAV_I32: return H5T_STD_I32LE;
-    case CAV_I64: return H5T_STD_I64LE;
-    case CAV_F16: return f16_type;
-    case CAV_F32: return H5T_IEEE_F32LE;
-    case CAV_F64: return H5T_IEEE_F64LE;
+    case CAV_U8:
+        return H5T_STD_U8LE;
+    case CAV_I16:
+        return H5T_STD_I16LE;
+    case CAV_I32:
+        return H5T_STD_I32LE;
+    case CAV_I64:
+        return H5T_STD_I64LE;
+    case CAV_F16:
+        return f16_type;
+    case CAV_F32:
+        return H5T_IEEE_F32LE;
+    case CAV_F64:
+        return H5T_IEEE_F64LE;
     }
     return -1;
 }
 static hid_t mem_type(cav_dtype t) {
     switch (t) {
-    case CAV_U8: return H5T_NATIVE_UINT8;
-    case CAV_I16: return H5T_NATIVE_INT16;
-    case CAV_I32: return H5T_NATIVE_INT32;
-    case CAV_I64: return H5T_NATIVE_INT64;
-    case CAV_F16: return f16_type; /* raw half bits, no conversion */
-    case CAV_F32: return H5T_NATIVE_FLOAT;
-    case CAV_F64: return H5T_NATIVE_DOUBLE;
+    case CAV_U8:
+        return H5T_NATIVE_UINT8;
+    case CAV_I16:
+        return H5T_NATIVE_INT16;
+    case CAV_I32:
+        return H5T_NATIVE_INT32;
+    case CAV_I64:
+        return H5T_NATIVE_INT64;
+    case CAV_F16:
+        return f16_type; /* raw half bits, no conversion */
+    case CAV_F32:
+        return H5T_NATIVE_FLOAT;
+    case CAV_F64:
+        return H5T_NATIVE_DOUBLE;
     }
     return -1;
 }
@@ -113,7 +128,8 @@ static int type_matches(hid_t ft, cav_dtype t) {
         if (t == CAV_F16) {
             size_t spos, epos, esize, mpos, msize;
             H5Tget_fields(ft, &spos, &epos, &esize, &mpos, &msize);
-            return spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 && H5Tget_ebias(ft) == 15;
+            return spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 &&
+                   H5Tget_ebias(ft) == 15;
         }
         return 1;
     }
@@ -277,13 +293,13 @@ typedef struct {
     char *name;
     cav_dtype dtype;
     int ragged;
-    int ndim;                      /* fixed: row shape */
+    int ndim; /* fixed: row shape */
     int64_t shape[CAV_MAX_NDIM];
-    hid_t d;                       /* fixed: [N, shape...]; ragged: flat data */
-    int64_t nelem;                 /* ragged: elements written */
-    int64_t *off;                  /* ragged, per row: element offset, ndim (-1 absent), shape */
+    hid_t d;       /* fixed: [N, shape...]; ragged: flat data */
+    int64_t nelem; /* ragged: elements written */
+    int64_t *off;  /* ragged, per row: element offset, ndim (-1 absent), shape */
     int32_t *nd;
-    int64_t *shp;                  /* [rows][CAV_MAX_NDIM] */
+    int64_t *shp; /* [rows][CAV_MAX_NDIM] */
 } wfield;
 
 typedef struct {
@@ -362,8 +378,10 @@ static hid_t create_ragged_group(cav_shard_writer *w, const char *link, wfield *
         const cav_tensor *t = cav_record_find(&w->pending[p], f->name);
         if (t) total += t->nbytes, n++;
     }
-    if (n) bytes = total / n;
-    else if (row_hint) bytes = row_hint;
+    if (n)
+        bytes = total / n;
+    else if (row_hint)
+        bytes = row_hint;
     if (bytes < RAGGED_CHUNK_MIN) bytes = RAGGED_CHUNK_MIN;
     if (bytes > RAGGED_CHUNK_MAX) bytes = RAGGED_CHUNK_MAX;
     hsize_t chunk = bytes / es;
@@ -404,7 +422,8 @@ static int create_fixed(cav_shard_writer *w, wfield *f, const cav_tensor *t) {
     if (f->d < 0) return -1;
     f->ndim = t->ndim;
     memcpy(f->shape, t->shape, sizeof f->shape);
-    return write_str_attr(f->d, "cav_layout", "fixed") || write_str_attr(f->d, "cav_dtype", cav_dtype_name(f->dtype));
+    return write_str_attr(f->d, "cav_layout", "fixed") ||
+           write_str_attr(f->d, "cav_dtype", cav_dtype_name(f->dtype));
 }
 
 /* A fixed field met a row with another shape (or without it): move its rows so far into a ragged group. */
@@ -613,7 +632,9 @@ cav_shard_writer *cav_shard_create(const char *path, const cav_attrs *attrs, int
     return w;
 }
 
-int64_t cav_shard_writer_rows(const cav_shard_writer *w) { return w->rows + w->npending; }
+int64_t cav_shard_writer_rows(const cav_shard_writer *w) {
+    return w->rows + w->npending;
+}
 
 uint64_t cav_shard_writer_bytes(cav_shard_writer *w) {
     hsize_t sz = 0;
@@ -627,12 +648,12 @@ uint64_t cav_shard_writer_bytes(cav_shard_writer *w) {
 static int validate(cav_shard_writer *w, const cav_record *rec, cav_err *err) {
     int64_t row = w->rows + w->npending;
     if (!rec->id || !rec->id[0] || strlen(rec->id) > CAV_MAX_NAME)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld: id: missing, empty or longer than %d bytes", w->path,
-                        (long long)row, CAV_MAX_NAME);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld: id: missing, empty or longer than %d bytes",
+                        w->path, (long long)row, CAV_MAX_NAME);
     int64_t first = cav_idset_get(&w->idset, rec->id);
     if (first >= 0)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): id: duplicated (first at row %lld)", w->path,
-                        (long long)row, rec->id, (long long)first);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): id: duplicated (first at row %lld)",
+                        w->path, (long long)row, rec->id, (long long)first);
     for (int i = 0; i < rec->ntensors; i++) {
         const cav_tensor *t = &rec->tensors[i];
         if (!link_name_ok(t->name, 1))
@@ -642,15 +663,17 @@ static int validate(cav_shard_writer *w, const cav_record *rec, cav_err *err) {
                             w->path, (long long)row, rec->id, t->name);
         for (int j = 0; j < w->nseen; j++)
             if (strcmp(w->seen[j].name, t->name) == 0 && w->seen[j].dtype != t->dtype)
-                return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): tensor '%s': dtype %s, earlier rows %s",
-                                w->path, (long long)row, rec->id, t->name, cav_dtype_name(t->dtype),
+                return cav_fail(err, CAV_EXIT_INPUT,
+                                "%s: row %lld (id '%s'): tensor '%s': dtype %s, earlier rows %s", w->path,
+                                (long long)row, rec->id, t->name, cav_dtype_name(t->dtype),
                                 cav_dtype_name(w->seen[j].dtype));
     }
     for (int i = 0; i < rec->attrs.n; i++)
         if (!link_name_ok(rec->attrs.v[i].key, 0))
-            return cav_fail(err, CAV_EXIT_INPUT,
-                            "%s: row %lld (id '%s'): attribute '%s': name not allowed in a shard ('/' or leading '.')",
-                            w->path, (long long)row, rec->id, rec->attrs.v[i].key);
+            return cav_fail(
+                err, CAV_EXIT_INPUT,
+                "%s: row %lld (id '%s'): attribute '%s': name not allowed in a shard ('/' or leading '.')",
+                w->path, (long long)row, rec->id, rec->attrs.v[i].key);
     return 0;
 }
 
@@ -697,16 +720,16 @@ int cav_shard_append(cav_shard_writer *w, const cav_record *rec, cav_err *err) {
     }
     if (st) {
         w->failed = 1;
-        return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld (id '%s'): write failed: %s", w->tmp, (long long)row,
-                        rec->id, why);
+        return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld (id '%s'): write failed: %s", w->tmp,
+                        (long long)row, rec->id, why);
     }
     return 0;
 }
 
 /* Writes a per-row column of n rows (an extendible chunked dataset, so the schema looks the same at any
  * row count). */
-static int write_column(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *row_dims,
-                        int64_t n, const void *buf, int level) {
+static int write_column(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank,
+                        const hsize_t *row_dims, int64_t n, const void *buf, int level) {
     hsize_t chunk = n < 1 ? 1 : n < INDEX_CHUNK ? (hsize_t)n : INDEX_CHUNK;
     hid_t d = create_ext(loc, name, ftype, rank, row_dims, chunk, level);
     if (d < 0) return -1;
@@ -727,10 +750,11 @@ static int finish(cav_shard_writer *w) {
             continue;
         }
         hid_t g = H5Gopen2(w->file, f->name, H5P_DEFAULT);
-        bad = g < 0 || set_rows(f->d, f->nelem) ||
-              write_column(g, "offset", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, none, w->rows, f->off, w->level) ||
-              write_column(g, "ndim", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, none, w->rows, f->nd, w->level) ||
-              write_column(g, "shape", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, sh, w->rows, f->shp, w->level);
+        bad =
+            g < 0 || set_rows(f->d, f->nelem) ||
+            write_column(g, "offset", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, none, w->rows, f->off, w->level) ||
+            write_column(g, "ndim", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, none, w->rows, f->nd, w->level) ||
+            write_column(g, "shape", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, sh, w->rows, f->shp, w->level);
         if (g >= 0) bad = H5Gclose(g) < 0 || bad;
     }
     if (!bad && w->na) {
@@ -751,8 +775,8 @@ static int finish(cav_shard_writer *w) {
             bad = write_column(g, w->a[i].key, st, st, 1, none, w->rows, vals, -1);
             if (!bad && !all) {
                 if (gs < 0) gs = H5Gcreate2(w->file, "attrs_set", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-                bad = gs < 0 || write_column(gs, w->a[i].key, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, none, w->rows, set,
-                                             w->level);
+                bad = gs < 0 || write_column(gs, w->a[i].key, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, none,
+                                             w->rows, set, w->level);
             }
         }
         free(vals);
@@ -761,7 +785,8 @@ static int finish(cav_shard_writer *w) {
         if (gs >= 0) bad = H5Gclose(gs) < 0 || bad;
     }
     H5Tclose(st);
-    for (int i = 0; !bad && i < w->attrs.n; i++) bad = write_str_attr(w->file, w->attrs.v[i].key, w->attrs.v[i].value);
+    for (int i = 0; !bad && i < w->attrs.n; i++)
+        bad = write_str_attr(w->file, w->attrs.v[i].key, w->attrs.v[i].value);
     bad = bad || write_str_attr(w->file, "cav_schema", CAV_SHARD_SCHEMA) ||
           write_i64_attr(w->file, "cav_schema_version", CAV_SHARD_VERSION) ||
           write_i64_attr(w->file, "cav_rows", w->rows); /* last: marks the shard complete */
@@ -818,9 +843,9 @@ typedef struct {
     cav_dtype dtype;
     int ragged, ndim;
     int64_t shape[CAV_MAX_NDIM];
-    hid_t d;           /* fixed dataset, or the ragged flat data */
-    int direct;        /* fixed, one row per chunk, zstd only: raw chunks are decompressed outside the lock */
-    int64_t *off;      /* ragged: per row */
+    hid_t d;      /* fixed dataset, or the ragged flat data */
+    int direct;   /* fixed, one row per chunk, zstd only: raw chunks are decompressed outside the lock */
+    int64_t *off; /* ragged: per row */
     int32_t *nd;
     int64_t *shp;
     int64_t present;
@@ -890,8 +915,8 @@ static hid_t open_column(hid_t loc, const char *name, int64_t rows, int rank, hs
     H5Sclose(sp);
     if (r != rank || dims[0] != (hsize_t)rows || (rank == 2 && dims[1] != cols)) {
         H5Dclose(d);
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: '%s' has %s shape than the %lld rows of the shard", path,
-                        field, name, r != rank ? "another" : "a different", (long long)rows),
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: '%s' has %s shape than the %lld rows of the shard",
+                        path, field, name, r != rank ? "another" : "a different", (long long)rows),
                -1;
     }
     return d;
@@ -923,7 +948,9 @@ static int dtype_of(hid_t obj, const char *path, const char *field, cav_dtype *o
     char *dn = read_str_attr(obj, "cav_dtype");
     int t = dn ? cav_dtype_parse(dn) : -1;
     free(dn);
-    if (t < 0) return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': missing or unknown cav_dtype attribute", path, field);
+    if (t < 0)
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': missing or unknown cav_dtype attribute", path,
+                        field);
     *out = (cav_dtype)t;
     return 0;
 }
@@ -975,8 +1002,8 @@ static int open_field(cav_shard *s, const char *name, cav_err *err) {
         H5Tclose(ft);
         H5Sclose(sp);
         if (!ok)
-            return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': stored type does not match cav_dtype %s", p, name,
-                            cav_dtype_name(f->dtype));
+            return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': stored type does not match cav_dtype %s", p,
+                            name, cav_dtype_name(f->dtype));
         if (rank < 1 || rank > 1 + CAV_MAX_NDIM)
             return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': rank %d (1 to %d allowed)", p, name, rank,
                             1 + CAV_MAX_NDIM);
@@ -985,12 +1012,13 @@ static int open_field(cav_shard *s, const char *name, cav_err *err) {
                             (unsigned long long)dims[0], (long long)s->rows);
         f->ndim = rank - 1;
         for (int k = 0; k < f->ndim; k++) {
-            if (dims[k + 1] > INT64_MAX) return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': bad shape", p, name);
+            if (dims[k + 1] > INT64_MAX)
+                return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': bad shape", p, name);
             f->shape[k] = (int64_t)dims[k + 1];
         }
         if (cav_shape_count(f->ndim, f->shape, cav_dtype_size(f->dtype), READ_LIMIT) < 0)
-            return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': row shape overflows or exceeds %llu bytes", p, name,
-                            (unsigned long long)READ_LIMIT);
+            return cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': row shape overflows or exceeds %llu bytes",
+                            p, name, (unsigned long long)READ_LIMIT);
         f->present = s->rows;
         f->direct = direct_ok(f);
         return 0;
@@ -1046,11 +1074,13 @@ static int open_field(cav_shard *s, const char *name, cav_err *err) {
                         ? cav_shape_count(nd, &f->shp[r * CAV_MAX_NDIM], cav_dtype_size(f->dtype), READ_LIMIT)
                         : -1;
         if (n < 0)
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): %s: bad ndim or shape", p, (long long)r,
-                          s->ids[r], what);
+            st = cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): %s: bad ndim or shape", p,
+                          (long long)r, s->ids[r], what);
         else if (f->off[r] < 0 || f->off[r] > dlen || n > dlen - f->off[r])
-            st = cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): %s: offset %lld + %lld elements outside the "
-                          "%lld stored", p, (long long)r, s->ids[r], what, (long long)f->off[r], (long long)n,
+            st = cav_fail(err, CAV_EXIT_INPUT,
+                          "%s: row %lld (id '%s'): %s: offset %lld + %lld elements outside the "
+                          "%lld stored",
+                          p, (long long)r, s->ids[r], what, (long long)f->off[r], (long long)n,
                           (long long)dlen);
         else
             f->present++;
@@ -1065,9 +1095,12 @@ static int open_field(cav_shard *s, const char *name, cav_err *err) {
 static int open_attrs(cav_shard *s, cav_err *err) {
     if (H5Lexists(s->file, "attrs", H5P_DEFAULT) <= 0) return 0;
     hid_t g = H5Gopen2(s->file, "attrs", H5P_DEFAULT);
-    hid_t gs = H5Lexists(s->file, "attrs_set", H5P_DEFAULT) > 0 ? H5Gopen2(s->file, "attrs_set", H5P_DEFAULT) : -1;
+    hid_t gs =
+        H5Lexists(s->file, "attrs_set", H5P_DEFAULT) > 0 ? H5Gopen2(s->file, "attrs_set", H5P_DEFAULT) : -1;
     name_list l = {0};
-    int st = g < 0 || list_links(g, &l) ? cav_fail(err, CAV_EXIT_INPUT, "%s: attrs: unreadable group", s->path) : 0;
+    int st = g < 0 || list_links(g, &l)
+                 ? cav_fail(err, CAV_EXIT_INPUT, "%s: attrs: unreadable group", s->path)
+                 : 0;
     s->a = calloc(l.n ? (size_t)l.n : 1, sizeof *s->a);
     if (!s->a) st = cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", s->path);
     uint8_t *set = malloc(s->rows ? (size_t)s->rows : 1);
@@ -1092,7 +1125,9 @@ static int open_attrs(cav_shard *s, cav_err *err) {
         if (!st && gs >= 0 && H5Lexists(gs, l.names[i], H5P_DEFAULT) > 0) {
             d = open_column(gs, l.names[i], s->rows, 1, 0, s->path, what, err);
             if (d < 0 || read_rows(d, H5T_NATIVE_UINT8, 0, s->rows, set))
-                st = d < 0 ? -1 : cav_fail(err, CAV_EXIT_INPUT, "%s: attrs_set/%s: unreadable", s->path, l.names[i]);
+                st = d < 0
+                         ? -1
+                         : cav_fail(err, CAV_EXIT_INPUT, "%s: attrs_set/%s: unreadable", s->path, l.names[i]);
             if (d >= 0) H5Dclose(d);
             for (int64_t r = 0; !st && r < s->rows; r++)
                 if (!set[r]) a->vals[r] = (free(a->vals[r]), NULL);
@@ -1140,15 +1175,17 @@ static int shard_open_locked(cav_shard *s, cav_err *err) {
         return cav_fail(err, CAV_EXIT_INPUT, "%s: not an HDF5 file", p);
     }
     s->file = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (s->file < 0) return cav_fail(err, CAV_EXIT_INPUT, "%s: unreadable HDF5 file (truncated?): %s", p, h5_why(why));
+    if (s->file < 0)
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: unreadable HDF5 file (truncated?): %s", p, h5_why(why));
     char *schema = read_str_attr(s->file, "cav_schema");
     int ok = schema && strcmp(schema, CAV_SHARD_SCHEMA) == 0;
     free(schema);
     if (!ok) return cav_fail(err, CAV_EXIT_INPUT, "%s: cav_schema: not a cav shard", p);
     int64_t ver;
     if (read_i64_attr(s->file, "cav_schema_version", &ver) || ver != CAV_SHARD_VERSION)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: cav_schema_version: missing or unsupported (this build reads %d)",
-                        p, CAV_SHARD_VERSION);
+        return cav_fail(err, CAV_EXIT_INPUT,
+                        "%s: cav_schema_version: missing or unsupported (this build reads %d)", p,
+                        CAV_SHARD_VERSION);
     if (read_i64_attr(s->file, "cav_rows", &s->rows) || s->rows < 0)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: cav_rows: missing or negative (an incomplete shard?)", p);
     if (H5Aiterate2(s->file, H5_INDEX_NAME, H5_ITER_INC, NULL, attr_cb, &s->attrs) < 0)
@@ -1164,8 +1201,8 @@ static int shard_open_locked(cav_shard *s, cav_err *err) {
         int a = cav_idset_add(&s->idset, s->ids[r], r);
         if (a < 0) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: out of memory", p);
         if (a == 0)
-            return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): id: duplicated (first at row %lld)", p,
-                            (long long)r, s->ids[r], (long long)cav_idset_get(&s->idset, s->ids[r]));
+            return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): id: duplicated (first at row %lld)",
+                            p, (long long)r, s->ids[r], (long long)cav_idset_get(&s->idset, s->ids[r]));
     }
     name_list l = {0};
     if (list_links(s->file, &l)) {
@@ -1175,7 +1212,8 @@ static int shard_open_locked(cav_shard *s, cav_err *err) {
     st = 0;
     for (int i = 0; !st && i < l.n; i++) {
         int skip = 0;
-        for (size_t k = 0; k < sizeof reserved / sizeof *reserved; k++) skip |= strcmp(l.names[i], reserved[k]) == 0;
+        for (size_t k = 0; k < sizeof reserved / sizeof *reserved; k++)
+            skip |= strcmp(l.names[i], reserved[k]) == 0;
         if (!skip) st = open_field(s, l.names[i], err);
     }
     free_list(&l);
@@ -1204,18 +1242,30 @@ void cav_shard_close(cav_shard *s) {
     UNLOCK();
 }
 
-const char *cav_shard_path(const cav_shard *s) { return s->path; }
-int64_t cav_shard_rows(const cav_shard *s) { return s->rows; }
-const cav_attrs *cav_shard_attrs(const cav_shard *s) { return &s->attrs; }
-const char *cav_shard_id(const cav_shard *s, int64_t row) { return row >= 0 && row < s->rows ? s->ids[row] : NULL; }
-int64_t cav_shard_find(const cav_shard *s, const char *id) { return cav_idset_get(&s->idset, id); }
+const char *cav_shard_path(const cav_shard *s) {
+    return s->path;
+}
+int64_t cav_shard_rows(const cav_shard *s) {
+    return s->rows;
+}
+const cav_attrs *cav_shard_attrs(const cav_shard *s) {
+    return &s->attrs;
+}
+const char *cav_shard_id(const cav_shard *s, int64_t row) {
+    return row >= 0 && row < s->rows ? s->ids[row] : NULL;
+}
+int64_t cav_shard_find(const cav_shard *s, const char *id) {
+    return cav_idset_get(&s->idset, id);
+}
 const char *cav_shard_row_attr(const cav_shard *s, int64_t row, const char *key) {
     if (row < 0 || row >= s->rows) return NULL;
     for (int i = 0; i < s->na; i++) /* held in memory since open: no HDF5 call, no lock */
         if (strcmp(s->a[i].key, key) == 0) return s->a[i].vals[row];
     return NULL;
 }
-int cav_shard_nfields(const cav_shard *s) { return s->nf; }
+int cav_shard_nfields(const cav_shard *s) {
+    return s->nf;
+}
 
 int cav_shard_field_info(const cav_shard *s, int i, cav_shard_field *out) {
     if (i < 0 || i >= s->nf) return -1;
@@ -1262,7 +1312,9 @@ static int read_field(cav_shard *s, rfield *f, int64_t row, cav_record *rec, int
     char why[256] = "";
     if (!f->ragged) {
         t = cav_record_add(rec, f->name, f->dtype, f->ndim, f->shape);
-        if (!t) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p, (long long)row, f->name);
+        if (!t)
+            return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p,
+                            (long long)row, f->name);
         if (f->direct) {
             hsize_t off[H5S_MAX_RANK] = {(hsize_t)row};
             hsize_t sz = 0;
@@ -1290,7 +1342,9 @@ static int read_field(cav_shard *s, rfield *f, int64_t row, cav_record *rec, int
                             (long long)row, s->ids[row], f->name);
         }
         t = cav_record_add(rec, f->name, f->dtype, nd, &f->shp[row * CAV_MAX_NDIM]);
-        if (!t) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p, (long long)row, f->name);
+        if (!t)
+            return cav_fail(err, CAV_EXIT_INTERNAL, "%s: row %lld: field '%s': out of memory", p,
+                            (long long)row, f->name);
         int64_t n = (int64_t)(t->nbytes / cav_dtype_size(f->dtype));
         LOCK();
         st = read_rows(f->d, mem_type(f->dtype), f->off[row], n, t->data);
@@ -1298,16 +1352,17 @@ static int read_field(cav_shard *s, rfield *f, int64_t row, cav_record *rec, int
         UNLOCK();
     }
     if (st)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): field '%s': unreadable: %s", p, (long long)row,
-                        s->ids[row], f->name, why);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld (id '%s'): field '%s': unreadable: %s", p,
+                        (long long)row, s->ids[row], f->name, why);
     return 0;
 }
 
-static int read_row(cav_shard *s, int64_t row, const char *const *names, int n, cav_record *rec, cav_err *err) {
+static int read_row(cav_shard *s, int64_t row, const char *const *names, int n, cav_record *rec,
+                    cav_err *err) {
     cav_record_clear(rec);
     if (row < 0 || row >= s->rows)
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld: out of range (%lld rows)", s->path, (long long)row,
-                        (long long)s->rows);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: row %lld: out of range (%lld rows)", s->path,
+                        (long long)row, (long long)s->rows);
     if (cav_record_set_id(rec, s->ids[row])) return cav_fail(err, CAV_EXIT_INTERNAL, "out of memory");
     for (int i = 0; i < s->na; i++)
         if (s->a[i].vals[row] && cav_attrs_set(&rec->attrs, s->a[i].key, s->a[i].vals[row]))
@@ -1319,8 +1374,9 @@ static int read_row(cav_shard *s, int64_t row, const char *const *names, int n, 
         for (int k = 0; !st && k < n; k++) {
             int i = 0;
             while (i < s->nf && strcmp(s->f[i].name, names[k])) i++;
-            st = i == s->nf ? cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': not in this shard", s->path, names[k])
-                            : read_field(s, &s->f[i], row, rec, 1, err);
+            st = i == s->nf
+                     ? cav_fail(err, CAV_EXIT_INPUT, "%s: field '%s': not in this shard", s->path, names[k])
+                     : read_field(s, &s->f[i], row, rec, 1, err);
         }
     }
     if (st) cav_record_clear(rec);

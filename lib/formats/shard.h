@@ -25,7 +25,7 @@ void cav_shard_close(cav_shard *s);
 const char *cav_shard_path(const cav_shard *s);
 int64_t cav_shard_rows(const cav_shard *s);
 const cav_attrs *cav_shard_attrs(const cav_shard *s);
-const char *cav_shard_id(const cav_shard *s, int64_t row); /* NULL when row is out of range */
+const char *cav_shard_id(const cav_shard *s, int64_t row);  /* NULL when row is out of range */
 int64_t cav_shard_find(const cav_shard *s, const char *id); /* row, or -1 */
 /* A row attribute's value (e.g. sample_rate), NULL when the row does not set it; no file access. */
 const char *cav_shard_row_attr(const cav_shard *s, int64_t row, const char *key);
@@ -33,10 +33,10 @@ const char *cav_shard_row_attr(const cav_shard *s, int64_t row, const char *key)
 typedef struct {
     const char *name;
     cav_dtype dtype;
-    int ragged;             /* 0: one [N, shape...] dataset; 1: flat data + per-row offset/ndim/shape */
-    int ndim;               /* fixed fields: the row shape */
+    int ragged; /* 0: one [N, shape...] dataset; 1: flat data + per-row offset/ndim/shape */
+    int ndim;   /* fixed fields: the row shape */
     int64_t shape[CAV_MAX_NDIM];
-    int64_t present;        /* rows that hold this field */
+    int64_t present; /* rows that hold this field */
 } cav_shard_field;
 int cav_shard_nfields(const cav_shard *s);
 int cav_shard_field_info(const cav_shard *s, int i, cav_shard_field *out); /* 0 ok, -1 out of range */
@@ -60,6 +60,6 @@ int64_t cav_shard_writer_rows(const cav_shard_writer *w);
 /* Bytes in the file so far as HDF5 reports them (rows still buffered or cached are not counted yet). */
 uint64_t cav_shard_writer_bytes(cav_shard_writer *w);
 int cav_shard_writer_close(cav_shard_writer *w, cav_err *err); /* 0 ok; frees w either way */
-void cav_shard_writer_abort(cav_shard_writer *w);             /* removes the temporary file */
+void cav_shard_writer_abort(cav_shard_writer *w);              /* removes the temporary file */
 
 #endif

@@ -150,7 +150,9 @@ cav_stream_writer *cav_stream_writer_open(FILE *f, const char *name, const cav_a
     return w;
 }
 
-static int name_ok(const char *s) { return s && s[0] && strlen(s) <= CAV_MAX_NAME; }
+static int name_ok(const char *s) {
+    return s && s[0] && strlen(s) <= CAV_MAX_NAME;
+}
 
 int cav_stream_writer_put(cav_stream_writer *w, const cav_record *rec, cav_err *err) {
     const char *id = rec->id ? rec->id : "";
@@ -168,8 +170,9 @@ int cav_stream_writer_put(cav_stream_writer *w, const cav_record *rec, cav_err *
         for (int k = 0; !bad && k < t->ndim; k++) bad = buf_u64(b, (uint64_t)t->shape[k]);
         bad = bad || buf_u64(b, t->nbytes) || buf_add(b, t->data, t->nbytes);
     }
-    if (bad) return cav_fail(err, CAV_EXIT_INTERNAL, "%s: record %lld (id '%s'): out of memory", w->name,
-                             (long long)w->count, id);
+    if (bad)
+        return cav_fail(err, CAV_EXIT_INTERNAL, "%s: record %lld (id '%s'): out of memory", w->name,
+                        (long long)w->count, id);
     if (b->n > CAV_STREAM_MAX_FRAME)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: record %lld (id '%s'): %zu bytes exceed the frame limit",
                         w->name, (long long)w->count, id, b->n);
@@ -264,8 +267,8 @@ static int read_frame(cav_stream_reader *r, char tag[4], cav_err *err) {
         return 0;
     }
     if (memcmp(tag, TAG_RECORD "\0", 4) && memcmp(tag, TAG_HEADER "\0", 4))
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: frame tag: unknown tag %02x%02x%02x%02x", where(r, NULL, w, sizeof w),
-                        h[0], h[1], h[2], h[3]);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: frame tag: unknown tag %02x%02x%02x%02x",
+                        where(r, NULL, w, sizeof w), h[0], h[1], h[2], h[3]);
     if (us > CAV_STREAM_MAX_FRAME)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: frame size: %llu uncompressed bytes exceed the limit %llu",
                         where(r, NULL, w, sizeof w), (unsigned long long)us,
@@ -369,7 +372,8 @@ static int str_fail(int st, cav_err *err, const char *loc, const char *field) {
 
 static int parse_attrs(cursor *c, cav_attrs *a, const char *loc, cav_err *err) {
     uint32_t n;
-    if (cur_u32(c, &n)) return cav_fail(err, CAV_EXIT_INPUT, "%s: attribute count: truncated frame payload", loc);
+    if (cur_u32(c, &n))
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: attribute count: truncated frame payload", loc);
     if (n > (c->n - c->off) / 8)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: attribute count: %u cannot fit in the frame", loc, n);
     for (uint32_t i = 0; i < n; i++) {
@@ -398,7 +402,8 @@ static int parse_attrs(cursor *c, cav_attrs *a, const char *loc, cav_err *err) {
  * holds, so the allocation that follows is bounded by bytes actually received. */
 static int parse_tensor_head(cursor *c, int64_t *shape, int *dtype_out, int *ndim_out, int64_t *count_out,
                              uint64_t *nbytes_out, const char *loc, const char *field, cav_err *err) {
-    if (c->n - c->off < 4) return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: truncated frame payload", loc, field);
+    if (c->n - c->off < 4)
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: truncated frame payload", loc, field);
     int dtype = c->p[c->off], ndim = c->p[c->off + 1];
     int resv = c->p[c->off + 2] | c->p[c->off + 3];
     c->off += 4;
@@ -423,7 +428,8 @@ static int parse_tensor_head(cursor *c, int64_t *shape, int *dtype_out, int *ndi
     if (count < 0) {
         if (cav_shape_count(ndim, shape, es, UINT64_MAX) < 0)
             return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: shape product overflows", loc, field);
-        return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: shape needs more bytes than the frame holds", loc, field);
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: shape needs more bytes than the frame holds", loc,
+                        field);
     }
     if (nbytes != (uint64_t)count * es)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: %s: size %llu does not match the shape (%llu bytes)", loc,
@@ -450,7 +456,8 @@ static int parse_record(cav_stream_reader *r, cav_record *rec, cav_err *err) {
                         (long long)cav_idset_get(&r->ids, id));
     if (parse_attrs(&c, &rec->attrs, loc, err)) return -1;
     uint32_t nt;
-    if (cur_u32(&c, &nt)) return cav_fail(err, CAV_EXIT_INPUT, "%s: tensor count: truncated frame payload", loc);
+    if (cur_u32(&c, &nt))
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: tensor count: truncated frame payload", loc);
     if (nt > (c.n - c.off) / 17)
         return cav_fail(err, CAV_EXIT_INPUT, "%s: tensor count: %u cannot fit in the frame", loc, nt);
     for (uint32_t i = 0; i < nt; i++) {
@@ -534,8 +541,12 @@ fail:
     return NULL;
 }
 
-const cav_attrs *cav_stream_reader_attrs(const cav_stream_reader *r) { return &r->attrs; }
-int64_t cav_stream_reader_index(const cav_stream_reader *r) { return r->index; }
+const cav_attrs *cav_stream_reader_attrs(const cav_stream_reader *r) {
+    return &r->attrs;
+}
+int64_t cav_stream_reader_index(const cav_stream_reader *r) {
+    return r->index;
+}
 
 int cav_stream_reader_next(cav_stream_reader *r, cav_record *rec, cav_err *err) {
     cav_record_clear(rec);
@@ -555,7 +566,8 @@ int cav_stream_reader_next(cav_stream_reader *r, cav_record *rec, cav_err *err) 
     r->index++;
     if (st > 0 && memcmp(tag, TAG_RECORD "\0", 4)) {
         char w[600];
-        st = cav_fail(err, CAV_EXIT_INPUT, "%s: frame tag: a second header frame", where(r, NULL, w, sizeof w));
+        st = cav_fail(err, CAV_EXIT_INPUT, "%s: frame tag: a second header frame",
+                      where(r, NULL, w, sizeof w));
     }
     if (st > 0 && parse_record(r, rec, err) == 0) return 1;
     cav_record_clear(rec);

@@ -8,7 +8,9 @@
 
 #include "record.h"
 
-#define CAV_STREAM_MAGIC "\x89" "CAV\r\n\x1a\n" /* 8 bytes */
+#define CAV_STREAM_MAGIC                                                                                     \
+    "\x89"                                                                                                   \
+    "CAV\r\n\x1a\n" /* 8 bytes */
 #define CAV_STREAM_MAGIC_LEN 8
 #define CAV_STREAM_VERSION 1
 /* Largest frame (uncompressed payload) a reader accepts or a writer produces: 16 GiB. Memory is still

@@ -43,14 +43,18 @@ void cav_fbank_normalize(float *x, int64_t n, float mean, float std) {
     for (int64_t i = 0; i < n; i++) x[i] = (x[i] - mean) / std;
 }
 
-float cav_noise_scale_draw(cav_rng *r) { return (float)(cav_rng_double(r) / 10.0); }
+float cav_noise_scale_draw(cav_rng *r) {
+    return (float)(cav_rng_double(r) / 10.0);
+}
 
 void cav_noise_apply(float *fb, int T, int F, float scale, cav_rng *r) {
     int64_t n = (int64_t)T * F;
     for (int64_t i = 0; i < n; i++) fb[i] = fb[i] + cav_rng_float(r) * scale;
 }
 
-int cav_roll_draw(cav_rng *r, int T) { return (int)cav_rng_int(r, -T, T - 1); }
+int cav_roll_draw(cav_rng *r, int T) {
+    return (int)cav_rng_int(r, -T, T - 1);
+}
 
 void cav_roll_time(const float *in, float *out, int T, int F, int shift) {
     int s = ((shift % T) + T) % T;
@@ -59,8 +63,10 @@ void cav_roll_time(const float *in, float *out, int T, int F, int shift) {
     memcpy(out, in + (size_t)(T - s) * F, (size_t)s * (size_t)F * sizeof *out);
 }
 
-void cav_image_normalize(const uint8_t *hwc, int H, int W, const float mean[3], const float std[3], float *chw) {
+void cav_image_normalize(const uint8_t *hwc, int H, int W, const float mean[3], const float std[3],
+                         float *chw) {
     size_t plane = (size_t)H * W;
     for (int c = 0; c < 3; c++)
-        for (size_t i = 0; i < plane; i++) chw[c * plane + i] = ((float)hwc[i * 3 + c] / 255.0f - mean[c]) / std[c];
+        for (size_t i = 0; i < plane; i++)
+            chw[c * plane + i] = ((float)hwc[i * 3 + c] / 255.0f - mean[c]) / std[c];
 }

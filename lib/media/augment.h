@@ -35,6 +35,7 @@ int cav_roll_draw(cav_rng *r, int T);
 void cav_roll_time(const float *in /* [T, F] */, float *out /* [T, F] */, int T, int F, int shift);
 
 /* HWC u8 RGB -> CHW float: (x/255 - mean[c]) / std[c] as torchvision ToTensor + Normalize. */
-void cav_image_normalize(const uint8_t *hwc, int H, int W, const float mean[3], const float std[3], float *chw);
+void cav_image_normalize(const uint8_t *hwc, int H, int W, const float mean[3], const float std[3],
+                         float *chw);
 
 #endif

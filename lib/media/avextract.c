@@ -91,10 +91,12 @@ int cav_av_inputs_load_json(cav_av_inputs *in, const char *jsonfile, const char 
         else
             for (size_t k = 0; k < sizeof keys / sizeof *keys && !p; k++) p = cav_json_get(it, keys[k]);
         if (!id || id->type != CAV_JSON_STRING)
-            ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: no string \"" CAV_REFJSON_ID "\"", jsonfile, i);
+            ret =
+                cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d]: no string \"" CAV_REFJSON_ID "\"", jsonfile, i);
         else if (!p || p->type != CAV_JSON_STRING)
             ret = cav_fail(err, CAV_EXIT_INPUT, "%s: data[%d] (%s): no string \"%s\" with the media path",
-                           jsonfile, i, id->string, key ? key : "video\", \"media\", \"path\" or \"" CAV_REFJSON_WAV);
+                           jsonfile, i, id->string,
+                           key ? key : "video\", \"media\", \"path\" or \"" CAV_REFJSON_WAV);
         else
             ret = cav_av_inputs_add(in, p->string, id->string, err);
     }

@@ -90,16 +90,16 @@ static inline __attribute__((always_inline)) void transpose8(const float *s, int
 struct cav_fbank {
     cav_fbank_opts o;
     int win, shift, nfft, nbins;
-    float *window;          /* [win] */
-    float *mel_dense;       /* [nbins, nfft/2+1], as torchaudio builds it */
-    int *band_start;        /* [nbins] first FFT bin with non-zero weight */
-    int *band_len;          /* [nbins] */
-    int *band_off;          /* [nbins] offset into band_w */
-    float *band_w;          /* the non-zero weights, band after band */
-    float *rows;            /* [BLK, nfft] the block's windowed frames; the tails past win stay zero */
-    float *fft_a, *fft_b;   /* [nfft, BLK] each, 32-byte aligned: the transform's input and ping-pong buffers */
-    float *power;           /* [nfft/2, BLK] */
-    float *energy;          /* [nbins, BLK] */
+    float *window;        /* [win] */
+    float *mel_dense;     /* [nbins, nfft/2+1], as torchaudio builds it */
+    int *band_start;      /* [nbins] first FFT bin with non-zero weight */
+    int *band_len;        /* [nbins] */
+    int *band_off;        /* [nbins] offset into band_w */
+    float *band_w;        /* the non-zero weights, band after band */
+    float *rows;          /* [BLK, nfft] the block's windowed frames; the tails past win stay zero */
+    float *fft_a, *fft_b; /* [nfft, BLK] each, 32-byte aligned: the transform's input and ping-pong buffers */
+    float *power;         /* [nfft/2, BLK] */
+    float *energy;        /* [nbins, BLK] */
     cav_rfft *fft;
     uint64_t rng;
 };
@@ -132,31 +132,113 @@ static void format_window(const void *field, char *buf, size_t len) {
 /* The options fbank(1) offers, in its --help order; the echo keys are those of the tool's `fbank` dataset
  * attribute. remove_dc and subtract_clip_mean are not options (the reference always does both). */
 const cav_opt cav_fbank_options[] = {
-    {.name = "sample-rate", .short_name = 'r', .type = CAV_OPTT_DOUBLE, .offset = FO(sample_rate), .def = "16000",
-     .min = 1, .max = 1e7, .arg = "HZ", .help = "rate of records without a sample_rate attribute"},
-    {.name = "bins", .short_name = 'b', .type = CAV_OPTT_INT, .offset = FO(num_mel_bins), .def = "128", .min = 4,
-     .max = 4096, .arg = "N", .help = "mel bins", .key = "bins"},
-    {.name = "frame-length", .type = CAV_OPTT_DOUBLE, .offset = FO(frame_length_ms), .def = "25", .min = 0.01,
-     .max = 10000, .arg = "MS", .help = "frame length", .key = "frame_length_ms"},
-    {.name = "frame-shift", .type = CAV_OPTT_DOUBLE, .offset = FO(frame_shift_ms), .def = "10", .min = 0.01,
-     .max = 10000, .arg = "MS", .help = "frame shift", .key = "frame_shift_ms"},
-    {.name = "window", .type = CAV_OPTT_CUSTOM, .offset = FO(window), .def = "hanning", .arg = "TYPE",
-     .help = "hanning (symmetric Hann), hamming, povey, rectangular, blackman", .key = "window",
-     .parse = parse_window, .format = format_window},
-    {.name = "blackman-coeff", .type = CAV_OPTT_DOUBLE, .offset = FO(blackman_coeff), .def = "0.42", .min = -10,
-     .max = 10, .arg = "X", .help = "for --window=blackman"},
-    {.name = "low-freq", .type = CAV_OPTT_DOUBLE, .offset = FO(low_freq), .def = "20", .min = 0, .max = 1e7,
-     .arg = "HZ", .help = "lowest mel edge", .key = "low_freq"},
-    {.name = "high-freq", .type = CAV_OPTT_DOUBLE, .offset = FO(high_freq), .def = "0", .min = -1e7, .max = 1e7,
-     .arg = "HZ", .help = "highest mel edge; 0 = Nyquist, negative = Nyquist + HZ", .key = "high_freq"},
-    {.name = "preemphasis", .type = CAV_OPTT_DOUBLE, .offset = FO(preemph), .def = "0.97", .min = 0, .max = 1,
-     .arg = "X", .help = "pre-emphasis coefficient", .key = "preemphasis"},
-    {.name = "dither", .type = CAV_OPTT_DOUBLE, .offset = FO(dither), .def = "0", .min = 0, .max = 1e3, .arg = "X",
-     .help = "Gaussian dither scale (0 = none, as the reference)", .key = "dither"},
-    {.name = "seed", .type = CAV_OPTT_U64, .offset = FO(dither_seed), .def = "0", .min = 0, .max = (double)INT64_MAX,
-     .arg = "N", .help = "dither seed (each record's stream is keyed by the seed and its id)"},
-    {.name = "target-length", .short_name = 't', .type = CAV_OPTT_INT, .offset = FO(target_length), .def = "1024",
-     .min = 0, .max = 1 << 24, .arg = "N", .help = "cut or zero-pad to N frames (0 = keep every frame)",
+    {.name = "sample-rate",
+     .short_name = 'r',
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(sample_rate),
+     .def = "16000",
+     .min = 1,
+     .max = 1e7,
+     .arg = "HZ",
+     .help = "rate of records without a sample_rate attribute"},
+    {.name = "bins",
+     .short_name = 'b',
+     .type = CAV_OPTT_INT,
+     .offset = FO(num_mel_bins),
+     .def = "128",
+     .min = 4,
+     .max = 4096,
+     .arg = "N",
+     .help = "mel bins",
+     .key = "bins"},
+    {.name = "frame-length",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(frame_length_ms),
+     .def = "25",
+     .min = 0.01,
+     .max = 10000,
+     .arg = "MS",
+     .help = "frame length",
+     .key = "frame_length_ms"},
+    {.name = "frame-shift",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(frame_shift_ms),
+     .def = "10",
+     .min = 0.01,
+     .max = 10000,
+     .arg = "MS",
+     .help = "frame shift",
+     .key = "frame_shift_ms"},
+    {.name = "window",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = FO(window),
+     .def = "hanning",
+     .arg = "TYPE",
+     .help = "hanning (symmetric Hann), hamming, povey, rectangular, blackman",
+     .key = "window",
+     .parse = parse_window,
+     .format = format_window},
+    {.name = "blackman-coeff",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(blackman_coeff),
+     .def = "0.42",
+     .min = -10,
+     .max = 10,
+     .arg = "X",
+     .help = "for --window=blackman"},
+    {.name = "low-freq",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(low_freq),
+     .def = "20",
+     .min = 0,
+     .max = 1e7,
+     .arg = "HZ",
+     .help = "lowest mel edge",
+     .key = "low_freq"},
+    {.name = "high-freq",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(high_freq),
+     .def = "0",
+     .min = -1e7,
+     .max = 1e7,
+     .arg = "HZ",
+     .help = "highest mel edge; 0 = Nyquist, negative = Nyquist + HZ",
+     .key = "high_freq"},
+    {.name = "preemphasis",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(preemph),
+     .def = "0.97",
+     .min = 0,
+     .max = 1,
+     .arg = "X",
+     .help = "pre-emphasis coefficient",
+     .key = "preemphasis"},
+    {.name = "dither",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = FO(dither),
+     .def = "0",
+     .min = 0,
+     .max = 1e3,
+     .arg = "X",
+     .help = "Gaussian dither scale (0 = none, as the reference)",
+     .key = "dither"},
+    {.name = "seed",
+     .type = CAV_OPTT_U64,
+     .offset = FO(dither_seed),
+     .def = "0",
+     .min = 0,
+     .max = (double)INT64_MAX,
+     .arg = "N",
+     .help = "dither seed (each record's stream is keyed by the seed and its id)"},
+    {.name = "target-length",
+     .short_name = 't',
+     .type = CAV_OPTT_INT,
+     .offset = FO(target_length),
+     .def = "1024",
+     .min = 0,
+     .max = 1 << 24,
+     .arg = "N",
+     .help = "cut or zero-pad to N frames (0 = keep every frame)",
      .key = "target_length"},
     {0},
 };
@@ -288,8 +370,8 @@ cav_fbank *cav_fbank_new(const cav_fbank_opts *o, cav_err *err) {
     fb->power = malloc(sizeof(float) * nfreq * BLK);
     fb->energy = malloc(sizeof(float) * fb->nbins * BLK);
     fb->fft = cav_rfft_new(nfft);
-    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off ||
-        !fb->rows || !fb->fft_a || !fb->fft_b || !fb->power || !fb->energy || !fb->fft)
+    if (!fb->window || !fb->mel_dense || !fb->band_start || !fb->band_len || !fb->band_off || !fb->rows ||
+        !fb->fft_a || !fb->fft_b || !fb->power || !fb->energy || !fb->fft)
         goto oom;
     make_window(o, win, fb->window);
     make_mel(o, nfft, fb->nbins, high, fb->mel_dense);
@@ -453,8 +535,8 @@ static inline __attribute__((always_inline)) void frames_to_lanes(cav_fbank *fb,
 /* Where a block's frames are read from: in place in the clip when all BLK frames exist and there is no
  * dither; otherwise copied to fb->rows (stride nfft; lanes past the last frame repeat it, and with dither
  * the rows hold the centred frames plus noise, so xm becomes 0). */
-static inline __attribute__((always_inline)) const float *block_source(cav_fbank *fb, const float *wave, int64_t t0,
-                                                                       int nb, float *xm, int64_t *ss) {
+static inline __attribute__((always_inline)) const float *
+block_source(cav_fbank *fb, const float *wave, int64_t t0, int nb, float *xm, int64_t *ss) {
     const int win = fb->win;
     if (nb == BLK && fb->o.dither == 0.0) {
         *ss = fb->shift;
@@ -536,8 +618,8 @@ HOT int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_
     return 0;
 }
 
-const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf, int64_t *cap,
-                                    cav_err *err) {
+const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf,
+                                    int64_t *cap, cav_err *err) {
     if (total <= 0) { /* an empty tensor has no data to return */
         cav_fail(err, CAV_EXIT_INPUT, "no audio samples");
         return NULL;

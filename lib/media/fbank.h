@@ -78,8 +78,8 @@ int cav_fbank_compute(cav_fbank *fb, const float *wave, int channels, int64_t n,
  * torchaudio.load, into *buf (grown to *cap floats as needed; the caller frees it). total = channels x n.
  * NULL with err filled when out of memory. The fbank tool and the training loader both read waves here
  * (clip.h's cav_clip_get_wave finds and checks a record's `wave`). */
-const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf, int64_t *cap,
-                                    cav_err *err);
+const float *cav_fbank_wave_samples(const int16_t *i16, const float *f32, int64_t total, float **buf,
+                                    int64_t *cap, cav_err *err);
 /* Restarts the dither stream (the tool reseeds per record so results do not depend on record order). */
 void cav_fbank_reseed(cav_fbank *fb, uint64_t seed);
 

@@ -29,8 +29,8 @@ enum { MAXFACT = 32 };
 
 struct cav_rfft {
     int n, nf;
-    int fct[MAXFACT];     /* pocketfft's factor list */
-    float *tw[MAXFACT];   /* per factor but the last: (ip-1)*(ido-1) twiddles, (re, im) pairs */
+    int fct[MAXFACT];   /* pocketfft's factor list */
+    float *tw[MAXFACT]; /* per factor but the last: (ip-1)*(ido-1) twiddles, (re, im) pairs */
     float *mem;
 };
 
@@ -160,8 +160,8 @@ int cav_rfft_size(const cav_rfft *p) {
 #define MULPM(a, b, c, d, e, f)                                                                              \
     do {                                                                                                     \
         v8f e_ = (e), f_ = (f);                                                                              \
-        a = (c) * e_ + (d) * f_;                                                                             \
-        b = (c) * f_ - (d) * e_;                                                                             \
+        a = (c)*e_ + (d)*f_;                                                                                 \
+        b = (c)*f_ - (d)*e_;                                                                                 \
     } while (0)
 
 static inline __attribute__((always_inline)) void radf4(size_t ido, size_t l1, const v8f *restrict cc,

@@ -36,8 +36,8 @@ typedef int cav_v8i __attribute__((vector_size(32), aligned(4)));
  * If bad is not NULL it receives non-zero when some x[i] is not finite (same pass).
  * (kaldi.fbank's frame means take this path except for frames under 8 samples shifted by 1 sample, which
  * torch sums across frames in another order: measured 4.8e-6 off on the log-mel for 7-sample frames.) */
-static inline __attribute__((always_inline)) float cav_torch_sum(const float *restrict x, int64_t n, float sub,
-                                                                 uint32_t *bad) {
+static inline __attribute__((always_inline)) float cav_torch_sum(const float *restrict x, int64_t n,
+                                                                 float sub, uint32_t *bad) {
     uint32_t nonfinite = 0;
     float res;
     if (n < 8) {

@@ -11,7 +11,9 @@
 #include "kernels.h"
 #include "weights.h"
 
-static int is_decoder_name(const char *n) { return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0; }
+static int is_decoder_name(const char *n) {
+    return strncmp(n, "decoder_", 8) == 0 || strcmp(n, "mask_token") == 0;
+}
 
 typedef struct {
     cav_embed_type type;
@@ -46,7 +48,8 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
             goto done;
         }
     }
-    cav_embed_type file_type = has_head || (cj && cav_json_get(cj, "label_dim")) ? CAV_EMBED_FINETUNE : CAV_EMBED_PRETRAIN;
+    cav_embed_type file_type =
+        has_head || (cj && cav_json_get(cj, "label_dim")) ? CAV_EMBED_FINETUNE : CAV_EMBED_PRETRAIN;
     if (has_head && has_dec) {
         cav_fail(err, 2, "%s: holds both a decoder and mlp_head: neither CAVMAE nor CAVMAEFT", o->path);
         goto done;
@@ -54,12 +57,15 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
     if (o->type != CAV_EMBED_AUTO && o->type != file_type) {
         cav_fail(err, 2, "%s: a %s checkpoint (%s), not %s", o->path,
                  file_type == CAV_EMBED_FINETUNE ? "fine-tuned (CAVMAEFT)" : "pretraining (CAVMAE)",
-                 has_head ? "it holds mlp_head.*" : has_dec ? "it holds the decoder" : "its config says so",
+                 has_head  ? "it holds mlp_head.*"
+                 : has_dec ? "it holds the decoder"
+                           : "its config says so",
                  o->type == CAV_EMBED_FINETUNE ? "finetune" : "pretrain");
         goto done;
     }
     if (o->decoder && (file_type != CAV_EMBED_PRETRAIN || !has_dec)) {
-        cav_fail(err, 2, "%s: no decoder (a pretraining checkpoint of CAV-MAE with its decoder is needed)", o->path);
+        cav_fail(err, 2, "%s: no decoder (a pretraining checkpoint of CAV-MAE with its decoder is needed)",
+                 o->path);
         goto done;
     }
     e->type = file_type;
@@ -75,14 +81,16 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
     for (int i = 0; i < o->nset; i++) {
         int r = cav_config_set(&cfg, o->set_keys[i], o->set_vals[i]);
         if (r) {
-            if (r == -2) cav_fail(err, 1, "unknown model knob '%s'", o->set_keys[i]);
-            else cav_fail(err, 1, "bad value '%s' for %s", o->set_vals[i], o->set_keys[i]);
+            if (r == -2)
+                cav_fail(err, 1, "unknown model knob '%s'", o->set_keys[i]);
+            else
+                cav_fail(err, 1, "bad value '%s' for %s", o->set_vals[i], o->set_keys[i]);
             goto done;
         }
     }
     if (!cfg.use_audio || !cfg.use_video) {
-        cav_fail(err, 2, "%s: a single-modality model (modalities %s): retrieval embeddings need both", o->path,
-                 cfg.use_audio ? "a" : "v");
+        cav_fail(err, 2, "%s: a single-modality model (modalities %s): retrieval embeddings need both",
+                 o->path, cfg.use_audio ? "a" : "v");
         goto done;
     }
     if (cav_config_check(&cfg, err)) {
@@ -96,7 +104,8 @@ int cav_embedder_open(cav_embedder *e, const cav_embed_opts *o, cav_err *err) {
         goto done;
     }
     file_part part = {file_type, o->decoder};
-    cav_weights_load_opts lo = {.ignore = other_part, .ctx = &part,
+    cav_weights_load_opts lo = {.ignore = other_part,
+                                .ctx = &part,
                                 .shape_hint = cfgtext ? "" : " (no config in the file: give --arch / --set)"};
     if (cav_weights_load(e->m, &w, &lo, err)) goto done;
     e->nparams_loaded = lo.loaded;

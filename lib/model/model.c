@@ -69,7 +69,8 @@ int cav_config_size(cav_config *c, const char *name) {
     if (!strcmp(name, "base")) return 0;
     if (strcmp(name, "tiny")) return -1;
     c->embed_dim = 192, c->num_heads = 3, c->depth = 5, c->modality_specific_depth = 4;
-    if (c->task != CAV_TASK_FINETUNE) c->decoder_embed_dim = 128, c->decoder_depth = 2, c->decoder_num_heads = 4;
+    if (c->task != CAV_TASK_FINETUNE)
+        c->decoder_embed_dim = 128, c->decoder_depth = 2, c->decoder_num_heads = 4;
     return 0;
 }
 
@@ -148,18 +149,19 @@ int cav_config_set(cav_config *c, const char *key, const char *v) {
 
 int cav_config_json(const cav_config *c, char *buf, size_t n) {
     static const char *masks[] = {"unstructured", "time", "freq", "tf"};
-    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly",
+                                  "missingvideoonly"};
     const char *tf[] = {"false", "true"};
     const char *mod = c->use_audio && c->use_video ? "av" : c->use_audio ? "a" : "v";
     int k = snprintf(buf, n,
                      "{\"audio_length\": %d, \"img_size\": %d, \"patch_size\": 16, \"in_chans\": 3, "
                      "\"embed_dim\": %d, \"depth\": %d, \"modality_specific_depth\": %d, \"num_heads\": %d, "
                      "\"mlp_ratio\": %.17g, \"tr_pos\": %s",
-                     c->audio_length, c->img_size, c->embed_dim, c->depth, c->modality_specific_depth, c->num_heads,
-                     c->mlp_ratio, tf[c->tr_pos != 0]);
+                     c->audio_length, c->img_size, c->embed_dim, c->depth, c->modality_specific_depth,
+                     c->num_heads, c->mlp_ratio, tf[c->tr_pos != 0]);
     if (k >= 0 && (size_t)k < n && c->task == CAV_TASK_FINETUNE)
-        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"}", c->label_dim,
-                      modes[c->mode], c->loss_ce ? "ce" : "bce");
+        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"}",
+                      c->label_dim, modes[c->mode], c->loss_ce ? "ce" : "bce");
     else if (k >= 0 && (size_t)k < n)
         k += snprintf(buf + k, n - k,
                       ", \"decoder_embed_dim\": %d, \"decoder_depth\": %d, \"decoder_num_heads\": %d, "
@@ -168,12 +170,14 @@ int cav_config_json(const cav_config *c, char *buf, size_t n) {
                       "\"bidirect_contrast\": %s, \"modalities\": \"%s\", \"chain_contrast_streams\": %s}",
                       c->decoder_embed_dim, c->decoder_depth, c->decoder_num_heads, tf[c->norm_pix_loss != 0],
                       c->mask_ratio_a, c->mask_ratio_v, c->mae_loss_weight, c->contrast_loss_weight,
-                      masks[c->mask_mode], tf[c->bidirect_contrast != 0], mod, tf[c->chain_contrast_streams != 0]);
+                      masks[c->mask_mode], tf[c->bidirect_contrast != 0], mod,
+                      tf[c->chain_contrast_streams != 0]);
     return k < 0 || (size_t)k >= n ? -1 : k;
 }
 
 int cav_ft_mode_parse(const char *s) {
-    static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly",
+                                  "missingvideoonly"};
     for (int i = 0; i < 5; i++)
         if (!strcmp(s, names[i])) return i;
     return -1;
@@ -190,7 +194,8 @@ int cav_mask_mode_parse(const char *s) {
 static void modalities(const cav_config *c, int *ua, int *uv) {
     if (c->task == CAV_TASK_FINETUNE) {
         *ua = c->mode != CAV_FT_VIDEOONLY && c->mode != CAV_FT_MISSINGVIDEOONLY;
-        *uv = c->mode == CAV_FT_MULTIMODAL || c->mode == CAV_FT_VIDEOONLY || c->mode == CAV_FT_MISSINGVIDEOONLY;
+        *uv =
+            c->mode == CAV_FT_MULTIMODAL || c->mode == CAV_FT_VIDEOONLY || c->mode == CAV_FT_MISSINGVIDEOONLY;
     } else {
         *ua = c->use_audio != 0, *uv = c->use_video != 0;
     }
@@ -202,7 +207,8 @@ int cav_config_check(const cav_config *c, cav_err *err) {
 #define BAD(...) return cav_fail(err, 1, __VA_ARGS__)
     if (c->audio_length < 16 || c->audio_length % 16 || c->mel_bins < 16 || c->mel_bins % 16)
         BAD("audio_length %d and mel_bins %d must be positive multiples of 16", c->audio_length, c->mel_bins);
-    if (c->img_size < 16 || c->img_size % 16) BAD("img_size %d must be a positive multiple of 16", c->img_size);
+    if (c->img_size < 16 || c->img_size % 16)
+        BAD("img_size %d must be a positive multiple of 16", c->img_size);
     if (c->embed_dim <= 0 || c->num_heads <= 0 || c->embed_dim % c->num_heads || c->embed_dim % 4)
         BAD("embed_dim %d must be a multiple of 4 and of num_heads %d", c->embed_dim, c->num_heads);
     if (c->modality_specific_depth < 0 || c->depth <= c->modality_specific_depth ||
@@ -212,20 +218,23 @@ int cav_config_check(const cav_config *c, cav_err *err) {
     if (c->mlp_ratio <= 0) BAD("mlp_ratio %g must be positive", c->mlp_ratio);
     if (!ua && !uv) BAD("no modality is used");
     if (c->task == CAV_TASK_PRETRAIN) {
-        if (c->decoder_embed_dim <= 0 || c->decoder_num_heads <= 0 || c->decoder_embed_dim % c->decoder_num_heads ||
-            c->decoder_embed_dim % 4 || c->decoder_depth < 0 || c->decoder_depth > CAV_MAX_DEPTH)
-            BAD("decoder_embed_dim %d must be a multiple of 4 and of decoder_num_heads %d; decoder_depth %d <= %d",
+        if (c->decoder_embed_dim <= 0 || c->decoder_num_heads <= 0 ||
+            c->decoder_embed_dim % c->decoder_num_heads || c->decoder_embed_dim % 4 || c->decoder_depth < 0 ||
+            c->decoder_depth > CAV_MAX_DEPTH)
+            BAD("decoder_embed_dim %d must be a multiple of 4 and of decoder_num_heads %d; decoder_depth %d "
+                "<= %d",
                 c->decoder_embed_dim, c->decoder_num_heads, c->decoder_depth, CAV_MAX_DEPTH);
         if (!(c->mask_ratio_a >= 0 && c->mask_ratio_a < 1 && c->mask_ratio_v >= 0 && c->mask_ratio_v < 1))
             BAD("mask ratios must be in [0,1): %g %g", c->mask_ratio_a, c->mask_ratio_v);
         if (c->contrast_loss_weight != 0 && !(ua && uv)) BAD("the contrastive loss needs both modalities");
         if (c->mae_loss_weight == 0 && c->contrast_loss_weight == 0) BAD("both loss weights are 0");
-        if (c->mask_mode != CAV_MASK_UNSTRUCTURED && c->mask_mode != CAV_MASK_TIME && c->mask_mode != CAV_MASK_FREQ &&
-            c->mask_mode != CAV_MASK_TF)
+        if (c->mask_mode != CAV_MASK_UNSTRUCTURED && c->mask_mode != CAV_MASK_TIME &&
+            c->mask_mode != CAV_MASK_FREQ && c->mask_mode != CAV_MASK_TF)
             BAD("unknown mask mode %d", (int)c->mask_mode);
     } else if (c->task == CAV_TASK_FINETUNE) {
         if (c->label_dim <= 0) BAD("label_dim %d must be positive", c->label_dim);
-        if ((int)c->mode < 0 || c->mode > CAV_FT_MISSINGVIDEOONLY) BAD("unknown fine-tuning mode %d", (int)c->mode);
+        if ((int)c->mode < 0 || c->mode > CAV_FT_MISSINGVIDEOONLY)
+            BAD("unknown fine-tuning mode %d", (int)c->mode);
     } else if (c->task != CAV_TASK_FEAT) {
         BAD("unknown task %d", (int)c->task);
     }
@@ -271,7 +280,7 @@ static void reg_ln(cav_model *m, float **w, float **b, int C, const char *name) 
 
 static void reg_block(cav_model *m, cav_block_params *p, const char *prefix, int i, int C, int hid) {
     char n[48];
-#define LN(field, nm)                                                                                         \
+#define LN(field, nm)                                                                                        \
     snprintf(n, sizeof n, "%s.%d.%s", prefix, i, nm);                                                        \
     reg_ln(m, &p->field##_w, &p->field##_b, C, n)
     LN(norm1, "norm1");
@@ -312,8 +321,10 @@ static void register_params(cav_model *m) {
     reg(m, &p->patch_a_b, 1, 0, 1, S1(D), "patch_embed_a.proj.bias");
     reg(m, &p->patch_v_w, 1, 0, 4, S4(D, 3, 16, 16), "patch_embed_v.proj.weight");
     reg(m, &p->patch_v_b, 1, 0, 1, S1(D), "patch_embed_v.proj.bias");
-    for (int i = 0; i < c->modality_specific_depth; i++) reg_block(m, &p->blocks_a[i], "blocks_a", i, D, m->hidden);
-    for (int i = 0; i < c->modality_specific_depth; i++) reg_block(m, &p->blocks_v[i], "blocks_v", i, D, m->hidden);
+    for (int i = 0; i < c->modality_specific_depth; i++)
+        reg_block(m, &p->blocks_a[i], "blocks_a", i, D, m->hidden);
+    for (int i = 0; i < c->modality_specific_depth; i++)
+        reg_block(m, &p->blocks_v[i], "blocks_v", i, D, m->hidden);
     for (int i = 0; i < m->joint; i++) reg_block(m, &p->blocks_u[i], "blocks_u", i, D, m->hidden);
     reg_ln(m, &p->norm_a_w, &p->norm_a_b, D, "norm_a");
     reg_ln(m, &p->norm_v_w, &p->norm_v_b, D, "norm_v");
@@ -347,8 +358,8 @@ static float *bump(cav_model *m, size_t n) {
     return m->acts ? m->acts + o : NULL;
 }
 
-static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params *pb, cav_block_params *gb, int N,
-                        int C, int H, int hidden, int mod) {
+static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params *pb, cav_block_params *gb,
+                        int N, int C, int H, int hidden, int mod) {
     size_t B = (size_t)m->B, M = B * N;
     s->nblk = nblk, s->N = N, s->C = C, s->H = H, s->hidden = hidden, s->mod = mod;
     for (int i = 0; i < nblk; i++) {
@@ -364,7 +375,8 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
     if (M * hidden > max_mh) max_mh = M * hidden;
-    if (nblk && m->be->attention_workspace(m->B, H, N) > max_att) max_att = m->be->attention_workspace(m->B, H, N);
+    if (nblk && m->be->attention_workspace(m->B, H, N) > max_att)
+        max_att = m->be->attention_workspace(m->B, H, N);
 }
 
 static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
@@ -391,11 +403,17 @@ static void plan(cav_model *m) {
     }
     size_t Ltok = (size_t)m->La + m->Lv;
     if (c->task == CAV_TASK_PRETRAIN) {
-        if (ua) m->x_a = bump(m, B * m->La * D), m->mask_a = bump(m, B * m->La_full), m->d_emb_a = bump(m, B * m->La_full * D);
-        if (uv) m->x_v = bump(m, B * m->Lv * D), m->mask_v = bump(m, B * m->Lv_full), m->d_emb_v = bump(m, B * m->Lv_full * D);
+        if (ua)
+            m->x_a = bump(m, B * m->La * D), m->mask_a = bump(m, B * m->La_full),
+            m->d_emb_a = bump(m, B * m->La_full * D);
+        if (uv)
+            m->x_v = bump(m, B * m->Lv * D), m->mask_v = bump(m, B * m->Lv_full),
+            m->d_emb_v = bump(m, B * m->Lv_full * D);
         if (c->contrast_loss_weight != 0) {
-            plan_stream(m, &m->s_ca, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->La, D, m->H, m->hidden, 1);
-            plan_stream(m, &m->s_cv, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->Lv, D, m->H, m->hidden, 2);
+            plan_stream(m, &m->s_ca, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->La, D, m->H,
+                        m->hidden, 1);
+            plan_stream(m, &m->s_cv, J - cfirst, p->blocks_u + cfirst, g->blocks_u + cfirst, m->Lv, D, m->H,
+                        m->hidden, 2);
             plan_ln(m, &m->ln_ca, B * m->La, D), plan_ln(m, &m->ln_cv, B * m->Lv, D);
             m->ca_mean = bump(m, B * D), m->cv_mean = bump(m, B * D), m->ca_n = bump(m, B * D);
             m->cv_n = bump(m, B * D), m->ca_norm = bump(m, B), m->cv_norm = bump(m, B);
@@ -407,7 +425,8 @@ static void plan(cav_model *m) {
             if (ua && uv) m->x_cat = bump(m, B * Ltok * D);
             plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
             plan_ln(m, &m->ln_u, B * Ltok, D);
-            m->dec_emb = bump(m, B * Ltok * Dd), m->d_dec_emb = bump(m, B * Ltok * Dd), m->d_lat = bump(m, B * Ltok * D);
+            m->dec_emb = bump(m, B * Ltok * Dd), m->d_dec_emb = bump(m, B * Ltok * Dd),
+            m->d_lat = bump(m, B * Ltok * D);
             if (ua) m->dec_ua = bump(m, B * m->La_full * Dd), m->d_ua = bump(m, B * m->La_full * Dd);
             if (uv) m->dec_uv = bump(m, B * m->Lv_full * Dd), m->d_uv = bump(m, B * m->Lv_full * Dd);
             m->dec_x = bump(m, B * Ld * Dd);
@@ -416,8 +435,12 @@ static void plan(cav_model *m) {
             plan_ln(m, &m->ln_dec, B * Ld, Dd);
             m->d_dn = bump(m, B * Ld * Dd);
         }
-        if (ua) m->pred_a = bump(m, B * m->La_full * 256), m->tgt_a = bump(m, B * m->La_full * 256), m->d_pred_a = bump(m, B * m->La_full * 256);
-        if (uv) m->pred_v = bump(m, B * m->Lv_full * 768), m->tgt_v = bump(m, B * m->Lv_full * 768), m->d_pred_v = bump(m, B * m->Lv_full * 768);
+        if (ua)
+            m->pred_a = bump(m, B * m->La_full * 256), m->tgt_a = bump(m, B * m->La_full * 256),
+            m->d_pred_a = bump(m, B * m->La_full * 256);
+        if (uv)
+            m->pred_v = bump(m, B * m->Lv_full * 768), m->tgt_v = bump(m, B * m->Lv_full * 768),
+            m->d_pred_v = bump(m, B * m->Lv_full * 768);
     } else if (c->task == CAV_TASK_FINETUNE) {
         cav_ft_mode md = c->mode;
         if (md == CAV_FT_MULTIMODAL) {
@@ -441,14 +464,19 @@ static void plan(cav_model *m) {
         plan_ln(m, &m->ln_head, B, D);
         m->logits = bump(m, B * c->label_dim), m->d_logits = bump(m, B * c->label_dim);
     } else { /* FEAT */
-        if (ua) plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1), plan_ln(m, &m->ln_ca, B * m->La, D);
-        if (uv) plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2), plan_ln(m, &m->ln_cv, B * m->Lv, D);
+        if (ua)
+            plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1),
+                plan_ln(m, &m->ln_ca, B * m->La, D);
+        if (uv)
+            plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2),
+                plan_ln(m, &m->ln_cv, B * m->Lv, D);
         m->feat_a = m->ln_ca.out, m->feat_v = m->ln_cv.out;
         /* the retrieval embeddings: pooled, then L2-normalised (as the contrastive branch) */
         if (ua) m->ca_mean = bump(m, B * D), m->ca_n = bump(m, B * D), m->ca_norm = bump(m, B);
         if (uv) m->cv_mean = bump(m, B * D), m->cv_n = bump(m, B * D), m->cv_norm = bump(m, B);
     }
-    m->d_vec1 = bump(m, B * D), m->d_vec2 = bump(m, B * D), m->d_vec3 = bump(m, B * D), m->d_vec4 = bump(m, B * D);
+    m->d_vec1 = bump(m, B * D), m->d_vec2 = bump(m, B * D), m->d_vec3 = bump(m, B * D),
+    m->d_vec4 = bump(m, B * D);
     m->d_tok = bump(m, B * Ltok * D);
     if (c->task != CAV_TASK_FEAT) {
         /* gradient scratch shared by every block */
@@ -471,8 +499,8 @@ static void mark_stream(cav_model *m, const cav_stream *s) {
         cav_block_params *p = s->p[i];
         float *w1, *b1, *w2, *b2;
         block_lns(p, s->mod, &w1, &b1, &w2, &b2);
-        const float *f[] = {w1, b1, w2, b2, p->qkv_w, p->qkv_b, p->proj_w, p->proj_b,
-                            p->fc1_w, p->fc1_b, p->fc2_w, p->fc2_b};
+        const float *f[] = {w1,        b1,        w2,       b2,       p->qkv_w, p->qkv_b,
+                            p->proj_w, p->proj_b, p->fc1_w, p->fc1_b, p->fc2_w, p->fc2_b};
         for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) mark(m, f[k]);
     }
 }
@@ -531,7 +559,8 @@ size_t cav_config_param_count(const cav_config *cfg, size_t *trainable) {
 /* Points the fields of a cav_params at the table's tensors inside one buffer of nparams floats. */
 static void params_at(const cav_model *m, float *base, cav_params *out) {
     memset(out, 0, sizeof *out);
-    for (int i = 0; i < m->ntable; i++) *(float **)((char *)out + m->table[i].slot) = base + m->table[i].offset;
+    for (int i = 0; i < m->ntable; i++)
+        *(float **)((char *)out + m->table[i].slot) = base + m->table[i].offset;
 }
 
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
@@ -627,19 +656,23 @@ void cav_model_describe(const cav_model *m, FILE *f) {
     static const char *tasks[] = {"pretraining", "fine-tuning", "embedding"};
     double mb = 1.0 / (1 << 20);
     fprintf(f, "%s: model: %s on %s, batch %d, %d+%d layers of %d (%d heads)", cav_tool(), tasks[m->cfg.task],
-            m->be->name, m->B,
-            m->cfg.modality_specific_depth, m->joint, m->D, m->H);
+            m->be->name, m->B, m->cfg.modality_specific_depth, m->joint, m->D, m->H);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         fprintf(f, ", decoder %d x %d (%d heads)", m->cfg.decoder_depth, m->Dd, m->Hdec);
-    fprintf(f, "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
-               "activations %.1f MiB\n",
-            cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb, m->grads ? m->nparams * 4 * mb : 0.0,
-            m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb, m->acts_size * 4 * mb);
+    fprintf(
+        f,
+        "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
+        "activations %.1f MiB\n",
+        cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb,
+        m->grads ? m->nparams * 4 * mb : 0.0, m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb,
+        m->acts_size * 4 * mb);
 }
 
 /* ---- initialisation and masks ------------------------------------------------------------------ */
 
-static double uniform01(uint64_t *s) { return (double)(cav_splitmix64(s) >> 11) / 9007199254740992.0; }
+static double uniform01(uint64_t *s) {
+    return (double)(cav_splitmix64(s) >> 11) / 9007199254740992.0;
+}
 static double normal01(uint64_t *s) {
     double u = uniform01(s), v = uniform01(s);
     return sqrt(-2.0 * log(1.0 - u)) * cos(2 * M_PI * v);
@@ -654,9 +687,12 @@ static void init_ln(float *w, float *b, int C) {
     for (int i = 0; i < C; i++) w[i] = 1, b[i] = 0;
 }
 static void init_block(cav_block_params *p, int C, int hid, uint64_t *s) {
-    init_ln(p->norm1_w, p->norm1_b, C), init_ln(p->norm1_a_w, p->norm1_a_b, C), init_ln(p->norm1_v_w, p->norm1_v_b, C);
-    init_ln(p->norm2_w, p->norm2_b, C), init_ln(p->norm2_a_w, p->norm2_a_b, C), init_ln(p->norm2_v_w, p->norm2_v_b, C);
-    xavier(p->qkv_w, 3 * C, C, s), xavier(p->proj_w, C, C, s), xavier(p->fc1_w, hid, C, s), xavier(p->fc2_w, C, hid, s);
+    init_ln(p->norm1_w, p->norm1_b, C), init_ln(p->norm1_a_w, p->norm1_a_b, C),
+        init_ln(p->norm1_v_w, p->norm1_v_b, C);
+    init_ln(p->norm2_w, p->norm2_b, C), init_ln(p->norm2_a_w, p->norm2_a_b, C),
+        init_ln(p->norm2_v_w, p->norm2_v_b, C);
+    xavier(p->qkv_w, 3 * C, C, s), xavier(p->proj_w, C, C, s), xavier(p->fc1_w, hid, C, s),
+        xavier(p->fc2_w, C, hid, s);
     memset(p->qkv_b, 0, sizeof(float) * 3 * C), memset(p->proj_b, 0, sizeof(float) * C);
     memset(p->fc1_b, 0, sizeof(float) * hid), memset(p->fc2_b, 0, sizeof(float) * C);
 }
@@ -683,7 +719,8 @@ void cav_model_init(cav_model *m, uint64_t seed) {
     for (int i = 0; i < c->modality_specific_depth; i++)
         init_block(&p->blocks_a[i], D, m->hidden, &s), init_block(&p->blocks_v[i], D, m->hidden, &s);
     for (int i = 0; i < m->joint; i++) init_block(&p->blocks_u[i], D, m->hidden, &s);
-    init_ln(p->norm_a_w, p->norm_a_b, D), init_ln(p->norm_v_w, p->norm_v_b, D), init_ln(p->norm_w, p->norm_b, D);
+    init_ln(p->norm_a_w, p->norm_a_b, D), init_ln(p->norm_v_w, p->norm_v_b, D),
+        init_ln(p->norm_w, p->norm_b, D);
     if (c->task == CAV_TASK_PRETRAIN) {
         cav_sincos_pos_2d(p->decoder_pos_embed_a, Dd, m->gf, m->gt);
         cav_sincos_pos_2d(p->decoder_pos_embed_v, Dd, m->S / 16, m->S / 16);
@@ -769,8 +806,11 @@ void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows) {
     if (m->cfg.task != CAV_TASK_PRETRAIN || rows <= 0) return;
     int64_t *keep = malloc(sizeof(int64_t) * (size_t)(m->La > m->Lv ? m->La : m->Lv));
     for (int b = 0; b < rows; b++) {
-        if (m->La) make_mask(keep, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt, m->cfg.mask_ratio_a, rng);
-        if (m->Lv) make_mask(keep, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full, m->cfg.mask_ratio_v, rng);
+        if (m->La)
+            make_mask(keep, m->La_full, m->La, m->cfg.mask_mode, m->gf, m->gt, m->cfg.mask_ratio_a, rng);
+        if (m->Lv)
+            make_mask(keep, m->Lv_full, m->Lv, CAV_MASK_UNSTRUCTURED, 1, m->Lv_full, m->cfg.mask_ratio_v,
+                      rng);
     }
     free(keep);
 }
@@ -778,9 +818,12 @@ void cav_model_skip_masks(cav_model *m, uint64_t *rng, int rows) {
 /* ---- blocks and streams ------------------------------------------------------------------------- */
 
 static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, float **w2, float **b2) {
-    if (mod == 1) *w1 = p->norm1_a_w, *b1 = p->norm1_a_b, *w2 = p->norm2_a_w, *b2 = p->norm2_a_b;
-    else if (mod == 2) *w1 = p->norm1_v_w, *b1 = p->norm1_v_b, *w2 = p->norm2_v_w, *b2 = p->norm2_v_b;
-    else *w1 = p->norm1_w, *b1 = p->norm1_b, *w2 = p->norm2_w, *b2 = p->norm2_b;
+    if (mod == 1)
+        *w1 = p->norm1_a_w, *b1 = p->norm1_a_b, *w2 = p->norm2_a_w, *b2 = p->norm2_a_b;
+    else if (mod == 2)
+        *w1 = p->norm1_v_w, *b1 = p->norm1_v_b, *w2 = p->norm2_v_w, *b2 = p->norm2_v_b;
+    else
+        *w1 = p->norm1_w, *b1 = p->norm1_b, *w2 = p->norm2_w, *b2 = p->norm2_b;
 }
 
 /* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
@@ -840,12 +883,12 @@ static void stream_backward(cav_model *m, cav_stream *s) {
 }
 
 /* A final LayerNorm over a stream's output: forward, and backward that sets s->d. */
-static void final_ln_forward(cav_model *m, cav_ln_acts *l, const float *x, const float *w, const float *b, size_t M,
-                             int C) {
+static void final_ln_forward(cav_model *m, cav_ln_acts *l, const float *x, const float *w, const float *b,
+                             size_t M, int C) {
     m->be->layernorm_forward(l->out, l->mean, l->rstd, x, w, b, (int)M, C);
 }
-static void final_ln_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb, const float *dout,
-                              const float *w, size_t M) {
+static void final_ln_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *gw, float *gb,
+                              const float *dout, const float *w, size_t M) {
     m->be->zero(s->d, sizeof(float) * M * s->C);
     m->be->layernorm_backward(s->d, gw, gb, dout, s->out, w, l->mean, l->rstd, (int)M, s->C);
 }
@@ -854,30 +897,32 @@ static void final_ln_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float
 static void embed_audio(cav_model *m) {
     m->be->patchify_audio(m->cols_a, m->in.audio, m->B, m->T, m->F);
     m->be->linear_forward(m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
-    m->be->add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full, m->D);
+    m->be->add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full,
+                           m->D);
 }
 static void embed_video(cav_model *m) {
     m->be->im2col_video(m->cols_v, m->in.video, m->B, m->S);
     m->be->linear_forward(m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
-    m->be->add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full, m->D);
+    m->be->add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full,
+                           m->D);
 }
 /* d emb [B,L,D] -> position, modality and patch-embedding gradients */
 static void embed_audio_backward(cav_model *m, const float *demb) {
-    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full, 0,
-                         m->La_full, m->D);
-    m->be->linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w, m->B * m->La_full, 256,
-                        m->D);
+    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full,
+                            0, m->La_full, m->D);
+    m->be->linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w,
+                           m->B * m->La_full, 256, m->D);
 }
 static void embed_video_backward(cav_model *m, const float *demb) {
-    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full, 0,
-                         m->Lv_full, m->D);
-    m->be->linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w, m->B * m->Lv_full, 768,
-                        m->D);
+    m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full,
+                            0, m->Lv_full, m->D);
+    m->be->linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w,
+                           m->B * m->Lv_full, 768, m->D);
 }
 
 /* contrastive pass of one modality: stream -> norm_x -> mean over tokens -> L2 normalise */
-static void contrast_side_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in, const float *w,
-                                  const float *b, float *mean, float *n, float *norm) {
+static void contrast_side_forward(cav_model *m, cav_stream *s, cav_ln_acts *l, const float *in,
+                                  const float *w, const float *b, float *mean, float *n, float *norm) {
     stream_forward(m, s, in);
     final_ln_forward(m, l, s->out, w, b, (size_t)m->B * s->N, m->D);
     m->be->mean_tokens_forward(mean, l->out, m->B, s->N, m->D);
@@ -915,53 +960,74 @@ static void forward_pretrain(cav_model *m) {
         stream_forward(m, &m->s_v, m->x_v);
     }
     if (c->contrast_loss_weight != 0) {
-        contrast_side_forward(m, &m->s_ca, &m->ln_ca, m->s_a.out, p->norm_a_w, p->norm_a_b, m->ca_mean, m->ca_n,
-                              m->ca_norm);
-        contrast_side_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->cv_mean, m->cv_n,
-                              m->cv_norm);
+        contrast_side_forward(m, &m->s_ca, &m->ln_ca, m->s_a.out, p->norm_a_w, p->norm_a_b, m->ca_mean,
+                              m->ca_n, m->ca_norm);
+        contrast_side_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->cv_mean,
+                              m->cv_n, m->cv_norm);
         if (!m->split.on) { /* split: the loss needs the whole group (cav_model_split_losses) */
-            float nce = m->be->contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D, c->bidirect_contrast,
-                                                   m->con_work);
+            float nce = m->be->contrastive_forward(&m->out.c_acc, m->ca_n, m->cv_n, B, D,
+                                                   c->bidirect_contrast, m->con_work);
             m->out.loss_c = (float)c->contrast_loss_weight * nce;
         }
     }
     if (c->mae_loss_weight != 0) {
-        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
+        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0),
+            voff = ua ? m->La_full : 0;
         const float *xin = ua && uv ? m->x_cat : ua ? m->s_a.out : m->s_v.out;
         if (ua && uv) m->be->concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
         stream_forward(m, &m->s_u, xin);
         final_ln_forward(m, &m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
         /* decoder: visible audio tokens first, then the visible video tokens (cav-numerics(7) 2.8) */
-        m->be->linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
-        if (ua) m->be->unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La, Lvis, 0, Dd);
-        if (uv) m->be->unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
-        if (ua && uv) m->be->concat_forward(m->dec_x, m->dec_ua, m->dec_uv, B, m->La_full, m->Lv_full, Dd);
-        else m->be->copy(m->dec_x, ua ? m->dec_ua : m->dec_uv, sizeof(float) * B * Ld * Dd);
-        if (ua) m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_a, p->decoder_modality_a, B, Ld, 0, m->La_full, Dd);
-        if (uv) m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_v, p->decoder_modality_v, B, Ld, voff, m->Lv_full, Dd);
+        m->be->linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D,
+                              Dd);
+        if (ua)
+            m->be->unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La,
+                                     Lvis, 0, Dd);
+        if (uv)
+            m->be->unshuffle_forward(m->dec_uv, m->dec_emb, m->in.keep_v, p->mask_token, B, m->Lv_full, m->Lv,
+                                     Lvis, m->La, Dd);
+        if (ua && uv)
+            m->be->concat_forward(m->dec_x, m->dec_ua, m->dec_uv, B, m->La_full, m->Lv_full, Dd);
+        else
+            m->be->copy(m->dec_x, ua ? m->dec_ua : m->dec_uv, sizeof(float) * B * Ld * Dd);
+        if (ua)
+            m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_a, p->decoder_modality_a, B, Ld, 0,
+                                   m->La_full, Dd);
+        if (uv)
+            m->be->add_pos_forward(m->dec_x, p->decoder_pos_embed_v, p->decoder_modality_v, B, Ld, voff,
+                                   m->Lv_full, Dd);
         stream_forward(m, &m->s_dec, m->dec_x);
-        final_ln_forward(m, &m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld, Dd);
+        final_ln_forward(m, &m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld,
+                         Dd);
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             if (ua)
                 m->be->linear_forward(m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
-                                   p->decoder_pred_a_b, m->La_full, Dd, 256);
+                                      p->decoder_pred_a_b, m->La_full, Dd, 256);
             if (uv)
                 m->be->linear_forward(m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                                   p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
+                                      p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
         }
         /* targets: the patchified input (audio's im2col is its patchify) */
         if (ua) {
             m->be->copy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
             if (c->norm_pix_loss) m->be->normpix(m->tgt_a, B * m->La_full, 256, 1e-6f);
-            if (m->split.on) m->be->masked_mse_sums(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, &m->split.mae[0], &m->split.mae[1]);
-            else m->out.loss_mae_a = m->be->masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            if (m->split.on)
+                m->be->masked_mse_sums(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, &m->split.mae[0],
+                                       &m->split.mae[1]);
+            else
+                m->out.loss_mae_a =
+                    m->be->masked_mse_forward(m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
         }
         if (uv) {
             m->be->patchify_video(m->tgt_v, m->in.video, B, m->S);
             if (c->norm_pix_loss) m->be->normpix(m->tgt_v, B * m->Lv_full, 768, 1e-6f);
-            if (m->split.on) m->be->masked_mse_sums(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, &m->split.mae[2], &m->split.mae[3]);
-            else m->out.loss_mae_v = m->be->masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            if (m->split.on)
+                m->be->masked_mse_sums(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, &m->split.mae[2],
+                                       &m->split.mae[3]);
+            else
+                m->out.loss_mae_v =
+                    m->be->masked_mse_forward(m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
         }
         m->out.loss_mae = (float)c->mae_loss_weight * (m->out.loss_mae_a + m->out.loss_mae_v);
     }
@@ -1017,40 +1083,50 @@ static void backward_pretrain(cav_model *m) {
     if (ua) m->be->zero(m->s_a.d, sizeof(float) * B * m->La * D);
     if (uv) m->be->zero(m->s_v.d, sizeof(float) * B * m->Lv * D);
     if (c->mae_loss_weight != 0) {
-        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0), voff = ua ? m->La_full : 0;
+        int Lvis = m->La + m->Lv, Ld = (ua ? m->La_full : 0) + (uv ? m->Lv_full : 0),
+            voff = ua ? m->La_full : 0;
         float w = (float)c->mae_loss_weight;
         m->be->zero(m->d_dn, sizeof(float) * B * Ld * Dd);
         if (ua) {
             m->be->zero(m->d_pred_a, sizeof(float) * B * m->La_full * 256);
-            if (m->split.on) m->be->masked_mse_backward_den(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256, m->split.den_a);
-            else m->be->masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full, 256);
+            if (m->split.on)
+                m->be->masked_mse_backward_den(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full,
+                                               256, m->split.den_a);
+            else
+                m->be->masked_mse_backward(m->d_pred_a, w, m->pred_a, m->tgt_a, m->mask_a, B * m->La_full,
+                                           256);
         }
         if (uv) {
             m->be->zero(m->d_pred_v, sizeof(float) * B * m->Lv_full * 768);
-            if (m->split.on) m->be->masked_mse_backward_den(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768, m->split.den_v);
-            else m->be->masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full, 768);
+            if (m->split.on)
+                m->be->masked_mse_backward_den(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full,
+                                               768, m->split.den_v);
+            else
+                m->be->masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full,
+                                           768);
         }
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             float *dxb = m->d_dn + (size_t)b * Ld * Dd;
             if (ua)
-                m->be->linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a + (size_t)b * m->La_full * 256,
-                                    xb, p->decoder_pred_a_w, m->La_full, Dd, 256);
+                m->be->linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b,
+                                       m->d_pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
+                                       m->La_full, Dd, 256);
             if (uv)
                 m->be->linear_backward(dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
-                                    m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                                    p->decoder_pred_v_w, m->Lv_full, Dd, 768);
+                                       m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                                       p->decoder_pred_v_w, m->Lv_full, Dd, 768);
         }
-        final_ln_backward(m, &m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn, p->decoder_norm_w,
-                          (size_t)B * Ld);
+        final_ln_backward(m, &m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn,
+                          p->decoder_norm_w, (size_t)B * Ld);
         stream_backward(m, &m->s_dec);
         float *dx = m->s_dec.d; /* d dec_x [B,Ld,Dd] */
         if (ua)
-            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_a : NULL, g->decoder_modality_a, dx, B, Ld, 0,
-                                 m->La_full, Dd);
+            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_a : NULL, g->decoder_modality_a, dx, B,
+                                    Ld, 0, m->La_full, Dd);
         if (uv)
-            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_v : NULL, g->decoder_modality_v, dx, B, Ld, voff,
-                                 m->Lv_full, Dd);
+            m->be->add_pos_backward(c->tr_pos ? g->decoder_pos_embed_v : NULL, g->decoder_modality_v, dx, B,
+                                    Ld, voff, m->Lv_full, Dd);
         const float *dua = dx, *duv = dx;
         if (ua && uv) {
             m->be->zero(m->d_ua, sizeof(float) * B * m->La_full * Dd);
@@ -1059,15 +1135,21 @@ static void backward_pretrain(cav_model *m) {
             dua = m->d_ua, duv = m->d_uv;
         }
         m->be->zero(m->d_dec_emb, sizeof(float) * B * Lvis * Dd);
-        if (ua) m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, dua, m->in.keep_a, B, m->La_full, m->La, Lvis, 0, Dd);
-        if (uv) m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv, Lvis, m->La, Dd);
+        if (ua)
+            m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, dua, m->in.keep_a, B, m->La_full, m->La,
+                                      Lvis, 0, Dd);
+        if (uv)
+            m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv,
+                                      Lvis, m->La, Dd);
         m->be->zero(m->d_lat, sizeof(float) * B * Lvis * D);
         m->be->linear_backward(m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
-                            p->decoder_embed_w, B * Lvis, D, Dd);
+                               p->decoder_embed_w, B * Lvis, D, Dd);
         final_ln_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, m->d_lat, p->norm_w, (size_t)B * Lvis);
         stream_backward(m, &m->s_u);
-        if (ua && uv) m->be->concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
-        else m->be->accumulate(ua ? m->s_a.d : m->s_v.d, m->s_u.d, (size_t)B * Lvis * D);
+        if (ua && uv)
+            m->be->concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+        else
+            m->be->accumulate(ua ? m->s_a.d : m->s_v.d, m->s_u.d, (size_t)B * Lvis * D);
     }
     if (c->contrast_loss_weight != 0) {
         m->be->zero(m->d_vec1, sizeof(float) * B * D), m->be->zero(m->d_vec2, sizeof(float) * B * D);
@@ -1079,13 +1161,13 @@ static void backward_pretrain(cav_model *m) {
             m->be->copy(m->d_vec1, m->split.da + off, sizeof(float) * B * D);
             m->be->copy(m->d_vec2, m->split.dv + off, sizeof(float) * B * D);
         } else {
-            m->be->contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n, m->cv_n, B, D,
-                                        c->bidirect_contrast, m->con_work);
+            m->be->contrastive_backward(m->d_vec1, m->d_vec2, (float)c->contrast_loss_weight, m->ca_n,
+                                        m->cv_n, B, D, c->bidirect_contrast, m->con_work);
         }
-        contrast_side_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec1, m->ca_n,
-                               m->ca_norm, m->s_a.d);
-        contrast_side_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec2, m->cv_n,
-                               m->cv_norm, m->s_v.d);
+        contrast_side_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec1,
+                               m->ca_n, m->ca_norm, m->s_a.d);
+        contrast_side_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec2,
+                               m->cv_n, m->cv_norm, m->s_v.d);
     }
     if (ua) {
         stream_backward(m, &m->s_a);
@@ -1141,14 +1223,16 @@ static void forward_finetune(cav_model *m) {
         int a = c->mode == CAV_FT_MISSINGAUDIOONLY;
         const float *x = a ? m->s_a.out : m->s_v.out;
         pooled_forward(m, &m->s_u, &m->ln_u, x, p->norm_w, p->norm_b, m->pool_u);
-        if (a) pooled_forward(m, &m->s_ca, &m->ln_ca, x, p->norm_a_w, p->norm_a_b, m->pool_s);
-        else pooled_forward(m, &m->s_cv, &m->ln_cv, x, p->norm_v_w, p->norm_v_b, m->pool_s);
+        if (a)
+            pooled_forward(m, &m->s_ca, &m->ln_ca, x, p->norm_a_w, p->norm_a_b, m->pool_s);
+        else
+            pooled_forward(m, &m->s_cv, &m->ln_cv, x, p->norm_v_w, p->norm_v_b, m->pool_s);
         m->be->average_forward(m->pooled, m->pool_u, m->pool_s, (size_t)B * D);
         break;
     }
     }
     m->be->layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
-                          p->head_norm_b, B, D);
+                             p->head_norm_b, B, D);
     m->be->linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, D, K);
     m->out.loss = c->loss_ce ? m->be->soft_ce_forward(m->logits, m->in.labels, B, K)
                              : m->be->bce_logits_forward(m->logits, m->in.labels, B, K);
@@ -1159,12 +1243,14 @@ static void backward_finetune(cav_model *m) {
     cav_params *p = &m->p, *g = &m->g;
     int B = m->B, D = m->D, K = c->label_dim;
     m->be->zero(m->d_logits, sizeof(float) * B * K);
-    if (c->loss_ce) m->be->soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
-    else m->be->bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    if (c->loss_ce)
+        m->be->soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+    else
+        m->be->bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
     m->be->zero(m->d_vec1, sizeof(float) * B * D), m->be->zero(m->d_vec2, sizeof(float) * B * D);
     m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, D, K);
     m->be->layernorm_backward(m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1, m->pooled, p->head_norm_w,
-                           m->ln_head.mean, m->ln_head.rstd, B, D);
+                              m->ln_head.mean, m->ln_head.rstd, B, D);
     float *dp = m->d_vec2; /* d pooled [B,D] */
     if (m->La) m->be->zero(m->s_a.d, sizeof(float) * B * m->La * D);
     if (m->Lv) m->be->zero(m->s_v.d, sizeof(float) * B * m->Lv * D);
@@ -1190,8 +1276,10 @@ static void backward_finetune(cav_model *m) {
         size_t n = (size_t)B * (a ? m->La : m->Lv) * D;
         pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, m->d_vec4);
         m->be->accumulate(dres, m->s_u.d, n);
-        if (a) pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec4);
-        else pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec4);
+        if (a)
+            pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec4);
+        else
+            pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec4);
         m->be->accumulate(dres, a ? m->s_ca.d : m->s_cv.d, n);
         break;
     }
@@ -1217,9 +1305,12 @@ static void forward_feat(cav_model *m) {
 }
 
 void cav_model_forward(cav_model *m) {
-    if (m->cfg.task == CAV_TASK_PRETRAIN) forward_pretrain(m);
-    else if (m->cfg.task == CAV_TASK_FINETUNE) forward_finetune(m);
-    else forward_feat(m);
+    if (m->cfg.task == CAV_TASK_PRETRAIN)
+        forward_pretrain(m);
+    else if (m->cfg.task == CAV_TASK_FINETUNE)
+        forward_finetune(m);
+    else
+        forward_feat(m);
 }
 
 void cav_model_zero_grad(cav_model *m) {
@@ -1228,8 +1319,10 @@ void cav_model_zero_grad(cav_model *m) {
 
 void cav_model_backward_accumulate(cav_model *m) {
     if (!m->grads) return;
-    if (m->cfg.task == CAV_TASK_PRETRAIN) backward_pretrain(m);
-    else backward_finetune(m);
+    if (m->cfg.task == CAV_TASK_PRETRAIN)
+        backward_pretrain(m);
+    else
+        backward_finetune(m);
 }
 
 void cav_model_backward(cav_model *m) {
@@ -1249,8 +1342,8 @@ int cav_model_alloc_adam(cav_model *m) {
     return 0;
 }
 
-void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
-                         double wd) {
+void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
+                         double eps, double wd) {
     if (!m->grads) return;
     if (cav_model_alloc_adam(m)) {
         fprintf(stderr, "%s: model: out of memory for the Adam moments\n", cav_tool());
@@ -1262,7 +1355,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
         if (!e->trainable || !e->used) continue;
         size_t o = e->offset;
         m->be->adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
-                      e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
+                         e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }
 }
 
@@ -1273,11 +1366,16 @@ static void *input_buf(const cav_model *m, cav_input which, size_t *elsize) {
     *elsize = which == CAV_IN_KEEP_A || which == CAV_IN_KEEP_V ? sizeof(int64_t) : sizeof(float);
     if (!cav_model_input_size(m, which)) return NULL;
     switch (which) {
-    case CAV_IN_AUDIO: return m->in.audio;
-    case CAV_IN_VIDEO: return m->in.video;
-    case CAV_IN_KEEP_A: return m->in.keep_a;
-    case CAV_IN_KEEP_V: return m->in.keep_v;
-    case CAV_IN_LABELS: return m->in.labels;
+    case CAV_IN_AUDIO:
+        return m->in.audio;
+    case CAV_IN_VIDEO:
+        return m->in.video;
+    case CAV_IN_KEEP_A:
+        return m->in.keep_a;
+    case CAV_IN_KEEP_V:
+        return m->in.keep_v;
+    case CAV_IN_LABELS:
+        return m->in.labels;
     }
     return NULL;
 }
@@ -1285,11 +1383,16 @@ static void *input_buf(const cav_model *m, cav_input which, size_t *elsize) {
 size_t cav_model_input_size(const cav_model *m, cav_input which) {
     int pre = m->cfg.task == CAV_TASK_PRETRAIN;
     switch (which) {
-    case CAV_IN_AUDIO: return m->in.audio ? (size_t)m->T * m->F : 0;
-    case CAV_IN_VIDEO: return m->in.video ? (size_t)3 * m->S * m->S : 0;
-    case CAV_IN_KEEP_A: return pre ? (size_t)m->La : 0;
-    case CAV_IN_KEEP_V: return pre ? (size_t)m->Lv : 0;
-    case CAV_IN_LABELS: return m->in.labels ? (size_t)m->cfg.label_dim : 0;
+    case CAV_IN_AUDIO:
+        return m->in.audio ? (size_t)m->T * m->F : 0;
+    case CAV_IN_VIDEO:
+        return m->in.video ? (size_t)3 * m->S * m->S : 0;
+    case CAV_IN_KEEP_A:
+        return pre ? (size_t)m->La : 0;
+    case CAV_IN_KEEP_V:
+        return pre ? (size_t)m->Lv : 0;
+    case CAV_IN_LABELS:
+        return m->in.labels ? (size_t)m->cfg.label_dim : 0;
     }
     return 0;
 }
@@ -1308,10 +1411,14 @@ void cav_model_get_input(const cav_model *m, cav_input which, void *host, int ro
 
 static float *buffer(const cav_model *m, cav_buffer buf) {
     switch (buf) {
-    case CAV_BUF_PARAMS: return m->params;
-    case CAV_BUF_GRADS: return m->grads;
-    case CAV_BUF_ADAM_M: return m->adam_m;
-    case CAV_BUF_ADAM_V: return m->adam_v;
+    case CAV_BUF_PARAMS:
+        return m->params;
+    case CAV_BUF_GRADS:
+        return m->grads;
+    case CAV_BUF_ADAM_M:
+        return m->adam_m;
+    case CAV_BUF_ADAM_V:
+        return m->adam_v;
     }
     return NULL;
 }
@@ -1327,8 +1434,10 @@ static float *buffer_w(cav_model *m, cav_buffer buf) {
 
 void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
     const float *b = buffer(m, buf);
-    if (b) m->be->download(host, b + p->offset, sizeof(float) * p->numel);
-    else memset(host, 0, sizeof(float) * p->numel);
+    if (b)
+        m->be->download(host, b + p->offset, sizeof(float) * p->numel);
+    else
+        memset(host, 0, sizeof(float) * p->numel);
 }
 
 void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host) {
@@ -1338,8 +1447,10 @@ void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, con
 
 void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host) {
     const float *b = buffer(m, buf);
-    if (b) m->be->download(host, b, sizeof(float) * m->nparams);
-    else memset(host, 0, sizeof(float) * m->nparams);
+    if (b)
+        m->be->download(host, b, sizeof(float) * m->nparams);
+    else
+        memset(host, 0, sizeof(float) * m->nparams);
 }
 
 void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
@@ -1408,7 +1519,9 @@ int cav_model_read_output(const cav_model *m, const char *name, float *host) {
     for (int k = 0; k < nd; k++) n *= (size_t)s[k];
     /* the scalar losses are in the host struct, the tensors in the backend's memory */
     const char *o = (const char *)&m->out;
-    if ((const char *)p >= o && (const char *)p < o + sizeof m->out) memcpy(host, p, sizeof(float) * n);
-    else m->be->download(host, p, sizeof(float) * n);
+    if ((const char *)p >= o && (const char *)p < o + sizeof m->out)
+        memcpy(host, p, sizeof(float) * n);
+    else
+        m->be->download(host, p, sizeof(float) * n);
     return 0;
 }

@@ -29,7 +29,8 @@ typedef enum {
     CAV_FT_MULTIMODAL = 0,
     CAV_FT_AUDIOONLY,
     CAV_FT_VIDEOONLY,
-    CAV_FT_MISSINGAUDIOONLY, /* fine-tuned multimodally, only audio present: (mean(norm(U a)) + mean(norm_a(U_a a)))/2 */
+    CAV_FT_MISSINGAUDIOONLY, /* fine-tuned multimodally, only audio present: (mean(norm(U a)) +
+                                mean(norm_a(U_a a)))/2 */
     CAV_FT_MISSINGVIDEOONLY,
 } cav_ft_mode;
 
@@ -158,9 +159,9 @@ typedef struct {
     cav_backend *be; /* where the buffers live and the ops run */
     int B;
     /* derived sizes */
-    int T, F, S, gf, gt;        /* audio patch grid gf x gt (frequency rows x time columns) */
-    int La_full, Lv_full;       /* 512, 196 */
-    int La, Lv;                 /* tokens that enter the encoder (kept ones in pretraining) */
+    int T, F, S, gf, gt;  /* audio patch grid gf x gt (frequency rows x time columns) */
+    int La_full, Lv_full; /* 512, 196 */
+    int La, Lv;           /* tokens that enter the encoder (kept ones in pretraining) */
     int D, Dd, H, Hdec, hidden, dhidden, joint;
     /* parameters, gradients, Adam moments: one buffer each, and the table over them */
     cav_params p, g;
@@ -187,10 +188,10 @@ typedef struct {
     float *x_a, *x_v, *x_cat; /* masked [B,La,D] [B,Lv,D]; joint input [B,La+Lv,D] */
     cav_ln_acts ln_u, ln_ca, ln_cv, ln_dec, ln_head;
     float *ca_mean, *cv_mean, *ca_n, *cv_n, *ca_norm, *cv_norm; /* [B,D] x4, [B] x2 */
-    float *dec_emb, *dec_ua, *dec_uv, *dec_x;                    /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
-    float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;    /* [B,La_full,256] [B,Lv_full,768] ... */
-    float *pool_u, *pool_s, *pooled, *logits;                    /* [B,D] x3, [B,K] */
-    float *feat_a, *feat_v;                                      /* forward_feat outputs */
+    float *dec_emb, *dec_ua, *dec_uv, *dec_x;                   /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
+    float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;   /* [B,La_full,256] [B,Lv_full,768] ... */
+    float *pool_u, *pool_s, *pooled, *logits;                   /* [B,D] x3, [B,K] */
+    float *feat_a, *feat_v;                                     /* forward_feat outputs */
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
@@ -259,8 +260,8 @@ void cav_model_backward_accumulate(cav_model *m);
  * (mlp_head.*) uses lr * head_lr_scale. */
 /* Allocates the Adam moments (zero) if they are not yet; 0 ok, -1 out of memory. */
 int cav_model_alloc_adam(cav_model *m);
-void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2, double eps,
-                         double wd);
+void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
+                         double eps, double wd);
 
 /* ---- model memory --------------------------------------------------------------------------------- */
 

@@ -54,7 +54,8 @@ int cav_reconstruct(cav_model *m, int b, cav_reconstruction *r, cav_err *err) {
     memset(r, 0, sizeof *r);
     int64_t sa[4], sv[4];
     int nd;
-    if (cav_model_output_shape(m, "pred_a", sa, &nd) <= 0 || cav_model_output_shape(m, "pred_v", sv, &nd) <= 0)
+    if (cav_model_output_shape(m, "pred_a", sa, &nd) <= 0 ||
+        cav_model_output_shape(m, "pred_v", sv, &nd) <= 0)
         return cav_fail(err, 2,
                         "the model has no decoder output for both modalities (a pretraining CAV-MAE with "
                         "mae_loss_weight > 0 is needed)");
@@ -65,17 +66,20 @@ int cav_reconstruct(cav_model *m, int b, cav_reconstruction *r, cav_err *err) {
         bad |= !(r->audio[k] = malloc(A * sizeof(float)));
         bad |= !(r->video[k] = malloc(V * sizeof(float)));
     }
-    r->mask_a = output_row(m, "mask_a", b, (size_t)r->La), r->mask_v = output_row(m, "mask_v", b, (size_t)r->Lv);
+    r->mask_a = output_row(m, "mask_a", b, (size_t)r->La),
+    r->mask_v = output_row(m, "mask_v", b, (size_t)r->Lv);
     r->pred_a = output_row(m, "pred_a", b, (size_t)r->La * 256);
     r->pred_v = output_row(m, "pred_v", b, (size_t)r->Lv * 768);
     /* the model's inputs, rows 0..b */
-    float *ia = malloc((size_t)(b + 1) * A * sizeof(float)), *iv = malloc((size_t)(b + 1) * V * sizeof(float));
+    float *ia = malloc((size_t)(b + 1) * A * sizeof(float)),
+          *iv = malloc((size_t)(b + 1) * V * sizeof(float));
     bad |= !r->mask_a || !r->mask_v || !r->pred_a || !r->pred_v || !ia || !iv;
     if (!bad) {
         cav_model_get_input(m, CAV_IN_AUDIO, ia, b + 1), cav_model_get_input(m, CAV_IN_VIDEO, iv, b + 1);
         cav_plane pla = cav_plane_fbank(r->T, r->F), plv = cav_plane_chw(3, r->S, r->S);
-        bad = one(&pla, ia + (size_t)b * A, r->pred_a, r->mask_a, r->La, 256, m->cfg.norm_pix_loss, r->audio) ||
-              one(&plv, iv + (size_t)b * V, r->pred_v, r->mask_v, r->Lv, 768, m->cfg.norm_pix_loss, r->video);
+        bad =
+            one(&pla, ia + (size_t)b * A, r->pred_a, r->mask_a, r->La, 256, m->cfg.norm_pix_loss, r->audio) ||
+            one(&plv, iv + (size_t)b * V, r->pred_v, r->mask_v, r->Lv, 768, m->cfg.norm_pix_loss, r->video);
     }
     free(ia), free(iv);
     if (bad) return cav_reconstruction_free(r), cav_fail(err, 3, "out of memory");

@@ -38,7 +38,9 @@ static void compare(const float *c, const float *p, size_t n, double *max_abs, d
     if (isnan(ma)) *rel = NAN;
 }
 
-static double worse(double a, double b) { return isnan(a) || isnan(b) ? NAN : (a > b ? a : b); }
+static double worse(double a, double b) {
+    return isnan(a) || isnan(b) ? NAN : (a > b ? a : b);
+}
 
 static const char *const tensors[] = {"pred_a", "pred_v", "logits"};
 
@@ -60,7 +62,8 @@ static void fill(void *ctx, cav_model *m, int g) {
     if (!b->ft) {
         if (b->gka) cav_model_set_input(m, CAV_IN_KEEP_A, b->fka + g * b->gka, m->B);
         if (b->gkv) cav_model_set_input(m, CAV_IN_KEEP_V, b->fkv + g * b->gkv, m->B);
-    } else cav_model_set_input(m, CAV_IN_LABELS, b->fl + g * b->gl, m->B);
+    } else
+        cav_model_set_input(m, CAV_IN_LABELS, b->fl + g * b->gl, m->B);
 }
 
 static void seen(void *ctx, cav_model *m, int g) {
@@ -123,7 +126,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
     }
     int G = (int)cav_json_get_number(cj, "contrast_groups", 1);
     if (G < 1 || ta->shape[0] % G) {
-        cav_fail(err, 2, "%s: contrast_groups %d does not divide the batch %lld", path, G, (long long)ta->shape[0]);
+        cav_fail(err, 2, "%s: contrast_groups %d does not divide the batch %lld", path, G,
+                 (long long)ta->shape[0]);
         goto done;
     }
     m = cav_model_create(&cfg, (int)ta->shape[0] / G, err);
@@ -138,7 +142,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
      * c_acc averaged, gradients of the sum). A single-modality model reads only its own input. */
     int B = (int)ta->shape[0], Bg = m->B;
     in.ft = ft, in.G = G;
-    in.ga = (size_t)Bg * cav_model_input_size(m, CAV_IN_AUDIO), in.gv = (size_t)Bg * cav_model_input_size(m, CAV_IN_VIDEO);
+    in.ga = (size_t)Bg * cav_model_input_size(m, CAV_IN_AUDIO),
+    in.gv = (size_t)Bg * cav_model_input_size(m, CAV_IN_VIDEO);
     in.gka = ft ? 0 : (size_t)Bg * cav_model_input_size(m, CAV_IN_KEEP_A);
     in.gkv = ft ? 0 : (size_t)Bg * cav_model_input_size(m, CAV_IN_KEEP_V);
     in.gl = ft ? (size_t)Bg * cfg.label_dim : 0;
@@ -204,7 +209,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                 for (int k = 0; k < fm->ntable; k++) {
                     cav_param *src = cav_model_param(m, fm->table[k].name);
                     if (!src || src->numel != fm->table[k].numel) {
-                        cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path, fm->table[k].name);
+                        cav_fail(err, 2, "%s: forward_feat parameter %s has no counterpart", path,
+                                 fm->table[k].name);
                         goto done;
                     }
                     cav_model_read_param(m, CAV_BUF_PARAMS, src, host);
@@ -237,7 +243,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             goto done;
         }
         if (cn != t->numel || cav_st_copy_f32(&w.st, t, buf, t->numel, err)) {
-            if (cn != t->numel) cav_fail(err, 2, "%s: %s: %zu values, the C model has %zu", path, t->name, t->numel, cn);
+            if (cn != t->numel)
+                cav_fail(err, 2, "%s: %s: %zu values, the C model has %zu", path, t->name, t->numel, cn);
             goto done;
         }
         double ma, rel;
@@ -310,7 +317,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
         const cav_json *betas = cav_json_get(cj, "adam_betas");
         const cav_st_tensor *tl = cav_st_find(&w.st, "out.losses");
         int steps = (int)as->number;
-        if (!betas || betas->type != CAV_JSON_ARRAY || betas->n != 2 || !tl || tl->numel != (size_t)steps + 1) {
+        if (!betas || betas->type != CAV_JSON_ARRAY || betas->n != 2 || !tl ||
+            tl->numel != (size_t)steps + 1) {
             cav_fail(err, 2, "%s: adam_betas or out.losses malformed", path);
             goto done;
         }
@@ -323,7 +331,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             if (k > 0) cav_model_forward(m); /* step 0 ran above, with its backward */
             double rel = fabs((double)m->out.loss - losses[k]) / fabs((double)losses[k]);
             rep->max_rel_loss = worse(rep->max_rel_loss, rel);
-            fprintf(out, "%s: adam.loss[%d]%36s max_abs=%.3e max_rel=%.3e\n", tool, k, "", fabs((double)m->out.loss - losses[k]), rel);
+            fprintf(out, "%s: adam.loss[%d]%36s max_abs=%.3e max_rel=%.3e\n", tool, k, "",
+                    fabs((double)m->out.loss - losses[k]), rel);
             if (k == steps) break;
             if (k > 0) cav_model_backward(m);
             cav_model_adam_step(m, cav_json_get_number(cj, "adam_lr", 0), 1.0, betas->items[0]->number,
@@ -337,9 +346,12 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             const cav_st_tensor *t = cav_st_find(&w.st, fname);
             free(buf);
             buf = t ? malloc(t->numel * sizeof *buf) : NULL;
-            if (!t || !buf || t->numel != m->table[i].numel || cav_st_copy_f32(&w.st, t, buf, t->numel, err)) {
-                if (!t || (buf && t->numel != m->table[i].numel)) cav_fail(err, 2, "%s: %s missing or misshapen", path, fname);
-                else if (!buf) cav_fail(err, 3, "out of memory");
+            if (!t || !buf || t->numel != m->table[i].numel ||
+                cav_st_copy_f32(&w.st, t, buf, t->numel, err)) {
+                if (!t || (buf && t->numel != m->table[i].numel))
+                    cav_fail(err, 2, "%s: %s missing or misshapen", path, fname);
+                else if (!buf)
+                    cav_fail(err, 3, "out of memory");
                 goto done;
             }
             /* Reported, not gated: the contract is the losses at every step. Parameters whose gradient is
@@ -349,15 +361,19 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             double ma, rel;
             compare(host + m->table[i].offset, buf, t->numel, &ma, &rel);
             rep->max_rel_final = worse(rep->max_rel_final, rel);
-            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e (after the steps; not gated)\n", tool, fname, ma, rel);
+            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e (after the steps; not gated)\n", tool, fname,
+                    ma, rel);
         }
     }
-    fprintf(out, "%s: max_rel_loss=%.3e max_rel_grad=%.3e\n", tool, rep->max_rel_loss, worse(rep->max_rel_grad, rep->max_rel_out));
-    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD && !rep->reach_mismatches &&
-                 rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
+    fprintf(out, "%s: max_rel_loss=%.3e max_rel_grad=%.3e\n", tool, rep->max_rel_loss,
+            worse(rep->max_rel_grad, rep->max_rel_out));
+    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD &&
+                 !rep->reach_mismatches && rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
              ? 0
              : 2;
-    if (rc) cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path, CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
+    if (rc)
+        cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path,
+                 CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
 done:
     for (int k = 0; k < 3; k++) free(in.gath[k]);
     free(buf), free(host), free(feat), free(in.fa), free(in.fv), free(in.fl), free(in.fka), free(in.fkv);

@@ -1,7 +1,8 @@
 /* debugstate.h: checks the C model against a debug state written by the PyTorch reference
  * (tests/ref/gen_debug_states.py; the contract is in issue 4 and cav-pretrain(1)): loads the config,
  * parameters and inputs by name, runs forward and backward in fp32, and compares every output and gradient.
- * Used by `cav-pretrain --check-debug-state`; the groups run through the trainer's own group loop (train.h). */
+ * Used by `cav-pretrain --check-debug-state`; the groups run through the trainer's own group loop (train.h).
+ */
 #ifndef CAV_DEBUGSTATE_H
 #define CAV_DEBUGSTATE_H
 

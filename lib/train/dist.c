@@ -40,7 +40,8 @@ void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n) {
     if (d->world <= 1) return;
 #ifdef CAV_HAVE_MPI
     for (size_t o = 0; o < n; o += CHUNK)
-        MPI_Allreduce(MPI_IN_PLACE, x + o, (int)(n - o < CHUNK ? n - o : CHUNK), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, x + o, (int)(n - o < CHUNK ? n - o : CHUNK), MPI_FLOAT, MPI_SUM,
+                      MPI_COMM_WORLD);
 #else
     (void)x;
     (void)n;

@@ -60,9 +60,9 @@ struct cav_loader {
     cav_shard **shards;
     int64_t *first_row; /* [nshards + 1] prefix sums */
     int64_t rows, batches;
-    int64_t *order;     /* [rows] epoch order of global rows */
+    int64_t *order; /* [rows] epoch order of global rows */
     int epoch;
-    int64_t lo, hi;     /* this rank's slice [lo, hi) of a global batch */
+    int64_t lo, hi; /* this rank's slice [lo, hi) of a global batch */
     /* worker state */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -77,14 +77,18 @@ struct cav_loader {
     uint8_t *jpeg;      /* [nshards] frames stored as frames_jpeg */
 };
 
-static int64_t per_rank(const cav_loader *ld) { return ld->hi - ld->lo; }
+static int64_t per_rank(const cav_loader *ld) {
+    return ld->hi - ld->lo;
+}
 
 static int shard_of(const cav_loader *ld, int64_t row) {
     int lo = 0, hi = ld->nshards - 1; /* last shard whose first row <= row */
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (ld->first_row[mid] <= row) lo = mid;
-        else hi = mid - 1;
+        if (ld->first_row[mid] <= row)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }
@@ -108,7 +112,8 @@ static int check_rate(const char *path, cav_shard *s, int64_t row, cav_err *err)
     double rate;
     if (cav_clip_parse_rate(ra, &rate) || rate != WAVE_RATE)
         return cav_fail(err, 2,
-                        "%s: row %lld (id '%s'): field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz; the loader computes fbank from %d Hz "
+                        "%s: row %lld (id '%s'): field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE
+                        " %s Hz; the loader computes fbank from %d Hz "
                         "waveforms only (resample with av-extract, or store fbank with fbank(1))",
                         path, (long long)row, cav_shard_id(s, row), ra, WAVE_RATE);
     return 0;
@@ -122,42 +127,65 @@ static int validate_shard(cav_loader *ld, int si, cav_err *err) {
     cav_shard_field f;
     if (ld->o.need_audio) {
         if (field_shape(s, CAV_FIELD_FBANK, &f)) {
-            if (f.present != rows) return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": present in %lld of %lld rows", path, (long long)f.present, (long long)rows);
+            if (f.present != rows)
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": present in %lld of %lld rows", path,
+                                (long long)f.present, (long long)rows);
             if (f.dtype != CAV_F32 && f.dtype != CAV_F16)
-                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": type %s, expected f32 or f16", path, cav_dtype_name(f.dtype));
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": type %s, expected f32 or f16", path,
+                                cav_dtype_name(f.dtype));
             if (!f.ragged && (f.ndim != 2 || f.shape[1] != ld->o.mel_bins))
-                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": rows are not [T, %d]", path, ld->o.mel_bins);
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FBANK ": rows are not [T, %d]", path,
+                                ld->o.mel_bins);
         } else if (field_shape(s, CAV_FIELD_WAVE, &f)) {
-            if (f.present != rows) return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": present in %lld of %lld rows (and no field " CAV_FIELD_FBANK ")", path, (long long)f.present, (long long)rows);
+            if (f.present != rows)
+                return cav_fail(err, 2,
+                                "%s: field " CAV_FIELD_WAVE
+                                ": present in %lld of %lld rows (and no field " CAV_FIELD_FBANK ")",
+                                path, (long long)f.present, (long long)rows);
             if (f.dtype != CAV_I16 && f.dtype != CAV_F32)
-                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": type %s, expected i16 or f32", path, cav_dtype_name(f.dtype));
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": type %s, expected i16 or f32", path,
+                                cav_dtype_name(f.dtype));
             if (!f.ragged && (f.ndim < 1 || f.ndim > 2))
-                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": rows are not [n] or [channels, n]", path);
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_WAVE ": rows are not [n] or [channels, n]",
+                                path);
             for (int64_t r = 0; r < rows; r++)
                 if (check_rate(path, s, r, err)) return -1;
             ld->from_wave[si] = 1;
         } else {
-            return cav_fail(err, 2, "%s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE " (av-extract writes " CAV_FIELD_WAVE "; fbank(1) adds " CAV_FIELD_FBANK ")", path);
+            return cav_fail(err, 2,
+                            "%s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE
+                            " (av-extract writes " CAV_FIELD_WAVE "; fbank(1) adds " CAV_FIELD_FBANK ")",
+                            path);
         }
     }
     if (ld->o.need_video) {
         const char *name = CAV_FIELD_FRAMES;
         if (field_shape(s, CAV_FIELD_FRAMES, &f)) {
-            if (f.dtype != CAV_U8) return cav_fail(err, 2, "%s: field " CAV_FIELD_FRAMES ": type %s, expected u8", path, cav_dtype_name(f.dtype));
+            if (f.dtype != CAV_U8)
+                return cav_fail(err, 2, "%s: field " CAV_FIELD_FRAMES ": type %s, expected u8", path,
+                                cav_dtype_name(f.dtype));
         } else if (field_shape(s, CAV_FIELD_FRAMES_JPEG, &f)) {
             cav_shard_field fo;
-            if (!field_shape(s, CAV_FIELD_FRAMES_JPEG_OFFSETS, &fo)) return cav_fail(err, 2, "%s: field " CAV_FIELD_FRAMES_JPEG " without " CAV_FIELD_FRAMES_JPEG_OFFSETS, path);
+            if (!field_shape(s, CAV_FIELD_FRAMES_JPEG_OFFSETS, &fo))
+                return cav_fail(err, 2,
+                                "%s: field " CAV_FIELD_FRAMES_JPEG " without " CAV_FIELD_FRAMES_JPEG_OFFSETS,
+                                path);
             name = CAV_FIELD_FRAMES_JPEG;
             ld->jpeg[si] = 1;
         } else {
             return cav_fail(err, 2, "%s: no field " CAV_FIELD_FRAMES " or " CAV_FIELD_FRAMES_JPEG, path);
         }
-        if (f.present != rows) return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, name, (long long)f.present, (long long)rows);
+        if (f.present != rows)
+            return cav_fail(err, 2, "%s: field %s: present in %lld of %lld rows", path, name,
+                            (long long)f.present, (long long)rows);
     }
     if (ld->o.label_dim > 0) {
-        if (!field_shape(s, CAV_FIELD_LABELS, &f)) return cav_fail(err, 2, "%s: no field " CAV_FIELD_LABELS, path);
-        if (f.present != rows || f.ragged || f.ndim != 1 || f.shape[0] != ld->o.label_dim || f.dtype != CAV_F32)
-            return cav_fail(err, 2, "%s: field " CAV_FIELD_LABELS ": expected f32 [%d] in every row", path, ld->o.label_dim);
+        if (!field_shape(s, CAV_FIELD_LABELS, &f))
+            return cav_fail(err, 2, "%s: no field " CAV_FIELD_LABELS, path);
+        if (f.present != rows || f.ragged || f.ndim != 1 || f.shape[0] != ld->o.label_dim ||
+            f.dtype != CAV_F32)
+            return cav_fail(err, 2, "%s: field " CAV_FIELD_LABELS ": expected f32 [%d] in every row", path,
+                            ld->o.label_dim);
     }
     return 0;
 }
@@ -203,7 +231,8 @@ cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opt
         s->video = o->need_video ? malloc(local * V * sizeof(float)) : NULL;
         s->labels = o->label_dim ? malloc((size_t)local * o->label_dim * sizeof(float)) : NULL;
         s->rows = malloc((size_t)local * sizeof(int64_t));
-        if ((o->need_audio && !s->audio) || (o->need_video && !s->video) || (o->label_dim && !s->labels) || !s->rows)
+        if ((o->need_audio && !s->audio) || (o->need_video && !s->video) || (o->label_dim && !s->labels) ||
+            !s->rows)
             goto oom;
     }
     pthread_mutex_init(&ld->mu, NULL);
@@ -215,27 +244,37 @@ oom:
 fail:
     if (ld->slots) {
         for (int i = 0; i < ld->o.prefetch; i++) {
-            free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels), free(ld->slots[i].rows);
+            free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels),
+                free(ld->slots[i].rows);
         }
     }
     for (int i = 0; i < ld->nshards; i++) cav_shard_close(ld->shards[i]);
-    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave), free(ld->jpeg);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave),
+        free(ld->jpeg);
     free(ld);
     return NULL;
 }
 
-int64_t cav_loader_rows(const cav_loader *ld) { return ld->rows; }
-int64_t cav_loader_batches(const cav_loader *ld) { return ld->batches; }
-const cav_attrs *cav_loader_attrs(const cav_loader *ld) { return cav_shard_attrs(ld->shards[0]); }
+int64_t cav_loader_rows(const cav_loader *ld) {
+    return ld->rows;
+}
+int64_t cav_loader_batches(const cav_loader *ld) {
+    return ld->batches;
+}
+const cav_attrs *cav_loader_attrs(const cav_loader *ld) {
+    return cav_shard_attrs(ld->shards[0]);
+}
 
 static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int available) {
     int idx;
-    if (o->frame >= 0) idx = o->frame;
+    if (o->frame >= 0)
+        idx = o->frame;
     else if (o->train) {
         cav_rng r;
         cav_rng_seed(&r, o->seed, CAV_RNG_FRAME, (uint64_t)epoch, (uint64_t)pos);
         idx = (int)cav_rng_int(&r, 0, REF_TRAIN_FRAMES - 1);
-    } else idx = REF_EVAL_FRAME;
+    } else
+        idx = REF_EVAL_FRAME;
     /* The reference falls back to lower indices when a frame is missing. */
     return idx < available ? idx : available - 1;
 }
@@ -243,13 +282,14 @@ static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int avai
 /* The fbank of a record's `wave` [T, F] into out (cut or zero-padded to T frames), as fbank(1) computes it
  * by default (cav-numerics(7) 1.3) at 16 kHz; *fb is the caller's filterbank, built on first use. Returns the
  * frames kept (the natural count, at most T), or -1. */
-static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_clip_wave *wv, cav_fbank **fb,
-                      float *out, cav_err *err) {
+static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav_clip_wave *wv,
+                      cav_fbank **fb, float *out, cav_err *err) {
     double rate;
     cav_err e = {0};
     if (cav_clip_rate(rec, WAVE_RATE, &rate, &e)) return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
     if (rate != WAVE_RATE)
-        return cav_fail(err, 2, "record %s: field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz, expected %d",
+        return cav_fail(err, 2,
+                        "record %s: field " CAV_FIELD_WAVE ": " CAV_ATTR_SAMPLE_RATE " %s Hz, expected %d",
                         rec->id, cav_attrs_get(&rec->attrs, CAV_ATTR_SAMPLE_RATE), WAVE_RATE);
     if (!*fb) {
         cav_fbank_opts fo;
@@ -264,7 +304,8 @@ static int wave_fbank(const cav_loader_opts *o, const cav_record *rec, const cav
     const float *x = cav_fbank_wave_samples(wv->i16, wv->f32, wv->n * wv->channels, &buf, &cap, &e);
     int rc = !x || cav_fbank_compute(*fb, x, wv->channels, wv->n, out, &frames, &e) ? -1 : 0;
     free(buf);
-    if (rc) return cav_fail(err, e.code ? e.code : 2, "record %s: field " CAV_FIELD_WAVE ": %s", rec->id, e.msg);
+    if (rc)
+        return cav_fail(err, e.code ? e.code : 2, "record %s: field " CAV_FIELD_WAVE ": %s", rec->id, e.msg);
     return frames < o->target_length ? (int)frames : o->target_length;
 }
 
@@ -279,7 +320,8 @@ static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epo
     if (has) {
         keep = fbk.frames < T ? (int)fbk.frames : T;
         /* Fit first (float16 rows widen on the way), so SpecAugment runs on [T, F] raw log-mel. */
-        if (fbk.f32) cav_fbank_fit(fbk.f32, keep, F, T, out);
+        if (fbk.f32)
+            cav_fbank_fit(fbk.f32, keep, F, T, out);
         else {
             cav_clip_fbank_rows(&fbk, keep, out);
             memset(out + (size_t)keep * F, 0, (size_t)(T - keep) * F * sizeof *out);
@@ -289,10 +331,13 @@ static int sample_audio(const cav_loader_opts *o, const cav_record *rec, int epo
     } else if (has < 0) {
         return cav_fail(err, 2, "record %s: %s", rec->id, e.msg);
     } else {
-        return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE, rec->id ? rec->id : "?");
+        return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FBANK " or " CAV_FIELD_WAVE,
+                        rec->id ? rec->id : "?");
     }
     for (int64_t i = 0; i < (int64_t)keep * F; i++)
-        if (!isfinite(out[i])) return cav_fail(err, 2, "record %s: field " CAV_FIELD_FBANK ": non-finite value at frame %lld", rec->id, (long long)(i / F));
+        if (!isfinite(out[i]))
+            return cav_fail(err, 2, "record %s: field " CAV_FIELD_FBANK ": non-finite value at frame %lld",
+                            rec->id, (long long)(i / F));
     if (o->train && (o->freqm > 0 || o->timem > 0)) {
         cav_rng r;
         cav_rng_seed(&r, o->seed, CAV_RNG_SPECAUG, (uint64_t)epoch, (uint64_t)pos);
@@ -323,7 +368,8 @@ static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epo
     int has = cav_clip_get_frames(rec, &fr, &jerr);
     if (has) {
         if (has < 0 || fr.single || fr.n < 1 || fr.h != S || fr.w != S)
-            return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES ": expected u8 [F, %d, %d, 3]", rec->id, S, S);
+            return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES ": expected u8 [F, %d, %d, 3]",
+                            rec->id, S, S);
         int idx = pick_frame(o, epoch, pos, fr.n);
         cav_image_normalize(fr.rgb + (size_t)idx * S * S * 3, S, S, o->img_mean, o->img_std, out);
         return 0;
@@ -331,7 +377,9 @@ static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epo
     const uint8_t *jpg;
     size_t len;
     int nframes = cav_clip_jpeg_frame(rec, 0, &jpg, &len, &jerr);
-    if (nframes == 0) return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FRAMES " or " CAV_FIELD_FRAMES_JPEG, rec->id);
+    if (nframes == 0)
+        return cav_fail(err, 2, "record %s: no field " CAV_FIELD_FRAMES " or " CAV_FIELD_FRAMES_JPEG,
+                        rec->id);
     int idx = nframes > 0 ? pick_frame(o, epoch, pos, nframes) : 0;
     if (nframes < 0 || cav_clip_jpeg_frame(rec, idx, &jpg, &len, &jerr) < 0)
         return cav_fail(err, 2, "record %s: %s", rec->id, jerr.msg);
@@ -340,11 +388,14 @@ static int sample_video(const cav_loader_opts *o, const cav_record *rec, int epo
     int w, h;
     if (cav_jpeg_decode(jpg, len, rgb, (size_t)S * S * 3, &w, &h, &jerr)) {
         free(rgb);
-        return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d: %s", rec->id, idx, jerr.msg);
+        return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d: %s", rec->id, idx,
+                        jerr.msg);
     }
     if (w != S || h != S) {
         free(rgb);
-        return cav_fail(err, 2, "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d is %dx%d, expected %dx%d", rec->id, idx, w, h, S, S);
+        return cav_fail(err, 2,
+                        "record %s: field " CAV_FIELD_FRAMES_JPEG ": frame %d is %dx%d, expected %dx%d",
+                        rec->id, idx, w, h, S, S);
     }
     cav_image_normalize(rgb, S, S, o->img_mean, o->img_std, out);
     free(rgb);
@@ -358,7 +409,8 @@ static int sample_one(const cav_loader_opts *o, const cav_record *rec, int epoch
     if (o->label_dim > 0) {
         const float *lab;
         if (cav_clip_get_labels(rec, o->label_dim, &lab, NULL, NULL) != 1)
-            return cav_fail(err, 2, "record %s: field " CAV_FIELD_LABELS ": expected f32 [%d]", rec->id, o->label_dim);
+            return cav_fail(err, 2, "record %s: field " CAV_FIELD_LABELS ": expected f32 [%d]", rec->id,
+                            o->label_dim);
         memcpy(labels, lab, (size_t)o->label_dim * sizeof(float));
     }
     return 0;
@@ -399,14 +451,17 @@ static void run_job(cav_loader *ld, int64_t j, cav_fbank **fb) {
         rc = cav_shard_read_fields(ld->shards[si], srow, ln, 1, &lab, &e);
         if (rc == 0) {
             cav_tensor *t = cav_record_find(&lab, CAV_FIELD_LABELS);
-            if (!cav_record_put(&rec, CAV_FIELD_LABELS, t->dtype, t->ndim, t->shape, t->data)) rc = cav_fail(&e, 3, "out of memory");
+            if (!cav_record_put(&rec, CAV_FIELD_LABELS, t->dtype, t->ndim, t->shape, t->data))
+                rc = cav_fail(&e, 3, "out of memory");
         }
         cav_record_clear(&lab);
-    } else if (e.msg[0]) rc = -1;
+    } else if (e.msg[0])
+        rc = -1;
     size_t A = (size_t)ld->o.target_length * ld->o.mel_bins, V = (size_t)3 * ld->o.img_size * ld->o.img_size;
     if (rc == 0)
         rc = sample_one(&ld->o, &rec, ld->epoch, pos, s->audio ? s->audio + i * A : NULL,
-                        s->video ? s->video + i * V : NULL, s->labels ? s->labels + i * ld->o.label_dim : NULL, fb, &e);
+                        s->video ? s->video + i * V : NULL,
+                        s->labels ? s->labels + i * ld->o.label_dim : NULL, fb, &e);
     cav_record_clear(&rec);
     s->rows[i] = row;
     pthread_mutex_lock(&ld->mu);
@@ -464,7 +519,8 @@ static void stop_workers(cav_loader *ld) {
 int cav_loader_begin(cav_loader *ld, int epoch, int64_t start_batch, cav_err *err) {
     stop_workers(ld);
     if (start_batch < 0 || start_batch > ld->batches)
-        return cav_fail(err, 2, "resume position: batch %lld of an epoch of %lld", (long long)start_batch, (long long)ld->batches);
+        return cav_fail(err, 2, "resume position: batch %lld of an epoch of %lld", (long long)start_batch,
+                        (long long)ld->batches);
     ld->epoch = epoch;
     if (ld->o.train) {
         cav_rng r;
@@ -529,12 +585,14 @@ void cav_loader_close(cav_loader *ld) {
     if (!ld) return;
     stop_workers(ld);
     for (int i = 0; i < ld->o.prefetch; i++) {
-        free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels), free(ld->slots[i].rows);
+        free(ld->slots[i].audio), free(ld->slots[i].video), free(ld->slots[i].labels),
+            free(ld->slots[i].rows);
     }
     for (int i = 0; i < ld->nshards; i++) cav_shard_close(ld->shards[i]);
     pthread_mutex_destroy(&ld->mu);
     pthread_cond_destroy(&ld->cv_work);
     pthread_cond_destroy(&ld->cv_done);
-    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave), free(ld->jpeg);
+    free(ld->shards), free(ld->first_row), free(ld->order), free(ld->slots), free(ld->from_wave),
+        free(ld->jpeg);
     free(ld);
 }

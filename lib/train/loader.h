@@ -17,35 +17,35 @@
 #include "record.h"
 
 typedef struct {
-    int train;             /* 1: shuffle, random frame, noise/roll/SpecAugment as configured */
-    int batch;             /* global batch size (all ranks together) */
-    int drop_last;         /* drop the last partial batch (the reference does, in training and validation) */
-    int target_length;     /* fbank frames, 1024 */
-    int mel_bins;          /* 128 */
+    int train;         /* 1: shuffle, random frame, noise/roll/SpecAugment as configured */
+    int batch;         /* global batch size (all ranks together) */
+    int drop_last;     /* drop the last partial batch (the reference does, in training and validation) */
+    int target_length; /* fbank frames, 1024 */
+    int mel_bins;      /* 128 */
     float norm_mean, norm_std; /* -5.081, 4.4849; norm_std 0 disables normalisation */
-    int freqm, timem;      /* SpecAugment widths; 0 disables (pretraining: 0/0) */
-    int noise;             /* add U*U/10 noise (training only) */
-    int roll;              /* circular time roll (training only) */
-    int frame;             /* -1: random in training, 5 in evaluation; else this frame */
-    int img_size;          /* 224 */
+    int freqm, timem;          /* SpecAugment widths; 0 disables (pretraining: 0/0) */
+    int noise;                 /* add U*U/10 noise (training only) */
+    int roll;                  /* circular time roll (training only) */
+    int frame;                 /* -1: random in training, 5 in evaluation; else this frame */
+    int img_size;              /* 224 */
     float img_mean[3], img_std[3];
-    int label_dim;         /* 0: no labels needed; else `labels` [label_dim] must be present */
+    int label_dim; /* 0: no labels needed; else `labels` [label_dim] must be present */
     int need_audio, need_video;
     uint64_t seed;
-    int threads;           /* decoding threads (>= 1) */
-    int prefetch;          /* batches prepared ahead (>= 1) */
-    int rank, world;       /* data parallelism: this process's slice of each global batch */
+    int threads;     /* decoding threads (>= 1) */
+    int prefetch;    /* batches prepared ahead (>= 1) */
+    int rank, world; /* data parallelism: this process's slice of each global batch */
 } cav_loader_opts;
 
 void cav_loader_opts_default(cav_loader_opts *o, int train);
 
 typedef struct {
-    int n;            /* samples in this rank's slice */
-    float *audio;     /* [n, target_length, mel_bins] */
-    float *video;     /* [n, 3, img_size, img_size] */
-    float *labels;    /* [n, label_dim] or NULL */
-    int64_t *rows;    /* [n] global row index of each sample (shard order) */
-    double wait_s;    /* time the caller waited for this batch */
+    int n;         /* samples in this rank's slice */
+    float *audio;  /* [n, target_length, mel_bins] */
+    float *video;  /* [n, 3, img_size, img_size] */
+    float *labels; /* [n, label_dim] or NULL */
+    int64_t *rows; /* [n] global row index of each sample (shard order) */
+    double wait_s; /* time the caller waited for this batch */
 } cav_batch;
 
 typedef struct cav_loader cav_loader;
@@ -54,7 +54,7 @@ typedef struct cav_loader cav_loader;
 cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opts *o, cav_err *err);
 void cav_loader_close(cav_loader *ld);
 int64_t cav_loader_rows(const cav_loader *ld);
-int64_t cav_loader_batches(const cav_loader *ld); /* per epoch */
+int64_t cav_loader_batches(const cav_loader *ld);        /* per epoch */
 const cav_attrs *cav_loader_attrs(const cav_loader *ld); /* the first shard's dataset attributes */
 /* Where row r lives, for messages. */
 void cav_loader_locate(const cav_loader *ld, int64_t row, const char **path, int64_t *shard_row);

@@ -15,7 +15,8 @@ static int by_score_desc(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-static scored *sorted_class(const float *scores, const float *targets, int64_t n, int64_t stride, int64_t *npos) {
+static scored *sorted_class(const float *scores, const float *targets, int64_t n, int64_t stride,
+                            int64_t *npos) {
     scored *v = malloc((size_t)(n ? n : 1) * sizeof *v);
     if (!v) return NULL;
     *npos = 0;
@@ -60,8 +61,10 @@ double cav_roc_auc(const float *scores, const float *targets, int64_t n, int64_t
     for (int64_t i = 0; i < n;) {
         int64_t j = i, p = 0, q = 0;
         while (j < n && v[j].s == v[i].s) {
-            if (v[j].pos) p++;
-            else q++;
+            if (v[j].pos)
+                p++;
+            else
+                q++;
             j++;
         }
         int64_t neg_below = N - neg_above - q;
@@ -76,12 +79,12 @@ double cav_roc_auc(const float *scores, const float *targets, int64_t n, int64_t
 /* Acklam's rational approximation refined by one Halley step on erfc. */
 double cav_norm_ppf(double p) {
     if (!(p > 0 && p < 1)) return p == 0 ? -INFINITY : p == 1 ? INFINITY : NAN;
-    static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-                               1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00};
+    static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
+                               1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
     static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
                                6.680131188771972e+01, -1.328068155288572e+01};
     static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-                               -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00};
+                               -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
     static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
                                3.754408661907416e+00};
     double x, q, r;
@@ -103,7 +106,9 @@ double cav_norm_ppf(double p) {
     return x - u / (1 + x * u / 2);
 }
 
-double cav_dprime(double auc) { return sqrt(2.0) * cav_norm_ppf(auc); }
+double cav_dprime(double auc) {
+    return sqrt(2.0) * cav_norm_ppf(auc);
+}
 
 static int64_t argmax(const float *x, int64_t k) {
     int64_t m = 0;
@@ -133,7 +138,8 @@ cav_cls_stats cav_classification_stats(const float *scores, const float *targets
 
 /* The hits as a histogram over positions 0..npos-1 (a difference array: hits of query i cover
  * [rank, rank + ties)), so that all-equal rows cost O(n) memory rather than n^2 hits. */
-cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n, int64_t npos) {
+cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n,
+                                           int64_t npos) {
     cav_recall_stats st = {NAN, NAN, NAN, NAN, 0};
     if (n <= 0 || npos <= 0) return st;
     int64_t *cnt = calloc((size_t)npos + 1, sizeof *cnt);

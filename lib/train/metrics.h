@@ -33,7 +33,8 @@ cav_recall_stats cav_retrieval_stats(const float *sim, int64_t n);
 
 /* Statistics from per-query ranks (items with a strictly greater similarity) and ties (items equal to the
  * ranked one, itself included; 0: no hit) over npos items (the positions a hit can take); ties NULL counts
- * one hit per query at its rank. lib/train/retrieval.h computes both at any scale. NaNs when memory runs out. */
+ * one hit per query at its rank. lib/train/retrieval.h computes both at any scale. NaNs when memory runs out.
+ */
 cav_recall_stats cav_retrieval_stats_ranks(const int64_t *rank, const int64_t *ties, int64_t n, int64_t npos);
 
 #endif

@@ -305,7 +305,8 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
                 for (int64_t c0 = 0; c0 < g->n; c0 += B) {
                     int bc = (int)(g->n - c0 < B ? g->n - c0 : B);
                     /* F [br, bc] = q[r0:] @ g[c0:]^T: the block product, behind the kernel seam */
-                    cav_backend_cpu()->linear_forward(F, q->x + r0 * q->D, g->x + c0 * g->D, NULL, br, q->D, bc);
+                    cav_backend_cpu()->linear_forward(F, q->x + r0 * q->D, g->x + c0 * g->D, NULL, br, q->D,
+                                                      bc);
                     if (run_f) scan_rows(&sf, F, r0, br, c0, bc);
                     if (run_r) scan_cols(&sr, F, r0, br, c0, bc, gtbuf, flagbuf);
                 }

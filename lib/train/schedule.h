@@ -7,10 +7,10 @@
 #include <stdint.h>
 
 typedef struct {
-    double lr;          /* base rate */
-    int decay_start;    /* first milestone (epochs) */
-    int decay_step;     /* milestone spacing */
-    double decay;       /* gamma */
+    double lr;            /* base rate */
+    int decay_start;      /* first milestone (epochs) */
+    int decay_step;       /* milestone spacing */
+    double decay;         /* gamma */
     int64_t warmup_steps; /* 0 = none */
 } cav_schedule;
 

@@ -14,7 +14,8 @@
 
 /* One of the model's buffers (parameters, Adam's moments) as safetensors entries over a host copy *base
  * (freed by the caller). */
-static cav_st_entry *param_entries(cav_model *m, cav_buffer buf, float **base, const char *prefix, char ***names) {
+static cav_st_entry *param_entries(cav_model *m, cav_buffer buf, float **base, const char *prefix,
+                                   char ***names) {
     cav_st_entry *e = calloc((size_t)m->ntable, sizeof *e);
     *names = calloc((size_t)m->ntable, sizeof **names);
     *base = malloc(m->nparams * sizeof **base);
@@ -52,8 +53,8 @@ int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, ca
     return rc;
 }
 
-int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step, const char *cfgjson,
-                              const char *state_json, int keep, cav_err *err) {
+int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step,
+                              const char *cfgjson, const char *state_json, int keep, cav_err *err) {
     char **n1 = NULL, **n2 = NULL, **n3 = NULL;
     float *h1 = NULL, *h2 = NULL, *h3 = NULL;
     cav_st_entry *pe = param_entries(m, CAV_BUF_PARAMS, &h1, "", &n1),

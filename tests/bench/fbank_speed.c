@@ -1,7 +1,7 @@
 /* fbank_speed.c: the C side of bench_fbank.py. Reads 16-bit WAV clips, then times on one thread
  * (a) cav_fbank_compute per clip (the fbank tool's work, without record I/O), (b) the FFT floor: the same
- * transforms fbank runs (lib/media/rfft.c, pocketfft's arithmetic, eight frames per call) over the same frames
- * with only the frame copy and transposition, and (c) for comparison, the FFTW floor: an FFTW_ESTIMATE
+ * transforms fbank runs (lib/media/rfft.c, pocketfft's arithmetic, eight frames per call) over the same
+ * frames with only the frame copy and transposition, and (c) for comparison, the FFTW floor: an FFTW_ESTIMATE
  * 512-point r2c plan (what fbank used before it had to match torch's FFT to the bit) run frame by frame
  * over the same frames with only the frame copy. Prints "fbank", "fft" and "fftw" SECONDS for REPS passes
  * over all clips (thread CPU time, best of 7 alternating passes each). Usage: fbank_speed REPS FILE.wav... */
@@ -42,7 +42,8 @@ int main(int argc, char **argv) {
     cav_fbank_opts_default(&o);
     cav_fbank *fb = cav_fbank_new(&o, &err);
     float *out = malloc(sizeof(float) * 1024 * 128);
-    const int nfft = cav_fbank_fft_size(fb), win = cav_fbank_window_size(fb), shift = cav_fbank_window_shift(fb);
+    const int nfft = cav_fbank_fft_size(fb), win = cav_fbank_window_size(fb),
+              shift = cav_fbank_window_shift(fb);
     float *in = fftwf_malloc(sizeof(float) * nfft), *re = fftwf_malloc(sizeof(float) * (nfft / 2 + 1)),
           *im = fftwf_malloc(sizeof(float) * (nfft / 2 + 1));
     fftw_iodim dim = {.n = nfft, .is = 1, .os = 1};
@@ -72,8 +73,8 @@ int main(int argc, char **argv) {
         if (t2 - t1 < best_fft) best_fft = t2 - t1;
         if (t3 - t2 < best_fftw) best_fftw = t3 - t2;
     }
-    printf("fbank %.6f\nfft %.6f\nfftw %.6f\nclips %d\ncheck %g\n", best_fb, best_fft, best_fftw, reps * nclips,
-           check);
+    printf("fbank %.6f\nfft %.6f\nfftw %.6f\nclips %d\ncheck %g\n", best_fb, best_fft, best_fftw,
+           reps * nclips, check);
     fftwf_destroy_plan(plan);
     fftwf_free(in), fftwf_free(re), fftwf_free(im);
     cav_fbank_free(fb);

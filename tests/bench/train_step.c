@@ -3,7 +3,8 @@
  * sgemm peak of the linked BLAS, so the shell script can print both as ratios in one run.
  *   train_step step tiny|base B STEPS   -> "samples_per_s X", per-phase seconds
  *   train_step sgemm                    -> "sgemm_gflops X" (best over the model's large GEMM shapes)
- * tiny is the benchmark config of tests/bench/RESULTS.md: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with 4 heads. */
+ * tiny is the benchmark config of tests/bench/RESULTS.md: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with
+ * 4 heads. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>

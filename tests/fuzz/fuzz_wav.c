@@ -21,7 +21,8 @@ CAV_FUZZ_ENTRY(wav) {
     cav_err e2 = {0};
     if (cav_clip_put_wave(&rec, w.dtype, w.channels, w.frames, w.data) == 0) {
         int got = cav_clip_get_wave(&rec, &wv, &e2);
-        if (got < 0) CAV_FUZZ_REQUIRE(e2.msg[0]);
+        if (got < 0)
+            CAV_FUZZ_REQUIRE(e2.msg[0]);
         else if (got > 0 && !cav_fbank_wave_samples(wv.i16, wv.f32, wv.n * wv.channels, &buf, &cap, &e2))
             CAV_FUZZ_REQUIRE(e2.msg[0]);
     }

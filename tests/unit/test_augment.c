@@ -37,8 +37,8 @@ static void audio_transforms_match_torch(void) {
     char name[64];
     int m, T, F, shift, ncases = 0;
     cav_specaug sa;
-    while (fscanf(f, "%63s %d %d %d %d %d %d %d %d", name, &m, &T, &F, &sa.f0, &sa.fw, &sa.t0, &sa.tw, &shift) ==
-           9) {
+    while (fscanf(f, "%63s %d %d %d %d %d %d %d %d", name, &m, &T, &F, &sa.f0, &sa.fw, &sa.t0, &sa.tw,
+                  &shift) == 9) {
         char fn[128];
         size_t nb;
         snprintf(fn, sizeof fn, "%s.in", name);

@@ -20,9 +20,13 @@
 
 static char tmpdir[256];
 
-static void mkpath(char *out, size_t n, const char *name) { snprintf(out, n, "%s/%s", tmpdir, name); }
+static void mkpath(char *out, size_t n, const char *name) {
+    snprintf(out, n, "%s/%s", tmpdir, name);
+}
 
-static uint64_t lcg(uint64_t *s) { return *s = *s * 6364136223846793005ULL + 1442695040888963407ULL; }
+static uint64_t lcg(uint64_t *s) {
+    return *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+}
 
 static void fill(cav_tensor *t, uint64_t *seed) {
     unsigned char *p = t->data;
@@ -98,7 +102,8 @@ static int check_all(const char *path) {
     if (!rd) return fprintf(stderr, "%s\n", err.msg), -1;
     int bad = 0, n = 0;
     const cav_attrs *da = cav_reader_attrs(rd);
-    if (!cav_attrs_get(da, "label_names") || strcmp(cav_attrs_get(da, "label_names"), "Speech\nDog, bark\n")) bad++;
+    if (!cav_attrs_get(da, "label_names") || strcmp(cav_attrs_get(da, "label_names"), "Speech\nDog, bark\n"))
+        bad++;
     cav_record r, e;
     cav_record_init(&r);
     int st;
@@ -140,13 +145,34 @@ static void shard_round_trip(void) {
     for (int i = 0; i < cav_shard_nfields(s); i++) {
         cav_shard_field f;
         cav_shard_field_info(s, i, &f);
-        if (!strcmp(f.name, "fix_f16")) { seen++; CHECK(!f.ragged && f.ndim == 3 && f.shape[2] == 4); }
-        if (!strcmp(f.name, "var_u8")) { seen++; CHECK(f.ragged); }
-        if (!strcmp(f.name, "big")) { seen++; CHECK(!f.ragged && f.present == NROWS); }
-        if (!strcmp(f.name, "changes")) { seen++; CHECK(f.ragged && f.present == NROWS); }
-        if (!strcmp(f.name, "sometimes")) { seen++; CHECK(f.ragged && f.present == NROWS - NROWS / 3); }
-        if (!strcmp(f.name, "late")) { seen++; CHECK(f.ragged && f.present == NROWS - 70); }
-        if (!strcmp(f.name, "empty")) { seen++; CHECK(f.ragged); } /* zero-length rows cannot be chunked */
+        if (!strcmp(f.name, "fix_f16")) {
+            seen++;
+            CHECK(!f.ragged && f.ndim == 3 && f.shape[2] == 4);
+        }
+        if (!strcmp(f.name, "var_u8")) {
+            seen++;
+            CHECK(f.ragged);
+        }
+        if (!strcmp(f.name, "big")) {
+            seen++;
+            CHECK(!f.ragged && f.present == NROWS);
+        }
+        if (!strcmp(f.name, "changes")) {
+            seen++;
+            CHECK(f.ragged && f.present == NROWS);
+        }
+        if (!strcmp(f.name, "sometimes")) {
+            seen++;
+            CHECK(f.ragged && f.present == NROWS - NROWS / 3);
+        }
+        if (!strcmp(f.name, "late")) {
+            seen++;
+            CHECK(f.ragged && f.present == NROWS - 70);
+        }
+        if (!strcmp(f.name, "empty")) {
+            seen++;
+            CHECK(f.ragged);
+        } /* zero-length rows cannot be chunked */
     }
     CHECK(seen == 7);
     cav_record r;
@@ -255,7 +281,8 @@ static void put64(unsigned char *p, uint64_t v) {
 }
 
 /* A stream with an empty header frame and one record frame holding payload (compressed for real). */
-static size_t craft(unsigned char *out, const unsigned char *payload, size_t pn, uint64_t fake_us, uint64_t fake_cs) {
+static size_t craft(unsigned char *out, const unsigned char *payload, size_t pn, uint64_t fake_us,
+                    uint64_t fake_cs) {
     size_t o = 0;
     memcpy(out, CAV_STREAM_MAGIC, 8);
     put32(out + 8, 1);
@@ -433,12 +460,14 @@ static void shard_truncated(void) {
             cav_record r;
             cav_record_init(&r);
             int st;
-            while ((st = cav_reader_next(rd, &r, &err)) == 1) {}
+            while ((st = cav_reader_next(rd, &r, &err)) == 1) {
+            }
             cav_record_clear(&r);
             cav_reader_close(rd);
             code = st < 0 ? err.code : 0;
         }
-        if (code != CAV_EXIT_INPUT || !strstr(err.msg, "trunc.h5")) fprintf(stderr, "  cut %zu: %d %s\n", cuts[i], code, err.msg);
+        if (code != CAV_EXIT_INPUT || !strstr(err.msg, "trunc.h5"))
+            fprintf(stderr, "  cut %zu: %d %s\n", cuts[i], code, err.msg);
         CHECK(code == CAV_EXIT_INPUT && strstr(err.msg, "trunc.h5"));
     }
     free(d);

@@ -1,7 +1,7 @@
 /* test_fbank_ref.c: cav_fbank against torchaudio.compliance.kaldi.fbank on the cases written by
  * tests/ref/gen_fbank.py (real recordings, edge cases, other option sets): one PASS/FAIL line per case
- * with the maximum absolute log-mel difference (the limit fbank(1) promises: 1e-4), the cut/zero-pad to 1024 frames,
- * refusals where torchaudio refuses, and the mel weights against get_mel_banks (bit-identical). */
+ * with the maximum absolute log-mel difference (the limit fbank(1) promises: 1e-4), the cut/zero-pad to 1024
+ * frames, refusals where torchaudio refuses, and the mel weights against get_mel_banks (bit-identical). */
 #include "fbank.h"
 #include "harness.h"
 #include "testdata.h"

@@ -2,13 +2,16 @@
 #include "harness.h"
 #include "json.h"
 
-static cav_json *P(const char *s, char *err) { return cav_json_parse(s, strlen(s), err, 256); }
+static cav_json *P(const char *s, char *err) {
+    return cav_json_parse(s, strlen(s), err, 256);
+}
 
 static void parses_reference_dataset_json(void) {
     char err[256];
-    const char *doc = "{\"data\": [ {\"video_id\": \"abc\", \"wav\": \"/d/abc.wav\", \"video_path\": \"/d/frames\","
-                      " \"labels\": \"/m/09x0r,/m/04rlf\"}, {\"video_id\": \"x\\u00e9\\ud83d\\ude00\", "
-                      "\"labels\": \"\"} ], \"n\": -1.5e3, \"ok\": true, \"no\": false, \"z\": null}";
+    const char *doc =
+        "{\"data\": [ {\"video_id\": \"abc\", \"wav\": \"/d/abc.wav\", \"video_path\": \"/d/frames\","
+        " \"labels\": \"/m/09x0r,/m/04rlf\"}, {\"video_id\": \"x\\u00e9\\ud83d\\ude00\", "
+        "\"labels\": \"\"} ], \"n\": -1.5e3, \"ok\": true, \"no\": false, \"z\": null}";
     cav_json *j = P(doc, err);
     REQUIRE(j != NULL);
     const cav_json *data = cav_json_get(j, "data");
@@ -26,8 +29,23 @@ static void parses_reference_dataset_json(void) {
 
 static void refuses_malformed(void) {
     char err[256];
-    const char *bad[] = {"", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "01", "1.", "-", "1e", "tru", "\"abc",
-                         "\"a\\x\"", "\"\\ud800\"", "{\"a\":1,\"a\":2}", "[1] [2]", "\"tab\there\"", "nan",
+    const char *bad[] = {"",
+                         "{",
+                         "[1,]",
+                         "{\"a\":1,}",
+                         "{\"a\" 1}",
+                         "01",
+                         "1.",
+                         "-",
+                         "1e",
+                         "tru",
+                         "\"abc",
+                         "\"a\\x\"",
+                         "\"\\ud800\"",
+                         "{\"a\":1,\"a\":2}",
+                         "[1] [2]",
+                         "\"tab\there\"",
+                         "nan",
                          "\"\\u0000\""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cav_json *j = P(bad[i], err);

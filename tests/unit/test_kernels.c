@@ -20,7 +20,9 @@ static float *rnd(size_t n, double scale) {
     for (size_t i = 0; i < n; i++) p[i] = (float)((2 * urand() - 1) * scale);
     return p;
 }
-static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+static float *zeros(size_t n) {
+    return calloc(n ? n : 1, sizeof(float));
+}
 static double proj(const float *out, const float *r, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)out[i] * r[i];
@@ -92,7 +94,8 @@ static void test_linear(void) {
  * Linear against naive sums. */
 static void test_linear_banded(void) {
     enum { M = 200, IC = 100, OC = 300 };
-    float *x = rnd(M * IC, 1), *w = rnd(OC * IC, 1), *b = rnd(OC, 1), *y = zeros(M * OC), *dy = rnd(M * OC, 1);
+    float *x = rnd(M * IC, 1), *w = rnd(OC * IC, 1), *b = rnd(OC, 1), *y = zeros(M * OC),
+          *dy = rnd(M * OC, 1);
     float *dx = zeros(M * IC), *dw = zeros(OC * IC), *db = zeros(OC);
     cav_linear_forward(y, x, w, b, M, IC, OC);
     cav_linear_backward(dx, dw, db, dy, x, w, M, IC, OC);
@@ -146,7 +149,8 @@ static void test_layernorm(void) {
         mu /= C;
         for (int i = 0; i < C; i++) var += (c.x[m * C + i] - mu) * (c.x[m * C + i] - mu);
         var /= C;
-        for (int i = 0; i < C; i++) ref[m * C + i] = (c.x[m * C + i] - mu) / sqrt(var + 1e-5) * c.w[i] + c.b[i];
+        for (int i = 0; i < C; i++)
+            ref[m * C + i] = (c.x[m * C + i] - mu) / sqrt(var + 1e-5) * c.w[i] + c.b[i];
     }
     CHECK(max_abs_diff(c.y, ref, M * C) < 1e-5);
     float *dx = zeros(M * C), *dw = zeros(C), *db = zeros(C);
@@ -212,7 +216,8 @@ static void test_gelu_softmax(void) {
      * errors against double precision stay at float rounding */
     {
         enum { W = 40001 };
-        float *x = malloc(sizeof(float) * W), *y = malloc(sizeof(float) * W), *g = zeros(W), *one = malloc(sizeof(float) * W);
+        float *x = malloc(sizeof(float) * W), *y = malloc(sizeof(float) * W), *g = zeros(W),
+              *one = malloc(sizeof(float) * W);
         for (int j = 0; j < W; j++) x[j] = (float)(-12.0 + 24.0 * j / (W - 1)), one[j] = 1.0f;
         cav_gelu_forward(y, x, W);
         cav_gelu_backward(g, x, one, W);
@@ -222,7 +227,8 @@ static void test_gelu_softmax(void) {
             wf = fmax(wf, fabs(y[j] - t * cdf) / fmax(1.0, fabs(t)));
             wb = fmax(wb, fabs(g[j] - (cdf + t * pdf)));
         }
-        printf("  gelu sweep [-12, 12]: max error forward %.2e (relative to max(1,|x|)), backward %.2e\n", wf, wb);
+        printf("  gelu sweep [-12, 12]: max error forward %.2e (relative to max(1,|x|)), backward %.2e\n", wf,
+               wb);
         CHECK(wf < 3e-7);
         CHECK(wb < 5e-7);
         free(x), free(y), free(g), free(one);
@@ -247,7 +253,8 @@ static double att_obj(void *p) {
 static void attention_case(int B, int N, int C, int H) {
     int D = C / H;
     att_ctx c = {.B = B, .N = N, .C = C, .H = H};
-    c.qkv = rnd(B * N * 3 * C, 1), c.out = zeros(B * N * C), c.att = zeros(B * H * N * N), c.r = rnd(B * N * C, 1);
+    c.qkv = rnd(B * N * 3 * C, 1), c.out = zeros(B * N * C), c.att = zeros(B * H * N * N),
+    c.r = rnd(B * N * C, 1);
     att_obj(&c);
     /* naive: q[b,h,n,d] = qkv[b,n,0*C + h*D + d], k at C, v at 2C (reshape(B,N,3,H,D).permute(2,0,3,1,4)) */
     double *ref = calloc((size_t)B * N * C, sizeof(double));
@@ -258,19 +265,21 @@ static void attention_case(int B, int N, int C, int H) {
                 for (int j = 0; j < N; j++) {
                     double d = 0;
                     for (int e = 0; e < D; e++)
-                        d += (double)c.qkv[(b * N + i) * 3 * C + h * D + e] * c.qkv[(b * N + j) * 3 * C + C + h * D + e];
+                        d += (double)c.qkv[(b * N + i) * 3 * C + h * D + e] *
+                             c.qkv[(b * N + j) * 3 * C + C + h * D + e];
                     s[j] = d / sqrt((double)D);
                     mx = fmax(mx, s[j]);
                 }
                 for (int j = 0; j < N; j++) z += (s[j] = exp(s[j] - mx));
                 for (int e = 0; e < D; e++) {
                     double o = 0;
-                    for (int j = 0; j < N; j++) o += s[j] / z * c.qkv[(b * N + j) * 3 * C + 2 * C + h * D + e];
+                    for (int j = 0; j < N; j++)
+                        o += s[j] / z * c.qkv[(b * N + j) * 3 * C + 2 * C + h * D + e];
                     ref[(b * N + i) * C + h * D + e] = o; /* transpose(1,2).reshape: heads side by side */
                 }
             }
     CHECK(max_abs_diff(c.out, ref, B * N * C) < 1e-5);
-    float *dqkv = rnd(B * N * 3 * C, 1); /* garbage in dqkv: it must be overwritten */
+    float *dqkv = rnd(B * N * 3 * C, 1);              /* garbage in dqkv: it must be overwritten */
     float *work = rnd(cav_attention_workspace(N), 1); /* garbage: scratch only */
     cav_attention_backward(dqkv, c.r, c.qkv, c.att, work, B, N, C, H);
     free(work);
@@ -346,7 +355,8 @@ static void test_token_ops(void) {
     float *pos = rnd(3 * C, 1), *mod = rnd(C, 1), *y = malloc(sizeof(float) * B * 5 * C);
     memcpy(y, cat, sizeof(float) * B * 5 * C);
     cav_add_pos_forward(y, pos, mod, B, 5, 2, 3, C);
-    CHECK(y[(5 + 3) * C + 1] == (cat[(5 + 3) * C + 1] + pos[1 * C + 1]) + mod[1] && y[(5 + 1) * C] == cat[(5 + 1) * C]);
+    CHECK(y[(5 + 3) * C + 1] == (cat[(5 + 3) * C + 1] + pos[1 * C + 1]) + mod[1] &&
+          y[(5 + 1) * C] == cat[(5 + 1) * C]);
     float *dpos = zeros(3 * C), *dmod = zeros(C);
     cav_add_pos_backward(dpos, dmod, cat, B, 5, 2, 3, C);
     CHECK_NEAR(dpos[C + 2], cat[3 * C + 2] + cat[(5 + 3) * C + 2], 1e-6);
@@ -384,7 +394,8 @@ static void test_patches(void) {
                     double s = bias[d];
                     for (int ky = 0; ky < 16; ky++)
                         for (int kx = 0; kx < 16; kx++)
-                            s += (double)w[d * 256 + ky * 16 + kx] * a[(b * T + ox * 16 + kx) * F + oy * 16 + ky];
+                            s += (double)w[d * 256 + ky * 16 + kx] *
+                                 a[(b * T + ox * 16 + kx) * F + oy * 16 + ky];
                     /* conv output flatten(2).transpose(1,2): token = oy * (T/16) + ox */
                     err = fmax(err, fabs(s - emb[(b * La + oy * (T / 16) + ox) * D + d]));
                 }
@@ -419,8 +430,8 @@ static void test_patches(void) {
                 for (int p = 0; p < 16; p++)
                     for (int q = 0; q < 16; q++)
                         for (int c = 0; c < 3; c++) {
-                            long src = n * in_stride[0] + c * in_stride[1] + h * in_stride[2] + p * in_stride[3] +
-                                       ww * in_stride[4] + q * in_stride[5];
+                            long src = n * in_stride[0] + c * in_stride[1] + h * in_stride[2] +
+                                       p * in_stride[3] + ww * in_stride[4] + q * in_stride[5];
                             long dst = ((((long)n * g + h) * g + ww) * 16 + p) * 16 * 3 + q * 3 + c;
                             ok &= vp[dst] == v[src];
                         }
@@ -469,8 +480,10 @@ static double naive_nce(const float *a, const float *v, int B, int C, int transp
                 d += (double)a[i * C + k] * v[j * C + k];
             }
             double s = d / sqrt(na) / sqrt(nv) / 0.05;
-            if (transpose) S[j][i] = s;
-            else S[i][j] = s;
+            if (transpose)
+                S[j][i] = s;
+            else
+                S[i][j] = s;
         }
     for (int j = 0; j < B; j++) { /* log_softmax over dim 0 (rows i), diagonal */
         double z = 0;
@@ -491,7 +504,8 @@ static void test_contrastive(void) {
         con_ctx c = {.B = B, .C = C, .bidir = bidir};
         c.a = rnd(B * C, 1), c.v = rnd(B * C, 1), c.an = zeros(B * C), c.vn = zeros(B * C);
         c.na = zeros(B), c.nv = zeros(B);
-        for (int i = 0; i < C; i++) c.v[2 * C + i] = c.a[2 * C + i] + 0.1f * c.v[2 * C + i]; /* one sure hit */
+        for (int i = 0; i < C; i++)
+            c.v[2 * C + i] = c.a[2 * C + i] + 0.1f * c.v[2 * C + i]; /* one sure hit */
         double loss = con_obj(&c);
         float acc;
         double *work = malloc(sizeof(double) * cav_contrastive_workspace(B));
@@ -509,7 +523,8 @@ static void test_contrastive(void) {
         cav_l2norm_backward(dv, dvn, c.vn, c.nv, B, C);
         CHECK(gradcheck(c.a, B * C, da, con_obj, &c, 1e-3) < 5e-3);
         CHECK(gradcheck(c.v, B * C, dv, con_obj, &c, 1e-3) < 5e-3);
-        free(c.a), free(c.v), free(c.an), free(c.vn), free(c.na), free(c.nv), free(dan), free(dvn), free(da), free(dv);
+        free(c.a), free(c.v), free(c.an), free(c.vn), free(c.na), free(c.nv), free(dan), free(dvn), free(da),
+            free(dv);
     }
 }
 
@@ -558,7 +573,8 @@ typedef struct {
 } cls_ctx;
 static double cls_obj(void *p) {
     cls_ctx *c = p;
-    return c->ce ? cav_soft_ce_forward(c->x, c->y, c->B, c->K) : cav_bce_logits_forward(c->x, c->y, c->B, c->K);
+    return c->ce ? cav_soft_ce_forward(c->x, c->y, c->B, c->K)
+                 : cav_bce_logits_forward(c->x, c->y, c->B, c->K);
 }
 static void test_classification_losses(void) {
     enum { B = 3, K = 7 };
@@ -612,9 +628,11 @@ static void test_adam(void) {
     {
         enum { L = 4099 };
         float *pa = rnd(L, 1), *ga = rnd(L, 1), *ma = rnd(L, 0.1), *va = rnd(L, 0.1);
-        float *pb = malloc(sizeof(float) * L), *mb = malloc(sizeof(float) * L), *vb = malloc(sizeof(float) * L);
+        float *pb = malloc(sizeof(float) * L), *mb = malloc(sizeof(float) * L),
+              *vb = malloc(sizeof(float) * L);
         for (int i = 0; i < L; i++) va[i] = fabsf(va[i]);
-        memcpy(pb, pa, sizeof(float) * L), memcpy(mb, ma, sizeof(float) * L), memcpy(vb, va, sizeof(float) * L);
+        memcpy(pb, pa, sizeof(float) * L), memcpy(mb, ma, sizeof(float) * L),
+            memcpy(vb, va, sizeof(float) * L);
         cav_adam_step(pa, ga, ma, va, L, lr, b1, b2, eps, wd, 3);
         float step = (float)(-(lr / (1 - pow(b1, 3)))), bc2s = (float)sqrt(1 - pow(b2, 3));
         int same = 1;
@@ -653,7 +671,8 @@ static float *back(const void *d, size_t n) {
 static double rel_diff(const float *d, const float *ref, size_t n) {
     float *h = back(d, n);
     double ma = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) ma = fmax(ma, fabs((double)h[i] - ref[i])), mb = fmax(mb, fabs((double)ref[i]));
+    for (size_t i = 0; i < n; i++)
+        ma = fmax(ma, fabs((double)h[i] - ref[i])), mb = fmax(mb, fabs((double)ref[i]));
     free(h);
     return mb > 0 ? ma / mb : ma;
 }
@@ -663,9 +682,11 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     const cav_backend *be = cur_be;
     int ok = 1, M = B * N, L = (N + 1) / 2, OC = 2 * C + 1;
     size_t nx = (size_t)M * C;
-    float *x = rnd(nx, 1), *w = rnd((size_t)OC * C, 0.3), *b = rnd(OC, 0.1), *g = rnd(C, 1), *bb = rnd(C, 0.1);
+    float *x = rnd(nx, 1), *w = rnd((size_t)OC * C, 0.3), *b = rnd(OC, 0.1), *g = rnd(C, 1),
+          *bb = rnd(C, 0.1);
     float *dx = rnd((size_t)M * OC, 1);
-    float *dev_x = dev(x, sizeof(float) * nx), *dev_w = dev(w, sizeof(float) * OC * C), *dev_b = dev(b, sizeof(float) * OC);
+    float *dev_x = dev(x, sizeof(float) * nx), *dev_w = dev(w, sizeof(float) * OC * C),
+          *dev_b = dev(b, sizeof(float) * OC);
     /* linear, forward and backward */
     float *ref = zeros((size_t)M * OC), *out = dev(NULL, sizeof(float) * M * OC);
     cav_linear_forward(ref, x, w, b, M, C, OC);
@@ -676,10 +697,13 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     float *ddw = dev(rdw, sizeof(float) * OC * C), *ddb = dev(rdb, sizeof(float) * OC);
     cav_linear_backward(rdi, rdw, rdb, dx, x, w, M, C, OC);
     be->linear_backward(ddi, ddw, ddb, ddo, dev_x, dev_w, M, C, OC);
-    ok &= rel_diff(ddi, rdi, nx) <= tol && rel_diff(ddw, rdw, (size_t)OC * C) <= tol && rel_diff(ddb, rdb, OC) <= tol;
+    ok &= rel_diff(ddi, rdi, nx) <= tol && rel_diff(ddw, rdw, (size_t)OC * C) <= tol &&
+          rel_diff(ddb, rdb, OC) <= tol;
     /* layernorm */
-    float *lo = zeros(nx), *lm = zeros(M), *lr = zeros(M), *dg = dev(g, sizeof(float) * C), *dbb = dev(bb, sizeof(float) * C);
-    float *dlo = dev(NULL, sizeof(float) * nx), *dlm = dev(NULL, sizeof(float) * M), *dlr = dev(NULL, sizeof(float) * M);
+    float *lo = zeros(nx), *lm = zeros(M), *lr = zeros(M), *dg = dev(g, sizeof(float) * C),
+          *dbb = dev(bb, sizeof(float) * C);
+    float *dlo = dev(NULL, sizeof(float) * nx), *dlm = dev(NULL, sizeof(float) * M),
+          *dlr = dev(NULL, sizeof(float) * M);
     cav_layernorm_forward(lo, lm, lr, x, g, bb, M, C);
     be->layernorm_forward(dlo, dlm, dlr, dev_x, dg, dbb, M, C);
     ok &= rel_diff(dlo, lo, nx) <= tol && rel_diff(dlr, lr, M) <= tol;
@@ -687,7 +711,8 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     float *qkv = rnd(3 * nx, 1), *ao = zeros(nx), *att = zeros((size_t)B * H * N * N), *dq = zeros(3 * nx);
     float *dqkv = dev(qkv, sizeof(float) * 3 * nx), *dao = dev(NULL, sizeof(float) * nx);
     float *dst = dev(NULL, sizeof(float) * be->attention_state_size(B, H, N));
-    float *dwk = dev(NULL, sizeof(float) * be->attention_workspace(B, H, N)), *ddq = dev(NULL, sizeof(float) * 3 * nx);
+    float *dwk = dev(NULL, sizeof(float) * be->attention_workspace(B, H, N)),
+          *ddq = dev(NULL, sizeof(float) * 3 * nx);
     float *cwork = malloc(sizeof(float) * cav_attention_workspace(N));
     cav_attention_forward(ao, att, qkv, B, N, C, H);
     be->attention_forward(dao, dst, dqkv, B, N, C, H);
@@ -713,7 +738,8 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     be->mask_from_keep(dmk, didx, B, N, L);
     ok &= rel_diff(dmk, mk, M) <= tol;
     float *pm = zeros((size_t)B * C), *pn = zeros((size_t)B * C), *pr = zeros(B);
-    float *dpm = dev(NULL, sizeof(float) * B * C), *dpn = dev(NULL, sizeof(float) * B * C), *dpr = dev(NULL, sizeof(float) * B);
+    float *dpm = dev(NULL, sizeof(float) * B * C), *dpn = dev(NULL, sizeof(float) * B * C),
+          *dpr = dev(NULL, sizeof(float) * B);
     cav_mean_tokens_forward(pm, x, B, N, C), cav_l2norm_forward(pn, pr, pm, B, C);
     be->mean_tokens_forward(dpm, dev_x, B, N, C), be->l2norm_forward(dpn, dpr, dpm, B, C);
     ok &= rel_diff(dpn, pn, (size_t)B * C) <= tol;
@@ -737,11 +763,11 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     float *z = zeros(nx);
     ok &= rel_diff(dlo, z, nx) == 0;
     free(z);
-    void *devs[] = {dev_x, dev_w, dev_b, out, ddo, ddi, ddw, ddb, dg, dbb, dlo, dlm, dlr, dqkv, dao, dst, dwk, ddq,
-                    didx, dgo, dgi, dmk, dpm, dpn, dpr, w2, dm1, dv1};
+    void *devs[] = {dev_x, dev_w, dev_b, out, ddo,  ddi, ddw, ddb, dg,  dbb, dlo, dlm, dlr, dqkv,
+                    dao,   dst,   dwk,   ddq, didx, dgo, dgi, dmk, dpm, dpn, dpr, w2,  dm1, dv1};
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) be->free(devs[i]);
-    void *hosts[] = {x, w, b, g, bb, dx, ref, rdi, rdw, rdb, lo, lm, lr, qkv, ao, att, dq, cwork, idx, go, gi, mk, pm,
-                     pn, pr, w1, pm1, pv1, wc};
+    void *hosts[] = {x,   w,  b,     g,   bb, dx, ref, rdi, rdw, rdb, lo, lm,  lr,  qkv, ao,
+                     att, dq, cwork, idx, go, gi, mk,  pm,  pn,  pr,  w1, pm1, pv1, wc};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
     return ok;
 }
@@ -923,12 +949,14 @@ static void test_backends(void) {
             continue;
         }
         /* shapes: (B, N, C, H) */
-        static const int shapes[][4] = {{2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
+        static const int shapes[][4] = {
+            {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
         int ok = 1;
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
             int good = backend_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 1e-5);
-            if (!good) fprintf(stderr, "  backend %s: shape %d %d %d %d differs\n", names[k], shapes[i][0],
-                               shapes[i][1], shapes[i][2], shapes[i][3]);
+            if (!good)
+                fprintf(stderr, "  backend %s: shape %d %d %d %d differs\n", names[k], shapes[i][0],
+                        shapes[i][1], shapes[i][2], shapes[i][3]);
             ok &= good;
         }
         /* and the ops backend_case leaves out, on its shapes and on rows longer than a GPU block's lanes */

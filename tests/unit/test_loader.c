@@ -32,7 +32,8 @@ static int make_shard(const char *path, int corrupt_row) {
         cav_record_set_id(&rec, id);
         int64_t fs[2] = {T - 4 + r % 7, F}; /* some shorter, some longer than T */
         cav_tensor *fb = cav_record_add(&rec, "fbank", CAV_F32, 2, fs);
-        for (int64_t i = 0; i < fs[0] * F; i++) ((float *)fb->data)[i] = -8.0f + (float)((i * 7 + r * 13) % 97) / 10;
+        for (int64_t i = 0; i < fs[0] * F; i++)
+            ((float *)fb->data)[i] = -8.0f + (float)((i * 7 + r * 13) % 97) / 10;
         /* 10 JPEG frames, each a different flat-ish picture */
         uint8_t *rgb = malloc(S * S * 3), *all = NULL;
         int64_t off[11] = {0};
@@ -184,7 +185,8 @@ static void bad_data_is_reported_with_shard_and_row(void) {
     cav_batch b;
     CHECK(cav_loader_next(ld, &b, &err) == 1);
     CHECK(cav_loader_next(ld, &b, &err) == -1);
-    CHECK(err.code == 2 && strstr(err.msg, bad) && strstr(err.msg, "row 6") && strstr(err.msg, "frames_jpeg"));
+    CHECK(err.code == 2 && strstr(err.msg, bad) && strstr(err.msg, "row 6") &&
+          strstr(err.msg, "frames_jpeg"));
     cav_loader_close(ld);
     o.label_dim = K + 1; /* a shape the shard does not hold: refused at open */
     CHECK(cav_loader_open(paths, 1, &o, &err) == NULL && err.code == 2 && strstr(err.msg, "labels"));
@@ -193,8 +195,8 @@ static void bad_data_is_reported_with_shard_and_row(void) {
 
 /* ---- waveforms instead of fbank ---- */
 
-#define WT 64    /* frames the loader fits to */
-#define WF 128   /* mel bins: the fbank tool's default */
+#define WT 64  /* frames the loader fits to */
+#define WF 128 /* mel bins: the fbank tool's default */
 #define WROWS 6
 
 /* A shard of i16 waves at 16 kHz (rows from 30 to 90 frames long, one stereo; sample_rate set on some
@@ -216,9 +218,11 @@ static int make_wave_shard(const char *path, const char *bad_rate) {
         int16_t *x = t->data;
         for (int64_t i = 0; i < n * ch; i++) {
             st = st * 6364136223846793005ull + 1442695040888963407ull;
-            x[i] = (int16_t)(3000 * sin(0.05 * (double)(i % n) * (1 + r)) + (double)(int64_t)(st >> 52) - 2048);
+            x[i] =
+                (int16_t)(3000 * sin(0.05 * (double)(i % n) * (1 + r)) + (double)(int64_t)(st >> 52) - 2048);
         }
-        if (r % 2 == 0 && cav_attrs_set(&rec.attrs, "sample_rate", r == 4 && bad_rate ? bad_rate : "16000")) return -1;
+        if (r % 2 == 0 && cav_attrs_set(&rec.attrs, "sample_rate", r == 4 && bad_rate ? bad_rate : "16000"))
+            return -1;
         if (cav_shard_append(w, &rec, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
         cav_record_clear(&rec);
     }
@@ -276,13 +280,15 @@ static void waves_equal_fbank_tool(void) {
         CHECK(memcmp(a, b, (size_t)na * WT * WF * sizeof *a) == 0);
         double d = 0;
         for (int64_t i = 0; i < na * WT * WF; i++) d = fmax(d, fabs(a[i] - b[i]));
-        fprintf(stderr, "  %s: max |waves - fbank tool| %g over %lld rows\n", train ? "train" : "eval", d, (long long)na);
+        fprintf(stderr, "  %s: max |waves - fbank tool| %g over %lld rows\n", train ? "train" : "eval", d,
+                (long long)na);
     }
     /* both shards in one loader (evaluation order: the wave rows, then the same rows from fbank) */
     REQUIRE(audio_epoch(wave_opts(0), pw, 2, a, &na) == 0);
     CHECK(na == 2 * WROWS && memcmp(a, a + WROWS * WT * WF, (size_t)WROWS * WT * WF * sizeof *a) == 0);
     /* rows shorter than WT frames are zero-padded before normalisation: row 0 has 30 frames */
-    CHECK(a[(size_t)(WT - 1) * WF] == (0.0f - (-5.081f)) / 4.4849f && a[(size_t)29 * WF] != a[(size_t)(WT - 1) * WF]);
+    CHECK(a[(size_t)(WT - 1) * WF] == (0.0f - (-5.081f)) / 4.4849f &&
+          a[(size_t)29 * WF] != a[(size_t)(WT - 1) * WF]);
     REQUIRE(make_wave_shard(bad, "44100") == 0);
     cav_loader_opts o = wave_opts(1);
     cav_err err;

@@ -12,7 +12,8 @@
 #include "model.h"
 
 static void test_param_counts(void) {
-    size_t tr, n = cav_config_param_count(&(cav_config){0}, NULL); /* all zero: not a valid config, but no crash */
+    size_t tr,
+        n = cav_config_param_count(&(cav_config){0}, NULL); /* all zero: not a valid config, but no crash */
     (void)n;
     cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
     CHECK(cav_config_param_count(&c, &tr) == 191036160);
@@ -32,11 +33,22 @@ static void test_param_table(void) {
     cav_err err = {0};
     cav_model *m = cav_model_create(&c, 1, &err);
     REQUIRE(m);
-    static const char *first[] = {"modality_a", "modality_v", "pos_embed_a", "pos_embed_v", "mask_token",
-                                  "decoder_modality_a", "decoder_modality_v", "decoder_pos_embed_a",
-                                  "decoder_pos_embed_v", "patch_embed_a.proj.weight", "patch_embed_a.proj.bias",
-                                  "patch_embed_v.proj.weight", "patch_embed_v.proj.bias", "blocks_a.0.norm1.weight",
-                                  "blocks_a.0.norm1.bias", "blocks_a.0.norm1_a.weight"};
+    static const char *first[] = {"modality_a",
+                                  "modality_v",
+                                  "pos_embed_a",
+                                  "pos_embed_v",
+                                  "mask_token",
+                                  "decoder_modality_a",
+                                  "decoder_modality_v",
+                                  "decoder_pos_embed_a",
+                                  "decoder_pos_embed_v",
+                                  "patch_embed_a.proj.weight",
+                                  "patch_embed_a.proj.bias",
+                                  "patch_embed_v.proj.weight",
+                                  "patch_embed_v.proj.bias",
+                                  "blocks_a.0.norm1.weight",
+                                  "blocks_a.0.norm1.bias",
+                                  "blocks_a.0.norm1_a.weight"};
     for (int i = 0; i < 16; i++) CHECK(!strcmp(m->table[i].name, first[i]));
     CHECK(!strcmp(m->table[m->ntable - 1].name, "decoder_pred_v.bias"));
     cav_param *e = cav_model_param(m, "patch_embed_a.proj.weight");
@@ -112,11 +124,13 @@ static void directional(cav_model *m, cav_param *e, const float *x0, const float
                         double *num, double *ana) {
     double dp = 0, dm = 0;
     float *x = malloc(sizeof(float) * e->numel);
-    for (size_t k = 0; k < e->numel; k++) x[k] = (float)(x0[k] + h * v[k]), dp += ((double)x[k] - x0[k]) * g[k];
+    for (size_t k = 0; k < e->numel; k++)
+        x[k] = (float)(x0[k] + h * v[k]), dp += ((double)x[k] - x0[k]) * g[k];
     cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
     cav_model_forward(m);
     double lp = m->out.loss;
-    for (size_t k = 0; k < e->numel; k++) x[k] = (float)(x0[k] - h * v[k]), dm += ((double)x0[k] - x[k]) * g[k];
+    for (size_t k = 0; k < e->numel; k++)
+        x[k] = (float)(x0[k] - h * v[k]), dm += ((double)x0[k] - x[k]) * g[k];
     cav_model_write_param(m, CAV_BUF_PARAMS, e, x);
     cav_model_forward(m);
     double lm = m->out.loss;
@@ -160,7 +174,8 @@ static double model_gradcheck(cav_model *m, char *worst, size_t wlen) {
         int k = e2 < e1;
         if (fmin(e1, e2) > err) {
             err = fmin(e1, e2);
-            snprintf(worst, wlen, "%s: numeric %.6g analytic %.6g", m->table[t].name, num[2 * t + k], ana[2 * t + k]);
+            snprintf(worst, wlen, "%s: numeric %.6g analytic %.6g", m->table[t].name, num[2 * t + k],
+                     ana[2 * t + k]);
         }
     }
     free(ana), free(num);
@@ -168,7 +183,8 @@ static double model_gradcheck(cav_model *m, char *worst, size_t wlen) {
 }
 
 static void fill_inputs(cav_model *m, uint64_t *mask_rng) {
-    size_t na = cav_model_input_size(m, CAV_IN_AUDIO) * m->B, nv = cav_model_input_size(m, CAV_IN_VIDEO) * m->B;
+    size_t na = cav_model_input_size(m, CAV_IN_AUDIO) * m->B,
+           nv = cav_model_input_size(m, CAV_IN_VIDEO) * m->B;
     size_t nl = cav_model_input_size(m, CAV_IN_LABELS) * m->B;
     float *x = malloc(sizeof(float) * (na + nv + nl + 1));
     for (size_t i = 0; i < na; i++) x[i] = (float)(2 * ur() - 1);
@@ -225,7 +241,8 @@ static void test_gradcheck_pretrain_variants(void) {
 }
 
 static void test_gradcheck_finetune_modes(void) {
-    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly", "missingvideoonly"};
+    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly",
+                                  "missingvideoonly"};
     for (int i = 0; i < 5; i++) {
         cav_config c = tiny(CAV_TASK_FINETUNE);
         c.label_dim = 5, c.mode = cav_ft_mode_parse(modes[i]);
@@ -257,7 +274,8 @@ static void test_branches(void) {
     CHECK(cav_model_output_shape(m, "pred_a", shape, &nd) == 2 * 6 * 256 && nd == 3 && shape[0] == 2 &&
           shape[1] == 6 && shape[2] == 256);
     float ma[12];
-    REQUIRE(cav_model_output_shape(m, "mask_a", shape, &nd) == 12 && cav_model_read_output(m, "mask_a", ma) == 0);
+    REQUIRE(cav_model_output_shape(m, "mask_a", shape, &nd) == 12 &&
+            cav_model_read_output(m, "mask_a", ma) == 0);
     double s = 0;
     for (int i = 0; i < 12; i++) s += ma[i];
     CHECK(s == 6); /* half of 2 x 6 tokens masked */
@@ -307,9 +325,9 @@ static void test_masks(void) {
             int ncol = 0, nrow = 0, fullcol = 0, fullrow = 0;
             for (int t = 0; t < 64; t++) ncol += cols[t] > 0, fullcol += cols[t] == 8;
             for (int f = 0; f < 8; f++) nrow += rows[f] > 0, fullrow += rows[f] == 64;
-            if (mode == CAV_MASK_TIME) CHECK(ncol == 16 && fullcol == 16);     /* 48 columns removed */
-            if (mode == CAV_MASK_FREQ) CHECK(nrow == 2 && fullrow == 2);       /* 6 rows removed */
-            if (mode == CAV_MASK_TF) {                                         /* 33 columns, 4 rows forced */
+            if (mode == CAV_MASK_TIME) CHECK(ncol == 16 && fullcol == 16); /* 48 columns removed */
+            if (mode == CAV_MASK_FREQ) CHECK(nrow == 2 && fullrow == 2);   /* 6 rows removed */
+            if (mode == CAV_MASK_TF) {                                     /* 33 columns, 4 rows forced */
                 int unforced_cols = 0;
                 for (int t = 0; t < 64; t++) unforced_cols += cols[t] >= 4;
                 CHECK(unforced_cols >= 31 && ncol <= 35);
@@ -346,7 +364,8 @@ static double split_vs_whole(const cav_config *c) {
     float *params = malloc(sizeof(float) * w->nparams), *grads = malloc(sizeof(float) * w->nparams);
     float *in = malloc(sizeof(float) * N * (A + V + 1)), *ca = calloc((size_t)N * w->D, sizeof(float));
     float *cv = calloc((size_t)N * w->D, sizeof(float));
-    int64_t *keep = malloc(sizeof(int64_t) * N * (KA + KV + 1)), *pkeep = malloc(sizeof(int64_t) * R * (KA + KV + 1));
+    int64_t *keep = malloc(sizeof(int64_t) * N * (KA + KV + 1)),
+            *pkeep = malloc(sizeof(int64_t) * R * (KA + KV + 1));
     if (!params || !grads || !in || !ca || !cv || !keep || !pkeep) return 1e9;
     cav_model_read_buffer(w, CAV_BUF_PARAMS, params);
     for (int k = 0; k < P; k++) {
@@ -440,14 +459,17 @@ static void test_model_adam(void) {
     fill_inputs(m, &mr);
     cav_model_forward(m);
     cav_model_backward(m);
-    cav_param *w = cav_model_param(m, "blocks_u.0.mlp.fc1.weight"), *h = cav_model_param(m, "mlp_head.1.weight");
+    cav_param *w = cav_model_param(m, "blocks_u.0.mlp.fc1.weight"),
+              *h = cav_model_param(m, "mlp_head.1.weight");
     cav_param *pos = cav_model_param(m, "pos_embed_v");
     REQUIRE(w && h && pos);
     float w0 = get1(m, CAV_BUF_PARAMS, w, 5), gw = get1(m, CAV_BUF_GRADS, w, 5);
-    float h0 = get1(m, CAV_BUF_PARAMS, h, 2), gh = get1(m, CAV_BUF_GRADS, h, 2), p0 = get1(m, CAV_BUF_PARAMS, pos, 7);
+    float h0 = get1(m, CAV_BUF_PARAMS, h, 2), gh = get1(m, CAV_BUF_GRADS, h, 2),
+          p0 = get1(m, CAV_BUF_PARAMS, pos, 7);
     double lr = 1e-3, wd = 5e-7;
     cav_model_adam_step(m, lr, 100, 0.95, 0.999, 1e-8, wd);
-    /* first step: m = (1-b1) g', v = (1-b2) g'^2, update = lr * g' / (|g'| + eps * sqrt(1-b2)) ~ lr sign(g') */
+    /* first step: m = (1-b1) g', v = (1-b2) g'^2, update = lr * g' / (|g'| + eps * sqrt(1-b2)) ~ lr sign(g')
+     */
     double g1 = gw + wd * w0, want = w0 - lr * g1 / (fabs(g1) + 1e-8);
     CHECK_NEAR(get1(m, CAV_BUF_PARAMS, w, 5), want, 1e-7);
     double g2 = gh + wd * h0;
@@ -477,16 +499,21 @@ static void test_config_set(void) {
     CHECK(cav_config_set(&c, "patch_size", "8") == -1);
     CHECK(cav_config_set(&c, "batch", "4") == -2);
     cav_config v = cav_config_default(CAV_TASK_PRETRAIN);
-    CHECK(cav_config_variant(&v, "vanilla_av_mae") == 0 && v.modality_specific_depth == 0 && v.contrast_loss_weight == 0);
+    CHECK(cav_config_variant(&v, "vanilla_av_mae") == 0 && v.modality_specific_depth == 0 &&
+          v.contrast_loss_weight == 0);
     CHECK(cav_config_variant(&v, "cav") == 0 && v.mae_loss_weight == 0 && v.contrast_loss_weight > 0);
     CHECK(cav_config_variant(&v, "bert") == -1);
     /* JSON round trip through cav_config_set, for both tasks */
     for (int task = 0; task < 2; task++) {
         cav_config a = cav_config_default(task), b = cav_config_default(task);
-        a.embed_dim = 192, a.num_heads = 3, a.mask_ratio_a = 0.6, a.mask_mode = CAV_MASK_FREQ, a.use_video = 0;
+        a.embed_dim = 192, a.num_heads = 3, a.mask_ratio_a = 0.6, a.mask_mode = CAV_MASK_FREQ,
+        a.use_video = 0;
         a.contrast_loss_weight = 0, a.mode = CAV_FT_MISSINGVIDEOONLY, a.loss_ce = 1, a.tr_pos = !a.tr_pos;
-        if (task == CAV_TASK_FINETUNE) a.mask_ratio_a = b.mask_ratio_a, a.mask_mode = b.mask_mode, a.use_video = 1, a.contrast_loss_weight = b.contrast_loss_weight;
-        else a.mode = b.mode, a.loss_ce = b.loss_ce;
+        if (task == CAV_TASK_FINETUNE)
+            a.mask_ratio_a = b.mask_ratio_a, a.mask_mode = b.mask_mode, a.use_video = 1,
+            a.contrast_loss_weight = b.contrast_loss_weight;
+        else
+            a.mode = b.mode, a.loss_ce = b.loss_ce;
         char js[2048], key[64], val[64];
         REQUIRE(cav_config_json(&a, js, sizeof js) > 0);
         CHECK(cav_config_json(&a, js, 20) == -1);
@@ -524,7 +551,8 @@ static void test_used(void) {
     CHECK(!cav_model_param(m, "blocks_u.0.norm1_a.weight")->used);
     CHECK(cav_model_param(m, "blocks_u.1.norm2_v.bias")->used);
     CHECK(cav_model_param(m, "blocks_u.0.norm2.bias")->used && cav_model_param(m, "mask_token")->used);
-    CHECK(cav_model_param(m, "decoder_pos_embed_v")->used && !cav_model_param(m, "decoder_blocks.0.norm1_v.weight")->used);
+    CHECK(cav_model_param(m, "decoder_pos_embed_v")->used &&
+          !cav_model_param(m, "decoder_blocks.0.norm1_v.weight")->used);
     cav_model_free(m);
     c.chain_contrast_streams = 1;
     m = cav_model_create(&c, 2, &err);
@@ -535,7 +563,8 @@ static void test_used(void) {
     cav_config_variant(&c, "audio-mae");
     m = cav_model_create(&c, 2, &err);
     REQUIRE(m);
-    CHECK(!cav_model_param(m, "patch_embed_v.proj.weight")->used && !cav_model_param(m, "decoder_pred_v.bias")->used);
+    CHECK(!cav_model_param(m, "patch_embed_v.proj.weight")->used &&
+          !cav_model_param(m, "decoder_pred_v.bias")->used);
     CHECK(!cav_model_param(m, "norm_a.weight")->used && cav_model_param(m, "norm.weight")->used);
     /* an unreached parameter keeps its value through Adam, weight decay and all */
     uint64_t mr = 3;
@@ -543,7 +572,8 @@ static void test_used(void) {
     fill_inputs(m, &mr);
     cav_model_forward(m);
     cav_model_backward(m);
-    cav_param *u = cav_model_param(m, "blocks_u.0.norm1_v.weight"), *r = cav_model_param(m, "blocks_u.0.norm1.weight");
+    cav_param *u = cav_model_param(m, "blocks_u.0.norm1_v.weight"),
+              *r = cav_model_param(m, "blocks_u.0.norm1.weight");
     float u0 = get1(m, CAV_BUF_PARAMS, u, 0), r0 = get1(m, CAV_BUF_PARAMS, r, 0);
     cav_model_adam_step(m, 1e-3, 1, 0.95, 0.999, 1e-8, 0.1);
     CHECK(get1(m, CAV_BUF_PARAMS, u, 0) == u0 && get1(m, CAV_BUF_PARAMS, r, 0) != r0);
@@ -553,7 +583,8 @@ static void test_used(void) {
     m = cav_model_create(&c, 2, &err);
     REQUIRE(m);
     CHECK(!cav_model_param(m, "blocks_v.0.mlp.fc1.weight")->used && !cav_model_param(m, "norm.weight")->used);
-    CHECK(cav_model_param(m, "blocks_u.0.norm2_a.weight")->used && cav_model_param(m, "mlp_head.1.bias")->used);
+    CHECK(cav_model_param(m, "blocks_u.0.norm2_a.weight")->used &&
+          cav_model_param(m, "mlp_head.1.bias")->used);
     cav_model_free(m);
 }
 

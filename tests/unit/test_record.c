@@ -63,7 +63,7 @@ static void half_conversion(void) {
     }
     CHECK(cav_f32_to_f16(1.0f) == 0x3c00);
     CHECK(cav_f32_to_f16(65504.0f) == 0x7bff);
-    CHECK(cav_f32_to_f16(65520.0f) == 0x7c00); /* rounds up to inf */
+    CHECK(cav_f32_to_f16(65520.0f) == 0x7c00);           /* rounds up to inf */
     CHECK(cav_f32_to_f16(1.0f + 1.0f / 2048) == 0x3c00); /* tie to even */
     CHECK(cav_f32_to_f16(1.0f + 3.0f / 2048) == 0x3c02);
     CHECK(cav_f32_to_f16(5.9604645e-08f) == 0x0001);

@@ -1,7 +1,7 @@
 /* test_rfft.c: lib/media/rfft.c against torch.fft.rfft (pocketfft, float32) on the signals of
- * tests/ref/gen_torch_f32.py, bit for bit, for every length there (2 to 4096), through the eight-lane transform
- * (each lane a different signal) and the single-signal call; plus the plan's refusals and an independent
- * check of the transform's values against a float64 DFT, which needs no reference data. */
+ * tests/ref/gen_torch_f32.py, bit for bit, for every length there (2 to 4096), through the eight-lane
+ * transform (each lane a different signal) and the single-signal call; plus the plan's refusals and an
+ * independent check of the transform's values against a float64 DFT, which needs no reference data. */
 #include "harness.h"
 #include "testdata.h"
 #include "rfft.h"
@@ -70,11 +70,13 @@ static void bit_identical_to_torch(void) {
         long differ = 0, differ_one = 0;
         for (int r0 = 0; r0 < rows; r0 += 8) {
             for (int j = 0; j < n; j++)
-                for (int l = 0; l < 8; l++) x[j * 8 + l] = r0 + l < rows ? in[(size_t)(r0 + l) * n + j] : 0.0f;
+                for (int l = 0; l < 8; l++)
+                    x[j * 8 + l] = r0 + l < rows ? in[(size_t)(r0 + l) * n + j] : 0.0f;
             const float *h = cav_rfft_forward8(p, x, x + 8 * n);
             for (int l = 0; l < 8 && r0 + l < rows; l++) {
                 const float *w = want + (size_t)(r0 + l) * (n + 2);
-                /* half-complex r0, r1, i1, ..., r(n/2) against (re, im) pairs; the zero imaginary parts too */
+                /* half-complex r0, r1, i1, ..., r(n/2) against (re, im) pairs; the zero imaginary parts too
+                 */
                 float got[2] = {h[l], 0.0f};
                 differ += memcmp(got, w, 8) != 0;
                 for (int k = 1; k < n / 2; k++) {
@@ -89,8 +91,9 @@ static void bit_identical_to_torch(void) {
             REQUIRE(cav_rfft_forward(p, in + (size_t)r * n, one) == 0);
             differ_one += memcmp(one, want + (size_t)r * (n + 2), sizeof(float) * (n + 2)) != 0;
         }
-        printf("  N=%d: %d signals, %ld of %d bins differ from torch.fft.rfft (8-lane), %ld signals (single)\n", n,
-               rows, differ, rows * (n / 2 + 1), differ_one);
+        printf(
+            "  N=%d: %d signals, %ld of %d bins differ from torch.fft.rfft (8-lane), %ld signals (single)\n",
+            n, rows, differ, rows * (n / 2 + 1), differ_one);
         CHECK(differ == 0 && differ_one == 0);
         free(in), free(want), free(x), free(one);
         cav_rfft_free(p);

@@ -42,7 +42,8 @@ static void compare(const char *what, float (*fn)(float), float (*libm)(float)) 
         differ += !same_bits(fn(in[i]), want[i]);
         differ_libm += !same_bits(libm(in[i]), want[i]);
     }
-    printf("  %s: %ld of %ld values differ from torch (glibc's %sf: %ld)\n", what, differ, n, what, differ_libm);
+    printf("  %s: %ld of %ld values differ from torch (glibc's %sf: %ld)\n", what, differ, n, what,
+           differ_libm);
     CHECK(differ == 0);
     free(in), free(want);
 }
@@ -94,7 +95,8 @@ static void sum_matches_torch(void) {
         float s = cav_torch_sum(x, n, from_bits(sb), &bad);
         float m = s / (float)n;
         if (!same_bits(s, from_bits(sumb))) {
-            if (bad_sum++ < 5) printf("  n=%lld sub=%g: sum %.9g, torch %.9g\n", n, from_bits(sb), s, from_bits(sumb));
+            if (bad_sum++ < 5)
+                printf("  n=%lld sub=%g: sum %.9g, torch %.9g\n", n, from_bits(sb), s, from_bits(sumb));
         }
         bad_mean += !same_bits(m, from_bits(meanb));
         CHECK(bad == 0);
@@ -103,8 +105,8 @@ static void sum_matches_torch(void) {
     }
     fclose(f);
     free(x);
-    printf("  sum: %d cases (lengths up to %lld): %d sums and %d means differ from torch\n", cases, longest, bad_sum,
-           bad_mean);
+    printf("  sum: %d cases (lengths up to %lld): %d sums and %d means differ from torch\n", cases, longest,
+           bad_sum, bad_mean);
     CHECK(cases >= 100 && bad_sum == 0 && bad_mean == 0 && longest > (1 << 24));
 }
 
