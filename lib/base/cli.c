@@ -118,23 +118,6 @@ double cav_parse_double(const char *opt, const char *s, double min, double max) 
     return v;
 }
 
-int cav_parse_doubles(const char *opt, const char *s, double *out, int n) {
-    opt = bare(opt);
-    int k = 0;
-    const char *p = s;
-    while (*p) {
-        if (k == n) cav_usage_error("option --%s: more than %d values in '%s'", opt, n, s);
-        char *end;
-        errno = 0;
-        double v = strtod(p, &end);
-        if (errno || end == p || !isfinite(v) || (*end && *end != ','))
-            cav_usage_error("option --%s: '%s' is not a comma-separated list of numbers", opt, s);
-        out[k++] = v;
-        p = *end ? end + 1 : end;
-    }
-    return k;
-}
-
 double cav_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -42,8 +42,6 @@ void cav_std_option(int c, const char *usage);
 /* Option values: the whole string must parse and lie in [min, max], else a usage error naming opt. */
 long long cav_parse_int(const char *opt, const char *s, long long min, long long max);
 double cav_parse_double(const char *opt, const char *s, double min, double max);
-/* "a,b,c" into up to n doubles; returns how many were read (usage error on junk). */
-int cav_parse_doubles(const char *opt, const char *s, double *out, int n);
 
 /* Progress line: count, rate and ETA (when total > 0), redrawn at most 4 times a second, on stderr, only
  * when stderr is a terminal (or CAV_PROGRESS=1 forces it). */

@@ -441,19 +441,6 @@ static const char *escape_of(unsigned char c, char tmp[8]) {
     }
 }
 
-void cav_json_write_string(FILE *f, const char *s) {
-    char tmp[8];
-    fputc('"', f);
-    for (; *s; s++) {
-        const char *e = escape_of((unsigned char)*s, tmp);
-        if (e)
-            fputs(e, f);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
     if (*len + n + 1 > *cap) {
         size_t nc = *cap ? *cap : 64;

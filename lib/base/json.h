@@ -41,8 +41,6 @@ int cav_json_get_bool(const cav_json *j, const char *key, int dflt);
 /* Reads a whole file and parses it; errbuf gets "FILE: line L, column C: reason". */
 cav_json *cav_json_load(const char *path, char *errbuf, size_t errlen);
 
-/* Writes s as a JSON string literal (quotes and escapes included). */
-void cav_json_write_string(FILE *f, const char *s);
 /* Appends the JSON literal of s to a malloc'd buffer (*buf, *len, *cap); -1 on out of memory. */
 int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s);
 /* Appends s as it is (punctuation, numbers) to the same kind of buffer. */

@@ -211,10 +211,6 @@ FILE *cav_afile_stream(cav_afile *a) {
 const char *cav_afile_name(const cav_afile *a) {
     return a->tmp ? a->tmp : a->f == stdout ? "stdout" : a->path;
 }
-const char *cav_afile_path(const cav_afile *a) {
-    return a->f == stdout && !a->tmp ? "stdout" : a->path;
-}
-
 static void sync_dir(const char *file) {
     char *copy = strdup(file);
     if (!copy) return;

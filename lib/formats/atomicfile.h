@@ -34,8 +34,6 @@ cav_afile *cav_afile_open(const char *path, int flags, cav_err *err);
 FILE *cav_afile_stream(cav_afile *a);
 /* The name to write under: the temporary file, or the target itself when written in place. */
 const char *cav_afile_name(const cav_afile *a);
-/* The final name, as given. */
-const char *cav_afile_path(const cav_afile *a);
 /* Flushes (the FILE and the kernel's cache: fsync), checks that the target is still not an input, renames
  * the temporary file over the target and syncs the directory. Frees a either way. 0 ok; -1 with err (code 3,
  * or 1 for an output found to be an input): the temporary file is removed and the previous target intact. */

@@ -632,10 +632,6 @@ cav_shard_writer *cav_shard_create(const char *path, const cav_attrs *attrs, int
     return w;
 }
 
-int64_t cav_shard_writer_rows(const cav_shard_writer *w) {
-    return w->rows + w->npending;
-}
-
 uint64_t cav_shard_writer_bytes(cav_shard_writer *w) {
     hsize_t sz = 0;
     LOCK();

@@ -56,7 +56,6 @@ cav_shard_writer *cav_shard_create(const char *path, const cav_attrs *attrs, int
 /* Appends one row. Bad records (missing/duplicated id, bad names, a field whose dtype changes) fail with
  * CAV_EXIT_INPUT and leave the writer usable; I/O failures are final. */
 int cav_shard_append(cav_shard_writer *w, const cav_record *rec, cav_err *err);
-int64_t cav_shard_writer_rows(const cav_shard_writer *w);
 /* Bytes in the file so far as HDF5 reports them (rows still buffered or cached are not counted yet). */
 uint64_t cav_shard_writer_bytes(cav_shard_writer *w);
 int cav_shard_writer_close(cav_shard_writer *w, cav_err *err); /* 0 ok; frees w either way */

@@ -67,14 +67,6 @@ int cav_dist_max_int(const cav_dist *d, int v) {
     return v;
 }
 
-void cav_dist_barrier(const cav_dist *d) {
-#ifdef CAV_HAVE_MPI
-    if (d->world > 1) MPI_Barrier(MPI_COMM_WORLD);
-#else
-    (void)d;
-#endif
-}
-
 int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b) {
     b->rank = 0;
     b->size = 1;

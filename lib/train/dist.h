@@ -18,7 +18,6 @@ void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n);
 void cav_dist_sum_f64(const cav_dist *d, double *x, size_t n);
 /* The largest value over ranks (e.g. an error code, so that all ranks stop together). */
 int cav_dist_max_int(const cav_dist *d, int v);
-void cav_dist_barrier(const cav_dist *d);
 
 /* A block of `size` consecutive ranks (rank / size names the block; a contrast group spread over ranks)
  * and the collectives within it. One process, or size 1: the identity. */

@@ -93,12 +93,6 @@ static int shard_of(const cav_loader *ld, int64_t row) {
     return lo;
 }
 
-void cav_loader_locate(const cav_loader *ld, int64_t row, const char **path, int64_t *shard_row) {
-    int s = shard_of(ld, row);
-    *path = cav_shard_path(ld->shards[s]);
-    *shard_row = row - ld->first_row[s];
-}
-
 static int field_shape(cav_shard *s, const char *name, cav_shard_field *f) {
     for (int i = 0; i < cav_shard_nfields(s); i++)
         if (cav_shard_field_info(s, i, f) == 0 && strcmp(f->name, name) == 0) return 1;
@@ -260,9 +254,6 @@ int64_t cav_loader_rows(const cav_loader *ld) {
 }
 int64_t cav_loader_batches(const cav_loader *ld) {
     return ld->batches;
-}
-const cav_attrs *cav_loader_attrs(const cav_loader *ld) {
-    return cav_shard_attrs(ld->shards[0]);
 }
 
 static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int available) {

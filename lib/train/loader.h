@@ -54,10 +54,7 @@ typedef struct cav_loader cav_loader;
 cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opts *o, cav_err *err);
 void cav_loader_close(cav_loader *ld);
 int64_t cav_loader_rows(const cav_loader *ld);
-int64_t cav_loader_batches(const cav_loader *ld);        /* per epoch */
-const cav_attrs *cav_loader_attrs(const cav_loader *ld); /* the first shard's dataset attributes */
-/* Where row r lives, for messages. */
-void cav_loader_locate(const cav_loader *ld, int64_t row, const char **path, int64_t *shard_row);
+int64_t cav_loader_batches(const cav_loader *ld); /* per epoch */
 
 /* Starts epoch (1-indexed) at batch start_batch (0 for a fresh epoch; > 0 when resuming). */
 int cav_loader_begin(cav_loader *ld, int epoch, int64_t start_batch, cav_err *err);
