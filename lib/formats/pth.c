@@ -580,7 +580,7 @@ static int zip_read(const unsigned char *b, size_t len, zdir *z, const char *pat
         if (eocd < 20 || rd_le(b + eocd - 20, 4) != 0x07064b50)
             return cav_fail(err, 2, "%s: zip: zip64 locator missing", path);
         uint64_t z64 = rd_le(b + eocd - 20 + 8, 8);
-        if (z64 > len - 56 || rd_le(b + z64, 4) != 0x06064b50)
+        if (len < 56 || z64 > len - 56 || rd_le(b + z64, 4) != 0x06064b50) /* len - 56 must not wrap */
             return cav_fail(err, 2, "%s: zip: bad zip64 end record", path);
         nent = rd_le(b + z64 + 32, 8);
         cdsize = rd_le(b + z64 + 40, 8);
