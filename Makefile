@@ -241,9 +241,9 @@ check-cuda: $(REL)/tests/test_kernels
 	@mkdir -p $(BUILD)/test-logs; log=$(BUILD)/test-logs/check-cuda.log; \
 	if [ -z "$(CUDA_OBJ)" ]; then echo "SKIPPED check-cuda: this build has no CUDA backend (nvcc or cuBLAS not found)"; exit 0; fi; \
 	$(TEST_ENV) $(REL)/tests/test_kernels >$$log 2>&1; st=$$?; cat $$log; \
-	if grep -q 'backend cuda: SKIPPED' $$log; then \
+	if grep -q '^SKIP backend_cuda:' $$log; then \
 	  if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo "FAIL check-cuda: a GPU is present but the cuda backend did not open"; exit 1; fi; \
-	  echo "SKIPPED check-cuda: $$(sed -n 's/.*backend cuda: SKIPPED (\(.*\))$$/\1/p' $$log)"; exit 0; fi; \
+	  echo "SKIPPED check-cuda: $$(sed -n 's/^SKIP backend_cuda: //p' $$log)"; exit 0; fi; \
 	if ! grep -q '^PASS test_backends' $$log; then echo "FAIL check-cuda: test_kernels did not pass its backend test (log: $$log)"; exit 1; fi; \
 	echo "PASS check-cuda"; exit $$st
 

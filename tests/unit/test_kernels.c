@@ -944,7 +944,9 @@ static void test_backends(void) {
         cav_err err = {0, ""};
         cur_be = cav_backend_open(names[k], &err);
         if (!cur_be) {
-            fprintf(stderr, "  backend %s: SKIPPED (%s)\n", names[k], err.msg);
+            /* a "SKIP" line: tests/run.sh counts the absent backend as skipped, not passed */
+            printf("SKIP backend_%s: %s\n", names[k], err.msg);
+            fflush(stdout);
             CHECK(err.code == 1);
             continue;
         }
