@@ -67,8 +67,13 @@ static const cav_opt finetune_table[] = {
      .min = 0,
      .max = 1,
      .arg = "P",
-     .help = "mixup probability; only 0 is implemented yet",
+     .help = "probability that a training sample is mixed with a random partner",
      .key = "mixup"},
+    {.name = "bal",
+     .type = CAV_OPTT_FLAG,
+     .offset = FT(bal),
+     .help = "draw training rows with replacement by the shards' field `weight` (balanced sampling)",
+     .key = "bal"},
     {.name = "metric",
      .type = CAV_OPTT_CUSTOM,
      .offset = FT(metric),
@@ -100,25 +105,18 @@ static const cav_opt knob_table[] = {
 const cav_train_options_of cav_finetune_options_of =
     CAV_TRAIN_OPTIONS_OF(cav_finetune_opts, finetune_table, knob_table, CAV_TASK_FINETUNE);
 
-void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps) {
-    /* the reference starts from eps/K and assigns 1 - eps to the positives (not +=; cav-numerics(7) 1.7) */
-    float lo = (float)(eps / k), hi = (float)(1.0 - eps);
-    for (int64_t i = 0; i < n * k; i++) out[i] = labels[i] > 0.5f ? hi : lo;
-}
-
 typedef struct {
     const cav_finetune_opts *o;
-    int by_acc;                      /* the best model by accuracy (else mAP) */
-    float *targets, *grads, *logits; /* [B,K] [nparams] [B,K] */
+    int by_acc;            /* the best model by accuracy (else mAP) */
+    float *grads, *logits; /* [nparams] [B,K] */
 } finetuner;
 
 static int prepare(cav_trainer *t, cav_err *err) {
     finetuner *f = t->task->ctx;
     size_t bk = (size_t)t->m->B * t->cfg->label_dim;
-    f->targets = malloc(bk * sizeof *f->targets);
     f->logits = malloc(bk * sizeof *f->logits);
     f->grads = t->d->world > 1 ? malloc(t->m->nparams * sizeof *f->grads) : NULL;
-    if (!f->targets || !f->logits || (t->d->world > 1 && !f->grads)) return cav_fail(err, 3, "out of memory");
+    if (!f->logits || (t->d->world > 1 && !f->grads)) return cav_fail(err, 3, "out of memory");
     return 0;
 }
 
@@ -158,12 +156,11 @@ static int init(cav_trainer *t, cav_err *err) {
 static void step(cav_trainer *t, const cav_batch *b, int epoch, int64_t stepi, double *stats) {
     finetuner *f = t->task->ctx;
     cav_model *m = t->m;
-    int K = t->cfg->label_dim;
     double share = (double)m->B / t->o->batch; /* 1 with one process */
     (void)epoch, (void)stepi;
     cav_train_set_inputs(m, b, 0, b->n);
-    cav_smooth_labels(b->labels, f->targets, b->n, K, f->o->label_smooth);
-    cav_model_set_input(m, CAV_IN_LABELS, f->targets, b->n);
+    /* the loader's targets: smoothed, and mixed for mixed samples (cav-numerics(7) 1.7) */
+    cav_model_set_input(m, CAV_IN_LABELS, b->labels, b->n);
     cav_model_forward(m);
     cav_model_backward(m);
     stats[0] = m->out.loss * share;
@@ -250,21 +247,20 @@ static void epoch_metrics(const cav_trainer *t, const double *tr, const double *
 
 static void describe(const cav_trainer *t, char *out, size_t n) {
     const finetuner *f = t->task->ctx;
-    snprintf(out, n, "; head lr x %g, label smoothing %g", f->o->head_lr, f->o->label_smooth);
+    snprintf(out, n, "; head lr x %g, label smoothing %g, mixup %g%s", f->o->head_lr, f->o->label_smooth,
+             f->o->mixup, f->o->bal ? ", balanced sampling" : "");
 }
 
 int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err) {
-    if (o->mixup != 0)
-        return cav_fail(err, 1,
-                        "--mixup %g: mixup is not implemented yet (the reference mixes waveforms before the "
-                        "fbank, cav-numerics(7) 1.7); use --mixup 0",
-                        o->mixup),
-               1;
     if (o->run.batch % d->world)
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->run.batch, d->world),
                1;
     if (o->cfg.task != CAV_TASK_FINETUNE) return cav_fail(err, 3, "not a fine-tuning config"), 3;
-    finetuner f = {o, o->metric >= 0 ? o->metric : o->cfg.loss_ce, NULL, NULL, NULL};
+    finetuner f = {o, o->metric >= 0 ? o->metric : o->cfg.loss_ce, NULL, NULL};
+    cav_train_opts run = o->run; /* the training loader builds the targets and draws the rows */
+    run.data.label_smooth = o->label_smooth;
+    run.data.mixup = o->mixup;
+    run.data.bal = o->bal;
     static const char *const stat_keys[] = {"loss"}, *const state_keys[] = {"train_loss"};
     cav_train_task task = {
         .need_audio = o->cfg.mode != CAV_FT_VIDEOONLY && o->cfg.mode != CAV_FT_MISSINGVIDEOONLY,
@@ -285,8 +281,8 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         .epoch_report = epoch_report,
         .epoch_metrics = epoch_metrics,
         .describe = describe};
-    int rc = cav_train_run(&o->run, &o->cfg, o->run.batch / d->world, &task, d, err);
-    free(f.targets), free(f.grads), free(f.logits);
+    int rc = cav_train_run(&run, &o->cfg, o->run.batch / d->world, &task, d, err);
+    free(f.grads), free(f.logits);
     return rc;
 }
 

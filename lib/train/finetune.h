@@ -17,16 +17,15 @@ typedef struct {
     cav_config cfg;       /* task CAV_TASK_FINETUNE: label_dim, mode, loss */
     double head_lr;       /* the head group's lr multiplier (cav-numerics(7) 3.3: 100, 50 or 10) */
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
-    double mixup;         /* probability of mixup; only 0 is implemented (see cav-finetune(1)) */
-    int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
+    double mixup; /* probability that a training sample is mixed (the loader's, cav-numerics(7) 1.7) */
+    int bal;      /* balanced sampling by the shards' `weight` (cav-numerics(7) 1.8) */
+    int metric;   /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */
 extern const cav_train_options_of cav_finetune_options_of;
 /* The tool (cav_train_main): its tables, usage and the run. */
 extern const cav_train_tool cav_finetune_tool;
-/* Smoothed training targets (cav-numerics(7) 1.7, without mixup): eps/K everywhere, positives 1 - eps. */
-void cav_smooth_labels(const float *labels, float *out, int64_t n, int k, double eps);
 /* Runs the whole fine-tuning. 0 ok; else an exit code with err filled. */
 int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err);
 

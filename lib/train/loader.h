@@ -6,6 +6,12 @@
  * or, for shards without it, the fbank of the stored 16 kHz `wave` computed on the worker threads exactly as
  * the fbank tool computes it by default (cav_fbank with the reference's options).
  *
+ * In training it also builds the targets (cav-numerics(7) 1.7): label smoothing, and mixup with a partner
+ * row drawn uniformly (waveforms mixed before the fbank when both shards hold `wave`, else the fbanks after
+ * cut/pad; frames mixed after normalisation; the smoothed labels mixed as the reference's mixup path does);
+ * evaluation loaders give the stored hard labels. The epoch's order is a shuffle, or with bal draws with
+ * replacement weighted by the shards' `weight` (the reference's WeightedRandomSampler, num_samples = rows).
+ *
  * Every random draw of a sample is keyed by (seed, epoch, position in the epoch), so batches do not depend
  * on thread timing and a run resumed at batch k of an epoch sees exactly the batches it would have seen.
  * Data parallelism: with world > 1, each rank assembles its own contiguous slice of every global batch. */
@@ -30,6 +36,10 @@ typedef struct {
     int img_size;              /* 224 */
     float img_mean[3], img_std[3];
     int label_dim; /* 0: no labels needed; else `labels` [label_dim] must be present */
+    /* Training only (train = 1; evaluation gives the stored hard labels, in shard order): */
+    double label_smooth; /* targets eps/K, positives 1 - eps (with mixup: += lambda(1 - eps), ...) */
+    double mixup;        /* probability that a sample is mixed with a partner row */
+    int bal;             /* rows drawn with replacement, weighted by the field `weight` (else a shuffle) */
     int need_audio, need_video;
     uint64_t seed;
     int threads;     /* decoding threads (>= 1) */
@@ -66,5 +76,23 @@ int cav_loader_next(cav_loader *ld, cav_batch *b, cav_err *err);
  * tests and tools. key_epoch/key_pos select the random draws. */
 int cav_loader_sample(const cav_loader_opts *o, const cav_record *rec, int epoch, int64_t pos, float *audio,
                       float *video, float *labels, cav_err *err);
+
+/* A sample's mixup: the first clip's share lambda (~ Beta(10, 10)) and the partner's frame (0-9, the
+ * reference's randint; a missing frame falls back to the last one present, as for the first clip). */
+typedef struct {
+    double lambda;
+    int partner_frame;
+} cav_loader_mix;
+/* The mixup draws of the sample at (epoch, pos) of a loader over `rows` rows: 1 with *partner (a row,
+ * uniform over all rows, possibly itself) and *mix set when it is mixed; 0 when not (evaluation, mixup 0,
+ * or the draw said no). The loader's own batches use exactly these. */
+int cav_loader_mix_draw(const cav_loader_opts *o, int64_t rows, int epoch, int64_t pos, int64_t *partner,
+                        cav_loader_mix *mix);
+/* cav_loader_sample mixed with partner (a record with the same fields) as mix says; partner NULL: not
+ * mixed. The waveforms are mixed when both records hold `wave`, else the fbanks (each the stored one, or
+ * computed from `wave`). */
+int cav_loader_sample_mix(const cav_loader_opts *o, const cav_record *rec, const cav_record *partner,
+                          const cav_loader_mix *mix, int epoch, int64_t pos, float *audio, float *video,
+                          float *labels, cav_err *err);
 
 #endif

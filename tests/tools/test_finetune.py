@@ -2,7 +2,8 @@
 per-epoch evaluation completes and writes result.csv [acc, mAP, mAUC, lr] and metrics.jsonl; the training
 loss falls on a learnable toy set (each class a bright mel band); --max-steps + --resume ends byte-identical
 to an uninterrupted run; one training step's loss equals the PyTorch reference CAVMAEFT's (tests/ref) on the
-same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5; non-zero mixup is refused."""
+same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5 (mixup and --bal:
+test_finetune_mixup.py)."""
 import json
 import os
 import shutil
@@ -107,10 +108,6 @@ same = r.returncode == 0 and os.path.exists(os.path.join(run, final)) and \
     read(os.path.join(run, final)) == read(os.path.join(ref, final)) and \
     read(os.path.join(run, "result.csv")) == read(os.path.join(ref, "result.csv"))
 report("max_steps_then_resume_bit_identical", same, r.stderr[-800:])
-
-# Mixup is not implemented: refused as a usage error, naming it.
-r = finetune(os.path.join(TMP, "mix"), "--mixup", "0.5", train, check=False)
-report("mixup_refused", r.returncode == 1 and "mixup" in r.stderr, "rc %d: %s" % (r.returncode, r.stderr[-300:]))
 
 # An init file that is not a CAV-MAE encoder of this size is refused (exit 2).
 bad = os.path.join(TMP, "bad.safetensors")
