@@ -1,7 +1,7 @@
 /* finetune.h: cav-finetune's task for the training driver (cav-numerics(7) 2.12, 3.1, 3.3, 3.4, 3.6):
  * CAVMAEFT started from a pretrained checkpoint (encoder by name, new head), Adam with two learning-rate
- * groups (the head's lr x head_lr), label smoothing, per-epoch evaluation on frame 5 with mAP, mAUC and
- * accuracy on raw logits, and result.csv [acc, mAP, mAUC, lr]. */
+ * groups (the head's lr x head_lr), the loader's smoothed and mixed targets (1.7), per-epoch evaluation on
+ * frame 5 with mAP, mAUC and accuracy on raw logits, and result.csv [acc, mAP, mAUC, lr]. */
 #ifndef CAV_FINETUNE_H
 #define CAV_FINETUNE_H
 
@@ -17,9 +17,9 @@ typedef struct {
     cav_config cfg;       /* task CAV_TASK_FINETUNE: label_dim, mode, loss */
     double head_lr;       /* the head group's lr multiplier (cav-numerics(7) 3.3: 100, 50 or 10) */
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
-    double mixup; /* probability that a training sample is mixed (the loader's, cav-numerics(7) 1.7) */
-    int bal;      /* balanced sampling by the shards' `weight` (cav-numerics(7) 1.8) */
-    int metric;   /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
+    double mixup;         /* probability that a training sample is mixed (cav-numerics(7) 1.7) */
+    int bal;              /* balanced sampling by the shards' `weight` (cav-numerics(7) 1.8) */
+    int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */
