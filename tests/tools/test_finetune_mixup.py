@@ -3,9 +3,11 @@ model (the numerics are test_mixup's, against the reference's dataloader): a run
 stopped by --max-steps and resumed ends byte-identical to the uninterrupted run; mixup and --bal change the
 training (the step losses differ from a run without them); shards holding only fbank give the warning that
 mixup mixes fbanks, once per run, and shards of waveforms none; --bal on a shard without `weight` is refused
-(exit 2) naming the shard and the field; --mixup outside [0, 1] is a usage error; args.json records both."""
+(exit 2) naming the shard and the field; --mixup outside [0, 1] is a usage error; two MPI ranks give the
+one-process step losses; args.json records both."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +128,27 @@ report("bal_without_weight_refused", r.returncode == 2 and noweight in r.stderr 
 r = finetune(os.path.join(TMP, "bad2"), "--mixup", "1.5", waves, check=False)
 report("mixup_out_of_range_usage_error", r.returncode == 1 and "mixup" in r.stderr,
        "rc %d: %s" % (r.returncode, r.stderr[-400:]))
+
+# Two MPI ranks against one process, --mixup 0.5 --bal: every rank draws the same rows, partners and lambdas
+# for its slice of the global batch, so the step losses (the whole batch's, summed over ranks) agree to
+# rounding (rel 1e-5, as test_finetune.py's check without mixup).
+mpirun = shutil.which("mpirun")
+if not mpirun:
+    report("mpi_two_ranks_mixup_bal_equal_one_process", False, "mpirun not found (Debian openmpi-bin)")
+else:
+    base = ["--seed", "4", "-b", "8", "--log-every", "1", "--lr", "1e-3", "--head-lr", "10", "-e", "1",
+            "--max-steps", "2", "--loader-threads", "1", "--mixup", "0.5", "--bal"] + MICRO + [waves, fbanks]
+    one, two = os.path.join(TMP, "mpi_one"), os.path.join(TMP, "mpi_two")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    r1 = subprocess.run([BIN + "/cav-finetune", "-o", one] + base, capture_output=True, text=True, env=env)
+    r2 = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-finetune", "-o",
+                         two] + base, capture_output=True, text=True, env=env)
+    ok = r1.returncode == 0 and r2.returncode == 0
+    if ok:
+        la, lb = step_losses(one), step_losses(two)
+        print("  losses one process %s, two ranks %s" % (la, lb))
+        ok = len(la) == len(lb) == 2 and all(abs(p - q) <= 1e-5 * abs(p) for p, q in zip(la, lb))
+    report("mpi_two_ranks_mixup_bal_equal_one_process", ok, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-600:])
 
 try:
     with open(os.path.join(ref, "args.json")) as f:
