@@ -19,6 +19,7 @@ typedef struct {
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
     double mixup;         /* probability of mixup; only 0 is implemented (see cav-finetune(1)) */
     int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
+    const char *recipe;   /* the preset whose defaults the run took (recipes.h), or NULL */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */
