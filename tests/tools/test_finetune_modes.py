@@ -11,6 +11,7 @@ presets (cav-finetune(1) MODES, LINEAR PROBING, RECIPES) on small synthetic labe
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import cavstream  # noqa: E402
+import ftfixture  # noqa: E402
+from ftfixture import jsonl, read  # noqa: E402
 
 BIN = os.environ["CAV_BIN"]
 SRC = os.environ.get("CAV_SRC", os.path.dirname(os.path.dirname(HERE)))
@@ -41,40 +43,14 @@ def report(name, ok, why=""):
     fails += not ok
 
 
-def make_shard(path, rows, seed=0, img=32):
-    """Row r has class r % K: its fbank is noise plus a bright band of mel bins; the frames are noise."""
-    g = np.random.default_rng(seed)
-    recs, data = [], []
-    for r in range(rows):
-        c = r % K
-        fb = (g.standard_normal((60 + r % 9, 128)) * 2 - 5).astype(np.float32)
-        fb[:, 32 * c:32 * c + 32] += 4
-        fr = g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)
-        lab = np.zeros(K, np.float32)
-        lab[c] = 1
-        recs.append(("clip%03d" % r, {}, [("fbank", fb), ("frames", fr), ("labels", lab)]))
-        data.append((fb, fr, lab))
-    stream = os.path.join(TMP, "in.cavs")
-    with open(stream, "wb") as f:
-        f.write(cavstream.encode(recs))
-    subprocess.run([BIN + "/shard-pack", "-o", path, stream], check=True)
-    return data
+def make_shard(path, rows, seed):
+    return ftfixture.make_shard(path, rows, seed, K, BIN + "/shard-pack")
 
 
 def finetune(out, *args):
     cmd = [BIN + "/cav-finetune", "-o", out, "--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3",
            "--head-lr", "10", "--freqm", "16", "--timem", "16", "--loader-threads", "2"] + MICRO + list(args)
     return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def read(p):
-    with open(p, "rb") as f:
-        return f.read()
-
-
-def jsonl(p):
-    with open(p) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def model(run, name):
@@ -284,4 +260,6 @@ r = subprocess.run([BIN + "/cav-finetune", "-o", os.path.join(TMP, "bad"), "--re
                    capture_output=True, text=True)
 report("recipe_unknown_is_usage_error", r.returncode == 1 and "--recipe" in r.stderr, r.stderr[-300:])
 
+if not fails:  # kept for a look when something failed
+    shutil.rmtree(TMP, ignore_errors=True)
 sys.exit(1 if fails else 0)
