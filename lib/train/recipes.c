@@ -5,9 +5,11 @@
  * recipe, as they are by default; Adam's betas, eps and weight decay are the same in every script and stay
  * the tool's defaults.
  *
- * To add when the options exist (issue 13's other parts), in every recipe: "mixup" "0.5"; "wa-start" and
- * "wa-end" 3 and 15 (as20k), 1 and 10 (as2m), 3 and 10 (vggsound); "frame-agg" (the 10-frame evaluation);
- * and "bal" (balanced sampling) in as2m and vggsound. */
+ * To add when the options exist (issue 13's other parts), in every recipe: {"mixup", "0.5"}; {"wa-start",
+ * "3"} and {"wa-end", "15"} (as20k), 1 and 10 (as2m), 3 and 10 (vggsound); {"frame-agg", NULL} (the 10-frame
+ * evaluation; --no-frame-agg undoes it); and {"bal", NULL} (balanced sampling) in as2m and vggsound, which
+ * wants a --no-bal to be undone from the command line. A flag's entry has the value NULL; then the man page's
+ * lines and test_finetune_modes.py's reading of them take the flag alone. */
 #include "recipes.h"
 
 #include <stdio.h>

@@ -466,7 +466,8 @@ static void apply_preset(int argc, char **argv, const cav_train_tool *tool,
         for (; k < CAV_TRAIN_GROUPS && !opt; k++) opt = cav_opts_find(g[k].opts, e->opt);
         char why[256];
         if (!opt || cav_opt_set(opt, g[k - 1].base, e->val, why, sizeof why))
-            cav_die(CAV_EXIT_INTERNAL, "preset: --%s %s: %s", e->opt, e->val, opt ? why : "no such option");
+            cav_die(CAV_EXIT_INTERNAL, "preset: --%s %s: %s", e->opt, e->val ? e->val : "",
+                    opt ? why : "no such option");
     }
     cav_train_opts *run = sg[0].base;
     free(run->train.v), free(run->eval.v);

@@ -85,14 +85,14 @@ int cav_knob_add_number(cav_model_opts *mo, const char *key, const char *s, doub
 int cav_train_paths_parse(const char *s, void *field, char *why, size_t whylen);
 void cav_train_paths_format(const void *field, char *buf, size_t len);
 
-/* A trainer's options: its own table and its model knobs' table, its task (which picks the recipe's
- * defaults: the run options that differ between pretraining and fine-tuning, and the model config), and
- * where its options struct keeps the run's options, the model's and the config. */
 /* One default of a preset: an option by its long name and its value as on the command line. */
 typedef struct {
     const char *opt, *val;
 } cav_preset_entry;
 
+/* A trainer's options: its own table and its model knobs' table, its task (which picks the recipe's
+ * defaults: the run options that differ between pretraining and fine-tuning, and the model config), and
+ * where its options struct keeps the run's options, the model's and the config. */
 typedef struct {
     const cav_opt *own, *knobs;
     cav_task task;

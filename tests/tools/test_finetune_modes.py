@@ -226,7 +226,11 @@ def same_value(got, want):
 
 
 for name, line in sorted(listed.items()):
-    opts = re.findall(r"--([a-z-]+) (\S+)", line)
+    words, opts = line.split(), []  # "--opt value" pairs, and flags ("--opt" alone: value 1 in args.json)
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else "--"
+            opts.append((w[2:], "1" if nxt.startswith("--") else nxt))
     args, err = run_recipe(name, "--recipe", name)
     bad = []
     for opt, val in opts:
