@@ -32,10 +32,9 @@ typedef enum {
     CAV_FT_MISSINGAUDIOONLY, /* fine-tuned multimodally, only audio present: (mean(norm(U a)) +
                                 mean(norm_a(U_a a)))/2 */
     CAV_FT_MISSINGVIDEOONLY,
-    /* The paper's Table 2f fusions, which the authors' code lacks (cav-numerics(7) 2.12): "singlemodal" (SM)
-     * head(cat(mean(norm_a(U_a a)), mean(norm_v(U_v v)))) with a head of 2D inputs, and
-     * "multimodal+singlemodal" (MM+SM) head(mean(norm(U [a;v])) + (mean(norm_a(U_a a)) + mean(norm_v(U_v
-     * v)))/2) */
+    /* The paper's Table 2f fusions, which the authors' code lacks (cav-numerics(7) 2.12), with
+     * p_a = mean(norm_a(U_a a)), p_v = mean(norm_v(U_v v)), p_u = mean(norm(U [a;v])): "singlemodal" (SM)
+     * head(cat(p_a, p_v)), a head of 2D inputs; "multimodal+singlemodal" (MM+SM) head(p_u + (p_a + p_v)/2) */
     CAV_FT_SINGLEMODAL,
     CAV_FT_MMSM,
 } cav_ft_mode;
@@ -200,8 +199,8 @@ typedef struct {
     float *dec_emb, *dec_ua, *dec_uv, *dec_x;                   /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
     float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;   /* [B,La_full,256] [B,Lv_full,768] ... */
     float *pool_u, *pool_s, *pooled, *logits;                   /* [B,D] x2, [B,Dh], [B,K] */
-    float *pool_a, *pool_v; /* [B,D] the single-modal pooled outputs of the Table 2f fusions */
-    float *feat_a, *feat_v; /* forward_feat outputs */
+    float *feat_a, *feat_v;                                     /* forward_feat outputs */
+    float *pool_a, *pool_v; /* [B,D] x2: the single-modal pooled outputs of the Table 2f fusions */
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;
