@@ -5,8 +5,10 @@
 #                                   -> W/pt/NAME (cav-pretrain's run directory) and W/pt/NAME/done
 #   stage.sh finetune W PT/ep<E>_<DATA>_<RECIPE>_<MODE>
 #                                   -> W/ft/PT/... (cav-finetune from W/pt/PT/models/audio_model.E) and .../done;
-#                                   MODE multimodal, audioonly, videoonly, or missingaudioonly / missingvideoonly:
-#                                   the multimodal fine-tuned model of the same name evaluated on one modality
+#                                   MODE multimodal, audioonly, videoonly, singlemodal, multimodal+singlemodal, or
+#                                   missingaudioonly / missingvideoonly: the multimodal fine-tuned model of the
+#                                   same name evaluated on one modality; MODE-lp: that mode, linear probing
+#                                   (--freeze-base)
 #   stage.sh retrieval W PT/ep<E>_<DATA>
 #                                   -> W/ret/PT/ep<E>_<DATA>.csv (cav-embed | cav-recall) and .ranks.csv
 # A training stage resumes from its newest complete checkpoint (cav-pretrain/cav-finetune --resume) after a
@@ -78,13 +80,15 @@ finetune)
     v="FT_${recipe//-/_}"
     [ -n "${!v:-}" ] || die "unknown fine-tuning recipe $recipe (set $v)"
     read -r -a rargs <<<"${!v}"
+    case $mode in *-lp) mode=${mode%-lp} rargs+=(--freeze-base) ;; esac
     case $mode in
     missingaudioonly | missingvideoonly)
         # evaluation only: the multimodal fine-tuned model, one epoch at learning rate 0
         init=$W/ft/$pt/ep${ep}_${data}_${recipe}_multimodal/models/best_audio_model.safetensors
         rargs+=(-e 1 --lr 0 --head-lr 0)
         ;;
-    multimodal | audioonly | videoonly) init=$W/pt/$pt/models/audio_model.$ep.safetensors ;;
+    multimodal | audioonly | videoonly | singlemodal | multimodal+singlemodal)
+        init=$W/pt/$pt/models/audio_model.$ep.safetensors ;;
     *) die "unknown mode $mode" ;;
     esac
     [ -f "$init" ] || die "$init: missing"

@@ -33,8 +33,10 @@ CELLS_table2d = w/o~norm|as20k-AV|$(call ft,$(PT_NONORM),as20k,as20k,multimodal)
 CELLS_table2e = AS-2M|vgg-AV|$(call ft,$(PT_SCALE),vgg,vgg,multimodal) VS|vgg-AV|$(call ft,$(PT_VS),vgg,vgg,multimodal) \
   AS-2M+VS|vgg-AV|$(call ft,$(PT_ASVS),vgg,vgg,multimodal)
 NOTES_table2e = "VS: pretrained on VGGSound alone (the reference's VGGSound script: batch 120, 25 epochs, lr 1e-4); AS-2M+VS: the Scale+ model pretrained further on VGGSound (batch 120, 10 epochs, lr 5e-5)."
-CELLS_table2f = MM|as20k-AV|$(call ft,$(PT_SCALE),as20k,as20k,multimodal) SM|as20k-AV|- MM+SM|as20k-AV|-
-NOTES_table2f = "SM (the concatenated single-modal stream outputs) and MM+SM are not fine-tuning modes of cav-finetune (the reference's code has neither); not computed."
+CELLS_table2f = MM|as20k-AV|$(call ft,$(PT_SCALE),as20k,as20k,multimodal) \
+  SM|as20k-AV|$(call ft,$(PT_SCALE),as20k,as20k,singlemodal) \
+  MM+SM|as20k-AV|$(call ft,$(PT_SCALE),as20k,as20k,multimodal+singlemodal)
+NOTES_table2f = "SM and MM+SM are not modes of the reference's code; cav-finetune follows the paper's text (cav-finetune(1), Fusion modes): SM feeds the head the audio and video single-modal pooled outputs side by side (a head of twice the width), MM+SM the multimodal pooled output plus the mean of the two single-modal ones."
 CELLS_table2g = Missing~Modality|as20k-A|$(call ft,$(PT_SCALE),as20k,as20k,missingaudioonly) \
   Missing~Modality|as20k-V|$(call ft,$(PT_SCALE),as20k,as20k,missingvideoonly) \
   SM~Fine-tune|as20k-A|$(call ft,$(PT_SCALE),as20k,as20k,audioonly) SM~Fine-tune|as20k-V|$(call ft,$(PT_SCALE),as20k,as20k,videoonly)
@@ -42,8 +44,10 @@ NOTES_table2g = "Missing modality: the A-V fine-tuned model (best epoch) evaluat
 CELLS_table2h = Middle|as20k-V|$(call ft,$(PT_SCALE),as20k,as20k,videoonly) Middle|as20k-AV|$(call ft,$(PT_SCALE),as20k,as20k,multimodal) \
   Aggregation|as20k-V|- Aggregation|as20k-AV|-
 NOTES_table2h = "Aggregation over the 10 frames is not in cav-finetune yet; not computed."
-CELLS_table2i = SM~Ensemble|as20k-AV|- AV-MAE|as20k-AV|- CAV-MAE|as20k-AV|-
-NOTES_table2i = "Linear probing (the reference's freeze_base) is not an option of cav-finetune yet: no row is computed; the table lists the paper's numbers only."
+# MODE multimodal-lp: --mode multimodal --freeze-base (pipelines/stage.sh)
+CELLS_table2i = SM~Ensemble|as20k-AV|- AV-MAE|as20k-AV|$(call ft,$(PT_AVMAE),as20k,as20k,multimodal-lp) \
+  CAV-MAE|as20k-AV|$(call ft,$(PT_CAVMAE),as20k,as20k,multimodal-lp)
+NOTES_table2i = "Linear probe: cav-finetune --freeze-base (the reference's freeze_base; only mlp_head trains) with the AS-20K recipe, which no reference script sets for probing. SM Ensemble (the Audio-MAE and Visual-MAE probes' predictions averaged) needs per-clip predictions, which cav-finetune does not write yet: not computed."
 
 # Tables 3 and 5: retrieval with the pretrained models, on each dataset's retrieval subset (VGGSound zero-shot).
 T3_MODELS ?= Vanilla~AV-MAE:$(PT_VANILLA) AV-MAE:$(PT_AVMAE) CAV~lambda_c~0.1:$(PT_CAV_C01) CAV~lambda_c~0.01:$(PT_CAV) \

@@ -123,7 +123,8 @@ int cav_config_set(cav_config *c, const char *key, const char *v) {
     } bools[] = {{"norm_pix_loss", &c->norm_pix_loss},
                  {"tr_pos", &c->tr_pos},
                  {"bidirect_contrast", &c->bidirect_contrast},
-                 {"chain_contrast_streams", &c->chain_contrast_streams}};
+                 {"chain_contrast_streams", &c->chain_contrast_streams},
+                 {"freeze_base", &c->freeze_base}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (!strcmp(key, ints[i].k)) return parse_int(v, ints[i].p);
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
@@ -147,10 +148,17 @@ int cav_config_set(cav_config *c, const char *key, const char *v) {
     return -2;
 }
 
+/* cav_ft_mode's names, in its order */
+static const char *const ft_modes[] = {"multimodal",
+                                       "audioonly",
+                                       "videoonly",
+                                       "missingaudioonly",
+                                       "missingvideoonly",
+                                       "singlemodal",
+                                       "multimodal+singlemodal"};
+
 int cav_config_json(const cav_config *c, char *buf, size_t n) {
     static const char *masks[] = {"unstructured", "time", "freq", "tf"};
-    static const char *modes[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly",
-                                  "missingvideoonly"};
     const char *tf[] = {"false", "true"};
     const char *mod = c->use_audio && c->use_video ? "av" : c->use_audio ? "a" : "v";
     int k = snprintf(buf, n,
@@ -160,8 +168,9 @@ int cav_config_json(const cav_config *c, char *buf, size_t n) {
                      c->audio_length, c->img_size, c->embed_dim, c->depth, c->modality_specific_depth,
                      c->num_heads, c->mlp_ratio, tf[c->tr_pos != 0]);
     if (k >= 0 && (size_t)k < n && c->task == CAV_TASK_FINETUNE)
-        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"}",
-                      c->label_dim, modes[c->mode], c->loss_ce ? "ce" : "bce");
+        k += snprintf(buf + k, n - k, ", \"label_dim\": %d, \"mode\": \"%s\", \"loss\": \"%s\"%s}",
+                      c->label_dim, ft_modes[c->mode], c->loss_ce ? "ce" : "bce",
+                      c->freeze_base ? ", \"freeze_base\": true" : "");
     else if (k >= 0 && (size_t)k < n)
         k += snprintf(buf + k, n - k,
                       ", \"decoder_embed_dim\": %d, \"decoder_depth\": %d, \"decoder_num_heads\": %d, "
@@ -176,10 +185,8 @@ int cav_config_json(const cav_config *c, char *buf, size_t n) {
 }
 
 int cav_ft_mode_parse(const char *s) {
-    static const char *names[] = {"multimodal", "audioonly", "videoonly", "missingaudioonly",
-                                  "missingvideoonly"};
-    for (int i = 0; i < 5; i++)
-        if (!strcmp(s, names[i])) return i;
+    for (int i = 0; i <= CAV_FT_MMSM; i++)
+        if (!strcmp(s, ft_modes[i])) return i;
     return -1;
 }
 
@@ -194,8 +201,7 @@ int cav_mask_mode_parse(const char *s) {
 static void modalities(const cav_config *c, int *ua, int *uv) {
     if (c->task == CAV_TASK_FINETUNE) {
         *ua = c->mode != CAV_FT_VIDEOONLY && c->mode != CAV_FT_MISSINGVIDEOONLY;
-        *uv =
-            c->mode == CAV_FT_MULTIMODAL || c->mode == CAV_FT_VIDEOONLY || c->mode == CAV_FT_MISSINGVIDEOONLY;
+        *uv = c->mode != CAV_FT_AUDIOONLY && c->mode != CAV_FT_MISSINGAUDIOONLY;
     } else {
         *ua = c->use_audio != 0, *uv = c->use_video != 0;
     }
@@ -233,8 +239,7 @@ int cav_config_check(const cav_config *c, cav_err *err) {
             BAD("unknown mask mode %d", (int)c->mask_mode);
     } else if (c->task == CAV_TASK_FINETUNE) {
         if (c->label_dim <= 0) BAD("label_dim %d must be positive", c->label_dim);
-        if ((int)c->mode < 0 || c->mode > CAV_FT_MISSINGVIDEOONLY)
-            BAD("unknown fine-tuning mode %d", (int)c->mode);
+        if ((int)c->mode < 0 || c->mode > CAV_FT_MMSM) BAD("unknown fine-tuning mode %d", (int)c->mode);
     } else if (c->task != CAV_TASK_FEAT) {
         BAD("unknown task %d", (int)c->task);
     }
@@ -341,10 +346,13 @@ static void register_params(cav_model *m) {
         reg(m, &p->decoder_pred_v_b, 1, 0, 1, S1(768), "decoder_pred_v.bias");
     }
     if (c->task == CAV_TASK_FINETUNE) {
-        reg(m, &p->head_norm_w, 1, 1, 1, S1(D), "mlp_head.0.weight");
-        reg(m, &p->head_norm_b, 1, 1, 1, S1(D), "mlp_head.0.bias");
-        reg(m, &p->head_w, 1, 1, 2, S2(c->label_dim, D), "mlp_head.1.weight");
+        reg(m, &p->head_norm_w, 1, 1, 1, S1(m->Dh), "mlp_head.0.weight");
+        reg(m, &p->head_norm_b, 1, 1, 1, S1(m->Dh), "mlp_head.0.bias");
+        reg(m, &p->head_w, 1, 1, 2, S2(c->label_dim, m->Dh), "mlp_head.1.weight");
         reg(m, &p->head_b, 1, 1, 1, S1(c->label_dim), "mlp_head.1.bias");
+        /* requires_grad=False on the rest: Adam never sees it (no weight decay), and it gets no gradient */
+        for (int i = 0; i < m->ntable && c->freeze_base; i++)
+            if (!m->table[i].head) m->table[i].trainable = 0;
     }
 }
 
@@ -443,7 +451,7 @@ static void plan(cav_model *m) {
             m->d_pred_v = bump(m, B * m->Lv_full * 768);
     } else if (c->task == CAV_TASK_FINETUNE) {
         cav_ft_mode md = c->mode;
-        if (md == CAV_FT_MULTIMODAL) {
+        if (md == CAV_FT_MULTIMODAL || md == CAV_FT_MMSM) {
             m->x_cat = bump(m, B * Ltok * D);
             plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
             plan_ln(m, &m->ln_u, B * Ltok, D);
@@ -452,16 +460,18 @@ static void plan(cav_model *m) {
             plan_stream(m, &m->s_u, J, p->blocks_u, g->blocks_u, (int)Ltok, D, m->H, m->hidden, 0);
             plan_ln(m, &m->ln_u, B * Ltok, D);
         }
-        if (md == CAV_FT_AUDIOONLY || md == CAV_FT_MISSINGAUDIOONLY) {
+        int sm = md == CAV_FT_SINGLEMODAL || md == CAV_FT_MMSM;
+        if (md == CAV_FT_AUDIOONLY || md == CAV_FT_MISSINGAUDIOONLY || sm) {
             plan_stream(m, &m->s_ca, J, p->blocks_u, g->blocks_u, m->La, D, m->H, m->hidden, 1);
             plan_ln(m, &m->ln_ca, B * m->La, D);
         }
-        if (md == CAV_FT_VIDEOONLY || md == CAV_FT_MISSINGVIDEOONLY) {
+        if (md == CAV_FT_VIDEOONLY || md == CAV_FT_MISSINGVIDEOONLY || sm) {
             plan_stream(m, &m->s_cv, J, p->blocks_u, g->blocks_u, m->Lv, D, m->H, m->hidden, 2);
             plan_ln(m, &m->ln_cv, B * m->Lv, D);
         }
-        m->pool_u = bump(m, B * D), m->pool_s = bump(m, B * D), m->pooled = bump(m, B * D);
-        plan_ln(m, &m->ln_head, B, D);
+        m->pool_u = bump(m, B * D), m->pool_s = bump(m, B * D), m->pooled = bump(m, B * m->Dh);
+        if (sm) m->pool_a = bump(m, B * D), m->pool_v = bump(m, B * D);
+        plan_ln(m, &m->ln_head, B, m->Dh);
         m->logits = bump(m, B * c->label_dim), m->d_logits = bump(m, B * c->label_dim);
     } else { /* FEAT */
         if (ua)
@@ -475,7 +485,7 @@ static void plan(cav_model *m) {
         if (ua) m->ca_mean = bump(m, B * D), m->ca_n = bump(m, B * D), m->ca_norm = bump(m, B);
         if (uv) m->cv_mean = bump(m, B * D), m->cv_n = bump(m, B * D), m->cv_norm = bump(m, B);
     }
-    m->d_vec1 = bump(m, B * D), m->d_vec2 = bump(m, B * D), m->d_vec3 = bump(m, B * D),
+    m->d_vec1 = bump(m, B * m->Dh), m->d_vec2 = bump(m, B * m->Dh), m->d_vec3 = bump(m, B * D),
     m->d_vec4 = bump(m, B * D);
     m->d_tok = bump(m, B * Ltok * D);
     if (c->task != CAV_TASK_FEAT) {
@@ -544,6 +554,7 @@ static void derive(cav_model *m, const cav_config *cfg, int B) {
     m->D = c->embed_dim, m->Dd = c->decoder_embed_dim, m->H = c->num_heads, m->Hdec = c->decoder_num_heads;
     m->hidden = (int)(m->D * c->mlp_ratio), m->dhidden = (int)(m->Dd * c->mlp_ratio);
     m->joint = c->depth - c->modality_specific_depth;
+    m->Dh = c->task == CAV_TASK_FINETUNE && c->mode == CAV_FT_SINGLEMODAL ? 2 * m->D : m->D;
 }
 
 size_t cav_config_param_count(const cav_config *cfg, size_t *trainable) {
@@ -734,8 +745,8 @@ void cav_model_init(cav_model *m, uint64_t seed) {
         xavier(p->decoder_pred_v_w, 768, Dd, &s), memset(p->decoder_pred_v_b, 0, sizeof(float) * 768);
     }
     if (c->task == CAV_TASK_FINETUNE) {
-        init_ln(p->head_norm_w, p->head_norm_b, D);
-        xavier(p->head_w, c->label_dim, D, &s), memset(p->head_b, 0, sizeof(float) * c->label_dim);
+        init_ln(p->head_norm_w, p->head_norm_b, m->Dh);
+        xavier(p->head_w, c->label_dim, m->Dh, &s), memset(p->head_b, 0, sizeof(float) * c->label_dim);
     }
     m->be->upload(m->params, host, sizeof(float) * m->nparams);
     free(host);
@@ -1230,10 +1241,24 @@ static void forward_finetune(cav_model *m) {
         m->be->average_forward(m->pooled, m->pool_u, m->pool_s, (size_t)B * D);
         break;
     }
+    case CAV_FT_SINGLEMODAL:
+    case CAV_FT_MMSM:
+        pooled_forward(m, &m->s_ca, &m->ln_ca, m->s_a.out, p->norm_a_w, p->norm_a_b, m->pool_a);
+        pooled_forward(m, &m->s_cv, &m->ln_cv, m->s_v.out, p->norm_v_w, p->norm_v_b, m->pool_v);
+        if (c->mode == CAV_FT_SINGLEMODAL) {
+            /* [B,D] and [B,D] side by side are [B,2,D] concatenated along tokens: [B,2D] */
+            m->be->concat_forward(m->pooled, m->pool_a, m->pool_v, B, 1, 1, D);
+            break;
+        }
+        m->be->concat_forward(m->x_cat, m->s_a.out, m->s_v.out, B, m->La, m->Lv, D);
+        pooled_forward(m, &m->s_u, &m->ln_u, m->x_cat, p->norm_w, p->norm_b, m->pool_u);
+        m->be->average_forward(m->pool_s, m->pool_a, m->pool_v, (size_t)B * D);
+        m->be->add_forward(m->pooled, m->pool_u, m->pool_s, (size_t)B * D);
+        break;
     }
     m->be->layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
-                             p->head_norm_b, B, D);
-    m->be->linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, D, K);
+                             p->head_norm_b, B, m->Dh);
+    m->be->linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, m->Dh, K);
     m->out.loss = c->loss_ce ? m->be->soft_ce_forward(m->logits, m->in.labels, B, K)
                              : m->be->bce_logits_forward(m->logits, m->in.labels, B, K);
 }
@@ -1247,11 +1272,14 @@ static void backward_finetune(cav_model *m) {
         m->be->soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
     else
         m->be->bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
-    m->be->zero(m->d_vec1, sizeof(float) * B * D), m->be->zero(m->d_vec2, sizeof(float) * B * D);
-    m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, D, K);
-    m->be->layernorm_backward(m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1, m->pooled, p->head_norm_w,
-                              m->ln_head.mean, m->ln_head.rstd, B, D);
-    float *dp = m->d_vec2; /* d pooled [B,D] */
+    int Dh = m->Dh;
+    m->be->zero(m->d_vec1, sizeof(float) * B * Dh), m->be->zero(m->d_vec2, sizeof(float) * B * Dh);
+    m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, Dh, K);
+    /* linear probing: nothing below the head learns, so its backward is not run (d pooled neither) */
+    m->be->layernorm_backward(c->freeze_base ? NULL : m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1,
+                              m->pooled, p->head_norm_w, m->ln_head.mean, m->ln_head.rstd, B, Dh);
+    if (c->freeze_base) return;
+    float *dp = m->d_vec2; /* d pooled [B,Dh] */
     if (m->La) m->be->zero(m->s_a.d, sizeof(float) * B * m->La * D);
     if (m->Lv) m->be->zero(m->s_v.d, sizeof(float) * B * m->Lv * D);
     switch (c->mode) {
@@ -1283,6 +1311,23 @@ static void backward_finetune(cav_model *m) {
         m->be->accumulate(dres, a ? m->s_ca.d : m->s_cv.d, n);
         break;
     }
+    case CAV_FT_SINGLEMODAL:
+    case CAV_FT_MMSM:
+        /* d_vec3, d_vec4: d pool_a, d pool_v [B,D] */
+        if (c->mode == CAV_FT_SINGLEMODAL) {
+            m->be->zero(m->d_vec3, sizeof(float) * B * D), m->be->zero(m->d_vec4, sizeof(float) * B * D);
+            m->be->concat_backward(m->d_vec3, m->d_vec4, dp, B, 1, 1, D);
+        } else {
+            pooled_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, p->norm_w, dp);
+            m->be->concat_backward(m->s_a.d, m->s_v.d, m->s_u.d, B, m->La, m->Lv, D);
+            m->be->average_backward(m->d_vec3, dp, (size_t)B * D);
+            m->be->copy(m->d_vec4, m->d_vec3, sizeof(float) * B * D);
+        }
+        pooled_backward(m, &m->s_ca, &m->ln_ca, g->norm_a_w, g->norm_a_b, p->norm_a_w, m->d_vec3);
+        m->be->accumulate(m->s_a.d, m->s_ca.d, (size_t)B * m->La * D);
+        pooled_backward(m, &m->s_cv, &m->ln_cv, g->norm_v_w, g->norm_v_b, p->norm_v_w, m->d_vec4);
+        m->be->accumulate(m->s_v.d, m->s_cv.d, (size_t)B * m->Lv * D);
+        break;
     }
     if (m->La) stream_backward(m, &m->s_a), embed_audio_backward(m, m->s_a.d);
     if (m->Lv) stream_backward(m, &m->s_v), embed_video_backward(m, m->s_v.d);

@@ -32,6 +32,11 @@ typedef enum {
     CAV_FT_MISSINGAUDIOONLY, /* fine-tuned multimodally, only audio present: (mean(norm(U a)) +
                                 mean(norm_a(U_a a)))/2 */
     CAV_FT_MISSINGVIDEOONLY,
+    /* The paper's Table 2f fusions, which the authors' code lacks (cav-numerics(7) 2.12), with
+     * p_a = mean(norm_a(U_a a)), p_v = mean(norm_v(U_v v)), p_u = mean(norm(U [a;v])): "singlemodal" (SM)
+     * head(cat(p_a, p_v)), a head of 2D inputs; "multimodal+singlemodal" (MM+SM) head(p_u + (p_a + p_v)/2) */
+    CAV_FT_SINGLEMODAL,
+    CAV_FT_MMSM,
 } cav_ft_mode;
 
 typedef struct {
@@ -59,6 +64,8 @@ typedef struct {
     int label_dim;
     cav_ft_mode mode;
     int loss_ce; /* 0: BCEWithLogits (mean over B x K); 1: CrossEntropy with soft targets */
+    /* linear probing (the reference's freeze_base): only mlp_head is trainable; the backward stops at it */
+    int freeze_base;
 } cav_config;
 
 /* The reference defaults for a task: CAV-MAE base (768, 11 + 1 layers, 12 heads, decoder 512 x 8 with 16
@@ -76,7 +83,7 @@ int cav_config_size(cav_config *cfg, const char *name);
 /* Sets one knob by the reference's constructor/forward argument name (the debug state's config keys):
  * embed_dim, modality_specific_depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads,
  * mlp_ratio, norm_pix_loss, tr_pos, mask_ratio_a, mask_ratio_v, mae_loss_weight, contrast_loss_weight,
- * mask_mode, bidirect_contrast, depth, label_dim, mode, loss ("bce"/"ce"), and the extensions
+ * mask_mode, bidirect_contrast, depth, label_dim, mode, loss ("bce"/"ce"), freeze_base, and the extensions
  * audio_length, img_size, modalities ("a", "v", "av"), chain_contrast_streams; patch_size and in_chans
  * are accepted only at 16 and 3. value is the JSON text (numbers, true/false, bare strings). Returns 0,
  * -1 for a bad value, -2 for an unknown key. */
@@ -85,7 +92,7 @@ int cav_config_set(cav_config *cfg, const char *key, const char *value);
  * constructor's keys, then the forward's (pretraining) or label_dim/mode/loss (fine-tuning). Returns the
  * length, or -1 if n is too small. */
 int cav_config_json(const cav_config *cfg, char *buf, size_t n);
-/* "multimodal", "audioonly", ... -> mode, or -1. */
+/* "multimodal", "audioonly", ..., "singlemodal", "multimodal+singlemodal" -> mode, or -1. */
 int cav_ft_mode_parse(const char *name);
 int cav_mask_mode_parse(const char *name);
 /* Checks ranges and divisibility; on failure fills err (code 1: a usage error) and returns -1. */
@@ -163,6 +170,7 @@ typedef struct {
     int La_full, Lv_full; /* 512, 196 */
     int La, Lv;           /* tokens that enter the encoder (kept ones in pretraining) */
     int D, Dd, H, Hdec, hidden, dhidden, joint;
+    int Dh; /* the head's input: D, or 2D (singlemodal) */
     /* parameters, gradients, Adam moments: one buffer each, and the table over them */
     cav_params p, g;
     float *params, *grads, *adam_m, *adam_v;
@@ -190,8 +198,9 @@ typedef struct {
     float *ca_mean, *cv_mean, *ca_n, *cv_n, *ca_norm, *cv_norm; /* [B,D] x4, [B] x2 */
     float *dec_emb, *dec_ua, *dec_uv, *dec_x;                   /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
     float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;   /* [B,La_full,256] [B,Lv_full,768] ... */
-    float *pool_u, *pool_s, *pooled, *logits;                   /* [B,D] x3, [B,K] */
+    float *pool_u, *pool_s, *pooled, *logits;                   /* [B,D] x2, [B,Dh], [B,K] */
     float *feat_a, *feat_v;                                     /* forward_feat outputs */
+    float *pool_a, *pool_v; /* [B,D] x2: the single-modal pooled outputs of the Table 2f fusions */
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
     float *d_vec1, *d_vec2, *d_vec3, *d_vec4, *d_logits, *d_tok;

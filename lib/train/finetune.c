@@ -13,17 +13,21 @@
 
 #include "cli.h"
 #include "metrics.h"
+#include "recipes.h"
 #include "weights.h"
 
 CAV_KNOB_NUMBER(knob_labels, "label_dim", 1, 1 << 20)
 static int knob_mode(const char *s, void *f, char *why, size_t n) {
     if (cav_ft_mode_parse(s) < 0)
-        return snprintf(why, n,
-                        "multimodal, audioonly, videoonly, missingaudioonly or missingvideoonly, not '%s'",
-                        s),
+        return snprintf(
+                   why, n,
+                   "multimodal, audioonly, videoonly, missingaudioonly, missingvideoonly, singlemodal or "
+                   "multimodal+singlemodal, not '%s'",
+                   s),
                -1;
     return cav_knob_add(f, "mode", s, why, n);
 }
+CAV_KNOB_FIXED(knob_freeze, "freeze_base", "true")
 static int knob_loss(const char *s, void *f, char *why, size_t n) {
     if (strcmp(s, "bce") && strcmp(s, "ce")) return snprintf(why, n, "bce or ce, not '%s'", s), -1;
     return cav_knob_add(f, "loss", s, why, n);
@@ -83,6 +87,14 @@ static const cav_opt finetune_table[] = {
      .format = format_metric,
      .help = "which metric picks best_audio_model (auto: acc with --loss ce, else map)",
      .key = "metric"},
+    {.name = "recipe",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = FT(recipe),
+     .arg = "NAME",
+     .parse = cav_ft_recipe_parse,
+     .format = cav_ft_recipe_format,
+     .help = "the paper's recipe as defaults: as20k, as2m or vggsound\n(options given override it)",
+     .key = "recipe"},
     {0},
 };
 #undef FT
@@ -93,7 +105,12 @@ static const cav_opt knob_table[] = {
      .type = CAV_OPTT_CUSTOM,
      .arg = "MODE",
      .parse = knob_mode,
-     .help = "multimodal (default), audioonly, videoonly, missingaudioonly,\nmissingvideoonly"},
+     .help = "multimodal (default), audioonly, videoonly, missingaudioonly,\nmissingvideoonly, singlemodal, "
+             "multimodal+singlemodal"},
+    {.name = "freeze-base",
+     .type = CAV_OPTT_CUSTOM,
+     .parse = knob_freeze,
+     .help = "linear probing: train mlp_head only"},
     {.name = "loss",
      .type = CAV_OPTT_CUSTOM,
      .arg = "bce|ce",
@@ -102,8 +119,12 @@ static const cav_opt knob_table[] = {
     {0},
 };
 
+static const cav_preset_entry *recipe_of(const void *o) {
+    return cav_ft_recipe(((const cav_finetune_opts *)o)->recipe);
+}
+
 const cav_train_options_of cav_finetune_options_of =
-    CAV_TRAIN_OPTIONS_OF(cav_finetune_opts, finetune_table, knob_table, CAV_TASK_FINETUNE);
+    CAV_TRAIN_OPTIONS_OF_PRESET(cav_finetune_opts, finetune_table, knob_table, CAV_TASK_FINETUNE, recipe_of);
 
 typedef struct {
     const cav_finetune_opts *o;
@@ -247,8 +268,9 @@ static void epoch_metrics(const cav_trainer *t, const double *tr, const double *
 
 static void describe(const cav_trainer *t, char *out, size_t n) {
     const finetuner *f = t->task->ctx;
-    snprintf(out, n, "; head lr x %g, label smoothing %g, mixup %g%s", f->o->head_lr, f->o->label_smooth,
-             f->o->mixup, f->o->bal ? ", balanced sampling" : "");
+    snprintf(out, n, "; head lr x %g, label smoothing %g, mixup %g%s%s", f->o->head_lr, f->o->label_smooth,
+             f->o->mixup, f->o->bal ? ", balanced sampling" : "",
+             t->cfg->freeze_base ? "; linear probing (base frozen)" : "");
 }
 
 int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err) {

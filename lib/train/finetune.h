@@ -20,6 +20,7 @@ typedef struct {
     double mixup;         /* probability that a training sample is mixed (cav-numerics(7) 1.7) */
     int bal;              /* balanced sampling by the shards' `weight` (cav-numerics(7) 1.8) */
     int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
+    const char *recipe;   /* the preset whose defaults the run took (recipes.h), or NULL */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */

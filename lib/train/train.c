@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -445,6 +446,35 @@ void cav_train_set_inputs(cav_model *m, const cav_batch *b, int first, int n) {
     if (V) cav_model_set_input(m, CAV_IN_VIDEO, b->video + (size_t)first * V, n);
 }
 
+/* A preset's defaults (cav_train_options_of.preset): the command line is parsed once into a scratch copy of
+ * the options to learn which preset it names (usage errors and --help end there, as they would later),
+ * then the preset's values go into the fields of g's groups through the tables' own parsers, before the real
+ * parse. */
+static void apply_preset(int argc, char **argv, const cav_train_tool *tool,
+                         cav_optgroup g[CAV_TRAIN_GROUPS]) {
+    const cav_train_options_of *of = tool->options;
+    cav_optgroup sg[CAV_TRAIN_GROUPS];
+    void *scratch = malloc(of->size);
+    if (!scratch || cav_train_opts_default(of, scratch) || cav_train_options(sg, of, scratch))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    cav_opts_parse(argc, argv, sg, CAV_TRAIN_GROUPS, tool->usage_head, tool->usage_tail);
+    optind = 0; /* glibc's getopt starts over, its own state reset, on the real parse */
+    const cav_preset_entry *e = of->preset(scratch);
+    for (; e && e->opt; e++) {
+        const cav_opt *opt = NULL;
+        int k = 0;
+        for (; k < CAV_TRAIN_GROUPS && !opt; k++) opt = cav_opts_find(g[k].opts, e->opt);
+        char why[256];
+        if (!opt || cav_opt_set(opt, g[k - 1].base, e->val, why, sizeof why))
+            cav_die(CAV_EXIT_INTERNAL, "preset: --%s %s: %s", e->opt, e->val ? e->val : "",
+                    opt ? why : "no such option");
+    }
+    cav_train_opts *run = sg[0].base;
+    free(run->train.v), free(run->eval.v);
+    free((void *)sg[0].opts);
+    free(scratch);
+}
+
 int cav_train_main(int argc, char **argv, const cav_train_tool *tool, void *o) {
     cav_set_tool(tool->name);
     cav_blas_fit_cpu(tool->name, argv);
@@ -455,6 +485,7 @@ int cav_train_main(int argc, char **argv, const cav_train_tool *tool, void *o) {
     if (cav_train_opts_default(of, o) || cav_train_options(g, of, o))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     cav_train_opts *run = g[0].base;
+    if (of->preset) apply_preset(argc, argv, tool, g);
     int first = cav_opts_parse(argc, argv, g, CAV_TRAIN_GROUPS, tool->usage_head, tool->usage_tail), rc = 0;
     char *args = NULL;
     if (!tool->other || !tool->other(o, &rc)) {

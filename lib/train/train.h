@@ -85,6 +85,11 @@ int cav_knob_add_number(cav_model_opts *mo, const char *key, const char *s, doub
 int cav_train_paths_parse(const char *s, void *field, char *why, size_t whylen);
 void cav_train_paths_format(const void *field, char *buf, size_t len);
 
+/* One default of a preset: an option by its long name and its value as on the command line. */
+typedef struct {
+    const char *opt, *val;
+} cav_preset_entry;
+
 /* A trainer's options: its own table and its model knobs' table, its task (which picks the recipe's
  * defaults: the run options that differ between pretraining and fine-tuning, and the model config), and
  * where its options struct keeps the run's options, the model's and the config. */
@@ -93,10 +98,20 @@ typedef struct {
     cav_task task;
     size_t size, run, model, cfg; /* sizeof the trainer's options; offsetof its cav_train_opts,
                                    * cav_model_opts, cav_config */
+    /* A preset option (cav-finetune --recipe): from options parsed once, the defaults the preset named
+     * there sets (ended by {NULL}), or NULL for none. cav_train_main applies them to the tables' defaults
+     * and then parses the command line, so that an option given there overrides the preset wherever it
+     * stands. NULL: the trainer has no presets. */
+    const cav_preset_entry *(*preset)(const void *o);
 } cav_train_options_of;
-/* The options of a trainer of TASK whose options struct TYPE has fields run, model and cfg. */
-#define CAV_TRAIN_OPTIONS_OF(TYPE, OWN, KNOBS, TASK)                                                         \
-    { OWN, KNOBS, TASK, sizeof(TYPE), offsetof(TYPE, run), offsetof(TYPE, model), offsetof(TYPE, cfg) }
+/* The options of a trainer of TASK whose options struct TYPE has fields run, model and cfg, and its preset
+ * hook (or NULL). */
+#define CAV_TRAIN_OPTIONS_OF_PRESET(TYPE, OWN, KNOBS, TASK, PRESET)                                          \
+    {                                                                                                        \
+        OWN, KNOBS, TASK, sizeof(TYPE), offsetof(TYPE, run), offsetof(TYPE, model), offsetof(TYPE, cfg),     \
+            PRESET                                                                                           \
+    }
+#define CAV_TRAIN_OPTIONS_OF(TYPE, OWN, KNOBS, TASK) CAV_TRAIN_OPTIONS_OF_PRESET(TYPE, OWN, KNOBS, TASK, NULL)
 
 /* The option groups of a trainer's options o, in --help order: [0] the run's table (malloc'd: the driver's
  * with the recipe's defaults), [1] the model's size and --set and [2] the trainer's knobs, [3] its own

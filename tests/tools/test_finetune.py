@@ -4,7 +4,6 @@ loss falls on a learnable toy set (each class a bright mel band); --max-steps + 
 to an uninterrupted run; one training step's loss equals the PyTorch reference CAVMAEFT's (tests/ref) on the
 same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5 (mixup and --bal:
 test_finetune_mixup.py)."""
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import cavstream  # noqa: E402
+import ftfixture  # noqa: E402
+from ftfixture import jsonl, read  # noqa: E402
 
 BIN = os.environ["CAV_BIN"]
 SRC = os.environ.get("CAV_SRC", os.path.dirname(os.path.dirname(HERE)))
@@ -32,41 +32,15 @@ def report(name, ok, why=""):
     fails += not ok
 
 
-def make_shard(path, rows, seed=0, img=32):
-    """Row r has class r % K: its fbank is noise plus a bright band of mel bins; the frames are noise.
-    Returns the records' tensors (fbank, frames, labels) for the reference computation."""
-    g = np.random.default_rng(seed)
-    recs, data = [], []
-    for r in range(rows):
-        c = r % K
-        fb = (g.standard_normal((60 + r % 9, 128)) * 2 - 5).astype(np.float32)
-        fb[:, 32 * c:32 * c + 32] += 4
-        fr = g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)
-        lab = np.zeros(K, np.float32)
-        lab[c] = 1
-        recs.append(("clip%03d" % r, {}, [("fbank", fb), ("frames", fr), ("labels", lab)]))
-        data.append((fb, fr, lab))
-    stream = os.path.join(TMP, "in.cavs")
-    with open(stream, "wb") as f:
-        f.write(cavstream.encode(recs))
-    subprocess.run([BIN + "/shard-pack", "-o", path, stream], check=True)
-    return data
+def make_shard(path, rows, seed=0):
+    """Row r has class r % K (tests/tools/ftfixture.py); returns the records' (fbank, frames, labels)."""
+    return ftfixture.make_shard(path, rows, seed, K, BIN + "/shard-pack")
 
 
 def finetune(out, *args, check=True):
     cmd = [BIN + "/cav-finetune", "-o", out, "--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3",
            "--head-lr", "10", "--freqm", "16", "--timem", "16", "--loader-threads", "2"] + MICRO + list(args)
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def read(p):
-    with open(p, "rb") as f:
-        return f.read()
-
-
-def jsonl(p):
-    with open(p) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 train = os.path.join(TMP, "train.h5")

@@ -256,6 +256,135 @@ static void test_gradcheck_finetune_modes(void) {
     CHECK(run_gradcheck(&c, "ft audioonly ce", 2e-2));
 }
 
+/* The Table 2f fusions (SM, MM+SM), and linear probing: only the head has a gradient (the check fails on
+ * any other non-zero one), and it is the head's true gradient. */
+static void test_gradcheck_fusions_frozen(void) {
+    static const char *modes[] = {"singlemodal", "multimodal+singlemodal"};
+    for (int i = 0; i < 2; i++)
+        for (int ce = 0; ce < 2; ce++) {
+            cav_config c = tiny(CAV_TASK_FINETUNE);
+            c.label_dim = 5, c.loss_ce = ce, c.mode = cav_ft_mode_parse(modes[i]);
+            REQUIRE((int)c.mode >= 0);
+            char what[64];
+            snprintf(what, sizeof what, "ft %s %s", modes[i], ce ? "ce" : "bce");
+            CHECK(run_gradcheck(&c, what, 2e-2));
+        }
+    static const char *frozen[] = {"multimodal", "audioonly", "singlemodal"};
+    for (int i = 0; i < 3; i++) {
+        cav_config c = tiny(CAV_TASK_FINETUNE);
+        c.label_dim = 5, c.freeze_base = 1, c.mode = cav_ft_mode_parse(frozen[i]);
+        char what[64];
+        snprintf(what, sizeof what, "ft %s frozen base", frozen[i]);
+        CHECK(run_gradcheck(&c, what, 2e-2));
+    }
+}
+
+/* mean over tokens of an output [B,N,D] of m into out[B,D], in double */
+static void mean_tokens(const cav_model *m, const char *name, double *out) {
+    int64_t s[4];
+    int nd, n = cav_model_output_shape(m, name, s, &nd);
+    float *x = malloc(sizeof(float) * (size_t)n);
+    cav_model_read_output(m, name, x);
+    for (int64_t b = 0; b < s[0]; b++)
+        for (int64_t d = 0; d < s[2]; d++) {
+            double a = 0;
+            for (int64_t t = 0; t < s[1]; t++) a += x[(b * s[1] + t) * s[2] + d];
+            out[b * s[2] + d] = a / s[1];
+        }
+    free(x);
+}
+
+/* SM is head(cat(pooled audio-only, pooled video-only)): the embedding pass (the audio-only and video-only
+ * branches' normalised tokens) of the same parameters, pooled, through mlp_head in double. Also the head's
+ * input is 2D wide, and MM+SM's logits differ from both MM's and SM's on the same encoder. */
+static void test_singlemodal_equivalence(void) {
+    cav_err err = {0};
+    int B = 2, K = 5;
+    cav_config c = tiny(CAV_TASK_FINETUNE), cf = tiny(CAV_TASK_FEAT);
+    c.label_dim = K, c.mode = CAV_FT_SINGLEMODAL;
+    cav_model *m = cav_model_create(&c, B, &err), *f = cav_model_create(&cf, B, &err);
+    REQUIRE(m && f);
+    int D = m->D;
+    CHECK(m->Dh == 2 * D && cav_model_param(m, "mlp_head.1.weight")->shape[1] == 2 * D);
+    uint64_t mr = 5;
+    cav_model_init(m, 11);
+    jitter(m);
+    fill_inputs(m, &mr);
+    cav_model_forward(m);
+    float *logits = malloc(sizeof(float) * B * K);
+    cav_model_read_output(m, "logits", logits);
+    /* the FEAT model with the same encoder and inputs */
+    cav_model_init(f, 1);
+    for (int i = 0; i < f->ntable; i++) {
+        cav_param *e = &f->table[i], *src = cav_model_param(m, e->name);
+        REQUIRE(src && src->numel == e->numel);
+        float *x = get(m, CAV_BUF_PARAMS, src);
+        cav_model_write_param(f, CAV_BUF_PARAMS, e, x);
+        free(x);
+    }
+    size_t na = cav_model_input_size(m, CAV_IN_AUDIO) * B, nv = cav_model_input_size(m, CAV_IN_VIDEO) * B;
+    float *in = malloc(sizeof(float) * (na + nv));
+    cav_model_get_input(m, CAV_IN_AUDIO, in, B), cav_model_get_input(m, CAV_IN_VIDEO, in + na, B);
+    cav_model_set_input(f, CAV_IN_AUDIO, in, B), cav_model_set_input(f, CAV_IN_VIDEO, in + na, B);
+    cav_model_forward(f);
+    double *pa = malloc(sizeof(double) * B * D), *pv = malloc(sizeof(double) * B * D), worst = 0;
+    mean_tokens(f, "feat_a", pa), mean_tokens(f, "feat_v", pv);
+    float *lw = get(m, CAV_BUF_PARAMS, cav_model_param(m, "mlp_head.0.weight")),
+          *lb = get(m, CAV_BUF_PARAMS, cav_model_param(m, "mlp_head.0.bias")),
+          *hw = get(m, CAV_BUF_PARAMS, cav_model_param(m, "mlp_head.1.weight")),
+          *hb = get(m, CAV_BUF_PARAMS, cav_model_param(m, "mlp_head.1.bias"));
+    for (int b = 0; b < B; b++) {
+        double x[64], mu = 0, var = 0;
+        for (int d = 0; d < D; d++) x[d] = pa[b * D + d], x[D + d] = pv[b * D + d];
+        for (int d = 0; d < 2 * D; d++) mu += x[d] / (2 * D);
+        for (int d = 0; d < 2 * D; d++) var += (x[d] - mu) * (x[d] - mu) / (2 * D);
+        for (int d = 0; d < 2 * D; d++) x[d] = (x[d] - mu) / sqrt(var + 1e-5) * lw[d] + lb[d];
+        for (int k = 0; k < K; k++) {
+            double y = hb[k];
+            for (int d = 0; d < 2 * D; d++) y += hw[k * 2 * D + d] * x[d];
+            worst = fmax(worst, fabs(y - logits[b * K + k]));
+        }
+    }
+    fprintf(stderr, "  SM logits vs head(cat(pooled feat_a, pooled feat_v)): max |diff| %.2e\n", worst);
+    CHECK(worst < 1e-4);
+    free(lw), free(lb), free(hw), free(hb), free(pa), free(pv), free(in), free(logits);
+    cav_model_free(m), cav_model_free(f);
+}
+
+/* Linear probing through Adam with weight decay: every base parameter bit-identical, the head moved. */
+static void test_freeze_base_adam(void) {
+    cav_err err = {0};
+    cav_config c = tiny(CAV_TASK_FINETUNE);
+    c.label_dim = 5, c.freeze_base = 1;
+    cav_model *m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(cav_model_trainable(m) == (size_t)(2 * m->D + 5 * m->D + 5));
+    uint64_t mr = 9;
+    cav_model_init(m, 6);
+    jitter(m);
+    fill_inputs(m, &mr);
+    float *p0 = malloc(sizeof(float) * m->nparams), *p1 = malloc(sizeof(float) * m->nparams);
+    cav_model_read_buffer(m, CAV_BUF_PARAMS, p0);
+    for (int s = 0; s < 3; s++) {
+        cav_model_forward(m);
+        cav_model_backward(m);
+        cav_model_adam_step(m, 1e-2, 10, 0.95, 0.999, 1e-8, 0.1);
+    }
+    cav_model_read_buffer(m, CAV_BUF_PARAMS, p1);
+    int base_same = 1, head_moved = 1;
+    for (int i = 0; i < m->ntable; i++) {
+        const cav_param *e = &m->table[i];
+        int same = !memcmp(p0 + e->offset, p1 + e->offset, sizeof(float) * e->numel);
+        if (e->head)
+            head_moved &= !same;
+        else
+            base_same &= same;
+    }
+    CHECK(base_same && head_moved);
+    free(p0), free(p1);
+    cav_model_free(m);
+}
+
 /* Zero loss weights skip their branch; the embedding pass equals the audio-only fine-tuning features. */
 static void test_branches(void) {
     cav_config c = tiny(CAV_TASK_PRETRAIN);
@@ -493,6 +622,9 @@ static void test_config_set(void) {
     CHECK(cav_config_set(&c, "mask_mode", "tf") == 0 && c.mask_mode == CAV_MASK_TF);
     CHECK(cav_config_set(&c, "modalities", "v") == 0 && !c.use_audio && c.use_video);
     CHECK(cav_config_set(&c, "mode", "missingvideoonly") == 0 && c.mode == CAV_FT_MISSINGVIDEOONLY);
+    CHECK(cav_config_set(&c, "mode", "multimodal+singlemodal") == 0 && c.mode == CAV_FT_MMSM);
+    CHECK(cav_config_set(&c, "mode", "singlemodal") == 0 && c.mode == CAV_FT_SINGLEMODAL);
+    CHECK(cav_config_set(&c, "freeze_base", "true") == 0 && c.freeze_base == 1);
     CHECK(cav_config_set(&c, "loss", "ce") == 0 && c.loss_ce == 1);
     CHECK(cav_config_set(&c, "depth", "12.5") == -1);
     CHECK(cav_config_set(&c, "mask_mode", "random") == -1);
@@ -511,7 +643,7 @@ static void test_config_set(void) {
         a.contrast_loss_weight = 0, a.mode = CAV_FT_MISSINGVIDEOONLY, a.loss_ce = 1, a.tr_pos = !a.tr_pos;
         if (task == CAV_TASK_FINETUNE)
             a.mask_ratio_a = b.mask_ratio_a, a.mask_mode = b.mask_mode, a.use_video = 1,
-            a.contrast_loss_weight = b.contrast_loss_weight;
+            a.contrast_loss_weight = b.contrast_loss_weight, a.freeze_base = 1;
         else
             a.mode = b.mode, a.loss_ce = b.loss_ce;
         char js[2048], key[64], val[64];
@@ -595,6 +727,9 @@ int main(void) {
     TEST(test_param_table);
     TEST(test_gradcheck_pretrain_variants);
     TEST(test_gradcheck_finetune_modes);
+    TEST(test_gradcheck_fusions_frozen);
+    TEST(test_singlemodal_equivalence);
+    TEST(test_freeze_base_adam);
     TEST(test_branches);
     TEST(test_masks);
     TEST(test_model_adam);
