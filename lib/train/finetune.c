@@ -44,6 +44,12 @@ static void format_metric(const void *field, char *buf, size_t len) {
     snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "acc" : "map");
 }
 
+/* --no-bal (no argument, no echo of its own: --bal's key holds the result) */
+static int parse_no_bal(const char *s, void *field, char *why, size_t whylen) {
+    (void)s, (void)why, (void)whylen;
+    return *(int *)field = 0, 0;
+}
+
 #define FT(f) offsetof(cav_finetune_opts, f)
 static const cav_opt finetune_table[] = {
     {.name = "head-lr",
@@ -78,6 +84,11 @@ static const cav_opt finetune_table[] = {
      .offset = FT(bal),
      .help = "draw training rows with replacement by the shards' field `weight` (balanced sampling)",
      .key = "bal"},
+    {.name = "no-bal",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = FT(bal),
+     .parse = parse_no_bal,
+     .help = "draw training rows uniformly (undoes --bal and a recipe's balanced sampling)"},
     {.name = "metric",
      .type = CAV_OPTT_CUSTOM,
      .offset = FT(metric),

@@ -5,11 +5,9 @@
  * recipe, as they are by default; Adam's betas, eps and weight decay are the same in every script and stay
  * the tool's defaults.
  *
- * To add when the options exist (issue 13's other parts), in every recipe: {"mixup", "0.5"}; {"wa-start",
- * "3"} and {"wa-end", "15"} (as20k), 1 and 10 (as2m), 3 and 10 (vggsound); {"frame-agg", NULL} (the 10-frame
- * evaluation; --no-frame-agg undoes it); and {"bal", NULL} (balanced sampling) in as2m and vggsound, which
- * wants a --no-bal to be undone from the command line. A flag's entry has the value NULL; then the man page's
- * lines and test_finetune_modes.py's reading of them take the flag alone. */
+ * Mixup 0.5 everywhere, balanced sampling (--bal, undone by --no-bal) for AS-2M and VGGSound. A flag's entry
+ * has the value NULL; then the man page's lines and test_finetune_modes.py's reading of them take the flag
+ * alone. */
 #include "recipes.h"
 
 #include <stdio.h>
@@ -19,17 +17,20 @@ static const cav_preset_entry as20k[] = {
     {"lr", "5e-5"},          {"head-lr", "100"},      {"batch-size", "36"},    {"epochs", "15"},
     {"lr-decay-start", "5"}, {"lr-decay-step", "1"},  {"lr-decay", "0.5"},     {"loss", "bce"},
     {"metric", "map"},       {"label-dim", "527"},    {"label-smooth", "0.1"}, {"freqm", "48"},
-    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {NULL, NULL}};
+    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {"mixup", "0.5"},
+    {NULL, NULL}};
 static const cav_preset_entry as2m[] = {
     {"lr", "1e-5"},          {"head-lr", "50"},       {"batch-size", "48"},    {"epochs", "10"},
     {"lr-decay-start", "2"}, {"lr-decay-step", "1"},  {"lr-decay", "0.5"},     {"loss", "bce"},
     {"metric", "map"},       {"label-dim", "527"},    {"label-smooth", "0.1"}, {"freqm", "48"},
-    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {NULL, NULL}};
+    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {"mixup", "0.5"},
+    {"bal", NULL},           {NULL, NULL}};
 static const cav_preset_entry vggsound[] = {
     {"lr", "1e-4"},          {"head-lr", "10"},       {"batch-size", "48"},    {"epochs", "10"},
     {"lr-decay-start", "2"}, {"lr-decay-step", "1"},  {"lr-decay", "0.5"},     {"loss", "ce"},
     {"metric", "acc"},       {"label-dim", "309"},    {"label-smooth", "0.1"}, {"freqm", "48"},
-    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {NULL, NULL}};
+    {"timem", "192"},        {"norm-mean", "-5.081"}, {"norm-std", "4.4849"},  {"mixup", "0.5"},
+    {"bal", NULL},           {NULL, NULL}};
 
 static const struct {
     const char *name;

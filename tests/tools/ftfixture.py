@@ -1,5 +1,6 @@
 """ftfixture.py: small labelled shards for cav-finetune's tool tests, and their files' readers. Row r has class
-r % k: its fbank is noise plus a bright band of mel bins (learnable), its ten frames noise."""
+r % k: its fbank is noise plus a bright band of mel bins (learnable), its ten frames noise; its sample weight
+(for --bal, which the as2m and vggsound recipes set) 1 + r % 3."""
 import json
 import os
 import subprocess
@@ -21,7 +22,8 @@ def make_shard(path, rows, seed, k, shard_pack, img=32):
         fr = g.integers(0, 256, (10, img, img, 3), dtype=np.uint8)
         lab = np.zeros(k, np.float32)
         lab[c] = 1
-        recs.append(("clip%03d" % r, {}, [("fbank", fb), ("frames", fr), ("labels", lab)]))
+        recs.append(("clip%03d" % r, {}, [("fbank", fb), ("frames", fr), ("labels", lab),
+                                          ("weight", np.array(1 + r % 3, np.float32))]))
         data.append((fb, fr, lab))
     stream = path + ".cavs"
     with open(stream, "wb") as f:

@@ -260,6 +260,11 @@ if ok:
             x["recipe"] == "as2m" and x["batch_size"] == 8
     ok &= d["recipe"] == "" and d["head_lr"] == 100  # no recipe: the tool's defaults
 report("recipe_overridden_in_either_order", ok, "%s | %s" % (b, c))
+# A recipe's flag is undone by its --no- option, before or after the recipe.
+nb = [run_recipe("nobal" + str(i), *a)[0] for i, a in enumerate((("--recipe", "as2m", "--no-bal"),
+                                                                  ("--no-bal", "--recipe", "vggsound")))]
+report("recipe_bal_undone_by_no_bal", all(x is not None and x["bal"] == 0 and x["mixup"] == 0.5 for x in nb),
+       str(nb))
 r = subprocess.run([BIN + "/cav-finetune", "-o", os.path.join(TMP, "bad"), "--recipe", "audioset", train],
                    capture_output=True, text=True)
 report("recipe_unknown_is_usage_error", r.returncode == 1 and "--recipe" in r.stderr, r.stderr[-300:])
