@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "dist.h"
+#include "fteval.h"
 #include "model.h"
 #include "train.h"
 
@@ -19,6 +20,7 @@ typedef struct {
     double label_smooth;  /* epsilon of the training targets (0.1); evaluation uses hard targets */
     double mixup;         /* probability of mixup; only 0 is implemented (see cav-finetune(1)) */
     int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
+    cav_ft_eval_opts final; /* the final evaluation: WA, frames, --eval-only, predictions (fteval.h) */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */

@@ -255,6 +255,11 @@ int64_t cav_loader_rows(const cav_loader *ld) {
 int64_t cav_loader_batches(const cav_loader *ld) {
     return ld->batches;
 }
+const char *cav_loader_id(const cav_loader *ld, int64_t row) {
+    if (row < 0 || row >= ld->rows) return NULL;
+    int i = shard_of(ld, row);
+    return cav_shard_id(ld->shards[i], row - ld->first_row[i]);
+}
 
 static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int available) {
     int idx;
