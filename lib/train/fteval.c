@@ -87,19 +87,6 @@ static void to_probabilities(float *x, int64_t n, int K, int softmax) {
     }
 }
 
-static void csv_field(FILE *f, const char *s) {
-    if (!strpbrk(s, ",\"\n\r")) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"') fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 /* id, then one probability per class; a header line "id,0,1,...,K-1" */
 static int write_predictions(const char *path, const cav_loader *ld, const float *p, int64_t n, int K,
                              cav_err *err) {
@@ -111,7 +98,7 @@ static int write_predictions(const char *path, const cav_loader *ld, const float
     fputc('\n', f);
     for (int64_t i = 0; i < n; i++) {
         const char *id = cav_loader_id(ld, i);
-        csv_field(f, id ? id : "");
+        cav_csv_field(f, id ? id : "");
         for (int k = 0; k < K; k++) fprintf(f, ",%.9g", p[i * K + k]);
         fputc('\n', f);
     }
