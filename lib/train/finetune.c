@@ -117,7 +117,8 @@ static const cav_opt finetune_table[] = {
      .parse = parse_agg_on,
      .format = format_agg,
      .help = "final evaluation on the ten frames and their mean (default, unless\nno video is seen)",
-     .key = "frame_agg"},
+     .key = "frame_agg",
+     .flags = CAV_OPTF_NODEFAULT},
     {.name = "no-frame-agg",
      .type = CAV_OPTT_CUSTOM,
      .offset = FT(final.frame_agg),
@@ -340,6 +341,8 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         .epoch_metrics = epoch_metrics,
         .describe = describe};
     if (cav_ft_eval_check(&o->final, o->run.epochs, err)) return 1;
+    if (o->run.force && !o->run.resume && !o->run.loader_only && d->rank == 0)
+        cav_ft_eval_clear(o->run.out_dir);
     int rc = cav_train_run(&o->run, &o->cfg, o->run.batch / d->world, &task, d, err);
     free(f.targets), free(f.grads), free(f.logits);
     if (!rc && o->run.eval.n && !o->run.loader_only) { /* after the last epoch (not a --max-steps stop) */
@@ -383,6 +386,7 @@ static int eval_only(void *opts, int *rc) {
 const cav_train_tool cav_finetune_tool = {
     "cav-finetune",
     "Usage: cav-finetune [OPTION]... --out DIR --init CKPT TRAIN.h5...\n"
+    "       cav-finetune --eval-only [OPTION]... --init MODEL --eval FILE... --out DIR\n"
     "Fine-tune CAV-MAE for classification on shards holding fbank (or `wave`), frames and `labels`\n"
     "(f32 [K], shard-pack -j). Defaults are the reference's AS-20K recipe, without mixup. --init takes\n"
     "pretrained parameters (.safetensors from cav-pretrain or a reference .pth): every encoder parameter\n"

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "atomicfile.h"
 #include "checkpoint.h"
@@ -298,6 +299,19 @@ done:
     for (int l = 0; l < nl; l++) cav_loader_close(ld[l]);
     if (rc && !err->msg[0]) cav_fail(err, rc, "failed");
     return rc;
+}
+
+void cav_ft_eval_clear(const char *dir) {
+    char p[4200];
+    static const char *const fixed[] = {"final_eval.json", "mul_frame_res.csv", "predictions_agg.csv"};
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, fixed[i]);
+        unlink(p);
+    }
+    for (int f = 0; f < CAV_FT_FRAMES; f++) {
+        snprintf(p, sizeof p, "%s/predictions_frame%d.csv", dir, f);
+        unlink(p);
+    }
 }
 
 int cav_ft_final_eval(const cav_ft_eval_setup *s, const cav_dist *d, cav_err *err) {

@@ -35,6 +35,9 @@ int cav_ft_eval_check(const cav_ft_eval_opts *ev, int epochs, cav_err *err);
  * range) or models/best_audio_model.safetensors, evaluated into out_dir (its files replaced). 0 ok, else an
  * exit code with err. */
 int cav_ft_final_eval(const cav_ft_eval_setup *s, const cav_dist *d, cav_err *err);
+/* Removes the final evaluation's files from a run directory (a new run with --force replaces the old run's
+ * outputs: none of them may pass for the new run's). */
+void cav_ft_eval_clear(const char *dir);
 /* The final evaluation of the model file `model` into out_dir; an existing output file is refused (exit 1)
  * unless replace. 0 ok, else an exit code with err. */
 int cav_ft_eval_model(const cav_ft_eval_setup *s, const char *model, int replace, const cav_dist *d,

@@ -487,6 +487,7 @@ static void *worker(void *arg) {
             s->done = s->failed = 0;
             int64_t start = b * ld->o.batch, avail = ld->rows - start - ld->lo;
             s->n = (int)(avail < per ? (avail > 0 ? avail : 0) : per);
+            if (s->n == 0) pthread_cond_broadcast(&ld->cv_done); /* a rank's empty slice: complete at once */
         }
         if (j % per >= s->n) { /* beyond the partial last batch */
             continue;

@@ -5,9 +5,11 @@ fixed frame each (the whole model rerun) and their mean as the aggregate, to rel
 holds the ten per-frame values and the aggregated one; per-class AP and mAP equal sklearn's on the exported
 predictions; --eval-only on the WA model repeats the training run's final figures; existing outputs are
 refused without --force; an audio-only model runs one pass on frame 5 and writes no mul_frame_res.csv; the
-best model is evaluated without WA; bad option combinations are usage errors."""
+best model is evaluated without WA; --force clears an old run's final files; two MPI ranks evaluate as one
+process; bad option combinations are usage errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,10 +60,10 @@ def shard(path, rows, seed):
     return [x[0] for x in recs], labels
 
 
-def finetune(*args):
-    cmd = [BIN + "/cav-finetune", "--seed", "5", "-b", "6", "--lr", "1e-3", "--head-lr", "10", "--freqm", "8",
+def finetune(*args, pre=(), env=None):
+    cmd = list(pre) + [BIN + "/cav-finetune", "--seed", "5", "-b", "6", "--lr", "1e-3", "--head-lr", "10", "--freqm", "8",
            "--timem", "8", "--loader-threads", "2"] + MICRO + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def predictions(path):
@@ -180,6 +182,32 @@ try:
     report("audioonly_one_frame_best_model", ok, r.stderr[-600:])
 except (OSError, ValueError, KeyError) as e:
     report("audioonly_one_frame_best_model", False, "%s %s" % (e, r.stderr[-600:]))
+
+# --force: a new run in that directory leaves none of the old run's final files behind.
+r = finetune("-o", ao, "-e", "1", "--force", train)
+left = [x for x in ("final_eval.json", "predictions_frame5.csv") if os.path.exists(os.path.join(ao, x))]
+report("force_clears_final_outputs", r.returncode == 0 and not left, "%s %s" % (left, r.stderr[-300:]))
+
+# Two MPI ranks: the weight average written by rank 0, every rank's slice of each batch gathered (the last
+# batch of 3 rows is all rank 0's); the same predictions as --eval-only of that WA model in one process.
+mpirun = shutil.which("mpirun")
+if not mpirun:
+    report("mpi_final_eval_equals_one_process", False, "mpirun not found (Debian openmpi-bin)")
+else:
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    two = os.path.join(TMP, "mpi")
+    r = finetune("-o", two, "-e", "2", "--wa-start", "1", "--wa-end", "2", "--predictions", "--eval", evals, train,
+                 pre=[mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none"], env=env)
+    one = os.path.join(TMP, "mpi_alone")
+    r1 = finetune("--eval-only", "--init", os.path.join(two, "models", "audio_model_wa.safetensors"), "--eval", evals,
+                  "-o", one, "--predictions")
+    try:
+        i2, p2, _ = predictions(os.path.join(two, "predictions_agg.csv"))
+        i1, p1, _ = predictions(os.path.join(one, "predictions_agg.csv"))
+        print("  two ranks vs one process: predictions max rel %.3g" % rel(p2, p1))
+        report("mpi_final_eval_equals_one_process", i1 == i2 == ids and rel(p2, p1) <= 1e-6, "rel %g" % rel(p2, p1))
+    except (OSError, ValueError, IndexError) as e:
+        report("mpi_final_eval_equals_one_process", False, "%s: %s %s" % (e, r.stderr[-600:], r1.stderr[-300:]))
 
 # Usage errors: --eval-only without --init, with training shards or with WA; a WA range past the epochs.
 u = [finetune("--eval-only", "--eval", evals, "-o", os.path.join(TMP, "u1")),
