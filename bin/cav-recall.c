@@ -397,19 +397,6 @@ static void pyfloat(char *buf, size_t len, double x) {
     if (!strpbrk(buf, ".eni")) strncat(buf, ".0", len - strlen(buf) - 1);
 }
 
-static void csv_field(FILE *f, const char *s) {
-    if (!strpbrk(s, ",\"\n\r")) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"') fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 /* The retrieval of one direction and what it needs: queries' rows against the items' rows. */
 typedef struct {
     cav_retr_dir d;
@@ -655,7 +642,7 @@ int main(int argc, char **argv) {
             pyfloat(f[0], sizeof f[0], st.r1), pyfloat(f[1], sizeof f[1], st.r5),
                 pyfloat(f[2], sizeof f[2], st.r10);
             pyfloat(f[3], sizeof f[3], st.mr);
-            csv_field(out, dataset);
+            cav_csv_field(out, dataset);
             fprintf(out, ",%s,%s,%s,%s,%s\n", dname[kd], f[0], f[1], f[2], f[3]);
             cav_msg("%s %s->%s: R@1 %.4f R@5 %.4f R@10 %.4f MR %g over %lld queries (%lld hits)", dataset,
                     kd ? "audio" : "video", kd ? "video" : "audio", st.r1, st.r5, st.r10, st.mr,
@@ -663,7 +650,7 @@ int main(int argc, char **argv) {
         }
         for (int64_t i = 0; rf && i < e.n; i++) {
             fprintf(rf, "%s,%lld,", dname[kd], (long long)i);
-            csv_field(rf, e.ids[i]);
+            cav_csv_field(rf, e.ids[i]);
             fprintf(rf, ",%lld,%lld\n", (long long)d->rank[i],
                     (long long)(d->ties[i] > 0 ? d->ties[i] - 1 : -1));
         }
@@ -680,9 +667,9 @@ int main(int argc, char **argv) {
                 char sv[40];
                 pyfloat(sv, sizeof sv, d->topsim[i * d->k + j]);
                 fprintf(mf, "%s,%lld,", dname[kd], (long long)i);
-                csv_field(mf, e.ids[i]);
+                cav_csv_field(mf, e.ids[i]);
                 fprintf(mf, ",%d,%lld,", j + 1, (long long)m);
-                csv_field(mf, G->ids[m]);
+                cav_csv_field(mf, G->ids[m]);
                 fprintf(mf, ",%s,%d\n", sv, own);
             }
     }

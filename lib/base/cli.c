@@ -1,5 +1,5 @@
-/* cli.c: diagnostics, --help/--version, option-value parsing and the terminal progress line shared by
- * every tool (see cli.h). */
+/* cli.c: diagnostics, --help/--version, option-value parsing, the terminal progress line and CSV quoting
+ * shared by every tool (see cli.h). */
 #include "cli.h"
 
 #include <errno.h>
@@ -172,4 +172,17 @@ void cav_progress_end(cav_progress *p) {
     if (!p) return;
     if (p->on) progress_draw(p, cav_now(), 1);
     free(p);
+}
+
+void cav_csv_field(FILE *f, const char *s) {
+    if (!strpbrk(s, ",\"\n\r")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
 }

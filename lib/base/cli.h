@@ -1,10 +1,12 @@
 /* cli.h: the conventions every tool shares — its name in diagnostics, --help and --version, the exit
- * codes of DESIGN.md, strict number parsing for option values, and a progress line on stderr that appears
- * only when stderr is a terminal. Tools parse their options with getopt_long and call these. */
+ * codes of DESIGN.md, strict number parsing for option values, a progress line on stderr that appears
+ * only when stderr is a terminal, and the quoting of CSV fields. Tools parse their options with getopt_long
+ * and call these. */
 #ifndef CAV_CLI_H
 #define CAV_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdnoreturn.h>
 
 enum {
@@ -51,5 +53,9 @@ void cav_progress_add(cav_progress *p, int64_t n);
 void cav_progress_end(cav_progress *p);
 
 double cav_now(void); /* monotonic seconds */
+
+/* One CSV field (RFC 4180) of a tool's table: as it is, or quoted with its quotes doubled when it holds a
+ * comma, a quote or a line break (record ids may). */
+void cav_csv_field(FILE *f, const char *s);
 
 #endif

@@ -1211,12 +1211,13 @@ static void pooled_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float *
     stream_backward(m, s);
 }
 
-static void forward_finetune(cav_model *m) {
+/* audio_kept: the audio branch's output (s_a.out) of the previous forward stands for this one's audio */
+static void forward_finetune(cav_model *m, int audio_kept) {
     const cav_config *c = &m->cfg;
     cav_params *p = &m->p;
     int B = m->B, D = m->D, K = c->label_dim;
     memset(&m->out, 0, sizeof m->out);
-    if (m->La) embed_audio(m), stream_forward(m, &m->s_a, m->emb_a);
+    if (m->La && !audio_kept) embed_audio(m), stream_forward(m, &m->s_a, m->emb_a);
     if (m->Lv) embed_video(m), stream_forward(m, &m->s_v, m->emb_v);
     switch (c->mode) {
     case CAV_FT_MULTIMODAL:
@@ -1353,9 +1354,16 @@ void cav_model_forward(cav_model *m) {
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         forward_pretrain(m);
     else if (m->cfg.task == CAV_TASK_FINETUNE)
-        forward_finetune(m);
+        forward_finetune(m, 0);
     else
         forward_feat(m);
+}
+
+void cav_model_forward_keep_audio(cav_model *m) {
+    if (m->cfg.task == CAV_TASK_FINETUNE)
+        forward_finetune(m, 1);
+    else
+        cav_model_forward(m);
 }
 
 void cav_model_zero_grad(cav_model *m) {

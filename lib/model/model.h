@@ -260,6 +260,12 @@ int cav_model_split(cav_model *m, int n, int row0);
  * feat_a [B,La_full,D] and feat_v [B,Lv_full,D] and the retrieval embeddings emb_a, emb_v [B,D] (their
  * mean over tokens, L2-normalised). */
 void cav_model_forward(cav_model *m);
+/* The fine-tuning forward for inputs whose audio is the previous forward's (the ten frames of the same clips,
+ * cav-numerics(7) 3.4): the audio-specific layers (patch embedding, blocks_a), which do not see the frame,
+ * are not rerun; their output [B,La,D] kept from the previous forward feeds the joint layers with the new
+ * video, and the audio input is not read. The same numbers as cav_model_forward on that audio. Other
+ * tasks: cav_model_forward. */
+void cav_model_forward_keep_audio(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
 /* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */

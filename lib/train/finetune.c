@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "metrics.h"
@@ -43,11 +44,19 @@ static void format_metric(const void *field, char *buf, size_t len) {
     int v = *(const int *)field;
     snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "acc" : "map");
 }
-
-/* --no-bal (no argument, no echo of its own: --bal's key holds the result) */
-static int parse_no_bal(const char *s, void *field, char *why, size_t whylen) {
+/* --frame-agg and --no-frame-agg set one field: 1, 0, or -1 (the default "auto") when neither is given */
+static int parse_agg_on(const char *s, void *field, char *why, size_t whylen) {
+    (void)why, (void)whylen;
+    return *(int *)field = s && strcmp(s, "auto") == 0 ? -1 : 1, 0;
+}
+/* --no-frame-agg, --no-bal: the int to 0 (no echo of their own: the positive option's key holds it) */
+static int parse_off(const char *s, void *field, char *why, size_t whylen) {
     (void)s, (void)why, (void)whylen;
     return *(int *)field = 0, 0;
+}
+static void format_agg(const void *field, char *buf, size_t len) {
+    int v = *(const int *)field;
+    snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "on" : "off");
 }
 
 #define FT(f) offsetof(cav_finetune_opts, f)
@@ -87,7 +96,7 @@ static const cav_opt finetune_table[] = {
     {.name = "no-bal",
      .type = CAV_OPTT_CUSTOM,
      .offset = FT(bal),
-     .parse = parse_no_bal,
+     .parse = parse_off,
      .help = "draw training rows uniformly (undoes --bal and a recipe's balanced sampling)"},
     {.name = "metric",
      .type = CAV_OPTT_CUSTOM,
@@ -106,6 +115,47 @@ static const cav_opt finetune_table[] = {
      .format = cav_ft_recipe_format,
      .help = "the paper's recipe as defaults: as20k, as2m or vggsound\n(options given override it)",
      .key = "recipe"},
+    {.name = "wa-start",
+     .type = CAV_OPTT_INT,
+     .offset = FT(final.wa_start),
+     .def = "0",
+     .min = 0,
+     .max = 100000,
+     .arg = "E",
+     .help = "first epoch of the weight average (0: none)",
+     .key = "wa_start"},
+    {.name = "wa-end",
+     .type = CAV_OPTT_INT,
+     .offset = FT(final.wa_end),
+     .def = "0",
+     .min = 0,
+     .max = 100000,
+     .arg = "E",
+     .help = "last epoch of the weight average; the average is evaluated at the end\n(0: the best model is)",
+     .key = "wa_end"},
+    {.name = "frame-agg",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = FT(final.frame_agg),
+     .def = "auto",
+     .parse = parse_agg_on,
+     .format = format_agg,
+     .help = "final evaluation on the ten frames and their mean (default, unless\nno video is seen)",
+     .key = "frame_agg",
+     .flags = CAV_OPTF_NODEFAULT},
+    {.name = "no-frame-agg",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = FT(final.frame_agg),
+     .parse = parse_off,
+     .help = "final evaluation on one frame (--frame, or 5)"},
+    {.name = "eval-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = FT(final.eval_only),
+     .help = "evaluate the model --init on --eval into --out, no training"},
+    {.name = "predictions",
+     .type = CAV_OPTT_FLAG,
+     .offset = FT(final.predictions),
+     .help = "write the final evaluation's predictions (predictions_*.csv)",
+     .key = "predictions"},
     {0},
 };
 #undef FT
@@ -314,8 +364,17 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         .epoch_report = epoch_report,
         .epoch_metrics = epoch_metrics,
         .describe = describe};
+    if (cav_ft_eval_check(&o->final, o->run.epochs, err)) return 1;
+    if (o->run.force && !o->run.resume && !o->run.loader_only && d->rank == 0)
+        cav_ft_eval_clear(o->run.out_dir);
     int rc = cav_train_run(&run, &o->cfg, o->run.batch / d->world, &task, d, err);
     free(f.grads), free(f.logits);
+    if (!rc && o->run.eval.n && !o->run.loader_only) { /* after the last epoch (not a --max-steps stop) */
+        char last[4200];
+        snprintf(last, sizeof last, "%s/models/audio_model.%d.safetensors", o->run.out_dir, o->run.epochs);
+        cav_ft_eval_setup es = {&o->run, &o->cfg, &o->final, f.by_acc};
+        if (cav_dist_max_int(d, d->rank == 0 && access(last, F_OK) == 0)) rc = cav_ft_final_eval(&es, d, err);
+    }
     return rc;
 }
 
@@ -325,9 +384,33 @@ static int run_tool(const void *o, const cav_dist *d, cav_err *err) {
     return cav_finetune_run(o, d, err);
 }
 
+/* --eval-only: the final evaluation of --init alone (cav_ft_eval_model); 0 when training instead */
+static int eval_only(void *opts, int *rc) {
+    cav_finetune_opts *o = opts;
+    cav_err err = {0, ""};
+    if (!o->final.eval_only) return 0;
+    cav_dist d1 = {0}, *d = &d1;
+    d1.world = 1; /* one process evaluates */
+    if (cav_model_opts_apply(&o->model, &o->cfg, &err)) cav_usage_error("%s", err.msg);
+    if (!o->run.init || !o->run.eval.n || !o->run.out_dir)
+        cav_usage_error("--eval-only needs --init MODEL, --eval FILE and --out DIR");
+    if (o->run.train.n) cav_usage_error("--eval-only takes no training shards");
+    if (o->run.resume) cav_usage_error("--eval-only does not resume");
+    if (cav_ft_eval_check(&o->final, 0, &err) || cav_config_check(&o->cfg, &err))
+        cav_usage_error("%s", err.msg);
+    int by_acc = o->metric >= 0 ? o->metric : o->cfg.loss_ce;
+    cav_ft_eval_setup es = {&o->run, &o->cfg, &o->final, by_acc};
+    *rc = cav_ft_eval_model(&es, o->run.init, o->run.force, d, &err);
+    if (*rc) cav_msg("%s", err.msg);
+    free(o->run.train.v), free(o->run.eval.v);
+    o->run.train.v = o->run.eval.v = NULL;
+    return 1;
+}
+
 const cav_train_tool cav_finetune_tool = {
     "cav-finetune",
     "Usage: cav-finetune [OPTION]... --out DIR --init CKPT TRAIN.h5...\n"
+    "       cav-finetune --eval-only [OPTION]... --init MODEL --eval FILE... --out DIR\n"
     "Fine-tune CAV-MAE for classification on shards holding fbank (or `wave`), frames and `labels`\n"
     "(f32 [K], shard-pack -j). Defaults are the reference's AS-20K recipe, without mixup. --init takes\n"
     "pretrained parameters (.safetensors from cav-pretrain or a reference .pth): every encoder parameter\n"
@@ -339,4 +422,4 @@ const cav_train_tool cav_finetune_tool = {
     "loss).\n",
     &cav_finetune_options_of,
     run_tool,
-    NULL};
+    eval_only};

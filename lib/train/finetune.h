@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "dist.h"
+#include "fteval.h"
 #include "model.h"
 #include "train.h"
 
@@ -21,6 +22,7 @@ typedef struct {
     int bal;              /* balanced sampling by the shards' `weight` (cav-numerics(7) 1.8) */
     int metric;           /* best model by: 1 accuracy, 0 mAP, -1 (auto) accuracy with --loss ce, else mAP */
     const char *recipe;   /* the preset whose defaults the run took (recipes.h), or NULL */
+    cav_ft_eval_opts final; /* the final evaluation: WA, frames, --eval-only, predictions (fteval.h) */
 } cav_finetune_opts;
 
 /* cav-finetune's options, declared once: its tables (see cav_train_options_of). */

@@ -333,6 +333,11 @@ int64_t cav_loader_rows(const cav_loader *ld) {
 int64_t cav_loader_batches(const cav_loader *ld) {
     return ld->batches;
 }
+const char *cav_loader_id(const cav_loader *ld, int64_t row) {
+    if (row < 0 || row >= ld->rows) return NULL;
+    int i = shard_of(ld, row);
+    return cav_shard_id(ld->shards[i], row - ld->first_row[i]);
+}
 
 /* want: a frame asked for (a mixup partner's draw), or -1 for the sample's own rule. */
 static int pick_frame(const cav_loader_opts *o, int epoch, int64_t pos, int want, int available) {
@@ -718,6 +723,7 @@ static void *worker(void *arg) {
             s->done = s->failed = 0;
             int64_t start = b * ld->o.batch, avail = ld->rows - start - ld->lo;
             s->n = (int)(avail < per ? (avail > 0 ? avail : 0) : per);
+            if (s->n == 0) pthread_cond_broadcast(&ld->cv_done); /* a rank's empty slice: complete at once */
         }
         if (j % per >= s->n) { /* beyond the partial last batch */
             continue;

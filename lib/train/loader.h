@@ -65,6 +65,8 @@ cav_loader *cav_loader_open(char *const *paths, int npaths, const cav_loader_opt
 void cav_loader_close(cav_loader *ld);
 int64_t cav_loader_rows(const cav_loader *ld);
 int64_t cav_loader_batches(const cav_loader *ld); /* per epoch */
+/* The record id of a global row (cav_batch.rows), or NULL when out of range. */
+const char *cav_loader_id(const cav_loader *ld, int64_t row);
 
 /* Starts epoch (1-indexed) at batch start_batch (0 for a fresh epoch; > 0 when resuming). */
 int cav_loader_begin(cav_loader *ld, int epoch, int64_t start_batch, cav_err *err);

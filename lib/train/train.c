@@ -487,13 +487,12 @@ int cav_train_main(int argc, char **argv, const cav_train_tool *tool, void *o) {
     cav_train_opts *run = g[0].base;
     if (of->preset) apply_preset(argc, argv, tool, g);
     int first = cav_opts_parse(argc, argv, g, CAV_TRAIN_GROUPS, tool->usage_head, tool->usage_tail), rc = 0;
-    char *args = NULL;
+    char *args = NULL, why[256];
+    for (int i = first; i < argc; i++) /* before the other mode, which may refuse training shards */
+        if (cav_train_paths_parse(argv[i], &run->train, why, sizeof why))
+            cav_die(CAV_EXIT_INTERNAL, "%s", why);
     if (!tool->other || !tool->other(o, &rc)) {
-        char why[256];
         cav_err err = {0, ""};
-        for (int i = first; i < argc; i++)
-            if (cav_train_paths_parse(argv[i], &run->train, why, sizeof why))
-                cav_die(CAV_EXIT_INTERNAL, "%s", why);
         if (cav_model_opts_apply(g[1].base, (cav_config *)((char *)o + of->cfg), &err))
             cav_usage_error("%s", err.msg);
         if (!run->out_dir && !run->loader_only) cav_usage_error("--out DIR is required");

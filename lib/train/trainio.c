@@ -94,6 +94,27 @@ cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err)
     return j;
 }
 
+int cav_train_average_models(cav_model *m, char *const *paths, int n, const char *out, const char *cfgjson,
+                             cav_err *err) {
+    float *sum = malloc(m->nparams * sizeof *sum), *x = malloc(m->nparams * sizeof *x);
+    int rc = -1;
+    if (!sum || !x) {
+        cav_fail(err, 3, "out of memory for the weight average");
+        goto out;
+    }
+    for (int k = 0; k < n; k++) { /* strict: every tensor of the model, nothing else */
+        if (cav_weights_load_path(m, paths[k], 0, 0, NULL, err)) goto out;
+        cav_model_read_buffer(m, CAV_BUF_PARAMS, k ? x : sum);
+        for (size_t i = 0; k && i < m->nparams; i++) sum[i] = sum[i] + x[i];
+    }
+    for (size_t i = 0; i < m->nparams; i++) sum[i] = sum[i] / (float)n;
+    cav_model_write_buffer(m, CAV_BUF_PARAMS, sum);
+    rc = out ? cav_train_save_model(m, out, cfgjson, err) : 0;
+out:
+    free(sum), free(x);
+    return rc;
+}
+
 int cav_train_write_file(const char *path, const char *text, cav_err *err) {
     return cav_afile_write_text(path, text, err);
 }

@@ -720,7 +720,47 @@ static void test_used(void) {
     cav_model_free(m);
 }
 
+/* cav_model_forward_keep_audio (cav-numerics(7) 3.4): after a forward on (audio A, frame 1), a forward on
+ * frame 2 that keeps the audio branch gives the logits of a whole forward on (A, frame 2), bit for bit, even
+ * with other audio in the input buffer (so the kept branch is really not rerun); frame 2 changes them in the
+ * modes that see video. */
+static void test_keep_audio(void) {
+    static const cav_ft_mode modes[] = {CAV_FT_MULTIMODAL, CAV_FT_AUDIOONLY, CAV_FT_VIDEOONLY,
+                                        CAV_FT_MISSINGAUDIOONLY};
+    for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
+        cav_config c = tiny(CAV_TASK_FINETUNE);
+        c.label_dim = 5, c.mode = modes[k];
+        cav_err err = {0};
+        cav_model *m = cav_model_create(&c, 2, &err);
+        REQUIRE(m);
+        cav_model_init(m, 5);
+        jitter(m);
+        size_t na = cav_model_input_size(m, CAV_IN_AUDIO) * 2, nv = cav_model_input_size(m, CAV_IN_VIDEO) * 2;
+        float *a = malloc(sizeof(float) * (na + 1)), *other = malloc(sizeof(float) * (na + 1)),
+              *v1 = malloc(sizeof(float) * (nv + 1)), *v2 = malloc(sizeof(float) * (nv + 1)), l1[10], l2[10],
+              lk[10];
+        for (size_t i = 0; i < na; i++) a[i] = (float)(2 * ur() - 1), other[i] = (float)(2 * ur() - 1);
+        for (size_t i = 0; i < nv; i++) v1[i] = (float)(2 * ur() - 1), v2[i] = (float)(2 * ur() - 1);
+        if (na) cav_model_set_input(m, CAV_IN_AUDIO, a, 2);
+        if (nv) cav_model_set_input(m, CAV_IN_VIDEO, v2, 2);
+        cav_model_forward(m);
+        cav_model_read_output(m, "logits", l2);
+        if (nv) cav_model_set_input(m, CAV_IN_VIDEO, v1, 2);
+        cav_model_forward(m);
+        cav_model_read_output(m, "logits", l1);
+        if (na) cav_model_set_input(m, CAV_IN_AUDIO, other, 2);
+        if (nv) cav_model_set_input(m, CAV_IN_VIDEO, v2, 2);
+        cav_model_forward_keep_audio(m);
+        cav_model_read_output(m, "logits", lk);
+        CHECK(memcmp(lk, l2, sizeof lk) == 0);
+        CHECK(!nv || memcmp(l1, l2, sizeof l1) != 0);
+        free(a), free(other), free(v1), free(v2);
+        cav_model_free(m);
+    }
+}
+
 int main(void) {
+    TEST(test_keep_audio);
     TEST(test_used);
     TEST(test_config_set);
     TEST(test_param_counts);
