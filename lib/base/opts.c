@@ -106,9 +106,9 @@ int cav_opt_set(const cav_opt *o, void *base, const char *s, char *why, size_t w
     }
     case CAV_OPTT_LIST: {
         cav_opt_list *l = field;
-        const char **v = realloc(l->v, ((size_t)l->n + 1) * sizeof *v);
+        char **v = realloc(l->v, ((size_t)l->n + 1) * sizeof *v);
         if (!v) cav_die(CAV_EXIT_INTERNAL, "out of memory");
-        l->v = v, l->v[l->n++] = s;
+        l->v = v, l->v[l->n++] = (char *)s; /* argv's: the tool may cut it, as --set KEY=VALUE does */
         return 0;
     }
     }

@@ -35,9 +35,9 @@ typedef struct {
     int value;
 } cav_opt_choice;
 
-/* The arguments of a repeatable option, in command-line order (they point into argv). */
+/* The arguments of a repeatable option, in command-line order (argv's own strings). */
 typedef struct {
-    const char **v;
+    char **v;
     int n;
 } cav_opt_list;
 
