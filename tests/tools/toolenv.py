@@ -51,3 +51,13 @@ def use_ref():
     """Puts tests/ref (the independent Python references) on the import path."""
     if REF_PY not in sys.path:
         sys.path.insert(0, REF_PY)
+
+
+def test(fn):
+    """Runs the check fn: PASS, or FAIL with what it raised."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 (any failure is reported as FAIL)
+        report(fn.__name__, False, str(e).replace('\n', ' ')[:1500])
+    else:
+        report(fn.__name__, True)
