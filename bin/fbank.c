@@ -26,11 +26,7 @@ static const char usage_head[] =
     ") to the records of INPUTs (record streams or shards; '-' or\n"
     "none = stdin), computed exactly as the reference (torchaudio.compliance.kaldi.fbank), and write them.\n"
     "\n";
-static const char usage_tail[] =
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
 /* WAV and audio files in command-line order (--wav and --audio interleave). */
 typedef struct {
@@ -91,13 +87,7 @@ static void format_dtype(const void *field, char *buf, size_t len) {
 
 #define TO(field) offsetof(tool_opts, field)
 static const cav_opt io_options[] = {
-    {.name = "output",
-     .short_name = 'o',
-     .type = CAV_OPTT_STRING,
-     .offset = TO(output),
-     .def = "-",
-     .arg = "FILE",
-     .help = "output: '-' = record stream on stdout; *.h5 = shard"},
+    {CAV_OUTPUT_OPTION(TO(output), "FILE", "output: '-' = record stream on stdout (default); *.h5 = shard")},
     {.name = "wav",
      .short_name = 'w',
      .type = CAV_OPTT_CUSTOM,
@@ -135,15 +125,8 @@ static const cav_opt store_options[] = {
      .type = CAV_OPTT_FLAG,
      .offset = TO(drop_wave),
      .help = "remove the waveform from the output records"},
-    {.name = "level",
-     .short_name = 'l',
-     .type = CAV_OPTT_INT,
-     .offset = TO(level),
-     .min = -7,
-     .max = 19,
-     .arg = "N",
-     .help = "zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
-             "compress little, so -l 1 or -l -3 saves most of the writing time)"},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP
+                      "; fbank values\ncompress little, so -l 1 or -l -3 saves most of the writing time")},
     {0},
 };
 

@@ -25,11 +25,7 @@ static const char usage_head[] =
     "element p*16+q) and video_patches f32 [N,196,768] from frames u8 [N,224,224,3] or frames_jpeg\n"
     "(element (p*16+q)*3+c); or, with --inverse, turn such tokens back into fbank and frames.\n"
     "\n";
-static const char usage_tail[] =
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
 enum { NORM_IMAGENET, NORM_UNIT, NORM_NONE };
 
@@ -62,14 +58,7 @@ static const cav_opt_choice image_norms[] = {
 
 #define TO(field) offsetof(opts, field)
 static const cav_opt options[] = {
-    {.name = "output",
-     .short_name = 'o',
-     .type = CAV_OPTT_STRING,
-     .offset = TO(output),
-     .def = "-",
-     .arg = "FILE",
-     .help = "output: '-' = record stream on stdout (default); *.h5 = shard",
-     .flags = CAV_OPTF_NODEFAULT},
+    {CAV_OUTPUT_OPTION(TO(output), "FILE", "output: '-' = record stream on stdout (default); *.h5 = shard")},
     {.name = "patch",
      .short_name = 'p',
      .type = CAV_OPTT_INT,
@@ -144,16 +133,8 @@ static const cav_opt options[] = {
      .arg = "HxW",
      .help = "frame shape for --inverse",
      .parse = parse_size},
-    {.name = "level",
-     .short_name = 'l',
-     .type = CAV_OPTT_INT,
-     .offset = TO(level),
-     .min = -7,
-     .max = 19,
-     .arg = "N",
-     .help = "zstd level of the output (default 3; 1..19, negative = faster; fbank values\ncompress little, "
-             "so -l 1 "
-             "or -l -3 saves most of the writing time)"},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP
+                      "; fbank values\ncompress little, so -l 1 or -l -3 saves most of the writing time")},
     {0},
 };
 

@@ -24,11 +24,7 @@ static const char usage_head[] =
     "Copy records from INPUTs (record streams or shards, '-' = stdin; default '-') to the output:\n"
     "merge, reshard, convert, select, shuffle, import labels; or check shards with --verify.\n"
     "\n";
-static const char usage_tail[] =
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
 /* ------------------------------------------------------------ temporary spool shards (for --shuffle) */
 static char spool_dir[512];
@@ -90,16 +86,10 @@ typedef struct {
 
 #define TO(field) offsetof(settings, field)
 static const cav_opt options[] = {
-    {.name = "output",
-     .short_name = 'o',
-     .type = CAV_OPTT_STRING,
-     .offset = TO(output),
-     .def = "-",
-     .arg = "PATTERN",
-     .help = "output file, or '-' for a stream on stdout (default); names ending in .h5 or\n"
-             ".hdf5 are shards, others streams; a pattern with one integer conversion\n"
-             "(out-%03d.h5) numbers the files from 0",
-     .flags = CAV_OPTF_NODEFAULT},
+    {CAV_OUTPUT_OPTION(TO(output), "PATTERN",
+                       "output file, or '-' for a stream on stdout (default); names ending in .h5 or\n"
+                       ".hdf5 are shards, others streams; a pattern with one integer conversion\n"
+                       "(out-%03d.h5) numbers the files from 0")},
     {.name = "max-rows",
      .short_name = 'n',
      .type = CAV_OPTT_I64,
@@ -142,14 +132,7 @@ static const cav_opt options[] = {
      .offset = TO(csv),
      .arg = "FILE",
      .help = "the label CSV (index,mid,display_name) for --json"},
-    {.name = "level",
-     .short_name = 'l',
-     .type = CAV_OPTT_INT,
-     .offset = TO(level),
-     .min = -7,
-     .max = 19,
-     .arg = "N",
-     .help = "zstd compression level (default 3; 1..19, negative = faster)"},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP)},
     {.name = "verify",
      .type = CAV_OPTT_FLAG,
      .offset = TO(verify),

@@ -41,16 +41,7 @@ def index():
     return cases
 
 
-def h5_row(f, name, i):
-    """Row i of a shard field: a plain dataset, or the variable-shape layout of cav-shard(5)."""
-    obj = f[name]
-    if isinstance(obj, h5py.Dataset):
-        return obj[i]
-    o, nd, s = obj["offset"][i], obj["ndim"][i], obj["shape"][i]
-    if nd < 0:
-        return None
-    shape = tuple(int(x) for x in s[:nd])
-    return obj["data"][o:o + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+h5_row = cavstream.h5_row
 
 
 def records(data):

@@ -82,15 +82,7 @@ def same_records(got, want):
                 raise AssertionError("record %s field %s: %s%s vs %s%s" % (gi, n, b.dtype, b.shape, a.dtype, a.shape))
 
 
-def h5_row(f, name, i):
-    obj = f[name]
-    if isinstance(obj, h5py.Dataset):
-        return obj[i]
-    o, nd, s = obj["offset"][i], obj["ndim"][i], obj["shape"][i]
-    if nd < 0:
-        return None
-    shape = tuple(int(x) for x in s[:nd])
-    return obj["data"][o:o + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+h5_row = cavstream.h5_row
 
 
 def h5_records(paths):
