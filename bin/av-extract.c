@@ -1,8 +1,8 @@
 /* av-extract: media files -> records holding 16 kHz mono audio and the reference's 10 frames (see
  * av-extract(1)). Wiring only: inputs and records are lib/avextract, decoding lib/avdecode. Files are
  * decoded by -j worker threads; the main thread writes the records in input order and keeps the counts. */
-#include <getopt.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,34 +13,16 @@
 #include "cli.h"
 #include "clip.h"
 #include "io.h"
+#include "opts.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: av-extract [OPTION]... [FILE]...\n"
     "Decode media files once into records: 16 kHz mono audio (`wave`) and the reference's 10 frames at\n"
     "224x224 (`frames_jpeg` or `frames`), with the clip's attributes.\n"
-    "\n"
-    "Input (any mix):\n"
-    "  FILE...                 media files; the record id is the file name without its extension\n"
-    "  -l, --list FILE         one media path per line ('-' = stdin)\n"
-    "      --json FILE         the reference's dataset JSON: ids from video_id, paths from --json-key\n"
-    "      --json-key KEY      member holding the media path (default: video, media, path, then wav)\n"
-    "Output:\n"
-    "  -o, --output PATH       record stream, or an HDF5 shard for a name ending in .h5 (default: stdout)\n"
-    "      --jpeg              store frames as JPEG (the default)\n"
-    "      --jpeg-quality Q    JPEG quality (1-100; default 75, as the reference stores them)\n"
-    "      --raw               store frames as raw u8 [10,224,224,3] instead of JPEG\n"
-    "      --audio-only        only the audio (files need no video stream)\n"
-    "      --video-only        only the frames (files need no audio stream)\n"
-    "      --downmix           average the channels (default: channel 1, as the reference's sox remix 1)\n"
-    "      --max-seconds S     decode at most S seconds of audio (default: all of it)\n"
-    "      --decode-all        decode every video frame up to the last needed one (no skipping)\n"
-    "      --decode-only       benchmark floor: demux and decode what is needed, convert nothing, write no\n"
-    "                          records (the output holds only the header)\n"
-    "Batch:\n"
-    "  -j, --jobs N            decode N files in parallel (default 1); output stays in input order\n"
-    "      --on-error POLICY   skip (default: report, count, go on) or fail (stop at the first bad file)\n"
-    "      --help              show this help\n"
-    "      --version           show the version\n"
+    "\n";
+static const char usage_tail[] =
+    "      --help               show this help\n"
+    "      --version            show the version\n"
     "\n"
     "Exit status: 0 ok (bad files, if any, were skipped and reported), 1 usage, 2 nothing could be "
     "extracted\n"
@@ -48,6 +30,131 @@ static const char usage[] =
     "Failure reasons counted in the closing summary: open, no-audio, no-video, corrupt, no-frames, "
     "internal,\n"
     "rejected (the output refused the record, e.g. a duplicate id in a shard).\n";
+
+/* How frames are stored: the last of --raw, --jpeg and --jpeg-quality wins. */
+typedef struct {
+    int raw, quality;
+} frames_opt;
+
+typedef struct {
+    cav_opt_list lists, jsons;
+    const char *json_key, *out;
+    frames_opt frames;
+    int aonly, vonly, decode_all, jobs, fail_fast;
+    cav_av_opts d; /* downmix, max_seconds and decode_only set directly */
+} settings;
+
+static int parse_jpeg(const char *s, void *field, char *why, size_t whylen) {
+    (void)s, (void)why, (void)whylen;
+    ((frames_opt *)field)->raw = 0;
+    return 0;
+}
+static int parse_raw(const char *s, void *field, char *why, size_t whylen) {
+    (void)s, (void)why, (void)whylen;
+    ((frames_opt *)field)->raw = 1;
+    return 0;
+}
+static int parse_quality(const char *s, void *field, char *why, size_t whylen) {
+    static const cav_opt q = {.type = CAV_OPTT_INT, .min = 1, .max = 100};
+    frames_opt *f = field;
+    if (cav_opt_set(&q, &f->quality, s, why, whylen)) return -1;
+    f->raw = 0;
+    return 0;
+}
+
+static const cav_opt_choice on_error[] = {{"skip", 0}, {"fail", 1}, {0}};
+
+#define TO(field) offsetof(settings, field)
+static const cav_opt options[] = {
+    {.name = "list",
+     .short_name = 'l',
+     .type = CAV_OPTT_LIST,
+     .offset = TO(lists),
+     .arg = "FILE",
+     .help = "one media path per line ('-' = stdin)",
+     .section =
+         "Input (any mix):\n"
+         "  FILE...                  media files; the record id is the file name without its extension"},
+    {.name = "json",
+     .type = CAV_OPTT_LIST,
+     .offset = TO(jsons),
+     .arg = "FILE",
+     .help = "the reference's dataset JSON: ids from video_id, paths from --json-key"},
+    {.name = "json-key",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(json_key),
+     .arg = "KEY",
+     .help = "member holding the media path (default: video, media, path, then wav)"},
+    {CAV_OUTPUT_OPTION(TO(out), "PATH",
+                       "record stream, or an HDF5 shard for a name ending in .h5 (default: stdout)"),
+     .section = "Output:"},
+    {.name = "jpeg",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(frames),
+     .help = "store frames as JPEG (the default)",
+     .parse = parse_jpeg},
+    {.name = "jpeg-quality",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(frames),
+     .def = "75",
+     .arg = "Q",
+     .help = "JPEG quality (1-100; default 75, as the reference stores them)",
+     .parse = parse_quality,
+     .flags = CAV_OPTF_NODEFAULT},
+    {.name = "raw",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(frames),
+     .help = "store frames as raw u8 [10,224,224,3] instead of JPEG",
+     .parse = parse_raw},
+    {.name = "audio-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(aonly),
+     .help = "only the audio (files need no video stream)"},
+    {.name = "video-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(vonly),
+     .help = "only the frames (files need no audio stream)"},
+    {.name = "downmix",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(d.downmix),
+     .help = "average the channels (default: channel 1, as the reference's sox remix 1)"},
+    {.name = "max-seconds",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = TO(d.max_seconds),
+     .min = 1e-3,
+     .max = 1e9,
+     .arg = "S",
+     .help = "decode at most S seconds of audio (default: all of it)"},
+    {.name = "decode-all",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(decode_all),
+     .help = "decode every video frame up to the last needed one (no skipping)"},
+    {.name = "decode-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(d.decode_only),
+     .help = "benchmark floor: demux and decode what is needed, convert nothing, write no\n"
+             "records (the output holds only the header)"},
+    {.name = "jobs",
+     .short_name = 'j',
+     .type = CAV_OPTT_INT,
+     .offset = TO(jobs),
+     .def = "1",
+     .min = 1,
+     .max = 256,
+     .arg = "N",
+     .help = "decode N files in parallel (default 1); output stays in input order",
+     .flags = CAV_OPTF_NODEFAULT,
+     .section = "Batch:"},
+    {.name = "on-error",
+     .type = CAV_OPTT_CHOICE,
+     .offset = TO(fail_fast),
+     .def = "skip",
+     .arg = "POLICY",
+     .help = "skip (default: report, count, go on) or fail (stop at the first bad file)",
+     .flags = CAV_OPTF_NODEFAULT,
+     .choices = on_error},
+    {0},
+};
 
 typedef struct {
     int done;
@@ -97,118 +204,31 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-enum {
-    OPT_JSON = 0x100,
-    OPT_JSON_KEY,
-    OPT_JPEG,
-    OPT_JPEGQ,
-    OPT_RAW,
-    OPT_AONLY,
-    OPT_VONLY,
-    OPT_DOWNMIX,
-    OPT_MAXSEC,
-    OPT_DECODE_ALL,
-    OPT_DECODE_ONLY,
-    OPT_ON_ERROR
-};
-
 int main(int argc, char **argv) {
     cav_set_tool("av-extract");
-    static const struct option longopts[] = {{"list", 1, 0, 'l'},
-                                             {"json", 1, 0, OPT_JSON},
-                                             {"json-key", 1, 0, OPT_JSON_KEY},
-                                             {"output", 1, 0, 'o'},
-                                             {"jpeg-quality", 1, 0, OPT_JPEGQ},
-                                             {"jpeg", 0, 0, OPT_JPEG},
-                                             {"raw", 0, 0, OPT_RAW},
-                                             {"audio-only", 0, 0, OPT_AONLY},
-                                             {"video-only", 0, 0, OPT_VONLY},
-                                             {"downmix", 0, 0, OPT_DOWNMIX},
-                                             {"max-seconds", 1, 0, OPT_MAXSEC},
-                                             {"decode-all", 0, 0, OPT_DECODE_ALL},
-                                             {"decode-only", 0, 0, OPT_DECODE_ONLY},
-                                             {"jobs", 1, 0, 'j'},
-                                             {"on-error", 1, 0, OPT_ON_ERROR},
-                                             CAV_STD_OPTIONS,
-                                             {0, 0, 0, 0}};
-    cav_av_opts dopts;
-    cav_av_opts_default(&dopts);
-    cav_av_record_opts ropts = {.jpeg_quality = 75};
-    const char *out = "-", *json_key = NULL;
-    const char *lists[64], *jsons[64];
-    int nlists = 0, njsons = 0, jobs = 1, fail_fast = 0, aonly = 0, vonly = 0, raw = 0, quality = 75;
-    int c;
-    while ((c = getopt_long(argc, argv, "l:o:j:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            if (nlists == 64) cav_usage_error("too many --list options");
-            lists[nlists++] = optarg;
-            break;
-        case OPT_JSON:
-            if (njsons == 64) cav_usage_error("too many --json options");
-            jsons[njsons++] = optarg;
-            break;
-        case OPT_JSON_KEY:
-            json_key = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case OPT_JPEG:
-            raw = 0;
-            break;
-        case OPT_JPEGQ:
-            quality = (int)cav_parse_int("--jpeg-quality", optarg, 1, 100), raw = 0;
-            break;
-        case OPT_RAW:
-            raw = 1;
-            break;
-        case OPT_AONLY:
-            aonly = 1;
-            break;
-        case OPT_VONLY:
-            vonly = 1;
-            break;
-        case OPT_DOWNMIX:
-            dopts.downmix = 1;
-            break;
-        case OPT_MAXSEC:
-            dopts.max_seconds = cav_parse_double("--max-seconds", optarg, 1e-3, 1e9);
-            break;
-        case OPT_DECODE_ALL:
-            dopts.skip_unneeded = 0;
-            break;
-        case OPT_DECODE_ONLY:
-            dopts.decode_only = 1;
-            break;
-        case 'j':
-            jobs = (int)cav_parse_int("--jobs", optarg, 1, 256);
-            break;
-        case OPT_ON_ERROR:
-            if (!strcmp(optarg, "skip"))
-                fail_fast = 0;
-            else if (!strcmp(optarg, "fail"))
-                fail_fast = 1;
-            else
-                cav_usage_error("--on-error: '%s' is neither skip nor fail", optarg);
-            break;
-        default:
-            cav_std_option(c, usage);
-        }
-    }
-    if (aonly && vonly) cav_usage_error("--audio-only and --video-only exclude each other");
-    ropts.jpeg_quality = raw ? 0 : quality; /* the last of --raw / --jpeg / --jpeg-quality wins */
-    dopts.audio = !vonly;
-    dopts.video = !aonly;
+    settings o = {0};
+    cav_av_opts_default(&o.d);
+    cav_opts_defaults(options, &o);
+    const cav_optgroup g = {options, &o};
+    int first = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
+    if (o.aonly && o.vonly) cav_usage_error("--audio-only and --video-only exclude each other");
+    cav_av_opts dopts = o.d;
+    dopts.skip_unneeded = !o.decode_all;
+    dopts.audio = !o.vonly;
+    dopts.video = !o.aonly;
+    cav_av_record_opts ropts = {.jpeg_quality = o.frames.raw ? 0 : o.frames.quality};
+    const char *out = o.out;
+    int jobs = o.jobs, fail_fast = o.fail_fast;
 
     cav_av_inputs in = {0};
     cav_err err = {0};
-    for (int i = optind; i < argc; i++)
+    for (int i = first; i < argc; i++)
         if (cav_av_inputs_add(&in, argv[i], NULL, &err)) cav_die(err.code, "%s", err.msg);
-    for (int i = 0; i < nlists; i++)
-        if (cav_av_inputs_load_list(&in, lists[i], &err)) cav_die(err.code, "%s", err.msg);
-    for (int i = 0; i < njsons; i++)
-        if (cav_av_inputs_load_json(&in, jsons[i], json_key, &err)) cav_die(err.code, "%s", err.msg);
+    for (int i = 0; i < o.lists.n; i++)
+        if (cav_av_inputs_load_list(&in, o.lists.v[i], &err)) cav_die(err.code, "%s", err.msg);
+    for (int i = 0; i < o.jsons.n; i++)
+        if (cav_av_inputs_load_json(&in, o.jsons.v[i], o.json_key, &err)) cav_die(err.code, "%s", err.msg);
+    cav_opt_list_free(&o.lists), cav_opt_list_free(&o.jsons);
     if (in.n == 0) cav_usage_error("no input files (give FILEs, --list or --json)");
     for (int i = 0; i < in.n; i++) cav_input_note(in.v[i].path); /* the output may replace none of them */
 

@@ -1,7 +1,6 @@
 /* cav-ckpt: lists checkpoints and converts them to safetensors: PyTorch .pth state dicts (zip or legacy,
  * read without Python by lib/pth) and safetensors files (lib/safetensors). The logic lives in those two
  * modules; this main only wires them. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +9,11 @@
 
 #include "atomicfile.h"
 #include "cli.h"
+#include "opts.h"
 #include "pth.h"
 #include "safetensors.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: cav-ckpt ls FILE\n"
     "       cav-ckpt convert IN OUT.safetensors\n"
     "FILE, IN: '-' = stdin; OUT: '-' = stdout. OUT is written under a temporary name and renamed into place\n"
@@ -22,11 +22,11 @@ static const char usage[] =
     "FILE and IN are PyTorch .pth state dicts (torch.save zip or legacy format; a leading \"module.\" is\n"
     "removed, {\"model\": ...} is unwrapped; tensors become float32) or safetensors files (dtypes and\n"
     "metadata kept). Only the pickle subset of tensor files is understood; anything else is refused.\n"
-    "\n"
-    "      --help      print this help and exit\n"
-    "      --version   print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input, 3 internal error.\n";
+    "\n";
+static const char usage_tail[] = "      --help      print this help and exit\n"
+                                 "      --version   print the version and exit\n"
+                                 "\n"
+                                 "Exit status: 0 ok, 1 usage, 2 bad input, 3 internal error.\n";
 
 /* "-": stdin copied into an anonymous memory file, so the readers (which map or seek files) see a path. */
 static const char *input_path(const char *path, char *buf, size_t n) {
@@ -52,10 +52,11 @@ static int is_pth(const char *path) {
     return n == 4 && ((b[0] == 'P' && b[1] == 'K' && b[2] == 3 && b[3] == 4) || b[0] == 0x80);
 }
 
-static void print_shape(int ndim, const int64_t *shape) {
-    printf("[");
+/* "name<TAB>dtype<TAB>[d0,d1,...]" */
+static void print_tensor(const char *name, const char *dtype, int ndim, const int64_t *shape) {
+    printf("%s\t%s\t[", name, dtype);
     for (int d = 0; d < ndim; d++) printf("%s%lld", d ? "," : "", (long long)shape[d]);
-    printf("]");
+    printf("]\n");
 }
 
 static int cmd_ls(const char *path) {
@@ -63,22 +64,14 @@ static int cmd_ls(const char *path) {
     if (is_pth(path)) {
         cav_pth p;
         if (cav_pth_load(&p, path, &err)) cav_die(err.code, "%s", err.msg);
-        for (int i = 0; i < p.n; i++) {
-            printf("%s\t%s\t", p.t[i].name, p.t[i].src_dtype);
-            print_shape(p.t[i].ndim, p.t[i].shape);
-            printf("\n");
-        }
+        for (int i = 0; i < p.n; i++) print_tensor(p.t[i].name, p.t[i].src_dtype, p.t[i].ndim, p.t[i].shape);
         cav_pth_free(&p);
         return 0;
     }
     cav_safetensors st;
     if (cav_st_open(&st, path, &err)) cav_die(err.code, "%s", err.msg);
     for (int i = 0; i < st.nmeta; i++) printf("# %s = %s\n", st.meta_keys[i], st.meta_vals[i]);
-    for (int i = 0; i < st.n; i++) {
-        printf("%s\t%s\t", st.t[i].name, st.t[i].st_dtype);
-        print_shape(st.t[i].ndim, st.t[i].shape);
-        printf("\n");
-    }
+    for (int i = 0; i < st.n; i++) print_tensor(st.t[i].name, st.t[i].st_dtype, st.t[i].ndim, st.t[i].shape);
     cav_st_close(&st);
     return 0;
 }
@@ -138,23 +131,23 @@ static int cmd_convert(const char *in, const char *out) {
 
 int main(int argc, char **argv) {
     cav_set_tool("cav-ckpt");
-    static const struct option opts[] = {CAV_STD_OPTIONS, {0, 0, 0, 0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) cav_std_option(c, usage);
-    int n = argc - optind;
+    static const cav_opt none[] = {{0}}; /* --help and --version only */
+    const cav_optgroup g = {none, NULL};
+    int first = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
+    int n = argc - first;
     if (n < 1) cav_usage_error("a command is needed: ls or convert");
-    const char *cmd = argv[optind];
+    const char *cmd = argv[first];
     if (!strcmp(cmd, "ls")) {
         if (n != 2) cav_usage_error("ls takes one FILE");
         char buf[64];
-        return cmd_ls(input_path(argv[optind + 1], buf, sizeof buf));
+        return cmd_ls(input_path(argv[first + 1], buf, sizeof buf));
     }
     if (!strcmp(cmd, "convert")) {
         if (n != 3) cav_usage_error("convert takes IN and OUT.safetensors");
         char buf[64];
-        const char *in = input_path(argv[optind + 1], buf, sizeof buf);
+        const char *in = input_path(argv[first + 1], buf, sizeof buf);
         cav_input_note(in);
-        return cmd_convert(in, argv[optind + 2]);
+        return cmd_convert(in, argv[first + 2]);
     }
     cav_usage_error("unknown command '%s'", cmd);
 }

@@ -3,8 +3,8 @@
  * SpecAugment), a CAV-MAE encoder's forward_feat, mean pooling over all tokens and L2 normalisation. The
  * model side is lib/model/embed.c. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,44 +16,137 @@
 #include "embed.h"
 #include "io.h"
 #include "loader.h"
+#include "opts.h"
 #include "picture.h"
 #include "reconstruct.h"
 #include "rng.h"
 #include "shard.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: cav-embed --model CKPT [OPTION]... [INPUT]... [-o OUT]\n"
     "Audio and visual embeddings of clips for retrieval: each INPUT (shard or record stream, '-' for stdin,\n"
     "the default) holds records with fbank (or a 16 kHz `wave`) and frames; the middle frame (5) and the\n"
     "normalised fbank go through the encoder's forward_feat without masking, and each record is written "
     "with\n"
     "its id, emb_a f32 [D] and emb_v f32 [D]: the mean over all audio (visual) tokens, L2-normalised.\n"
-    "\n"
-    "  -m, --model CKPT         checkpoint: .safetensors (cav-pretrain, cav-ckpt) or a reference .pth\n"
-    "      --model-type TYPE    pretrain (CAVMAE) or finetune (CAVMAEFT); default: from the checkpoint\n"
-    "      --arch NAME          base (default) or tiny, for a checkpoint without a config (.pth)\n"
-    "      --set KEY=VALUE      a model knob by the reference's name (applied last)\n"
-    "  -o, --out OUT            output: a shard (*.h5) or a record stream ('-', the default: stdout)\n"
-    "  -b, --batch-size N       clips per forward pass (default 4)\n"
-    "      --device NAME        compute backend: cpu (default), cuda, cuda:N (when built with it)\n"
-    "      --tokens             also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs\n"
-    "      --frame N            use frame N instead of the middle frame 5\n"
-    "      --reconstruct DIR    instead of embeddings: for the first --clips clips, PNG pictures of the "
-    "input,\n"
-    "                           the masked input and the decoder's reconstruction of the spectrogram\n"
-    "                           (DIR/N-audio.png) and the image (DIR/N-video.png), and "
-    "DIR/reconstruction.cavs\n"
-    "                           (id, mask_a, mask_v, pred_a, pred_v); needs a pretraining checkpoint\n"
-    "      --mask-ratio R       masked fraction of both modalities (default: the checkpoint's)\n"
-    "      --seed N             masks' seed (default 0)\n"
-    "      --clips N            clips to reconstruct (default 4)\n"
+    "\n";
+static const char usage_tail[] =
     "      --help, --version\n"
     "\n"
     "Threads: OMP_NUM_THREADS. A bad record is reported (file, record, field) and skipped.\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (bad records were skipped, or a bad checkpoint), 3 internal\n"
     "or resource failure.\n";
 
-enum { O_TYPE = 0x100, O_ARCH, O_SET, O_TOKENS, O_FRAME, O_DEVICE, O_RECON, O_MASK, O_SEED, O_CLIPS };
+typedef struct {
+    const char *model, *arch, *out, *device, *recon_dir, *mask_ratio;
+    int type, batch, tokens, frame, clips;
+    uint64_t seed;
+    cav_opt_list set; /* KEY=VALUE */
+} settings;
+
+/* a ratio in [0, 0.99], kept as written: it goes to the model as a knob's value */
+static int parse_ratio(const char *s, void *field, char *why, size_t whylen) {
+    static const cav_opt r = {.type = CAV_OPTT_DOUBLE, .min = 0, .max = 0.99};
+    double v;
+    if (cav_opt_set(&r, &v, s, why, whylen)) return -1;
+    *(const char **)field = s;
+    return 0;
+}
+
+static const cav_opt_choice model_types[] = {
+    {"pretrain", CAV_EMBED_PRETRAIN}, {"finetune", CAV_EMBED_FINETUNE}, {0}};
+static const cav_opt_choice archs[] = {{"base", 0}, {"tiny", 0}, {0}};
+
+#define TO(field) offsetof(settings, field)
+static const cav_opt options[] = {
+    {.name = "model",
+     .short_name = 'm',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(model),
+     .arg = "CKPT",
+     .help = "checkpoint: .safetensors (cav-pretrain, cav-ckpt) or a reference .pth"},
+    {.name = "model-type",
+     .type = CAV_OPTT_CHOICE,
+     .offset = TO(type),
+     .arg = "TYPE",
+     .help = "pretrain (CAVMAE) or finetune (CAVMAEFT); default: from the checkpoint",
+     .choices = model_types},
+    {.name = "arch",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(arch),
+     .arg = "NAME",
+     .help = "base (default) or tiny, for a checkpoint without a config (.pth)",
+     .choices = archs},
+    {.name = "set",
+     .type = CAV_OPTT_LIST,
+     .offset = TO(set),
+     .arg = "KEY=VALUE",
+     .help = "a model knob by the reference's name (applied last)"},
+    {.name = "out",
+     .short_name = 'o',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(out),
+     .def = "-",
+     .arg = "OUT",
+     .help = "output: a shard (*.h5) or a record stream ('-', the default: stdout)",
+     .flags = CAV_OPTF_NODEFAULT},
+    {.name = "batch-size",
+     .short_name = 'b',
+     .type = CAV_OPTT_INT,
+     .offset = TO(batch),
+     .def = "4",
+     .min = 1,
+     .max = 1 << 16,
+     .arg = "N",
+     .help = "clips per forward pass"},
+    {.name = "device",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(device),
+     .arg = "NAME",
+     .help = "compute backend: cpu (default), cuda, cuda:N (when built with it)"},
+    {.name = "tokens",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(tokens),
+     .help = "also write feat_a [La, D] and feat_v [Lv, D], the unpooled token outputs"},
+    {.name = "frame",
+     .type = CAV_OPTT_INT,
+     .offset = TO(frame),
+     .min = 0,
+     .max = 1000,
+     .arg = "N",
+     .help = "use frame N instead of the middle frame 5"},
+    {.name = "reconstruct",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(recon_dir),
+     .arg = "DIR",
+     .help = "instead of embeddings: for the first --clips clips, PNG pictures of the input,\n"
+             "the masked input and the decoder's reconstruction of the spectrogram\n"
+             "(DIR/N-audio.png) and the image (DIR/N-video.png), and DIR/reconstruction.cavs\n"
+             "(id, mask_a, mask_v, pred_a, pred_v); needs a pretraining checkpoint"},
+    {.name = "mask-ratio",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(mask_ratio),
+     .arg = "R",
+     .help = "masked fraction of both modalities (default: the checkpoint's)",
+     .parse = parse_ratio},
+    {.name = "seed",
+     .type = CAV_OPTT_U64,
+     .offset = TO(seed),
+     .def = "0",
+     .min = 0,
+     .max = (double)INT64_MAX,
+     .arg = "N",
+     .help = "masks' seed"},
+    {.name = "clips",
+     .type = CAV_OPTT_INT,
+     .offset = TO(clips),
+     .def = "4",
+     .min = 1,
+     .max = 256,
+     .arg = "N",
+     .help = "clips to reconstruct"},
+    {0},
+};
 
 typedef struct {
     cav_embedder e;
@@ -204,96 +297,37 @@ static void reconstruct_batch(state *s, const char *dir, uint64_t seed, const ca
 int main(int argc, char **argv) {
     cav_set_tool("cav-embed");
     cav_blas_fit_cpu("cav-embed", argv);
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"model-type", 1, 0, O_TYPE},
-                                         {"arch", 1, 0, O_ARCH},
-                                         {"set", 1, 0, O_SET},
-                                         {"out", 1, 0, 'o'},
-                                         {"batch-size", 1, 0, 'b'},
-                                         {"tokens", 0, 0, O_TOKENS},
-                                         {"frame", 1, 0, O_FRAME},
-                                         {"device", 1, 0, O_DEVICE},
-                                         {"reconstruct", 1, 0, O_RECON},
-                                         {"mask-ratio", 1, 0, O_MASK},
-                                         {"seed", 1, 0, O_SEED},
-                                         {"clips", 1, 0, O_CLIPS},
-                                         CAV_STD_OPTIONS,
-                                         {0, 0, 0, 0}};
-    cav_embed_opts eo = {.type = CAV_EMBED_AUTO, .arch = NULL, .batch = 4};
-    const char **keys = calloc((size_t)argc + 3, sizeof *keys),
-               **vals = calloc((size_t)argc + 3, sizeof *vals);
-    const char *out = "-", *recon_dir = NULL, *mask_ratio = NULL;
-    int tokens = 0, frame = -1, clips = 4, c;
-    uint64_t seed = 0;
+    settings o = {.type = CAV_EMBED_AUTO, .frame = -1};
+    cav_opts_defaults(options, &o);
+    const cav_optgroup g = {options, &o};
+    int first = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
+    cav_embed_opts eo = {.path = o.model,
+                         .type = (cav_embed_type)o.type,
+                         .arch = o.arch,
+                         .batch = o.batch,
+                         .device = o.device};
+    const char **keys = calloc((size_t)o.set.n + 3, sizeof *keys),
+               **vals = calloc((size_t)o.set.n + 3, sizeof *vals);
     if (!keys || !vals) cav_die(CAV_EXIT_INTERNAL, "out of memory");
-    while ((c = getopt_long(argc, argv, "m:o:b:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm':
-            eo.path = optarg;
-            break;
-        case O_TYPE:
-            if (!strcmp(optarg, "pretrain"))
-                eo.type = CAV_EMBED_PRETRAIN;
-            else if (!strcmp(optarg, "finetune"))
-                eo.type = CAV_EMBED_FINETUNE;
-            else
-                cav_usage_error("--model-type: pretrain or finetune, not '%s'", optarg);
-            break;
-        case O_ARCH:
-            if (strcmp(optarg, "tiny") && strcmp(optarg, "base"))
-                cav_usage_error("--arch: base or tiny, not '%s'", optarg);
-            eo.arch = optarg;
-            break;
-        case O_SET: {
-            char *eq = strchr(optarg, '=');
-            if (!eq) cav_usage_error("--set wants KEY=VALUE, not '%s'", optarg);
-            *eq = 0;
-            keys[eo.nset] = optarg, vals[eo.nset++] = eq + 1;
-            break;
-        }
-        case 'o':
-            out = optarg;
-            break;
-        case 'b':
-            eo.batch = (int)cav_parse_int("batch-size", optarg, 1, 1 << 16);
-            break;
-        case O_TOKENS:
-            tokens = 1;
-            break;
-        case O_FRAME:
-            frame = (int)cav_parse_int("frame", optarg, 0, 1000);
-            break;
-        case O_DEVICE:
-            eo.device = optarg;
-            break;
-        case O_RECON:
-            recon_dir = optarg;
-            break;
-        case O_MASK:
-            cav_parse_double("mask-ratio", optarg, 0, 0.99), mask_ratio = optarg;
-            break;
-        case O_SEED:
-            seed = (uint64_t)cav_parse_int("seed", optarg, 0, INT64_MAX);
-            break;
-        case O_CLIPS:
-            clips = (int)cav_parse_int("clips", optarg, 1, 256);
-            break;
-        default:
-            cav_std_option(c, usage);
-            cav_usage_error("unexpected option");
-        }
+    for (int i = 0; i < o.set.n; i++) {
+        char *eq = strchr(o.set.v[i], '=');
+        if (!eq) cav_usage_error("--set wants KEY=VALUE, not '%s'", o.set.v[i]);
+        *eq = 0; /* the argument is argv's own: KEY ends there */
+        keys[eo.nset] = o.set.v[i], vals[eo.nset++] = eq + 1;
     }
-    if (!eo.path) cav_usage_error("--model CKPT is required");
+    if (!o.model) cav_usage_error("--model CKPT is required");
+    const char *out = o.out, *recon_dir = o.recon_dir;
+    int tokens = o.tokens, frame = o.frame;
     if (recon_dir) {
-        eo.decoder = 1, eo.batch = clips;
-        if (mask_ratio)
-            keys[eo.nset] = "mask_ratio_a", vals[eo.nset++] = mask_ratio, keys[eo.nset] = "mask_ratio_v",
-            vals[eo.nset++] = mask_ratio;
+        eo.decoder = 1, eo.batch = o.clips;
+        if (o.mask_ratio)
+            keys[eo.nset] = "mask_ratio_a", vals[eo.nset++] = o.mask_ratio, keys[eo.nset] = "mask_ratio_v",
+            vals[eo.nset++] = o.mask_ratio;
     }
     eo.set_keys = keys, eo.set_vals = vals;
     char *stdin_only[] = {"-"};
-    char **inputs = optind < argc ? argv + optind : stdin_only;
-    int ninputs = optind < argc ? argc - optind : 1, nstdin = 0;
+    char **inputs = first < argc ? argv + first : stdin_only;
+    int ninputs = first < argc ? argc - first : 1, nstdin = 0;
     for (int i = 0; i < ninputs; i++) nstdin += !strcmp(inputs[i], "-");
     if (nstdin > 1) cav_usage_error("stdin ('-') can be read only once");
 
@@ -394,7 +428,7 @@ int main(int argc, char **argv) {
         }
     }
     if (recon_dir)
-        reconstruct_batch(&s, recon_dir, seed, &lo);
+        reconstruct_batch(&s, recon_dir, o.seed, &lo);
     else
         flush(&s);
     cav_progress_end(prog);
@@ -404,6 +438,7 @@ int main(int argc, char **argv) {
     cav_embedder_close(&s.e);
     free(s.ids), free(s.ea), free(s.ev), free(s.audio), free(s.video), free(s.fa), free(s.fv), free(rds),
         free(keys), free(vals);
+    cav_opt_list_free(&o.set);
     if (bad) {
         cav_msg("%lld bad record%s skipped", (long long)bad, bad > 1 ? "s" : "");
         return CAV_EXIT_INPUT;

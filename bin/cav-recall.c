@@ -5,11 +5,11 @@
  * and queries against another set (--gallery). The ranks are lib/train/retrieval.c (blocks, never the n x n
  * matrix), the statistics lib/train/metrics.c. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -19,57 +19,132 @@
 #include "idset.h"
 #include "io.h"
 #include "metrics.h"
+#include "opts.h"
 #include "picture.h"
 #include "retrieval.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: cav-recall [OPTION]... [INPUT]...\n"
     "Audio->visual and visual->audio retrieval (R@1, R@5, R@10, median rank) over embedding records (id,\n"
     "emb_a, emb_v: what cav-embed writes) read from shards or record streams ('-', the default: stdin).\n"
     "Record i's audio and visual embeddings are the matching pair. Prints one CSV line per direction:\n"
     "dataset,direction,R1,R5,R10,MR (direction video: visual queries; audio: audio queries).\n"
-    "\n"
-    "      --dataset NAME       first CSV field (default: the first input's base name, 'stdin' for '-')\n"
-    "      --direction D        audio, video or both (default: both, video first, as the reference)\n"
-    "      --ranks FILE         write each query's rank: direction,index,id,rank,ties (CSV with a header)\n"
-    "      --ties MODE          reference (default): a diagonal tied with k other columns counts k+1 hits\n"
-    "                           at rank..rank+k, as np.where in compute_metrics; first: one hit per query,\n"
-    "                           at the first position of its value\n"
-    "      --gallery FILE       search FILE's records (repeatable) with the INPUT records as queries; a\n"
-    "                           query's own item is the gallery record with its id (none: no rank)\n"
-    "      --class              class-level: the rank of the best item sharing a label with the query\n"
-    "                           (f32 multi-hot field labels, in the records or in --labels)\n"
-    "      --labels FILE        records with id and labels (e.g. the clips' shard) for --class (repeatable)\n"
-    "  -k, --topk K             keep each query's K best items (for --matches and --html; default 5)\n"
-    "      --matches FILE       write the top-k lists: "
-    "direction,index,id,k,match_index,match_id,similarity,own\n"
-    "      --html DIR           write a gallery page DIR/index.html (pictures in DIR/img) for "
-    "--html-queries\n"
-    "                           queries per direction: their middle frame and spectrogram, their top-k "
-    "items\n"
-    "      --html-queries N     queries shown (default 8: the first N)\n"
-    "      --media FILE         records with frames (or frames_jpeg) and fbank for the pictures, by id\n"
-    "                           (repeatable; the clips' shards)\n"
-    "      --block N            rows and columns per similarity block (default 2048, or CAV_RECALL_BLOCK)\n"
-    "  -o, --out FILE           the CSV lines (default: stdout)\n"
+    "\n";
+static const char usage_tail[] =
     "      --help, --version\n"
     "\n"
     "Threads: OMP_NUM_THREADS. Memory: the embeddings and one block, never the n x n matrix.\n"
     "Exit status: 0 ok, 1 usage, 2 bad input (file, record and field named), 3 internal failure.\n";
 
-enum {
-    O_DATASET = 0x100,
-    O_DIRECTION,
-    O_RANKS,
-    O_TIES,
-    O_GALLERY,
-    O_CLASS,
-    O_LABELS,
-    O_MATCHES,
-    O_HTML,
-    O_HTMLQ,
-    O_MEDIA,
-    O_BLOCK
+typedef struct {
+    const char *dataset, *ranks, *matches, *html, *out;
+    int dirs, first_only, class_level, topk, nshow;
+    int64_t block; /* 0: CAV_RECALL_BLOCK or 2048 */
+    cav_opt_list gallery, labels, media;
+} settings;
+
+/* bit 0: video (visual queries), bit 1: audio */
+static const cav_opt_choice directions[] = {{"audio", 2}, {"video", 1}, {"both", 3}, {0}};
+static const cav_opt_choice ties[] = {{"reference", 0}, {"first", 1}, {0}};
+
+#define TO(field) offsetof(settings, field)
+static const cav_opt options[] = {
+    {.name = "dataset",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(dataset),
+     .arg = "NAME",
+     .help = "first CSV field (default: the first input's base name, 'stdin' for '-')"},
+    {.name = "direction",
+     .type = CAV_OPTT_CHOICE,
+     .offset = TO(dirs),
+     .def = "both",
+     .arg = "D",
+     .help = "audio, video or both (default: both, video first, as the reference)",
+     .flags = CAV_OPTF_NODEFAULT,
+     .choices = directions},
+    {.name = "ranks",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(ranks),
+     .arg = "FILE",
+     .help = "write each query's rank: direction,index,id,rank,ties (CSV with a header)"},
+    {.name = "ties",
+     .type = CAV_OPTT_CHOICE,
+     .offset = TO(first_only),
+     .def = "reference",
+     .arg = "MODE",
+     .help = "reference (default): a diagonal tied with k other columns counts k+1 hits\n"
+             "at rank..rank+k, as np.where in compute_metrics; first: one hit per query,\n"
+             "at the first position of its value",
+     .flags = CAV_OPTF_NODEFAULT,
+     .choices = ties},
+    {.name = "gallery",
+     .type = CAV_OPTT_LIST,
+     .offset = TO(gallery),
+     .arg = "FILE",
+     .help = "search FILE's records (repeatable) with the INPUT records as queries; a\n"
+             "query's own item is the gallery record with its id (none: no rank)"},
+    {.name = "class",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(class_level),
+     .help = "class-level: the rank of the best item sharing a label with the query\n"
+             "(f32 multi-hot field labels, in the records or in --labels)"},
+    {.name = "labels",
+     .type = CAV_OPTT_LIST,
+     .offset = TO(labels),
+     .arg = "FILE",
+     .help = "records with id and labels (e.g. the clips' shard) for --class (repeatable)"},
+    {.name = "topk",
+     .short_name = 'k',
+     .type = CAV_OPTT_INT,
+     .offset = TO(topk),
+     .def = "5",
+     .min = 1,
+     .max = 1000,
+     .arg = "K",
+     .help = "keep each query's K best items (for --matches and --html; default 5)",
+     .flags = CAV_OPTF_NODEFAULT},
+    {.name = "matches",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(matches),
+     .arg = "FILE",
+     .help = "write the top-k lists: direction,index,id,k,match_index,match_id,similarity,own"},
+    {.name = "html",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(html),
+     .arg = "DIR",
+     .help = "write a gallery page DIR/index.html (pictures in DIR/img) for --html-queries\n"
+             "queries per direction: their middle frame and spectrogram, their top-k items"},
+    {.name = "html-queries",
+     .type = CAV_OPTT_INT,
+     .offset = TO(nshow),
+     .def = "8",
+     .min = 1,
+     .max = 100000,
+     .arg = "N",
+     .help = "queries shown (default 8: the first N)",
+     .flags = CAV_OPTF_NODEFAULT},
+    {.name = "media",
+     .type = CAV_OPTT_LIST,
+     .offset = TO(media),
+     .arg = "FILE",
+     .help = "records with frames (or frames_jpeg) and fbank for the pictures, by id\n"
+             "(repeatable; the clips' shards)"},
+    {.name = "block",
+     .type = CAV_OPTT_I64,
+     .offset = TO(block),
+     .min = 1,
+     .max = 16384,
+     .arg = "N",
+     .help = "rows and columns per similarity block (default 2048, or CAV_RECALL_BLOCK)"},
+    {.name = "out",
+     .short_name = 'o',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(out),
+     .def = "-",
+     .arg = "FILE",
+     .help = "the CSV lines (default: stdout)",
+     .flags = CAV_OPTF_NODEFAULT},
+    {0},
 };
 
 typedef struct {
@@ -473,90 +548,19 @@ static void warn_invalid(const embs *e, const char *what) {
 int main(int argc, char **argv) {
     cav_set_tool("cav-recall");
     cav_blas_fit_cpu("cav-recall", argv);
-    static const struct option opts[] = {{"dataset", 1, 0, O_DATASET},
-                                         {"direction", 1, 0, O_DIRECTION},
-                                         {"ranks", 1, 0, O_RANKS},
-                                         {"ties", 1, 0, O_TIES},
-                                         {"gallery", 1, 0, O_GALLERY},
-                                         {"class", 0, 0, O_CLASS},
-                                         {"labels", 1, 0, O_LABELS},
-                                         {"topk", 1, 0, 'k'},
-                                         {"matches", 1, 0, O_MATCHES},
-                                         {"html", 1, 0, O_HTML},
-                                         {"html-queries", 1, 0, O_HTMLQ},
-                                         {"media", 1, 0, O_MEDIA},
-                                         {"block", 1, 0, O_BLOCK},
-                                         {"out", 1, 0, 'o'},
-                                         CAV_STD_OPTIONS,
-                                         {0, 0, 0, 0}};
-    const char *dataset = NULL, *ranks_path = NULL, *out_path = "-", *matches_path = NULL, *html_dir = NULL;
-    char **gallery = calloc((size_t)argc, sizeof *gallery), **labels = calloc((size_t)argc, sizeof *labels);
-    char **media = calloc((size_t)argc, sizeof *media);
-    int ngallery = 0, nlabels = 0, nmedia = 0, class_level = 0, topk = 5, nshow = 8;
-    int64_t block = 0;
-    int dirs = 3, first_only = 0, c; /* bit 0: video, bit 1: audio */
-    if (!gallery || !labels || !media) cav_die(CAV_EXIT_INTERNAL, "out of memory");
-    while ((c = getopt_long(argc, argv, "o:k:", opts, NULL)) != -1) {
-        switch (c) {
-        case O_DATASET:
-            dataset = optarg;
-            break;
-        case O_DIRECTION:
-            if (!strcmp(optarg, "both"))
-                dirs = 3;
-            else if (!strcmp(optarg, "video"))
-                dirs = 1;
-            else if (!strcmp(optarg, "audio"))
-                dirs = 2;
-            else
-                cav_usage_error("--direction: audio, video or both, not '%s'", optarg);
-            break;
-        case O_RANKS:
-            ranks_path = optarg;
-            break;
-        case O_TIES:
-            if (strcmp(optarg, "reference") && strcmp(optarg, "first"))
-                cav_usage_error("--ties: reference or first, not '%s'", optarg);
-            first_only = !strcmp(optarg, "first");
-            break;
-        case O_GALLERY:
-            gallery[ngallery++] = optarg;
-            break;
-        case O_CLASS:
-            class_level = 1;
-            break;
-        case O_LABELS:
-            labels[nlabels++] = optarg;
-            break;
-        case 'k':
-            topk = (int)cav_parse_int("topk", optarg, 1, 1000);
-            break;
-        case O_MATCHES:
-            matches_path = optarg;
-            break;
-        case O_HTML:
-            html_dir = optarg;
-            break;
-        case O_HTMLQ:
-            nshow = (int)cav_parse_int("html-queries", optarg, 1, 100000);
-            break;
-        case O_MEDIA:
-            media[nmedia++] = optarg;
-            break;
-        case O_BLOCK:
-            block = cav_parse_int("block", optarg, 1, 16384);
-            break;
-        case 'o':
-            out_path = optarg;
-            break;
-        default:
-            cav_std_option(c, usage);
-            cav_usage_error("unexpected option");
-        }
-    }
+    settings o = {0};
+    cav_opts_defaults(options, &o);
+    const cav_optgroup g = {options, &o};
+    int optind_ = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
+    const char *dataset = o.dataset, *ranks_path = o.ranks, *out_path = o.out, *matches_path = o.matches,
+               *html_dir = o.html;
+    char **gallery = o.gallery.v, **labels = o.labels.v, **media = o.media.v;
+    int ngallery = o.gallery.n, nlabels = o.labels.n, nmedia = o.media.n, class_level = o.class_level,
+        topk = o.topk, nshow = o.nshow, dirs = o.dirs, first_only = o.first_only;
+    int64_t block = o.block;
     char *stdin_only[] = {"-"};
-    char **inputs = optind < argc ? argv + optind : stdin_only;
-    int ninputs = optind < argc ? argc - optind : 1, nstdin = 0;
+    char **inputs = optind_ < argc ? argv + optind_ : stdin_only;
+    int ninputs = optind_ < argc ? argc - optind_ : 1, nstdin = 0;
     for (int i = 0; i < ninputs; i++) nstdin += !strcmp(inputs[i], "-");
     for (int i = 0; i < ngallery; i++) nstdin += !strcmp(gallery[i], "-");
     if (nstdin > 1) cav_usage_error("stdin ('-') can be read only once");
@@ -686,6 +690,7 @@ int main(int argc, char **argv) {
     cav_retr_set_free(&qa), cav_retr_set_free(&qv);
     if (!paired) cav_retr_set_free(&ga), cav_retr_set_free(&gv), free_set(&eg);
     free_set(&e);
-    free(ones), free(gallery), free(labels), free(media);
+    free(ones);
+    cav_opt_list_free(&o.gallery), cav_opt_list_free(&o.labels), cav_opt_list_free(&o.media);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "clip.h"
 #include "fbank.h"
+#include "filter.h"
 #include "io.h"
 #include "opts.h"
 #include "wav.h"
@@ -25,11 +26,7 @@ static const char usage_head[] =
     ") to the records of INPUTs (record streams or shards; '-' or\n"
     "none = stdin), computed exactly as the reference (torchaudio.compliance.kaldi.fbank), and write them.\n"
     "\n";
-static const char usage_tail[] =
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
 /* WAV and audio files in command-line order (--wav and --audio interleave). */
 typedef struct {
@@ -90,13 +87,7 @@ static void format_dtype(const void *field, char *buf, size_t len) {
 
 #define TO(field) offsetof(tool_opts, field)
 static const cav_opt io_options[] = {
-    {.name = "output",
-     .short_name = 'o',
-     .type = CAV_OPTT_STRING,
-     .offset = TO(output),
-     .def = "-",
-     .arg = "FILE",
-     .help = "output: '-' = record stream on stdout; *.h5 = shard"},
+    {CAV_OUTPUT_OPTION(TO(output), "FILE", "output: '-' = record stream on stdout (default); *.h5 = shard")},
     {.name = "wav",
      .short_name = 'w',
      .type = CAV_OPTT_CUSTOM,
@@ -134,15 +125,8 @@ static const cav_opt store_options[] = {
      .type = CAV_OPTT_FLAG,
      .offset = TO(drop_wave),
      .help = "remove the waveform from the output records"},
-    {.name = "level",
-     .short_name = 'l',
-     .type = CAV_OPTT_INT,
-     .offset = TO(level),
-     .min = -7,
-     .max = 19,
-     .arg = "N",
-     .help = "zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
-             "compress little, so -l 1 or -l -3 saves most of the writing time)"},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP
+                      "; fbank values\ncompress little, so -l 1 or -l -3 saves most of the writing time")},
     {0},
 };
 
@@ -231,16 +215,33 @@ static void settings_attr(state *st, cav_attrs *a) {
     if (cav_attrs_set(a, CAV_DATTR_FBANK, s)) cav_die(CAV_EXIT_INTERNAL, "out of memory");
 }
 
-static void open_writer(const char *output, const cav_attrs *from, state *st, int argc, char **argv) {
+/* The output, with the first input's dataset attributes (none for WAV files) and the settings. */
+static cav_writer *open_writer(const char *output, const cav_attrs *from, state *st, int argc, char **argv,
+                               cav_err *err) {
     cav_attrs a;
     cav_attrs_init(&a);
     if ((from && cav_attrs_copy(&a, from)) || cav_attrs_provenance(&a, argc, argv))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     settings_attr(st, &a);
-    cav_err err = {0};
-    writer = cav_writer_open_level(output, cav_format_for_path(output), &a, st->t.level, &err);
+    cav_writer *w = cav_writer_open_level(output, cav_format_for_path(output), &a, st->t.level, err);
     cav_attrs_clear(&a);
-    if (!writer) fail(&err);
+    return w;
+}
+
+/* The record filter over record inputs (cav_filter). */
+typedef struct {
+    state *st;
+    int argc;
+    char **argv;
+} filter_ctx;
+
+static cav_writer *filter_open(void *ctx, const cav_attrs *first, cav_err *err) {
+    filter_ctx *c = ctx;
+    return open_writer(c->st->t.output, first, c->st, c->argc, c->argv, err);
+}
+
+static int filter_record(void *ctx, cav_record *rec, const char *source, int64_t index, cav_err *err) {
+    return process(((filter_ctx *)ctx)->st, rec, source, index, err);
 }
 
 static const char *base_id(const char *path, char *buf, size_t len) {
@@ -250,6 +251,54 @@ static const char *base_id(const char *path, char *buf, size_t len) {
     char *dot = strrchr(buf, '.');
     if (dot && dot != buf) *dot = 0;
     return buf;
+}
+
+/* The --wav and --audio files, in command-line order, one record each. */
+static void wav_inputs(state *st, int argc, char **argv) {
+    char **wavs = st->t.files.path;
+    int *decode = st->t.files.decode, nwavs = st->t.files.n;
+    cav_err err = {0};
+    cav_record rec;
+    cav_record_init(&rec);
+    cav_progress *prog = cav_progress_start("records", 0);
+    for (int i = 0; i < nwavs; i++) cav_input_note(wavs[i]); /* the output may replace none of them */
+    if (!(writer = open_writer(st->t.output, NULL, st, argc, argv, &err))) fail(&err);
+    for (int i = 0; i < nwavs; i++) {
+        cav_wav w;
+        if (decode[i]) {
+            cav_av_opts ao;
+            cav_av_opts_default(&ao);
+            ao.video = 0;
+            cav_av_clip clip = {0};
+            cav_err e2 = {0};
+            if (cav_av_decode_file(wavs[i], &ao, &clip, &e2) != CAV_AV_OK) {
+                cav_fail(&err, e2.code ? e2.code : CAV_EXIT_INPUT, "%s: %s", wavs[i], e2.msg);
+                fail(&err);
+            }
+            w = (cav_wav){.rate = CAV_AV_RATE,
+                          .channels = 1,
+                          .frames = clip.nsamples,
+                          .dtype = CAV_I16,
+                          .data = clip.wave};
+            clip.wave = NULL;
+            cav_av_clip_free(&clip);
+        } else if (cav_wav_read(wavs[i], &w, &err)) {
+            fail(&err);
+        }
+        char id[256], rate[32];
+        snprintf(rate, sizeof rate, "%d", w.rate);
+        cav_record_clear(&rec);
+        if (cav_record_set_id(&rec, base_id(wavs[i], id, sizeof id)) ||
+            cav_clip_put_wave(&rec, w.dtype, w.channels, w.frames, w.data) ||
+            cav_attrs_set(&rec.attrs, CAV_ATTR_SAMPLE_RATE, rate) ||
+            cav_attrs_set(&rec.attrs, CAV_ATTR_SOURCE, wavs[i]))
+            cav_die(CAV_EXIT_INTERNAL, "out of memory");
+        cav_wav_free(&w);
+        if (process(st, &rec, wavs[i], 0, &err) || cav_writer_put(writer, &rec, &err)) fail(&err);
+        cav_progress_add(prog, 1);
+    }
+    cav_progress_end(prog);
+    cav_record_clear(&rec);
 }
 
 int main(int argc, char **argv) {
@@ -263,9 +312,6 @@ int main(int argc, char **argv) {
     if (!st.t.files.path || !st.t.files.decode) cav_die(CAV_EXIT_INTERNAL, "out of memory");
     const cav_optgroup groups[] = {{io_options, &st.t}, {cav_fbank_options, &st.o}, {store_options, &st.t}};
     int optind_ = cav_opts_parse(argc, argv, groups, 3, usage_head, usage_tail);
-    const char *output = st.t.output;
-    char **wavs = st.t.files.path;
-    int *decode = st.t.files.decode, nwavs = st.t.files.n;
     /* Check the options once at the default rate, so a bad combination is a usage error up front. */
     {
         cav_err err;
@@ -274,82 +320,22 @@ int main(int argc, char **argv) {
         cav_fbank_free(fb);
     }
     cav_err err = {0};
-    cav_record rec;
-    cav_record_init(&rec);
-    int64_t count = 0;
-    cav_progress *prog = cav_progress_start("records", 0);
-    if (nwavs) {
+    if (st.t.files.n) {
         if (optind_ < argc) cav_usage_error("give either --wav/--audio files or record INPUTs, not both");
-        for (int i = 0; i < nwavs; i++) cav_input_note(wavs[i]); /* the output may replace none of them */
-        open_writer(output, NULL, &st, argc, argv);
-        for (int i = 0; i < nwavs; i++) {
-            cav_wav w;
-            if (decode[i]) {
-                cav_av_opts ao;
-                cav_av_opts_default(&ao);
-                ao.video = 0;
-                cav_av_clip clip = {0};
-                cav_err e2 = {0};
-                if (cav_av_decode_file(wavs[i], &ao, &clip, &e2) != CAV_AV_OK) {
-                    cav_fail(&err, e2.code ? e2.code : CAV_EXIT_INPUT, "%s: %s", wavs[i], e2.msg);
-                    fail(&err);
-                }
-                w = (cav_wav){.rate = CAV_AV_RATE,
-                              .channels = 1,
-                              .frames = clip.nsamples,
-                              .dtype = CAV_I16,
-                              .data = clip.wave};
-                clip.wave = NULL;
-                cav_av_clip_free(&clip);
-            } else if (cav_wav_read(wavs[i], &w, &err)) {
-                fail(&err);
-            }
-            char id[256], rate[32];
-            snprintf(rate, sizeof rate, "%d", w.rate);
-            cav_record_clear(&rec);
-            if (cav_record_set_id(&rec, base_id(wavs[i], id, sizeof id)) ||
-                cav_clip_put_wave(&rec, w.dtype, w.channels, w.frames, w.data) ||
-                cav_attrs_set(&rec.attrs, CAV_ATTR_SAMPLE_RATE, rate) ||
-                cav_attrs_set(&rec.attrs, CAV_ATTR_SOURCE, wavs[i]))
-                cav_die(CAV_EXIT_INTERNAL, "out of memory");
-            cav_wav_free(&w);
-            if (process(&st, &rec, wavs[i], 0, &err) || cav_writer_put(writer, &rec, &err)) fail(&err);
-            count++;
-            cav_progress_add(prog, 1);
-        }
+        wav_inputs(&st, argc, argv);
     } else {
-        int ninputs = argc - optind_;
-        char *dash = "-";
-        char **inputs = ninputs ? argv + optind_ : &dash;
-        if (!ninputs) ninputs = 1;
-        for (int i = 0; i < ninputs; i++) cav_input_note(inputs[i]); /* the output may replace none of them */
-        for (int i = 0; i < ninputs; i++) {
-            cav_reader *rd = cav_reader_open(inputs[i], &err);
-            if (!rd) fail(&err);
-            if (!writer) open_writer(output, cav_reader_attrs(rd), &st, argc, argv);
-            int r;
-            while ((r = cav_reader_next(rd, &rec, &err)) == 1) {
-                if (process(&st, &rec, cav_reader_path(rd), cav_reader_index(rd), &err) ||
-                    cav_writer_put(writer, &rec, &err))
-                    fail(&err);
-                count++;
-                cav_progress_add(prog, 1);
-            }
-            if (r < 0) fail(&err);
-            cav_reader_close(rd);
-        }
+        filter_ctx c = {&st, argc, argv};
+        const cav_filter f = {&c, filter_open, filter_record};
+        if (cav_filter_run(&f, argc - optind_, argv + optind_, &writer, &err)) fail(&err);
     }
-    cav_progress_end(prog);
     if (cav_writer_close(writer, &err)) {
         writer = NULL;
         fail(&err);
     }
-    cav_record_clear(&rec);
     for (int i = 0; i < st.nbanks; i++) cav_fbank_free(st.banks[i]);
     free(st.samples);
     free(st.out);
-    free(wavs);
-    free(decode);
-    (void)count;
+    free(st.t.files.path);
+    free(st.t.files.decode);
     return 0;
 }

@@ -1,8 +1,8 @@
 /* patchify: cuts each record's fbank and frames into the patch tokens the model sees, in the reference's
  * orders (audio_patches, video_patches), with optional norm_pix targets; --inverse turns tokens back into
  * an fbank and frames (reconstructions). See patchify(1). */
-#include <getopt.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,63 +12,136 @@
 #include "cli.h"
 #include "clip.h"
 #include "cpu.h"
+#include "filter.h"
 #include "io.h"
 #include "jpeg.h"
+#include "opts.h"
 #include "patchify.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: patchify [OPTION]... [INPUT]...\n"
     "Add patch tokens to the records of INPUTs (record streams or shards; '-' or none = stdin), in the\n"
     "reference's orders: audio_patches f32 [512,256] from fbank [1024,128] (frequency-major 8x64 grid,\n"
     "element p*16+q) and video_patches f32 [N,196,768] from frames u8 [N,224,224,3] or frames_jpeg\n"
     "(element (p*16+q)*3+c); or, with --inverse, turn such tokens back into fbank and frames.\n"
-    "\n"
-    "  -o, --output=FILE        output: '-' = record stream on stdout (default); *.h5 = shard\n"
-    "  -p, --patch=P            patch size (default 16)\n"
-    "  -s, --stride=S           patch stride (default P; S < P overlaps, the inverse averages overlaps)\n"
-    "      --norm-pix           per-token (t - mean) / sqrt(var + 1e-6), unbiased var (the reference's\n"
-    "                           norm_pix_loss targets)\n"
-    "      --image-norm=MODE    imagenet (default: x/255 then ImageNet mean/std, as the model sees frames),\n"
-    "                           unit (x/255) or none (0..255)\n"
-    "      --frame=I            only frame I (0-based; the reference evaluates frame 5): video_patches "
-    "[L,D]\n"
-    "      --audio-only         only fbank -> audio_patches\n"
-    "      --video-only         only frames -> video_patches\n"
-    "      --drop-input         remove the fields that were patchified\n"
-    "      --inverse            audio_patches -> fbank f32, video_patches -> frames u8 (un-normalised with\n"
-    "                           --image-norm, rounded as torchvision's save_image)\n"
-    "      --fbank-size=TxF     fbank shape for --inverse (default 1024x128)\n"
-    "      --image-size=HxW     frame shape for --inverse (default 224x224)\n"
-    "  -l, --level=N            zstd level of the output (default 3; 1..19, negative = faster; fbank values\n"
-    "                           compress little, so -l 1 or -l -3 saves most of the writing time)\n"
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+    "\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
-enum {
-    OPT_NORMPIX = 0x100,
-    OPT_IMGNORM,
-    OPT_FRAME,
-    OPT_AONLY,
-    OPT_VONLY,
-    OPT_DROP,
-    OPT_INV,
-    OPT_FBSIZE,
-    OPT_IMSIZE
-};
 enum { NORM_IMAGENET, NORM_UNIT, NORM_NONE };
 
 typedef struct {
-    int patch, stride, norm_pix, image_norm, frame, audio, video, drop, inverse;
-    int fb_t, fb_f, im_h, im_w;
+    int a, b; /* TxF or HxW */
+} size2;
+
+typedef struct {
+    const char *output;
+    int level; /* 0 = the container's default */
+    int patch, stride, norm_pix, image_norm, frame, audio_only, video_only, drop, inverse;
+    size2 fb, im; /* --inverse: fbank [T,F], frames [H,W] */
+    int audio, video;
 } opts;
+
+/* "AxB", each side in [1, 2^20] */
+static int parse_size(const char *s, void *field, char *why, size_t whylen) {
+    static const cav_opt side = {.type = CAV_OPTT_INT, .min = 1, .max = 1 << 20};
+    size2 *z = field;
+    const char *x = strchr(s, 'x');
+    if (!x) return snprintf(why, whylen, "need AxB, e.g. 1024x128"), -1;
+    char first[32];
+    snprintf(first, sizeof first, "%.*s", (int)(x - s), s);
+    return cav_opt_set(&side, &z->a, first, why, whylen) || cav_opt_set(&side, &z->b, x + 1, why, whylen) ? -1
+                                                                                                          : 0;
+}
+
+static const cav_opt_choice image_norms[] = {
+    {"imagenet", NORM_IMAGENET}, {"unit", NORM_UNIT}, {"none", NORM_NONE}, {0}};
+
+#define TO(field) offsetof(opts, field)
+static const cav_opt options[] = {
+    {CAV_OUTPUT_OPTION(TO(output), "FILE", "output: '-' = record stream on stdout (default); *.h5 = shard")},
+    {.name = "patch",
+     .short_name = 'p',
+     .type = CAV_OPTT_INT,
+     .offset = TO(patch),
+     .def = "16",
+     .min = 1,
+     .max = 4096,
+     .arg = "P",
+     .help = "patch size",
+     .key = "patch"},
+    {.name = "stride",
+     .short_name = 's',
+     .type = CAV_OPTT_INT,
+     .offset = TO(stride),
+     .min = 1,
+     .max = 4096,
+     .arg = "S",
+     .help = "patch stride (default P; S < P overlaps, the inverse averages overlaps)",
+     .key = "stride"},
+    {.name = "norm-pix",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(norm_pix),
+     .help = "per-token (t - mean) / sqrt(var + 1e-6), unbiased var (the reference's\nnorm_pix_loss targets)",
+     .key = "norm_pix"},
+    {.name = "image-norm",
+     .type = CAV_OPTT_CHOICE,
+     .offset = TO(image_norm),
+     .def = "imagenet",
+     .arg = "MODE",
+     .help =
+         "imagenet (default: x/255 then ImageNet mean/std, as the model sees frames),\nunit (x/255) or none "
+         "(0..255)",
+     .key = "image_norm",
+     .flags = CAV_OPTF_NODEFAULT,
+     .choices = image_norms},
+    {.name = "frame",
+     .type = CAV_OPTT_INT,
+     .offset = TO(frame),
+     .min = 0,
+     .max = 1 << 20,
+     .arg = "I",
+     .help = "only frame I (0-based; the reference evaluates frame 5): video_patches [L,D]"},
+    {.name = "audio-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(audio_only),
+     .help = "only fbank -> audio_patches"},
+    {.name = "video-only",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(video_only),
+     .help = "only frames -> video_patches"},
+    {.name = "drop-input",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(drop),
+     .help = "remove the fields that were patchified"},
+    {.name = "inverse",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(inverse),
+     .help = "audio_patches -> fbank f32, video_patches -> frames u8 (un-normalised with\n--image-norm, "
+             "rounded as "
+             "torchvision's save_image)"},
+    {.name = "fbank-size",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(fb),
+     .def = "1024x128",
+     .arg = "TxF",
+     .help = "fbank shape for --inverse",
+     .parse = parse_size},
+    {.name = "image-size",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(im),
+     .def = "224x224",
+     .arg = "HxW",
+     .help = "frame shape for --inverse",
+     .parse = parse_size},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP
+                      "; fbank values\ncompress little, so -l 1 or -l -3 saves most of the writing time")},
+    {0},
+};
 
 static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] = {0.229f, 0.224f, 0.225f};
 static const float unit_mean[3] = {0, 0, 0}, unit_std[3] = {1, 1, 1};
 
 static cav_writer *writer;
-static int level; /* 0 = the container's default */
 
 static noreturn void fail(const cav_err *err) {
     if (writer) cav_writer_abort(writer);
@@ -196,15 +269,15 @@ static int video_forward(const opts *o, cav_record *rec, const char *where, cav_
 static int audio_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
     cav_tensor *t = cav_record_find(rec, CAV_FIELD_AUDIO_PATCHES);
     if (!t) return 0;
-    cav_plane pl = cav_plane_fbank(o->fb_t, o->fb_f);
+    cav_plane pl = cav_plane_fbank(o->fb.a, o->fb.b);
     int ntok, dim;
     if (!cav_patch_shape(&pl, o->patch, o->stride, &ntok, &dim))
         return BAD("%s: --fbank-size too small", where);
     if (t->dtype != CAV_F32 || t->ndim != 2 || t->shape[0] != ntok || t->shape[1] != dim)
         return BAD("%s: " CAV_FIELD_AUDIO_PATCHES
                    ": need f32 [%d,%d] for a %dx%d fbank with patch %d stride %d",
-                   where, ntok, dim, o->fb_t, o->fb_f, o->patch, o->stride);
-    int64_t shape[2] = {o->fb_t, o->fb_f};
+                   where, ntok, dim, o->fb.a, o->fb.b, o->patch, o->stride);
+    int64_t shape[2] = {o->fb.a, o->fb.b};
     cav_tensor *out = cav_record_add(rec, CAV_FIELD_FBANK, CAV_F32, 2, shape);
     if (!out) return OOM();
     t = cav_record_find(rec, CAV_FIELD_AUDIO_PATCHES);
@@ -216,7 +289,7 @@ static int audio_inverse(const opts *o, cav_record *rec, const char *where, cav_
 static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_err *err) {
     cav_tensor *t = cav_record_find(rec, CAV_FIELD_VIDEO_PATCHES);
     if (!t) return 0;
-    cav_plane hwc = cav_plane_hwc(o->im_h, o->im_w, 3);
+    cav_plane hwc = cav_plane_hwc(o->im.a, o->im.b, 3);
     int ntok, dim;
     if (!cav_patch_shape(&hwc, o->patch, o->stride, &ntok, &dim))
         return BAD("%s: --image-size too small", where);
@@ -224,10 +297,10 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
         t->shape[t->ndim - 1] != dim)
         return BAD("%s: " CAV_FIELD_VIDEO_PATCHES
                    ": need f32 [N,%d,%d] or [%d,%d] for %dx%d frames with patch %d stride %d",
-                   where, ntok, dim, ntok, dim, o->im_h, o->im_w, o->patch, o->stride);
+                   where, ntok, dim, ntok, dim, o->im.a, o->im.b, o->patch, o->stride);
     int n = t->ndim == 3 ? (int)t->shape[0] : 1;
-    int64_t shape[4] = {n, o->im_h, o->im_w, 3};
-    size_t npx = (size_t)o->im_h * o->im_w * 3;
+    int64_t shape[4] = {n, o->im.a, o->im.b, 3};
+    size_t npx = (size_t)o->im.a * o->im.b * 3;
     float *img = malloc(sizeof(float) * npx);
     uint8_t *u8 = malloc((size_t)n * npx);
     if (!img || !u8) return free(img), free(u8), OOM();
@@ -254,157 +327,70 @@ static int video_inverse(const opts *o, cav_record *rec, const char *where, cav_
     return 1;
 }
 
-static void parse_size(const char *opt, const char *s, int *a, int *b) {
-    char *x = strchr(s, 'x');
-    if (!x) cav_usage_error("option %s: need AxB, e.g. 1024x128", opt);
-    char first[32];
-    snprintf(first, sizeof first, "%.*s", (int)(x - s), s);
-    *a = (int)cav_parse_int(opt, first, 1, 1 << 20);
-    *b = (int)cav_parse_int(opt, x + 1, 1, 1 << 20);
+/* The record filter (cav_filter): the output opened with the settings as a dataset attribute. */
+typedef struct {
+    const opts *o;
+    int argc;
+    char **argv;
+} filter_ctx;
+
+static cav_writer *filter_open(void *ctx, const cav_attrs *first, cav_err *err) {
+    filter_ctx *c = ctx;
+    const opts *o = c->o;
+    cav_attrs a;
+    cav_attrs_init(&a);
+    char s[256];
+    const cav_optgroup g = {options, (void *)o};
+    size_t n = (size_t)snprintf(s, sizeof s, "%s ", o->inverse ? "inverse" : "forward");
+    cav_opts_echo(&g, 1, s + n, sizeof s - n);
+    if (cav_attrs_copy(&a, first) || cav_attrs_provenance(&a, c->argc, c->argv) ||
+        cav_attrs_set(&a, CAV_DATTR_PATCHIFY, s))
+        cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    cav_writer *w = cav_writer_open_level(o->output, cav_format_for_path(o->output), &a, o->level, err);
+    cav_attrs_clear(&a);
+    return w;
+}
+
+static int filter_record(void *ctx, cav_record *rec, const char *source, int64_t index, cav_err *err) {
+    const opts *o = ((filter_ctx *)ctx)->o;
+    char where[600];
+    snprintf(where, sizeof where, "%s: record %lld (id '%s')", source, (long long)index,
+             rec->id ? rec->id : "");
+    int ra = 0, rv = 0;
+    if (o->inverse) {
+        if ((o->audio && (ra = audio_inverse(o, rec, where, err)) < 0) ||
+            (o->video && (rv = video_inverse(o, rec, where, err)) < 0))
+            return -1;
+    } else {
+        if ((o->audio && (ra = audio_forward(o, rec, where, err)) < 0) ||
+            (o->video && (rv = video_forward(o, rec, where, err)) < 0))
+            return -1;
+    }
+    if (!ra && !rv)
+        return cav_fail(err, CAV_EXIT_INPUT, "%s: nothing to %s: no %s", where,
+                        o->inverse ? "reassemble" : "patchify",
+                        o->inverse ? "audio_patches or video_patches" : "fbank, frames or frames_jpeg");
+    return 0;
 }
 
 int main(int argc, char **argv) {
     cav_set_tool("patchify");
-    opts o = {.patch = 16,
-              .stride = 0,
-              .frame = -1,
-              .audio = 1,
-              .video = 1,
-              .fb_t = 1024,
-              .fb_f = 128,
-              .im_h = 224,
-              .im_w = 224};
-    const char *output = "-";
-    static const struct option longopts[] = {{"output", 1, 0, 'o'},
-                                             {"level", 1, 0, 'l'},
-                                             {"patch", 1, 0, 'p'},
-                                             {"stride", 1, 0, 's'},
-                                             {"norm-pix", 0, 0, OPT_NORMPIX},
-                                             {"image-norm", 1, 0, OPT_IMGNORM},
-                                             {"frame", 1, 0, OPT_FRAME},
-                                             {"audio-only", 0, 0, OPT_AONLY},
-                                             {"video-only", 0, 0, OPT_VONLY},
-                                             {"drop-input", 0, 0, OPT_DROP},
-                                             {"inverse", 0, 0, OPT_INV},
-                                             {"fbank-size", 1, 0, OPT_FBSIZE},
-                                             {"image-size", 1, 0, OPT_IMSIZE},
-                                             CAV_STD_OPTIONS,
-                                             {0, 0, 0, 0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "o:l:p:s:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            output = optarg;
-            break;
-        case 'l':
-            level = (int)cav_parse_int("--level", optarg, -7, 19);
-            break;
-        case 'p':
-            o.patch = (int)cav_parse_int("--patch", optarg, 1, 4096);
-            break;
-        case 's':
-            o.stride = (int)cav_parse_int("--stride", optarg, 1, 4096);
-            break;
-        case OPT_NORMPIX:
-            o.norm_pix = 1;
-            break;
-        case OPT_IMGNORM:
-            if (!strcmp(optarg, "imagenet"))
-                o.image_norm = NORM_IMAGENET;
-            else if (!strcmp(optarg, "unit"))
-                o.image_norm = NORM_UNIT;
-            else if (!strcmp(optarg, "none"))
-                o.image_norm = NORM_NONE;
-            else
-                cav_usage_error("option --image-norm: '%s' is not imagenet, unit or none", optarg);
-            break;
-        case OPT_FRAME:
-            o.frame = (int)cav_parse_int("--frame", optarg, 0, 1 << 20);
-            break;
-        case OPT_AONLY:
-            o.video = 0;
-            break;
-        case OPT_VONLY:
-            o.audio = 0;
-            break;
-        case OPT_DROP:
-            o.drop = 1;
-            break;
-        case OPT_INV:
-            o.inverse = 1;
-            break;
-        case OPT_FBSIZE:
-            parse_size("--fbank-size", optarg, &o.fb_t, &o.fb_f);
-            break;
-        case OPT_IMSIZE:
-            parse_size("--image-size", optarg, &o.im_h, &o.im_w);
-            break;
-        default:
-            cav_std_option(c, usage);
-        }
-    }
+    opts o = {.frame = -1};
+    cav_opts_defaults(options, &o);
+    const cav_optgroup g = {options, &o};
+    int first = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
     if (!o.stride) o.stride = o.patch;
+    o.audio = !o.video_only, o.video = !o.audio_only;
     if (!o.audio && !o.video) cav_usage_error("--audio-only and --video-only exclude each other");
     if (o.inverse && (o.norm_pix || o.frame >= 0))
         cav_usage_error("--inverse cannot undo --norm-pix or select --frame");
-    int ninputs = argc - optind;
-    char *dash = "-";
-    char **inputs = ninputs ? argv + optind : &dash;
-    if (!ninputs) ninputs = 1;
-    for (int i = 0; i < ninputs; i++) cav_input_note(inputs[i]); /* the output may replace none of them */
     cav_err err = {0};
-    cav_record rec;
-    cav_record_init(&rec);
-    cav_progress *prog = cav_progress_start("records", 0);
-    for (int i = 0; i < ninputs; i++) {
-        cav_reader *rd = cav_reader_open(inputs[i], &err);
-        if (!rd) fail(&err);
-        if (!writer) {
-            cav_attrs a;
-            cav_attrs_init(&a);
-            char s[256];
-            snprintf(s, sizeof s, "%s patch=%d stride=%d norm_pix=%d image_norm=%s",
-                     o.inverse ? "inverse" : "forward", o.patch, o.stride, o.norm_pix,
-                     o.image_norm == NORM_IMAGENET ? "imagenet"
-                     : o.image_norm == NORM_UNIT   ? "unit"
-                                                   : "none");
-            if (cav_attrs_copy(&a, cav_reader_attrs(rd)) || cav_attrs_provenance(&a, argc, argv) ||
-                cav_attrs_set(&a, CAV_DATTR_PATCHIFY, s))
-                cav_die(CAV_EXIT_INTERNAL, "out of memory");
-            writer = cav_writer_open_level(output, cav_format_for_path(output), &a, level, &err);
-            cav_attrs_clear(&a);
-            if (!writer) fail(&err);
-        }
-        int r;
-        while ((r = cav_reader_next(rd, &rec, &err)) == 1) {
-            char where[600];
-            snprintf(where, sizeof where, "%s: record %lld (id '%s')", cav_reader_path(rd),
-                     (long long)cav_reader_index(rd), rec.id ? rec.id : "");
-            int ra = 0, rv = 0;
-            if (o.inverse) {
-                if (o.audio && (ra = audio_inverse(&o, &rec, where, &err)) < 0) fail(&err);
-                if (o.video && (rv = video_inverse(&o, &rec, where, &err)) < 0) fail(&err);
-            } else {
-                if (o.audio && (ra = audio_forward(&o, &rec, where, &err)) < 0) fail(&err);
-                if (o.video && (rv = video_forward(&o, &rec, where, &err)) < 0) fail(&err);
-            }
-            if (!ra && !rv) {
-                cav_fail(&err, CAV_EXIT_INPUT, "%s: nothing to %s: no %s", where,
-                         o.inverse ? "reassemble" : "patchify",
-                         o.inverse ? "audio_patches or video_patches" : "fbank, frames or frames_jpeg");
-                fail(&err);
-            }
-            if (cav_writer_put(writer, &rec, &err)) fail(&err);
-            cav_progress_add(prog, 1);
-        }
-        if (r < 0) fail(&err);
-        cav_reader_close(rd);
-    }
-    cav_progress_end(prog);
+    filter_ctx c = {&o, argc, argv};
+    const cav_filter f = {&c, filter_open, filter_record};
+    if (cav_filter_run(&f, argc - first, argv + first, &writer, &err)) fail(&err);
     if (cav_writer_close(writer, &err)) {
         writer = NULL;
         fail(&err);
     }
-    cav_record_clear(&rec);
     return 0;
 }

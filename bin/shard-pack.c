@@ -2,7 +2,7 @@
  * under a numbered name pattern), shards back into a stream, merging, resharding, selecting by id,
  * shuffling with a seed, importing the reference's dataset JSON and label CSV (labels and sample weights),
  * and verifying shards (--verify). See shard-pack(1). */
-#include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,39 +14,17 @@
 #include "idset.h"
 #include "io.h"
 #include "manifest.h"
+#include "opts.h"
 #include "pack.h"
 #include "rng.h"
 #include "shard.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "Usage: shard-pack [OPTION]... [INPUT]...\n"
     "Copy records from INPUTs (record streams or shards, '-' = stdin; default '-') to the output:\n"
     "merge, reshard, convert, select, shuffle, import labels; or check shards with --verify.\n"
-    "\n"
-    "  -o, --output=PATTERN     output file, or '-' for a stream on stdout (default); names ending in .h5 "
-    "or\n"
-    "                           .hdf5 are shards, others streams; a pattern with one integer conversion\n"
-    "                           (out-%03d.h5) numbers the files from 0\n"
-    "  -n, --max-rows=N         at most N records per output file (needs a pattern)\n"
-    "  -b, --max-bytes=SIZE     start a new file once one reaches SIZE bytes (K, M, G suffixes; needs a "
-    "pattern)\n"
-    "  -s, --select=FILE        only the records whose id is listed in FILE (one id per line); every listed "
-    "id\n"
-    "                           must be found\n"
-    "      --shuffle=SEED       write the records in a random order fixed by SEED (stream inputs are "
-    "spooled\n"
-    "                           to a temporary shard in $TMPDIR first)\n"
-    "  -j, --json=FILE          the reference's dataset JSON: adds labels (f32 [K] multi-hot), weight (f32\n"
-    "                           sample weight) and the attributes wav and video_path to each record, by\n"
-    "                           video_id; without INPUTs, makes one record per JSON entry\n"
-    "  -c, --label-csv=FILE     the label CSV (index,mid,display_name) for --json\n"
-    "  -l, --level=N            zstd compression level (default 3; 1..19, negative = faster)\n"
-    "      --verify             read every record of every INPUT and report counts, fields and problems;\n"
-    "                           write nothing; exit 2 on any problem\n"
-    "      --help               print this help and exit\n"
-    "      --version            print the version and exit\n"
-    "\n"
-    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n";
+    "\n";
+static const char usage_tail[] = CAV_RECORD_USAGE_TAIL;
 
 /* ------------------------------------------------------------ temporary spool shards (for --shuffle) */
 static char spool_dir[512];
@@ -69,7 +47,8 @@ static void fatal(const cav_err *err) {
     cav_die(err->code ? err->code : CAV_EXIT_INTERNAL, "%s", err->msg);
 }
 
-static uint64_t parse_size(const char *s) {
+/* --max-bytes: a size with an optional K, M or G (powers of 1024) */
+static int parse_size(const char *s, void *field, char *why, size_t whylen) {
     char *end;
     double v = strtod(s, &end);
     double m = 1;
@@ -79,10 +58,88 @@ static uint64_t parse_size(const char *s) {
         m = 1024.0 * 1024, end++;
     else if (*end == 'G' || *end == 'g')
         m = 1024.0 * 1024 * 1024, end++;
-    if (end == s || *end || v <= 0 || v * m > 1e18)
-        cav_usage_error("option --max-bytes: '%s' is not a size", s);
-    return (uint64_t)(v * m);
+    if (end == s || *end || v <= 0 || v * m > 1e18) return snprintf(why, whylen, "'%s' is not a size", s), -1;
+    *(uint64_t *)field = (uint64_t)(v * m);
+    return 0;
 }
+
+typedef struct {
+    uint64_t seed;
+    int on;
+} shuffle_opt;
+
+static int parse_shuffle(const char *s, void *field, char *why, size_t whylen) {
+    static const cav_opt seed = {.type = CAV_OPTT_U64, .min = 0, .max = (double)INT64_MAX};
+    shuffle_opt *sh = field;
+    if (cav_opt_set(&seed, &sh->seed, s, why, whylen)) return -1;
+    sh->on = 1;
+    return 0;
+}
+
+typedef struct {
+    const char *output, *select, *json, *csv;
+    int64_t max_rows;
+    uint64_t max_bytes;
+    shuffle_opt shuffle;
+    int level, verify;
+} settings;
+
+#define TO(field) offsetof(settings, field)
+static const cav_opt options[] = {
+    {CAV_OUTPUT_OPTION(TO(output), "PATTERN",
+                       "output file, or '-' for a stream on stdout (default); names ending in .h5 or\n"
+                       ".hdf5 are shards, others streams; a pattern with one integer conversion\n"
+                       "(out-%03d.h5) numbers the files from 0")},
+    {.name = "max-rows",
+     .short_name = 'n',
+     .type = CAV_OPTT_I64,
+     .offset = TO(max_rows),
+     .min = 1,
+     .max = (double)INT64_MAX,
+     .arg = "N",
+     .help = "at most N records per output file (needs a pattern)"},
+    {.name = "max-bytes",
+     .short_name = 'b',
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(max_bytes),
+     .arg = "SIZE",
+     .help = "start a new file once one reaches SIZE bytes (K, M, G suffixes; needs a pattern)",
+     .parse = parse_size},
+    {.name = "select",
+     .short_name = 's',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(select),
+     .arg = "FILE",
+     .help = "only the records whose id is listed in FILE (one id per line); every listed id\nmust be found"},
+    {.name = "shuffle",
+     .type = CAV_OPTT_CUSTOM,
+     .offset = TO(shuffle),
+     .arg = "SEED",
+     .help = "write the records in a random order fixed by SEED (stream inputs are spooled\n"
+             "to a temporary shard in $TMPDIR first)",
+     .parse = parse_shuffle},
+    {.name = "json",
+     .short_name = 'j',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(json),
+     .arg = "FILE",
+     .help = "the reference's dataset JSON: adds labels (f32 [K] multi-hot), weight (f32\n"
+             "sample weight) and the attributes wav and video_path to each record, by\n"
+             "video_id; without INPUTs, makes one record per JSON entry"},
+    {.name = "label-csv",
+     .short_name = 'c',
+     .type = CAV_OPTT_STRING,
+     .offset = TO(csv),
+     .arg = "FILE",
+     .help = "the label CSV (index,mid,display_name) for --json"},
+    {CAV_LEVEL_OPTION(TO(level), CAV_LEVEL_HELP)},
+    {.name = "verify",
+     .type = CAV_OPTT_FLAG,
+     .offset = TO(verify),
+     .help = "read every record of every INPUT and report counts, fields and problems;\n"
+             "write nothing; exit 2 on any problem"},
+    {0},
+};
 
 /* ------------------------------------------------------------ the record pipeline */
 typedef struct {
@@ -280,58 +337,18 @@ static cav_idset *load_select(const char *path, int64_t *n) {
 
 int main(int argc, char **argv) {
     cav_set_tool("shard-pack");
-    static const struct option opts[] = {{"output", 1, 0, 'o'},
-                                         {"max-rows", 1, 0, 'n'},
-                                         {"max-bytes", 1, 0, 'b'},
-                                         {"select", 1, 0, 's'},
-                                         {"shuffle", 1, 0, 'S'},
-                                         {"json", 1, 0, 'j'},
-                                         {"label-csv", 1, 0, 'c'},
-                                         {"level", 1, 0, 'l'},
-                                         {"verify", 0, 0, 'V'},
-                                         CAV_STD_OPTIONS,
-                                         {0, 0, 0, 0}};
-    const char *output = "-", *select_path = NULL, *json = NULL, *csv = NULL;
-    int64_t max_rows = 0;
-    uint64_t max_bytes = 0, seed = 0;
-    int level = 0, do_verify = 0, do_shuffle = 0, c;
-    while ((c = getopt_long(argc, argv, "o:n:b:s:j:c:l:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            output = optarg;
-            break;
-        case 'n':
-            max_rows = cav_parse_int("max-rows", optarg, 1, INT64_MAX);
-            break;
-        case 'b':
-            max_bytes = parse_size(optarg);
-            break;
-        case 's':
-            select_path = optarg;
-            break;
-        case 'S':
-            seed = (uint64_t)cav_parse_int("shuffle", optarg, 0, INT64_MAX), do_shuffle = 1;
-            break;
-        case 'j':
-            json = optarg;
-            break;
-        case 'c':
-            csv = optarg;
-            break;
-        case 'l':
-            level = (int)cav_parse_int("level", optarg, -7, 19);
-            break;
-        case 'V':
-            do_verify = 1;
-            break;
-        default:
-            cav_std_option(c, usage);
-        }
-    }
-    int nin = argc - optind;
-    char **inputs = argv + optind;
+    settings o = {0};
+    cav_opts_defaults(options, &o);
+    const cav_optgroup g = {options, &o};
+    int first = cav_opts_parse(argc, argv, &g, 1, usage_head, usage_tail);
+    const char *output = o.output, *select_path = o.select, *json = o.json, *csv = o.csv;
+    int64_t max_rows = o.max_rows;
+    uint64_t max_bytes = o.max_bytes, seed = o.shuffle.seed;
+    int level = o.level, do_shuffle = o.shuffle.on;
+    int nin = argc - first;
+    char **inputs = argv + first;
     static char *dash[] = {"-"};
-    if (do_verify) {
+    if (o.verify) {
         if (nin == 0) cav_usage_error("--verify needs INPUT files");
         return verify(nin, inputs);
     }

@@ -1,5 +1,5 @@
-/* cli.c: diagnostics, --help/--version, option-value parsing, the terminal progress line and CSV quoting
- * shared by every tool (see cli.h). */
+/* cli.c: diagnostics, --help/--version, the terminal progress line and CSV quoting shared by every tool
+ * (see cli.h). */
 #include "cli.h"
 
 #include <errno.h>
@@ -89,33 +89,6 @@ void cav_std_option(int c, const char *usage) {
         fprintf(stderr, "Try '%s --help' for more information.\n", tool_name);
         exit(CAV_EXIT_USAGE);
     }
-}
-
-/* Option names may be given with or without their leading dashes. */
-static const char *bare(const char *opt) {
-    while (*opt == '-') opt++;
-    return opt;
-}
-
-long long cav_parse_int(const char *opt, const char *s, long long min, long long max) {
-    opt = bare(opt);
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) cav_usage_error("option --%s: '%s' is not an integer", opt, s);
-    if (v < min || v > max) cav_usage_error("option --%s: %lld is outside [%lld, %lld]", opt, v, min, max);
-    return v;
-}
-
-double cav_parse_double(const char *opt, const char *s, double min, double max) {
-    opt = bare(opt);
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        cav_usage_error("option --%s: '%s' is not a number", opt, s);
-    if (v < min || v > max) cav_usage_error("option --%s: %g is outside [%g, %g]", opt, v, min, max);
-    return v;
 }
 
 double cav_now(void) {

@@ -1,7 +1,6 @@
 /* cli.h: the conventions every tool shares — its name in diagnostics, --help and --version, the exit
- * codes of DESIGN.md, strict number parsing for option values, a progress line on stderr that appears
- * only when stderr is a terminal, and the quoting of CSV fields. Tools parse their options with getopt_long
- * and call these. */
+ * codes 0-3 (cav-mae(7)), a progress line on stderr that appears only when stderr is a terminal, and the
+ * quoting of CSV fields. Tools declare their options in tables (opts.h), whose parser calls these. */
 #ifndef CAV_CLI_H
 #define CAV_CLI_H
 
@@ -16,14 +15,9 @@ enum {
     CAV_EXIT_INTERNAL = 3, /* internal error or resource failure (memory, disk, library) */
 };
 
-/* Long options every tool accepts; put CAV_STD_OPTIONS inside the struct option array and handle
- * CAV_OPT_HELP / CAV_OPT_VERSION in the getopt switch (or call cav_std_option). */
+/* getopt_long values of --help and --version (opts.c adds both to every tool's options). */
 #define CAV_OPT_HELP 0x1001
 #define CAV_OPT_VERSION 0x1002
-#define CAV_STD_OPTIONS                                                                                      \
-    {"help", 0, 0, CAV_OPT_HELP}, {                                                                          \
-        "version", 0, 0, CAV_OPT_VERSION                                                                     \
-    }
 
 void cav_set_tool(const char *name);
 const char *cav_tool(void);
@@ -40,10 +34,6 @@ noreturn void cav_help(const char *usage);
 noreturn void cav_version(void);
 /* Handles CAV_OPT_HELP, CAV_OPT_VERSION and getopt's '?' (usage error); returns for anything else. */
 void cav_std_option(int c, const char *usage);
-
-/* Option values: the whole string must parse and lie in [min, max], else a usage error naming opt. */
-long long cav_parse_int(const char *opt, const char *s, long long min, long long max);
-double cav_parse_double(const char *opt, const char *s, double min, double max);
 
 /* Progress line: count, rate and ETA (when total > 0), redrawn at most 4 times a second, on stderr, only
  * when stderr is a terminal (or CAV_PROGRESS=1 forces it). */

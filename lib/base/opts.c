@@ -1,5 +1,5 @@
-/* opts.c: option tables (see opts.h): defaults, getopt_long parsing with range checks, --help lines and the
- * settings echo, all read from the same entries. */
+/* opts.c: option tables (see opts.h): defaults, getopt_long parsing with range and choice checks, --help
+ * lines and the settings echo, all read from the same entries. */
 #include "opts.h"
 
 #include <errno.h>
@@ -46,6 +46,21 @@ static int parse_d(const cav_opt *o, const char *s, double *v, char *why, size_t
     return 0;
 }
 
+/* The entry of o->choices named s, or NULL with "'s' is not a, b or c" in why. */
+static const cav_opt_choice *find_choice(const cav_opt *o, const char *s, char *why, size_t whylen) {
+    int n = 0;
+    for (const cav_opt_choice *c = o->choices; c->name; c++, n++)
+        if (strcmp(c->name, s) == 0) return c;
+    size_t k = (size_t)snprintf(why, whylen, "'%s' is not ", s);
+    for (int i = 0; i < n && k < whylen; i++)
+        k += (size_t)snprintf(why + k, whylen - k, "%s%s",
+                              i == 0       ? ""
+                              : i == n - 1 ? " or "
+                                           : ", ",
+                              o->choices[i].name);
+    return NULL;
+}
+
 int cav_opt_set(const cav_opt *o, void *base, const char *s, char *why, size_t whylen) {
     void *field = (char *)base + o->offset;
     long long ll;
@@ -77,11 +92,25 @@ int cav_opt_set(const cav_opt *o, void *base, const char *s, char *why, size_t w
         *(float *)field = (float)d;
         return 0;
     case CAV_OPTT_STRING:
+        if (o->choices && !find_choice(o, s, why, whylen)) return -1;
         *(const char **)field = s;
         return 0;
     case CAV_OPTT_CUSTOM:
         if (!o->parse) return snprintf(why, whylen, "no parser"), -1;
         return o->parse(s, field, why, whylen) ? -1 : 0;
+    case CAV_OPTT_CHOICE: {
+        const cav_opt_choice *c = o->choices ? find_choice(o, s, why, whylen) : NULL;
+        if (!c) return o->choices ? -1 : (snprintf(why, whylen, "no choices"), -1);
+        *(int *)field = c->value;
+        return 0;
+    }
+    case CAV_OPTT_LIST: {
+        cav_opt_list *l = field;
+        char **v = realloc(l->v, ((size_t)l->n + 1) * sizeof *v);
+        if (!v) cav_die(CAV_EXIT_INTERNAL, "out of memory");
+        l->v = v, l->v[l->n++] = (char *)s; /* argv's: the tool may cut it, as --set KEY=VALUE does */
+        return 0;
+    }
     }
     return snprintf(why, whylen, "unknown option type %d", (int)o->type), -1;
 }
@@ -95,6 +124,11 @@ void cav_opts_defaults(const cav_opt *opts, void *base) {
             abort();
         }
     }
+}
+
+void cav_opt_list_free(cav_opt_list *l) {
+    free(l->v);
+    l->v = NULL, l->n = 0;
 }
 
 const cav_opt *cav_opts_find(const cav_opt *opts, const char *name) {
@@ -129,6 +163,21 @@ void cav_opt_format(const cav_opt *o, const void *base, char *buf, size_t len) {
     case CAV_OPTT_STRING: {
         const char *s = *(const char *const *)field;
         snprintf(buf, len, "%s", s ? s : "");
+        break;
+    }
+    case CAV_OPTT_CHOICE: {
+        const char *name = "";
+        for (const cav_opt_choice *c = o->choices; c && c->name; c++)
+            if (c->value == *(const int *)field) name = c->name;
+        snprintf(buf, len, "%s", name);
+        break;
+    }
+    case CAV_OPTT_LIST: {
+        const cav_opt_list *l = field;
+        size_t k = 0;
+        if (len) buf[0] = 0;
+        for (int i = 0; i < l->n && k < len; i++)
+            k += (size_t)snprintf(buf + k, len - k, "%s%s", i ? "," : "", l->v[i]);
         break;
     }
     default:
@@ -166,7 +215,8 @@ int cav_opts_json(const cav_optgroup *groups, int ngroups, char **buf, size_t *l
                 snprintf(v, sizeof v, "%.9g", (double)*(const float *)field);
             else
                 cav_opt_format(o, groups[g].base, v, sizeof v);
-            int number = !o->format && o->type != CAV_OPTT_STRING && o->type != CAV_OPTT_CUSTOM;
+            int number = !o->format && o->type != CAV_OPTT_STRING && o->type != CAV_OPTT_CUSTOM &&
+                         o->type != CAV_OPTT_CHOICE && o->type != CAV_OPTT_LIST;
             bad |= cav_json_append_raw(buf, len, cap, first ? "" : ", ");
             bad |= cav_json_append_string(buf, len, cap, o->key) | cav_json_append_raw(buf, len, cap, ": ");
             bad |= number ? cav_json_append_raw(buf, len, cap, v) : cav_json_append_string(buf, len, cap, v);
@@ -179,6 +229,7 @@ int cav_opts_json(const cav_optgroup *groups, int ngroups, char **buf, size_t *l
 void cav_opts_help(FILE *f, const cav_optgroup *groups, int ngroups) {
     for (int g = 0; g < ngroups; g++)
         for (const cav_opt *o = groups[g].opts; o->name; o++) {
+            if (o->section) fprintf(f, "%s\n", o->section);
             char head[128];
             int n = snprintf(head, sizeof head, "  %c%c%s--%s%s%s", o->short_name ? '-' : ' ',
                              o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ", o->name,

@@ -6,7 +6,9 @@
  * library's defaults and its provenance cannot drift apart.
  *
  * A tool may combine several tables (groups), each over its own settings struct: a library's table (the
- * filterbank's Kaldi options over cav_fbank_opts) and the tool's own (output, level...). */
+ * filterbank's Kaldi options over cav_fbank_opts) and the tool's own (output, level...). Besides numbers and
+ * strings an entry may be a choice among names, a repeatable option (a list), or a tool's own parser; an
+ * entry may open a section of --help with a heading. */
 #ifndef CAV_OPTS_H
 #define CAV_OPTS_H
 
@@ -22,7 +24,22 @@ typedef enum {
     CAV_OPTT_FLOAT,    /* float in [min, max] (parsed as double, then rounded) */
     CAV_OPTT_STRING,   /* const char *: the argument itself (argv outlives the settings) or the default */
     CAV_OPTT_CUSTOM,   /* the entry's parse callback stores it; with .arg NULL it takes no argument */
+    CAV_OPTT_CHOICE,   /* int: the value of the entry of .choices whose name is the argument */
+    CAV_OPTT_LIST, /* cav_opt_list: the argument appended (a repeatable option); free with cav_opt_list_free
+                    */
 } cav_opt_type;
+
+/* One name a CHOICE (or a STRING with .choices) accepts, and for CHOICE the int it stores. */
+typedef struct {
+    const char *name; /* NULL ends the list */
+    int value;
+} cav_opt_choice;
+
+/* The arguments of a repeatable option, in command-line order (argv's own strings). */
+typedef struct {
+    char **v;
+    int n;
+} cav_opt_list;
 
 enum {
     CAV_OPTF_NODEFAULT = 1, /* --help does not print "(default X)" (the help text says it in words) */
@@ -45,6 +62,10 @@ typedef struct cav_opt {
     /* The echo of the field (any type; NULL: the type's own format: %d, %lld, %llu, %g, the string). */
     void (*format)(const void *field, char *buf, size_t len);
     int flags; /* CAV_OPTF_* */
+    /* CHOICE: the names and their values; STRING: when set, the argument must be one of the names. A refused
+     * argument is "'x' is not a, b or c". */
+    const cav_opt_choice *choices;
+    const char *section; /* --help: this line (or lines) printed before the entry, e.g. "Output:" */
 } cav_opt;
 
 typedef struct {
@@ -78,6 +99,8 @@ size_t cav_opts_echo(const cav_optgroup *groups, int ngroups, char *buf, size_t 
 /* The same as a JSON object {"key": value, ...} (numbers bare, the rest as strings) appended to a malloc'd
  * buffer as cav_json_append_raw does; 0 ok, -1 out of memory. */
 int cav_opts_json(const cav_optgroup *groups, int ngroups, char **buf, size_t *len, size_t *cap);
+
+void cav_opt_list_free(cav_opt_list *l);
 
 /* The entry named name (long name) in a table, or NULL. */
 const cav_opt *cav_opts_find(const cav_opt *opts, const char *name);

@@ -5,6 +5,7 @@
 #ifndef CAV_IO_H
 #define CAV_IO_H
 
+#include "opts.h"
 #include "record.h"
 
 typedef enum { CAV_FMT_STREAM = 0, CAV_FMT_SHARD = 1 } cav_format;
@@ -44,5 +45,23 @@ struct cav_shard *cav_reader_shard(cav_reader *rd);
 /* Adds the standard provenance attributes ("tool", "version", "args") for the running tool, and appends a
  * line "tool version args" to "history" (so the stages that made a file accumulate). 0 ok, -1 no memory. */
 int cav_attrs_provenance(cav_attrs *a, int argc, char **argv);
+
+/* The fields of the option-table entries (opts.h) the tools that write records share, to put in braces
+ * (more fields may follow): -o/--output over a const char * field at off ('-' = stdout, the default, which
+ * text says), and -l/--level N over an int field (the zstd level; the field's zero is the container's
+ * default, 3). */
+#define CAV_OUTPUT_OPTION(off, argname, text)                                                                \
+    .name = "output", .short_name = 'o', .type = CAV_OPTT_STRING, .offset = (off), .def = "-",               \
+    .arg = (argname), .help = (text), .flags = CAV_OPTF_NODEFAULT
+#define CAV_LEVEL_HELP "zstd level of the output (default 3; 1..19, negative = faster)"
+#define CAV_LEVEL_OPTION(off, text)                                                                          \
+    .name = "level", .short_name = 'l', .type = CAV_OPTT_INT, .offset = (off), .min = -7, .max = 19,         \
+    .arg = "N", .help = (text)
+/* The end of --help (after the option lines) of the tools that read and write records. */
+#define CAV_RECORD_USAGE_TAIL                                                                                \
+    "      --help               print this help and exit\n"                                                  \
+    "      --version            print the version and exit\n"                                                \
+    "\n"                                                                                                     \
+    "Exit status: 0 ok, 1 usage, 2 bad input (message names file, record and field), 3 internal error.\n"
 
 #endif

@@ -1,5 +1,6 @@
 """cavstream.py: an independent Python reader/writer of the record stream, written from cav-stream(5)
-(not from the C code), for the tool tests. Records are (id, attrs dict, [(name, numpy array)])."""
+(not from the C code), for the tool tests. Records are (id, attrs dict, [(name, numpy array)]). Also one
+field of one row of a shard opened with h5py, from cav-shard(5)."""
 import struct
 
 import numpy as np
@@ -96,3 +97,16 @@ def decode(data):
             ts.append((name, a))
         recs.append((rid, attrs, ts))
     return dattrs, recs
+
+
+def h5_row(f, name, i):
+    """Row i of a shard field (f: an open h5py.File): a plain dataset, or the variable-shape layout of
+    cav-shard(5) (a group of offset, ndim, shape and data); None for a row without the field."""
+    obj = f[name]
+    if not hasattr(obj, "keys"):  # a dataset
+        return obj[i]
+    o, nd, s = obj["offset"][i], obj["ndim"][i], obj["shape"][i]
+    if nd < 0:
+        return None
+    shape = tuple(int(x) for x in s[:nd])
+    return obj["data"][o:o + int(np.prod(shape, dtype=np.int64))].reshape(shape)

@@ -16,26 +16,15 @@ import tempfile
 
 import torch
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(SRC, 'tests', 'ref'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import ASAN_BIN, BIN, report  # noqa: E402
+toolenv.use_ref()
 import cavmae_ref as R  # noqa: E402
 import gen_pth  # noqa: E402
 import st_io  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
-ASAN_BIN = os.environ.get('CAV_ASAN_BIN', '')
-REF = os.path.join(os.environ.get('CAV_REF', os.path.join(SRC, 'build', 'ref')), 'gen_pth')
-failed = 0
-
-
-def report(name, ok, why=''):
-    global failed
-    if ok:
-        print('PASS %s' % name)
-    else:
-        failed += 1
-        print('FAIL %s: %s' % (name, why))
-    sys.stdout.flush()
+REF = os.path.join(toolenv.REF, 'gen_pth')
 
 
 def ckpt(*args, asan=False):
@@ -188,7 +177,7 @@ def main():
         test_safetensors_roundtrip(tmp)
         test_mae_fixture(tmp)
         test_hostile()
-    return 1 if failed else 0
+    return toolenv.status()
 
 
 if __name__ == '__main__':

@@ -17,25 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(SRC, 'tests', 'ref'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import ASAN_BIN, BIN, report  # noqa: E402
+toolenv.use_ref()
 import cavmae_ref as R  # noqa: E402
 import cavstream  # noqa: E402
 import st_io  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
-ASAN_BIN = os.environ.get('CAV_ASAN_BIN', '')
 TMP = tempfile.mkdtemp(prefix='cav-embed-test-')
 T, S = 64, 32  # audio_length, img_size of the micro models
 KNOBS = {'embed_dim': 32, 'num_heads': 2, 'depth': 3, 'modality_specific_depth': 2, 'audio_length': T, 'img_size': S}
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 def rel(a, b):
@@ -204,4 +196,4 @@ if ASAN_BIN and os.path.exists(os.path.join(ASAN_BIN, 'cav-embed')):
 else:
     print('SKIP asan: no ASan build of cav-embed (CAV_ASAN_BIN)')
 
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -19,20 +19,13 @@ import tempfile
 
 import numpy as np
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(SRC, 'tests', 'ref'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, report  # noqa: E402
+toolenv.use_ref()
 import cavstream  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
 TMP = tempfile.mkdtemp(prefix='cav-embed-recon-')
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 try:
@@ -155,4 +148,4 @@ for norm_pix in (False, True):
         r = subprocess.run([os.path.join(BIN, 'cav-embed'), '--model', ck2, '--reconstruct', out + '-d', clips],
                            capture_output=True)
         report('no_decoder_exit_2', r.returncode == 2 and b'decoder' in r.stderr, '%d %s' % (r.returncode, r.stderr))
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

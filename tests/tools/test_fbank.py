@@ -11,16 +11,16 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import ASAN_BIN, BIN, test  # noqa: E402
 import cavstream  # noqa: E402
 
 os.environ.setdefault("HDF5_PLUGIN_PATH", os.path.join(os.environ.get("CAV_BUILD", "build"), "plugin"))
 import h5py  # noqa: E402  (after HDF5_PLUGIN_PATH is set)
 
-BIN = os.environ.get("CAV_BIN", "build/bin")
-ASAN = os.environ.get("CAV_ASAN_BIN", "")
-REF = os.path.join(os.environ.get("CAV_REF", "build/ref"), "gen_fbank")
+ASAN = ASAN_BIN
+REF = os.path.join(toolenv.REF, "gen_fbank")
 tmp = tempfile.mkdtemp(prefix="test_fbank.")
-failed = 0
 
 
 def run(args, data=None, code=0, binary=None):
@@ -32,17 +32,6 @@ def run(args, data=None, code=0, binary=None):
     return p.stdout, p.stderr.decode(errors="replace")
 
 
-def test(fn):
-    global failed
-    try:
-        fn()
-        print(f"PASS {fn.__name__}")
-    except Exception as e:  # noqa: BLE001 (report any failure as FAIL)
-        failed += 1
-        print(f"FAIL {fn.__name__}: {e}")
-    sys.stdout.flush()
-
-
 def index():
     cases = {}
     for line in open(os.path.join(REF, "index.txt")):
@@ -52,16 +41,7 @@ def index():
     return cases
 
 
-def h5_row(f, name, i):
-    """Row i of a shard field: a plain dataset, or the variable-shape layout of cav-shard(5)."""
-    obj = f[name]
-    if isinstance(obj, h5py.Dataset):
-        return obj[i]
-    o, nd, s = obj["offset"][i], obj["ndim"][i], obj["shape"][i]
-    if nd < 0:
-        return None
-    shape = tuple(int(x) for x in s[:nd])
-    return obj["data"][o:o + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+h5_row = cavstream.h5_row
 
 
 def records(data):
@@ -190,4 +170,4 @@ test(sanitizer_build_agrees)
 for f in os.listdir(tmp):
     os.unlink(os.path.join(tmp, f))
 os.rmdir(tmp)
-sys.exit(1 if failed else 0)
+sys.exit(toolenv.status())

@@ -9,22 +9,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, test  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ.get("CAV_BIN", "build/bin")
-REF = os.path.join(os.environ.get("CAV_REF", "build/ref"), "gen_fbank")
+REF = os.path.join(toolenv.REF, "gen_fbank")
 MAN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "man", "man1", "fbank.1")
-failed = 0
-
-
-def test(fn):
-    global failed
-    try:
-        fn()
-        print("PASS", fn.__name__)
-    except AssertionError as e:
-        failed += 1
-        print("FAIL", fn.__name__, str(e)[:1500])
 
 
 def fbank(args):
@@ -93,4 +83,4 @@ def settings_echo():
 
 test(help_and_man_page_agree)
 test(settings_echo)
-sys.exit(1 if failed else 0)
+sys.exit(toolenv.status())

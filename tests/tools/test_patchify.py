@@ -12,12 +12,12 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import ASAN_BIN, BIN, test  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ.get("CAV_BIN", "build/bin")
-ASAN = os.environ.get("CAV_ASAN_BIN", "")
-REF = os.path.join(os.environ.get("CAV_REF", "build/ref"), "gen_patchify")
-failed = 0
+ASAN = ASAN_BIN
+REF = os.path.join(toolenv.REF, "gen_patchify")
 
 
 def run(args, data, code=0, binary=None):
@@ -27,17 +27,6 @@ def run(args, data, code=0, binary=None):
         raise AssertionError(f"patchify {' '.join(args)}: exit {p.returncode}, wanted {code}: "
                              f"{p.stderr.decode(errors='replace')[-400:]}")
     return p.stdout, p.stderr.decode(errors="replace")
-
-
-def test(fn):
-    global failed
-    try:
-        fn()
-        print(f"PASS {fn.__name__}")
-    except Exception as e:  # noqa: BLE001
-        failed += 1
-        print(f"FAIL {fn.__name__}: {e}")
-    sys.stdout.flush()
 
 
 def ref(name, shape, dtype="<f4"):
@@ -145,4 +134,4 @@ test(frame_selection_and_raw_pixels)
 test(jpeg_frames_match_pil)
 test(inverse_round_trips)
 test(refusals_name_the_record)
-sys.exit(1 if failed else 0)
+sys.exit(toolenv.status())

@@ -19,21 +19,15 @@ import time
 
 import numpy as np
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, SRC, report  # noqa: E402
 os.environ['PATH'] = BIN + ':' + os.environ['PATH']
 os.environ.setdefault('HDF5_PLUGIN_PATH', os.path.join(SRC, 'build', 'plugin'))
 import h5py  # noqa: E402  (after HDF5_PLUGIN_PATH is set)
 
 PREP = [sys.executable, os.path.join(SRC, 'pipelines', 'prepare.py')]
 TMP = tempfile.mkdtemp(prefix='cav-prepare-test-')
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 def ffmpeg(out, hue, audio='sine', seconds=3):
@@ -207,4 +201,4 @@ try:
     main()
 finally:
     shutil.rmtree(TMP, ignore_errors=True)
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -19,20 +19,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, MICRO, report  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ["CAV_BIN"]
 TMP = tempfile.mkdtemp(prefix="cav-pretrain-test-")
-fails = 0
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--set", "decoder_embed_dim=16",
-         "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
 
 
 def make_shard(path, rows, with_fbank=True, seed=0, scale=3.0, img=32, with_wave=False):
@@ -319,4 +310,4 @@ report("openblas_user_choice_kept", cores == ["Core: Prescott"] and "OPENBLAS_CO
        repr(cores))
 
 shutil.rmtree(TMP)
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -17,21 +17,13 @@ import numpy as np
 from numpy import dot
 from numpy.linalg import norm
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(SRC, 'tests', 'ref'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import ASAN_BIN, BIN, report  # noqa: E402
+toolenv.use_ref()
 import cavstream  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
-ASAN_BIN = os.environ.get('CAV_ASAN_BIN', '')
 TMP = tempfile.mkdtemp(prefix='cav-recall-test-')
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 # ---- the reference, transcribed ----
@@ -204,4 +196,4 @@ if ASAN_BIN and os.path.exists(os.path.join(ASAN_BIN, 'cav-recall')):
 else:
     print('SKIP asan: no ASan build of cav-recall (CAV_ASAN_BIN)')
 
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

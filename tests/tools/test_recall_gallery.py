@@ -16,20 +16,12 @@ import tempfile
 
 import numpy as np
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, LOGS, report  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
-LOGS = os.environ.get('CAV_TEST_LOGS', os.path.join(SRC, 'build', 'test-logs'))
 TMP = tempfile.mkdtemp(prefix='cav-recall-gallery-')
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 try:
@@ -116,7 +108,7 @@ report('html_marks_own_items', page.count('class="match own"') == own_want and o
 
 if not chromium:
     print('SKIP gallery_in_chromium: no chromium (Debian package chromium)')
-    sys.exit(1 if fails else 0)
+    sys.exit(toolenv.status())
 check = os.path.join(html, 'check.html')
 probe = '''<script>window.addEventListener('load', () => {
   const imgs = [...document.images];
@@ -146,4 +138,4 @@ r = subprocess.run(base + ['--window-size=1400,1800', '--screenshot=' + shot, 'f
                    capture_output=True, timeout=120)
 report('chromium_screenshot', os.path.exists(shot) and os.path.getsize(shot) > 10000, r.stderr.decode()[-300:])
 print('  screenshot: %s' % shot)
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -17,20 +17,13 @@ import tempfile
 
 import numpy as np
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, report  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
 OLD = os.environ.get('CAV_RECALL_OLD', '')
 TMP = tempfile.mkdtemp(prefix='cav-recall-scale-')
-fails = 0
-
-
-def report(name, ok, why=''):
-    global fails
-    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
-    fails += not ok
 
 
 def norms(x):
@@ -273,4 +266,4 @@ else:
 
 r = run('--block', '0', pq)
 report('bad_block_exit_1', r.returncode == 1, str(r.returncode))
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

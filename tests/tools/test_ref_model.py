@@ -34,27 +34,18 @@ import sys
 
 import torch
 
-SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(SRC, 'tests', 'ref'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import report  # noqa: E402
+toolenv.use_ref()
 import cavmae_ref as R  # noqa: E402
 import gen_debug_states as G  # noqa: E402
 import st_io  # noqa: E402
 
-REF = os.path.join(os.environ.get('CAV_REF', os.path.join(SRC, 'build', 'ref')), 'gen_debug_states')
-failed = 0
+REF = os.path.join(toolenv.REF, 'gen_debug_states')
 # States rerun from their own contents (one of each family; a rerun costs seconds on a loaded 2-core
 # machine); the others are checked for structure.
 RERUN = {'tiny_small_input', 'variant_audio_mae', 'variant_cav', 'mask_tf', 'joint2', 'ft_missingaudioonly_ce'}
-
-
-def report(name, ok, why=''):
-    global failed
-    if ok:
-        print('PASS %s' % name)
-    else:
-        failed += 1
-        print('FAIL %s: %s' % (name, why))
-    sys.stdout.flush()
 
 
 def test_counts():
@@ -283,7 +274,7 @@ def main():
     test_structured_masks()
     test_debug_states()
     test_tolerance_sees_small_errors()
-    return 1 if failed else 0
+    return toolenv.status()
 
 
 if __name__ == '__main__':

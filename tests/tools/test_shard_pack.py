@@ -16,16 +16,15 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, SRC, test  # noqa: E402
 import cavstream  # noqa: E402
 
-SRC = os.environ.get("CAV_SRC", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
-BIN = os.environ.get("CAV_BIN", os.path.join(SRC, "build/bin"))
 os.environ.setdefault("HDF5_PLUGIN_PATH", os.path.join(SRC, "build/plugin"))
 import h5py  # noqa: E402  (after HDF5_PLUGIN_PATH is set)
 
 PACK = os.path.join(BIN, "shard-pack")
 TMP = tempfile.mkdtemp(prefix="test_shard_pack.")
-failed = 0
 
 
 def run(args, data=None, ok=True, env=None):
@@ -33,17 +32,6 @@ def run(args, data=None, ok=True, env=None):
     if ok and p.returncode != 0:
         raise AssertionError("shard-pack %s: exit %d: %s" % (" ".join(args), p.returncode, p.stderr.decode()))
     return p
-
-
-def test(fn):
-    global failed
-    try:
-        fn()
-        print("PASS", fn.__name__)
-    except Exception as e:  # noqa: BLE001 - every failure is reported
-        failed += 1
-        print("FAIL %s: %s" % (fn.__name__, str(e).replace("\n", " ")[:400]))
-    sys.stdout.flush()
 
 
 def P(name):
@@ -94,15 +82,7 @@ def same_records(got, want):
                 raise AssertionError("record %s field %s: %s%s vs %s%s" % (gi, n, b.dtype, b.shape, a.dtype, a.shape))
 
 
-def h5_row(f, name, i):
-    obj = f[name]
-    if isinstance(obj, h5py.Dataset):
-        return obj[i]
-    o, nd, s = obj["offset"][i], obj["ndim"][i], obj["shape"][i]
-    if nd < 0:
-        return None
-    shape = tuple(int(x) for x in s[:nd])
-    return obj["data"][o:o + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+h5_row = cavstream.h5_row
 
 
 def h5_records(paths):
@@ -335,4 +315,4 @@ for t in (stream_to_shards_read_by_h5py, h5dump_shows_filter, shards_back_to_str
           size_limit_splits, verify_reports, reference_manifest_import, usage_errors):
     test(t)
 subprocess.run(["rm", "-rf", TMP])
-sys.exit(1 if failed else 0)
+sys.exit(toolenv.status())

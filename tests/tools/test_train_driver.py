@@ -15,20 +15,11 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+from toolenv import BIN, MICRO, report  # noqa: E402
 import cavstream  # noqa: E402
 
-BIN = os.environ["CAV_BIN"]
 TMP = tempfile.mkdtemp(prefix="cav-driver-test-")
-fails = 0
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--set", "decoder_embed_dim=16",
-         "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
 
 
 def shard(path, rows, seed, labels=0):
@@ -150,4 +141,4 @@ bad = unprefixed(r.stdout, "cav-pretrain") + unprefixed(r.stderr, "cav-pretrain"
 report("debug_state_lines_prefixed", r.returncode == 0 and not bad, repr(bad[:3]))
 
 shutil.rmtree(TMP)
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -1,5 +1,5 @@
 /* test_opts.c: option tables (opts.h): defaults, values and their range checks, the --help lines and the
- * echo (text and JSON) all come from one table. */
+ * echo (text and JSON) all come from one table; choices, repeatable options and --help sections. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -156,8 +156,91 @@ static void help_lines(void) {
     free(text);
 }
 
+typedef struct {
+    int dir;
+    const char *arch;
+    cav_opt_list files;
+} more;
+
+static const cav_opt_choice dirs[] = {{"audio", 2}, {"video", 1}, {"both", 3}, {0}};
+static const cav_opt_choice archs[] = {{"base", 0}, {"tiny", 0}, {0}};
+static const cav_opt more_table[] = {
+    {.name = "direction",
+     .type = CAV_OPTT_CHOICE,
+     .offset = offsetof(more, dir),
+     .def = "both",
+     .arg = "D",
+     .help = "audio, video or both",
+     .key = "direction",
+     .choices = dirs,
+     .section = "Search:"},
+    {.name = "arch",
+     .type = CAV_OPTT_STRING,
+     .offset = offsetof(more, arch),
+     .arg = "NAME",
+     .help = "base or tiny",
+     .key = "arch",
+     .choices = archs},
+    {.name = "file",
+     .short_name = 'f',
+     .type = CAV_OPTT_LIST,
+     .offset = offsetof(more, files),
+     .arg = "FILE",
+     .help = "repeatable",
+     .key = "files",
+     .section = "Input:\n  FILE...                  also operands"},
+    {0},
+};
+
+static void choices_lists_sections(void) {
+    more m = {0};
+    cav_opts_defaults(more_table, &m);
+    CHECK(m.dir == 3 && m.arch == NULL && m.files.n == 0);
+    char why[256];
+    const cav_opt *o = cav_opts_find(more_table, "direction");
+    CHECK(cav_opt_set(o, &m, "audio", why, sizeof why) == 0 && m.dir == 2);
+    CHECK(cav_opt_set(o, &m, "left", why, sizeof why) == -1 && m.dir == 2);
+    CHECK(strcmp(why, "'left' is not audio, video or both") == 0);
+    o = cav_opts_find(more_table, "arch");
+    CHECK(cav_opt_set(o, &m, "tiny", why, sizeof why) == 0 && strcmp(m.arch, "tiny") == 0);
+    CHECK(cav_opt_set(o, &m, "huge", why, sizeof why) == -1 && strcmp(m.arch, "tiny") == 0);
+    CHECK(strcmp(why, "'huge' is not base or tiny") == 0);
+    char a[] = "a.h5", b[] = "b.h5", c[] = "-";
+    o = cav_opts_find(more_table, "file");
+    CHECK(cav_opt_set(o, &m, a, why, sizeof why) == 0 && cav_opt_set(o, &m, b, why, sizeof why) == 0 &&
+          cav_opt_set(o, &m, c, why, sizeof why) == 0);
+    REQUIRE(m.files.n == 3);
+    CHECK(m.files.v[0] == a && m.files.v[1] == b && m.files.v[2] == c); /* argv's own, in order */
+    cav_optgroup g = {more_table, &m};
+    char buf[256];
+    cav_opts_echo(&g, 1, buf, sizeof buf);
+    CHECK(strcmp(buf, "direction=audio arch=tiny files=a.h5,b.h5,-") == 0);
+    char *js = NULL;
+    size_t len = 0, cap = 0;
+    REQUIRE(cav_opts_json(&g, 1, &js, &len, &cap) == 0);
+    CHECK(strcmp(js, "{\"direction\": \"audio\", \"arch\": \"tiny\", \"files\": \"a.h5,b.h5,-\"}") == 0);
+    free(js);
+    char *text = NULL;
+    FILE *f = open_memstream(&text, &len);
+    REQUIRE(f != NULL);
+    cav_opts_help(f, &g, 1);
+    fclose(f);
+    const char *want = "Search:\n"
+                       "      --direction=D        audio, video or both (default both)\n"
+                       "      --arch=NAME          base or tiny\n"
+                       "Input:\n"
+                       "  FILE...                  also operands\n"
+                       "  -f, --file=FILE          repeatable\n";
+    CHECK(strcmp(text, want) == 0);
+    if (strcmp(text, want)) fprintf(stderr, "  help:\n%s", text);
+    free(text);
+    cav_opt_list_free(&m.files);
+    CHECK(m.files.n == 0 && m.files.v == NULL);
+}
+
 int main(void) {
     TEST(defaults_and_values);
+    TEST(choices_lists_sections);
     TEST(echo_text_and_json);
     TEST(help_lines);
     return harness_exit();

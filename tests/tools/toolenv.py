@@ -1,0 +1,63 @@
+"""toolenv.py: what a tool test starts with: where the source, the tools and the golden data are
+($CAV_SRC, $CAV_BIN, $CAV_ASAN_BIN, $CAV_REF and $CAV_TEST_LOGS as the Makefile sets them, else the build
+tree beside this file), a scratch directory per test, and the PASS/FAIL lines tests/run.sh counts, with
+the failure count for the exit status (sys.exit(toolenv.status()))."""
+import os
+import sys
+import tempfile
+
+SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
+ASAN_BIN = os.environ.get('CAV_ASAN_BIN', os.path.join(SRC, 'build', 'asan', 'bin'))
+REF = os.environ.get('CAV_REF', os.path.join(SRC, 'build', 'ref'))
+LOGS = os.environ.get('CAV_TEST_LOGS', os.path.join(SRC, 'build', 'test-logs'))
+REF_PY = os.path.join(SRC, 'tests', 'ref')  # the independent references (cavmae_ref, st_io, ...)
+
+# The smallest model the trainers build (a few thousand parameters): for tests of the run, not the numbers.
+MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
+         "--set", "depth=2", "--set", "modality_specific_depth=1", "--set", "decoder_embed_dim=16",
+         "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+
+_fails = 0
+
+
+def tool(name):
+    """The path of a built tool."""
+    return os.path.join(BIN, name)
+
+
+def scratch(prefix):
+    """A fresh temporary directory for one test program."""
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def report(name, ok, why=''):
+    """One PASS or FAIL line; a failure counts towards status()."""
+    global _fails
+    print(('PASS %s' % name) if ok else ('FAIL %s: %s' % (name, why)), flush=True)
+    _fails += not ok
+
+
+def failures():
+    return _fails
+
+
+def status():
+    """The exit status: 1 when anything failed."""
+    return 1 if _fails else 0
+
+
+def use_ref():
+    """Puts tests/ref (the independent Python references) on the import path."""
+    if REF_PY not in sys.path:
+        sys.path.insert(0, REF_PY)
+
+
+def test(fn):
+    """Runs the check fn: PASS, or FAIL with what it raised."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 (any failure is reported as FAIL)
+        report(fn.__name__, False, str(e).replace('\n', ' ')[:1500])
+    else:
+        report(fn.__name__, True)
