@@ -38,13 +38,6 @@ int64_t cav_shape_count(int ndim, const int64_t *shape, size_t elem_size, uint64
     return (int64_t)n;
 }
 
-static char *dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
 void cav_attrs_init(cav_attrs *a) {
     memset(a, 0, sizeof *a);
 }
@@ -65,7 +58,7 @@ const char *cav_attrs_get(const cav_attrs *a, const char *key) {
 }
 
 int cav_attrs_set(cav_attrs *a, const char *key, const char *value) {
-    char *v = dupstr(value);
+    char *v = strdup(value);
     if (!v) return -1;
     for (int i = 0; i < a->n; i++)
         if (strcmp(a->v[i].key, key) == 0) {
@@ -80,7 +73,7 @@ int cav_attrs_set(cav_attrs *a, const char *key, const char *value) {
         a->v = nv;
         a->cap = cap;
     }
-    char *k = dupstr(key);
+    char *k = strdup(key);
     if (!k) return free(v), -1;
     a->v[a->n].key = k;
     a->v[a->n].value = v;
@@ -110,7 +103,7 @@ void cav_record_clear(cav_record *r) {
 }
 
 int cav_record_set_id(cav_record *r, const char *id) {
-    char *d = dupstr(id);
+    char *d = strdup(id);
     if (!d) return -1;
     free(r->id);
     r->id = d;
@@ -147,7 +140,7 @@ cav_tensor *cav_record_add(cav_record *r, const char *name, cav_dtype t, int ndi
             r->cap = cap;
         }
         x = &r->tensors[r->ntensors];
-        x->name = dupstr(name);
+        x->name = strdup(name);
         if (!x->name) return free(data), NULL;
         r->ntensors++;
     }

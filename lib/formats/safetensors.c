@@ -26,13 +26,6 @@ static const struct {
 };
 #define N_ST_TYPES (int)(sizeof st_types / sizeof st_types[0])
 
-static char *dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
 void cav_st_close(cav_safetensors *st) {
     if (!st) return;
     for (int i = 0; i < st->n; i++) free(st->t[i].name);
@@ -114,7 +107,7 @@ static int parse_entry(cav_safetensors *st, const char *name, const cav_json *e,
         return cav_fail(err, 2,
                         "%s: tensor %s: shape and dtype %s need a different byte count than [%llu, %llu)",
                         path, name, st_types[ti].name, (unsigned long long)b, (unsigned long long)en);
-    t->name = dupstr(name);
+    t->name = strdup(name);
     if (!t->name) return cav_fail(err, 3, "%s: out of memory", path);
     t->st_dtype = st_types[ti].name;
     t->dtype = st_types[ti].dtype;
@@ -128,7 +121,7 @@ static int parse_entry(cav_safetensors *st, const char *name, const cav_json *e,
 
 int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
     memset(st, 0, sizeof *st);
-    st->path = dupstr(path);
+    st->path = strdup(path);
     if (!st->path) return cav_fail(err, 3, "%s: out of memory", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -212,8 +205,8 @@ int cav_st_open(cav_safetensors *st, const char *path, cav_err *err) {
                              e->keys[k]);
                     goto done;
                 }
-                st->meta_keys[k] = dupstr(e->keys[k]);
-                st->meta_vals[k] = dupstr(e->items[k]->string);
+                st->meta_keys[k] = strdup(e->keys[k]);
+                st->meta_vals[k] = strdup(e->items[k]->string);
                 st->nmeta = k + 1;
                 if (!st->meta_keys[k] || !st->meta_vals[k]) {
                     cav_fail(err, 3, "%s: out of memory", path);
@@ -286,11 +279,15 @@ static float half_to_f32(uint16_t h) {
     return f;
 }
 
+/* A tensor's element count against the caller's; 0 or -1 with err (exit code 2). */
+static int check_count(const cav_safetensors *st, const cav_st_tensor *t, size_t count, cav_err *err) {
+    if (count == t->numel) return 0;
+    return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel, count);
+}
+
 int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *dst, size_t count,
                     cav_err *err) {
-    if (count != t->numel)
-        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel,
-                        count);
+    if (check_count(st, t, count, err)) return -1;
     const unsigned char *s = t->data;
     const char *d = t->st_dtype;
     if (!strcmp(d, "F32")) {
@@ -322,9 +319,7 @@ int cav_st_copy_f32(const cav_safetensors *st, const cav_st_tensor *t, float *ds
 
 int cav_st_copy_i64(const cav_safetensors *st, const cav_st_tensor *t, int64_t *dst, size_t count,
                     cav_err *err) {
-    if (count != t->numel)
-        return cav_fail(err, 2, "%s: tensor %s: %zu values, expected %zu", st->path, t->name, t->numel,
-                        count);
+    if (check_count(st, t, count, err)) return -1;
     const unsigned char *s = t->data;
     const char *d = t->st_dtype;
     for (size_t i = 0; i < count; i++) {
