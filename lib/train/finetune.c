@@ -34,16 +34,7 @@ static int knob_loss(const char *s, void *f, char *why, size_t n) {
     return cav_knob_add(f, "loss", s, why, n);
 }
 /* map, acc, or auto: acc with --loss ce, else map (decided when the run starts) */
-static int parse_metric(const char *s, void *field, char *why, size_t whylen) {
-    static const char *const names[] = {"auto", "map", "acc"};
-    for (int i = 0; i < 3; i++)
-        if (strcmp(s, names[i]) == 0) return *(int *)field = i - 1, 0;
-    return snprintf(why, whylen, "map, acc or auto, not '%s'", s), -1;
-}
-static void format_metric(const void *field, char *buf, size_t len) {
-    int v = *(const int *)field;
-    snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "acc" : "map");
-}
+static const cav_opt_choice metrics[] = {{"auto", -1}, {"map", 0}, {"acc", 1}, {NULL, 0}};
 /* --frame-agg and --no-frame-agg set one field: 1, 0, or -1 (the default "auto") when neither is given */
 static int parse_agg_on(const char *s, void *field, char *why, size_t whylen) {
     (void)why, (void)whylen;
@@ -99,12 +90,11 @@ static const cav_opt finetune_table[] = {
      .parse = parse_off,
      .help = "draw training rows uniformly (undoes --bal and a recipe's balanced sampling)"},
     {.name = "metric",
-     .type = CAV_OPTT_CUSTOM,
+     .type = CAV_OPTT_CHOICE,
      .offset = FT(metric),
      .arg = "map|acc|auto",
      .def = "auto",
-     .parse = parse_metric,
-     .format = format_metric,
+     .choices = metrics,
      .help = "which metric picks best_audio_model (auto: acc with --loss ce, else map)",
      .key = "metric"},
     {.name = "recipe",

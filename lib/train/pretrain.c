@@ -17,13 +17,7 @@
 #include "rng.h"
 #include "weights.h"
 
-static int parse_reduce(const char *s, void *field, char *why, size_t whylen) {
-    if (strcmp(s, "sum") && strcmp(s, "mean")) return snprintf(why, whylen, "sum or mean, not '%s'", s), -1;
-    return *(int *)field = strcmp(s, "mean") == 0, 0;
-}
-static void format_reduce(const void *field, char *buf, size_t len) {
-    snprintf(buf, len, "%s", *(const int *)field ? "mean" : "sum");
-}
+static const cav_opt_choice reduces[] = {{"sum", 0}, {"mean", 1}, {NULL, 0}};
 
 CAV_KNOB_NUMBER(knob_cw, "contrast_loss_weight", 0, 1e6)
 CAV_KNOB_NUMBER(knob_mw, "mae_loss_weight", 0, 1e6)
@@ -57,12 +51,11 @@ static const cav_opt pretrain_table[] = {
              "MPI processes (fewer: each group spans several)",
      .key = "contrast_groups"},
     {.name = "group-reduce",
-     .type = CAV_OPTT_CUSTOM,
+     .type = CAV_OPTT_CHOICE,
      .offset = PRE(group_mean),
      .def = "sum",
      .arg = "sum|mean",
-     .parse = parse_reduce,
-     .format = format_reduce,
+     .choices = reduces,
      .help = "how group losses combine",
      .key = "group_reduce"},
     {.name = "check-debug-state",
