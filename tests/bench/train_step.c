@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -97,6 +98,9 @@ static double ft_step_flops(const cav_model *m) {
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "sgemm")) return bench_sgemm();
     int ft = argc >= 2 && !strcmp(argv[1], "ft");
+    /* the fine-tuning step is timed with the kernels cav-finetune would run (it re-executes itself the same
+     * way); the BLAS core is printed so that the PyTorch side can be given the same */
+    if (ft) cav_blas_fit_cpu("train_step", argv);
     if (!(argc == 5 && !strcmp(argv[1], "step")) && !(ft && argc >= 5 && argc <= 7)) {
         fprintf(stderr, "usage: train_step step tiny|base B STEPS | train_step ft tiny|base B STEPS "
                         "[multimodal|audioonly|videoonly [K]] | train_step sgemm\n");
@@ -178,6 +182,7 @@ int main(int argc, char **argv) {
            t_all / steps);
     printf("gflop_per_sample %.2f\n", (ft ? ft_step_flops(m) : step_flops(m)) / 1e9);
     printf("samples_per_s %.4f\n", B * steps / t_all);
+    printf("blas_core %s\n", openblas_get_corename());
     printf("last_loss %.9g\n", m->out.loss); /* fixed seeds: two runs on one device give the same bits */
     cav_model_free(m);
     return 0;
