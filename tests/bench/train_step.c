@@ -1,11 +1,10 @@
 /* train_step.c: the C side of bench_train_step.sh and bench_finetune.sh. Times the pretraining step of the C
- * model (forward, backward, Adam, as cav-pretrain runs it) on random inputs with fresh random masks each step,
- * the fine-tuning step (CAVMAEFT: every token, the classification head, BCE on random 0/1 targets, Adam with
- * the head's rate x 100, as cav-finetune runs it), and the sgemm peak of the linked BLAS, so the shell scripts
- * can print both as ratios in one run.
- *   train_step step tiny|base B STEPS                 -> "samples_per_s X", per-phase seconds
- *   train_step ft tiny|base B STEPS [MODE [K]]        -> the same for fine-tuning (multimodal, 527 classes)
- *   train_step sgemm                                  -> "sgemm_gflops X" (best over the model's large GEMMs)
+ * model (forward, backward, Adam, as cav-pretrain runs it) on random inputs with fresh random masks each
+ * step, or the fine-tuning step (CAVMAEFT on every token, the head, BCE on random 0/1 targets, Adam with the
+ * head's rate x 100, as cav-finetune runs it), and the sgemm peak of the linked BLAS, for ratios in one run.
+ *   train_step step tiny|base B STEPS   -> "samples_per_s X", per-phase seconds
+ *   train_step ft tiny|base B STEPS [multimodal|audioonly|videoonly [K]]   -> the same, fine-tuning (K 527)
+ *   train_step sgemm                    -> "sgemm_gflops X" (best over the model's large GEMM shapes)
  * tiny is the benchmark config of tests/bench/RESULTS.md: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with
  * 4 heads. */
 #include <cblas.h>
