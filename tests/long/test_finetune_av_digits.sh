@@ -16,8 +16,8 @@
 #
 # Environment (defaults): DATA=build/data/av-digits (built by build.sh with its defaults when it has no
 # manifest.txt; a smaller set works: N_TRAIN=300 N_TEST=60 pipelines/av-digits/build.sh build/data/av-digits);
-# FT_TRAIN=120 FT_TEST=60 (the first clips of each split in train.json/test.json order), PT_TRAIN=300 (the
-# first clips of the train split, unlabelled to cav-pretrain), PT_EPOCHS=8, FT_EPOCHS=4,
+# FT_TRAIN=96 FT_TEST=60 (the first clips of each split in train.json/test.json order), PT_TRAIN=300 (the
+# first clips of the train split, unlabelled to cav-pretrain), PT_EPOCHS=4, FT_EPOCHS=3,
 # MODES="audioonly videoonly multimodal",
 # LABELS="single multi", FT_EXTRA (options added to every fine-tuning run), RUN=build/runs/av-digits-ft-test.
 # The data shards and the pretrained model are reused from RUN when their settings match (RUN/*.stamp); every
@@ -30,8 +30,8 @@ BUILD=${CAV_BUILD:-$SRC/build}
 RUN=${RUN:-$BUILD/runs/av-digits-ft-test}
 DATA=${DATA:-$BUILD/data/av-digits}
 export CACHE=${CACHE:-$BUILD/cache/av-digits}
-FT_TRAIN=${FT_TRAIN:-120} FT_TEST=${FT_TEST:-60} PT_TRAIN=${PT_TRAIN:-300}
-PT_EPOCHS=${PT_EPOCHS:-8} FT_EPOCHS=${FT_EPOCHS:-4} SEED=${SEED:-1}
+FT_TRAIN=${FT_TRAIN:-96} FT_TEST=${FT_TEST:-60} PT_TRAIN=${PT_TRAIN:-300}
+PT_EPOCHS=${PT_EPOCHS:-4} FT_EPOCHS=${FT_EPOCHS:-3} SEED=${SEED:-1}
 MODES=${MODES:-audioonly videoonly multimodal} LABELS=${LABELS:-single multi} FT_EXTRA=${FT_EXTRA:-}
 LOG=$BUILD/finetune-av-digits-long.log
 PY=/usr/bin/python3
@@ -48,14 +48,14 @@ if [ ! -f "$DATA/manifest.txt" ]; then
 fi
 NX=$((PT_TRAIN > FT_TRAIN ? PT_TRAIN : FT_TRAIN))
 stamp="data $(md5sum <"$DATA/provenance.jsonl" | cut -c1-12) train $NX test $FT_TEST"
-if [ "$(cat "$RUN/data.stamp" 2>/dev/null)" != "$stamp" ]; then
+if [ "$(cat "$RUN/data.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f "$RUN/train.ids" ]; then
     rm -f "$RUN"/*.h5 "$RUN"/*.json "$RUN"/*.csv "$RUN"/*.ids "$RUN/data.stamp" "$RUN/pt.stamp"
     # The label files of both versions for the first NX / FT_TEST clips: the reference's dataset JSON (labels
     # a comma-separated list of mids) and class_labels_indices.csv; multi adds one class per scene.
-    "$PY" - "$DATA" "$RUN" "$NX" "$FT_TEST" "$FT_TRAIN" "$PT_TRAIN" <<'EOF' >>"$LOG" 2>&1 ||
+    "$PY" - "$DATA" "$RUN" "$NX" "$FT_TEST" <<'EOF' >>"$LOG" 2>&1 ||
 import csv, json, sys
 data, run = sys.argv[1:3]
-nx, nt, nft, npt = map(int, sys.argv[3:7])
+nx, nt = map(int, sys.argv[3:5])
 scene = {}
 for line in open(data + '/provenance.jsonl'):
     c = json.loads(line)
@@ -79,10 +79,8 @@ for split, n in (('train', nx), ('test', nt)):
     json.dump({'data': multi}, open('%s/%s-multi.json' % (run, split), 'w'))
     with open('%s/%s.files' % (run, split), 'w') as f:
         f.writelines(e['video_path'] + '\n' for e in d)
-    for name, m in (('ft', nft), ('pt', npt)):
-        if split == 'train':
-            with open('%s/%s.ids' % (run, name), 'w') as f:
-                f.writelines(e['video_id'] + '\n' for e in d[:m])
+    with open('%s/%s.ids' % (run, split), 'w') as f:
+        f.writelines(e['video_id'] + '\n' for e in d)
 print('labels: single %d classes, multi %d (+%d scenes)' % (len(rows) - 1, len(rows) - 1 + len(scenes), len(scenes)))
 EOF
         fail finetune_av_digits_labels
@@ -93,23 +91,27 @@ EOF
             shard-pack -j "$RUN/$split-multi.json" -c "$RUN/multi.csv" -o "$RUN/$split-multi.h5" \
                 "$RUN/$split-single.h5"; } >>"$LOG" 2>&1 || fail finetune_av_digits_shards
     done
-    for lab in single multi; do
-        shard-pack -s "$RUN/ft.ids" -o "$RUN/ft-$lab.h5" "$RUN/train-$lab.h5" >>"$LOG" 2>&1 ||
-            fail finetune_av_digits_shards
-    done
-    shard-pack -s "$RUN/pt.ids" -o "$RUN/pt.h5" "$RUN/train-single.h5" >>"$LOG" 2>&1 || fail finetune_av_digits_shards
     echo "$stamp" >"$RUN/data.stamp"
 fi
+# the fine-tuning subset: the first FT_TRAIN clips (made each run: FT_TRAIN is not in the stamp)
+head -n "$FT_TRAIN" "$RUN/train.ids" >"$RUN/ft.ids"
+for lab in single multi; do
+    rm -f "$RUN/ft-$lab.h5"
+    shard-pack -s "$RUN/ft.ids" -o "$RUN/ft-$lab.h5" "$RUN/train-$lab.h5" >>"$LOG" 2>&1 ||
+        fail finetune_av_digits_shards
+done
 echo "PASS finetune_av_digits_data ($FT_TRAIN + $FT_TEST clips fine-tuned and evaluated on, $PT_TRAIN pretrained" \
     "on; $(elapsed))"
 
 # ---- pretraining, once ---------------------------------------------------------------------------------------
 PT=(--variant cav-mae --model tiny --contrast-weight 0.01 -b 12 --contrast-groups 1 -e "$PT_EPOCHS" --lr 2e-4
     --seed "$SEED")
-stamp="${PT[*]} $(cat "$RUN/data.stamp")"
+stamp="${PT[*]} clips $PT_TRAIN $(cat "$RUN/data.stamp")"
 ckpt=$RUN/pt/models/audio_model.$PT_EPOCHS.safetensors
 if [ "$(cat "$RUN/pt.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f "$ckpt" ]; then
-    rm -rf "$RUN/pt" "$RUN/pt.stamp"
+    rm -rf "$RUN/pt" "$RUN/pt.stamp" "$RUN/pt.h5"
+    head -n "$PT_TRAIN" "$RUN/train.ids" >"$RUN/pt.ids"
+    shard-pack -s "$RUN/pt.ids" -o "$RUN/pt.h5" "$RUN/train-single.h5" >>"$LOG" 2>&1 || fail finetune_av_digits_shards
     OMP_NUM_THREADS=2 cav-pretrain "${PT[@]}" --log-every 10 --eval "$RUN/test-single.h5" -o "$RUN/pt" "$RUN/pt.h5" \
         >>"$LOG" 2>&1 || fail finetune_av_digits_pretrain
     echo "$stamp" >"$RUN/pt.stamp"
@@ -143,7 +145,9 @@ for lab in $LABELS; do
         for init in pretrained random; do
             dir=$RUN/ft/$lab-$mode-$init
             cat "$dir.log" >>"$LOG"
-            [ -f "$dir.secs" ] || { echo "FAIL finetune_av_digits_${lab}_${mode}_$init: $(tail -5 "$dir.log")"; exit 1; }
+            if [ ! -f "$dir.secs" ]; then
+                echo "FAIL finetune_av_digits_${lab}_${mode}_$init: $(tail -5 "$dir.log")"; exit 1
+            fi
             secs[$lab-$mode-$init]=$(cat "$dir.secs")
             # result.csv: acc, mAP, mAUC, lr; the figure: accuracy for single-label, mAP for multi-label
             if [ $lab = single ]; then
