@@ -22,8 +22,9 @@
 # LABELS="single multi", FT_EXTRA (options added to every fine-tuning run), RUN=build/runs/av-digits-ft-test.
 # The data shards and the pretrained model are reused from RUN when their settings match (RUN/*.stamp); every
 # fine-tuning run is made anew. The two runs of a cell (pretrained, random) run side by side, one thread each.
-# Measured on 2026-12-07 at load 6-12 on the 2-core development machine, defaults, with the clips prebuilt:
-# see tests/bench/RESULTS.md ("fine-tuning on AV-Digits").
+# Measured on 2026-12-07 at load 8-12 on the 2-core development machine, defaults, clips prebuilt (300 + 60):
+# 44 minutes, and at this size the claim is NOT shown (4 of the 6 cells fail: the 24 fine-tuning steps learn no
+# digits from either start); tests/bench/RESULTS.md ("Fine-tuning on AV-Digits") has the figures. Rerun larger.
 set -u
 SRC=${CAV_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 BUILD=${CAV_BUILD:-$SRC/build}
