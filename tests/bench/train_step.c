@@ -1,7 +1,9 @@
-/* train_step.c: the C side of bench_train_step.sh. Times the pretraining step of the C model (forward,
- * backward, Adam, as cav-pretrain runs it) on random inputs with fresh random masks each step, and the
- * sgemm peak of the linked BLAS, so the shell script can print both as ratios in one run.
+/* train_step.c: the C side of bench_train_step.sh and bench_finetune.sh. Times the pretraining step of the C
+ * model (forward, backward, Adam, as cav-pretrain runs it) on random inputs with fresh random masks each
+ * step, or the fine-tuning step (CAVMAEFT on every token, the head, BCE on random 0/1 targets, Adam with the
+ * head's rate x 100, as cav-finetune runs it), and the sgemm peak of the linked BLAS, for ratios in one run.
  *   train_step step tiny|base B STEPS   -> "samples_per_s X", per-phase seconds
+ *   train_step ft tiny|base B STEPS [multimodal|audioonly|videoonly [K]]   -> the same, fine-tuning (K 527)
  *   train_step sgemm                    -> "sgemm_gflops X" (best over the model's large GEMM shapes)
  * tiny is the benchmark config of tests/bench/RESULTS.md: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with
  * 4 heads. */
@@ -12,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -75,13 +78,34 @@ static double step_flops(const cav_model *m) {
     return 3 * f;
 }
 
+/* FLOPs of one fine-tuning sample: every token through the modality-specific blocks of the modalities the
+ * mode uses, then the joint blocks once (on the concatenation when multimodal, on one modality's tokens
+ * otherwise), the head; 3x the forward as above. */
+static double ft_step_flops(const cav_model *m) {
+    const cav_config *c = &m->cfg;
+    int msd = c->modality_specific_depth, joint = c->depth - msd;
+    int ua = c->mode != CAV_FT_VIDEOONLY && c->mode != CAV_FT_MISSINGVIDEOONLY;
+    int uv = c->mode != CAV_FT_AUDIOONLY && c->mode != CAV_FT_MISSINGAUDIOONLY;
+    double D = m->D, La = ua ? m->La_full : 0, Lv = uv ? m->Lv_full : 0;
+    double f = 2 * (La * 256.0 + Lv * 768.0) * D;
+    f += msd * ((ua ? block_flops(La, D, m->hidden) : 0) + (uv ? block_flops(Lv, D, m->hidden) : 0));
+    f += joint * block_flops(La + Lv, D, m->hidden);
+    f += 2 * D * c->label_dim;
+    return 3 * f;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "sgemm")) return bench_sgemm();
-    if (argc != 5 || strcmp(argv[1], "step")) {
-        fprintf(stderr, "usage: train_step step tiny|base B STEPS | train_step sgemm\n");
+    int ft = argc >= 2 && !strcmp(argv[1], "ft");
+    /* the fine-tuning step is timed with the kernels cav-finetune would run (it re-executes itself the same
+     * way); the BLAS core is printed so that the PyTorch side can be given the same */
+    if (ft) cav_blas_fit_cpu("train_step", argv);
+    if (!(argc == 5 && !strcmp(argv[1], "step")) && !(ft && argc >= 5 && argc <= 7)) {
+        fprintf(stderr, "usage: train_step step tiny|base B STEPS | train_step ft tiny|base B STEPS "
+                        "[multimodal|audioonly|videoonly [K]] | train_step sgemm\n");
         return 1;
     }
-    cav_config cfg = cav_config_default(CAV_TASK_PRETRAIN);
+    cav_config cfg = cav_config_default(ft ? CAV_TASK_FINETUNE : CAV_TASK_PRETRAIN);
     cfg.norm_pix_loss = 1; /* as cav-pretrain and the reference's recipe */
     if (!strcmp(argv[2], "tiny")) {
         cfg.embed_dim = 192, cfg.num_heads = 3, cfg.modality_specific_depth = 4, cfg.depth = 5;
@@ -90,6 +114,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_step: unknown config %s\n", argv[2]);
         return 1;
     }
+    if (ft && argc >= 6) {
+        static const char *const modes[] = {"multimodal", "audioonly", "videoonly"};
+        int k = 0;
+        while (k < 3 && strcmp(argv[5], modes[k])) k++;
+        if (k == 3) {
+            fprintf(stderr, "train_step: unknown mode %s\n", argv[5]);
+            return 1;
+        }
+        cfg.mode = (cav_ft_mode)k; /* the first three of cav_ft_mode, in this order */
+    }
+    if (ft && argc == 7) cfg.label_dim = atoi(argv[6]);
     int B = atoi(argv[3]), steps = atoi(argv[4]);
     cav_err err = {0};
     /* CAV_BENCH_DEVICE picks the backend (tests/bench/gpu_session.sh times "cuda"); the CPU otherwise */
@@ -113,15 +148,27 @@ int main(int argc, char **argv) {
     cav_model_set_input(m, CAV_IN_AUDIO, audio, B);
     cav_model_set_input(m, CAV_IN_VIDEO, video, B);
     free(audio), free(video);
+    if (ft) { /* random multi-hot targets (B, K), about 2% positive as AudioSet's */
+        size_t nl = (size_t)B * cfg.label_dim;
+        float *labels = malloc(nl * sizeof *labels);
+        if (!labels) {
+            fprintf(stderr, "train_step: out of memory\n");
+            return 3;
+        }
+        fill(labels, nl, &s);
+        for (size_t i = 0; i < nl; i++) labels[i] = labels[i] > 1.66f; /* uniform on [-1.73, 1.73) */
+        cav_model_set_input(m, CAV_IN_LABELS, labels, B);
+        free(labels);
+    }
     double tf = 0, tb = 0, ta = 0, t_all = 0;
     for (int i = 0; i <= steps; i++) { /* step 0 warms up (first touch of activations, BLAS buffers) */
         double t0 = now();
-        cav_model_random_masks(m, &mask_rng);
+        if (!ft) cav_model_random_masks(m, &mask_rng);
         cav_model_forward(m);
         double t1 = now();
         cav_model_backward(m);
         double t2 = now();
-        cav_model_adam_step(m, 5e-5, 1.0, 0.95, 0.999, 1e-8, 5e-7);
+        cav_model_adam_step(m, 5e-5, ft ? 100.0 : 1.0, 0.95, 0.999, 1e-8, 5e-7);
         double t3 = now();
         if (!isfinite(m->out.loss)) {
             fprintf(stderr, "train_step: non-finite loss\n");
@@ -132,8 +179,9 @@ int main(int argc, char **argv) {
     }
     printf("forward_s %.4f\nbackward_s %.4f\nadam_s %.4f\nstep_s %.4f\n", tf / steps, tb / steps, ta / steps,
            t_all / steps);
-    printf("gflop_per_sample %.2f\n", step_flops(m) / 1e9);
+    printf("gflop_per_sample %.2f\n", (ft ? ft_step_flops(m) : step_flops(m)) / 1e9);
     printf("samples_per_s %.4f\n", B * steps / t_all);
+    printf("blas_core %s\n", openblas_get_corename());
     printf("last_loss %.9g\n", m->out.loss); /* fixed seeds: two runs on one device give the same bits */
     cav_model_free(m);
     return 0;
