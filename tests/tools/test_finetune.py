@@ -5,42 +5,27 @@ to an uninterrupted run; one training step's loss equals the PyTorch reference C
 same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5 (mixup and --bal:
 test_finetune_mixup.py)."""
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftfixture  # noqa: E402
-from ftfixture import jsonl, read  # noqa: E402
+import toolenv  # noqa: E402
+from ftfixture import jsonl, read, step_losses  # noqa: E402
+from toolenv import report  # noqa: E402
 
-BIN = os.environ["CAV_BIN"]
-SRC = os.environ.get("CAV_SRC", os.path.dirname(os.path.dirname(HERE)))
-TMP = tempfile.mkdtemp(prefix="cav-finetune-test-")
+TMP = toolenv.scratch("cav-finetune-test-")
 K = 4
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--label-dim", str(K)]
-fails = 0
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
 
 
 def make_shard(path, rows, seed=0):
     """Row r has class r % K (tests/tools/ftfixture.py); returns the records' (fbank, frames, labels)."""
-    return ftfixture.make_shard(path, rows, seed, K, BIN + "/shard-pack")
+    return ftfixture.make_shard(path, rows, seed, K)
 
 
 def finetune(out, *args, check=True):
-    cmd = [BIN + "/cav-finetune", "-o", out, "--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3",
-           "--head-lr", "10", "--freqm", "16", "--timem", "16", "--loader-threads", "2"] + MICRO + list(args)
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+    return ftfixture.finetune(K, out, *args, check=check)
 
 
 train = os.path.join(TMP, "train.h5")
@@ -85,7 +70,7 @@ report("max_steps_then_resume_bit_identical", same, r.stderr[-800:])
 
 # An init file that is not a CAV-MAE encoder of this size is refused (exit 2).
 bad = os.path.join(TMP, "bad.safetensors")
-sys.path.insert(0, os.path.join(SRC, "tests", "ref"))
+toolenv.use_ref()
 import torch  # noqa: E402
 import cavmae_ref as R  # noqa: E402
 import st_io  # noqa: E402
@@ -103,23 +88,11 @@ one = os.path.join(TMP, "one.h5")
 data = make_shard(one, 8, seed=5)
 r = finetune(os.path.join(TMP, "parity"), "--init", init, "-e", "1", "--freqm", "0", "--timem", "0", "--no-noise",
              "--no-roll", "--frame", "5", one, check=False)
-steps = jsonl(os.path.join(TMP, "parity", "metrics.jsonl")) if r.returncode == 0 else []
-c_loss = [x["loss"] for x in steps if "train_loss" not in x]
-a, v, y = [], [], []
-mean, std = -5.081, 4.4849
-imean, istd = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-for fb, fr, lab in data:
-    x = np.zeros((64, 128), np.float32)  # cut or zero-pad (raw log-mel) to 64 frames, then normalise
-    n = min(64, fb.shape[0])
-    x[:n] = fb[:n]
-    a.append((x - mean) / std)
-    im = fr[5].astype(np.float64) / 255.0
-    v.append(((im - imean) / istd).transpose(2, 0, 1))
-    y.append(np.where(lab > 0.5, 0.9, 0.1 / K))
+c_loss = step_losses(os.path.join(TMP, "parity")) if r.returncode == 0 else []
+A, V, Y = ftfixture.reference_batch(data, K)
 with torch.no_grad():
-    logits = ft(torch.tensor(np.array(a), dtype=torch.float32), torch.tensor(np.array(v), dtype=torch.float32),
-                "multimodal")
-    t_loss = R.ft_loss(logits, torch.tensor(np.array(y), dtype=torch.float32), "bce").item()
+    logits = ft(A, V, "multimodal")
+    t_loss = R.ft_loss(logits, Y, "bce").item()
 ok = len(c_loss) == 1 and abs(c_loss[0] - t_loss) <= 1e-5 * abs(t_loss)
 print("  one step: C %s, PyTorch %.9g" % (c_loss, t_loss))
 report("one_step_loss_equals_pytorch", ok, r.stderr[-800:])
@@ -129,18 +102,15 @@ report("one_step_loss_equals_pytorch", ok, r.stderr[-800:])
 # parameters within 1e-5 in relative L2 norm; the attention key biases are left out (softmax is blind to
 # them: their true gradient is 0 and Adam turns the rounding noise into steps of about lr, as in
 # test_pretrain.py). Adam alone is blind to a common gradient scale; the coupled weight decay is not.
-mpirun = shutil.which("mpirun")
-if not mpirun:
+mpi = toolenv.mpirun(2)
+if not mpi:
     report("mpi_two_ranks_equal_one_process", False, "mpirun not found (Debian openmpi-bin)")
 else:
     base = ["--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3", "--head-lr", "10", "-e", "1",
             "--weight-decay", "0.05",  # coupled L2 makes Adam see a wrong gradient scale
-            "--max-steps", "2", "--loader-threads", "1"] + MICRO + [train]
+            "--max-steps", "2", "--loader-threads", "1"] + ftfixture.micro(K) + [train]
     one, two = os.path.join(TMP, "mpi_one"), os.path.join(TMP, "mpi_two")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-    r1 = subprocess.run([BIN + "/cav-finetune", "-o", one] + base, capture_output=True, text=True, env=env)
-    r2 = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-finetune", "-o",
-                         two] + base, capture_output=True, text=True, env=env)
+    r1, r2 = ftfixture.one_and_two_ranks(mpi, one, two, base)
     if r1.returncode or r2.returncode:
         report("mpi_two_ranks_equal_one_process", False, r1.stderr[-300:] + r2.stdout[-300:] + r2.stderr[-800:])
     else:
@@ -164,4 +134,4 @@ else:
         ok = len(la) == 2 and len(lb) == 2 and all(abs(p - q) <= 1e-5 * abs(p) for p, q in zip(la, lb)) and rel <= 1e-5
         report("mpi_two_ranks_equal_one_process", ok, "")
 
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -7,36 +7,24 @@ predictions; --eval-only on the WA model repeats the training run's final figure
 refused without --force; an audio-only model runs one pass on frame 5 and writes no mul_frame_res.csv; the
 best model is evaluated without WA; --force clears an old run's final files; two MPI ranks evaluate as one
 process; bad option combinations are usage errors."""
+import functools
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cavstream  # noqa: E402
-
-BIN = os.environ["CAV_BIN"]
-SRC = os.environ.get("CAV_SRC", os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(SRC, "tests", "ref"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ftfixture  # noqa: E402
+import toolenv  # noqa: E402
+from toolenv import report  # noqa: E402
+toolenv.use_ref()
 import st_io  # noqa: E402
 
-TMP = tempfile.mkdtemp(prefix="cav-finetune-eval-test-")
+TMP = toolenv.scratch("cav-finetune-eval-test-")
 K = 5
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--label-dim", str(K)]
-fails = 0
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
+finetune = functools.partial(ftfixture.finetune, K, None, seed=5, batch=6, mask=8, log_every=False)  # -o in args
 
 
 def shard(path, rows, seed):
@@ -53,17 +41,8 @@ def shard(path, rows, seed):
         frames = g.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
         recs.append(("id,%02d" % r if r == 4 else "v%03d" % r, {},
                      [("fbank", fb), ("frames", frames), ("labels", labels[r])]))
-    stream = os.path.join(TMP, "s.cavs")
-    with open(stream, "wb") as f:
-        f.write(cavstream.encode(recs))
-    subprocess.run([BIN + "/shard-pack", "-o", path, stream], check=True)
+    ftfixture.pack(path, recs)
     return [x[0] for x in recs], labels
-
-
-def finetune(*args, pre=(), env=None):
-    cmd = list(pre) + [BIN + "/cav-finetune", "--seed", "5", "-b", "6", "--lr", "1e-3", "--head-lr", "10", "--freqm", "8",
-           "--timem", "8", "--loader-threads", "2"] + MICRO + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def predictions(path):
@@ -190,14 +169,13 @@ report("force_clears_final_outputs", r.returncode == 0 and not left, "%s %s" % (
 
 # Two MPI ranks: the weight average written by rank 0, every rank's slice of each batch gathered (the last
 # batch of 3 rows is all rank 0's); the same predictions as --eval-only of that WA model in one process.
-mpirun = shutil.which("mpirun")
-if not mpirun:
+mpi = toolenv.mpirun(2)
+if not mpi:
     report("mpi_final_eval_equals_one_process", False, "mpirun not found (Debian openmpi-bin)")
 else:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
     two = os.path.join(TMP, "mpi")
     r = finetune("-o", two, "-e", "2", "--wa-start", "1", "--wa-end", "2", "--predictions", "--eval", evals, train,
-                 pre=[mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none"], env=env)
+                 pre=mpi, env=toolenv.mpi_env())
     one = os.path.join(TMP, "mpi_alone")
     r1 = finetune("--eval-only", "--init", os.path.join(two, "models", "audio_model_wa.safetensors"), "--eval", evals,
                   "-o", one, "--predictions")
@@ -218,4 +196,4 @@ u = [finetune("--eval-only", "--eval", evals, "-o", os.path.join(TMP, "u1")),
 report("usage_errors", all(x.returncode == 1 for x in u) and not os.path.exists(os.path.join(TMP, "u4")),
        " | ".join("%d %s" % (x.returncode, x.stderr.strip()[-120:]) for x in u))
 
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -5,32 +5,24 @@ training (the step losses differ from a run without them); shards holding only f
 mixup mixes fbanks, once per run, and shards of waveforms none; --bal on a shard without `weight` is refused
 (exit 2) naming the shard and the field; --mixup outside [0, 1] is a usage error; two MPI ranks give the
 one-process step losses; args.json records both."""
+import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cavstream  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ftfixture  # noqa: E402
+import toolenv  # noqa: E402
+from ftfixture import read, step_losses  # noqa: E402
+from toolenv import report  # noqa: E402
 
-BIN = os.environ["CAV_BIN"]
-TMP = tempfile.mkdtemp(prefix="cav-finetune-mixup-test-")
+TMP = toolenv.scratch("cav-finetune-mixup-test-")
 K = 4
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--label-dim", str(K)]
 WARNING = "mixup mixes its fbank"
-fails = 0
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
+finetune = functools.partial(ftfixture.finetune, K, seed=4, check=True)
 
 
 def make_shard(path, rows, seed, audio="wave", weight=True):
@@ -56,26 +48,7 @@ def make_shard(path, rows, seed, audio="wave", weight=True):
         if weight:
             fields.append(("weight", np.array(1 + r % 3, np.float32)))
         recs.append(("clip%03d" % r, {}, fields))
-    stream = os.path.join(TMP, "in.cavs")
-    with open(stream, "wb") as f:
-        f.write(cavstream.encode(recs))
-    subprocess.run([BIN + "/shard-pack", "-o", path, stream], check=True)
-
-
-def finetune(out, *args, check=True):
-    cmd = [BIN + "/cav-finetune", "-o", out, "--seed", "4", "-b", "8", "--log-every", "1", "--lr", "1e-3",
-           "--head-lr", "10", "--freqm", "16", "--timem", "16", "--loader-threads", "2"] + MICRO + list(args)
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def read(p):
-    with open(p, "rb") as f:
-        return f.read()
-
-
-def step_losses(run):
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        return [x["loss"] for x in map(json.loads, filter(str.strip, f)) if "train_loss" not in x]
+    ftfixture.pack(path, recs)
 
 
 waves = os.path.join(TMP, "waves.h5")
@@ -132,17 +105,15 @@ report("mixup_out_of_range_usage_error", r.returncode == 1 and "mixup" in r.stde
 # Two MPI ranks against one process, --mixup 0.5 --bal: every rank draws the same rows, partners and lambdas
 # for its slice of the global batch, so the step losses (the whole batch's, summed over ranks) agree to
 # rounding (rel 1e-5, as test_finetune.py's check without mixup).
-mpirun = shutil.which("mpirun")
-if not mpirun:
+mpi = toolenv.mpirun(2)
+if not mpi:
     report("mpi_two_ranks_mixup_bal_equal_one_process", False, "mpirun not found (Debian openmpi-bin)")
 else:
     base = ["--seed", "4", "-b", "8", "--log-every", "1", "--lr", "1e-3", "--head-lr", "10", "-e", "1",
-            "--max-steps", "2", "--loader-threads", "1", "--mixup", "0.5", "--bal"] + MICRO + [waves, fbanks]
+            "--max-steps", "2", "--loader-threads", "1", "--mixup", "0.5", "--bal"] + ftfixture.micro(K) + \
+        [waves, fbanks]
     one, two = os.path.join(TMP, "mpi_one"), os.path.join(TMP, "mpi_two")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-    r1 = subprocess.run([BIN + "/cav-finetune", "-o", one] + base, capture_output=True, text=True, env=env)
-    r2 = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-finetune", "-o",
-                         two] + base, capture_output=True, text=True, env=env)
+    r1, r2 = ftfixture.one_and_two_ranks(mpi, one, two, base)
     ok = r1.returncode == 0 and r2.returncode == 0
     if ok:
         la, lb = step_losses(one), step_losses(two)
@@ -159,6 +130,6 @@ except (OSError, ValueError) as e:
     ok, why = False, str(e)
 report("args_json_records_mixup_and_bal", ok, why)
 
-if not fails:
+if not toolenv.failures():
     subprocess.run(["rm", "-rf", TMP])
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

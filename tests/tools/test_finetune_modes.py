@@ -8,49 +8,34 @@ presets (cav-finetune(1) MODES, LINEAR PROBING, RECIPES) on small synthetic labe
   the head) to rel 1e-5; --max-steps + --resume ends byte-identical to the uninterrupted run;
 - --recipe as20k|as2m|vggsound sets the values cav-finetune(1) lists (args.json and the model config), and an
   option on the command line overrides the recipe whether it stands before or after it."""
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftfixture  # noqa: E402
-from ftfixture import jsonl, read  # noqa: E402
-
-BIN = os.environ["CAV_BIN"]
-SRC = os.environ.get("CAV_SRC", os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(SRC, "tests", "ref"))
+import toolenv  # noqa: E402
+from ftfixture import FINETUNE, jsonl, read, step_losses  # noqa: E402
+from toolenv import SRC, report  # noqa: E402
+toolenv.use_ref()
 import torch  # noqa: E402
 import cavmae_ref as R  # noqa: E402
 import st_io  # noqa: E402
 
-TMP = tempfile.mkdtemp(prefix="cav-finetune-modes-")
-K, D = 4, 32
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=%d" % D, "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--label-dim", str(K)]
-fails = 0
-
-
-def report(name, ok, why=""):
-    global fails
-    print(("PASS %s" % name) if ok else ("FAIL %s: %s" % (name, why)), flush=True)
-    fails += not ok
+TMP = toolenv.scratch("cav-finetune-modes-")
+K, D = 4, 32  # D: the micro model's embed_dim (toolenv.MICRO_FT)
+MICRO = ftfixture.micro(K)
+finetune = functools.partial(ftfixture.finetune, K)
 
 
 def make_shard(path, rows, seed):
-    return ftfixture.make_shard(path, rows, seed, K, BIN + "/shard-pack")
-
-
-def finetune(out, *args):
-    cmd = [BIN + "/cav-finetune", "-o", out, "--seed", "3", "-b", "8", "--log-every", "1", "--lr", "1e-3",
-           "--head-lr", "10", "--freqm", "16", "--timem", "16", "--loader-threads", "2"] + MICRO + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return ftfixture.make_shard(path, rows, seed, K)
 
 
 def model(run, name):
@@ -79,19 +64,7 @@ for mode in ("singlemodal", "multimodal+singlemodal"):
     report("mode_%s_trains_and_evaluates" % mode.replace("+", "_"), ok, r.stderr[-600:])
 
 # ---- against PyTorch: the fusions' forward, and linear probing's steps ------------------------------------
-mean, std = -5.081, 4.4849
-imean, istd = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-a, v, y = [], [], []
-for fb, fr, lab in data:
-    x = np.zeros((64, 128), np.float32)
-    n = min(64, fb.shape[0])
-    x[:n] = fb[:n]
-    a.append((x - mean) / std)
-    v.append(((fr[5].astype(np.float64) / 255.0 - imean) / istd).transpose(2, 0, 1))
-    y.append(np.where(lab > 0.5, 0.9, 0.1 / K))
-A = torch.tensor(np.array(a), dtype=torch.float32)
-V = torch.tensor(np.array(v), dtype=torch.float32)
-Y = torch.tensor(np.array(y), dtype=torch.float32)
+A, V, Y = ftfixture.reference_batch(data, K)
 EXACT = ["-e", "1", "--freqm", "0", "--timem", "0", "--no-noise", "--no-roll", "--frame", "5"]
 
 
@@ -124,8 +97,7 @@ for mode in ("singlemodal", "multimodal+singlemodal"):
     init = os.path.join(TMP, "init_%s.safetensors" % mode)
     st_io.save(init, sd)
     r = finetune(os.path.join(TMP, "parity_" + mode), "--mode", mode, "--init", init, *EXACT, one)
-    c_loss = [x["loss"] for x in jsonl(os.path.join(TMP, "parity_" + mode, "metrics.jsonl")) if "train_loss" not in x] \
-        if r.returncode == 0 else []
+    c_loss = step_losses(os.path.join(TMP, "parity_" + mode)) if r.returncode == 0 else []
     with torch.no_grad():
         t_loss = R.ft_loss(fused(ft, head, mode), Y, "bce").item()
     print("  %s first step: C %s, PyTorch %.9g" % (mode, c_loss, t_loss))
@@ -140,7 +112,7 @@ init = os.path.join(TMP, "init_lp.safetensors")
 st_io.save(init, {k: t.float() for k, t in ft.state_dict().items()})
 lp = os.path.join(TMP, "lp_parity")
 r = finetune(lp, "--freeze-base", "--init", init, *EXACT[2:], "-e", "3", one)
-c_loss = [x["loss"] for x in jsonl(os.path.join(lp, "metrics.jsonl")) if "train_loss" not in x] if r.returncode == 0 else []
+c_loss = step_losses(lp) if r.returncode == 0 else []
 for n_, p in ft.named_parameters():
     p.requires_grad = n_.startswith("mlp_head")
 opt = torch.optim.Adam([p for p in ft.parameters() if p.requires_grad], lr=1e-3 * 10, weight_decay=5e-7,
@@ -210,7 +182,7 @@ KNOBS = {"loss", "label-dim"}  # model knobs: in the config, not args.json's own
 
 def run_recipe(name, *args):
     out = os.path.join(TMP, "recipe_" + name + "_" + str(abs(hash(args))))
-    r = subprocess.run([BIN + "/cav-finetune", "-o", out, *MICRO, *args, "--max-steps", "1", "-b", "8",
+    r = subprocess.run([FINETUNE, "-o", out, *MICRO, *args, "--max-steps", "1", "-b", "8",
                         train], capture_output=True, text=True)
     if r.returncode:
         return None, r.stderr
@@ -265,10 +237,10 @@ nb = [run_recipe("nobal" + str(i), *a)[0] for i, a in enumerate((("--recipe", "a
                                                                   ("--no-bal", "--recipe", "vggsound")))]
 report("recipe_bal_undone_by_no_bal", all(x is not None and x["bal"] == 0 and x["mixup"] == 0.5 for x in nb),
        str(nb))
-r = subprocess.run([BIN + "/cav-finetune", "-o", os.path.join(TMP, "bad"), "--recipe", "audioset", train],
+r = subprocess.run([FINETUNE, "-o", os.path.join(TMP, "bad"), "--recipe", "audioset", train],
                    capture_output=True, text=True)
 report("recipe_unknown_is_usage_error", r.returncode == 1 and "--recipe" in r.stderr, r.stderr[-300:])
 
-if not fails:  # kept for a look when something failed
+if not toolenv.failures():  # kept for a look when something failed
     shutil.rmtree(TMP, ignore_errors=True)
-sys.exit(1 if fails else 0)
+sys.exit(toolenv.status())

@@ -1,8 +1,9 @@
 """toolenv.py: what a tool test starts with: where the source, the tools and the golden data are
 ($CAV_SRC, $CAV_BIN, $CAV_ASAN_BIN, $CAV_REF and $CAV_TEST_LOGS as the Makefile sets them, else the build
-tree beside this file), a scratch directory per test, and the PASS/FAIL lines tests/run.sh counts, with
-the failure count for the exit status (sys.exit(toolenv.status()))."""
+tree beside this file), the micro model's options, mpirun's prefix, a scratch directory per test, and the
+PASS/FAIL lines tests/run.sh counts, with the failure count for the exit status (sys.exit(toolenv.status()))."""
 import os
+import shutil
 import sys
 import tempfile
 
@@ -14,9 +15,10 @@ LOGS = os.environ.get('CAV_TEST_LOGS', os.path.join(SRC, 'build', 'test-logs'))
 REF_PY = os.path.join(SRC, 'tests', 'ref')  # the independent references (cavmae_ref, st_io, ...)
 
 # The smallest model the trainers build (a few thousand parameters): for tests of the run, not the numbers.
-MICRO = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
-         "--set", "depth=2", "--set", "modality_specific_depth=1", "--set", "decoder_embed_dim=16",
-         "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+# MICRO_FT is its encoder alone, for cav-finetune (no decoder); MICRO adds cav-pretrain's decoder.
+MICRO_FT = ["--set", "audio_length=64", "--set", "img_size=32", "--set", "embed_dim=32", "--set", "num_heads=2",
+            "--set", "depth=2", "--set", "modality_specific_depth=1"]
+MICRO = MICRO_FT + ["--set", "decoder_embed_dim=16", "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
 
 _fails = 0
 
@@ -45,6 +47,19 @@ def failures():
 def status():
     """The exit status: 1 when anything failed."""
     return 1 if _fails else 0
+
+
+def mpirun(ranks=2):
+    """The command prefix that runs a tool as `ranks` MPI ranks on this machine (oversubscribed, unbound; with
+    mpi_env()), or None where Open MPI's mpirun is missing."""
+    path = shutil.which('mpirun')
+    return [path, '-np', str(ranks), '--oversubscribe', '--bind-to', 'none'] if path else None
+
+
+def mpi_env():
+    """The environment for mpirun (and for the one-process run it is compared with): root allowed, one OpenMP
+    thread a process."""
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', OMP_NUM_THREADS='1')
 
 
 def use_ref():
