@@ -7,7 +7,10 @@
 # restarted); a second make after a finished one does nothing. The figures are printed beside chance, but two
 # epochs on 80 clips are too few for the contrastive head to learn (it needs some 300 steps: pipelines/demo.sh),
 # so the paper's qualitative result (CAV-MAE far above chance, AV-MAE near it) is checked by the long test
-# tests/long/test_tables_mini.sh at the mini defaults, not here.
+# tests/long/test_tables_mini.sh at the mini defaults, not here. Then Tables 2h and 2i from those pretraining runs
+# (2 fine-tuning epochs): 2h's Middle and Aggregation are the final evaluation's frame-5 and aggregated scores of
+# the same runs; tables.py's ensemble of a run with itself equals the mAP cav-finetune computed (an independent
+# implementation: C against sklearn); a run without final_eval.json falls back to result.csv with a note.
 # Environment: TABLES_CHECK_* below override the sizes (defaults: 80 + 24 clips, 2 epochs).
 set -u
 # a make of its own, not a sub-make of the one running the tests (whose jobserver it cannot use)
