@@ -5,10 +5,10 @@
 #                                   -> W/pt/NAME (cav-pretrain's run directory) and W/pt/NAME/done
 #   stage.sh finetune W PT/ep<E>_<DATA>_<RECIPE>_<MODE>
 #                                   -> W/ft/PT/... (cav-finetune from W/pt/PT/models/audio_model.E) and .../done;
-#                                   MODE multimodal, audioonly, videoonly, singlemodal, multimodal+singlemodal, or
-#                                   missingaudioonly / missingvideoonly: the multimodal fine-tuned model of the
-#                                   same name evaluated on one modality; MODE-lp: that mode, linear probing
-#                                   (--freeze-base)
+#                                   MODE multimodal, audioonly, videoonly (these two with --predictions),
+#                                   singlemodal, multimodal+singlemodal, or missingaudioonly / missingvideoonly:
+#                                   the final model of the multimodal run of the same name evaluated on one
+#                                   modality (--eval-only); MODE-lp: that mode, linear probing (--freeze-base)
 #   stage.sh retrieval W PT/ep<E>_<DATA>
 #                                   -> W/ret/PT/ep<E>_<DATA>.csv (cav-embed | cav-recall) and .ranks.csv
 # A training stage resumes from its newest complete checkpoint (cav-pretrain/cav-finetune --resume) after a
@@ -81,22 +81,40 @@ finetune)
     [ -n "${!v:-}" ] || die "unknown fine-tuning recipe $recipe (set $v)"
     read -r -a rargs <<<"${!v}"
     case $mode in *-lp) mode=${mode%-lp} rargs+=(--freeze-base) ;; esac
+    # the single-stream variants have only joint layers (cav-pretrain(1), Variants): so has their classifier
+    IFS=_ read -r -a P <<<"$pt"
+    case ${P[1]} in vanilla-av-mae | audio-mae | visual-mae) rargs+=(--set modality_specific_depth=0) ;; esac
+    label_dim=$(cat "$(dirname "$(shards "$data" train)")/label-dim")
     case $mode in
     missingaudioonly | missingvideoonly)
-        # evaluation only: the multimodal fine-tuned model, one epoch at learning rate 0
-        init=$W/ft/$pt/ep${ep}_${data}_${recipe}_multimodal/models/best_audio_model.safetensors
-        rargs+=(-e 1 --lr 0 --head-lr 0)
+        # evaluation only (cav-finetune --eval-only): the model that the multimodal run of the same name
+        # evaluated at its end (its final_eval.json), given one modality
+        mm=$W/ft/$pt/ep${ep}_${data}_${recipe}_multimodal
+        [ -f "$mm/final_eval.json" ] || die "$mm/final_eval.json: missing (the multimodal run did not finish)"
+        init=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"])' \
+            "$mm/final_eval.json")
+        [ -f "$init" ] || die "$init (from $mm/final_eval.json): missing"
+        out=$W/ft/$name
+        rm -rf "$out"
+        mkdir -p "$out"
+        say "cav-finetune --eval-only: $out"
+        # one process (--eval-only does not run under LAUNCH)
+        cav-finetune --eval-only "${dev[@]}" --model "${MODEL:-tiny}" --mode "$mode" --init "$init" \
+            --label-dim "$label_dim" "${rargs[@]}" --wa-start 0 --wa-end 0 ${FT_EXTRA:-} \
+            --eval "$(shards "$data" eval)" -o "$out" >>"$out.log" 2>&1 ||
+            { st=$?; say "cav-finetune failed (exit $st), log $out.log:"; tail -5 "$out.log" >&2; exit $st; }
+        touch "$out/done"
+        exit 0
         ;;
     multimodal | audioonly | videoonly | singlemodal | multimodal+singlemodal)
         init=$W/pt/$pt/models/audio_model.$ep.safetensors ;;
     *) die "unknown mode $mode" ;;
     esac
     [ -f "$init" ] || die "$init: missing"
-    # the single-stream variants have only joint layers (cav-pretrain(1), Variants): so has their classifier
-    IFS=_ read -r -a P <<<"$pt"
-    case ${P[1]} in vanilla-av-mae | audio-mae | visual-mae) rargs+=(--set modality_specific_depth=0) ;; esac
+    # the single-modal runs keep their per-clip probabilities for the tables' ensembles (tables.mk, SM Ensemble)
+    case $mode in audioonly | videoonly) rargs+=(--predictions) ;; esac
     train "$W/ft/$name" cav-finetune --model "${MODEL:-tiny}" --mode "$mode" --init "$init" \
-        --label-dim "$(cat "$(dirname "$(shards "$data" train)")/label-dim")" "${rargs[@]}" --seed "${SEED:-1}" \
+        --label-dim "$label_dim" "${rargs[@]}" --seed "${SEED:-1}" \
         --save-every "${SAVE_EVERY:-1000}" --log-every "${LOG_EVERY:-100}" ${FT_EXTRA:-} \
         --eval "$(shards "$data" eval)" "$(shards "$data" train)"
     touch "$W/ft/$name/done"

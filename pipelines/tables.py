@@ -7,7 +7,9 @@ the table's cost at full scale in GPU-hours. Also `tables.py cost` for all table
   tables.py table ID --out FILE --w W --scale SCALE [--coverage DIR]... [--note TEXT]... CELL...
       CELL = ROW|COLUMN|PATH: a fine-tuning run (PATH its done file; COLUMN DATA-A, DATA-V or DATA-AV) or a
       retrieval result (PATH the .csv; COLUMN the dataset). ~ in ROW stands for a space. A cell whose PATH is
-      "-" is not computable with the tools of this version; the note says why.
+      "-" is not computable with the tools of this version; the note says why. A fine-tuning cell scores the
+      run's final evaluation; PATH@frameF takes frame F's score of it, PATH@agg the 10-frame aggregate, and
+      PATH1&PATH2 the ensemble of two runs (the mean of their --predictions).
   tables.py cost TABLE='STAGE...'...
 """
 import csv
@@ -38,10 +40,11 @@ TITLES = {
     '3': 'Table 3: visual -> audio retrieval, pretrained models (no labels), R@1 / R@5 / R@10 in %',
     '5': 'Table 5: audio -> visual retrieval, pretrained models (no labels), R@1 / R@5 / R@10 in %',
 }
-DIFFS_FT = ('Fine-tuning differs from the paper\'s recipe: no mixup (the reference: 0.5), no class-balanced '
-            'sampling (AS-2M and VGGSound recipes), no weight averaging over epochs, and the score is that of the last '
-            'epoch on the middle frame (the reference: the weight-averaged model on the mean of 10 frames' '); '
-            'cav-finetune does not have these yet.')
+DIFFS_FT = ('Fine-tuning follows the reference\'s scripts (cav-finetune --recipe: mixup 0.5, balanced sampling for '
+            'AS-2M and VGGSound, the weight average of an epoch range, the mean of 10 frames); a cell is the final '
+            'evaluation of the run (its final_eval.json). One difference remains: prepare.py stores the fbank without '
+            'the waveform (fbank --drop-wave), so mixup mixes the log-mel arrays, where the reference mixes the '
+            'waveforms before the fbank (cav-finetune(1), Labels, mixup and balanced sampling).')
 
 
 def paper_numbers():
@@ -54,12 +57,81 @@ def paper_numbers():
     return out
 
 
-def ft_score(done, col):
-    """The last epoch's metric of a fine-tuning run: mAP in % (BCE recipes) or accuracy in % (VGGSound's CE)."""
+def ft_score(done, col, which=''):
+    """The score of a fine-tuning run in % (mAP, or accuracy for VGGSound) and a remark (None if none): its final
+    evaluation (final_eval.json: the weight-averaged or best model on the mean of 10 frames, or on one frame for a
+    model that sees no video); WHICH 'frameF' is frame F's score of that evaluation, 'agg' the 10-frame aggregate.
+    A run without final_eval.json (an older cav-finetune, or one stopped before its end) falls back to result.csv's
+    last epoch (middle frame) with a remark; WHICH cannot."""
     d = os.path.dirname(done)
-    rows = [r for r in csv.reader(open(os.path.join(d, 'result.csv'))) if r]
-    acc, m_ap = float(rows[-1][0]), float(rows[-1][1])
-    return 100 * (acc if col.startswith('vgg') else m_ap), len(rows)
+    p = os.path.join(d, 'final_eval.json')
+    metric = 'acc' if col.startswith('vgg') else 'mAP'
+    if not os.path.exists(p):
+        if which:
+            return None, '%s: no final_eval.json, so no %s score (rerun the stage with this cav-finetune)' % (d, which)
+        rows = [r for r in csv.reader(open(os.path.join(d, 'result.csv'))) if r]
+        v = float(rows[-1][0]) if metric == 'acc' else float(rows[-1][1])
+        return 100 * v, ('%s: no final_eval.json; the score is result.csv\'s last epoch (epoch %d) on the middle '
+                         'frame, not the final evaluation' % (d, len(rows)))
+    ev = json.load(open(p))
+    if not which:
+        return 100 * ev[metric], None
+    if ev['metric'] != metric:
+        raise ValueError('%s: scored by %s, the column %s wants %s' % (p, ev['metric'], col, metric))
+    frames, res = ev['frames'], ev['frame_res']
+    if which == 'agg':
+        if not ev['aggregated']:
+            return None, '%s: evaluated without frame aggregation, so no aggregate' % p
+        return 100 * ev[metric], None  # frame_res holds the frames' scores; the aggregate is the final one
+    f = int(which[len('frame'):])
+    if f not in frames:
+        return None, '%s: frame %d not evaluated (frames %s)' % (p, f, frames)
+    return 100 * res[frames.index(f)], None
+
+
+def predictions(done):
+    """A run's per-clip class probabilities of its final evaluation (ids, [N, K]): the 10-frame mean
+    (predictions_agg.csv), or the one frame's of a model evaluated on one (audio only)."""
+    import glob
+    import numpy as np
+    d = os.path.dirname(done)
+    p = os.path.join(d, 'predictions_agg.csv')
+    if not os.path.exists(p):
+        one = sorted(glob.glob(os.path.join(d, 'predictions_frame*.csv')))
+        if len(one) != 1:
+            raise ValueError('%s: no predictions_agg.csv and %d predictions_frame*.csv (run with --predictions)'
+                             % (d, len(one)))
+        p = one[0]
+    rows = list(csv.reader(open(p)))[1:]
+    return [r[0] for r in rows], np.array([[float(x) for x in r[1:]] for r in rows])
+
+
+def ensemble_score(dones, col, eval_shard):
+    """The paper's ensemble of single-modal models: the mean of the runs' probabilities per clip, scored against the
+    labels of the evaluation split (mAP over the classes with positives, as cav-finetune, or accuracy), in %."""
+    import h5py
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+    ids, probs = None, []
+    for done in dones:
+        i, p = predictions(done)
+        if ids is not None and i != ids:
+            raise ValueError('%s: predictions of other clips than %s' % (done, dones[0]))
+        ids = i
+        probs.append(p)
+    prob = np.mean(probs, axis=0)
+    with h5py.File(eval_shard, 'r') as f:
+        sid = [x.decode() if isinstance(x, bytes) else x for x in f['id'][:]]
+        lab = np.asarray(f['labels'][:], dtype=np.float64)
+    at = {v: k for k, v in enumerate(sid)}
+    missing = [v for v in ids if v not in at]
+    if missing:
+        raise ValueError('%s: no clip %s of the predictions' % (eval_shard, missing[0]))
+    y = lab[[at[v] for v in ids]]
+    if col.startswith('vgg'):
+        return 100 * float(np.mean(np.argmax(y, 1) == np.argmax(prob, 1)))
+    ap = [average_precision_score(y[:, k], prob[:, k]) for k in range(y.shape[1]) if y[:, k].any()]
+    return 100 * float(np.mean(ap))
 
 
 def ret_scores(path, direction):
@@ -189,9 +261,19 @@ def main():
         if retrieval:
             rk, mr = ret_scores(path, 'video' if tid == '3' else 'audio')
             got[(row, col)] = ' '.join('%.1f' % x for x in rk) + ' (MR %g)' % mr
+        elif '&' in path:
+            dones = path.split('&')
+            # the evaluation split the runs read: their stage's view (W/view/DATA/eval.h5)
+            data = os.path.basename(os.path.dirname(dones[0])).split('_')[1]
+            got[(row, col)] = ensemble_score(dones, col, os.path.join(w, 'view', data, 'eval.h5'))
+            runs += [(row, col, run_name(d, w)) for d in dones]
+            continue
         else:
-            v, n = ft_score(path, col)
-            got[(row, col)] = v
+            path, _, which = path.partition('@')
+            v, remark = ft_score(path, col, which)
+            got[(row, col)] = v if v is not None else 'n/a'
+            if remark:
+                notes.append('%s / %s: %s' % (row, col, remark))
         runs.append((row, col, run_name(path, w)))
     s = ['# %s' % TITLES.get(tid, 'Table ' + tid), '']
     s.append('Scale: **%s**. Ours beside the paper\'s (in parentheses). %s' % (scale, version_line()))

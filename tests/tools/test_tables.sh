@@ -7,7 +7,10 @@
 # restarted); a second make after a finished one does nothing. The figures are printed beside chance, but two
 # epochs on 80 clips are too few for the contrastive head to learn (it needs some 300 steps: pipelines/demo.sh),
 # so the paper's qualitative result (CAV-MAE far above chance, AV-MAE near it) is checked by the long test
-# tests/long/test_tables_mini.sh at the mini defaults, not here.
+# tests/long/test_tables_mini.sh at the mini defaults, not here. Then Tables 2h and 2i from those pretraining runs
+# (2 fine-tuning epochs): 2h's Middle and Aggregation are the final evaluation's frame-5 and aggregated scores of
+# the same runs; tables.py's ensemble of a run with itself equals the mAP cav-finetune computed (an independent
+# implementation: C against sklearn); a run without final_eval.json falls back to result.csv with a note.
 # Environment: TABLES_CHECK_* below override the sizes (defaults: 80 + 24 clips, 2 epochs).
 set -u
 # a make of its own, not a sub-make of the one running the tests (whose jobserver it cannot use)
@@ -90,4 +93,73 @@ if [ -z "$out" ] && [ "$(stat -c %Y "$T")" = "$m0" ]; then
 else
     fail second_make_does_nothing "output: $out"
 fi
+
+# Fine-tuning tables from the same pretraining runs: Table 2h (Middle = frame 5 of the final evaluation, Aggregation =
+# the ten frames' mean, from the same two runs) and Table 2i (linear probes; SM Ensemble = the mean of an audio-only
+# and a video-only probe's --predictions), the models mapped onto the runs above, 2 fine-tuning epochs.
+ft=("${mk[@]:0:${#mk[@]}-1}" MINI_FT_E=2 'PT_SCALE=$(PT_CAVMAE_C01)' 'PT_AUDIOMAE=$(PT_AVMAE)' 'PT_VISUALMAE=$(PT_AVMAE)'
+    'PT_CAVMAE=$(PT_CAVMAE_C01)' table2h table2i)
+if ! "${ft[@]}" >>"$log" 2>&1; then
+    fail make_table2h_2i "$(tail -15 "$log")"; exit 1
+fi
+sed 's/^/  /' "$W/tables/table2h.md" "$W/tables/table2i.md"
+/usr/bin/python3 - "$W" "$SRC/pipelines/tables.py" <<'EOF' || fails=$((fails + 1))
+import glob, json, os, re, shutil, subprocess, sys
+w, tables = sys.argv[1:3]
+bad = 0
+def check(name, ok, why):
+    global bad
+    print(('PASS %s (%s)' if ok else 'FAIL %s: %s') % (name, why))
+    bad += not ok
+def cells(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'\| (.+?) \| (.+) \|$', line.strip())
+        if m and m.group(1) != 'model' and not m.group(1).startswith('-'):
+            out[m.group(1)] = [c.split(' (')[0] for c in m.group(2).split(' | ')]
+    return out
+def run(mode):
+    return glob.glob(os.path.join(w, 'ft', '*_cav-mae_c0.1_*', 'ep*_as20k_as20k_%s' % mode))[0]
+for t in ('table2h', 'table2i'):
+    if not os.path.exists(os.path.join(w, 'tables', t + '.md')):
+        print('FAIL %s_written: no %s.md' % (t, t))
+        sys.exit(1)
+t2h = cells(os.path.join(w, 'tables', 'table2h.md'))
+want, got = {}, {}
+for i, mode in enumerate(('videoonly', 'multimodal')):
+    ev = json.load(open(os.path.join(run(mode), 'final_eval.json')))
+    want[('Middle', i)] = '%.1f' % (100 * ev['frame_res'][ev['frames'].index(5)])
+    want[('Aggregation', i)] = '%.1f' % (100 * ev['mAP'])
+    for r in ('Middle', 'Aggregation'):
+        got[(r, i)] = t2h.get(r, ['?', '?'])[i]
+check('table2h_final_eval', ev['aggregated'] and ev['frames'] == list(range(10)) and got == want,
+      'V, AV: Middle %s, %s; Aggregation %s, %s (from final_eval.json: %s)'
+      % (got[('Middle', 0)], got[('Middle', 1)], got[('Aggregation', 0)], got[('Aggregation', 1)], want == got))
+t2i = cells(os.path.join(w, 'tables', 'table2i.md'))
+check('table2i_ensemble', 'SM Ensemble' in t2i and all(re.match(r'\d+\.\d$', v[0]) for v in t2i.values()), str(t2i))
+# tables.py's mAP of the ensemble of a run with itself is that run's final mAP computed by cav-finetune (C), for a
+# run evaluated on ten frames (predictions_agg.csv) and one evaluated on one (predictions_frame5.csv)
+out = os.path.join(w, 'tables', 'self.md')
+for mode in ('audioonly-lp', 'videoonly-lp'):
+    r = glob.glob(os.path.join(w, 'ft', '*', 'ep*_as20k_as20k_%s' % mode))[0]
+    d = os.path.join(r, 'done')
+    subprocess.run([tables, 'table', 'x', '--out', out, '--w', w, '--scale', 'mini', 'a|as20k-AV|%s&%s' % (d, d)],
+                   check=True, stdout=subprocess.DEVNULL)
+    ens = float(cells(out)['a'][0])
+    fin = 100 * json.load(open(os.path.join(r, 'final_eval.json')))['mAP']
+    check('ensemble_self_%s' % mode, abs(ens - fin) <= 0.051, 'tables.py %.1f, cav-finetune %.3f' % (ens, fin))
+# a run without final_eval.json: result.csv's last epoch, and a note that says so; no frame score
+old = os.path.join(w, 'ft', 'old')
+shutil.rmtree(old, ignore_errors=True)
+shutil.copytree(run('multimodal'), old)
+os.unlink(os.path.join(old, 'final_eval.json'))
+subprocess.run([tables, 'table', 'x', '--out', out, '--w', w, '--scale', 'mini', 'a|as20k-AV|%s/done' % old,
+                'b|as20k-AV|%s/done@frame5' % old], check=True, stdout=subprocess.DEVNULL)
+text, c = open(out).read(), cells(out)
+last = open(os.path.join(old, 'result.csv')).read().split()[-1].split(',')
+check('no_final_eval_fallback', c['a'][0] == '%.1f' % (100 * float(last[1])) and c['b'][0] == 'n/a'
+      and "no final_eval.json; the score is result.csv's last epoch" in text and 'no frame5 score' in text, str(c))
+shutil.rmtree(old)
+sys.exit(1 if bad else 0)
+EOF
 exit $((fails > 0))
