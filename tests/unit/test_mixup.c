@@ -286,11 +286,17 @@ static void batches_equal_hook(char **paths, int npaths, int *mixed_out) {
 
 static char dir[128];
 
+/* out (256 bytes): the shard NAME in the test's directory */
+static char *shard_path(char *out, const char *name) {
+    snprintf(out, 256, "%s/%s", dir, name);
+    return out;
+}
+
 static void loader_batches_use_the_draws(void) {
     char p1[256], p2[256], p3[256];
-    snprintf(p1, sizeof p1, "%s/both.h5", dir);
-    snprintf(p2, sizeof p2, "%s/wave.h5", dir);
-    snprintf(p3, sizeof p3, "%s/fbank.h5", dir);
+    shard_path(p1, "both.h5");
+    shard_path(p2, "wave.h5");
+    shard_path(p3, "fbank.h5");
     REQUIRE(make_shard(p1, 1, 1, 1, 0) == 0 && make_shard(p2, 1, 0, 1, 12) == 0 &&
             make_shard(p3, 0, 1, 1, 24) == 0);
     int mixed;
@@ -305,7 +311,7 @@ static void loader_batches_use_the_draws(void) {
  * the partner's (both when the same class); unmixed: 1 - eps and eps/K. */
 static void targets_follow_the_draw(void) {
     char p1[256];
-    snprintf(p1, sizeof p1, "%s/both.h5", dir);
+    shard_path(p1, "both.h5");
     cav_loader_opts o = shard_opts();
     cav_err err;
     char *paths[1] = {p1};
@@ -341,8 +347,8 @@ static double chi2_limit(int df) {
  * drawn); two ranks take the one-process rows; a different seed draws differently. */
 static void bal_frequencies_match_weights(void) {
     char p1[256], p2[256];
-    snprintf(p1, sizeof p1, "%s/both.h5", dir);
-    snprintf(p2, sizeof p2, "%s/wave.h5", dir);
+    shard_path(p1, "both.h5");
+    shard_path(p2, "wave.h5");
     char *paths[2] = {p1, p2};
     cav_loader_opts o = shard_opts();
     o.bal = 1, o.need_audio = o.need_video = 0, o.label_dim = 0, o.batch = 24, o.threads = 1;
@@ -387,8 +393,8 @@ static void bal_frequencies_match_weights(void) {
  * thread count. */
 static void resume_with_mixup_and_bal_exact(void) {
     char p1[256], p2[256];
-    snprintf(p1, sizeof p1, "%s/both.h5", dir);
-    snprintf(p2, sizeof p2, "%s/fbank.h5", dir);
+    shard_path(p1, "both.h5");
+    shard_path(p2, "fbank.h5");
     char *paths[2] = {p1, p2};
     cav_loader_opts o = shard_opts();
     o.bal = 1;
@@ -423,8 +429,8 @@ static void resume_with_mixup_and_bal_exact(void) {
  * the row); evaluation loaders ignore bal. */
 static void bal_needs_weights(void) {
     char p1[256], p2[256];
-    snprintf(p1, sizeof p1, "%s/noweight.h5", dir);
-    snprintf(p2, sizeof p2, "%s/negweight.h5", dir);
+    shard_path(p1, "noweight.h5");
+    shard_path(p2, "negweight.h5");
     REQUIRE(make_shard(p1, 0, 1, 0, 0) == 0 && make_shard(p2, 0, 1, -1, 0) == 0);
     cav_loader_opts o = shard_opts();
     o.bal = 1;
