@@ -324,12 +324,18 @@ static void describe(const cav_trainer *t, char *out, size_t n) {
              t->cfg->freeze_base ? "; linear probing (base frozen)" : "");
 }
 
+/* The metric that picks the best model and scores the final evaluation: 1 accuracy, 0 mAP (--metric, or
+ * auto: accuracy with --loss ce). */
+static int metric_is_acc(const cav_finetune_opts *o) {
+    return o->metric >= 0 ? o->metric : o->cfg.loss_ce;
+}
+
 int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err) {
     if (o->run.batch % d->world)
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->run.batch, d->world),
                1;
     if (o->cfg.task != CAV_TASK_FINETUNE) return cav_fail(err, 3, "not a fine-tuning config"), 3;
-    finetuner f = {o, o->metric >= 0 ? o->metric : o->cfg.loss_ce, NULL, NULL};
+    finetuner f = {o, metric_is_acc(o), NULL, NULL};
     cav_train_opts run = o->run; /* the training loader builds the targets and draws the rows */
     run.data.label_smooth = o->label_smooth;
     run.data.mixup = o->mixup;
@@ -388,8 +394,7 @@ static int eval_only(void *opts, int *rc) {
     if (o->run.resume) cav_usage_error("--eval-only does not resume");
     if (cav_ft_eval_check(&o->final, 0, &err) || cav_config_check(&o->cfg, &err))
         cav_usage_error("%s", err.msg);
-    int by_acc = o->metric >= 0 ? o->metric : o->cfg.loss_ce;
-    cav_ft_eval_setup es = {&o->run, &o->cfg, &o->final, by_acc};
+    cav_ft_eval_setup es = {&o->run, &o->cfg, &o->final, metric_is_acc(o)};
     *rc = cav_ft_eval_model(&es, o->run.init, o->run.force, d, &err);
     if (*rc) cav_msg("%s", err.msg);
     free(o->run.train.v), free(o->run.eval.v);
