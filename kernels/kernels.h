@@ -61,12 +61,13 @@ struct cav_backend {
     void (*average_backward)(float *da, const float *dout, size_t n);
     /* timm's attention core on qkv[B,N,3C] (rows [q | k | v], heads contiguous): out[B,N,C] =
      * softmax(q k^T (C/H)^-0.5) v, heads side by side; state: attention_state_size(B,H,N) floats, saved for
-     * the backward. Backward: dqkv[B,N,3C] SET; work: attention_workspace(B,H,N) floats. */
+     * the backward. Backward: dqkv[B,N,3C] SET from dout[B,N,C], qkv, the forward's out[B,N,C] (a fused
+     * kernel's D = rowsum(dout * out)) and its state; work: attention_workspace(B,H,N) floats. */
     size_t (*attention_state_size)(int B, int H, int N);
     size_t (*attention_workspace)(int B, int H, int N);
     void (*attention_forward)(float *out, float *state, const float *qkv, int B, int N, int C, int H);
-    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *state,
-                               float *work, int B, int N, int C, int H);
+    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *out,
+                               const float *state, float *work, int B, int N, int C, int H);
 
     /* ---- token bookkeeping ---- */
     /* Masking: out[B,L,C] = inp[b, idx[b,l], :] for inp[B,N,C]; backward dinp[b, idx[b,l], :] += dout. */

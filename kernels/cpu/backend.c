@@ -27,6 +27,12 @@ static size_t cpu_attention_workspace(int B, int H, int N) {
     (void)B, (void)H;
     return cav_attention_workspace(N);
 }
+/* the CPU keeps the probabilities: the forward's output is not needed */
+static void cpu_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                   const float *att, float *work, int B, int N, int C, int H) {
+    (void)out;
+    cav_attention_backward(dqkv, dout, qkv, att, work, B, N, C, H);
+}
 
 static cav_backend cpu = {
     .name = "cpu",
@@ -49,7 +55,7 @@ static cav_backend cpu = {
     .attention_state_size = cpu_attention_state_size,
     .attention_workspace = cpu_attention_workspace,
     .attention_forward = cav_attention_forward,
-    .attention_backward = cav_attention_backward,
+    .attention_backward = cpu_attention_backward,
     .gather_tokens_forward = cav_gather_tokens_forward,
     .gather_tokens_backward = cav_gather_tokens_backward,
     .mask_from_keep = cav_mask_from_keep,

@@ -67,8 +67,9 @@ void cav_cuda_attention_forward(float *out, float *att, const float *qkv, int B,
     }
 }
 
-void cav_cuda_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
-                                 float *work, int B, int N, int C, int H) {
+void cav_cuda_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                 const float *att, float *work, int B, int N, int C, int H) {
+    (void)out; /* the probabilities are kept: no need of the output */
     if (B <= 0 || N <= 0) return;
     int hd = C / H;
     long long nn = (long long)N * N;

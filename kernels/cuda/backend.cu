@@ -2,7 +2,10 @@
  * it, device memory for its memory, and device discovery: cav_backend_cuda(device, err) opens device N (one
  * per process), cav_backend_cuda_open(name, err) parses "cuda" / "cuda:N" for cav_backend_open. Where there
  * is no usable GPU (no driver, no device, N out of range) it answers NULL with "no CUDA device: <reason>",
- * error code 1 (a usage error: the tools exit 1). */
+ * error code 1 (a usage error: the tools exit 1). The attention path is chosen when the device opens, from
+ * the environment: CAV_ATTENTION=plain (the default: attention.cu, cuBLAS and the N x N probabilities, the
+ * oracle) or fused (flash.cu); cav_backend_cuda_attention sets it on a copy of the table (the tests compare
+ * the two). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +74,6 @@ static void fill_table(cav_backend *t) {
     t->gelu_forward = cav_cuda_gelu_forward, t->gelu_backward = cav_cuda_gelu_backward;
     t->add_forward = cav_cuda_add_forward, t->accumulate = cav_cuda_accumulate;
     t->average_forward = cav_cuda_average_forward, t->average_backward = cav_cuda_average_backward;
-    t->attention_state_size = cav_cuda_attention_state_size;
-    t->attention_workspace = cav_cuda_attention_workspace;
-    t->attention_forward = cav_cuda_attention_forward, t->attention_backward = cav_cuda_attention_backward;
     t->gather_tokens_forward = cav_cuda_gather_tokens_forward;
     t->gather_tokens_backward = cav_cuda_gather_tokens_backward;
     t->mask_from_keep = cav_cuda_mask_from_keep;
@@ -99,11 +99,28 @@ static void fill_table(cav_backend *t) {
     t->adam_step = cav_cuda_adam_step, t->all_finite = cav_cuda_all_finite;
 }
 
+/* The attention ops of table t: fused (flash.cu) when fused, else plain (attention.cu). */
+extern "C" void cav_backend_cuda_attention(cav_backend *t, int fused) {
+    if (fused) {
+        t->attention_state_size = cav_cuda_flash_state_size, t->attention_workspace = cav_cuda_flash_workspace;
+        t->attention_forward = cav_cuda_flash_forward, t->attention_backward = cav_cuda_flash_backward;
+    } else {
+        t->attention_state_size = cav_cuda_attention_state_size;
+        t->attention_workspace = cav_cuda_attention_workspace;
+        t->attention_forward = cav_cuda_attention_forward, t->attention_backward = cav_cuda_attention_backward;
+    }
+}
+
 extern "C" cav_backend *cav_backend_cuda(int device, cav_err *err) {
     if (cav_cuda.device >= 0) {
         if (device == cav_cuda.device) return &cuda_be;
         cav_fail(err, 1, "cuda:%d: this process already uses cuda:%d (one device per process)", device,
                  cav_cuda.device);
+        return NULL;
+    }
+    const char *mode = getenv("CAV_ATTENTION");
+    if (mode && *mode && strcmp(mode, "plain") != 0 && strcmp(mode, "fused") != 0) {
+        cav_fail(err, 1, "CAV_ATTENTION=%.64s: expected plain or fused", mode);
         return NULL;
     }
     int count = 0;
@@ -138,6 +155,7 @@ extern "C" cav_backend *cav_backend_cuda(int device, cav_err *err) {
     cav_cuda.device = device;
     snprintf(cuda_name, sizeof cuda_name, "cuda:%d", device);
     fill_table(&cuda_be);
+    cav_backend_cuda_attention(&cuda_be, mode && strcmp(mode, "fused") == 0);
     return &cuda_be;
 }
 

@@ -109,8 +109,15 @@ void cav_cuda_average_backward(float *da, const float *dout, size_t n);
 size_t cav_cuda_attention_state_size(int B, int H, int N);
 size_t cav_cuda_attention_workspace(int B, int H, int N);
 void cav_cuda_attention_forward(float *out, float *state, const float *qkv, int B, int N, int C, int H);
-void cav_cuda_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *state,
-                                 float *work, int B, int N, int C, int H);
+void cav_cuda_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                 const float *state, float *work, int B, int N, int C, int H);
+
+/* ---- flash.cu: the fused path (state lse[B,H,N], work D[B,H,N]; head dims 32 and 64) ---- */
+size_t cav_cuda_flash_state_size(int B, int H, int N);
+size_t cav_cuda_flash_workspace(int B, int H, int N);
+void cav_cuda_flash_forward(float *out, float *lse, const float *qkv, int B, int N, int C, int H);
+void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, const float *out, const float *lse,
+                             float *D, int B, int N, int C, int H);
 
 /* ---- tokens.cu ---- */
 void cav_cuda_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L,

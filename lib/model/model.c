@@ -873,7 +873,7 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     m->be->layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     m->be->zero(m->sc_atty, sizeof(float) * M * C);
     m->be->linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
-    m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->att, m->sc_att, B, N, C, s->H);
+    m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C, s->H);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
     m->be->linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);

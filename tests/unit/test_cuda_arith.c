@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "cuda/flash.h"
 #include "cuda/reduce.h"
 #include "harness.h"
 
@@ -305,6 +306,79 @@ static void test_classification_losses(void) {
     free(x), free(y), free(row);
 }
 
+/* ---- the fused attention (flash.h's host drivers) against the CPU's, at the models' shapes --------------
+ */
+
+#define FA_TOL 1e-5 /* see test_flash_attention */
+
+/* the [.., hd] slices of head h of every token of x[B,N,ld] (at offset off), side by side in dst */
+static void head_slice(float *dst, const float *x, int B, int N, int ld, int off, int h, int hd) {
+    for (size_t r = 0; r < (size_t)B * N; r++)
+        memcpy(dst + r * hd, x + r * ld + off + (size_t)h * hd, sizeof(float) * hd);
+}
+
+/* B samples of N tokens, C channels, H heads; the heads listed (all when nh is 0) are run on the host and
+ * compared; spread scales q and k (the spread of the scores). Returns the worst relative difference. */
+static double flash_case(int B, int N, int C, int H, float spread, const int *heads, int nh) {
+    int hd = C / H;
+    size_t nx = (size_t)B * N * C;
+    float *qkv = rnd(3 * nx, 1), *dO = rnd(nx, 1), *ro = zeros(nx), *att = zeros((size_t)B * H * N * N);
+    for (size_t r = 0; r < (size_t)B * N; r++)
+        for (int c = 0; c < 2 * C; c++) qkv[r * 3 * C + c] *= spread;
+    float *rdq = zeros(3 * nx), *work = zeros(cav_attention_workspace(N));
+    cav_attention_forward(ro, att, qkv, B, N, C, H);
+    cav_attention_backward(rdq, dO, qkv, att, work, B, N, C, H);
+    float *ho = zeros(nx), *hdq = zeros(3 * nx), *lse = zeros((size_t)B * H * N),
+          *D = zeros((size_t)B * H * N);
+    size_t ns = (size_t)B * N * hd;
+    float *a = zeros(ns), *r = zeros(ns);
+    double worst = 0;
+    char what[64];
+    for (int k = 0; k < (nh ? nh : H); k++) {
+        int h = nh ? heads[k] : k;
+        for (int b = 0; b < B; b++) cav_fa_forward_host(ho, lse, qkv, b, h, N, C, H);
+        for (int b = 0; b < B; b++) cav_fa_backward_host(hdq, dO, qkv, ho, lse, D, b, h, N, C, H);
+        static const char *names[] = {"out", "dq", "dk", "dv"};
+        for (int q = 0; q < 4; q++) {
+            const float *got = q ? hdq : ho, *want = q ? rdq : ro;
+            int ld = q ? 3 * C : C, off = q ? (q - 1) * C : 0;
+            head_slice(a, got, B, N, ld, off, h, hd), head_slice(r, want, B, N, ld, off, h, hd);
+            snprintf(what, sizeof what, "flash %d %d %d %d h%d %s", B, N, C, H, h, names[q]);
+            worst = fmax(worst, rel(what, a, r, ns));
+        }
+    }
+    free(qkv), free(dO), free(ro), free(att), free(rdq), free(work), free(ho), free(hdq), free(lse), free(D);
+    free(a), free(r);
+    return worst;
+}
+
+static void test_flash_attention(void) {
+    static const int two[] = {0, -1}; /* the first and the last head */
+    struct {
+        int B, N, C, H, nh;
+        float spread;
+    } cases[] = {
+        {2, 177, 192, 3, 0, 1},  /* tiny encoder, joint layer of pretraining (128 audio + 49 video kept) */
+        {2, 49, 192, 3, 0, 4},   /* tiny, the kept video tokens; peaked scores */
+        {1, 708, 128, 4, 2, 1},  /* tiny decoder (hd 32), all tokens */
+        {1, 708, 768, 12, 2, 1}, /* base encoder, fine-tuning's joint layer */
+        {1, 512, 768, 12, 2, 3}, /* base, audio alone, peaked */
+        {2, 196, 768, 12, 2, 1}, /* base, video alone */
+        {1, 708, 512, 16, 2, 1}, /* base decoder (hd 32) */
+        {3, 1, 192, 3, 0, 1},    /* one token */
+        {1, 33, 128, 4, 0, 2},   /* one past a key tile */
+        {1, 65, 192, 3, 0, 2},   /* one past a query block */
+    };
+    double worst = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int heads[2] = {two[0], cases[i].H - 1};
+        worst = fmax(worst, flash_case(cases[i].B, cases[i].N, cases[i].C, cases[i].H, cases[i].spread, heads,
+                                       cases[i].nh));
+    }
+    fprintf(stderr, "  flash attention: worst rel %.3g (tolerance %g)\n", worst, FA_TOL);
+    CHECK(worst <= FA_TOL);
+}
+
 int main(void) {
     TEST(test_layernorm);
     TEST(test_softmax);
@@ -312,5 +386,6 @@ int main(void) {
     TEST(test_l2norm_contrastive);
     TEST(test_mae_losses);
     TEST(test_classification_losses);
+    TEST(test_flash_attention);
     return harness_exit();
 }

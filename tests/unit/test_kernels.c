@@ -718,7 +718,7 @@ static int backend_case(int B, int N, int C, int H, double tol) {
     be->attention_forward(dao, dst, dqkv, B, N, C, H);
     ok &= rel_diff(dao, ao, nx) <= tol;
     cav_attention_backward(dq, x, qkv, att, cwork, B, N, C, H);
-    be->attention_backward(ddq, dev_x, dqkv, dst, dwk, B, N, C, H);
+    be->attention_backward(ddq, dev_x, dqkv, dao, dst, dwk, B, N, C, H);
     ok &= rel_diff(ddq, dq, 3 * nx) <= tol;
     /* masking gather, its scatter, the MAE mask; pooling and L2 normalisation */
     int64_t *idx = malloc(sizeof(int64_t) * B * L);
@@ -974,6 +974,67 @@ static void test_backends(void) {
     CHECK(ran >= 1);
 }
 
+#ifdef CAV_HAVE_CUDA
+void cav_backend_cuda_attention(cav_backend *t, int fused); /* kernels/cuda/backend.cu */
+#endif
+
+/* The CUDA backend's fused attention (flash.cu) against its plain path (attention.cu, checked against the CPU
+ * by test_backends) at the models' shapes (tiny and base, encoder and decoder heads, 49 to 708 tokens) and
+ * awkward ones (one token, a tile and one, head dims below 32), forward and dqkv, within the tolerance that
+ * test_cuda_arith.c justifies for flash.h's order (1e-5 of the largest value); and the fused path run twice
+ * gives the same bits (no atomics). Skipped where the cuda backend is absent. */
+static void test_fused_attention(void) {
+#ifndef CAV_HAVE_CUDA
+    SKIP("this build has no CUDA backend");
+#else
+    cav_err err = {0, ""};
+    cav_backend *be = cav_backend_open("cuda", &err);
+    if (!be) {
+        char why[256];
+        snprintf(why, sizeof why, "%.200s", err.msg);
+        SKIP(why);
+    }
+    cav_backend plain = *be, fused = *be;
+    cav_backend_cuda_attention(&plain, 0), cav_backend_cuda_attention(&fused, 1);
+    cur_be = be;
+    static const int shapes[][4] = {{2, 177, 192, 3},  {4, 49, 192, 3},   {2, 708, 128, 4},
+                                    {4, 708, 768, 12}, {4, 512, 768, 12}, {8, 196, 768, 12},
+                                    {4, 708, 512, 16}, {3, 1, 192, 3},    {1, 33, 128, 4},
+                                    {1, 65, 192, 3},   {2, 5, 12, 3},     {1, 100, 16, 2}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int B = shapes[s][0], N = shapes[s][1], C = shapes[s][2], H = shapes[s][3];
+        size_t nx = (size_t)B * N * C;
+        float *qkv = rnd(3 * nx, 1), *dout = rnd(nx, 1);
+        float *d_qkv = dev(qkv, sizeof(float) * 3 * nx), *d_dout = dev(dout, sizeof(float) * nx);
+        float *po = dev(NULL, sizeof(float) * nx), *pd = dev(NULL, sizeof(float) * 3 * nx);
+        float *ps = dev(NULL, sizeof(float) * plain.attention_state_size(B, H, N));
+        float *pw = dev(NULL, sizeof(float) * plain.attention_workspace(B, H, N));
+        plain.attention_forward(po, ps, d_qkv, B, N, C, H);
+        plain.attention_backward(pd, d_dout, d_qkv, po, ps, pw, B, N, C, H);
+        float *ro = back(po, nx), *rd = back(pd, 3 * nx), *f[2][2];
+        for (int run = 0; run < 2; run++) {
+            float *fo = dev(NULL, sizeof(float) * nx), *fd = dev(NULL, sizeof(float) * 3 * nx);
+            float *fs = dev(NULL, sizeof(float) * fused.attention_state_size(B, H, N));
+            float *fw = dev(NULL, sizeof(float) * fused.attention_workspace(B, H, N));
+            fused.attention_forward(fo, fs, d_qkv, B, N, C, H);
+            fused.attention_backward(fd, d_dout, d_qkv, fo, fs, fw, B, N, C, H);
+            f[run][0] = back(fo, nx), f[run][1] = back(fd, 3 * nx);
+            if (run == 0) {
+                double ro_d = rel_diff(fo, ro, nx), rd_d = rel_diff(fd, rd, 3 * nx);
+                fprintf(stderr, "  fused attention %d %d %d %d: out rel %.3g, dqkv rel %.3g\n", B, N, C, H,
+                        ro_d, rd_d);
+                CHECK(ro_d <= 1e-5 && rd_d <= 1e-5);
+            }
+            be->free(fo), be->free(fd), be->free(fs), be->free(fw);
+        }
+        CHECK(memcmp(f[0][0], f[1][0], sizeof(float) * nx) == 0);
+        CHECK(memcmp(f[0][1], f[1][1], sizeof(float) * 3 * nx) == 0);
+        be->free(d_qkv), be->free(d_dout), be->free(po), be->free(pd), be->free(ps), be->free(pw);
+        free(qkv), free(dout), free(ro), free(rd), free(f[0][0]), free(f[0][1]), free(f[1][0]), free(f[1][1]);
+    }
+#endif
+}
+
 int main(void) {
     TEST(test_linear);
     TEST(test_linear_banded);
@@ -988,5 +1049,6 @@ int main(void) {
     TEST(test_classification_losses);
     TEST(test_adam);
     TEST(test_backends);
+    TEST(test_fused_attention);
     return harness_exit();
 }
