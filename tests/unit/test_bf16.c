@@ -11,25 +11,16 @@
 
 #include "cuda/bf16.h"
 #include "harness.h"
+#include "testdata.h"
 
-static char refdir[1024];
+#define GEN "gen_bf16"
 
-/* the whole file NAME of the reference directory; *bytes its size; NULL when absent */
-static void *read_all(const char *name, long *bytes) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/%s", refdir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "  cannot open %s (make refs)\n", path);
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(n > 0 ? (size_t)n : 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n) free(p), p = NULL;
-    fclose(f);
-    *bytes = n;
+/* ref_read, saying which file is missing */
+static void *read_ref(const char *name, long *bytes) {
+    size_t n = 0;
+    void *p = ref_read(GEN, name, &n);
+    if (!p) fprintf(stderr, "  cannot read $CAV_REF/%s/%s (make refs)\n", GEN, name);
+    *bytes = (long)n;
     return p;
 }
 
@@ -39,8 +30,8 @@ static int bf16_is_nan(uint16_t h) {
 
 static void rounding_matches_torch(void) {
     long nb, nb2;
-    uint32_t *in = read_all("round_in.u32", &nb);
-    uint16_t *want = read_all("round_out.u16", &nb2);
+    uint32_t *in = read_ref("round_in.u32", &nb);
+    uint16_t *want = read_ref("round_out.u16", &nb2);
     REQUIRE(in && want && nb / 4 == nb2 / 2 && nb > 4000);
     long n = nb / 4, bad = 0, ties = 0, nans = 0;
     for (long i = 0; i < n; i++) {
@@ -58,7 +49,7 @@ static void rounding_matches_torch(void) {
 
 static void widening_matches_torch(void) {
     long nb;
-    uint32_t *want = read_all("widen_out.u32", &nb);
+    uint32_t *want = read_ref("widen_out.u32", &nb);
     REQUIRE(want && nb == 65536 * 4);
     long bad = 0, trip = 0;
     for (uint32_t h = 0; h < 65536; h++) {
@@ -89,8 +80,7 @@ static int32_t bf16_order(uint16_t h) {
 #define LIN_TOL 4e-6
 static void linear_matches_torch(void) {
     char path[1200];
-    snprintf(path, sizeof path, "%s/index.txt", refdir);
-    FILE *idx = fopen(path, "r");
+    FILE *idx = ref_path(path, sizeof path, GEN, "index.txt") ? fopen(path, "r") : NULL;
     REQUIRE(idx != NULL);
     char line[256];
     int cases = 0;
@@ -104,7 +94,7 @@ static void linear_matches_torch(void) {
         int ok = 1;
         for (int i = 0; i < 5; i++) {
             snprintf(name[i], sizeof name[i], "linear_%d_%d_%d_%s", M, K, N, suffix[i]);
-            d[i] = read_all(name[i], &bytes[i]);
+            d[i] = read_ref(name[i], &bytes[i]);
             ok &= d[i] != NULL;
         }
         REQUIRE(ok && bytes[0] == 4L * M * K && bytes[1] == 4L * N * K && bytes[2] == 4L * N &&
@@ -134,8 +124,6 @@ static void linear_matches_torch(void) {
 }
 
 int main(void) {
-    const char *base = getenv("CAV_REF");
-    snprintf(refdir, sizeof refdir, "%s/gen_bf16", base ? base : "build/ref");
     TEST(rounding_matches_torch);
     TEST(widening_matches_torch);
     TEST(linear_matches_torch);
