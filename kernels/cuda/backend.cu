@@ -112,15 +112,15 @@ extern "C" void cav_backend_cuda_attention(cav_backend *t, int fused) {
 }
 
 extern "C" cav_backend *cav_backend_cuda(int device, cav_err *err) {
+    const char *mode = getenv("CAV_ATTENTION");
+    if (mode && *mode && strcmp(mode, "plain") != 0 && strcmp(mode, "fused") != 0) {
+        cav_fail(err, 1, "CAV_ATTENTION=%.64s: expected plain or fused", mode);
+        return NULL;
+    }
     if (cav_cuda.device >= 0) {
         if (device == cav_cuda.device) return &cuda_be;
         cav_fail(err, 1, "cuda:%d: this process already uses cuda:%d (one device per process)", device,
                  cav_cuda.device);
-        return NULL;
-    }
-    const char *mode = getenv("CAV_ATTENTION");
-    if (mode && *mode && strcmp(mode, "plain") != 0 && strcmp(mode, "fused") != 0) {
-        cav_fail(err, 1, "CAV_ATTENTION=%.64s: expected plain or fused", mode);
         return NULL;
     }
     int count = 0;

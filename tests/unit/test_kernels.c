@@ -988,6 +988,11 @@ static void test_fused_attention(void) {
     SKIP("this build has no CUDA backend");
 #else
     cav_err err = {0, ""};
+    /* an unknown CAV_ATTENTION is a usage error, GPU or not */
+    setenv("CAV_ATTENTION", "flash", 1);
+    CHECK(cav_backend_open("cuda", &err) == NULL && err.code == 1 && strstr(err.msg, "CAV_ATTENTION=flash"));
+    unsetenv("CAV_ATTENTION");
+    err = (cav_err){0, ""};
     cav_backend *be = cav_backend_open("cuda", &err);
     if (!be) {
         char why[256];
