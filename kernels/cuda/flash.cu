@@ -16,16 +16,13 @@
 #include "cuda_ops.h"
 #include "flash.h"
 
-/* rows [r0, r0 + rows) of one head (hd floats, rows ld apart in src) into dst[rows][LD], zero-padded to HD
- * columns (flash.h: the padding adds exact zeros to every sum); rows past n are zero (never read: the loops
- * stop at n) */
+/* the tile of rows [r0, r0 + rows) of one head into dst[rows][LD], zero-padded to HD columns (flash.h's
+ * cav_fa_tile_at); the block's threads take its elements in turn */
 template <int HD, int LD>
 static __device__ inline void fa_load(float (*dst)[LD], const float *src, int ld, int r0, int rows, int n,
                                       int hd, int t, int threads) {
-    for (int e = t; e < rows * HD; e += threads) {
-        int r = e / HD, d = e % HD;
-        dst[r][d] = r0 + r < n && d < hd ? src[(size_t)(r0 + r) * ld + d] : 0.0f;
-    }
+    for (int e = t; e < rows * HD; e += threads)
+        dst[e / HD][e % HD] = cav_fa_tile_at(src, ld, r0, e / HD, e % HD, n, hd);
 }
 
 /* grid (ceil(N / BR), B H), BR threads: thread t owns query row i = blockIdx.x BR + t */
@@ -154,7 +151,7 @@ void cav_cuda_flash_forward(float *out, float *lse, const float *qkv, int B, int
     int hd = fa_head_dim(C, H);
     float scale = 1.0f / sqrtf((float)hd);
     dim3 grid((unsigned)((N + CAV_FA_BR - 1) / CAV_FA_BR), (unsigned)(B * H));
-    if (hd > 32)
+    if (cav_fa_hd_pad(hd) == 64)
         fa_forward_kernel<64><<<grid, CAV_FA_BR>>>(out, lse, qkv, N, C, H, hd, scale);
     else
         fa_forward_kernel<32><<<grid, CAV_FA_BR>>>(out, lse, qkv, N, C, H, hd, scale);
@@ -171,7 +168,7 @@ void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, c
     dim3 gq((unsigned)((N + CAV_FA_BR - 1) / CAV_FA_BR), (unsigned)(B * H));
     fa_rowdot_kernel<<<cav_grid(rows, 256), 256>>>(D, dout, out, B, N, C, H, hd);
     LAUNCHED();
-    if (hd > 32) {
+    if (cav_fa_hd_pad(hd) == 64) {
         fa_dkdv_kernel<64><<<gk, CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
         LAUNCHED();
         fa_dq_kernel<64><<<gq, CAV_FA_BR>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);

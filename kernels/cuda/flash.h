@@ -113,59 +113,111 @@ CAV_FA_HD float cav_fa_ds(float *p, const float *q, const float *k, const float 
     return pp * (dp - D) * scale;
 }
 
-/* ---- host drivers: the kernels' threads and tiles, one after the other ---------------------------------
+/* ---- tiles: what the kernels copy to shared memory ------------------------------------------------------
+ */
+
+/* the HD of the kernel that runs head dim hd (<= 64) */
+CAV_FA_HD int cav_fa_hd_pad(int hd) {
+    return hd > 32 ? 64 : 32;
+}
+/* element d of row r of the tile of rows [r0, r0 + rows) of a head (hd floats, rows ld apart in src): zero
+ * past the n rows and past hd (a zero term leaves every sum as it is) */
+CAV_FA_HD float cav_fa_tile_at(const float *src, int ld, int r0, int r, int d, int n, int hd) {
+    return r0 + r < n && d < hd ? src[(size_t)(r0 + r) * ld + d] : 0.0f;
+}
+
+/* ---- host drivers: the kernels' blocks, tiles and threads, one after the other --------------------------
  */
 
 #ifndef __CUDA_ARCH__
-/* flash.cu's forward for head h of sample b: out[B,N,C], lse[B,H,N] from qkv[B,N,3C]; hd = C / H <= 64 */
+/* a tile into dst[rows][HD] (the kernels pad some rows to HD + 1 floats against bank conflicts: that changes
+ * no value) */
+static inline void cav_fa_load_host(float *dst, int HD, const float *src, int ld, int r0, int rows, int n,
+                                    int hd) {
+    for (int r = 0; r < rows; r++)
+        for (int d = 0; d < HD; d++) dst[r * HD + d] = cav_fa_tile_at(src, ld, r0, r, d, n, hd);
+}
+
+/* flash.cu's fa_forward_kernel for head h of sample b: out[B,N,C], lse[B,H,N] from qkv[B,N,3C]; hd = C / H
+ * <= 64 */
 static inline void cav_fa_forward_host(float *out, float *lse, const float *qkv, int b, int h, int N, int C,
                                        int H) {
-    int hd = C / H, ld = 3 * C;
-    float scale = 1.0f / sqrtf((float)hd), o[64], s[CAV_FA_BC], m, l;
+    int hd = C / H, HD = cav_fa_hd_pad(hd), ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    float qs[CAV_FA_BR * 64], ks[CAV_FA_BC * 64], vs[CAV_FA_BC * 64], ss[CAV_FA_BR][CAV_FA_BC];
+    float o[CAV_FA_BR][64], m[CAV_FA_BR], l[CAV_FA_BR];
     const float *q = qkv + (size_t)b * N * ld + (size_t)h * hd, *k = q + C, *v = q + 2 * C;
-    for (int i = 0; i < N; i++) { /* the thread of row i (block i / CAV_FA_BR) */
-        cav_fa_fwd_init(o, &m, &l, hd);
+    for (int i0 = 0; i0 < N; i0 += CAV_FA_BR) { /* a block */
+        cav_fa_load_host(qs, HD, q, ld, i0, CAV_FA_BR, N, hd);
+        for (int t = 0; t < CAV_FA_BR; t++) cav_fa_fwd_init(o[t], &m[t], &l[t], HD);
         for (int j0 = 0; j0 < N; j0 += CAV_FA_BC) {
             int nk = N - j0 < CAV_FA_BC ? N - j0 : CAV_FA_BC;
-            cav_fa_fwd_tile(o, &m, &l, s, q + (size_t)i * ld, k + (size_t)j0 * ld, v + (size_t)j0 * ld, ld,
-                            nk, scale, hd);
+            cav_fa_load_host(ks, HD, k, ld, j0, CAV_FA_BC, N, hd);
+            cav_fa_load_host(vs, HD, v, ld, j0, CAV_FA_BC, N, hd);
+            for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
+                cav_fa_fwd_tile(o[t], &m[t], &l[t], ss[t], qs + t * HD, ks, vs, HD, nk, scale, HD);
         }
-        lse[((size_t)b * H + h) * N + i] =
-            cav_fa_fwd_finish(out + ((size_t)b * N + i) * C + (size_t)h * hd, o, m, l, hd, hd);
+        for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
+            lse[((size_t)b * H + h) * N + i0 + t] = cav_fa_fwd_finish(
+                out + ((size_t)b * N + i0 + t) * C + (size_t)h * hd, o[t], m[t], l[t], HD, hd);
     }
 }
-/* flash.cu's backward for head h of sample b: its slices of dqkv[B,N,3C] SET from dout[B,N,C], the forward's
- * out[B,N,C] and lse[B,H,N]; D[B,H,N] is the kernels' workspace */
+
+/* flash.cu's backward kernels for head h of sample b: its slices of dqkv[B,N,3C] SET from dout[B,N,C], the
+ * forward's out[B,N,C] and lse[B,H,N]; D[B,H,N] is the kernels' workspace */
 static inline void cav_fa_backward_host(float *dqkv, const float *dout, const float *qkv, const float *out,
                                         const float *lse, float *D, int b, int h, int N, int C, int H) {
-    int hd = C / H, ld = 3 * C;
-    float scale = 1.0f / sqrtf((float)hd), acc[64], acc2[64], p;
-    size_t o = (size_t)b * N * ld + (size_t)h * hd, bh = (size_t)b * H + h;
-    const float *q = qkv + o, *k = q + C, *v = q + 2 * C, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
+    int hd = C / H, HD = cav_fa_hd_pad(hd), ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd), p;
+    float rows1[CAV_FA_BR * 64], rows2[CAV_FA_BR * 64], t1[CAV_FA_BT * 64], t2[CAV_FA_BT * 64];
+    float acc[CAV_FA_BR][64], acc2[CAV_FA_BR][64];
+    size_t off = (size_t)b * N * ld + (size_t)h * hd, bh = (size_t)b * H + h;
+    const float *q = qkv + off, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
     const float *L = lse + bh * N, *Dr = D + bh * N;
-    float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C;
     for (int i = 0; i < N; i++) { /* fa_rowdot_kernel */
         size_t r = ((size_t)b * N + i) * C + (size_t)h * hd;
         D[bh * N + i] = cav_fa_dot(dout + r, out + r, hd);
     }
-    for (int j = 0; j < N; j++) { /* fa_dkdv_kernel: the thread of key row j */
-        for (int d = 0; d < hd; d++) acc[d] = acc2[d] = 0;
-        for (int i = 0; i < N; i++) {
-            float ds = cav_fa_ds(&p, q + (size_t)i * ld, k + (size_t)j * ld, v + (size_t)j * ld,
-                                 dO + (size_t)i * C, L[i], Dr[i], scale, hd);
-            cav_fa_axpy(acc2, p, dO + (size_t)i * C, hd);
-            cav_fa_axpy(acc, ds, q + (size_t)i * ld, hd);
+    for (int j0 = 0; j0 < N; j0 += CAV_FA_BK) { /* fa_dkdv_kernel: a block of key rows */
+        cav_fa_load_host(rows1, HD, q + C, ld, j0, CAV_FA_BK, N, hd);
+        cav_fa_load_host(rows2, HD, q + 2 * C, ld, j0, CAV_FA_BK, N, hd);
+        for (int t = 0; t < CAV_FA_BK; t++)
+            for (int d = 0; d < HD; d++) acc[t][d] = acc2[t][d] = 0;
+        for (int i0 = 0; i0 < N; i0 += CAV_FA_BT) {
+            int nq = N - i0 < CAV_FA_BT ? N - i0 : CAV_FA_BT;
+            cav_fa_load_host(t1, HD, q, ld, i0, CAV_FA_BT, N, hd);
+            cav_fa_load_host(t2, HD, dO, C, i0, CAV_FA_BT, N, hd);
+            for (int t = 0; t < CAV_FA_BK && j0 + t < N; t++)
+                for (int r = 0; r < nq; r++) {
+                    float ds = cav_fa_ds(&p, t1 + r * HD, rows1 + t * HD, rows2 + t * HD, t2 + r * HD,
+                                         L[i0 + r], Dr[i0 + r], scale, HD);
+                    cav_fa_axpy(acc2[t], p, t2 + r * HD, HD);
+                    cav_fa_axpy(acc[t], ds, t1 + r * HD, HD);
+                }
         }
-        cav_fa_store(dk + (size_t)j * ld, acc, hd, hd), cav_fa_store(dv + (size_t)j * ld, acc2, hd, hd);
+        for (int t = 0; t < CAV_FA_BK && j0 + t < N; t++) {
+            float *dk_row = dqkv + off + C + (size_t)(j0 + t) * ld;
+            cav_fa_store(dk_row, acc[t], HD, hd), cav_fa_store(dk_row + C, acc2[t], HD, hd);
+        }
     }
-    for (int i = 0; i < N; i++) { /* fa_dq_kernel: the thread of query row i */
-        for (int d = 0; d < hd; d++) acc[d] = 0;
-        for (int j = 0; j < N; j++) {
-            float ds = cav_fa_ds(&p, q + (size_t)i * ld, k + (size_t)j * ld, v + (size_t)j * ld,
-                                 dO + (size_t)i * C, L[i], Dr[i], scale, hd);
-            cav_fa_axpy(acc, ds, k + (size_t)j * ld, hd);
+    for (int i0 = 0; i0 < N; i0 += CAV_FA_BR) { /* fa_dq_kernel: a block of query rows */
+        cav_fa_load_host(rows1, HD, q, ld, i0, CAV_FA_BR, N, hd);
+        cav_fa_load_host(rows2, HD, dO, C, i0, CAV_FA_BR, N, hd);
+        for (int t = 0; t < CAV_FA_BR; t++)
+            for (int d = 0; d < HD; d++) acc[t][d] = 0;
+        for (int j0 = 0; j0 < N; j0 += CAV_FA_BT) {
+            int nk = N - j0 < CAV_FA_BT ? N - j0 : CAV_FA_BT;
+            cav_fa_load_host(t1, HD, q + C, ld, j0, CAV_FA_BT, N, hd);
+            cav_fa_load_host(t2, HD, q + 2 * C, ld, j0, CAV_FA_BT, N, hd);
+            for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
+                for (int r = 0; r < nk; r++) {
+                    float ds = cav_fa_ds(&p, rows1 + t * HD, t1 + r * HD, t2 + r * HD, rows2 + t * HD,
+                                         L[i0 + t], Dr[i0 + t], scale, HD);
+                    cav_fa_axpy(acc[t], ds, t1 + r * HD, HD);
+                }
         }
-        cav_fa_store(dq + (size_t)i * ld, acc, hd, hd);
+        for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
+            cav_fa_store(dqkv + off + (size_t)(i0 + t) * ld, acc[t], HD, hd);
     }
 }
 #endif

@@ -315,8 +315,8 @@ static void test_classification_losses(void) {
  * up to 23 at N = 708), where the CPU sums in OpenBLAS's blocked order after one max: each side's rounding is
  * about sqrt(N) float ulps of the sum of |terms|, and an output that is an average of cancelling values is
  * smaller than that sum, so relative to the largest output the difference can be ten times more. Measured
- * 2.1e-6 at worst (out of the base decoder, N = 708, hd 32); a dropped rescale or a missing term gives 1e-2 or
- * more. */
+ * 2.1e-6 at worst (out of the base decoder, N = 708, hd 32); a dropped rescale or a missing term gives 1e-2
+ * or more. */
 #define FA_TOL 1e-5
 
 /* the [.., hd] slices of head h of every token of x[B,N,ld] (at offset off), side by side in dst */
@@ -376,6 +376,9 @@ static void test_flash_attention(void) {
         {3, 1, 192, 3, 0, 1},    /* one token */
         {1, 33, 128, 4, 0, 2},   /* one past a key tile */
         {1, 65, 192, 3, 0, 2},   /* one past a query block */
+        {2, 100, 48, 3, 0, 1},   /* head dim 16: the 32-wide kernel, zero-padded */
+        {1, 130, 120, 3, 0, 1},  /* head dim 40: the 64-wide kernel, zero-padded */
+        {2, 5, 12, 3, 0, 1},     /* head dim 4 */
     };
     double worst = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
