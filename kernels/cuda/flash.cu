@@ -59,40 +59,39 @@ static __global__ void fa_rowdot_kernel(float *D, const float *dout, const float
     }
 }
 
-/* grid (ceil(N / BK), B H), BK threads: thread t owns key row j = blockIdx.x BK + t and its dk, dv; the
- * queries stream through in tiles of BT */
+/* grid (ceil(N / BK), B H), 2 BK threads: key row j = blockIdx.x BK + t % BK has two, one summing its dk
+ * (t < BK) and one its dv (warp-uniform roles); the queries stream through in tiles of BT. One thread holding
+ * both (2 HD accumulators beside its k and v rows) spilled registers at HD = 64. */
 template <int HD>
-static __global__ void __launch_bounds__(CAV_FA_BK)
+static __global__ void __launch_bounds__(2 * CAV_FA_BK)
     fa_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse, const float *D, int N,
                    int C, int H, int hd, float scale) {
     __shared__ float ks[CAV_FA_BK][HD + 1], vs[CAV_FA_BK][HD + 1], qs[CAV_FA_BT][HD], dos[CAV_FA_BT][HD];
     __shared__ float ls[CAV_FA_BT], Ds[CAV_FA_BT];
-    int bh = blockIdx.y, b = bh / H, h = bh % H, t = threadIdx.x, j0 = blockIdx.x * CAV_FA_BK, j = j0 + t;
-    int ld = 3 * C;
+    int bh = blockIdx.y, b = bh / H, h = bh % H, t = threadIdx.x, r0 = t % CAV_FA_BK, is_dv = t >= CAV_FA_BK;
+    int j0 = blockIdx.x * CAV_FA_BK, j = j0 + r0, ld = 3 * C;
     size_t off = (size_t)b * N * ld + (size_t)h * hd;
     const float *q = qkv + off, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
-    fa_load<HD, HD + 1>(ks, q + C, ld, j0, CAV_FA_BK, N, hd, t, CAV_FA_BK);
-    fa_load<HD, HD + 1>(vs, q + 2 * C, ld, j0, CAV_FA_BK, N, hd, t, CAV_FA_BK);
-    float dk[HD], dv[HD], p;
-    for (int d = 0; d < HD; d++) dk[d] = dv[d] = 0;
+    fa_load<HD, HD + 1>(ks, q + C, ld, j0, CAV_FA_BK, N, hd, t, 2 * CAV_FA_BK);
+    fa_load<HD, HD + 1>(vs, q + 2 * C, ld, j0, CAV_FA_BK, N, hd, t, 2 * CAV_FA_BK);
+    float acc[HD];
+    for (int d = 0; d < HD; d++) acc[d] = 0;
     for (int i0 = 0; i0 < N; i0 += CAV_FA_BT) {
         int nq = N - i0 < CAV_FA_BT ? N - i0 : CAV_FA_BT;
         __syncthreads();
-        fa_load<HD, HD>(qs, q, ld, i0, CAV_FA_BT, N, hd, t, CAV_FA_BK);
-        fa_load<HD, HD>(dos, dO, C, i0, CAV_FA_BT, N, hd, t, CAV_FA_BK);
+        fa_load<HD, HD>(qs, q, ld, i0, CAV_FA_BT, N, hd, t, 2 * CAV_FA_BK);
+        fa_load<HD, HD>(dos, dO, C, i0, CAV_FA_BT, N, hd, t, 2 * CAV_FA_BK);
         if (t < nq) ls[t] = lse[(size_t)bh * N + i0 + t], Ds[t] = D[(size_t)bh * N + i0 + t];
         __syncthreads();
-        if (j < N)
-            for (int r = 0; r < nq; r++) {
-                float ds = cav_fa_ds(&p, qs[r], ks[t], vs[t], dos[r], ls[r], Ds[r], scale, HD);
-                cav_fa_axpy(dv, p, dos[r], HD);
-                cav_fa_axpy(dk, ds, qs[r], HD);
-            }
+        if (j < N && is_dv)
+            for (int r = 0; r < nq; r++)
+                cav_fa_axpy(acc, cav_fa_p(qs[r], ks[r0], ls[r], scale, HD), dos[r], HD);
+        else if (j < N)
+            for (int r = 0; r < nq; r++)
+                cav_fa_axpy(acc, cav_fa_ds(qs[r], ks[r0], vs[r0], dos[r], ls[r], Ds[r], scale, HD), qs[r],
+                            HD);
     }
-    if (j < N) {
-        float *dk_row = dqkv + off + C + (size_t)j * ld;
-        cav_fa_store(dk_row, dk, HD, hd), cav_fa_store(dk_row + C, dv, HD, hd);
-    }
+    if (j < N) cav_fa_store(dqkv + off + (size_t)(1 + is_dv) * C + (size_t)j * ld, acc, HD, hd);
 }
 
 /* grid (ceil(N / BR), B H), BR threads: thread t owns query row i = blockIdx.x BR + t and its dq; the keys
@@ -108,7 +107,7 @@ static __global__ void __launch_bounds__(CAV_FA_BR)
     const float *q = qkv + off, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
     fa_load<HD, HD + 1>(qs, q, ld, i0, CAV_FA_BR, N, hd, t, CAV_FA_BR);
     fa_load<HD, HD + 1>(dos, dO, C, i0, CAV_FA_BR, N, hd, t, CAV_FA_BR);
-    float L = i < N ? lse[(size_t)bh * N + i] : 0.0f, Dv = i < N ? D[(size_t)bh * N + i] : 0.0f, dq[HD], p;
+    float L = i < N ? lse[(size_t)bh * N + i] : 0.0f, Dv = i < N ? D[(size_t)bh * N + i] : 0.0f, dq[HD];
     for (int d = 0; d < HD; d++) dq[d] = 0;
     for (int j0 = 0; j0 < N; j0 += CAV_FA_BT) {
         int nk = N - j0 < CAV_FA_BT ? N - j0 : CAV_FA_BT;
@@ -118,8 +117,7 @@ static __global__ void __launch_bounds__(CAV_FA_BR)
         __syncthreads();
         if (i < N)
             for (int r = 0; r < nk; r++) {
-                float ds = cav_fa_ds(&p, qs[t], ks[r], vs[r], dos[t], L, Dv, scale, HD);
-                cav_fa_axpy(dq, ds, ks[r], HD);
+                cav_fa_axpy(dq, cav_fa_ds(qs[t], ks[r], vs[r], dos[t], L, Dv, scale, HD), ks[r], HD);
             }
     }
     if (i < N) cav_fa_store(dqkv + off + (size_t)i * ld, dq, HD, hd);
@@ -169,11 +167,11 @@ void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, c
     fa_rowdot_kernel<<<cav_grid(rows, 256), 256>>>(D, dout, out, B, N, C, H, hd);
     LAUNCHED();
     if (cav_fa_hd_pad(hd) == 64) {
-        fa_dkdv_kernel<64><<<gk, CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
+        fa_dkdv_kernel<64><<<gk, 2 * CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
         LAUNCHED();
         fa_dq_kernel<64><<<gq, CAV_FA_BR>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
     } else {
-        fa_dkdv_kernel<32><<<gk, CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
+        fa_dkdv_kernel<32><<<gk, 2 * CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
         LAUNCHED();
         fa_dq_kernel<32><<<gq, CAV_FA_BR>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
     }

@@ -13,12 +13,13 @@
  *   p = exp(s - lse_i), dp = dO_i . v_j, ds = p (dp - D_i) scale. Two passes, so that no gradient is shared
  *   between threads (no atomics; the same bits on every run): dk, dv per key row j summing over the queries
  *   i in order (dv_j += p dO_i, dk_j += ds q_i), and dq per query row i summing over the keys j in order
- *   (dq_i += ds k_j). Tiles only decide what sits in shared memory, so in the backward the sums' order does
- *   not depend on them.
- * The kernels are built for HD = 32 and 64 and run any hd <= HD: shared memory holds the rows zero-padded
- * to HD, and a sum with exact zero terms added is the same float, so they compute what these functions do
- * with hd. Every sum runs in float, in index order: the CPU reference sums in OpenBLAS's order, so the two
- * agree to float rounding of sums of up to N terms (the bound is measured and stated in test_cuda_arith.c).
+ *   (dq_i += ds k_j), two threads to a key row (dv's recomputes p rather than holding dk's registers as
+ * well). Tiles only decide what sits in shared memory, so in the backward the sums' order does not depend on
+ * them. The kernels are built for HD = 32 and 64 and run any hd <= HD: shared memory holds the rows
+ * zero-padded to HD, and a sum with exact zero terms added is the same float, so they compute what these
+ * functions do with hd. Every sum runs in float, in index order: the CPU reference sums in OpenBLAS's order,
+ * so the two agree to float rounding of sums of up to N terms (the bound is measured and stated in
+ * test_cuda_arith.c).
  */
 #ifndef CAV_CUDA_FLASH_H
 #define CAV_CUDA_FLASH_H
@@ -42,7 +43,7 @@
 /* Tile sizes: shared memory stays under the 48 KiB of a static allocation at hd = 64 (about 41 KiB each) */
 #define CAV_FA_BR 64 /* query rows of a forward or dq block (its threads) */
 #define CAV_FA_BC 32 /* key rows of a forward tile in shared memory */
-#define CAV_FA_BK 64 /* key rows of a dk/dv block (its threads) */
+#define CAV_FA_BK 64 /* key rows of a dk/dv block (twice as many threads: one for dk, one for dv) */
 #define CAV_FA_BT 16 /* rows of a backward pass's streamed tile: queries for dk/dv, keys for dq */
 
 /* q . k in float, in index order */
@@ -104,13 +105,15 @@ CAV_FA_HD void cav_fa_store(float *row, const float *acc, int n, int hd) {
 
 /* ---- backward ------------------------------------------------------------------------------------------ */
 
-/* one pair (i, j): ds = p (dp - D_i) scale, with p = exp(s - lse_i) returned in *p */
-CAV_FA_HD float cav_fa_ds(float *p, const float *q, const float *k, const float *v, const float *dO,
-                          float lse, float D, float scale, int hd) {
-    float pp = expf(cav_fa_dot(q, k, hd) * scale - lse);
-    float dp = cav_fa_dot(dO, v, hd);
-    *p = pp;
-    return pp * (dp - D) * scale;
+/* one pair (i, j): the probability p = exp(s - lse_i) */
+CAV_FA_HD float cav_fa_p(const float *q, const float *k, float lse, float scale, int hd) {
+    return expf(cav_fa_dot(q, k, hd) * scale - lse);
+}
+/* and ds = p (dp - D_i) scale */
+CAV_FA_HD float cav_fa_ds(const float *q, const float *k, const float *v, const float *dO, float lse, float D,
+                          float scale, int hd) {
+    float p = cav_fa_p(q, k, lse, scale, hd);
+    return p * (cav_fa_dot(dO, v, hd) - D) * scale;
 }
 
 /* ---- tiles: what the kernels copy to shared memory ------------------------------------------------------
@@ -168,7 +171,7 @@ static inline void cav_fa_forward_host(float *out, float *lse, const float *qkv,
 static inline void cav_fa_backward_host(float *dqkv, const float *dout, const float *qkv, const float *out,
                                         const float *lse, float *D, int b, int h, int N, int C, int H) {
     int hd = C / H, HD = cav_fa_hd_pad(hd), ld = 3 * C;
-    float scale = 1.0f / sqrtf((float)hd), p;
+    float scale = 1.0f / sqrtf((float)hd);
     float rows1[CAV_FA_BR * 64], rows2[CAV_FA_BR * 64], t1[CAV_FA_BT * 64], t2[CAV_FA_BT * 64];
     float acc[CAV_FA_BR][64], acc2[CAV_FA_BR][64];
     size_t off = (size_t)b * N * ld + (size_t)h * hd, bh = (size_t)b * H + h;
@@ -178,7 +181,8 @@ static inline void cav_fa_backward_host(float *dqkv, const float *dout, const fl
         size_t r = ((size_t)b * N + i) * C + (size_t)h * hd;
         D[bh * N + i] = cav_fa_dot(dout + r, out + r, hd);
     }
-    for (int j0 = 0; j0 < N; j0 += CAV_FA_BK) { /* fa_dkdv_kernel: a block of key rows */
+    for (int j0 = 0; j0 < N;
+         j0 += CAV_FA_BK) { /* fa_dkdv_kernel: a block of key rows, dk's threads then dv's */
         cav_fa_load_host(rows1, HD, q + C, ld, j0, CAV_FA_BK, N, hd);
         cav_fa_load_host(rows2, HD, q + 2 * C, ld, j0, CAV_FA_BK, N, hd);
         for (int t = 0; t < CAV_FA_BK; t++)
@@ -189,11 +193,14 @@ static inline void cav_fa_backward_host(float *dqkv, const float *dout, const fl
             cav_fa_load_host(t2, HD, dO, C, i0, CAV_FA_BT, N, hd);
             for (int t = 0; t < CAV_FA_BK && j0 + t < N; t++)
                 for (int r = 0; r < nq; r++) {
-                    float ds = cav_fa_ds(&p, t1 + r * HD, rows1 + t * HD, rows2 + t * HD, t2 + r * HD,
-                                         L[i0 + r], Dr[i0 + r], scale, HD);
-                    cav_fa_axpy(acc2[t], p, t2 + r * HD, HD);
+                    float ds = cav_fa_ds(t1 + r * HD, rows1 + t * HD, rows2 + t * HD, t2 + r * HD, L[i0 + r],
+                                         Dr[i0 + r], scale, HD);
                     cav_fa_axpy(acc[t], ds, t1 + r * HD, HD);
                 }
+            for (int t = 0; t < CAV_FA_BK && j0 + t < N; t++)
+                for (int r = 0; r < nq; r++)
+                    cav_fa_axpy(acc2[t], cav_fa_p(t1 + r * HD, rows1 + t * HD, L[i0 + r], scale, HD),
+                                t2 + r * HD, HD);
         }
         for (int t = 0; t < CAV_FA_BK && j0 + t < N; t++) {
             float *dk_row = dqkv + off + C + (size_t)(j0 + t) * ld;
@@ -210,11 +217,11 @@ static inline void cav_fa_backward_host(float *dqkv, const float *dout, const fl
             cav_fa_load_host(t1, HD, q + C, ld, j0, CAV_FA_BT, N, hd);
             cav_fa_load_host(t2, HD, q + 2 * C, ld, j0, CAV_FA_BT, N, hd);
             for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
-                for (int r = 0; r < nk; r++) {
-                    float ds = cav_fa_ds(&p, rows1 + t * HD, t1 + r * HD, t2 + r * HD, rows2 + t * HD,
-                                         L[i0 + t], Dr[i0 + t], scale, HD);
-                    cav_fa_axpy(acc[t], ds, t1 + r * HD, HD);
-                }
+                for (int r = 0; r < nk; r++)
+                    cav_fa_axpy(acc[t],
+                                cav_fa_ds(rows1 + t * HD, t1 + r * HD, t2 + r * HD, rows2 + t * HD, L[i0 + t],
+                                          Dr[i0 + t], scale, HD),
+                                t1 + r * HD, HD);
         }
         for (int t = 0; t < CAV_FA_BR && i0 + t < N; t++)
             cav_fa_store(dqkv + off + (size_t)(i0 + t) * ld, acc[t], HD, hd);
