@@ -935,6 +935,10 @@ static int backend_case_rest(int B, int N, int C, double tol) {
     return ok;
 }
 
+/* backend_case's shapes (B, N, C, H): odd token counts, one row, one token, head dims 2 to 6 */
+static const int backend_shapes[][4] = {
+    {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
+
 /* Each backend built in against the CPU kernels on random shapes, awkward ones included (odd token counts,
  * one row, one token); a backend not present here is skipped. */
 static void test_backends(void) {
@@ -950,15 +954,13 @@ static void test_backends(void) {
             CHECK(err.code == 1);
             continue;
         }
-        /* shapes: (B, N, C, H) */
-        static const int shapes[][4] = {
-            {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
         int ok = 1;
-        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-            int good = backend_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 1e-5);
+        for (size_t i = 0; i < sizeof backend_shapes / sizeof backend_shapes[0]; i++) {
+            const int *s = backend_shapes[i];
+            int good = backend_case(s[0], s[1], s[2], s[3], 1e-5);
             if (!good)
-                fprintf(stderr, "  backend %s: shape %d %d %d %d differs\n", names[k], shapes[i][0],
-                        shapes[i][1], shapes[i][2], shapes[i][3]);
+                fprintf(stderr, "  backend %s: shape %d %d %d %d differs\n", names[k], s[0], s[1], s[2],
+                        s[3]);
             ok &= good;
         }
         /* and the ops backend_case leaves out, on its shapes and on rows longer than a GPU block's lanes */
@@ -1001,6 +1003,12 @@ static void test_fused_attention(void) {
     }
     cav_backend plain = *be, fused = *be;
     cav_backend_cuda_attention(&plain, 0), cav_backend_cuda_attention(&fused, 1);
+    /* the backend list's cases with the fused path (head dims 2 to 6: the 32-wide kernel, zero-padded) */
+    cur_be = &fused;
+    for (size_t i = 0; i < sizeof backend_shapes / sizeof backend_shapes[0]; i++) {
+        const int *s = backend_shapes[i];
+        CHECK(backend_case(s[0], s[1], s[2], s[3], 1e-5));
+    }
     cur_be = be;
     static const int shapes[][4] = {{2, 177, 192, 3},  {4, 49, 192, 3},   {2, 708, 128, 4},
                                     {4, 708, 768, 12}, {4, 512, 768, 12}, {8, 196, 768, 12},
