@@ -11,15 +11,15 @@
  *   o = o a + sum p_j v_j. At the end out_i = o / l and the one saved value per row, lse_i = m + log l.
  * - backward, from lse alone (no N x N matrix): D_i = rowsum(dO_i * O_i) first, then for a pair (i, j)
  *   p = exp(s - lse_i), dp = dO_i . v_j, ds = p (dp - D_i) scale. Two passes, so that no gradient is shared
- *   between threads (no atomics; the same bits on every run): dk, dv per key row j summing over the queries
- *   i in order (dv_j += p dO_i, dk_j += ds q_i), and dq per query row i summing over the keys j in order
- *   (dq_i += ds k_j), two threads to a key row (dv's recomputes p rather than holding dk's registers as
- * well). Tiles only decide what sits in shared memory, so in the backward the sums' order does not depend on
- * them. The kernels are built for HD = 32 and 64 and run any hd <= HD: shared memory holds the rows
- * zero-padded to HD, and a sum with exact zero terms added is the same float, so they compute what these
- * functions do with hd. Every sum runs in float, in index order: the CPU reference sums in OpenBLAS's order,
- * so the two agree to float rounding of sums of up to N terms (the bound is measured and stated in
- * test_cuda_arith.c).
+ *   between threads (no atomics; the same bits on every run): dk and dv of key row j summing over the
+ *   queries i in order (dk_j += ds q_i on one thread, dv_j += p dO_i on another, which recomputes p rather
+ *   than hold both accumulators in one thread's registers), then dq of query row i summing over the keys j
+ *   in order (dq_i += ds k_j). Tiles only decide what sits in shared memory: the backward's sums do not
+ *   depend on them.
+ * The kernels are built for HD = 32 and 64 and run any hd <= HD: shared memory holds the rows zero-padded to
+ * HD, and a sum with exact zero terms added is the same float, so they compute what these functions do with
+ * hd. Every sum runs in float, in index order: the CPU reference sums in OpenBLAS's order, so the two agree
+ * to float rounding of sums of up to N terms (the bound is measured and stated in test_cuda_arith.c).
  */
 #ifndef CAV_CUDA_FLASH_H
 #define CAV_CUDA_FLASH_H
