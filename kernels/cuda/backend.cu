@@ -102,12 +102,15 @@ static void fill_table(cav_backend *t) {
 /* The attention ops of table t: fused (flash.cu) when fused, else plain (attention.cu). */
 extern "C" void cav_backend_cuda_attention(cav_backend *t, int fused) {
     if (fused) {
-        t->attention_state_size = cav_cuda_flash_state_size, t->attention_workspace = cav_cuda_flash_workspace;
-        t->attention_forward = cav_cuda_flash_forward, t->attention_backward = cav_cuda_flash_backward;
+        t->attention_state_size = cav_cuda_flash_state_size;
+        t->attention_workspace = cav_cuda_flash_workspace;
+        t->attention_forward = cav_cuda_flash_forward;
+        t->attention_backward = cav_cuda_flash_backward;
     } else {
         t->attention_state_size = cav_cuda_attention_state_size;
         t->attention_workspace = cav_cuda_attention_workspace;
-        t->attention_forward = cav_cuda_attention_forward, t->attention_backward = cav_cuda_attention_backward;
+        t->attention_forward = cav_cuda_attention_forward;
+        t->attention_backward = cav_cuda_attention_backward;
     }
 }
 

@@ -116,8 +116,8 @@ void cav_cuda_attention_backward(float *dqkv, const float *dout, const float *qk
 size_t cav_cuda_flash_state_size(int B, int H, int N);
 size_t cav_cuda_flash_workspace(int B, int H, int N);
 void cav_cuda_flash_forward(float *out, float *lse, const float *qkv, int B, int N, int C, int H);
-void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, const float *out, const float *lse,
-                             float *D, int B, int N, int C, int H);
+void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                             const float *lse, float *D, int B, int N, int C, int H);
 
 /* ---- tokens.cu ---- */
 void cav_cuda_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L,
