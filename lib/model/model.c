@@ -604,6 +604,7 @@ cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, ca
         m->La = ua ? m->La_full : 0, m->Lv = uv ? m->Lv_full : 0;
     }
     register_params(m);
+    m->shard_lo = 0, m->shard_hi = m->nparams;
     m->params = be->alloc(m->nparams * sizeof(float));
     m->grads = c->task == CAV_TASK_FEAT ? NULL : be->alloc(m->nparams * sizeof(float));
     if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
@@ -1383,16 +1384,26 @@ void cav_model_backward(cav_model *m) {
     cav_model_backward_accumulate(m);
 }
 
+/* Moments of the elements [m->shard_lo, m->shard_hi) of the flat buffer (all of it unless sharded). */
 int cav_model_alloc_adam(cav_model *m) {
     if (m->adam_m) return 0;
-    m->adam_m = m->be->alloc(m->nparams * sizeof(float));
-    m->adam_v = m->be->alloc(m->nparams * sizeof(float));
+    size_t n = m->shard_hi - m->shard_lo;
+    m->adam_m = m->be->alloc(n * sizeof(float));
+    m->adam_v = m->be->alloc(n * sizeof(float));
     if (!m->adam_m || !m->adam_v) {
         m->be->free(m->adam_m), m->be->free(m->adam_v);
         m->adam_m = m->adam_v = NULL;
         return -1;
     }
     return 0;
+}
+
+int cav_model_shard_adam(cav_model *m, size_t lo, size_t hi) {
+    if (lo > hi || hi > m->nparams) return -1;
+    m->be->free(m->adam_m), m->be->free(m->adam_v);
+    m->adam_m = m->adam_v = NULL;
+    m->shard_lo = lo, m->shard_hi = hi;
+    return cav_model_alloc_adam(m);
 }
 
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
@@ -1403,11 +1414,13 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
         abort();
     }
     m->adam_t++;
-    for (int i = 0; i < m->ntable; i++) {
+    size_t lo = m->shard_lo, hi = m->shard_hi;
+    for (int i = 0; i < m->ntable; i++) { /* each tensor's part inside the shard: Adam is elementwise */
         cav_param *e = &m->table[i];
         if (!e->trainable || !e->used) continue;
-        size_t o = e->offset;
-        m->be->adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
+        size_t a = e->offset > lo ? e->offset : lo, b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
+        if (b <= a) continue;
+        m->be->adam_step(m->params + a, m->grads + a, m->adam_m + (a - lo), m->adam_v + (a - lo), b - a,
                          e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }
 }
@@ -1485,34 +1498,60 @@ static float *buffer_w(cav_model *m, cav_buffer buf) {
     return buffer(m, buf);
 }
 
-void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
+/* The elements [a, a + n) of a buffer, host <-> backend. The moments hold [shard_lo, shard_hi) only:
+ * reading elsewhere gives zeros, writing elsewhere is ignored. */
+static int is_moment(cav_buffer buf) {
+    return buf == CAV_BUF_ADAM_M || buf == CAV_BUF_ADAM_V;
+}
+
+static void read_range(const cav_model *m, cav_buffer buf, size_t a, size_t n, float *host) {
     const float *b = buffer(m, buf);
-    if (b)
-        m->be->download(host, b + p->offset, sizeof(float) * p->numel);
-    else
-        memset(host, 0, sizeof(float) * p->numel);
+    if (!b) {
+        memset(host, 0, sizeof(float) * n);
+        return;
+    }
+    if (!is_moment(buf)) {
+        m->be->download(host, b + a, sizeof(float) * n);
+        return;
+    }
+    size_t lo = a > m->shard_lo ? a : m->shard_lo, hi = a + n < m->shard_hi ? a + n : m->shard_hi;
+    memset(host, 0, sizeof(float) * n);
+    if (hi > lo) m->be->download(host + (lo - a), b + (lo - m->shard_lo), sizeof(float) * (hi - lo));
+}
+
+static void write_range(cav_model *m, cav_buffer buf, size_t a, size_t n, const float *host) {
+    float *b = buffer_w(m, buf);
+    if (!b) return;
+    if (!is_moment(buf)) {
+        m->be->upload(b + a, host, sizeof(float) * n);
+        return;
+    }
+    size_t lo = a > m->shard_lo ? a : m->shard_lo, hi = a + n < m->shard_hi ? a + n : m->shard_hi;
+    if (hi > lo) m->be->upload(b + (lo - m->shard_lo), host + (lo - a), sizeof(float) * (hi - lo));
+}
+
+void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
+    read_range(m, buf, p->offset, p->numel, host);
 }
 
 void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host) {
-    float *b = buffer_w(m, buf);
-    if (b) m->be->upload(b + p->offset, host, sizeof(float) * p->numel);
+    write_range(m, buf, p->offset, p->numel, host);
 }
 
 void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host) {
-    const float *b = buffer(m, buf);
-    if (b)
-        m->be->download(host, b, sizeof(float) * m->nparams);
-    else
-        memset(host, 0, sizeof(float) * m->nparams);
+    read_range(m, buf, 0, m->nparams, host);
 }
 
 void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
-    float *b = buffer_w(m, buf);
-    if (b) m->be->upload(b, host, sizeof(float) * m->nparams);
+    write_range(m, buf, 0, m->nparams, host);
+}
+
+float *cav_model_mem(cav_model *m, cav_buffer buf) {
+    return is_moment(buf) ? NULL : buffer(m, buf);
 }
 
 int cav_model_grads_finite(const cav_model *m) {
-    return !m->grads || m->be->all_finite(m->grads, m->nparams);
+    return !m->grads || m->be->all_finite(m->grads + m->shard_lo, m->shard_hi - m->shard_lo);
 }
 
 /* An output's memory and shape, or NULL when this task has none by that name. */
