@@ -250,14 +250,6 @@ const char *cav_dist_transport(const cav_dist *d) {
     return d->st ? d->st->transport : "none";
 }
 
-void cav_dist_parts(const cav_dist *d, size_t n, size_t *part) {
-    size_t blocks = (n + 63) / 64;
-    for (int r = 0; r <= d->world; r++) {
-        size_t b = blocks * (size_t)r / (size_t)d->world * 64;
-        part[r] = b < n ? b : n;
-    }
-}
-
 int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_err *err) {
     if (!d->st || hi <= lo) return 0;
 #ifdef CAV_HAVE_NCCL

@@ -1,5 +1,6 @@
-/* distdev.c: which device a rank uses (dist.h), from the launcher's variables alone: no MPI or CUDA call,
- * so that the mapping is the same in every build and testable anywhere. */
+/* distdev.c: the arithmetic of dist.h that needs no MPI or CUDA call, so that it is the same in every build
+ * and testable anywhere: which device a rank uses, from the launcher's variables alone, and how the flat
+ * parameter buffer splits into the ranks' parts. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,4 +41,13 @@ void cav_dist_device(const char *device, int world, int local_rank, char *out, s
     int dev = local_rank < 0 ? 0 : local_rank;
     if (ndev > 0) dev %= ndev;
     snprintf(out, n, "cuda:%d", dev);
+}
+
+/* 64-element blocks (256 bytes): each part starts aligned for the device's collectives */
+void cav_dist_parts(const cav_dist *d, size_t n, size_t *part) {
+    size_t blocks = (n + 63) / 64;
+    for (int r = 0; r <= d->world; r++) {
+        size_t b = blocks * (size_t)r / (size_t)d->world * 64;
+        part[r] = b < n ? b : n;
+    }
 }
