@@ -867,8 +867,16 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
     char device[64];
     cav_dist_device(o->device, d->world, d->local_rank, device, sizeof device);
     cav_backend *be = cav_backend_open(device, &berr);
-    if (!be) return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code; /* names --device */
-    if (cav_dist_bind(d, be->name, err)) return err->code;
+    /* every rank stops when one has no device: the others would wait for it in the transport's set-up */
+    if (cav_dist_max_int(d, !be)) {
+        if (be) return cav_fail(err, 1, "--device %s: another rank could not open its device", device), 1;
+        return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code; /* names --device */
+    }
+    if (cav_dist_max_int(d, cav_dist_bind(d, be->name, err) != 0)) {
+        if (!err->msg[0])
+            cav_fail(err, 3, "another rank could not set up the %s transport", cav_dist_transport(d));
+        return err->code ? err->code : 3;
+    }
     if (o->batch % d->world)
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->batch, d->world), 1;
     if (cav_config_check(cfg, err)) return 1;
