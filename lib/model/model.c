@@ -648,6 +648,7 @@ void cav_model_free(cav_model *m) {
     cav_backend *be = m->be;
     be->free(m->params), be->free(m->grads), be->free(m->adam_m), be->free(m->adam_v), be->free(m->acts);
     be->free(m->in_mem), be->free(m->split.ca);
+    free(m->passes), free(m->final);
     free(m->table), free(m);
 }
 
@@ -676,7 +677,8 @@ void cav_model_describe(const cav_model *m, FILE *f) {
         "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
         "activations %.1f MiB\n",
         cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb,
-        m->grads ? m->nparams * 4 * mb : 0.0, m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb,
+        m->grads ? m->nparams * 4 * mb : 0.0,
+        m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * (double)(m->shard_hi - m->shard_lo) * 4 * mb,
         m->acts_size * 4 * mb);
 }
 
@@ -838,9 +840,64 @@ static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, floa
         *w1 = p->norm1_w, *b1 = p->norm1_b, *w2 = p->norm2_w, *b2 = p->norm2_b;
 }
 
+/* ---- the backward's progress (cav_model_on_grads_final) ------------------------------------------- */
+
+/* The table entries of Block p (its tensors' pointers lie inside *p, within cav_params). */
+static int block_entry(const cav_model *m, const cav_block_params *p, int k) {
+    size_t lo = (size_t)((const char *)p - (const char *)&m->p), slot = m->table[k].slot;
+    return slot >= lo && slot < lo + sizeof *p;
+}
+
+static void count_pass(cav_model *m, const cav_block_params *p) {
+    for (int k = 0; m->passes && k < m->ntable; k++)
+        if (block_entry(m, p, k)) m->passes[k]++;
+}
+
+/* entries [k, e) reported final at once (contiguous in the flat buffer) */
+static void report_final(cav_model *m, int k, int e, int at_end) {
+    for (int i = k; i < e; i++) m->final[i] = 1;
+    if (e > k)
+        m->final_fn(m->final_ctx, m->table[k].offset, m->table[e - 1].offset + m->table[e - 1].numel, at_end);
+}
+
+/* after a backward pass through Block p: its tensors are final when no forward pass through it is left */
+static void pass_done(cav_model *m, const cav_block_params *p) {
+    if (!m->final_fn) return;
+    for (int k = 0; k < m->ntable; k++)
+        if (block_entry(m, p, k) && --m->passes[k] <= 0 && !m->final[k]) report_final(m, k, k + 1, 0);
+}
+
+/* the backward's end: every tensor not yet reported, in runs of neighbours */
+static void report_rest(cav_model *m) {
+    if (!m->final_fn) return;
+    for (int k = 0; k < m->ntable;) {
+        if (m->final[k]) {
+            k++;
+            continue;
+        }
+        int e = k;
+        while (e < m->ntable && !m->final[e]) e++;
+        report_final(m, k, e, 1);
+        k = e;
+    }
+}
+
+int cav_model_on_grads_final(cav_model *m, void (*fn)(void *ctx, size_t lo, size_t hi, int at_end),
+                             void *ctx) {
+    if (fn && !m->passes) {
+        m->passes = calloc((size_t)m->ntable, sizeof *m->passes);
+        m->final = calloc((size_t)m->ntable, 1);
+        if (!m->passes || !m->final)
+            return free(m->passes), free(m->final), m->passes = NULL, m->final = NULL, -1;
+    }
+    m->final_fn = fn, m->final_ctx = ctx;
+    return 0;
+}
+
 /* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
 static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_block_params *p = s->p[i];
+    count_pass(m, p);
     cav_block_acts *a = &s->a[i];
     int B = m->B, N = s->N, C = s->C, M = B * N;
     float *w1, *b1, *w2, *b2;
@@ -878,6 +935,7 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
     m->be->linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
+    pass_done(m, p);
 }
 
 static void stream_forward(cav_model *m, cav_stream *s, const float *in) {
@@ -1352,6 +1410,7 @@ static void forward_feat(cav_model *m) {
 }
 
 void cav_model_forward(cav_model *m) {
+    if (m->passes) memset(m->passes, 0, sizeof *m->passes * (size_t)m->ntable);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         forward_pretrain(m);
     else if (m->cfg.task == CAV_TASK_FINETUNE)
@@ -1373,10 +1432,12 @@ void cav_model_zero_grad(cav_model *m) {
 
 void cav_model_backward_accumulate(cav_model *m) {
     if (!m->grads) return;
+    if (m->final) memset(m->final, 0, (size_t)m->ntable);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         backward_pretrain(m);
     else
         backward_finetune(m);
+    report_rest(m);
 }
 
 void cav_model_backward(cav_model *m) {

@@ -180,6 +180,11 @@ typedef struct {
     cav_param *table;
     int ntable;
     int adam_t;
+    /* the backward's progress (cav_model_on_grads_final) */
+    void (*final_fn)(void *ctx, size_t lo, size_t hi, int at_end);
+    void *final_ctx;
+    int *passes;          /* [ntable]: forward passes through a tensor's block not yet backpropagated */
+    unsigned char *final; /* [ntable]: reported final by this backward */
     /* inputs (one allocation) */
     struct {
         float *audio;    /* [B,T,F] normalised fbank */
@@ -270,6 +275,13 @@ void cav_model_forward(cav_model *m);
 void cav_model_forward_keep_audio(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
+/* The backward's progress, for a gradient exchange that overlaps it: during each backward, fn(ctx, lo, hi, 0)
+ * is called for each range [lo, hi) of the flat gradient buffer as soon as the backward has written its last
+ * contribution there (a Block's tensors after the backward of the last forward pass through it: the joint
+ * blocks serve three passes in pretraining), and fn(ctx, lo, hi, 1) at the backward's end for everything
+ * else; together the calls of one backward cover [0, nparams) once. fn NULL: none. 0 ok, -1 out of memory. */
+int cav_model_on_grads_final(cav_model *m, void (*fn)(void *ctx, size_t lo, size_t hi, int at_end),
+                             void *ctx);
 /* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */
 void cav_model_zero_grad(cav_model *m);
 void cav_model_backward_accumulate(cav_model *m);

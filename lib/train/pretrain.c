@@ -283,6 +283,8 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
                            .state_keys = state_keys,
                            .best_key = "best_eval",
                            .head_lr = 1.0,
+                           .overlap =
+                               p.g.ngroups == 1 && p.g.scale == 1.0, /* else summed on the host after */
                            .ctx = &p,
                            .prepare = prepare,
                            .init = init,

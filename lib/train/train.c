@@ -793,34 +793,86 @@ typedef struct {
     const cav_dist *d;
     cav_model *m;
     int zero;
-    size_t *part;  /* [world + 1]: the ranks' shards of the flat buffer (ZeRO) */
-    size_t bucket; /* elements per bucket (0: the whole buffer at once) */
+    size_t *part;           /* [world + 1]: the ranks' shards of the flat buffer (ZeRO) */
+    size_t step;            /* elements per bucket */
+    size_t nb;              /* buckets: k is [n - (k + 1) step, n - k step) clipped at 0 */
+    size_t *left;           /* [nb]: elements of each bucket the backward has not finished in this step */
+    unsigned char *started; /* [nb] */
+    int early;              /* buckets started during this step's backward */
+    int failed;             /* a start inside the backward failed (err) */
+    cav_err err;
 } exchange;
 
-static int exchange_open(exchange *x, const cav_train_opts *o, const cav_dist *d, cav_model *m,
-                         cav_err *err) {
+static int bucket_start(exchange *x, size_t k, cav_err *err) {
+    size_t n = x->m->nparams, hi = n - k * x->step, lo = hi > x->step ? hi - x->step : 0;
+    float *g = cav_model_mem(x->m, CAV_BUF_GRADS);
+    x->started[k] = 1;
+    return x->zero ? cav_dist_scatter_start(x->d, g, lo, hi, x->part, err)
+                   : cav_dist_sum_start(x->d, g, lo, hi, err);
+}
+
+/* cav_model_on_grads_final's hook: a bucket starts when the backward has finished all of it. Every rank
+ * runs the same backward, so the buckets start in the same order everywhere, as the collectives want. */
+static void grads_final(void *ctx, size_t lo, size_t hi, int at_end) {
+    exchange *x = ctx;
+    size_t n = x->m->nparams;
+    if (hi <= lo) return;
+    for (size_t k = (n - hi) / x->step; k <= (n - 1 - lo) / x->step && k < x->nb; k++) {
+        size_t bhi = n - k * x->step, blo = bhi > x->step ? bhi - x->step : 0;
+        size_t a = lo > blo ? lo : blo, b = hi < bhi ? hi : bhi;
+        if (b <= a) continue;
+        x->left[k] -= b - a;
+        if (x->left[k] == 0 && !x->started[k] && !x->failed) {
+            if (bucket_start(x, k, &x->err)) x->failed = 1;
+            x->early += !at_end;
+        }
+    }
+}
+
+static int exchange_open(exchange *x, const cav_train_opts *o, const cav_train_task *task, const cav_dist *d,
+                         cav_model *m, cav_err *err) {
     memset(x, 0, sizeof *x);
     x->d = d, x->m = m, x->zero = o->zero && d->world > 1;
-    x->bucket = (size_t)(o->bucket_mb * 1048576.0 / sizeof(float));
-    if (!(x->part = malloc((size_t)(d->world + 1) * sizeof *x->part)))
-        return cav_fail(err, 3, "out of memory");
-    cav_dist_parts(d, m->nparams, x->part);
+    size_t n = m->nparams;
+    x->step = (size_t)(o->bucket_mb * 1048576.0 / sizeof(float));
+    if (x->step == 0 || x->step > n) x->step = n ? n : 1;
+    x->nb = n ? (n + x->step - 1) / x->step : 0;
+    x->part = malloc((size_t)(d->world + 1) * sizeof *x->part);
+    x->left = malloc((x->nb + 1) * sizeof *x->left);
+    x->started = malloc(x->nb + 1);
+    if (!x->part || !x->left || !x->started) return cav_fail(err, 3, "out of memory");
+    cav_dist_parts(d, n, x->part);
     if (x->zero && cav_model_shard_adam(m, x->part[d->rank], x->part[d->rank + 1]))
         return cav_fail(err, 3, "out of memory for the optimiser state");
+    if (d->world > 1 && task->overlap && cav_model_on_grads_final(m, grads_final, x))
+        return cav_fail(err, 3, "out of memory");
     return 0;
 }
 
+static void exchange_close(exchange *x) {
+    if (x->m) cav_model_on_grads_final(x->m, NULL, NULL);
+    free(x->part), free(x->left), free(x->started);
+}
+
+/* before a step's backward: no bucket finished or started */
+static void exchange_begin(exchange *x) {
+    size_t n = x->m->nparams;
+    for (size_t k = 0; k < x->nb; k++) {
+        size_t hi = n - k * x->step;
+        x->left[k] = hi > x->step ? x->step : hi;
+        x->started[k] = 0;
+    }
+    x->early = 0, x->failed = 0;
+}
+
+/* after the step: the buckets not started yet (all of them without the hook), then all waited for */
 static int exchange_grads(exchange *x, cav_err *err) {
     if (x->d->world <= 1) return 0;
-    float *g = cav_model_mem(x->m, CAV_BUF_GRADS);
-    size_t n = x->m->nparams, step = x->bucket ? x->bucket : n;
-    for (size_t hi = n, lo; hi > 0; hi = lo) {
-        lo = hi > step ? hi - step : 0;
-        if (x->zero ? cav_dist_scatter_start(x->d, g, lo, hi, x->part, err)
-                    : cav_dist_sum_start(x->d, g, lo, hi, err))
-            return -1;
-    }
-    return cav_dist_wait(x->d, err);
+    for (size_t k = 0; k < x->nb && !x->failed; k++)
+        if (!x->started[k] && bucket_start(x, k, &x->err)) x->failed = 1;
+    int rc = cav_dist_wait(x->d, err);
+    if (x->failed) return cav_fail(err, x->err.code ? x->err.code : 3, "%s", x->err.msg);
+    return rc;
 }
 
 /* After Adam on the shards: every rank's updated shard to all. */
@@ -921,7 +973,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         goto done;
     }
     cav_model *m = t.m;
-    if (exchange_open(&x, o, d, m, err)) goto done; /* before the moments: ZeRO allocates a shard's */
+    if (exchange_open(&x, o, task, d, m, err)) goto done; /* before the moments: ZeRO allocates a shard's */
     if (cav_model_alloc_adam(m)) {
         cav_fail(err, 3, "out of memory for the optimiser state");
         goto done;
@@ -980,8 +1032,12 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         while ((got = cav_loader_next(tl, &b, err)) == 1) {
             double t0 = cav_now(), stats[CAV_TRAIN_MAX_STATS] = {0};
             lr = cav_schedule_lr(&o->sched, pos.epoch, pos.step);
+            exchange_begin(&x);
             task->step(&t, &b, pos.epoch, pos.step, stats);
             if (exchange_grads(&x, err)) goto fail;
+            if (d->rank == 0 && d->world > 1 && steps_done_here == 0)
+                cav_msg("gradient exchange: %zu bucket%s, %d started during the backward", x.nb,
+                        x.nb > 1 ? "s" : "", x.early);
             cav_dist_sum_f64(d, stats, (size_t)ns);
             int bad = !isfinite(stats[0]) || !cav_model_grads_finite(m);
             if (cav_dist_max_int(d, bad)) {
@@ -1078,7 +1134,7 @@ fail_data:
 done:
     if (metrics) fclose(metrics);
     rows_free(&pos);
-    free(x.part);
+    exchange_close(&x);
     cav_model_free(t.m);
     cav_loader_close(tl);
     cav_loader_close(ev);

@@ -152,7 +152,10 @@ typedef struct {
     const char *best_key;          /* state.json name of the best evaluation score */
     int best_higher;               /* a higher score is better (else lower) */
     double head_lr;                /* the head group's lr multiplier (1: one group) */
-    void *ctx;                     /* the task's own state */
+    /* The step's gradients are the backward's as it writes them (no accumulation or scaling after it), so
+     * the exchange over ranks may start during the backward (cav_model_on_grads_final). */
+    int overlap;
+    void *ctx; /* the task's own state */
     /* After the model exists (t->m): the task's buffers. */
     int (*prepare)(cav_trainer *t, cav_err *err);
     /* A new run's start point, after cav_model_init. */
