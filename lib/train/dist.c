@@ -156,9 +156,11 @@ static void range_parts(const cav_dist *d, size_t lo, size_t hi, size_t *part) {
     for (int r = 0; r <= d->world; r++) part[r] += lo;
 }
 
+#ifdef CAV_HAVE_NCCL
 static void bcast_world(void *buf, size_t bytes) {
     MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD);
 }
+#endif
 #endif
 
 /* ---- host-memory collectives ------------------------------------------------------------------------ */
@@ -316,6 +318,7 @@ int cav_dist_gather_parts(const cav_dist *d, float *x, const size_t *part, cav_e
 #else
     (void)x;
     (void)part;
+    (void)err;
     return 0;
 #endif
 }
@@ -326,6 +329,8 @@ int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b) {
     b->rank = 0;
     b->size = 1;
     b->comm = NULL;
+    b->d = d;
+    b->nccl = NULL;
     if (size == 1) return 0;
     if (size < 1 || d->world % size || !d->mpi) return -1;
 #ifdef CAV_HAVE_MPI
@@ -342,6 +347,10 @@ int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b) {
 }
 
 void cav_dist_block_close(cav_dist_block *b) {
+#ifdef CAV_HAVE_NCCL
+    if (b->nccl) cav_nccl_close(b->nccl);
+#endif
+    b->nccl = NULL;
 #ifdef CAV_HAVE_MPI
     if (b->comm) MPI_Comm_free((MPI_Comm *)b->comm);
 #endif
@@ -349,11 +358,22 @@ void cav_dist_block_close(cav_dist_block *b) {
     b->comm = NULL;
 }
 
-void cav_dist_block_gather_f32(const cav_dist_block *b, const float *mine, float *all, size_t n) {
+void cav_dist_block_gather_f32(cav_dist_block *b, const float *mine, float *all, size_t n) {
     if (!b->comm) {
         if (all != mine) memcpy(all, mine, n * sizeof *all);
         return;
     }
+#if defined(CAV_HAVE_NCCL) && defined(CAV_HAVE_MPI)
+    if (b->d->st && b->d->st->nccl) {
+        cav_err err = {0, ""};
+        if (!b->nccl) b->nccl = cav_nccl_split(b->d->st->nccl, b->d->rank / b->size, b->rank, &err);
+        if (!b->nccl || cav_nccl_gather_host(b->nccl, mine, all, n, &err)) {
+            fprintf(stderr, "%s: rank %d: %s\n", cav_tool(), b->d->rank, err.msg);
+            MPI_Abort(MPI_COMM_WORLD, 3);
+        }
+        return;
+    }
+#endif
 #ifdef CAV_HAVE_MPI
     /* contrastive embeddings: rows x embed_dim, far below 2^31 */
     MPI_Allgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, *(MPI_Comm *)b->comm);

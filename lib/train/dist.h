@@ -19,6 +19,7 @@
 #include "record.h"
 
 typedef struct cav_dist_state cav_dist_state; /* the transport's state and pending collectives (dist.c) */
+typedef struct cav_nccl cav_nccl;             /* an NCCL communicator and its stream (dist_nccl.c) */
 
 typedef struct {
     int rank, world;
@@ -80,24 +81,27 @@ int cav_dist_gather_parts(const cav_dist *d, float *x, const size_t *part, cav_e
 /* ---- contrast groups spread over ranks -------------------------------------------------------------- */
 
 /* A block of `size` consecutive ranks (rank / size names the block; a contrast group spread over ranks)
- * and the collectives within it (host memory: the contrastive embeddings, a few rows). One process, or
- * size 1: the identity. */
+ * and the collectives within it, on host memory (the contrastive embeddings, a few rows, and MAE sums).
+ * The gather goes over the bound transport: MPI, or NCCL through a device buffer on a communicator split
+ * from the world's for the block (made at the first gather, which every rank reaches together). One
+ * process, or size 1: the identity. */
 typedef struct {
-    int rank, size; /* this process's index in its block, and the block's size */
-    void *comm;     /* the block's MPI communicator (NULL without one) */
+    int rank, size;        /* this process's index in its block, and the block's size */
+    void *comm;            /* the block's MPI communicator (NULL without one) */
+    const cav_dist *d;     /* the world it was split from */
+    struct cav_nccl *nccl; /* the block's NCCL communicator, once made */
 } cav_dist_block;
 
 /* Splits the world into blocks of size ranks (size must divide the world). 0 ok, -1 MPI failed. */
 int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b);
 void cav_dist_block_close(cav_dist_block *b);
 /* all[size * n] <- every block member's mine[n], in block rank order. */
-void cav_dist_block_gather_f32(const cav_dist_block *b, const float *mine, float *all, size_t n);
+void cav_dist_block_gather_f32(cav_dist_block *b, const float *mine, float *all, size_t n);
 /* In-place sums over the block. */
 void cav_dist_block_sum_f64(const cav_dist_block *b, double *x, size_t n);
 
 /* ---- the NCCL transport (dist_nccl.c, built with CAV_HAVE_NCCL; called by dist.c only) ------------- */
 
-typedef struct cav_nccl cav_nccl;
 /* NCCL's communicator over the world on the current CUDA device (the unique id made by rank 0 and sent to
  * all by bcast), and a non-blocking communication stream. NULL with err. */
 cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err);
@@ -109,5 +113,10 @@ int cav_nccl_scatter(cav_nccl *c, float *x, size_t lo, size_t hi, const size_t *
 int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err);
 /* The compute stream waits for every collective queued so far. */
 int cav_nccl_wait(cav_nccl *c, cav_err *err);
+/* The communicator of c's ranks with this color, ranked by key (ncclCommSplit: every rank of c calls it
+ * together). NULL with err. */
+cav_nccl *cav_nccl_split(cav_nccl *c, int color, int key, cav_err *err);
+/* all[size * n] <- every member's mine[n], in rank order; host memory, through a device buffer. Blocking. */
+int cav_nccl_gather_host(cav_nccl *c, const float *mine, float *all, size_t n, cav_err *err);
 
 #endif

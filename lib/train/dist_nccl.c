@@ -18,6 +18,8 @@ struct cav_nccl {
     cudaStream_t stream;       /* communication */
     cudaEvent_t compute, done; /* recorded on the compute stream / the communication stream */
     int rank, world;
+    float *stage; /* device buffer of cav_nccl_gather_host */
+    size_t nstage;
 };
 
 static int nccl_fail(cav_err *err, const char *what, ncclResult_t r) {
@@ -28,32 +30,70 @@ static int cuda_fail(cav_err *err, const char *what, cudaError_t e) {
     return cav_fail(err, 3, "CUDA: %s: %s", what, cudaGetErrorString(e));
 }
 
-cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err) {
+/* a communicator's stream and events */
+static cav_nccl *new_state(int rank, int world, cav_err *err) {
     cav_nccl *c = calloc(1, sizeof *c);
     if (!c) return cav_fail(err, 3, "out of memory"), NULL;
     c->rank = rank, c->world = world;
-    ncclUniqueId id;
-    ncclResult_t r = ncclSuccess;
-    if (rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess) {
-        nccl_fail(err, "ncclGetUniqueId", r);
-        /* the others wait in the broadcast: they get an id that fails for them too */
-    }
-    bcast(&id, sizeof id);
-    if (r != ncclSuccess) return free(c), NULL;
     cudaError_t e;
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&c->compute, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming)) != cudaSuccess)
         return cuda_fail(err, "stream", e), free(c), NULL;
+    return c;
+}
+
+cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err) {
+    ncclUniqueId id;
+    ncclResult_t r = ncclSuccess;
+    if (rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess)
+        nccl_fail(err, "ncclGetUniqueId",
+                  r); /* the others wait in the broadcast: its id fails for them too */
+    bcast(&id, sizeof id);
+    cav_nccl *c = r == ncclSuccess ? new_state(rank, world, err) : NULL;
+    if (!c) return NULL;
     if ((r = ncclCommInitRank(&c->comm, world, id, rank)) != ncclSuccess)
         return nccl_fail(err, "ncclCommInitRank", r), free(c), NULL;
     return c;
+}
+
+cav_nccl *cav_nccl_split(cav_nccl *parent, int color, int key, cav_err *err) {
+    cav_nccl *c = new_state(0, 1, err);
+    if (!c) return NULL;
+    ncclResult_t r = ncclCommSplit(parent->comm, color, key, &c->comm, NULL);
+    if (r != ncclSuccess || (r = ncclCommUserRank(c->comm, &c->rank)) != ncclSuccess ||
+        (r = ncclCommCount(c->comm, &c->world)) != ncclSuccess)
+        return nccl_fail(err, "ncclCommSplit", r), free(c), NULL;
+    return c;
+}
+
+int cav_nccl_gather_host(cav_nccl *c, const float *mine, float *all, size_t n, cav_err *err) {
+    size_t need = (size_t)(c->world + 1) * n; /* [world, n] gathered, then [n] this rank's */
+    cudaError_t e;
+    if (need > c->nstage) {
+        cudaFree(c->stage);
+        c->stage = NULL, c->nstage = 0;
+        if ((e = cudaMalloc((void **)&c->stage, need * sizeof *c->stage)) != cudaSuccess)
+            return cuda_fail(err, "cudaMalloc", e);
+        c->nstage = need;
+    }
+    float *send = c->stage + (size_t)c->world * n;
+    if ((e = cudaMemcpyAsync(send, mine, n * sizeof *mine, cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
+        return cuda_fail(err, "cudaMemcpyAsync", e);
+    ncclResult_t r = ncclAllGather(send, c->stage, n, ncclFloat32, c->comm, c->stream);
+    if (r != ncclSuccess) return nccl_fail(err, "ncclAllGather", r);
+    if ((e = cudaMemcpyAsync(all, c->stage, (size_t)c->world * n * sizeof *all, cudaMemcpyDeviceToHost,
+                             c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess)
+        return cuda_fail(err, "cudaMemcpyAsync", e);
+    return 0;
 }
 
 void cav_nccl_close(cav_nccl *c) {
     if (!c) return;
     cudaStreamSynchronize(c->stream);
     ncclCommDestroy(c->comm);
+    cudaFree(c->stage);
     cudaEventDestroy(c->compute);
     cudaEventDestroy(c->done);
     cudaStreamDestroy(c->stream);

@@ -245,7 +245,7 @@ static int check_mask_ratios(const cav_config *c, cav_err *err) {
 }
 
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err) {
-    pretrainer p = {o, d, {0}, {0, 1, NULL}, 0, 0, NULL, 0, 0, 0};
+    pretrainer p = {o, d, {0}, {0, 1, NULL, NULL, NULL}, 0, 0, NULL, 0, 0, 0};
     const int batch = o->run.batch;
     if (o->groups < 1 || batch % o->groups)
         return cav_fail(err, 1, "--batch-size %d is not a multiple of --contrast-groups %d", batch,
