@@ -234,7 +234,7 @@ void cav_dist_gather_parts_f32(const cav_dist *d, float *x, const size_t *part) 
 /* ---- model-buffer collectives ----------------------------------------------------------------------- */
 
 int cav_dist_bind(const cav_dist *d, const char *backend, cav_err *err) {
-    if (!d->st) return 0;
+    if (!d->st || strcmp(d->st->transport, "none")) return 0; /* one process, or bound already */
     int gpu = !strncmp(backend, "cuda", 4);
     if (!gpu) return d->st->transport = "mpi", 0;
 #if defined(CAV_HAVE_NCCL) && defined(CAV_HAVE_MPI)
