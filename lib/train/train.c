@@ -885,17 +885,23 @@ static int exchange_params(exchange *x, cav_err *err) {
 static int checkpoint(cav_trainer *t, const exchange *x, const position *p, const char *cfgjson,
                       cav_err *err) {
     const cav_dist *d = t->d;
-    if (!x->zero) return d->rank == 0 ? save_checkpoint(t, p, cfgjson, NULL, err) : 0;
-    size_t n = t->m->nparams;
-    float *mv = malloc(2 * n * sizeof *mv);
-    int oom = cav_dist_max_int(d, !mv);
-    if (oom) return free(mv), cav_fail(err, 3, "out of memory for the gathered Adam moments");
-    cav_model_read_buffer(t->m, CAV_BUF_ADAM_M, mv);
-    cav_model_read_buffer(t->m, CAV_BUF_ADAM_V, mv + n);
-    cav_dist_gather_parts_f32(d, mv, x->part);
-    cav_dist_gather_parts_f32(d, mv + n, x->part);
-    int rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, mv, err) : 0;
-    free(mv);
+    int rc = 0;
+    if (!x->zero) {
+        rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, NULL, err) : 0;
+    } else {
+        size_t n = t->m->nparams;
+        float *mv = malloc(2 * n * sizeof *mv);
+        if (cav_dist_max_int(d, !mv))
+            return free(mv), cav_fail(err, 3, "out of memory for the gathered Adam moments");
+        cav_model_read_buffer(t->m, CAV_BUF_ADAM_M, mv);
+        cav_model_read_buffer(t->m, CAV_BUF_ADAM_V, mv + n);
+        cav_dist_gather_parts_f32(d, mv, x->part);
+        cav_dist_gather_parts_f32(d, mv + n, x->part);
+        rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, mv, err) : 0;
+        free(mv);
+    }
+    /* all ranks stop when rank 0 could not write it (the others would wait for it in the next step) */
+    if (cav_dist_max_int(d, rc != 0) && !rc) return cav_fail(err, 3, "rank 0 could not write the checkpoint");
     return rc;
 }
 

@@ -281,6 +281,23 @@ else:
         why = (ra.returncode or rb.returncode) and (ra.stderr[-300:] + rb.stderr[-500:]) or same_run(one3, out)
         report("mpi_resume_%s" % name, not why, why)
 
+    # A checkpoint rank 0 cannot write (a file size limit on rank 0 alone: EFBIG) stops every rank with exit 3
+    # (the others say so) instead of leaving them waiting for rank 0 in the next step; with ZeRO-1 too, whose
+    # checkpoint gathers the moments from every rank first. TCP between the ranks: the shared-memory transport's
+    # backing file would meet the limit too.
+    for name, extra in (("mpi_failed_checkpoint_stops_every_rank", []),
+                        ("mpi_failed_checkpoint_stops_every_rank_zero1", ["--zero", "1"])):
+        args = [BIN + "/cav-pretrain", "-o", os.path.join(TMP, name), "-b", "8", "--contrast-groups", "2", "-e", "1",
+                "--save-every", "2", "--loader-threads", "1"] + MICRO + extra + [train]
+        try:
+            r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1",
+                                "bash", "-c", "trap '' XFSZ; ulimit -f 8; exec \"$@\"", "bash"] + args +
+                               [":", "-np", "1"] + args, capture_output=True, text=True, env=env, timeout=120)
+            report(name, r.returncode == 3 and "rank 0 could not write the checkpoint" in r.stderr,
+                   "exit %d: %s" % (r.returncode, r.stderr[-400:]))
+        except subprocess.TimeoutExpired:
+            report(name, False, "the ranks still ran 120 s after rank 0's failed checkpoint")
+
     # --device cuda over several ranks: rank r asks for cuda:LOCAL_RANK (mpirun's OMPI_COMM_WORLD_LOCAL_RANK,
     # or the user's CAV_LOCAL_RANK). No device is visible here (CUDA_VISIBLE_DEVICES empty, or no CUDA in the
     # build): every rank stops with a usage error naming the device it was given.
