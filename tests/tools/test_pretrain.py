@@ -193,6 +193,8 @@ else:
 
     split_case("mpi_one_group_over_two_ranks", 1, 2, [])
     split_case("mpi_one_group_over_two_ranks_mean", 1, 2, ["--group-reduce", "mean"])
+    # the same with small gradient buckets started during the backward, and the Adam state sharded
+    split_case("mpi_one_group_over_two_ranks_buckets_zero1", 1, 2, ["--bucket-mb", "0.01", "--zero", "1"])
     # a strong contrastive term and weight decay comparable to the gradients make any factor visible
     split_case("mpi_one_group_over_two_ranks_strong_contrast", 1, 2,
                ["--contrast-weight", "0.5", "--weight-decay", "0.5"])
