@@ -107,8 +107,12 @@ TOOL_TESTS := $(filter $(T),$(TOOL_TESTS))
 endif
 LONG_TESTS := $(sort $(wildcard tests/long/test_*.sh tests/long/test_*.py))
 REF_GENS := $(wildcard tests/ref/gen_*.py)
-# The tools that train link MPI (data parallelism); the others do not need it.
+# The tools that train link MPI (data parallelism); the others do not need it. lib/train/dist*.c is the
+# distributed layer: its MPI transport, and its NCCL transport where NCCL was found and the CUDA backend is
+# built (NCCL_BUILD, below).
 MPI_TOOLS := cav-pretrain cav-finetune
+MPI_SRC := bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c
+DIST_SRC := lib/train/dist.c lib/train/dist_nccl.c
 
 # The CUDA backend (kernels/cuda, CUDA_BUILD above): nvcc compiles each .cu once, for sm_80 and sm_90,
 # warnings as errors; the objects join both libcav.a (the ASan build links the same, uninstrumented,
@@ -122,6 +126,13 @@ NVCC_FLAGS := -std=c++17 -O2 -g -fmad=false -gencode arch=compute_80,code=sm_80 
 CFLAGS_REL += -DCAV_HAVE_CUDA=1
 CFLAGS_ASAN += -DCAV_HAVE_CUDA=1
 LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+# The NCCL transport (lib/train/dist_nccl.c, C over NCCL's and the CUDA runtime's C APIs): with the CUDA
+# backend where the config step found NCCL; the training tools link it.
+NCCL_BUILD := $(and $(CUDA_BUILD),$(HAVE_NCCL))
+ifneq ($(NCCL_BUILD),)
+NCCL_CFLAGS := -DCAV_HAVE_NCCL=1 -I$(CUDA_HOME)/include
+MPI_LIBS += -lnccl
 endif
 
 # V=1 shows the full commands.
@@ -142,7 +153,7 @@ config: $(BUILD)/config.mk
 $(REL)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
-	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_REL) $(if $(filter $(MPI_SRC),$<),$(MPI_CFLAGS)) $(if $(filter $(DIST_SRC),$<),$(NCCL_CFLAGS)) -MMD -MP -c $< -o $@
 # lib/media/rfft.c, torchmath.c and fbank.c reproduce PyTorch's float32 arithmetic operation by
 # operation: a*b + c must stay two roundings (-std=c11 already implies this; said explicitly so that no
 # dialect change can undo it).
@@ -151,7 +162,7 @@ $(ASAN)/lib/media/rfft.o $(ASAN)/lib/media/fbank.o $(ASAN)/lib/media/torchmath.o
 $(ASAN)/%.o: %.c $(BUILD)/config.mk
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
-	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter bin/cav-pretrain.c bin/cav-finetune.c lib/train/dist.c,$<),$(MPI_CFLAGS)) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ASAN) $(if $(filter $(MPI_SRC),$<),$(MPI_CFLAGS)) $(if $(filter $(DIST_SRC),$<),$(NCCL_CFLAGS)) -MMD -MP -c $< -o $@
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 $(BUILD)/cuda/%.o: %.cu $(wildcard kernels/cuda/*.h) kernels/kernels.h lib/formats/record.h $(BUILD)/config.mk

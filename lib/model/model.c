@@ -604,6 +604,7 @@ cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, ca
         m->La = ua ? m->La_full : 0, m->Lv = uv ? m->Lv_full : 0;
     }
     register_params(m);
+    m->shard_lo = 0, m->shard_hi = m->nparams;
     m->params = be->alloc(m->nparams * sizeof(float));
     m->grads = c->task == CAV_TASK_FEAT ? NULL : be->alloc(m->nparams * sizeof(float));
     if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
@@ -647,6 +648,7 @@ void cav_model_free(cav_model *m) {
     cav_backend *be = m->be;
     be->free(m->params), be->free(m->grads), be->free(m->adam_m), be->free(m->adam_v), be->free(m->acts);
     be->free(m->in_mem), be->free(m->split.ca);
+    free(m->passes), free(m->final);
     free(m->table), free(m);
 }
 
@@ -675,7 +677,8 @@ void cav_model_describe(const cav_model *m, FILE *f) {
         "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
         "activations %.1f MiB\n",
         cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb,
-        m->grads ? m->nparams * 4 * mb : 0.0, m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * m->nparams * 4 * mb,
+        m->grads ? m->nparams * 4 * mb : 0.0,
+        m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * (double)(m->shard_hi - m->shard_lo) * 4 * mb,
         m->acts_size * 4 * mb);
 }
 
@@ -837,9 +840,64 @@ static void block_lns(cav_block_params *p, int mod, float **w1, float **b1, floa
         *w1 = p->norm1_w, *b1 = p->norm1_b, *w2 = p->norm2_w, *b2 = p->norm2_b;
 }
 
+/* ---- the backward's progress (cav_model_on_grads_final) ------------------------------------------- */
+
+/* The table entries of Block p (its tensors' pointers lie inside *p, within cav_params). */
+static int block_entry(const cav_model *m, const cav_block_params *p, int k) {
+    size_t lo = (size_t)((const char *)p - (const char *)&m->p), slot = m->table[k].slot;
+    return slot >= lo && slot < lo + sizeof *p;
+}
+
+static void count_pass(cav_model *m, const cav_block_params *p) {
+    for (int k = 0; m->passes && k < m->ntable; k++)
+        if (block_entry(m, p, k)) m->passes[k]++;
+}
+
+/* entries [k, e) reported final at once (contiguous in the flat buffer) */
+static void report_final(cav_model *m, int k, int e, int at_end) {
+    for (int i = k; i < e; i++) m->final[i] = 1;
+    if (e > k)
+        m->final_fn(m->final_ctx, m->table[k].offset, m->table[e - 1].offset + m->table[e - 1].numel, at_end);
+}
+
+/* after a backward pass through Block p: its tensors are final when no forward pass through it is left */
+static void pass_done(cav_model *m, const cav_block_params *p) {
+    if (!m->final_fn) return;
+    for (int k = 0; k < m->ntable; k++)
+        if (block_entry(m, p, k) && --m->passes[k] <= 0 && !m->final[k]) report_final(m, k, k + 1, 0);
+}
+
+/* the backward's end: every tensor not yet reported, in runs of neighbours */
+static void report_rest(cav_model *m) {
+    if (!m->final_fn) return;
+    for (int k = 0; k < m->ntable;) {
+        if (m->final[k]) {
+            k++;
+            continue;
+        }
+        int e = k;
+        while (e < m->ntable && !m->final[e]) e++;
+        report_final(m, k, e, 1);
+        k = e;
+    }
+}
+
+int cav_model_on_grads_final(cav_model *m, void (*fn)(void *ctx, size_t lo, size_t hi, int at_end),
+                             void *ctx) {
+    if (fn && !m->passes) {
+        m->passes = calloc((size_t)m->ntable, sizeof *m->passes);
+        m->final = calloc((size_t)m->ntable, 1);
+        if (!m->passes || !m->final)
+            return free(m->passes), free(m->final), m->passes = NULL, m->final = NULL, -1;
+    }
+    m->final_fn = fn, m->final_ctx = ctx;
+    return 0;
+}
+
 /* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
 static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_block_params *p = s->p[i];
+    count_pass(m, p);
     cav_block_acts *a = &s->a[i];
     int B = m->B, N = s->N, C = s->C, M = B * N;
     float *w1, *b1, *w2, *b2;
@@ -877,6 +935,7 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
     m->be->linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
+    pass_done(m, p);
 }
 
 static void stream_forward(cav_model *m, cav_stream *s, const float *in) {
@@ -1351,6 +1410,7 @@ static void forward_feat(cav_model *m) {
 }
 
 void cav_model_forward(cav_model *m) {
+    if (m->passes) memset(m->passes, 0, sizeof *m->passes * (size_t)m->ntable);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         forward_pretrain(m);
     else if (m->cfg.task == CAV_TASK_FINETUNE)
@@ -1372,10 +1432,12 @@ void cav_model_zero_grad(cav_model *m) {
 
 void cav_model_backward_accumulate(cav_model *m) {
     if (!m->grads) return;
+    if (m->final) memset(m->final, 0, (size_t)m->ntable);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         backward_pretrain(m);
     else
         backward_finetune(m);
+    report_rest(m);
 }
 
 void cav_model_backward(cav_model *m) {
@@ -1383,16 +1445,26 @@ void cav_model_backward(cav_model *m) {
     cav_model_backward_accumulate(m);
 }
 
+/* Moments of the elements [m->shard_lo, m->shard_hi) of the flat buffer (all of it unless sharded). */
 int cav_model_alloc_adam(cav_model *m) {
     if (m->adam_m) return 0;
-    m->adam_m = m->be->alloc(m->nparams * sizeof(float));
-    m->adam_v = m->be->alloc(m->nparams * sizeof(float));
+    size_t n = m->shard_hi - m->shard_lo;
+    m->adam_m = m->be->alloc(n * sizeof(float));
+    m->adam_v = m->be->alloc(n * sizeof(float));
     if (!m->adam_m || !m->adam_v) {
         m->be->free(m->adam_m), m->be->free(m->adam_v);
         m->adam_m = m->adam_v = NULL;
         return -1;
     }
     return 0;
+}
+
+int cav_model_shard_adam(cav_model *m, size_t lo, size_t hi) {
+    if (lo > hi || hi > m->nparams) return -1;
+    m->be->free(m->adam_m), m->be->free(m->adam_v);
+    m->adam_m = m->adam_v = NULL;
+    m->shard_lo = lo, m->shard_hi = hi;
+    return cav_model_alloc_adam(m);
 }
 
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
@@ -1403,11 +1475,13 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
         abort();
     }
     m->adam_t++;
-    for (int i = 0; i < m->ntable; i++) {
+    size_t lo = m->shard_lo, hi = m->shard_hi;
+    for (int i = 0; i < m->ntable; i++) { /* each tensor's part inside the shard: Adam is elementwise */
         cav_param *e = &m->table[i];
         if (!e->trainable || !e->used) continue;
-        size_t o = e->offset;
-        m->be->adam_step(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, e->numel,
+        size_t a = e->offset > lo ? e->offset : lo, b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
+        if (b <= a) continue;
+        m->be->adam_step(m->params + a, m->grads + a, m->adam_m + (a - lo), m->adam_v + (a - lo), b - a,
                          e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
     }
 }
@@ -1485,34 +1559,60 @@ static float *buffer_w(cav_model *m, cav_buffer buf) {
     return buffer(m, buf);
 }
 
-void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
+/* The elements [a, a + n) of a buffer, host <-> backend. The moments hold [shard_lo, shard_hi) only:
+ * reading elsewhere gives zeros, writing elsewhere is ignored. */
+static int is_moment(cav_buffer buf) {
+    return buf == CAV_BUF_ADAM_M || buf == CAV_BUF_ADAM_V;
+}
+
+static void read_range(const cav_model *m, cav_buffer buf, size_t a, size_t n, float *host) {
     const float *b = buffer(m, buf);
-    if (b)
-        m->be->download(host, b + p->offset, sizeof(float) * p->numel);
-    else
-        memset(host, 0, sizeof(float) * p->numel);
+    if (!b) {
+        memset(host, 0, sizeof(float) * n);
+        return;
+    }
+    if (!is_moment(buf)) {
+        m->be->download(host, b + a, sizeof(float) * n);
+        return;
+    }
+    size_t lo = a > m->shard_lo ? a : m->shard_lo, hi = a + n < m->shard_hi ? a + n : m->shard_hi;
+    memset(host, 0, sizeof(float) * n);
+    if (hi > lo) m->be->download(host + (lo - a), b + (lo - m->shard_lo), sizeof(float) * (hi - lo));
+}
+
+static void write_range(cav_model *m, cav_buffer buf, size_t a, size_t n, const float *host) {
+    float *b = buffer_w(m, buf);
+    if (!b) return;
+    if (!is_moment(buf)) {
+        m->be->upload(b + a, host, sizeof(float) * n);
+        return;
+    }
+    size_t lo = a > m->shard_lo ? a : m->shard_lo, hi = a + n < m->shard_hi ? a + n : m->shard_hi;
+    if (hi > lo) m->be->upload(b + (lo - m->shard_lo), host + (lo - a), sizeof(float) * (hi - lo));
+}
+
+void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host) {
+    read_range(m, buf, p->offset, p->numel, host);
 }
 
 void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host) {
-    float *b = buffer_w(m, buf);
-    if (b) m->be->upload(b + p->offset, host, sizeof(float) * p->numel);
+    write_range(m, buf, p->offset, p->numel, host);
 }
 
 void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host) {
-    const float *b = buffer(m, buf);
-    if (b)
-        m->be->download(host, b, sizeof(float) * m->nparams);
-    else
-        memset(host, 0, sizeof(float) * m->nparams);
+    read_range(m, buf, 0, m->nparams, host);
 }
 
 void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
-    float *b = buffer_w(m, buf);
-    if (b) m->be->upload(b, host, sizeof(float) * m->nparams);
+    write_range(m, buf, 0, m->nparams, host);
+}
+
+float *cav_model_mem(cav_model *m, cav_buffer buf) {
+    return is_moment(buf) ? NULL : buffer(m, buf);
 }
 
 int cav_model_grads_finite(const cav_model *m) {
-    return !m->grads || m->be->all_finite(m->grads, m->nparams);
+    return !m->grads || m->be->all_finite(m->grads + m->shard_lo, m->shard_hi - m->shard_lo);
 }
 
 /* An output's memory and shape, or NULL when this task has none by that name. */

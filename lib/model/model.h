@@ -11,7 +11,8 @@
  *   cav_model_set_input(m, CAV_IN_AUDIO, audio, B) ... (keep indices, or cav_model_random_masks; labels)
  *   cav_model_forward(m);  cav_model_backward(m);  cav_model_adam_step(m, ...);
  * Scalar losses are in m->out; tensors by name through cav_model_read_output. Code outside model.c
- * touches the model's buffers only through the accessors below, which copy. */
+ * touches the model's buffers only through the accessors below, which copy (the distributed layer's
+ * collectives alone run on them in place: cav_model_mem). */
 #ifndef CAV_MODEL_H
 #define CAV_MODEL_H
 
@@ -175,9 +176,15 @@ typedef struct {
     cav_params p, g;
     float *params, *grads, *adam_m, *adam_v;
     size_t nparams;
+    size_t shard_lo, shard_hi; /* the elements Adam updates and its moments hold (all: 0, nparams) */
     cav_param *table;
     int ntable;
     int adam_t;
+    /* the backward's progress (cav_model_on_grads_final) */
+    void (*final_fn)(void *ctx, size_t lo, size_t hi, int at_end);
+    void *final_ctx;
+    int *passes;          /* [ntable]: forward passes through a tensor's block not yet backpropagated */
+    unsigned char *final; /* [ntable]: reported final by this backward */
     /* inputs (one allocation) */
     struct {
         float *audio;    /* [B,T,F] normalised fbank */
@@ -268,6 +275,13 @@ void cav_model_forward(cav_model *m);
 void cav_model_forward_keep_audio(cav_model *m);
 /* Zeroes the gradients and fills them with d out.loss / d parameter (pretraining and fine-tuning). */
 void cav_model_backward(cav_model *m);
+/* The backward's progress, for a gradient exchange that overlaps it: during each backward, fn(ctx, lo, hi, 0)
+ * is called for each range [lo, hi) of the flat gradient buffer as soon as the backward has written its last
+ * contribution there (a Block's tensors after the backward of the last forward pass through it: the joint
+ * blocks serve three passes in pretraining), and fn(ctx, lo, hi, 1) at the backward's end for everything
+ * else; together the calls of one backward cover [0, nparams) once. fn NULL: none. 0 ok, -1 out of memory. */
+int cav_model_on_grads_final(cav_model *m, void (*fn)(void *ctx, size_t lo, size_t hi, int at_end),
+                             void *ctx);
 /* The two halves, for gradient accumulation over micro-batches: every gradient write is a +=. */
 void cav_model_zero_grad(cav_model *m);
 void cav_model_backward_accumulate(cav_model *m);
@@ -275,6 +289,10 @@ void cav_model_backward_accumulate(cav_model *m);
  * (mlp_head.*) uses lr * head_lr_scale. */
 /* Allocates the Adam moments (zero) if they are not yet; 0 ok, -1 out of memory. */
 int cav_model_alloc_adam(cav_model *m);
+/* ZeRO stage 1: the moments hold, and Adam updates, only the elements [lo, hi) of the flat buffer (a rank's
+ * shard; Adam is elementwise, so each element's update is the unsharded one). The moments restart at zero.
+ * 0 ok, -1 bad range or out of memory. */
+int cav_model_shard_adam(cav_model *m, size_t lo, size_t hi);
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
                          double eps, double wd);
 
@@ -292,15 +310,20 @@ void cav_model_get_input(const cav_model *m, cav_input which, void *host, int ro
 
 typedef enum { CAV_BUF_PARAMS, CAV_BUF_GRADS, CAV_BUF_ADAM_M, CAV_BUF_ADAM_V } cav_buffer;
 /* One table entry's numel floats. Reading a buffer the model does not hold (the gradients of an
- * embedding model, moments before the first step) gives zeros; writing the moments allocates them,
- * writing gradients the model does not hold is ignored. */
+ * embedding model, moments before the first step, moments outside a ZeRO shard) gives zeros; writing the
+ * moments allocates them, writing gradients the model does not hold (or moments outside the shard) is
+ * ignored. */
 void cav_model_read_param(const cav_model *m, cav_buffer buf, const cav_param *p, float *host);
 void cav_model_write_param(cav_model *m, cav_buffer buf, const cav_param *p, const float *host);
 /* A whole buffer, nparams floats in table order (cav_param.offset). */
 void cav_model_read_buffer(const cav_model *m, cav_buffer buf, float *host);
 void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host);
-/* 1 when every gradient is finite (1 for a model without gradients). */
+/* 1 when every gradient of the Adam shard (all of them unless sharded) is finite (1 for a model without
+ * gradients). */
 int cav_model_grads_finite(const cav_model *m);
+/* The parameters' or gradients' buffer itself, in the backend's memory (NULL for the moments), for the
+ * distributed layer's collectives alone, which run on that memory (dist.h). */
+float *cav_model_mem(cav_model *m, cav_buffer buf);
 
 /* Outputs by name: "loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc" (pretraining; "loss"
  * also fine-tuning), "pred_a", "pred_v", "mask_a", "mask_v", "logits", "feat_a", "feat_v", "emb_a", "emb_v"

@@ -1,37 +1,122 @@
-/* dist.h: data parallelism across processes. With Open MPI (built with CAV_HAVE_MPI and started by
- * mpirun/srun), ranks exchange gradients and metrics with MPI_Allreduce; without it, or with one process,
- * every call is the identity, so the training code has one path. */
+/* dist.h: data parallelism across processes, one module with two transports behind one interface. Ranks are
+ * started by a launcher (mpirun, or srun with Open MPI's PMIx); MPI always carries the small host-side
+ * exchanges (statistics, error codes, the NCCL unique id, the Adam moments gathered for a checkpoint). The
+ * gradient and parameter collectives run on the model's buffers where the backend keeps them: the MPI
+ * transport on host memory (backend cpu), the NCCL transport on device memory (backend cuda, one GPU per
+ * rank; built where the config step found NCCL and the CUDA backend is built). Without a launcher, or with
+ * one process, every call is the identity, so the training code has one path. No MPI or NCCL name appears
+ * outside this module.
+ *
+ * The MPI transport sums in rank order (rank 0's value, plus rank 1's, ...; each element on the rank that
+ * owns it, then shared), so a sum does not depend on Open MPI's choice of algorithm, is the same run to run,
+ * and equals one process that adds its groups' gradients in that order. NCCL sums in its ring's order (the
+ * same for the same ranks, sizes and NCCL version). */
 #ifndef CAV_DIST_H
 #define CAV_DIST_H
 
 #include <stddef.h>
 
+#include "record.h"
+
+typedef struct cav_dist_state cav_dist_state; /* the transport's state and pending collectives (dist.c) */
+typedef struct cav_nccl cav_nccl;             /* an NCCL communicator and its stream (dist_nccl.c) */
+
 typedef struct {
     int rank, world;
-    int mpi; /* MPI was initialised here (and must be finalised) */
+    int local_rank; /* on this node: the launcher's (see cav_dist_local_rank), else MPI's shared-memory split
+                     */
+    int mpi;        /* MPI was initialised here (and must be finalised) */
+    cav_dist_state *st; /* several ranks: allocated by cav_dist_init; NULL for one process */
 } cav_dist;
 
 void cav_dist_init(cav_dist *d, int *argc, char ***argv);
 void cav_dist_finalize(cav_dist *d);
-/* In-place sums over ranks. */
+
+/* ---- the device of a rank --------------------------------------------------------------------------- */
+
+/* This process's index on its node from the launcher's variables, first found of CAV_LOCAL_RANK (the
+ * user's override), OMPI_COMM_WORLD_LOCAL_RANK (mpirun), SLURM_LOCALID (srun); -1 when none is set or
+ * one is not a number >= 0. */
+int cav_dist_local_rank(void);
+/* The backend name a rank uses for --device: "cuda" with several ranks becomes cuda:L, L the local rank
+ * modulo the devices listed in CUDA_VISIBLE_DEVICES when it is set (srun --gpus-per-task=1 leaves each task
+ * one device, its cuda:0); an explicit cuda:N, cpu, or one process: unchanged. out: n bytes. */
+void cav_dist_device(const char *device, int world, int local_rank, char *out, size_t n);
+
+/* ---- host-memory collectives (MPI whatever the transport) ----------------------------------------- */
+
+/* In-place sums over ranks, in rank order. */
 void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n);
 void cav_dist_sum_f64(const cav_dist *d, double *x, size_t n);
 /* The largest value over ranks (e.g. an error code, so that all ranks stop together). */
 int cav_dist_max_int(const cav_dist *d, int v);
+/* Rank 0's x[0, n) <- every rank's part [part[r], part[r+1]) of its own x (part: world + 1 bounds); the
+ * other ranks' x is left alone. */
+void cav_dist_gather_parts_f32(const cav_dist *d, float *x, const size_t *part);
+
+/* ---- model-buffer collectives (the transport's memory) --------------------------------------------- */
+
+/* Picks the transport for the backend the run uses (name as cav_backend.name: "cpu", "cuda:N"): NCCL for
+ * a CUDA backend, MPI otherwise. One process: none. 0 ok; -1 with err (code 1: this build has no NCCL for
+ * several GPU ranks; 3: NCCL failed). */
+int cav_dist_bind(const cav_dist *d, const char *backend, cav_err *err);
+/* The transport bound: "none" (one process, or not bound yet), "mpi" or "nccl". */
+const char *cav_dist_transport(const cav_dist *d);
+/* Splits n elements into world parts of near-equal size on 64-element bounds: part[r] .. part[r+1] is
+ * rank r's (part: world + 1 entries). */
+void cav_dist_parts(const cav_dist *d, size_t n, size_t *part);
+/* Starts a sum over ranks of x[lo, hi): every rank ends with the sum (all-reduce). Non-blocking: x[lo, hi)
+ * must not be touched before cav_dist_wait. */
+int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_err *err);
+/* Starts a reduce-scatter of x[lo, hi) over the parts (cav_dist_parts of the whole buffer): each rank ends
+ * with the sum over ranks of x[lo, hi) within its own part [part[rank], part[rank+1]); the rest of
+ * x[lo, hi) is undefined afterwards. part must live until cav_dist_wait. */
+int cav_dist_scatter_start(const cav_dist *d, float *x, size_t lo, size_t hi, const size_t *part,
+                           cav_err *err);
+/* Ends every collective started, in start order. 0 ok; -1 with err (code 3) on a transport failure. */
+int cav_dist_wait(const cav_dist *d, cav_err *err);
+/* All-gather: every rank's part [part[r], part[r+1]) of x to every rank. Blocking. 0 ok, -1 with err. */
+int cav_dist_gather_parts(const cav_dist *d, float *x, const size_t *part, cav_err *err);
+
+/* ---- contrast groups spread over ranks -------------------------------------------------------------- */
 
 /* A block of `size` consecutive ranks (rank / size names the block; a contrast group spread over ranks)
- * and the collectives within it. One process, or size 1: the identity. */
+ * and the collectives within it, on host memory (the contrastive embeddings, a few rows, and MAE sums).
+ * The gather goes over the bound transport: MPI, or NCCL through a device buffer on a communicator split
+ * from the world's for the block (made at the first gather, which every rank reaches together). One
+ * process, or size 1: the identity. */
 typedef struct {
-    int rank, size; /* this process's index in its block, and the block's size */
-    void *comm;     /* the block's MPI communicator (NULL without one) */
+    int rank, size;        /* this process's index in its block, and the block's size */
+    void *comm;            /* the block's MPI communicator (NULL without one) */
+    const cav_dist *d;     /* the world it was split from */
+    struct cav_nccl *nccl; /* the block's NCCL communicator, once made */
 } cav_dist_block;
 
 /* Splits the world into blocks of size ranks (size must divide the world). 0 ok, -1 MPI failed. */
 int cav_dist_block_open(const cav_dist *d, int size, cav_dist_block *b);
 void cav_dist_block_close(cav_dist_block *b);
 /* all[size * n] <- every block member's mine[n], in block rank order. */
-void cav_dist_block_gather_f32(const cav_dist_block *b, const float *mine, float *all, size_t n);
+void cav_dist_block_gather_f32(cav_dist_block *b, const float *mine, float *all, size_t n);
 /* In-place sums over the block. */
 void cav_dist_block_sum_f64(const cav_dist_block *b, double *x, size_t n);
+
+/* ---- the NCCL transport (dist_nccl.c, built with CAV_HAVE_NCCL; called by dist.c only) ------------- */
+
+/* NCCL's communicator over the world on the current CUDA device (the unique id made by rank 0 and sent to
+ * all by bcast), and a non-blocking communication stream. NULL with err. */
+cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err);
+void cav_nccl_close(cav_nccl *c);
+/* The model-buffer collectives above on device pointers, each queued on the communication stream after the
+ * work queued on the compute stream so far. 0 ok, -1 with err. */
+int cav_nccl_sum(cav_nccl *c, float *x, size_t lo, size_t hi, cav_err *err);
+int cav_nccl_scatter(cav_nccl *c, float *x, size_t lo, size_t hi, const size_t *part, cav_err *err);
+int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err);
+/* The compute stream waits for every collective queued so far. */
+int cav_nccl_wait(cav_nccl *c, cav_err *err);
+/* The communicator of c's ranks with this color, ranked by key (ncclCommSplit: every rank of c calls it
+ * together). NULL with err. */
+cav_nccl *cav_nccl_split(cav_nccl *c, int color, int key, cav_err *err);
+/* all[size * n] <- every member's mine[n], in rank order; host memory, through a device buffer. Blocking. */
+int cav_nccl_gather_host(cav_nccl *c, const float *mine, float *all, size_t n, cav_err *err);
 
 #endif

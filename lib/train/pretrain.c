@@ -245,7 +245,7 @@ static int check_mask_ratios(const cav_config *c, cav_err *err) {
 }
 
 int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err) {
-    pretrainer p = {o, d, {0}, {0, 1, NULL}, 0, 0, NULL, 0, 0, 0};
+    pretrainer p = {o, d, {0}, {0, 1, NULL, NULL, NULL}, 0, 0, NULL, 0, 0, 0};
     const int batch = o->run.batch;
     if (o->groups < 1 || batch % o->groups)
         return cav_fail(err, 1, "--batch-size %d is not a multiple of --contrast-groups %d", batch,
@@ -283,6 +283,8 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
                            .state_keys = state_keys,
                            .best_key = "best_eval",
                            .head_lr = 1.0,
+                           .overlap =
+                               p.g.ngroups == 1 && p.g.scale == 1.0, /* else summed on the host after */
                            .ctx = &p,
                            .prepare = prepare,
                            .init = init,

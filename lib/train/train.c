@@ -196,8 +196,29 @@ static const cav_opt train_table[] = {
      .offset = RUN(device),
      .def = "cpu",
      .arg = "NAME",
-     .help = "compute backend: cpu, or cuda / cuda:N in a build with CUDA",
+     .help = "compute backend: cpu, or cuda / cuda:N in a build with CUDA (several ranks: cuda is each "
+             "rank's cuda:LOCAL_RANK)",
      .key = "device"},
+    {.name = "zero",
+     .type = CAV_OPTT_INT,
+     .offset = RUN(zero),
+     .def = "0",
+     .min = 0,
+     .max = 1,
+     .arg = "N",
+     .help = "optimizer state sharding over ranks: 0 none, 1 ZeRO stage 1 (gradients reduce-scattered, each "
+             "rank's Adam on its shard, parameters all-gathered)",
+     .key = "zero"},
+    {.name = "bucket-mb",
+     .type = CAV_OPTT_DOUBLE,
+     .offset = RUN(bucket_mb),
+     .def = "25",
+     .min = 0,
+     .max = 1 << 20,
+     .arg = "MB",
+     .help = "gradient exchange in buckets of MB MiB, each started when the backward has finished it "
+             "(0: one exchange after the backward)",
+     .key = "bucket_mb"},
     {.name = "batch-size",
      .short_name = 'b',
      .type = CAV_OPTT_INT,
@@ -634,7 +655,8 @@ static double json_safe(double x) {
     return isfinite(x) ? x : x > 0 ? 1e308 : -1e308;
 }
 
-static int save_checkpoint(cav_trainer *t, const position *p, const char *cfgjson, cav_err *err) {
+static int save_checkpoint(cav_trainer *t, const position *p, const char *cfgjson, const float *moments,
+                           cav_err *err) {
     const cav_train_task *k = t->task;
     char *s = NULL, num[128];
     size_t len = 0, cap = 0;
@@ -656,7 +678,8 @@ static int save_checkpoint(cav_trainer *t, const position *p, const char *cfgjso
     if (bad) return free(s), cav_fail(err, 3, "out of memory");
     /* named by the epoch it ends, when it ends one */
     int name_epoch = p->batch == 0 && p->epoch > 1 ? p->epoch - 1 : p->epoch;
-    int rc = cav_train_save_checkpoint(t->m, t->o->out_dir, name_epoch, p->step, cfgjson, s, t->o->keep, err);
+    int rc = cav_train_save_checkpoint(t->m, moments, t->o->out_dir, name_epoch, p->step, cfgjson, s,
+                                       t->o->keep, err);
     free(s);
     return rc;
 }
@@ -759,6 +782,129 @@ static int loader_only(cav_loader *tl, int threads, cav_err *err) {
     return 0;
 }
 
+/* ---- the gradient exchange -------------------------------------------------------------------- */
+
+/* The step's exchange over ranks (dist.h), on the model's buffers where the backend keeps them: the
+ * gradients all-reduced, or with ZeRO-1 reduce-scattered to each rank's shard of the flat buffer (Adam then
+ * updates that shard alone, and the parameters are all-gathered after it). Buckets of bucket_mb MiB go from
+ * the end of the buffer down, the order in which the backward finishes the parameters (decoder, joint
+ * block, modality blocks, patch embeddings). */
+typedef struct {
+    const cav_dist *d;
+    cav_model *m;
+    int zero;
+    size_t *part;           /* [world + 1]: the ranks' shards of the flat buffer (ZeRO) */
+    size_t step;            /* elements per bucket */
+    size_t nb;              /* buckets: k is [n - (k + 1) step, n - k step) clipped at 0 */
+    size_t *left;           /* [nb]: elements of each bucket the backward has not finished in this step */
+    unsigned char *started; /* [nb] */
+    int early;              /* buckets started during this step's backward */
+    int failed;             /* a start inside the backward failed (err) */
+    cav_err err;
+} exchange;
+
+static int bucket_start(exchange *x, size_t k, cav_err *err) {
+    size_t n = x->m->nparams, hi = n - k * x->step, lo = hi > x->step ? hi - x->step : 0;
+    float *g = cav_model_mem(x->m, CAV_BUF_GRADS);
+    x->started[k] = 1;
+    return x->zero ? cav_dist_scatter_start(x->d, g, lo, hi, x->part, err)
+                   : cav_dist_sum_start(x->d, g, lo, hi, err);
+}
+
+/* cav_model_on_grads_final's hook: a bucket starts when the backward has finished all of it. Every rank
+ * runs the same backward, so the buckets start in the same order everywhere, as the collectives want. */
+static void grads_final(void *ctx, size_t lo, size_t hi, int at_end) {
+    exchange *x = ctx;
+    size_t n = x->m->nparams;
+    if (hi <= lo) return;
+    for (size_t k = (n - hi) / x->step; k <= (n - 1 - lo) / x->step && k < x->nb; k++) {
+        size_t bhi = n - k * x->step, blo = bhi > x->step ? bhi - x->step : 0;
+        size_t a = lo > blo ? lo : blo, b = hi < bhi ? hi : bhi;
+        if (b <= a) continue;
+        x->left[k] -= b - a;
+        if (x->left[k] == 0 && !x->started[k] && !x->failed) {
+            if (bucket_start(x, k, &x->err)) x->failed = 1;
+            x->early += !at_end;
+        }
+    }
+}
+
+static int exchange_open(exchange *x, const cav_train_opts *o, const cav_train_task *task, const cav_dist *d,
+                         cav_model *m, cav_err *err) {
+    memset(x, 0, sizeof *x);
+    x->d = d, x->m = m, x->zero = o->zero && d->world > 1;
+    size_t n = m->nparams;
+    x->step = (size_t)(o->bucket_mb * 1048576.0 / sizeof(float));
+    if (x->step == 0 || x->step > n) x->step = n ? n : 1;
+    x->nb = n ? (n + x->step - 1) / x->step : 0;
+    x->part = malloc((size_t)(d->world + 1) * sizeof *x->part);
+    x->left = malloc((x->nb + 1) * sizeof *x->left);
+    x->started = malloc(x->nb + 1);
+    if (!x->part || !x->left || !x->started) return cav_fail(err, 3, "out of memory");
+    cav_dist_parts(d, n, x->part);
+    if (x->zero && cav_model_shard_adam(m, x->part[d->rank], x->part[d->rank + 1]))
+        return cav_fail(err, 3, "out of memory for the optimiser state");
+    if (d->world > 1 && task->overlap && cav_model_on_grads_final(m, grads_final, x))
+        return cav_fail(err, 3, "out of memory");
+    return 0;
+}
+
+static void exchange_close(exchange *x) {
+    if (x->m) cav_model_on_grads_final(x->m, NULL, NULL);
+    free(x->part), free(x->left), free(x->started);
+}
+
+/* before a step's backward: no bucket finished or started */
+static void exchange_begin(exchange *x) {
+    size_t n = x->m->nparams;
+    for (size_t k = 0; k < x->nb; k++) {
+        size_t hi = n - k * x->step;
+        x->left[k] = hi > x->step ? x->step : hi;
+        x->started[k] = 0;
+    }
+    x->early = 0, x->failed = 0;
+}
+
+/* after the step: the buckets not started yet (all of them without the hook), then all waited for */
+static int exchange_grads(exchange *x, cav_err *err) {
+    if (x->d->world <= 1) return 0;
+    for (size_t k = 0; k < x->nb && !x->failed; k++)
+        if (!x->started[k] && bucket_start(x, k, &x->err)) x->failed = 1;
+    int rc = cav_dist_wait(x->d, err);
+    if (x->failed) return cav_fail(err, x->err.code ? x->err.code : 3, "%s", x->err.msg);
+    return rc;
+}
+
+/* After Adam on the shards: every rank's updated shard to all. */
+static int exchange_params(exchange *x, cav_err *err) {
+    return x->zero ? cav_dist_gather_parts(x->d, cav_model_mem(x->m, CAV_BUF_PARAMS), x->part, err) : 0;
+}
+
+/* A checkpoint, written by rank 0; with ZeRO every rank sends it its shard of the moments first (so every
+ * rank calls this). */
+static int checkpoint(cav_trainer *t, const exchange *x, const position *p, const char *cfgjson,
+                      cav_err *err) {
+    const cav_dist *d = t->d;
+    int rc = 0;
+    if (!x->zero) {
+        rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, NULL, err) : 0;
+    } else {
+        size_t n = t->m->nparams;
+        float *mv = malloc(2 * n * sizeof *mv);
+        if (cav_dist_max_int(d, !mv))
+            return free(mv), cav_fail(err, 3, "out of memory for the gathered Adam moments");
+        cav_model_read_buffer(t->m, CAV_BUF_ADAM_M, mv);
+        cav_model_read_buffer(t->m, CAV_BUF_ADAM_V, mv + n);
+        cav_dist_gather_parts_f32(d, mv, x->part);
+        cav_dist_gather_parts_f32(d, mv + n, x->part);
+        rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, mv, err) : 0;
+        free(mv);
+    }
+    /* all ranks stop when rank 0 could not write it (the others would wait for it in the next step) */
+    if (cav_dist_max_int(d, rc != 0) && !rc) return cav_fail(err, 3, "rank 0 could not write the checkpoint");
+    return rc;
+}
+
 static int stop_nonfinite(cav_trainer *t, const position *p, double loss, cav_err *err) {
     char last[4096] = "none";
     cav_ckpt_latest(t->o->out_dir, last, sizeof last, NULL);
@@ -772,12 +918,23 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
     cav_trainer t = {o, task, d, cfg, NULL, rows};
     cav_loader *tl = NULL, *ev = NULL;
     FILE *metrics = NULL;
-    float *sum = NULL;
     position pos = {1, 0, 0, {0}, 0, task->best_higher ? -INFINITY : INFINITY, 0, NULL, 0};
     char cfgjson[2048], path[4200], ck[4096];
     cav_err berr = {0, ""};
-    cav_backend *be = cav_backend_open(o->device, &berr);
-    if (!be) return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code; /* names --device */
+    exchange x = {0};
+    char device[64];
+    cav_dist_device(o->device, d->world, d->local_rank, device, sizeof device);
+    cav_backend *be = cav_backend_open(device, &berr);
+    /* every rank stops when one has no device: the others would wait for it in the transport's set-up */
+    if (cav_dist_max_int(d, !be)) {
+        if (be) return cav_fail(err, 1, "--device %s: another rank could not open its device", device), 1;
+        return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code; /* names --device */
+    }
+    if (cav_dist_max_int(d, cav_dist_bind(d, be->name, err) != 0)) {
+        if (!err->msg[0])
+            cav_fail(err, 3, "another rank could not set up the %s transport", cav_dist_transport(d));
+        return err->code ? err->code : 3;
+    }
     if (o->batch % d->world)
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->batch, d->world), 1;
     if (cav_config_check(cfg, err)) return 1;
@@ -822,12 +979,9 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         goto done;
     }
     cav_model *m = t.m;
+    if (exchange_open(&x, o, task, d, m, err)) goto done; /* before the moments: ZeRO allocates a shard's */
     if (cav_model_alloc_adam(m)) {
         cav_fail(err, 3, "out of memory for the optimiser state");
-        goto done;
-    }
-    if (d->world > 1 && !(sum = malloc(m->nparams * sizeof *sum))) {
-        cav_fail(err, 3, "out of memory for the gradient sum");
         goto done;
     }
     if (task->prepare && task->prepare(&t, err)) goto fail;
@@ -859,6 +1013,10 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         cav_msg("%lld training rows, %lld steps per epoch, batch %d, %d process%s%s",
                 (long long)cav_loader_rows(tl), (long long)cav_loader_batches(tl), o->batch, d->world,
                 d->world > 1 ? "es" : "", more);
+        if (d->world > 1)
+            cav_msg("data parallel: %d ranks over %s, gradient buckets of %g MiB%s", d->world,
+                    cav_dist_transport(d), o->bucket_mb,
+                    x.zero ? ", ZeRO-1 (each rank's Adam on its shard of the parameters)" : "");
         if (write_results(o, &pos, err)) goto done; /* the checkpoint's rows only: none of a lost epoch */
         snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
         if (!(metrics = fopen(path, "a"))) {
@@ -880,12 +1038,12 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         while ((got = cav_loader_next(tl, &b, err)) == 1) {
             double t0 = cav_now(), stats[CAV_TRAIN_MAX_STATS] = {0};
             lr = cav_schedule_lr(&o->sched, pos.epoch, pos.step);
+            exchange_begin(&x);
             task->step(&t, &b, pos.epoch, pos.step, stats);
-            if (sum) {
-                cav_model_read_buffer(m, CAV_BUF_GRADS, sum);
-                cav_dist_sum_f32(d, sum, m->nparams);
-                cav_model_write_buffer(m, CAV_BUF_GRADS, sum);
-            }
+            if (exchange_grads(&x, err)) goto fail;
+            if (d->rank == 0 && d->world > 1 && steps_done_here == 0)
+                cav_msg("gradient exchange: %zu bucket%s, %d started during the backward", x.nb,
+                        x.nb > 1 ? "s" : "", x.early);
             cav_dist_sum_f64(d, stats, (size_t)ns);
             int bad = !isfinite(stats[0]) || !cav_model_grads_finite(m);
             if (cav_dist_max_int(d, bad)) {
@@ -895,6 +1053,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             }
             /* parameters the loss never reaches are skipped, as PyTorch's Adam skips grad None */
             cav_model_adam_step(m, lr, task->head_lr, o->beta1, o->beta2, o->adam_eps, o->weight_decay);
+            if (exchange_params(&x, err)) goto fail;
             pos.step++, pos.batch++, steps_done_here++;
             for (int k = 0; k < ns; k++) pos.sums[k] += stats[k], win[k] += stats[k];
             pos.n++, win_n++;
@@ -917,7 +1076,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             int stop = o->max_steps > 0 && steps_done_here >= o->max_steps;
             int last_of_epoch = pos.batch == cav_loader_batches(tl);
             if (!last_of_epoch && ((o->save_every > 0 && pos.step % o->save_every == 0) || stop))
-                if (d->rank == 0 && save_checkpoint(&t, &pos, cfgjson, err)) goto done;
+                if (checkpoint(&t, &x, &pos, cfgjson, err)) goto done;
             if (stop && !last_of_epoch) {
                 cav_progress_end(pr);
                 if (d->rank == 0)
@@ -962,7 +1121,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         next.batch = 0;
         memset(next.sums, 0, sizeof next.sums);
         next.n = 0;
-        if (d->rank == 0 && save_checkpoint(&t, &next, cfgjson, err)) goto done;
+        if (checkpoint(&t, &x, &next, cfgjson, err)) goto done;
         memset(pos.sums, 0, sizeof pos.sums);
         pos.n = 0;
         if (o->max_steps > 0 && steps_done_here >= o->max_steps && pos.epoch < o->epochs) {
@@ -981,7 +1140,7 @@ fail_data:
 done:
     if (metrics) fclose(metrics);
     rows_free(&pos);
-    free(sum);
+    exchange_close(&x);
     cav_model_free(t.m);
     cav_loader_close(tl);
     cav_loader_close(ev);

@@ -47,6 +47,8 @@ typedef struct {
     int loader_only;    /* run one epoch of the data loader alone and report its rate (no model) */
     const char *args_json; /* the option values, saved as args.json */
     const char *device;    /* compute backend by name ("cpu") */
+    int zero;              /* 1: ZeRO stage 1 (Adam's moments and update sharded over ranks) */
+    double bucket_mb;      /* gradient exchange bucket size in MiB (0: one exchange after the backward) */
 } cav_train_opts;
 
 /* The model's options: a size, a variant (pretraining) and knobs by the reference's names, applied in that
@@ -150,7 +152,10 @@ typedef struct {
     const char *best_key;          /* state.json name of the best evaluation score */
     int best_higher;               /* a higher score is better (else lower) */
     double head_lr;                /* the head group's lr multiplier (1: one group) */
-    void *ctx;                     /* the task's own state */
+    /* The step's gradients are the backward's as it writes them (no accumulation or scaling after it), so
+     * the exchange over ranks may start during the backward (cav_model_on_grads_final). */
+    int overlap;
+    void *ctx; /* the task's own state */
     /* After the model exists (t->m): the task's buffers. */
     int (*prepare)(cav_trainer *t, cav_err *err);
     /* A new run's start point, after cav_model_init. */

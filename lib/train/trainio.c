@@ -13,14 +13,15 @@
 #include "weights.h"
 
 /* One of the model's buffers (parameters, Adam's moments) as safetensors entries over a host copy *base
- * (freed by the caller). */
+ * (freed by the caller), or over from[nparams] when given. */
 static cav_st_entry *param_entries(cav_model *m, cav_buffer buf, float **base, const char *prefix,
-                                   char ***names) {
+                                   char ***names, const float *from) {
     cav_st_entry *e = calloc((size_t)m->ntable, sizeof *e);
     *names = calloc((size_t)m->ntable, sizeof **names);
-    *base = malloc(m->nparams * sizeof **base);
-    if (!e || !*names || !*base) return free(e), NULL;
-    cav_model_read_buffer(m, buf, *base);
+    *base = from ? NULL : malloc(m->nparams * sizeof **base);
+    if (!e || !*names || (!from && !*base)) return free(e), NULL;
+    if (!from) cav_model_read_buffer(m, buf, *base);
+    const float *src = from ? from : *base;
     for (int i = 0; i < m->ntable; i++) {
         cav_param *p = &m->table[i];
         size_t n = strlen(prefix) + strlen(p->name) + 1;
@@ -31,7 +32,7 @@ static cav_st_entry *param_entries(cav_model *m, cav_buffer buf, float **base, c
         e[i].dtype = CAV_F32;
         e[i].ndim = p->ndim;
         memcpy(e[i].shape, p->shape, sizeof p->shape);
-        e[i].data = *base + p->offset;
+        e[i].data = src + p->offset;
     }
     return e;
 }
@@ -44,7 +45,7 @@ static void free_names(char **names, int n) {
 int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err) {
     char **names = NULL;
     float *host = NULL;
-    cav_st_entry *e = param_entries(m, CAV_BUF_PARAMS, &host, "", &names);
+    cav_st_entry *e = param_entries(m, CAV_BUF_PARAMS, &host, "", &names, NULL);
     if (!e) return free(host), free_names(names, m->ntable), cav_fail(err, 3, "out of memory");
     const char *k[] = {"format", "config"}, *v[] = {"cav-mae/1", cfgjson};
     int rc = cav_st_write(path, e, m->ntable, k, v, 2, err);
@@ -53,13 +54,15 @@ int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, ca
     return rc;
 }
 
-int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step,
-                              const char *cfgjson, const char *state_json, int keep, cav_err *err) {
+int cav_train_save_checkpoint(cav_model *m, const float *moments, const char *run_dir, int epoch,
+                              long long step, const char *cfgjson, const char *state_json, int keep,
+                              cav_err *err) {
     char **n1 = NULL, **n2 = NULL, **n3 = NULL;
     float *h1 = NULL, *h2 = NULL, *h3 = NULL;
-    cav_st_entry *pe = param_entries(m, CAV_BUF_PARAMS, &h1, "", &n1),
-                 *me = param_entries(m, CAV_BUF_ADAM_M, &h2, "m.", &n2),
-                 *ve = param_entries(m, CAV_BUF_ADAM_V, &h3, "v.", &n3);
+    cav_st_entry *pe = param_entries(m, CAV_BUF_PARAMS, &h1, "", &n1, NULL),
+                 *me = param_entries(m, CAV_BUF_ADAM_M, &h2, "m.", &n2, moments),
+                 *ve =
+                     param_entries(m, CAV_BUF_ADAM_V, &h3, "v.", &n3, moments ? moments + m->nparams : NULL);
     cav_st_entry *oe = calloc((size_t)m->ntable * 2, sizeof *oe);
     int rc = -1;
     if (!pe || !me || !ve || !oe) {

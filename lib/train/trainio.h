@@ -14,9 +14,12 @@
 /* The model's parameters to path; 0 ok, -1 with err. */
 int cav_train_save_model(cav_model *m, const char *path, const char *cfgjson, cav_err *err);
 /* RUN/checkpoints/e<epoch>-s<step> with model.safetensors, optim.safetensors (m.<name>, v.<name>) and
- * state_json as state.json; keeps the newest `keep` (0: all). 0 ok, -1 with err. */
-int cav_train_save_checkpoint(cav_model *m, const char *run_dir, int epoch, long long step,
-                              const char *cfgjson, const char *state_json, int keep, cav_err *err);
+ * state_json as state.json; keeps the newest `keep` (0: all). moments: NULL for the model's own, or both
+ * moments in host memory ([2, nparams]: m then v; a ZeRO run gathers them from the ranks' shards). 0 ok,
+ * -1 with err. */
+int cav_train_save_checkpoint(cav_model *m, const float *moments, const char *run_dir, int epoch,
+                              long long step, const char *cfgjson, const char *state_json, int keep,
+                              cav_err *err);
 /* Parameters and Adam moments (allocated by the caller) from checkpoint directory dir; returns its
  * state.json parsed (the caller frees it), or NULL with err. */
 cav_json *cav_train_load_checkpoint(cav_model *m, const char *dir, cav_err *err);

@@ -5,6 +5,7 @@ to an uninterrupted run; one training step's loss equals the PyTorch reference C
 same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5 (mixup and --bal:
 test_finetune_mixup.py)."""
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -133,5 +134,18 @@ else:
         print("  losses one %s, two ranks %s; parameters rel L2 %.3g" % (la, lb, rel))
         ok = len(la) == 2 and len(lb) == 2 and all(abs(p - q) <= 1e-5 * abs(p) for p, q in zip(la, lb)) and rel <= 1e-5
         report("mpi_two_ranks_equal_one_process", ok, "")
+
+        # ZeRO-1 (Adam's state sharded over the ranks) in small gradient buckets: the same two-rank run, byte for
+        # byte (model, optimiser state gathered from the shards, step state)
+        zero = os.path.join(TMP, "mpi_two_zero")
+        rz = subprocess.run(mpi + [ftfixture.FINETUNE, "-o", zero, "--zero", "1", "--bucket-mb", "0.01"] + base,
+                            capture_output=True, text=True, env=toolenv.mpi_env())
+        def last_dir(run):
+            d = os.path.join(run, "checkpoints")
+            return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1])
+        bad = rz.returncode and ["exit %d: %s" % (rz.returncode, rz.stderr[-500:])] or \
+            [f for f in ("model.safetensors", "optim.safetensors", "state.json")
+             if open(os.path.join(last_dir(two), f), "rb").read() != open(os.path.join(last_dir(zero), f), "rb").read()]
+        report("mpi_two_ranks_zero1_buckets_equal_two_ranks", not bad and "ZeRO-1" in rz.stderr, "differ: %s" % bad)
 
 sys.exit(toolenv.status())

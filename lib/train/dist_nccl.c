@@ -1,0 +1,157 @@
+/* dist_nccl.c: the NCCL transport of dist.h's model-buffer collectives, on device memory, one GPU per rank
+ * (built with CAV_HAVE_NCCL: the config step found NCCL and the CUDA backend is built). The CUDA backend
+ * queues its work on the legacy default stream (the compute stream); each collective is queued on a
+ * non-blocking communication stream after an event recorded on the compute stream, so a bucket's sum runs
+ * while the backward goes on with the next buckets; the wait makes the compute stream wait for the
+ * communication stream. A reduce-scatter over parts of unequal size is a group of ncclReduce calls, one
+ * per owner; the all-gather a group of ncclBroadcast calls. Nothing here can run without a GPU. */
+#include "dist.h"
+
+#ifdef CAV_HAVE_NCCL
+#include <stdlib.h>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+struct cav_nccl {
+    ncclComm_t comm;
+    cudaStream_t stream;       /* communication */
+    cudaEvent_t compute, done; /* recorded on the compute stream / the communication stream */
+    int rank, world;
+    float *stage; /* device buffer of cav_nccl_gather_host */
+    size_t nstage;
+};
+
+static int nccl_fail(cav_err *err, const char *what, ncclResult_t r) {
+    return cav_fail(err, 3, "NCCL: %s: %s", what, ncclGetErrorString(r));
+}
+
+static int cuda_fail(cav_err *err, const char *what, cudaError_t e) {
+    return cav_fail(err, 3, "CUDA: %s: %s", what, cudaGetErrorString(e));
+}
+
+/* a communicator's stream and events */
+static cav_nccl *new_state(int rank, int world, cav_err *err) {
+    cav_nccl *c = calloc(1, sizeof *c);
+    if (!c) return cav_fail(err, 3, "out of memory"), NULL;
+    c->rank = rank, c->world = world;
+    cudaError_t e;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->compute, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming)) != cudaSuccess)
+        return cuda_fail(err, "stream", e), free(c), NULL;
+    return c;
+}
+
+cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err) {
+    ncclUniqueId id;
+    ncclResult_t r = ncclSuccess;
+    if (rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess)
+        nccl_fail(err, "ncclGetUniqueId",
+                  r); /* the others wait in the broadcast: its id fails for them too */
+    bcast(&id, sizeof id);
+    cav_nccl *c = r == ncclSuccess ? new_state(rank, world, err) : NULL;
+    if (!c) return NULL;
+    if ((r = ncclCommInitRank(&c->comm, world, id, rank)) != ncclSuccess)
+        return nccl_fail(err, "ncclCommInitRank", r), free(c), NULL;
+    return c;
+}
+
+cav_nccl *cav_nccl_split(cav_nccl *parent, int color, int key, cav_err *err) {
+    cav_nccl *c = new_state(0, 1, err);
+    if (!c) return NULL;
+    ncclResult_t r = ncclCommSplit(parent->comm, color, key, &c->comm, NULL);
+    if (r != ncclSuccess || (r = ncclCommUserRank(c->comm, &c->rank)) != ncclSuccess ||
+        (r = ncclCommCount(c->comm, &c->world)) != ncclSuccess)
+        return nccl_fail(err, "ncclCommSplit", r), free(c), NULL;
+    return c;
+}
+
+int cav_nccl_gather_host(cav_nccl *c, const float *mine, float *all, size_t n, cav_err *err) {
+    size_t need = (size_t)(c->world + 1) * n; /* [world, n] gathered, then [n] this rank's */
+    cudaError_t e;
+    if (need > c->nstage) {
+        cudaFree(c->stage);
+        c->stage = NULL, c->nstage = 0;
+        if ((e = cudaMalloc((void **)&c->stage, need * sizeof *c->stage)) != cudaSuccess)
+            return cuda_fail(err, "cudaMalloc", e);
+        c->nstage = need;
+    }
+    float *send = c->stage + (size_t)c->world * n;
+    if ((e = cudaMemcpyAsync(send, mine, n * sizeof *mine, cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
+        return cuda_fail(err, "cudaMemcpyAsync", e);
+    ncclResult_t r = ncclAllGather(send, c->stage, n, ncclFloat32, c->comm, c->stream);
+    if (r != ncclSuccess) return nccl_fail(err, "ncclAllGather", r);
+    if ((e = cudaMemcpyAsync(all, c->stage, (size_t)c->world * n * sizeof *all, cudaMemcpyDeviceToHost,
+                             c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess)
+        return cuda_fail(err, "cudaMemcpyAsync", e);
+    return 0;
+}
+
+void cav_nccl_close(cav_nccl *c) {
+    if (!c) return;
+    cudaStreamSynchronize(c->stream);
+    ncclCommDestroy(c->comm);
+    cudaFree(c->stage);
+    cudaEventDestroy(c->compute);
+    cudaEventDestroy(c->done);
+    cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+/* the communication stream after the compute stream's work so far */
+static int after_compute(cav_nccl *c, cav_err *err) {
+    cudaError_t e;
+    if ((e = cudaEventRecord(c->compute, cudaStreamLegacy)) != cudaSuccess ||
+        (e = cudaStreamWaitEvent(c->stream, c->compute, 0)) != cudaSuccess)
+        return cuda_fail(err, "event", e);
+    return 0;
+}
+
+int cav_nccl_sum(cav_nccl *c, float *x, size_t lo, size_t hi, cav_err *err) {
+    if (after_compute(c, err)) return -1;
+    ncclResult_t r = ncclAllReduce(x + lo, x + lo, hi - lo, ncclFloat32, ncclSum, c->comm, c->stream);
+    return r == ncclSuccess ? 0 : nccl_fail(err, "ncclAllReduce", r);
+}
+
+int cav_nccl_scatter(cav_nccl *c, float *x, size_t lo, size_t hi, const size_t *part, cav_err *err) {
+    if (after_compute(c, err)) return -1;
+    ncclResult_t r = ncclGroupStart();
+    for (int s = 0; r == ncclSuccess && s < c->world; s++) {
+        size_t a = part[s] > lo ? part[s] : lo, b = part[s + 1] < hi ? part[s + 1] : hi;
+        if (b > a) r = ncclReduce(x + a, x + a, b - a, ncclFloat32, ncclSum, s, c->comm, c->stream);
+    }
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess) r = r2;
+    return r == ncclSuccess ? 0 : nccl_fail(err, "ncclReduce", r);
+}
+
+int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err) {
+    if (after_compute(c, err)) return -1;
+    ncclResult_t r = ncclGroupStart();
+    for (int s = 0; r == ncclSuccess && s < c->world; s++)
+        if (part[s + 1] > part[s])
+            r = ncclBroadcast(x + part[s], x + part[s], part[s + 1] - part[s], ncclFloat32, s, c->comm,
+                              c->stream);
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess) r = r2;
+    if (r != ncclSuccess) return nccl_fail(err, "ncclBroadcast", r);
+    return cav_nccl_wait(c, err);
+}
+
+int cav_nccl_wait(cav_nccl *c, cav_err *err) {
+    cudaError_t e;
+    if ((e = cudaEventRecord(c->done, c->stream)) != cudaSuccess ||
+        (e = cudaStreamWaitEvent(cudaStreamLegacy, c->done, 0)) != cudaSuccess)
+        return cuda_fail(err, "event", e);
+    /* NCCL reports a peer's failure asynchronously */
+    ncclResult_t async;
+    ncclResult_t r = ncclCommGetAsyncError(c->comm, &async);
+    if (r != ncclSuccess) return nccl_fail(err, "ncclCommGetAsyncError", r);
+    if (async != ncclSuccess && async != ncclInProgress) return nccl_fail(err, "a collective", async);
+    return 0;
+}
+#else
+typedef int cav_dist_nccl_not_built; /* ISO C wants a translation unit to declare something */
+#endif
