@@ -28,7 +28,7 @@ MAXB = E.get("MAXB", "search")  # search | off | a batch size to measure as the 
 MAXB_LIMIT = int(E.get("MAXB_LIMIT", "8" if DRY else "4096"))
 MEM_LIMIT_MIB = float(E.get("MEM_LIMIT_MIB", "0"))  # > 0: a probe whose peak passes it counts as not fitting
 RUN_TIMEOUT = float(E.get("RUN_TIMEOUT", "300"))
-BUDGET_S = float(E.get("BUDGET_S", "0"))  # > 0: no batch search starts after this many seconds
+BUDGET_S = float(E.get("BUDGET_S", "0"))  # > 0: no run starts after this many seconds
 TASKS = E.get("TASKS", "pretrain finetune").split()
 IMPLS = E.get("IMPLS", "c-plain c-fused torch-fp32 torch-bf16 torch-fp16").split()
 PEAK_TFLOPS = E.get("PEAK_TFLOPS")  # overrides the table below
@@ -138,12 +138,30 @@ def run(impl, task, batch, steps):
     return r
 
 
+def spent():
+    """why nothing more may start (BUDGET_S spent), or None"""
+    if BUDGET_S > 0 and time.monotonic() - T_START > BUDGET_S:
+        return f"not measured: BUDGET_S={BUDGET_S:g} spent"
+    return None
+
+
+def measure(impl, task, batch):
+    """the timed run at a batch: STEPS steps at batch B, about as many samples at a larger one (at least 3 steps,
+    or STEPS when fewer)"""
+    if spent():
+        print(f"  {impl:10s} {task:8s} B {batch:4d}: {spent()}")
+        return {"rc": None, "why": spent()}
+    return run(impl, task, batch, max(min(3, STEPS), round(STEPS * B0 / batch)) if batch > B0 else STEPS)
+
+
 def largest_batch(impl, task):
     """The largest batch (to within 1/8, multiples of 8 when over 8) whose step runs: doubling from B, then
     bisecting, one-step probes; (batch, None) or (None, why)."""
     lo, hi = None, None
     b = B0
     while b <= MAXB_LIMIT:
+        if spent():
+            return None, spent()
         r = run(impl, task, b, 1)
         if r["rc"] == 0 and not r["oom"]:
             lo = b
@@ -161,8 +179,8 @@ def largest_batch(impl, task):
         mid = (lo + hi) // 2
         if mid > 8:
             mid -= mid % 8
-        if mid <= lo:
-            break
+        if mid <= lo or spent():
+            break  # the largest found so far
         r = run(impl, task, mid, 1)
         if r["rc"] == 0 and not r["oom"]:
             lo = mid
@@ -204,7 +222,8 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"bench_gpu_train: {name} ({note}); torch {torch_v}; {commit}; {date}")
     print(f"config {CONFIG}, batch {B0} and the largest that fits (MAXB={MAXB}), {STEPS} timed steps after one "
-          f"warm-up; dense bf16 peak {fmt(peak, '%.1f')} TFLOPS" + ("" if peak or DRY else " (GPU not in the table)"))
+          f"warm-up (at a larger batch as many samples, 3 steps at least); dense bf16 peak {fmt(peak, '%.1f')} "
+          "TFLOPS" + ("" if peak or DRY else " (GPU not in the table)"))
     if DRY:
         print("(the CPU backend has one attention path: c-plain and c-fused run the same code here)")
     impls = [i for i in IMPLS if not (DRY and i == "torch-fp16")]
@@ -222,22 +241,20 @@ def main():
     print("\n== batch %d" % B0)
     for task in TASKS:
         for impl in impls:
-            rows.append((task, impl, "B", B0, run(impl, task, B0, STEPS)))
+            rows.append((task, impl, "B", B0, measure(impl, task, B0)))
     if MAXB != "off":
         print("\n== the largest batch that fits" + (f" (MAXB={MAXB})" if MAXB != "search" else ""))
         for task in TASKS:
             for impl in impls:
                 if MAXB != "search":
                     b, why = int(MAXB), None
-                elif BUDGET_S > 0 and time.monotonic() - T_START > BUDGET_S:
-                    b, why = None, f"not measured: BUDGET_S={BUDGET_S:g} spent"
                 else:
                     b, why = largest_batch(impl, task)
                 if b is None:
                     print(f"  {impl:10s} {task:8s} largest batch: {why}")
                     rows.append((task, impl, "max", None, {"rc": None, "why": why}))
                 else:
-                    rows.append((task, impl, "max", b, run(impl, task, b, STEPS)))
+                    rows.append((task, impl, "max", b, measure(impl, task, b)))
 
     def sps(r):
         return r.get("samples_per_s") if r.get("rc") == 0 and not r.get("oom") else None
@@ -259,7 +276,7 @@ def main():
             cells = [task, LABELS[impl], str(b) if b else "-", r.get("why") or f"rc {r.get('rc')}"] + [""] * 7
         else:
             cells = [task, LABELS[impl], str(b), "%.2f" % s, fmt(tf, "%.2f"), mfu, fmt(r["mem_mib"], "%.0f"),
-                     fmt(r.get("peak_mib") if impl.startswith("torch") else None, "%.0f")]
+                     fmt(r.get("peak_mib") if impl.startswith("torch") and not DRY else None, "%.0f")]
             cells += [fmt(ratio(r, task, kind, base) if impl != base else None, "%.2fx") for base in BASELINES]
         table.append(cells)
     print("\n== results (peak MiB: " + ("the process's resident peak" if DRY else
@@ -279,7 +296,8 @@ def main():
 
     print("\n== for tests/bench/RESULTS.md" + (" (DRY RUN: do not paste)" if DRY else ""))
     print(f"### Training step on the GPU: {name}, {date[:10]} (tests/bench/bench_gpu_train.sh)\n")
-    print(f"{note}; torch {torch_v}; {commit}; config {CONFIG}, {STEPS} timed steps after one warm-up. MFU against "
+    print(f"{note}; torch {torch_v}; {commit}; config {CONFIG}, {STEPS} timed steps at batch {B0} after one "
+          "warm-up (as many samples at the largest). MFU against "
           f"the dense bf16 peak ({fmt(peak, '%.1f')} TFLOPS) with train_step.c's count: "
           + ", ".join(f"{t} {gflop[t]:.1f} GFLOP per sample" for t in TASKS) + ". The C model runs fp32; "
           "x NAME = samples/s over PyTorch NAME's at the same batch kind.\n")
