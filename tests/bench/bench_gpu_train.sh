@@ -29,4 +29,4 @@ if [ -z "${CAV_BENCH_BIN:-}" ]; then # run by hand: the C program from this tree
     export CAV_BENCH_BIN=$src/build/bench
 fi
 export CAV_SRC=$src OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} OMP_WAIT_POLICY=passive
-exec "${PYTHON:-/usr/bin/python3}" "$src/tests/bench/bench_gpu_train.py"
+exec "${PYTHON:-/usr/bin/python3}" "$src/tests/bench/gpu_train.py"

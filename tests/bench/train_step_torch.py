@@ -8,7 +8,7 @@ backward_s, adam_s, step_s and samples_per_s averaged over STEPS steps after one
 (peak_mib: torch's allocator peak on a GPU, the process's resident peak on the CPU) and the last loss.
 CAV_BENCH_PRECISION (bench_gpu_train.sh): fp32 (the default), bf16 (the step under torch.autocast(bfloat16)) or
 fp16 (the reference's AMP as its traineval loop runs it: autocast(float16), GradScaler); weights and Adam stay
-fp32. Out of memory exits 3 with "out of memory" on stderr (bench_gpu_train.py's batch search)."""
+fp32. Out of memory exits 3 with "out of memory" on stderr (gpu_train.py's batch search)."""
 import os
 import resource
 import sys
