@@ -268,13 +268,14 @@ def main():
 
     head = ["task", "implementation", "batch", "samples/s", "TFLOP/s", "MFU", "peak MiB", "torch MiB",
             "x bf16", "x fp16 AMP", "x fp32"]
-    table = []
+    table, notes = [], []
     for task, impl, kind, b, r in rows:
         s = sps(r)
         tf = s * gflop[task] / 1e3 if s else None
         mfu = fmt(100 * tf / peak if tf and peak else None, "%.1f%%")
-        if s is None:
-            cells = [task, LABELS[impl], str(b) if b else "-", r.get("why") or f"rc {r.get('rc')}"] + [""] * 7
+        if s is None:  # why, under the table
+            notes.append(r.get("why") or f"rc {r.get('rc')}")
+            cells = [task, LABELS[impl], str(b) if b else "-", f"see ({len(notes)})"] + [""] * 7
         else:
             cells = [task, LABELS[impl], str(b), "%.2f" % s, fmt(tf, "%.2f"), mfu, fmt(r["mem_mib"], "%.0f"),
                      fmt(r.get("peak_mib") if impl.startswith("torch") and not DRY else None, "%.0f")]
@@ -287,6 +288,8 @@ def main():
     w = [max(len(c[i]) for c in table + [head]) for i in range(len(head))]
     for c in [head] + table:
         print("  ".join(x.ljust(w[i]) if i < 2 else x.rjust(w[i]) for i, x in enumerate(c)))
+    for i, n in enumerate(notes):
+        print(f"({i + 1}) {n}")
 
     print("\n== where the step's time goes (batch %d: forward, backward, optimizer as %% of the step)" % B0)
     for task, impl, kind, b, r in rows:
@@ -306,6 +309,10 @@ def main():
     print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
     for c in table:
         print("| " + " | ".join(c) + " |")
+    if notes:
+        print()
+    for i, n in enumerate(notes):
+        print(f"({i + 1}) {n}" + ("  " if i + 1 < len(notes) else ""))  # markdown's line break
     return 0
 
 
