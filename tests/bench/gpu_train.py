@@ -155,6 +155,11 @@ def measure(impl, task, batch):
     return run(impl, task, batch, max(min(3, STEPS), round(STEPS * B0 / batch)) if batch > B0 else STEPS)
 
 
+def round8(b):
+    """a batch over 8 rounded down to a multiple of 8"""
+    return b - b % 8 if b > 8 else b
+
+
 def largest_batch(impl, task):
     """The largest batch (to within 1/8, multiples of 8 when over 8) whose step runs: doubling from B, then
     bisecting, one-step probes; (batch, None) or (None, why)."""
@@ -177,9 +182,7 @@ def largest_batch(impl, task):
     if hi is None:
         return lo, None  # MAXB_LIMIT reached: the largest tried
     while hi - lo > max(1, lo // 8):
-        mid = (lo + hi) // 2
-        if mid > 8:
-            mid -= mid % 8
+        mid = round8((lo + hi) // 2)
         if mid <= lo or spent():
             break  # the largest found so far
         r = run(impl, task, mid, 1)
@@ -254,8 +257,16 @@ def main():
                 if b is None:
                     print(f"  {impl:10s} {task:8s} largest batch: {why}")
                     rows.append((task, impl, "max", None, {"rc": None, "why": why}))
-                else:
-                    rows.append((task, impl, "max", b, measure(impl, task, b)))
+                    continue
+                r = measure(impl, task, b)
+                for _ in range(2):  # a one-step probe fitted; more steps may not (allocator growth): step down
+                    if not r.get("oom") or b <= B0:
+                        break
+                    b = max(B0, round8(b - max(1, b // 8)))
+                    r = measure(impl, task, b)
+                rows.append((task, impl, "max", b, r))
+
+    rows.sort(key=lambda row: (TASKS.index(row[0]), row[2] == "max"))  # stable: implementations stay in order
 
     def sps(r):
         return r.get("samples_per_s") if r.get("rc") == 0 and not r.get("oom") else None
