@@ -261,6 +261,7 @@ check-cuda: $(REL)/tests/test_kernels
 
 # C programs the benchmark scripts time (tests/bench/*.c except fbank_speed.c, which bench_fbank.py builds).
 BENCH_PROGS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(filter-out tests/bench/fbank_speed.c,$(wildcard tests/bench/*.c)))
+tests: $(BENCH_PROGS) # tests/tools/test_bench_flops.py runs train_step
 $(BUILD)/bench/%: tests/bench/%.c $(REL)/libcav.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_REL) $^ -o $@ $(LIBS)

@@ -5,6 +5,7 @@
  *   train_step step tiny|base B STEPS   -> "samples_per_s X", per-phase seconds
  *   train_step ft tiny|base B STEPS [multimodal|audioonly|videoonly [K]]   -> the same, fine-tuning (K 527)
  *   train_step sgemm                    -> "sgemm_gflops X" (best over the model's large GEMM shapes)
+ * STEPS 0 prints gflop_per_sample alone, without running (bench_gpu_train.sh's MFU, test_bench_flops.py).
  * tiny is the benchmark config of tests/bench/RESULTS.md: 192-dim, 3 heads, 4+1 layers, decoder 128 x 2 with
  * 4 heads. */
 #include <cblas.h>
@@ -135,6 +136,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_step: %s\n", m ? "out of memory" : err.msg);
         return 3;
     }
+    double gflop = (ft ? ft_step_flops(m) : step_flops(m)) / 1e9;
+    if (steps == 0) {
+        printf("gflop_per_sample %.4f\n", gflop);
+        cav_model_free(m);
+        return 0;
+    }
     cav_model_init(m, 1);
     uint64_t s = 7, mask_rng = 11;
     size_t na = (size_t)B * m->T * m->F, nv = (size_t)B * 3 * m->S * m->S;
@@ -179,7 +186,7 @@ int main(int argc, char **argv) {
     }
     printf("forward_s %.4f\nbackward_s %.4f\nadam_s %.4f\nstep_s %.4f\n", tf / steps, tb / steps, ta / steps,
            t_all / steps);
-    printf("gflop_per_sample %.2f\n", (ft ? ft_step_flops(m) : step_flops(m)) / 1e9);
+    printf("gflop_per_sample %.4f\n", gflop);
     printf("samples_per_s %.4f\n", B * steps / t_all);
     printf("blas_core %s\n", openblas_get_corename());
     printf("last_loss %.9g\n", m->out.loss); /* fixed seeds: two runs on one device give the same bits */
