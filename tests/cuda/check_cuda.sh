@@ -26,7 +26,8 @@ mkdir -p "$logs"
 export OMP_NUM_THREADS=$(nproc)
 skip_all() {
     local s
-    for s in test_kernels "${stages[@]}"; do echo "SKIP $(basename "$s"): $1"; done
+    [[ $want == *" kernels "* ]] && echo "SKIP test_kernels: $1"
+    for s in "${stages[@]}"; do echo "SKIP $(basename "$s"): $1"; done
     echo "SKIPPED check-cuda: $1"
     exit 0
 }
@@ -36,14 +37,18 @@ if [ "$device" != cpu ]; then
     "$kernels" >"$log" 2>&1
     if grep -q '^SKIP backend_cuda:' "$log"; then
         if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
-            echo "FAIL check-cuda: a GPU is present but the cuda backend did not open: $(sed -n 's/^SKIP backend_cuda: //p' "$log")"
+            echo "FAIL check-cuda: a GPU is present but the cuda backend did not open:" \
+                "$(sed -n 's/^SKIP backend_cuda: //p' "$log")"
             exit 1
         fi
         skip_all "$(sed -n 's/^SKIP backend_cuda: //p' "$log")"
     fi
     [[ $want == *" kernels "* ]] && stages=("$kernels" "${stages[@]}")
 fi
-[ ${#stages[@]} -gt 0 ] || { echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer"; exit 1; }
+if [ ${#stages[@]} -eq 0 ]; then
+    echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer"
+    exit 1
+fi
 DEVICE=$device tests/run.sh cuda "${stages[@]}"
 st=$?
 [ $st -eq 0 ] && echo "PASS check-cuda (DEVICE=$device)" || echo "FAIL check-cuda (DEVICE=$device; logs: $logs/cuda)"
