@@ -239,8 +239,8 @@ check-long: tests refs | $(BUILD)/.check-deps
 # debug states, 50 training steps of tiny and base, resume, compute-sanitizer): SKIPPED where this build has
 # no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees but the backend cannot open is a
 # failure. DEVICE=cpu runs its scripts CPU against CPU (their own check without a GPU; needs the ASan tool);
-# STAGES narrows it (tests/cuda/check_cuda.sh; the debug states need the golden data of make refs).
-CUDA_REFS := $(if $(filter debug_states,$(or $(STAGES),debug_states)),refs)
+# STAGES narrows it (tests/cuda/check_cuda.sh; the debug states need their golden data from make refs).
+CUDA_REFS := $(if $(filter debug_states,$(or $(STAGES),debug_states)),$(BUILD)/ref/gen_debug_states.stamp)
 check-cuda: $(REL)/tests/test_kernels all $(CUDA_REFS) $(if $(filter cpu,$(DEVICE)),$(ASAN)/bin/cav-pretrain) | $(BUILD)/.check-deps
 	@rm -f $(BUILD)/test-logs/counts
 	@$(TEST_ENV) CAV_HAVE_CUDA_BUILD=$(if $(CUDA_OBJ),1,0) tests/cuda/check_cuda.sh $(abspath $(REL)/tests/test_kernels)

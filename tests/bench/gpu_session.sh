@@ -3,7 +3,7 @@
 # repository root. Writes everything to one log (argument 1, default build/gpu-session.log):
 #   1. the machine: GPU, driver, nvcc, torch and whether torch sees the GPU;
 #   2. the build: the CUDA backend (nvcc, sm_80 + sm_90), the tools and the programs this needs; the golden
-#      data of the debug states (make refs, where stale: Debian's torch on the CPU);
+#      data of the debug states (tests/ref/gen_debug_states.py, where stale: Debian's torch on the CPU);
 #   3. make check-cuda, one stage at a time (tests/cuda/check_cuda.sh): every op of the CUDA backend against
 #      the CPU's (tests/unit/test_kernels.c); the model's debug states on the GPU with the CPU's tolerances;
 #      50 training steps of tiny and base following the CPU's losses, resume bit-exact on the GPU and across
@@ -48,7 +48,7 @@ stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/
 # `make tests` builds the ASan tree too, minutes this session does not have).
 stage build 300 make -j"$jobs" all build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
 grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
-stage refs 150 make -j"$jobs" refs
+stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp
 
 stage cuda-arith 60 build/rel/tests/test_cuda_arith
 # check-cuda's stages, each under its own limit: a hung one does not take the benchmark's time
