@@ -54,7 +54,7 @@ stage cuda-arith 60 build/rel/tests/test_cuda_arith
 # check-cuda's stages, each under its own limit: a hung one does not take the benchmark's time
 stage "check-cuda kernels" 120 make check-cuda DEVICE="$device" STAGES=kernels
 stage "check-cuda debug states" 150 make check-cuda DEVICE="$device" STAGES=debug_states
-stage "check-cuda train" 300 make check-cuda DEVICE="$device" STAGES=train
+stage "check-cuda train" 360 make check-cuda DEVICE="$device" STAGES=train
 stage "check-cuda sanitizer" 150 make check-cuda DEVICE="$device" STAGES=sanitizer
 
 # The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.

@@ -1,13 +1,14 @@
 """test_cuda_train.py (make check-cuda): cav-pretrain on $DEVICE (default cuda) against the CPU, end to end on
 a synthetic shard at the model's full input size (1024 x 128 fbank, 224 x 224 frames):
-  - train_follows_cpu_<config>: $STEPS (50) steps (one epoch) of the tiny and the base config (batch $B_TINY 8,
-    $B_BASE 4; same data, seed and masks) whose per-step losses follow the CPU's within lossparity.py's bound;
+  - train_follows_cpu_<config>: $PARITY_STEPS (50) steps (one epoch) of the tiny and the base config (batch
+    $PARITY_B_TINY 4, $PARITY_B_BASE 4; same data, seed and masks) whose per-step losses follow the CPU's
+    within lossparity.py's bound;
   - resume_bit_identical_<device>: 10 steps of tiny straight against --max-steps 5 then --resume on the
     device: the final model and the optimiser state byte-identical (deterministic reductions);
   - resume_<a>_to_<b>: a run checkpointed on one device resumes on the other (the checkpoints are the same
     files), both ways, and its remaining steps follow the straight run of the device it resumed on.
 DEVICE=cpu runs every comparison cpu against cpu (then everything must be exact): the script's own check where
-no GPU is at hand. CONFIGS ("tiny base") narrows the configs."""
+no GPU is at hand. PARITY_CONFIGS ("tiny base") narrows the configs."""
 import os
 import shutil
 import subprocess
@@ -24,9 +25,9 @@ import toolenv  # noqa: E402
 from toolenv import report  # noqa: E402
 
 DEVICE = os.environ.get("DEVICE", "cuda")
-STEPS = int(os.environ.get("STEPS", "50"))
-BATCH = {"tiny": int(os.environ.get("B_TINY", "8")), "base": int(os.environ.get("B_BASE", "4"))}
-CONFIGS = os.environ.get("CONFIGS", "tiny base").split()
+STEPS = int(os.environ.get("PARITY_STEPS", "50"))
+BATCH = {"tiny": int(os.environ.get("PARITY_B_TINY", "4")), "base": int(os.environ.get("PARITY_B_BASE", "4"))}
+CONFIGS = os.environ.get("PARITY_CONFIGS", "tiny base").split()
 STEPS_PER_EPOCH = 10
 TMP = toolenv.scratch("cav-cuda-train-")
 
