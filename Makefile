@@ -246,18 +246,15 @@ check-long: tests refs | $(BUILD)/.check-deps
 	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; \
 	$(TEST_ENV) CAV_TEST_TIMEOUT=36000 tests/run.sh long $(LONG_TESTS); $(TEST_ENV) tests/run.sh --total
 
-# The CUDA backend against the CPU's (test_kernels' backend list, the cuda entry required): SKIPPED where
-# this build has no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees but the backend
-# cannot open is a failure.
-check-cuda: $(REL)/tests/test_kernels
-	@mkdir -p $(BUILD)/test-logs; log=$(BUILD)/test-logs/check-cuda.log; \
-	if [ -z "$(CUDA_OBJ)" ]; then echo "SKIPPED check-cuda: this build has no CUDA backend (nvcc or cuBLAS not found)"; exit 0; fi; \
-	$(TEST_ENV) $(REL)/tests/test_kernels >$$log 2>&1; st=$$?; cat $$log; \
-	if grep -q '^SKIP backend_cuda:' $$log; then \
-	  if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo "FAIL check-cuda: a GPU is present but the cuda backend did not open"; exit 1; fi; \
-	  echo "SKIPPED check-cuda: $$(sed -n 's/^SKIP backend_cuda: //p' $$log)"; exit 0; fi; \
-	if ! grep -q '^PASS test_backends' $$log; then echo "FAIL check-cuda: test_kernels did not pass its backend test (log: $$log)"; exit 1; fi; \
-	echo "PASS check-cuda"; exit $$st
+# make check-cuda: the CUDA backend against the CPU (tests/cuda/check_cuda.sh: test_kernels' backend list, the
+# debug states, 50 training steps of tiny and base, resume, compute-sanitizer): SKIPPED where this build has
+# no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees but the backend cannot open is a
+# failure. DEVICE=cpu runs its scripts CPU against CPU (their own check without a GPU; needs the ASan tool);
+# STAGES narrows it (tests/cuda/check_cuda.sh; the debug states need their golden data from make refs).
+CUDA_REFS := $(if $(filter debug_states,$(or $(STAGES),debug_states)),$(BUILD)/ref/gen_debug_states.stamp)
+check-cuda: $(REL)/tests/test_kernels all $(CUDA_REFS) $(if $(filter cpu,$(DEVICE)),$(ASAN)/bin/cav-pretrain) | $(BUILD)/.check-deps
+	@rm -f $(BUILD)/test-logs/counts
+	@$(TEST_ENV) CAV_HAVE_CUDA_BUILD=$(if $(CUDA_OBJ),1,0) tests/cuda/check_cuda.sh $(abspath $(REL)/tests/test_kernels)
 
 # C programs the benchmark scripts time (tests/bench/*.c except fbank_speed.c, which bench_fbank.py builds).
 BENCH_PROGS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(filter-out tests/bench/fbank_speed.c,$(wildcard tests/bench/*.c)))

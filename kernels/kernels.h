@@ -1,8 +1,8 @@
 /* kernels.h: the device seam. Every operation the CAV-MAE models run goes through a cav_backend, a table of
- * function pointers: memory (alloc, free, zero, copy, upload, download) and each compute op with its
- * forward and its backward, on flat float arrays in the backend's memory. A backend is a folder under
- * kernels/ (kernels/cpu, the readable specification, is always built) and is chosen at run time by name
- * (cav_backend_open; the tools' --device).
+ * function pointers: memory (alloc, free, zero, copy, upload, download; pinned host memory and an
+ * asynchronous upload for the batch) and each compute op with its forward and its backward, on flat float
+ * arrays in the backend's memory. A backend is a folder under kernels/ (kernels/cpu, the readable
+ * specification, is always built) and is chosen at run time by name (cav_backend_open; the tools' --device).
  *
  * Conventions, following llm.c: forwards overwrite their outputs; backwards ACCUMULATE (+=) into every
  * gradient they are handed (parameters and inputs), so a caller zeroes gradients once per step and lets
@@ -37,6 +37,15 @@ struct cav_backend {
     void (*copy)(void *dst, const void *src, size_t bytes);      /* within the backend's memory */
     void (*upload)(void *dst, const void *host, size_t bytes);   /* host -> backend */
     void (*download)(void *host, const void *src, size_t bytes); /* backend -> host */
+    /* The batch upload, overlapping compute: host_alloc gives host memory the backend copies from fastest
+     * (page-locked on a GPU; NULL when out of memory). upload_async copies host -> backend on a copy stream,
+     * after the ops already issued are done with dst and before any op issued later runs; host must be
+     * host_alloc memory and stay unchanged until upload_wait, which blocks until every upload_async issued
+     * has completed. On the CPU: malloc and a plain copy. */
+    void *(*host_alloc)(size_t bytes);
+    void (*host_free)(void *p);
+    void (*upload_async)(void *dst, const void *host, size_t bytes);
+    void (*upload_wait)(void);
 
     /* ---- dense layers ---- */
     /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear.

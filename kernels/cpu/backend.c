@@ -20,6 +20,7 @@ static void cpu_zero(void *p, size_t bytes) {
 static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
+static void cpu_upload_wait(void) {}
 static size_t cpu_attention_state_size(int B, int H, int N) {
     return (size_t)B * H * N * N;
 }
@@ -42,6 +43,10 @@ static cav_backend cpu = {
     .copy = cpu_copy,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .upload_async = cpu_copy,
+    .upload_wait = cpu_upload_wait,
     .linear_forward = cav_linear_forward,
     .linear_backward = cav_linear_backward,
     .layernorm_forward = cav_layernorm_forward,

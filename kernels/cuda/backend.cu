@@ -1,6 +1,7 @@
 /* backend.cu: the CUDA backend's table (kernels/kernels.h's cav_backend) over the ops of the .cu files beside
- * it, device memory for its memory, and device discovery: cav_backend_cuda(device, err) opens device N (one
- * per process), cav_backend_cuda_open(name, err) parses "cuda" / "cuda:N" for cav_backend_open. Where there
+ * it, device memory for its memory, pinned host memory and a copy stream for the batch upload, and device
+ * discovery: cav_backend_cuda(device, err) opens device N (one per process), cav_backend_cuda_open(name, err)
+ * parses "cuda" / "cuda:N" for cav_backend_open. Where there
  * is no usable GPU (no driver, no device, N out of range) it answers NULL with "no CUDA device: <reason>",
  * error code 1 (a usage error: the tools exit 1). The attention path is chosen when the device opens, from
  * the environment: CAV_ATTENTION=plain (the default: attention.cu, cuBLAS and the N x N probabilities, the
@@ -61,19 +62,62 @@ static void cuda_download(void *host, const void *src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+/* ---- the batch upload: pinned host memory, a copy stream and two events --------------------------------
+ * The compute stream is the default stream; the copy stream does not synchronise with it implicitly
+ * (cudaStreamNonBlocking), so both orders are events: the copy waits for the compute issued before it (which
+ * may still read dst: the previous step's backward), and the compute issued after it waits for the copy. */
+static cudaStream_t copy_stream;
+static cudaEvent_t ev_issued, ev_copied;
+
+static void *cuda_host_alloc(size_t bytes) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError(); /* out of memory is the caller's to report: clear it */
+        return NULL;
+    }
+    return p;
+}
+static void cuda_host_free(void *p) {
+    CUDA_CHECK(cudaFreeHost(p));
+}
+static void cuda_upload_async(void *dst, const void *host, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaEventRecord(ev_issued, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, ev_issued, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, copy_stream));
+    CUDA_CHECK(cudaEventRecord(ev_copied, copy_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(0, ev_copied, 0));
+}
+static void cuda_upload_wait(void) {
+    /* the copy stream runs in order: its last copy done means all are (never recorded: returns at once) */
+    CUDA_CHECK(cudaEventSynchronize(ev_copied));
+}
+
 static cav_backend cuda_be;
 static char cuda_name[32];
+
+/* The table's sizing functions (the plain attention's state, the workspaces) into t: host arithmetic, usable
+ * without a GPU, so that a model can be sized for the GPU anywhere (cav_model_memory; tests/unit/test_model.c).
+ * The plain path's N x N state is the larger: the fused path's sizes can only lower the figure. */
+extern "C" void cav_backend_cuda_sizes(cav_backend *t) {
+    t->attention_state_size = cav_cuda_attention_state_size;
+    t->attention_workspace = cav_cuda_attention_workspace;
+    t->contrastive_workspace = cav_cuda_contrastive_workspace;
+}
 
 static void fill_table(cav_backend *t) {
     memset(t, 0, sizeof *t);
     t->name = cuda_name;
     t->alloc = cuda_alloc, t->free = cuda_free, t->zero = cuda_zero, t->copy = cuda_copy;
     t->upload = cuda_upload, t->download = cuda_download;
+    t->host_alloc = cuda_host_alloc, t->host_free = cuda_host_free;
+    t->upload_async = cuda_upload_async, t->upload_wait = cuda_upload_wait;
     t->linear_forward = cav_cuda_linear_forward, t->linear_backward = cav_cuda_linear_backward;
     t->layernorm_forward = cav_cuda_layernorm_forward, t->layernorm_backward = cav_cuda_layernorm_backward;
     t->gelu_forward = cav_cuda_gelu_forward, t->gelu_backward = cav_cuda_gelu_backward;
     t->add_forward = cav_cuda_add_forward, t->accumulate = cav_cuda_accumulate;
     t->average_forward = cav_cuda_average_forward, t->average_backward = cav_cuda_average_backward;
+    cav_backend_cuda_sizes(t); /* the plain attention's; cav_backend_cuda_attention sets the path chosen */
     t->gather_tokens_forward = cav_cuda_gather_tokens_forward;
     t->gather_tokens_backward = cav_cuda_gather_tokens_backward;
     t->mask_from_keep = cav_cuda_mask_from_keep;
@@ -85,7 +129,6 @@ static void fill_table(cav_backend *t) {
     t->patchify_audio = cav_cuda_patchify_audio, t->patchify_video = cav_cuda_patchify_video;
     t->im2col_video = cav_cuda_im2col_video;
     t->l2norm_forward = cav_cuda_l2norm_forward, t->l2norm_backward = cav_cuda_l2norm_backward;
-    t->contrastive_workspace = cav_cuda_contrastive_workspace;
     t->contrastive_forward = cav_cuda_contrastive_forward,
     t->contrastive_backward = cav_cuda_contrastive_backward;
     t->normpix = cav_cuda_normpix;
@@ -155,6 +198,13 @@ extern "C" cav_backend *cav_backend_cuda(int device, cav_err *err) {
         return NULL;
     }
     cav_cuda.lt_work_bytes = LT_WORK_BYTES;
+    if ((e = cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&ev_issued, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&ev_copied, cudaEventDisableTiming)) != cudaSuccess) {
+        cudaGetLastError();
+        cav_fail(err, 3, "cuda:%d: copy stream: %s", device, cudaGetErrorString(e));
+        return NULL;
+    }
     cav_cuda.device = device;
     snprintf(cuda_name, sizeof cuda_name, "cuda:%d", device);
     fill_table(&cuda_be);

@@ -578,15 +578,11 @@ cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err) {
     return cav_model_create_on(cav_backend_cpu(), cfg, B, err);
 }
 
-cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err) {
-    if (cav_config_check(cfg, err)) return NULL;
-    if (B <= 0) {
-        cav_fail(err, 1, "batch size %d must be positive", B);
-        return NULL;
-    }
-    cav_model *m = calloc(1, sizeof *m);
-    if (!m) goto oom;
-    m->be = be;
+/* The shapes of a model for cfg and batch B on m->be, its parameter table and its activation plan (sizes
+ * only: no memory of the backend yet). 0, or 1 with err filled for a config or batch it refuses. */
+static int layout(cav_model *m, const cav_config *cfg, int B, cav_err *err) {
+    if (cav_config_check(cfg, err)) return 1;
+    if (B <= 0) return cav_fail(err, 1, "batch size %d must be positive", B), 1;
     derive(m, cfg, B);
     const cav_config *c = &m->cfg;
     int ua, uv;
@@ -595,37 +591,84 @@ cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, ca
         /* int(L * (1 - r)) in double, as Python */
         m->La = ua ? (int)(m->La_full * (1.0 - c->mask_ratio_a)) : 0;
         m->Lv = uv ? (int)(m->Lv_full * (1.0 - c->mask_ratio_v)) : 0;
-        if ((ua && m->La == 0) || (uv && m->Lv == 0)) {
-            cav_fail(err, 1, "mask ratios %g/%g keep no token", c->mask_ratio_a, c->mask_ratio_v);
-            free(m);
-            return NULL;
-        }
+        if ((ua && m->La == 0) || (uv && m->Lv == 0))
+            return cav_fail(err, 1, "mask ratios %g/%g keep no token", c->mask_ratio_a, c->mask_ratio_v), 1;
     } else {
         m->La = ua ? m->La_full : 0, m->Lv = uv ? m->Lv_full : 0;
     }
     register_params(m);
-    m->shard_lo = 0, m->shard_hi = m->nparams;
-    m->params = be->alloc(m->nparams * sizeof(float));
-    m->grads = c->task == CAV_TASK_FEAT ? NULL : be->alloc(m->nparams * sizeof(float));
-    if (!m->params || (c->task != CAV_TASK_FEAT && !m->grads)) goto oom;
-    params_at(m, m->params, &m->p);
-    if (m->grads) params_at(m, m->grads, &m->g);
+    m->shard_lo = 0, m->shard_hi = m->nparams; /* the Adam moments' part (cav_model_shard_adam) */
     plan(m);
     m->acts_size = m->acts_used;
-    if (!(m->acts = be->alloc(m->acts_size * sizeof(float)))) goto oom;
-    plan(m);
+    return 0;
+}
+
+/* The inputs' elements in their buffer's order: n[0] keep indices (int64: [B,La] then [B,Lv]), then floats:
+ * n[1] audio [B,T,F], n[2] video [B,3,S,S], n[3] labels [B,K]; 0 for what the task does not read. */
+static void input_counts(const cav_model *m, size_t n[4]) {
+    const cav_config *c = &m->cfg;
+    n[0] = c->task == CAV_TASK_PRETRAIN ? (size_t)m->B * (m->La + m->Lv) : 0;
+    n[1] = m->La ? (size_t)m->B * m->T * m->F : 0;
+    n[2] = m->Lv ? (size_t)m->B * 3 * m->S * m->S : 0;
+    n[3] = c->task == CAV_TASK_FINETUNE ? (size_t)m->B * c->label_dim : 0;
+}
+
+/* What layout() sized, in bytes of the backend's memory: the cav_model_mem of cav_model_memory. */
+static cav_model_mem memory_of(const cav_model *m) {
+    const cav_config *c = &m->cfg;
+    cav_model_mem r;
+    size_t n[4];
+    input_counts(m, n);
+    r.params = m->nparams * sizeof(float);
+    r.grads = c->task == CAV_TASK_FEAT ? 0 : r.params;
+    /* allocated by cav_model_alloc_adam: this rank's shard of the flat buffer (all of it without ZeRO) */
+    r.adam = c->task == CAV_TASK_FEAT ? 0 : 2 * (m->shard_hi - m->shard_lo) * sizeof(float);
+    r.acts = m->acts_size * sizeof(float);
+    r.inputs = sizeof(int64_t) * n[0] + sizeof(float) * (n[1] + n[2] + n[3]) + 64;
+    r.total = r.params + r.grads + r.adam + r.acts + r.inputs;
+    return r;
+}
+
+int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, cav_model_mem *out, cav_err *err) {
+    cav_model m;
+    memset(&m, 0, sizeof m);
+    m.be = be;
+    int rc = layout(&m, cfg, B, err);
+    if (!rc) *out = memory_of(&m);
+    free(m.table);
+    return rc;
+}
+
+cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err) {
+    cav_model *m = calloc(1, sizeof *m);
+    if (!m) goto oom;
+    m->be = be;
+    if (layout(m, cfg, B, err)) {
+        free(m->table), free(m);
+        return NULL;
+    }
+    const cav_config *c = &m->cfg;
+    cav_model_mem mem = memory_of(m);
+    m->params = be->alloc(mem.params);
+    m->grads = mem.grads ? be->alloc(mem.grads) : NULL;
+    if (!m->params || (mem.grads && !m->grads)) goto oom;
+    params_at(m, m->params, &m->p);
+    if (m->grads) params_at(m, m->grads, &m->g);
+    if (!(m->acts = be->alloc(mem.acts))) goto oom;
+    plan(m); /* again, now that the arena exists: the activations' addresses */
     mark_used(m);
     /* inputs */
-    size_t na = ua ? (size_t)B * m->T * m->F : 0, nv = uv ? (size_t)B * 3 * m->S * m->S : 0;
-    size_t nk = c->task == CAV_TASK_PRETRAIN ? (size_t)B * (m->La + m->Lv) : 0;
-    size_t nl = c->task == CAV_TASK_FINETUNE ? (size_t)B * c->label_dim : 0;
-    m->in_mem = be->alloc(sizeof(int64_t) * nk + sizeof(float) * (na + nv + nl) + 64);
-    if (!m->in_mem) goto oom;
+    size_t n[4], nk;
+    input_counts(m, n);
+    nk = n[0];
+    m->in_mem = be->alloc(mem.inputs);
+    m->in_host = be->host_alloc(mem.inputs);
+    if (!m->in_mem || !m->in_host) goto oom;
     m->in.keep_a = (int64_t *)m->in_mem, m->in.keep_v = m->in.keep_a + (size_t)B * m->La;
     float *f = (float *)(m->in.keep_a + nk);
-    m->in.audio = ua ? f : NULL, f += na;
-    m->in.video = uv ? f : NULL, f += nv;
-    m->in.labels = nl ? f : NULL;
+    m->in.audio = n[1] ? f : NULL, f += n[1];
+    m->in.video = n[2] ? f : NULL, f += n[2];
+    m->in.labels = n[3] ? f : NULL;
     if (c->task == CAV_TASK_PRETRAIN) { /* a valid default: keep the first tokens */
         int64_t *keep = malloc(sizeof(int64_t) * (nk + 1));
         if (!keep) goto oom;
@@ -638,7 +681,11 @@ cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, ca
     }
     return m;
 oom:
-    cav_fail(err, 3, "out of memory building the model (batch %d)", B);
+    if (m)
+        cav_fail(err, 3, "out of memory building the model (batch %d: %.2f GiB on %s)", B,
+                 memory_of(m).total / 1073741824.0, be->name);
+    else
+        cav_fail(err, 3, "out of memory building the model (batch %d)", B);
     cav_model_free(m);
     return NULL;
 }
@@ -648,6 +695,7 @@ void cav_model_free(cav_model *m) {
     cav_backend *be = m->be;
     be->free(m->params), be->free(m->grads), be->free(m->adam_m), be->free(m->adam_v), be->free(m->acts);
     be->free(m->in_mem), be->free(m->split.ca);
+    if (m->in_host) be->upload_wait(), be->host_free(m->in_host); /* no copy may still read it */
     free(m->passes), free(m->final);
     free(m->table), free(m);
 }
@@ -672,14 +720,13 @@ void cav_model_describe(const cav_model *m, FILE *f) {
             m->be->name, m->B, m->cfg.modality_specific_depth, m->joint, m->D, m->H);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         fprintf(f, ", decoder %d x %d (%d heads)", m->cfg.decoder_depth, m->Dd, m->Hdec);
+    cav_model_mem mem = memory_of(m);
     fprintf(
         f,
         "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
-        "activations %.1f MiB\n",
-        cav_tool(), m->nparams, cav_model_trainable(m), m->nparams * 4 * mb,
-        m->grads ? m->nparams * 4 * mb : 0.0,
-        m->cfg.task == CAV_TASK_FEAT ? 0.0 : 2 * (double)(m->shard_hi - m->shard_lo) * 4 * mb,
-        m->acts_size * 4 * mb);
+        "activations %.1f MiB; inputs %.1f MiB\n%s: model: %s memory: %.1f MiB (%.2f GiB)\n",
+        cav_tool(), m->nparams, cav_model_trainable(m), mem.params * mb, mem.grads * mb, mem.adam * mb,
+        mem.acts * mb, mem.inputs * mb, cav_tool(), m->be->name, mem.total * mb, mem.total * mb / 1024);
 }
 
 /* ---- initialisation and masks ------------------------------------------------------------------ */
@@ -1527,7 +1574,12 @@ size_t cav_model_input_size(const cav_model *m, cav_input which) {
 void cav_model_set_input(cav_model *m, cav_input which, const void *host, int rows) {
     size_t es;
     void *dst = input_buf(m, which, &es);
-    if (dst && rows > 0) m->be->upload(dst, host, es * cav_model_input_size(m, which) * (size_t)rows);
+    if (!dst || rows <= 0) return;
+    size_t bytes = es * cav_model_input_size(m, which) * (size_t)rows;
+    char *stage = (char *)m->in_host + ((char *)dst - (char *)m->in_mem); /* dst's place in the staging */
+    m->be->upload_wait(); /* the previous batch's copy may still read the staging */
+    memcpy(stage, host, bytes);
+    m->be->upload_async(dst, stage, bytes);
 }
 
 void cav_model_get_input(const cav_model *m, cav_input which, void *host, int rows) {

@@ -194,6 +194,7 @@ typedef struct {
         float *labels;   /* [B,K] */
     } in;
     void *in_mem;
+    void *in_host; /* in_mem's layout in the backend's pinned host memory: cav_model_set_input's staging */
     /* activations (one allocation) */
     float *acts;
     size_t acts_size, acts_used;
@@ -234,6 +235,15 @@ size_t cav_config_param_count(const cav_config *cfg, size_t *trainable);
 /* Builds the model for batch size B on a backend (cav_backend_open: "cpu", "cuda", ...; parameters
  * uninitialised). NULL with err filled on failure. cav_model_create is the same on the CPU. */
 cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err);
+/* The memory, in bytes, that cav_model_create_on(be, cfg, B) and the trainers' cav_model_alloc_adam take on
+ * the backend (the same computation: cav_model_describe prints it at start); the backend's own workspaces
+ * (cuBLASLt's, a few scratch buffers) come on top. 0, or 1 with err filled for a config or batch the model
+ * refuses. Allocates nothing on the backend. */
+typedef struct {
+    size_t params, grads, adam, acts, inputs; /* adam: both moments; grads and adam 0 for embedding */
+    size_t total;
+} cav_model_mem;
+int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, cav_model_mem *out, cav_err *err);
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
 void cav_model_free(cav_model *m);
 /* The reference's initialisation (cav-numerics(7) 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
@@ -303,7 +313,8 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
 typedef enum { CAV_IN_AUDIO, CAV_IN_VIDEO, CAV_IN_KEEP_A, CAV_IN_KEEP_V, CAV_IN_LABELS } cav_input;
 /* Elements per row (floats; int64 for the keep indices); 0: this task does not read that input. */
 size_t cav_model_input_size(const cav_model *m, cav_input which);
-/* Rows [0,rows) of an input from host memory (keep indices: int64_t, the rest float). */
+/* Rows [0,rows) of an input from host memory (keep indices: int64_t, the rest float), copied into pinned
+ * staging and uploaded asynchronously (the backend's upload_async: the ops issued next see it). */
 void cav_model_set_input(cav_model *m, cav_input which, const void *host, int rows);
 /* The inverse, e.g. the masks cav_model_random_masks drew. */
 void cav_model_get_input(const cav_model *m, cav_input which, void *host, int rows);

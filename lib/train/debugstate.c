@@ -84,7 +84,7 @@ static void seen(void *ctx, cav_model *m, int g) {
     }
 }
 
-int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, cav_err *err) {
+int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debug_report *rep, cav_err *err) {
     memset(rep, 0, sizeof *rep);
     cav_weights w;
     if (cav_weights_open(&w, path, err)) return err->code;
@@ -130,7 +130,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                  (long long)ta->shape[0]);
         goto done;
     }
-    m = cav_model_create(&cfg, (int)ta->shape[0] / G, err);
+    m = cav_model_create_on(be, &cfg, (int)ta->shape[0] / G, err);
     if (!m) {
         rc = err->code ? err->code : 3;
         goto done;
@@ -205,7 +205,7 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
             if (!fm) { /* forward_feat runs as its own task on the same parameters and the whole batch */
                 cav_config fc = cfg;
                 fc.task = CAV_TASK_FEAT;
-                if (!(fm = cav_model_create(&fc, B, err))) goto done;
+                if (!(fm = cav_model_create_on(be, &fc, B, err))) goto done;
                 for (int k = 0; k < fm->ntable; k++) {
                     cav_param *src = cav_model_param(m, fm->table[k].name);
                     if (!src || src->numel != fm->table[k].numel) {
@@ -365,8 +365,8 @@ int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, ca
                     ma, rel);
         }
     }
-    fprintf(out, "%s: max_rel_loss=%.3e max_rel_grad=%.3e\n", tool, rep->max_rel_loss,
-            worse(rep->max_rel_grad, rep->max_rel_out));
+    fprintf(out, "%s: max_rel_loss=%.3e max_rel_grad=%.3e on %s\n", tool, rep->max_rel_loss,
+            worse(rep->max_rel_grad, rep->max_rel_out), be->name);
     rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD &&
                  !rep->reach_mismatches && rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
              ? 0

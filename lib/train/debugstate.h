@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 
+#include "kernels.h"
 #include "record.h"
 
 /* Tolerances of the contract: losses relative 1e-5; outputs and gradients 1e-4 of each tensor's max
@@ -22,8 +23,9 @@ typedef struct {
     int reach_mismatches; /* parameters with a gradient in one implementation and none in the other */
 } cav_debug_report;
 
-/* Prints one line per compared tensor to out, then "max_rel_loss=<x> max_rel_grad=<y>". Returns 0 when
+/* Runs the state on backend be (the tool's --device, with the CPU's tolerances on every backend). Prints one
+ * line per compared tensor to out, then "max_rel_loss=<x> max_rel_grad=<y>". Returns 0 when
  * within tolerance, 2 when not (or when the file is bad: err then says why), 3 on resource failures. */
-int cav_debug_state_check(const char *path, FILE *out, cav_debug_report *rep, cav_err *err);
+int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debug_report *rep, cav_err *err);
 
 #endif

@@ -308,11 +308,17 @@ static int run_tool(const void *o, const cav_dist *d, cav_err *err) {
 /* --check-debug-state instead of training: the worst exit code over the files. */
 static int check_states(void *opts, int *rc) {
     cav_pretrain_opts *o = opts;
+    cav_err berr = {0, ""};
+    cav_backend *be = o->checks.n ? cav_backend_open(o->run.device, &berr) : NULL;
     *rc = 0;
-    for (int i = 0; i < o->checks.n; i++) {
+    if (o->checks.n && !be) { /* names --device */
+        cav_msg("%s", berr.msg);
+        *rc = berr.code ? berr.code : 1;
+    }
+    for (int i = 0; be && i < o->checks.n; i++) {
         cav_debug_report rep;
         cav_err err = {0, ""};
-        int r = cav_debug_state_check(o->checks.v[i], stdout, &rep, &err);
+        int r = cav_debug_state_check(be, o->checks.v[i], stdout, &rep, &err);
         if (r) cav_msg("%s", err.msg);
         if (r > *rc) *rc = r;
     }

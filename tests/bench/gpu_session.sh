@@ -2,14 +2,19 @@
 # gpu_session.sh: the first thing to run when a GPU is lent (one prepared run of about 10 minutes), from the
 # repository root. Writes everything to one log (argument 1, default build/gpu-session.log):
 #   1. the machine: GPU, driver, nvcc, torch and whether torch sees the GPU;
-#   2. the build: the CUDA backend (nvcc, sm_80 + sm_90) and the two programs this needs;
-#   3. make check-cuda: every op of the CUDA backend against the CPU's (tests/unit/test_kernels.c);
+#   2. the build: the CUDA backend (nvcc, sm_80 + sm_90), the tools and the programs this needs; the golden
+#      data of the debug states (tests/ref/gen_debug_states.py, where stale: Debian's torch on the CPU);
+#   3. make check-cuda, one stage at a time (tests/cuda/check_cuda.sh): every op of the CUDA backend against
+#      the CPU's (tests/unit/test_kernels.c); the model's debug states on the GPU with the CPU's tolerances;
+#      50 training steps of tiny and base following the CPU's losses, resume bit-exact on the GPU and across
+#      devices (tests/cuda/test_cuda_train.py); compute-sanitizer memcheck and racecheck (test_sanitizer.py);
 #   4. the training step (forward + backward + Adam, tests/bench/train_step.c) at the tiny and base configs,
 #      samples/s on the GPU against the reference PyTorch model (tests/ref/cavmae_ref.py) on the same GPU in
 #      fp32 (TF32 off), and the C model on the CPU for scale.
 # Each stage has its own time limit and a failure does not stop the later ones; the log ends with a summary
-# line per stage and the samples/s of each step run. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8),
-# STEPS_TINY (10), STEPS_BASE (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU).
+# line per stage and the samples/s of each step run; the logs of the check-cuda stages are under
+# build/test-logs/cuda. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8), STEPS_TINY (10), STEPS_BASE
+# (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log=${1:-build/gpu-session.log}
@@ -39,13 +44,18 @@ stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/
     '"$python"' -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
         \"available\", torch.cuda.is_available())"'
 
-# Only what the later stages run: the unit test of the kernels and the step benchmark (a full `make tests`
-# builds the ASan tree too, minutes this session does not have).
-stage build 300 make -j"$jobs" build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
+# Only what the later stages run: the tools, the unit test of the kernels and the step benchmark (a full
+# `make tests` builds the ASan tree too, minutes this session does not have).
+stage build 300 make -j"$jobs" all build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
 grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
+stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp
 
 stage cuda-arith 60 build/rel/tests/test_cuda_arith
-stage check-cuda 180 make check-cuda
+# check-cuda's stages, each under its own limit: a hung one does not take the benchmark's time
+stage "check-cuda kernels" 120 make check-cuda DEVICE="$device" STAGES=kernels
+stage "check-cuda debug states" 150 make check-cuda DEVICE="$device" STAGES=debug_states
+stage "check-cuda train" 360 make check-cuda DEVICE="$device" STAGES=train
+stage "check-cuda sanitizer" 150 make check-cuda DEVICE="$device" STAGES=sanitizer
 
 # The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.
 step() { # NAME CONFIG B STEPS DEVICE CMD...
@@ -71,6 +81,12 @@ if [ -s "$results/tiny_loss" ]; then
     if [ "$again" = "$(cat "$results/tiny_loss")" ]; then verdict="same bits"; else verdict="DIFFERENT"; fi
     echo "determinism: last loss $(cat "$results/tiny_loss") then $again: $verdict" | tee -a "$results/summary"
 fi
+
+# Issue 11's benchmark (base config: samples/s, peak memory, MFU; C fp32 plain and fused attention against
+# PyTorch fp32, autocast bf16 and fp16 AMP). BUDGET_S keeps it inside its stage; on a device whose commands
+# are limited to 10 minutes, run it as a call of its own after this script's build.
+stage bench-gpu-train 600 env DEVICE="$device" PYTHON="$python" BUDGET_S=${BENCH_BUDGET_S:-420} \
+    bash tests/bench/bench_gpu_train.sh
 
 echo
 echo "==== summary (rc 124: over its time limit)"

@@ -939,6 +939,38 @@ static int backend_case_rest(int B, int N, int C, double tol) {
 static const int backend_shapes[][4] = {
     {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
 
+/* The batch upload in the order the model issues it (cav_model_set_input): an op issued before upload_async
+ * still reads dst's old bytes (the copy waits for it), an op issued after it reads the new ones, and the host
+ * buffer may be rewritten once upload_wait returns. 16 MiB, so that on a GPU a copy that overtook the op
+ * before it, or an op that ran before the copy, would show. */
+static int backend_upload_case(const cav_backend *be) {
+    size_t n = (size_t)4 << 20, bytes = n * sizeof(float), bad = 0;
+    float *h = be->host_alloc(bytes), *chk = malloc(bytes);
+    float *dst = be->alloc(bytes), *before = be->alloc(bytes), *after = be->alloc(bytes);
+    if (h && chk && dst && before && after) {
+        for (size_t i = 0; i < n; i++) h[i] = (float)i;
+        be->upload(dst, h, bytes);
+        for (size_t i = 0; i < n; i++) h[i] = -(float)i - 1;
+        be->copy(before, dst, bytes);
+        be->upload_async(dst, h, bytes);
+        be->copy(after, dst, bytes);
+        be->upload_wait();
+        for (size_t i = 0; i < n; i++) h[i] = 7; /* too late to reach dst */
+        be->download(chk, before, bytes);
+        for (size_t i = 0; i < n; i++) bad += chk[i] != (float)i;
+        be->download(chk, after, bytes);
+        for (size_t i = 0; i < n; i++) bad += chk[i] != -(float)i - 1;
+        be->download(chk, dst, bytes);
+        for (size_t i = 0; i < n; i++) bad += chk[i] != -(float)i - 1;
+    } else {
+        bad = 1;
+    }
+    if (bad) fprintf(stderr, "  backend %s: the batch upload: %zu values out of order\n", be->name, bad);
+    if (h) be->host_free(h);
+    be->free(dst), be->free(before), be->free(after), free(chk);
+    return bad == 0;
+}
+
 /* Each backend built in against the CPU kernels on random shapes, awkward ones included (odd token counts,
  * one row, one token); a backend not present here is skipped. */
 static void test_backends(void) {
@@ -968,6 +1000,7 @@ static void test_backends(void) {
                                       {1, 33, 6}, {4, 2, 4}, {3, 300, 520}};
         for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
             ok &= backend_case_rest(more[i][0], more[i][1], more[i][2], 1e-5);
+        ok &= backend_upload_case(cur_be);
         CHECK(ok);
         ran++;
     }

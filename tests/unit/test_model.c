@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "kernels.h"
 #include "model.h"
 
 static void test_param_counts(void) {
@@ -23,6 +24,42 @@ static void test_param_counts(void) {
     CHECK(tr == 164907023);
     f.label_dim = 309;
     CHECK(cav_config_param_count(&f, NULL) == 164907023 - 406799 + 239157);
+}
+
+#ifdef CAV_HAVE_CUDA
+void cav_backend_cuda_sizes(cav_backend *t); /* kernels/cuda/backend.cu: host code, no GPU needed */
+#endif
+
+/* Issue 10: the base config pretraining at the reference's batch 48 fits an 80 GB GPU, by the computation
+ * cav_model_describe prints at start (cav_model_memory). With the CUDA backend built, its own sizes of the
+ * attention state and workspaces (the only sizes a backend decides) replace the CPU's. */
+static void test_memory_base_b48(void) {
+    cav_backend be = *cav_backend_cpu();
+#ifdef CAV_HAVE_CUDA
+    be.name = "cuda (its sizes)";
+    cav_backend_cuda_sizes(&be);
+#endif
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    cav_model_mem mem, one;
+    cav_err err = {0, ""};
+    REQUIRE(cav_model_memory(&be, &c, 48, &mem, &err) == 0);
+    REQUIRE(cav_model_memory(&be, &c, 1, &one, &err) == 0);
+    double gib = 1073741824.0;
+    printf("  base pretraining, batch 48, on %s: %.2f GiB (parameters %.2f, gradients %.2f, Adam %.2f, "
+           "activations %.2f, inputs %.2f)\n",
+           be.name, mem.total / gib, mem.params / gib, mem.grads / gib, mem.adam / gib, mem.acts / gib,
+           mem.inputs / gib);
+    CHECK(mem.total < 80e9);
+    /* the parts: 191,036,160 parameters (test_param_counts); inputs: fbank 1024 x 128 and a 224 x 224 RGB
+     * frame in float, 128 + 49 kept token indices in int64 per sample */
+    CHECK(mem.params == (size_t)191036160 * 4 && mem.grads == mem.params && mem.adam == 2 * mem.params);
+    CHECK(mem.inputs == (size_t)48 * ((1024 * 128 + 3 * 224 * 224) * 4 + (128 + 49) * 8) + 64);
+    /* activations grow with the batch: at least 40 times batch 1's at batch 48 (the B x B contrastive
+     * workspace and the slices' alignment aside, they are linear in B) */
+    CHECK(mem.acts > 40 * one.acts && mem.acts < 49 * one.acts);
+    CHECK(mem.total == mem.params + mem.grads + mem.adam + mem.acts + mem.inputs);
+    /* a refused batch is an error, not a size */
+    CHECK(cav_model_memory(&be, &c, 0, &mem, &err) == 1);
 }
 
 /* Names, shapes and state-dict order at a small config (building a base model is too big for ASan). */
@@ -774,5 +811,6 @@ int main(void) {
     TEST(test_masks);
     TEST(test_model_adam);
     TEST(test_split_group);
+    TEST(test_memory_base_b48);
     return harness_exit();
 }
