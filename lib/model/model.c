@@ -1659,7 +1659,7 @@ void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
     write_range(m, buf, 0, m->nparams, host);
 }
 
-float *cav_model_mem(cav_model *m, cav_buffer buf) {
+float *cav_model_buffer_ptr(cav_model *m, cav_buffer buf) {
     return is_moment(buf) ? NULL : buffer(m, buf);
 }
 

@@ -12,7 +12,7 @@
  *   cav_model_forward(m);  cav_model_backward(m);  cav_model_adam_step(m, ...);
  * Scalar losses are in m->out; tensors by name through cav_model_read_output. Code outside model.c
  * touches the model's buffers only through the accessors below, which copy (the distributed layer's
- * collectives alone run on them in place: cav_model_mem). */
+ * collectives alone run on them in place: cav_model_buffer_ptr). */
 #ifndef CAV_MODEL_H
 #define CAV_MODEL_H
 
@@ -334,7 +334,7 @@ void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host);
 int cav_model_grads_finite(const cav_model *m);
 /* The parameters' or gradients' buffer itself, in the backend's memory (NULL for the moments), for the
  * distributed layer's collectives alone, which run on that memory (dist.h). */
-float *cav_model_mem(cav_model *m, cav_buffer buf);
+float *cav_model_buffer_ptr(cav_model *m, cav_buffer buf);
 
 /* Outputs by name: "loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc" (pretraining; "loss"
  * also fine-tuning), "pred_a", "pred_v", "mask_a", "mask_v", "logits", "feat_a", "feat_v", "emb_a", "emb_v"

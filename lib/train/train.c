@@ -805,7 +805,7 @@ typedef struct {
 
 static int bucket_start(exchange *x, size_t k, cav_err *err) {
     size_t n = x->m->nparams, hi = n - k * x->step, lo = hi > x->step ? hi - x->step : 0;
-    float *g = cav_model_mem(x->m, CAV_BUF_GRADS);
+    float *g = cav_model_buffer_ptr(x->m, CAV_BUF_GRADS);
     x->started[k] = 1;
     return x->zero ? cav_dist_scatter_start(x->d, g, lo, hi, x->part, err)
                    : cav_dist_sum_start(x->d, g, lo, hi, err);
@@ -877,7 +877,7 @@ static int exchange_grads(exchange *x, cav_err *err) {
 
 /* After Adam on the shards: every rank's updated shard to all. */
 static int exchange_params(exchange *x, cav_err *err) {
-    return x->zero ? cav_dist_gather_parts(x->d, cav_model_mem(x->m, CAV_BUF_PARAMS), x->part, err) : 0;
+    return x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err) : 0;
 }
 
 /* A checkpoint, written by rank 0; with ZeRO every rank sends it its shard of the moments first (so every
