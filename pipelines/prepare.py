@@ -7,9 +7,9 @@ coverage.md, coverage-clips.tsv) and printed.
 
 The shards keep each clip's waveform (wave, int16 at 16 kHz) beside its fbank: the fine-tuning recipes' mixup
 mixes waveforms before the fbank, as the reference does, and falls back to mixing fbanks (with a warning) only on
-shards without them. Every split keeps it, evaluation and retrieval splits too: the parts are one decode cache for
-all splits, and a clip of those is in no training split only at full scale, where they are a few percent of the
-clips. Parts decoded by an earlier prepare.py without the waveform (fbank --drop-wave; the index names no
+shards without them. Every split keeps it, the evaluation and retrieval splits too (no mixup reads them): the
+parts are one decode cache for all splits, and at full scale those splits are a few percent of the clips (some 280
+KB per 10 s clip: cav-tables(7), DATA PREPARATION). Parts decoded by an earlier prepare.py without the waveform (fbank --drop-wave; the index names no
 wave_parts) are decoded again, and the run says how many.
 
 Nothing is substituted for a missing or broken clip (the reference loads constant tensors in its place): such a
