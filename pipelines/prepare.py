@@ -1,9 +1,16 @@
 #!/usr/bin/python3
 """prepare.py: data preparation for the paper's tables (cav-tables(7)). From the reference's JSON data files,
 its label CSV (and weight CSVs) and a directory of the user's videos, it builds one shard per split through the
-tools (av-extract -j | fbank --drop-wave | shard-pack) and a coverage report: clips listed, found, decoded,
-broken (with av-extract's reason), silent, and usable, overall and per class, written next to the shards
-(coverage.json, coverage.md, coverage-clips.tsv) and printed.
+tools (av-extract -j | fbank | shard-pack) and a coverage report: clips listed, found, decoded, broken (with
+av-extract's reason), silent, and usable, overall and per class, written next to the shards (coverage.json,
+coverage.md, coverage-clips.tsv) and printed.
+
+The shards keep each clip's waveform (wave, int16 at 16 kHz) beside its fbank: the fine-tuning recipes' mixup
+mixes waveforms before the fbank, as the reference does, and falls back to mixing fbanks (with a warning) only on
+shards without them. Every split keeps it, the evaluation and retrieval splits too (no mixup reads them): the
+parts are one decode cache for all splits, and at full scale those splits are a few percent of the clips (some 280
+KB per 10 s clip: cav-tables(7), DATA PREPARATION). Parts decoded by an earlier prepare.py without the waveform (fbank --drop-wave; the index names no
+wave_parts) are decoded again, and the run says how many.
 
 Nothing is substituted for a missing or broken clip (the reference loads constant tensors in its place): such a
 clip is left out of the shard and counted. A clip whose audio is digital silence decodes fine but carries no
@@ -136,6 +143,17 @@ def silent_ids(part):
     return out
 
 
+def wave_rows(shard):
+    """The number of records of a shard that hold a waveform (a fixed field: all; a ragged one: ndim >= 0)."""
+    import h5py
+    import numpy as np
+    with h5py.File(shard, 'r') as f:
+        if 'wave' not in f:
+            return 0
+        w = f['wave']
+        return len(w) if isinstance(w, h5py.Dataset) else int(np.sum(w['ndim'][:] >= 0))
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 1, as every tool of the project
         self.print_usage(sys.stderr)
@@ -186,6 +204,8 @@ def main():
     os.makedirs(parts_dir, exist_ok=True)
     index_path = os.path.join(out, 'index.json')
     index = json.load(open(index_path)) if os.path.exists(index_path) else {'parts': [], 'clips': {}}
+    # The parts that hold the waveform; an index without the key was written by a prepare.py that dropped it.
+    wave_parts = index.setdefault('wave_parts', [])
     # A part the index does not name is the output of an interrupted run; temporary files likewise.
     for fn in os.listdir(parts_dir):
         if fn not in index['parts']:
@@ -199,12 +219,20 @@ def main():
                 wanted.append(e['video_id'])
     wanted = list(dict.fromkeys(wanted))
     todo = []
+    nowave = 0
     for vid in wanted:
         p = videos[vid]
         c = index['clips'].get(vid)
         if c is None or c['key'] != key_of(p) or c['path'] != os.path.abspath(p):
             todo.append(vid)
-    print('prepare: %d entries listed in %d data files, %d distinct clips found, %d to decode (new or changed), %d decoded before'
+        elif c['status'] != 'broken' and c.get('part') not in wave_parts:
+            todo.append(vid)
+            nowave += 1
+    if nowave:
+        print('prepare: %d clips were decoded by an earlier prepare.py without their waveform (fbank --drop-wave); '
+              'fine-tuning\'s mixup mixes waveforms (cav-tables(7)): decoding them again' % nowave, file=sys.stderr)
+    print('prepare: %d entries listed in %d data files, %d distinct clips found, %d to decode (new, changed or '
+          'without waveform), %d decoded before'
           % (sum(len(v) for v in data.values()), len(data), len(wanted), len(todo), len(wanted) - len(todo)),
           file=sys.stderr)
 
@@ -218,7 +246,7 @@ def main():
             f.writelines(os.path.abspath(videos[v]) + '\n' for v in todo)
         err = os.path.join(tmpdir, 'av-extract.err')
         st = run_pipe([['av-extract', '-j', str(a.jobs), '-l', lst],
-                       ['fbank', '--drop-wave'],
+                       ['fbank'],
                        ['shard-pack', '-o', os.path.join(parts_dir, part), '-']], err)
         msgs = open(err).read().splitlines()
         sys.stderr.write(''.join(m + '\n' for m in msgs[-1:]))
@@ -252,6 +280,8 @@ def main():
                 os.replace(os.path.join(tmpdir, old), op)
             else:
                 index['parts'].remove(old)
+                if old in wave_parts:
+                    wave_parts.remove(old)
                 os.unlink(op)
         for vid in todo:
             c = {'path': os.path.abspath(videos[vid]), 'key': keys[vid]}
@@ -262,6 +292,7 @@ def main():
             index['clips'][vid] = c
         if made:
             index['parts'].append(part)
+            wave_parts.append(part)
         write_atomic(index_path, json.dumps(index, indent=0, sort_keys=True))
         shutil.rmtree(tmpdir)
 
@@ -314,6 +345,7 @@ def main():
         h = hashlib.sha256()
         for f in (path, a.labels):
             h.update(open(f, 'rb').read())
+        h.update(b'fbank and wave\n')  # what the records hold: a shard of an earlier prepare.py lacks the wave
         for v in usable:
             h.update(('%s %s %s\n' % (v, index['clips'][v]['key'], index['clips'][v]['part'])).encode())
         digest = h.hexdigest()
@@ -340,6 +372,7 @@ def main():
             write_atomic(stamp, digest + '\n')
             os.unlink(sel)
         cnt['shard'] = shard if usable else None
+        cnt['wave_rows'] = wave_rows(shard) if usable else 0
         if name in weights and usable:
             cnt['weights_check'] = check_weights(weights[name], entries, shard)
         report['splits'][name] = cnt
@@ -374,7 +407,10 @@ def check_weights(csv_path, entries, shard):
 
 def coverage_md(rep):
     s = ['# Data coverage: %s\n' % rep['dataset'], '',
-         'Videos from `%s`. Missing and broken clips are left out, never replaced.' % rep['videos'], '',
+         'Videos from `%s`. Missing and broken clips are left out, never replaced. The shards keep each clip\'s '
+         'waveform beside its fbank (records with a waveform: %s), so that fine-tuning\'s mixup mixes waveforms, as '
+         'the reference does.' % (rep['videos'], ', '.join('%s %d of %d' % (n, c['wave_rows'], c['usable'])
+                                                           for n, c in rep['splits'].items())), '',
          '| split | listed | found | decoded | broken | silent | usable | fraction | worst class |',
          '|---|---|---|---|---|---|---|---|---|']
     for name, c in rep['splits'].items():

@@ -12,7 +12,8 @@
 #   stage.sh retrieval W PT/ep<E>_<DATA>
 #                                   -> W/ret/PT/ep<E>_<DATA>.csv (cav-embed | cav-recall) and .ranks.csv
 # A training stage resumes from its newest complete checkpoint (cav-pretrain/cav-finetune --resume) after a
-# crash or a kill; a directory without one is the start of a run that never checkpointed and is started afresh.
+# crash or a kill; a directory without one is the start of a run that never checkpointed and is started afresh,
+# and so is a fine-tuning run that mixed fbanks where its shards now hold waveforms (see finetune below).
 # The done file is written last, so Make reruns an unfinished stage and skips a finished one.
 # Environment (from the Makefile): DATA_DIR_<DATA> (the shards of a dataset: train.h5, eval.h5, ret.h5),
 # SCALE (mini or full), MODEL (tiny or base), CONTRAST_GROUPS (contrast groups), LAUNCH (e.g. "mpirun -np 4"),
@@ -113,10 +114,19 @@ finetune)
     [ -f "$init" ] || die "$init: missing"
     # the single-modal runs keep their per-clip probabilities for the tables' ensembles (tables.mk, SM Ensemble)
     case $mode in audioonly | videoonly) rargs+=(--predictions) ;; esac
+    # A run whose mixup mixed fbanks (cav-finetune's warning: shards of an earlier prepare.py, without waveforms)
+    # is not resumed on shards that now hold them: it starts afresh, its old log kept beside.
+    dir=$W/ft/$name train_shard=$(shards "$data" train)
+    if [ -e "$dir.log" ] && grep -q 'holds no wave: mixup mixes its fbank' "$dir.log" &&
+        /usr/bin/python3 -c 'import h5py, sys; sys.exit("wave" not in h5py.File(sys.argv[1], "r"))' "$train_shard"; then
+        say "cav-finetune: $dir mixed fbanks (its shards had no waveform); starting afresh (old log: $dir.fbank-mixup.log)"
+        rm -rf "$dir"
+        mv "$dir.log" "$dir.fbank-mixup.log"
+    fi
     train "$W/ft/$name" cav-finetune --model "${MODEL:-tiny}" --mode "$mode" --init "$init" \
         --label-dim "$label_dim" "${rargs[@]}" --seed "${SEED:-1}" \
         --save-every "${SAVE_EVERY:-1000}" --log-every "${LOG_EVERY:-100}" ${FT_EXTRA:-} \
-        --eval "$(shards "$data" eval)" "$(shards "$data" train)"
+        --eval "$(shards "$data" eval)" "$train_shard"
     touch "$W/ft/$name/done"
     ;;
 retrieval)

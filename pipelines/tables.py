@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -42,9 +43,23 @@ TITLES = {
 }
 DIFFS_FT = ('Fine-tuning follows the reference\'s scripts (cav-finetune --recipe: mixup 0.5, balanced sampling for '
             'AS-2M and VGGSound, the weight average of an epoch range, the mean of 10 frames); a cell is the final '
-            'evaluation of the run (its final_eval.json). One difference remains: prepare.py stores the fbank without '
-            'the waveform (fbank --drop-wave), so mixup mixes the log-mel arrays, where the reference mixes the '
-            'waveforms before the fbank (cav-finetune(1), Labels, mixup and balanced sampling).')
+            'evaluation of the run (its final_eval.json). The shards keep each clip\'s waveform beside its fbank '
+            '(prepare.py), so mixup mixes waveforms before the fbank, as the reference does; a run that mixed fbanks '
+            'instead (its log has cav-finetune\'s warning: shards without waveforms) is named in the notes.')
+# cav-finetune's warning (lib/train/loader.c) when a shard it mixes holds no waveform
+FBANK_MIXUP = 'holds no wave: mixup mixes its fbank'
+
+
+def mixed_fbanks(done):
+    """The remark for a fine-tuning run whose log says that its mixup mixed fbanks, else None."""
+    d = os.path.dirname(done)
+    # a missing-modality stage evaluates the model of the multimodal run of its name (pipelines/stage.sh)
+    d = re.sub(r'_missing(audio|video)only$', '_multimodal', d)
+    log = d + '.log'
+    if os.path.exists(log) and FBANK_MIXUP in open(log, errors='replace').read():
+        return ('%s: mixup mixed fbanks, not waveforms (its shards held none: prepared before prepare.py kept them; '
+                'rerun the stage)' % d)
+    return None
 
 
 def paper_numbers():
@@ -267,13 +282,15 @@ def main():
             data = os.path.basename(os.path.dirname(dones[0])).split('_')[1]
             got[(row, col)] = ensemble_score(dones, col, os.path.join(w, 'view', data, 'eval.h5'))
             runs += [(row, col, run_name(d, w)) for d in dones]
+            notes += ['%s / %s: %s' % (row, col, m) for m in map(mixed_fbanks, dones) if m]
             continue
         else:
             path, _, which = path.partition('@')
             v, remark = ft_score(path, col, which)
             got[(row, col)] = v if v is not None else 'n/a'
-            if remark:
-                notes.append('%s / %s: %s' % (row, col, remark))
+            for m in (remark, mixed_fbanks(path)):
+                if m:
+                    notes.append('%s / %s: %s' % (row, col, m))
         runs.append((row, col, run_name(path, w)))
     s = ['# %s' % TITLES.get(tid, 'Table ' + tid), '']
     s.append('Scale: **%s**. Ours beside the paper\'s (in parentheses). %s' % (scale, version_line()))

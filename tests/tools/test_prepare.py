@@ -6,7 +6,11 @@ fractions), nothing crashes, the shard holds exactly the usable clips with their
 bad one), the weight CSV is checked against the shard's weights, a rerun decodes nothing and leaves the shard
 alone, a changed and a new clip are the only ones decoded again (ids stay unique), a repaired clip joins, a kill -9
 of the whole run in the middle of decoding is recovered by the next run, --drop-silent leaves the silent clip
-out, and bad input exits 2 naming the entry and field."""
+out, and bad input exits 2 naming the entry and field. The shards keep each clip's waveform beside its fbank (the
+fine-tuning recipes' mixup mixes waveforms), the very waveform the fbank was computed from: cav-finetune with
+mixup on the prepared shard trains bit for bit as on its records without the fbank (all audio from the waveform, as
+the reference), without the warning that it mixes fbanks, which an fbank-only copy gives; data prepared
+without it (an earlier prepare.py's fbank --drop-wave) is decoded again by the next run, which says so."""
 import csv
 import json
 import os
@@ -20,6 +24,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cavstream  # noqa: E402
+import ftfixture  # noqa: E402
 import toolenv  # noqa: E402
 from toolenv import BIN, SRC, report  # noqa: E402
 os.environ['PATH'] = BIN + ':' + os.environ['PATH']
@@ -49,6 +55,76 @@ def prepare(*args, check=False):
 def shard_ids(path):
     with h5py.File(path, 'r') as f:
         return [x.decode() if isinstance(x, bytes) else x for x in f['id'][:]]
+
+
+def waves(path):
+    """{id: the record's wave (int16 [n]) or None}, the shard's rows in order."""
+    out = {}
+    with h5py.File(path, 'r') as f:
+        ids = [x.decode() if isinstance(x, bytes) else x for x in f['id'][:]]
+        g = f['wave'] if 'wave' in f else None
+        for i, rid in enumerate(ids):
+            if g is None:
+                out[rid] = None
+            elif isinstance(g, h5py.Dataset):
+                out[rid] = g[i]
+            elif g['ndim'][i] < 0:
+                out[rid] = None
+            else:
+                o, n, sh = g['offset'][i], g['ndim'][i], g['shape'][i]
+                out[rid] = g['data'][o:o + int(np.prod(sh[:n]))].reshape(sh[:n])
+    return out
+
+
+def check_waves(name, shard, why=''):
+    """Every record of the shard holds an int16 16 kHz waveform whose length gives its fbank's frame count (1 + (n -
+    400) // 160, cut to 1024: the fbank was computed from it)."""
+    w = waves(shard)
+    with h5py.File(shard, 'r') as f:
+        ids = [x.decode() if isinstance(x, bytes) else x for x in f['id'][:]]
+        frames = {i: int(np.sum(np.any(f['fbank'][k] != 0, axis=1))) for k, i in enumerate(ids)}
+    lacking = sorted(i for i, v in w.items() if v is None)
+    bad = {i: (v.dtype.str, v.shape, frames[i]) for i, v in w.items() if v is not None and
+           (v.dtype != np.int16 or v.ndim != 1 or min(1024, 1 + (len(v) - 400) // 160) != frames[i])}
+    # the silent clip's fbank is the log floor, not zero: its rows all count
+    report(name, not lacking and not bad and len(w) > 0,
+           '%d records, without wave: %s, wave and fbank disagree: %s%s' % (len(w), lacking, bad, why))
+
+
+def loader_takes_wave(shard):
+    """cav-finetune (micro model, --mixup 0.5, SpecAugment, evaluation each epoch) on the prepared shard (fbank and
+    wave: mixed samples from the waveforms, the others from the stored fbank) gives the step losses and scores of
+    the same records without their fbank (every sample's fbank computed from its waveform, the reference's way),
+    bit for bit, and no warning; the records without their wave (fbank --drop-wave) give other losses and the
+    warning that mixup mixes fbanks."""
+    d = os.path.join(TMP, 'ft')
+    os.makedirs(d)
+    _, recs = cavstream.decode(subprocess.run(['shard-pack', '-o', '-', shard], check=True, capture_output=True).stdout)
+    ftfixture.pack(os.path.join(d, 'wave.h5'), [(i, a, [t for t in ts if t[0] != 'fbank']) for i, a, ts in recs])
+    r = subprocess.run(['fbank', '--drop-wave', '-o', os.path.join(d, 'fbank.h5'), shard], capture_output=True,
+                       text=True)
+    if r.returncode:
+        report('finetune_mixup_reads_wave', False, 'the prepared shard holds no waveform: %s' % r.stderr.strip())
+        return
+    runs = {}
+    for name, data in (('prepared', shard), ('wave', os.path.join(d, 'wave.h5')),
+                       ('fbank', os.path.join(d, 'fbank.h5'))):
+        # the micro encoder at the frames' 224 x 224 (av-extract's; the micro model's 32 would not hold them)
+        r = ftfixture.finetune(3, os.path.join(d, name), '-e', '2', '--mixup', '0.5', '--set', 'img_size=224',
+                               '--eval', data, data, batch=2, check=False)
+        res = open(os.path.join(d, name, 'result.csv')).read() if r.returncode == 0 else r.stderr[-300:]
+        # (the step lines alone: an epoch line's d' is not JSON when a class of the 3 has no clip)
+        steps = [json.loads(x)['loss'] for x in open(os.path.join(d, name, 'metrics.jsonl'))
+                 if '"train_loss"' not in x] if r.returncode == 0 else []
+        runs[name] = (r.returncode, steps, res,
+                      'mixup mixes its fbank' in r.stderr)
+    p, w, f = runs['prepared'], runs['wave'], runs['fbank']
+    report('finetune_mixup_reads_wave', p[0] == w[0] == f[0] == 0 and p[1] == w[1] and p[2] == w[2] and len(p[1]) == 6
+           and not p[3] and not w[3] and f[3] and f[1] != p[1],
+           'prepared shard against its records from the waveform alone: %d step losses equal %s, results equal %s, '
+           'warnings %s %s; from the fbank alone: losses differ %s, warning %s%s'
+           % (len(p[1]), p[1] == w[1], p[2] == w[2], p[3], w[3], f[1] != p[1], f[3],
+              ''.join('; %s: exit %d: %s' % (k, v[0], v[2].splitlines()[-1]) for k, v in runs.items() if v[0])))
 
 
 def main():
@@ -132,6 +208,8 @@ def main():
            all(float(np.ptp(fb[n][:200])) > 1 for n in ids if n != 'clip10'), 'ptp %s' % {
                n: float(np.ptp(v[:200])) for n, v in fb.items()})
     report('weight_csv_checked', cov.get('weights_check', '').endswith('(agree)'), cov.get('weights_check'))
+    check_waves('shard_keeps_wave', shard, '; coverage.json wave_rows %s of %s' % (cov.get('wave_rows'), cov['usable']))
+    loader_takes_wave(shard)
 
     # rerun: nothing decoded, the shard untouched
     m0 = os.stat(shard).st_mtime_ns
@@ -180,6 +258,32 @@ def main():
     report('kill9_then_rerun', killed_midway and r.returncode == 0 and ', 8 to decode' in line and len(ids) == 17 == cov['usable'] and
            len(ids) == len(set(ids)) and not [f for f in os.listdir(os.path.join(out, 'parts')) if '.tmp' in f],
            '%s | %s; %d ids' % (line.strip(), r.stderr[-300:], len(ids)))
+    ids_before_old = ids
+
+    # Data prepared by an earlier prepare.py: its parts and shard without the waveform (fbank --drop-wave, which
+    # recomputes the fbank from the wave and drops it), its index without wave_parts. The next run decodes every
+    # clip again (a part without waves cannot give a mixup its waveform) and says why; then nothing.
+    for fn in sorted(os.listdir(os.path.join(out, 'parts'))) + ['../train.h5']:
+        pp = os.path.join(out, 'parts', fn)
+        fb = subprocess.run(['fbank', '--drop-wave', '-o', pp + '.old.h5', pp], capture_output=True, text=True)
+        if fb.returncode:
+            report('old_prepared_data', False, 'fbank --drop-wave %s: %s' % (pp, fb.stderr))
+            return
+        os.replace(pp + '.old.h5', pp)
+    ix = json.load(open(os.path.join(out, 'index.json')))
+    del ix['wave_parts']
+    json.dump(ix, open(os.path.join(out, 'index.json'), 'w'))
+    old_lacks = all(v is None for v in waves(shard).values())
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + js)
+    ids = shard_ids(shard)
+    report('old_prepared_data_redecoded', old_lacks and r.returncode == 0 and
+           '17 clips were decoded by an earlier prepare.py without their waveform' in r.stderr and
+           ', 17 to decode' in r.stderr and sorted(ids) == sorted(ids_before_old) and
+           json.load(open(os.path.join(out, 'coverage.json')))['splits']['train']['wave_rows'] == 17,
+           '%s; %d ids' % (r.stderr[-500:], len(ids)))
+    check_waves('old_prepared_data_gets_waves', shard)
+    r = prepare('--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out, 'train=' + js)
+    report('old_prepared_data_then_nothing', r.returncode == 0 and ', 0 to decode' in r.stderr, r.stderr[-300:])
 
     r = prepare('--drop-silent', '--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out', out,
                 'train=' + js)

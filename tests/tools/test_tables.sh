@@ -11,6 +11,9 @@
 # (2 fine-tuning epochs): 2h's Middle and Aggregation are the final evaluation's frame-5 and aggregated scores of
 # the same runs; tables.py's ensemble of a run with itself equals the mAP cav-finetune computed (an independent
 # implementation: C against sklearn); a run without final_eval.json falls back to result.csv with a note.
+# The fine-tuning runs mix waveforms, as the reference: prepare.py's shards hold each clip's waveform, and no
+# fine-tuning log has cav-finetune's warning that mixup mixes fbanks; a run whose log has it (one made on shards of
+# an earlier prepare.py) is noted in the table and, once its shards hold waveforms, redone from the start.
 # Environment: TABLES_CHECK_* below override the sizes (defaults: 80 + 24 clips, 2 epochs).
 set -u
 # a make of its own, not a sub-make of the one running the tests (whose jobserver it cannot use)
@@ -103,9 +106,12 @@ if ! "${ft[@]}" >>"$log" 2>&1; then
     fail make_table2h_2i "$(tail -15 "$log")"; exit 1
 fi
 sed 's/^/  /' "$W/tables/table2h.md" "$W/tables/table2i.md"
-/usr/bin/python3 - "$W" "$SRC/pipelines/tables.py" <<'EOF' || fails=$((fails + 1))
+WARN='holds no wave: mixup mixes its fbank'
+/usr/bin/python3 - "$W" "$SRC/pipelines/tables.py" "$WARN" <<'EOF' || fails=$((fails + 1))
 import glob, json, os, re, shutil, subprocess, sys
-w, tables = sys.argv[1:3]
+import h5py
+import numpy as np
+w, tables, warn = sys.argv[1:4]
 bad = 0
 def check(name, ok, why):
     global bad
@@ -160,6 +166,44 @@ last = open(os.path.join(old, 'result.csv')).read().split()[-1].split(',')
 check('no_final_eval_fallback', c['a'][0] == '%.1f' % (100 * float(last[1])) and c['b'][0] == 'n/a'
       and "no final_eval.json; the score is result.csv's last epoch" in text and 'no frame5 score' in text, str(c))
 shutil.rmtree(old)
+# Mixup mixes waveforms: the shards hold them in every row, the runs had mixup > 0 and none logged the warning that it
+# mixes fbanks (lib/train/loader.c)
+rows = {}
+for split in ('train', 'eval'):
+    with h5py.File(os.path.join(w, 'data', 'avd', split + '.h5'), 'r') as f:
+        g = f['wave'] if 'wave' in f else None
+        n = len(f['id'])
+        have = 0 if g is None else n if isinstance(g, h5py.Dataset) else int(np.sum(g['ndim'][:] >= 0))
+        rows[split] = (have, n)
+check('shards_hold_waves', all(h == n > 0 for h, n in rows.values()),
+      ', '.join('%s: wave in %d of %d rows' % (k, h, n) for k, (h, n) in rows.items()))
+runs = sorted(d for d in glob.glob(os.path.join(w, 'ft', '*', '*')) if os.path.exists(os.path.join(d, 'args.json')))
+mix = [d for d in runs if float(json.load(open(os.path.join(d, 'args.json'))).get('mixup', 0)) > 0]
+warned = [d for d in runs if warn in open(d + '.log', errors='replace').read()]
+check('finetune_mixes_waves', len(mix) == len(runs) > 0 and not warned,
+      '%d fine-tuning runs, %d with mixup > 0, %d logged "%s": %s' % (len(runs), len(mix), len(warned), warn, warned))
+text = ''.join(open(os.path.join(w, 'tables', t + '.md')).read() for t in ('table2h', 'table2i'))
+check('tables_no_fbank_mixup_note', 'mixup mixed fbanks' not in text and 'mixup mixes waveforms' in text,
+      'table2h and 2i say mixup mixes waveforms, note no run that mixed fbanks')
 sys.exit(1 if bad else 0)
 EOF
+# A run with cav-finetune's warning that it mixed fbanks in its log is noted by tables.py and redone by the next make
+# (its shards hold waves), the old log kept beside.
+run=$(ls -d "$W"/ft/*/ep*_as20k_as20k_audioonly-lp | head -1)
+echo "warning: $W/data/avd/train.h5 $WARN after cut/pad, before SpecAugment (injected)" >>"$run.log"
+"$SRC/pipelines/tables.py" table x --out "$W/tables/self.md" --w "$W" --scale mini "a|as20k-A|$run/done" >/dev/null
+if grep -q "a / as20k-A: $run: mixup mixed fbanks" "$W/tables/self.md"; then
+    pass "tables_note_fbank_mixup (a run whose log has the warning is named in the notes)"
+else
+    fail tables_note_fbank_mixup "$(grep -A3 '## Notes' "$W/tables/self.md")"
+fi
+# (the table too: Make remakes a missing stage, an intermediate file, only for a target it must remake)
+rm -f "$run/done" "$W/tables/table2i.md"
+if "${ft[@]}" >>"$log" 2>&1 && grep -q "cav-finetune: $run mixed fbanks (its shards had no waveform); starting afresh" "$log" &&
+    [ -f "$run/done" ] && [ -f "$run.fbank-mixup.log" ] && ! grep -q "$WARN" "$run.log" &&
+    ! grep -q 'mixup mixed fbanks' "$W/tables/table2i.md"; then
+    pass "fbank_mixup_run_redone (${run##*/}: started afresh, old log kept as ${run##*/}.fbank-mixup.log)"
+else
+    fail fbank_mixup_run_redone "$(tail -5 "$log")"
+fi
 exit $((fails > 0))
