@@ -3,6 +3,7 @@
 #include "json.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -468,4 +469,12 @@ int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s) 
 
 int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s) {
     return append(buf, len, cap, s, strlen(s));
+}
+
+char *cav_json_num(char *buf, size_t n, double x, int digits) {
+    if (isfinite(x))
+        snprintf(buf, n, "%.*g", digits, x);
+    else
+        snprintf(buf, n, "null");
+    return buf;
 }

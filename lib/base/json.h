@@ -45,5 +45,8 @@ cav_json *cav_json_load(const char *path, char *errbuf, size_t errlen);
 int cav_json_append_string(char **buf, size_t *len, size_t *cap, const char *s);
 /* Appends s as it is (punctuation, numbers) to the same kind of buffer. */
 int cav_json_append_raw(char **buf, size_t *len, size_t *cap, const char *s);
+/* x as a JSON number of `digits` significant digits into buf[n], or null where x is not finite (JSON has no
+ * NaN or infinity: an evaluation set without a positive of some class gives NaN scores); returns buf. */
+char *cav_json_num(char *buf, size_t n, double x, int digits);
 
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "json.h"
 #include "metrics.h"
 #include "recipes.h"
 #include "weights.h"
@@ -307,14 +308,14 @@ static void epoch_report(const cav_trainer *t, const double *tr, const double *e
 
 static void epoch_metrics(const cav_trainer *t, const double *tr, const double *ev, double lr, char *out,
                           size_t n) {
-    int k = snprintf(out, n, ",\"train_loss\":%.9g", tr[0]);
+    static const char *const keys[] = {"eval_acc", "eval_mAP", "eval_mAUC", "eval_dprime", "eval_loss"};
+    char num[40];
+    size_t k = 0;
     (void)t;
-    if (ev && k >= 0 && (size_t)k < n)
-        k += snprintf(out + k, n - k,
-                      ",\"eval_acc\":%.9g,\"eval_mAP\":%.9g,\"eval_mAUC\":%.9g,\"eval_dprime\":%.9g,"
-                      "\"eval_loss\":%.9g",
-                      ev[0], ev[1], ev[2], ev[3], ev[4]);
-    if (k >= 0 && (size_t)k < n) snprintf(out + k, n - k, ",\"lr\":%.9g", lr);
+    k += snprintf(out, n, ",\"train_loss\":%s", cav_json_num(num, sizeof num, tr[0], 9));
+    for (int i = 0; ev && i < 5 && k < n; i++)
+        k += snprintf(out + k, n - k, ",\"%s\":%s", keys[i], cav_json_num(num, sizeof num, ev[i], 9));
+    if (k < n) snprintf(out + k, n - k, ",\"lr\":%s", cav_json_num(num, sizeof num, lr, 9));
 }
 
 static void describe(const cav_trainer *t, char *out, size_t n) {

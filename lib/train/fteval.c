@@ -107,12 +107,9 @@ static int write_predictions(const char *path, const cav_loader *ld, const float
 }
 
 static int append_num(char **s, size_t *len, size_t *cap, const char *pre, double x) {
-    char num[64];
-    if (isfinite(x))
-        snprintf(num, sizeof num, "%s%.17g", pre, x);
-    else
-        snprintf(num, sizeof num, "%snull", pre);
-    return cav_json_append_raw(s, len, cap, num);
+    char num[40];
+    return cav_json_append_raw(s, len, cap, pre) |
+           cav_json_append_raw(s, len, cap, cav_json_num(num, sizeof num, x, 17));
 }
 
 /* final_eval.json: the model, the metric, per-frame scores, the final statistics and per-class AP */

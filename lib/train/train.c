@@ -877,7 +877,8 @@ static int exchange_grads(exchange *x, cav_err *err) {
 
 /* After Adam on the shards: every rank's updated shard to all. */
 static int exchange_params(exchange *x, cav_err *err) {
-    return x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err) : 0;
+    return x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err)
+                   : 0;
 }
 
 /* A checkpoint, written by rank 0; with ZeRO every rank sends it its shard of the moments first (so every
@@ -1063,8 +1064,10 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             if (metrics && o->log_every > 0 && pos.step % o->log_every == 0) {
                 double el = cav_now() - t_win;
                 fprintf(metrics, "{\"epoch\":%d,\"step\":%lld", pos.epoch, (long long)pos.step);
+                char num[40];
                 for (int k = 0; k < ns; k++)
-                    fprintf(metrics, ",\"%s\":%.9g", task->stat_keys[k], win[k] / win_n);
+                    fprintf(metrics, ",\"%s\":%s", task->stat_keys[k],
+                            cav_json_num(num, sizeof num, win[k] / win_n, 9));
                 fprintf(metrics, ",\"lr\":%.9g", lr);
                 if (task->head_lr != 1) fprintf(metrics, ",\"head_lr\":%.9g", lr * task->head_lr);
                 fprintf(metrics, ",\"samples_per_s\":%.4g,\"data_wait_s\":%.4g,\"compute_s\":%.4g}\n",

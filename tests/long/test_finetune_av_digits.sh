@@ -87,7 +87,7 @@ EOF
         fail finetune_av_digits_labels
     for split in train test; do
         mapfile -t files <"$RUN/$split.files"
-        { av-extract -j 2 "${files[@]}" | fbank --drop-wave |
+        { av-extract -j 2 "${files[@]}" | fbank |
             shard-pack -j "$RUN/$split-single.json" -c "$RUN/single.csv" -o "$RUN/$split-single.h5" - &&
             shard-pack -j "$RUN/$split-multi.json" -c "$RUN/multi.csv" -o "$RUN/$split-multi.h5" \
                 "$RUN/$split-single.h5"; } >>"$LOG" 2>&1 || fail finetune_av_digits_shards

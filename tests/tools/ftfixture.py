@@ -91,9 +91,14 @@ def read(p):
         return f.read()
 
 
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
 def jsonl(p):
+    """The lines of a JSON-lines file, strictly: NaN and Infinity (Python's json takes them) are refused."""
     with open(p) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line, parse_constant=_no_constant) for line in f if line.strip()]
 
 
 def step_losses(run):

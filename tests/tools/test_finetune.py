@@ -58,6 +58,19 @@ if ok:
                                  for e in range(1, 5)) and
            os.path.exists(os.path.join(ref, "models", "best_audio_model.safetensors")))
 
+# An evaluation set of one clip (class 0 of 4): no class has both positives and negatives, so mAUC and d' are
+# NaN; metrics.jsonl must stay JSON (null, not nan) and the run must finish.
+few = os.path.join(TMP, "eval1.h5")
+make_shard(few, 1, seed=3)
+nan_run = os.path.join(TMP, "nan")
+r = ftfixture.finetune(K, nan_run, "-e", "1", "--eval", few, train, batch=1)
+try:
+    ep = [x for x in jsonl(os.path.join(nan_run, "metrics.jsonl")) if "train_loss" in x]
+    ok, why = r.returncode == 0 and len(ep) == 1, "%d epoch lines: %s" % (len(ep), ep)
+except (OSError, ValueError) as e:
+    ok, why = False, "%s; %s" % (e, r.stderr[-400:])
+report("metrics_jsonl_json_with_nan_scores", ok, why)
+
 # --max-steps, then --resume twice, ends where the uninterrupted run does (4 steps per epoch).
 run = os.path.join(TMP, "steps")
 finetune(run, "--max-steps", "3", *common)
