@@ -547,7 +547,7 @@ static void mark_used(cav_model *m) {
 
 static void derive(cav_model *m, const cav_config *cfg, int B) {
     const cav_config *c = &m->cfg;
-    m->cfg = *cfg, m->B = B;
+    m->cfg = *cfg, m->B = B, m->dloss = 1;
     m->T = c->audio_length, m->F = c->mel_bins, m->S = c->img_size;
     m->gf = m->F / 16, m->gt = m->T / 16;
     m->La_full = m->gf * m->gt, m->Lv_full = (m->S / 16) * (m->S / 16);
@@ -1376,9 +1376,9 @@ static void backward_finetune(cav_model *m) {
     int B = m->B, D = m->D, K = c->label_dim;
     m->be->zero(m->d_logits, sizeof(float) * B * K);
     if (c->loss_ce)
-        m->be->soft_ce_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+        m->be->soft_ce_backward(m->d_logits, m->dloss, m->logits, m->in.labels, B, K);
     else
-        m->be->bce_logits_backward(m->d_logits, 1.0f, m->logits, m->in.labels, B, K);
+        m->be->bce_logits_backward(m->d_logits, m->dloss, m->logits, m->in.labels, B, K);
     int Dh = m->Dh;
     m->be->zero(m->d_vec1, sizeof(float) * B * Dh), m->be->zero(m->d_vec2, sizeof(float) * B * Dh);
     m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, Dh, K);

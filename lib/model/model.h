@@ -180,6 +180,10 @@ typedef struct {
     cav_param *table;
     int ntable;
     int adam_t;
+    /* d(what is minimised) / d out.loss, where the fine-tuning backward starts (1 unless set): a rank's share
+     * of the global batch, so that the gradients need no scaling after the backward (cav_model_on_grads_final
+     * can send them while it runs) and their sum over ranks is the whole batch's */
+    float dloss;
     /* the backward's progress (cav_model_on_grads_final) */
     void (*final_fn)(void *ctx, size_t lo, size_t hi, int at_end);
     void *final_ctx;

@@ -214,6 +214,12 @@ int cav_dist_max_int(const cav_dist *d, int v) {
     return v;
 }
 
+int cav_dist_rank0_wrote(const cav_dist *d, int rc, const char *what, cav_err *err) {
+    int code = cav_dist_max_int(d, rc > 0 ? rc : rc ? (err->code ? err->code : 3) : 0); /* rc -1: err's */
+    if (code && !rc) cav_fail(err, code, "rank 0 could not write %s", what);
+    return code;
+}
+
 void cav_dist_gather_parts_f32(const cav_dist *d, float *x, const size_t *part) {
     if (d->world <= 1) return;
 #ifdef CAV_HAVE_MPI

@@ -50,6 +50,11 @@ void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n);
 void cav_dist_sum_f64(const cav_dist *d, double *x, size_t n);
 /* The largest value over ranks (e.g. an error code, so that all ranks stop together). */
 int cav_dist_max_int(const cav_dist *d, int v);
+/* After what rank 0 alone writes (rc: its exit code, 0 on the others): every rank learns whether it failed,
+ * so that all stop together instead of the others waiting for rank 0 in the next collective (rc -1: err's
+ * code). Returns the code every rank exits with (0: written); the others' err says rank 0 could not write
+ * `what`. */
+int cav_dist_rank0_wrote(const cav_dist *d, int rc, const char *what, cav_err *err);
 /* Rank 0's x[0, n) <- every rank's part [part[r], part[r+1]) of its own x (part: world + 1 bounds); the
  * other ranks' x is left alone. */
 void cav_dist_gather_parts_f32(const cav_dist *d, float *x, const size_t *part);

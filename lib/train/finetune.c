@@ -1,8 +1,9 @@
 /* finetune.c: see finetune.h. One step: the rank's slice of the global batch runs through the model as one
  * batch; the reference computes its loss on the whole gathered batch (DataParallel), so each rank's mean
- * loss and gradients are weighted by its share of the batch (the driver sums them over ranks). The model
- * has no randomness of its own (no masking, no dropout); the loader's draws are keyed by (seed, epoch,
- * position), so a run resumed from a checkpoint repeats the uninterrupted run. */
+ * loss and gradients are weighted by its share of the batch (the gradients in the backward, through the
+ * model's dloss; the driver sums them over ranks). The model has no randomness of its own (no masking, no
+ * dropout); the loader's draws are keyed by (seed, epoch, position), so a run resumed from a checkpoint
+ * repeats the uninterrupted run. */
 #include "finetune.h"
 
 #include <math.h>
@@ -180,16 +181,18 @@ const cav_train_options_of cav_finetune_options_of =
 
 typedef struct {
     const cav_finetune_opts *o;
-    int by_acc;            /* the best model by accuracy (else mAP) */
-    float *grads, *logits; /* [nparams] [B,K] */
+    int by_acc;    /* the best model by accuracy (else mAP) */
+    float *logits; /* [B,K] */
 } finetuner;
 
 static int prepare(cav_trainer *t, cav_err *err) {
     finetuner *f = t->task->ctx;
     size_t bk = (size_t)t->m->B * t->cfg->label_dim;
     f->logits = malloc(bk * sizeof *f->logits);
-    f->grads = t->d->world > 1 ? malloc(t->m->nparams * sizeof *f->grads) : NULL;
-    if (!f->logits || (t->d->world > 1 && !f->grads)) return cav_fail(err, 3, "out of memory");
+    if (!f->logits) return cav_fail(err, 3, "out of memory");
+    /* this rank's share of the batch (1 with one process): exact for a power-of-two number of ranks, so the
+     * gradients are those of the whole batch's backward scaled after it, byte for byte */
+    t->m->dloss = (float)((double)t->m->B / t->o->batch);
     return 0;
 }
 
@@ -227,7 +230,6 @@ static int init(cav_trainer *t, cav_err *err) {
 
 /* stats: the loss */
 static void step(cav_trainer *t, const cav_batch *b, int epoch, int64_t stepi, double *stats) {
-    finetuner *f = t->task->ctx;
     cav_model *m = t->m;
     double share = (double)m->B / t->o->batch; /* 1 with one process */
     (void)epoch, (void)stepi;
@@ -236,12 +238,7 @@ static void step(cav_trainer *t, const cav_batch *b, int epoch, int64_t stepi, d
     cav_model_set_input(m, CAV_IN_LABELS, b->labels, b->n);
     cav_model_forward(m);
     cav_model_backward(m);
-    stats[0] = m->out.loss * share;
-    if (f->grads) {
-        cav_model_read_buffer(m, CAV_BUF_GRADS, f->grads);
-        for (size_t i = 0; i < m->nparams; i++) f->grads[i] = (float)share * f->grads[i];
-        cav_model_write_buffer(m, CAV_BUF_GRADS, f->grads);
-    }
+    stats[0] = m->out.loss * share; /* the gradients are scaled by it in the backward (m->dloss) */
 }
 
 /* Per-epoch evaluation (cav-numerics(7) 3.4): frame 5, hard targets, drop_last, statistics on the raw logits
@@ -336,7 +333,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         return cav_fail(err, 1, "--batch-size %d cannot be split over %d processes", o->run.batch, d->world),
                1;
     if (o->cfg.task != CAV_TASK_FINETUNE) return cav_fail(err, 3, "not a fine-tuning config"), 3;
-    finetuner f = {o, metric_is_acc(o), NULL, NULL};
+    finetuner f = {o, metric_is_acc(o), NULL};
     cav_train_opts run = o->run; /* the training loader builds the targets and draws the rows */
     run.data.label_smooth = o->label_smooth;
     run.data.mixup = o->mixup;
@@ -352,6 +349,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
         .best_key = "best",
         .best_higher = 1,
         .head_lr = o->head_lr,
+        .overlap = 1, /* the share of the batch is in the backward's dloss */
         .ctx = &f,
         .prepare = prepare,
         .init = init,
@@ -365,7 +363,7 @@ int cav_finetune_run(const cav_finetune_opts *o, const cav_dist *d, cav_err *err
     if (o->run.force && !o->run.resume && !o->run.loader_only && d->rank == 0)
         cav_ft_eval_clear(o->run.out_dir);
     int rc = cav_train_run(&run, &o->cfg, o->run.batch / d->world, &task, d, err);
-    free(f.grads), free(f.logits);
+    free(f.logits);
     if (!rc && o->run.eval.n && !o->run.loader_only) { /* after the last epoch (not a --max-steps stop) */
         char last[4200];
         snprintf(last, sizeof last, "%s/models/audio_model.%d.safetensors", o->run.out_dir, o->run.epochs);

@@ -274,6 +274,7 @@ int cav_ft_eval_model(const cav_ft_eval_setup *s, const char *model, int replace
     for (int f = nl; f < nf; f++) /* no video: the one pass is every frame's */
         memcpy(logits + (size_t)f * cap * K, logits, (size_t)cap * K * sizeof(float));
     double seconds = cav_now() - t0;
+    int wrote = 0; /* rank 0's files */
     cav_dist_sum_f32(d, logits, (size_t)nf * cap * K);
     cav_dist_sum_f32(d, tgt, (size_t)cap * K);
     if (d->rank == 0) {
@@ -282,11 +283,10 @@ int cav_ft_eval_model(const cav_ft_eval_setup *s, const char *model, int replace
                 !video            ? "one pass: nothing depends on the frame"
                 : audio && nl > 1 ? "audio branch once per clip"
                                   : "every frame in full");
-        if (cav_mkdirs(o->out_dir, err) ||
-            score_and_write(s, video, model, ld[0], logits, tgt, cap, n, seconds, err))
-            goto done;
+        wrote = cav_mkdirs(o->out_dir, err) ||
+                score_and_write(s, video, model, ld[0], logits, tgt, cap, n, seconds, err);
     }
-    rc = 0;
+    rc = cav_dist_rank0_wrote(d, wrote ? -1 : 0, "the final evaluation's files", err);
     goto done;
 fail:
     rc = err->code ? err->code : 2;
@@ -347,9 +347,7 @@ int cav_ft_final_eval(const cav_ft_eval_setup *s, const cav_dist *d, cav_err *er
         free(paths);
         cav_model_free(m);
     }
-    if (cav_dist_max_int(d, failed)) {
-        if (!failed) cav_fail(err, 3, "the weight average failed on rank 0");
-        return err->code ? err->code : 3;
-    }
+    int code = cav_dist_rank0_wrote(d, failed ? -1 : 0, "the weight average", err);
+    if (code) return code;
     return cav_ft_eval_model(s, model, 1, d, err);
 }

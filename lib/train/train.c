@@ -901,9 +901,37 @@ static int checkpoint(cav_trainer *t, const exchange *x, const position *p, cons
         rc = d->rank == 0 ? save_checkpoint(t, p, cfgjson, mv, err) : 0;
         free(mv);
     }
-    /* all ranks stop when rank 0 could not write it (the others would wait for it in the next step) */
-    if (cav_dist_max_int(d, rc != 0) && !rc) return cav_fail(err, 3, "rank 0 could not write the checkpoint");
-    return rc;
+    return cav_dist_rank0_wrote(d, rc, "the checkpoint", err);
+}
+
+/* Rank 0's files at an epoch's end: its row of result.csv, its line of metrics.jsonl, its model file, and
+ * the best model when its score is the best so far. 0, or -1 with err. */
+static int epoch_files(cav_trainer *t, position *p, const double *mean, const double *res, double lr,
+                       FILE *metrics, const char *cfgjson, cav_err *err) {
+    const cav_train_opts *o = t->o;
+    const cav_train_task *task = t->task;
+    char row[1024], msg[1024], extra[1024], path[4200];
+    task->epoch_report(t, mean, res, lr, row, sizeof row, msg, sizeof msg);
+    if (rows_add(p, row)) return cav_fail(err, 3, "out of memory");
+    if (write_results(o, p, err)) return -1;
+    if (task->epoch_metrics) {
+        task->epoch_metrics(t, mean, res, lr, extra, sizeof extra);
+        fprintf(metrics, "{\"epoch\":%d,\"step\":%lld%s}\n", p->epoch, (long long)p->step, extra);
+        if (fflush(metrics)) return cav_fail(err, 3, "%s/metrics.jsonl: %s", o->out_dir, strerror(errno));
+    }
+    cav_msg("epoch %d: %s", p->epoch, msg);
+    snprintf(path, sizeof path, "%s/models", o->out_dir);
+    if (cav_mkdirs(path, err)) return -1;
+    snprintf(path, sizeof path, "%s/models/audio_model.%d.safetensors", o->out_dir, p->epoch);
+    if (cav_train_save_model(t->m, path, cfgjson, err)) return -1;
+    double score = res ? task->score(t, res) : NAN;
+    if (isfinite(score) && (task->best_higher ? score > p->best : score < p->best)) {
+        p->best = score;
+        p->best_epoch = p->epoch;
+        snprintf(path, sizeof path, "%s/models/best_audio_model.safetensors", o->out_dir);
+        if (cav_train_save_model(t->m, path, cfgjson, err)) return -1;
+    }
+    return 0;
 }
 
 static int stop_nonfinite(cav_trainer *t, const position *p, double loss, cav_err *err) {
@@ -991,6 +1019,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         goto done;
     }
     if (cav_mkdirs(o->out_dir, err)) goto done;
+    int wrote = 0; /* rank 0's writes: 0 or -1 with err */
     int have = o->resume ? cav_ckpt_latest(o->out_dir, ck, sizeof ck, err) : 0;
     if (have < 0) goto done;
     if (have) {
@@ -1003,8 +1032,9 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         if (task->init && task->init(&t, err)) goto fail;
         if (d->rank == 0 && o->args_json) {
             snprintf(path, sizeof path, "%s/args.json", o->out_dir);
-            if (cav_train_write_file(path, o->args_json, err)) goto done;
+            wrote = cav_train_write_file(path, o->args_json, err);
         }
+        if (cav_dist_rank0_wrote(d, wrote, "args.json", err)) goto fail;
     }
     if (d->rank == 0) {
         char more[512] = "";
@@ -1018,13 +1048,12 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             cav_msg("data parallel: %d ranks over %s, gradient buckets of %g MiB%s", d->world,
                     cav_dist_transport(d), o->bucket_mb,
                     x.zero ? ", ZeRO-1 (each rank's Adam on its shard of the parameters)" : "");
-        if (write_results(o, &pos, err)) goto done; /* the checkpoint's rows only: none of a lost epoch */
+        wrote = write_results(o, &pos, err); /* the checkpoint's rows only: none of a lost epoch */
         snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
-        if (!(metrics = fopen(path, "a"))) {
-            cav_fail(err, 3, "%s: %s", path, strerror(errno));
-            goto done;
-        }
+        if (!wrote && !(metrics = fopen(path, "a")))
+            wrote = cav_fail(err, 3, "%s: %s", path, strerror(errno));
     }
+    if (cav_dist_rank0_wrote(d, wrote, "result.csv or metrics.jsonl", err)) goto fail;
     int ns = task->nstats;
     int64_t steps_done_here = 0;
     for (; pos.epoch <= o->epochs; pos.epoch++, pos.batch = 0) {
@@ -1079,7 +1108,7 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
             int stop = o->max_steps > 0 && steps_done_here >= o->max_steps;
             int last_of_epoch = pos.batch == cav_loader_batches(tl);
             if (!last_of_epoch && ((o->save_every > 0 && pos.step % o->save_every == 0) || stop))
-                if (checkpoint(&t, &x, &pos, cfgjson, err)) goto done;
+                if (checkpoint(&t, &x, &pos, cfgjson, err)) goto fail;
             if (stop && !last_of_epoch) {
                 cav_progress_end(pr);
                 if (d->rank == 0)
@@ -1093,38 +1122,16 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
         double res[CAV_TRAIN_MAX_STATS] = {0}, mean[CAV_TRAIN_MAX_STATS] = {0};
         if (ev && task->evaluate(&t, ev, pos.epoch, res, err)) goto fail_data;
         if (d->rank == 0) {
-            char row[1024], msg[1024], extra[1024];
             for (int k = 0; k < ns; k++) mean[k] = pos.n ? pos.sums[k] / pos.n : 0;
-            task->epoch_report(&t, mean, ev ? res : NULL, lr, row, sizeof row, msg, sizeof msg);
-            if (rows_add(&pos, row)) {
-                cav_fail(err, 3, "out of memory");
-                goto done;
-            }
-            if (write_results(o, &pos, err)) goto done;
-            if (task->epoch_metrics) {
-                task->epoch_metrics(&t, mean, ev ? res : NULL, lr, extra, sizeof extra);
-                fprintf(metrics, "{\"epoch\":%d,\"step\":%lld%s}\n", pos.epoch, (long long)pos.step, extra);
-                fflush(metrics);
-            }
-            cav_msg("epoch %d: %s", pos.epoch, msg);
-            snprintf(path, sizeof path, "%s/models", o->out_dir);
-            if (cav_mkdirs(path, err)) goto done;
-            snprintf(path, sizeof path, "%s/models/audio_model.%d.safetensors", o->out_dir, pos.epoch);
-            if (cav_train_save_model(m, path, cfgjson, err)) goto done;
-            double score = ev ? task->score(&t, res) : NAN;
-            if (isfinite(score) && (task->best_higher ? score > pos.best : score < pos.best)) {
-                pos.best = score;
-                pos.best_epoch = pos.epoch;
-                snprintf(path, sizeof path, "%s/models/best_audio_model.safetensors", o->out_dir);
-                if (cav_train_save_model(m, path, cfgjson, err)) goto done;
-            }
+            wrote = epoch_files(&t, &pos, mean, ev ? res : NULL, lr, metrics, cfgjson, err);
         }
+        if (cav_dist_rank0_wrote(d, wrote, "the epoch's results", err)) goto fail;
         position next = pos;
         next.epoch = pos.epoch + 1;
         next.batch = 0;
         memset(next.sums, 0, sizeof next.sums);
         next.n = 0;
-        if (checkpoint(&t, &x, &next, cfgjson, err)) goto done;
+        if (checkpoint(&t, &x, &next, cfgjson, err)) goto fail;
         memset(pos.sums, 0, sizeof pos.sums);
         pos.n = 0;
         if (o->max_steps > 0 && steps_done_here >= o->max_steps && pos.epoch < o->epochs) {

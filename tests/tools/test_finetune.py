@@ -3,8 +3,10 @@ per-epoch evaluation completes and writes result.csv [acc, mAP, mAUC, lr] and me
 loss falls on a learnable toy set (each class a bright mel band); --max-steps + --resume ends byte-identical
 to an uninterrupted run; one training step's loss equals the PyTorch reference CAVMAEFT's (tests/ref) on the
 same start weights and batch (no augmentation, label smoothing 0.1) to rel 1e-5 (mixup and --bal:
-test_finetune_mixup.py)."""
+test_finetune_mixup.py); 2 MPI ranks equal one process, small buckets start during the backward, and a
+final evaluation file rank 0 cannot write stops both ranks with its exit code."""
 import os
+import re
 import subprocess
 import sys
 
@@ -160,5 +162,29 @@ else:
             [f for f in ("model.safetensors", "optim.safetensors", "state.json")
              if open(os.path.join(last_dir(two), f), "rb").read() != open(os.path.join(last_dir(zero), f), "rb").read()]
         report("mpi_two_ranks_zero1_buckets_equal_two_ranks", not bad and "ZeRO-1" in rz.stderr, "differ: %s" % bad)
+        # The final evaluation's files are rank 0's: one it cannot write (a directory holds final_eval.json's
+        # name: the writer refuses to replace it, exit 1) stops both ranks with rank 0's exit code, the other
+        # saying so (it used to exit 0). Each rank's exit code is printed by a shell around it.
+        fe = os.path.join(TMP, "mpi_final_eval_unwritable")
+        os.makedirs(os.path.join(fe, "final_eval.json"))
+        i = base.index("--max-steps")
+        each = ["bash", "-c", '"$@"; st=$?; echo "rank exit $st" >&2; exit $st', "bash"]
+        try:
+            rf = subprocess.run(mpi + each + [ftfixture.FINETUNE, "-o", fe, "--force", "--eval", evals] + base[:i] +
+                                base[i + 2:], capture_output=True, text=True, env=toolenv.mpi_env(), timeout=60)
+            codes = re.findall(r"rank exit (\d+)", rf.stderr)
+            print("  final evaluation unwritable on rank 0, 2 ranks: exit codes %s" % codes)
+            report("mpi_failed_final_eval_stops_every_rank", len(codes) == 2 and codes[0] == codes[1] != "0" and
+                   "rank 0 could not write the final evaluation's files" in rf.stderr and
+                   "final_eval.json" in rf.stderr, "exit codes %s: %s" % (codes, rf.stderr[-500:]))
+        except subprocess.TimeoutExpired:
+            report("mpi_failed_final_eval_stops_every_rank", False, "the ranks still ran 60 s after")
+
+        # the rank's share of the batch is in the backward's dloss (no scaling after it), so small buckets
+        # start while the backward still runs; the results above stay byte for byte those of 2 ranks
+        early = re.search(r"gradient exchange: (\d+) buckets?, (\d+) started during the backward", rz.stderr)
+        print("  %s" % (early.group(0) if early else "no exchange line"))
+        report("mpi_buckets_start_during_backward", early and 0 < int(early.group(2)) < int(early.group(1)),
+               rz.stderr[-300:])
 
 sys.exit(toolenv.status())

@@ -5,7 +5,8 @@ contrast group is spread over ranks (embeddings gathered); three ranks, with and
 buckets, compute one process's checkpoints byte for byte, run to run, and resume across rank counts; --device
 cuda gives each rank its local GPU; a diverging
 run stops with the step named and its checkpoints intact; a failed checkpoint write (file size limit) exits
-3 and leaves the previous checkpoints complete; input without fbank is refused naming the shard; shards of
+3 and leaves the previous checkpoints complete, and under 2 MPI ranks a checkpoint or epoch-end file rank 0
+cannot write stops both ranks with exit 3; input without fbank is refused naming the shard; shards of
 waveforms train exactly as the same shards after the fbank tool."""
 import os
 import random
@@ -299,6 +300,35 @@ else:
                    "exit %d: %s" % (r.returncode, r.stderr[-400:]))
         except subprocess.TimeoutExpired:
             report(name, False, "the ranks still ran 120 s after rank 0's failed checkpoint")
+
+    # Rank 0's files at an epoch's end (result.csv, metrics.jsonl, the epoch's model, the best model): one it
+    # cannot write stops every rank with rank 0's exit code, 3 (the others say so), instead of leaving them
+    # waiting for it in the next step. Epoch 1 by one process; 2 ranks resume for epoch 2, rank 0 under the
+    # file size limit above, which its model file meets (result.csv and metrics.jsonl stay below it). Epoch
+    # 1's model, result.csv row and checkpoint are left as they were.
+    name = "mpi_failed_epoch_files_stop_every_rank"
+    out = os.path.join(TMP, name)
+    pretrain(out, "-e", "1", "--save-every", "0", train)
+    kept_files = ["result.csv", os.path.join("models", "audio_model.1.safetensors")]
+    ck_before = last_ck(out)
+    kept_files.append(os.path.join(os.path.relpath(ck_before, out), "model.safetensors"))
+    before = [read(os.path.join(out, f)) for f in kept_files]
+    args = [BIN + "/cav-pretrain", "-o", out, "--resume", "--seed", "7", "-b", "8", "--contrast-groups", "2", "--lr",
+            "1e-3", "-e", "2", "--loader-threads", "1"] + MICRO + [train]
+    t0 = time.time()
+    try:
+        r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1",
+                            "bash", "-c", "trap '' XFSZ; ulimit -f 8; exec \"$@\"", "bash"] + args +
+                           [":", "-np", "1"] + args, capture_output=True, text=True, env=env, timeout=60)
+        now = [read(os.path.join(out, f)) for f in kept_files]
+        # result.csv may have gained epoch 2's row (written before the model); its first row is unchanged
+        kept = now[0].startswith(before[0]) and now[1:] == before[1:] and last_ck(out) == ck_before
+        print("  failed epoch-end write, 2 ranks: exit %d after %.1f s" % (r.returncode, time.time() - t0))
+        report(name, r.returncode == 3 and "rank 0 could not write the epoch's results" in r.stderr and kept and
+               "audio_model.2.safetensors" in r.stderr, "exit %d, earlier results kept: %s: %s" %
+               (r.returncode, kept, r.stderr[-600:]))
+    except subprocess.TimeoutExpired:
+        report(name, False, "the ranks still ran 60 s after rank 0's failed epoch-end write")
 
     # --device cuda over several ranks: rank r asks for cuda:LOCAL_RANK (mpirun's OMPI_COMM_WORLD_LOCAL_RANK,
     # or the user's CAV_LOCAL_RANK). No device is visible here (CUDA_VISIBLE_DEVICES empty, or no CUDA in the
