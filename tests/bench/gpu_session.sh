@@ -14,7 +14,10 @@
 # Each stage has its own time limit and a failure does not stop the later ones; the log ends with a summary
 # line per stage and the samples/s of each step run; the logs of the check-cuda stages are under
 # build/test-logs/cuda. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8), STEPS_TINY (10), STEPS_BASE
-# (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU).
+# (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU), ONLY (shell patterns of the stages
+# to run, the others skipped: a lent device runs at most 600 s a command, so one session is split into calls
+# on the same warm machine, e.g. ONLY='machine build refs cuda-arith check-cuda*' then ONLY='step* bench*',
+# each with its own log argument; a pattern has no spaces: 'step?tiny*' for the stage "step tiny ...").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log=${1:-build/gpu-session.log}
@@ -28,8 +31,21 @@ trap 'rm -rf "$results"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_WAIT_POLICY=passive
 # stage NAME SECONDS CMD...: runs CMD under a time limit, notes its outcome for the summary
 stage() {
-    local name=$1 limit=$2 t0=$SECONDS
+    local name=$1 limit=$2 t0=$SECONDS pat
     shift 2
+    if [ -n "${ONLY:-}" ]; then
+        local pats hit=
+        read -ra pats <<<"$ONLY" # read: the patterns are not expanded against the files here
+        for pat in "${pats[@]}"; do
+            # shellcheck disable=SC2053 # pat is a pattern
+            [[ $name == $pat ]] && hit=1
+        done
+        if [ -z "$hit" ]; then
+            : >"$results/out" # no output: the step rows below stay empty
+            printf '%-28s skipped (ONLY)\n' "$name" >>"$results/summary"
+            return 0
+        fi
+    fi
     echo
     echo "==== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$results/out"
@@ -62,7 +78,9 @@ step() { # NAME CONFIG B STEPS DEVICE CMD...
     local name=$1 cfg=$2 b=$3 n=$4 dev=$5
     shift 5
     stage "$name" 100 env CAV_BENCH_DEVICE="$dev" "$@" "$cfg" "$b" "$n"
-    printf '  %-28s B %3s  %s samples/s\n' "$name" "$b" "$(sed -n 's/^samples_per_s //p' "$results/out")" >>"$results/samples"
+    local sps
+    sps=$(sed -n 's/^samples_per_s //p' "$results/out")
+    [ -n "$sps" ] && printf '  %-28s B %3s  %s samples/s\n' "$name" "$b" "$sps" >>"$results/samples"
 }
 for cfg in tiny base; do
     if [ $cfg = tiny ]; then b=$b_tiny n=$steps_tiny; else b=$b_base n=$steps_base; fi
@@ -92,4 +110,4 @@ echo
 echo "==== summary (rc 124: over its time limit)"
 cat "$results/summary"
 echo "training step, samples/s (fp32; the CPU row is the C model on this machine's $(nproc) cores):"
-cat "$results/samples"
+cat "$results/samples" 2>/dev/null || echo "  (no step ran)"
