@@ -54,6 +54,21 @@ struct cav_backend {
                            int OC);
     void (*linear_backward)(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, int M, int IC, int OC);
+    /* Mixed precision (the tools' --precision bf16). A bf16 value is a uint16_t, the top half of a float.
+     * cast_bf16: out[n] = inp rounded to the nearest bf16, ties to even (kernels/cuda/bf16.h, as torch's
+     * x.to(torch.bfloat16)). The bf16 Linear takes bf16 operands and computes in fp32, as cuBLASLt with bf16
+     * A/B, fp32 C/D and CUBLAS_COMPUTE_32F, and torch.autocast(bfloat16)'s nn.Linear before it rounds its
+     * output: a product of two bf16 values is exact in fp32, so the result differs from fp32 arithmetic on
+     * the widened operands only by the order of the sums. Outputs and gradients stay fp32.
+     * Forward: out[M,OC] = inp[M,IC] @ w[OC,IC]^T, then + b[OC] (b may be NULL) added to each finished
+     * dot product. Backward: dinp[M,IC] += dout16 @ w; dw[OC,IC] += dout16^T @ inp; db[OC] += sum_m dout
+     * (the column sum of the fp32 gradient dout[M,OC], as linear_backward's; dout16 is dout rounded, and is
+     * not read when dinp and dw are both NULL, nor inp when dw is). */
+    void (*cast_bf16)(uint16_t *out, const float *inp, size_t n);
+    void (*linear_forward_bf16)(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b, int M,
+                                int IC, int OC);
+    void (*linear_backward_bf16)(float *dinp, float *dw, float *db, const float *dout, const uint16_t *dout16,
+                                 const uint16_t *inp, const uint16_t *w, int M, int IC, int OC);
     /* LayerNorm over the last dimension, eps CAV_LN_EPS: out[M,C], mean[M], rstd[M] saved. */
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w,
                               const float *b, int M, int C);

@@ -29,6 +29,12 @@ void cav_linear_forward(float *out, const float *inp, const float *w, const floa
 /* dinp[M,IC] += dout @ w; dw[OC,IC] += dout^T @ inp; db[OC] += sum_m dout. */
 void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int M, int IC, int OC);
+/* bf16 mixed precision (kernels.h): the cast, and the Linear on bf16 operands with fp32 results */
+void cav_cast_bf16(uint16_t *out, const float *inp, size_t n);
+void cav_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b, int M,
+                             int IC, int OC);
+void cav_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const uint16_t *dout16,
+                              const uint16_t *inp, const uint16_t *w, int M, int IC, int OC);
 
 /* LayerNorm over the last dimension, eps 1e-5 (torch default): out[M,C], and mean[M], rstd[M] saved. */
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,

@@ -1,5 +1,7 @@
-/* dense.c: the CPU reference of the transformer's dense ops — Linear on OpenBLAS sgemm, LayerNorm, exact
- * GELU, softmax and timm's multi-head attention — forward and backward (contracts in kernels.h).
+/* dense.c: the CPU reference of the transformer's dense ops — Linear on OpenBLAS sgemm (and its bf16
+ * mixed-precision form: the cast to bf16 and the Linear on bf16 operands, emulated exactly by widening them
+ * to float for the sgemm), LayerNorm, exact GELU, softmax and timm's multi-head attention — forward and
+ * backward (contracts in kernels.h).
  * Every matmul, including attention's QK^T and att @ V per (batch, head), goes through cblas_sgemm with
  * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. OpenBLAS runs
  * single-threaded inside these kernels; the parallelism is OpenMP's (row bands, (batch, head) pairs). */
@@ -7,10 +9,12 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu.h"
+#include "cuda/bf16.h" /* the one float <-> bf16 rounding, shared with the CUDA kernels */
 #include "vecmath.h"
 
 /* -O2's "very cheap" vectorizer cost model leaves almost every elementwise loop here scalar; these loops are
@@ -56,23 +60,86 @@ void cav_linear_forward(float *out, const float *inp, const float *w, const floa
     sgemm_par(CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
 }
 
+/* db[OC] += sum over the M rows of dout[M,OC], in double: the bias gradient of both Linears */
+static void bias_grad(float *db, const float *dout, int M, int OC) {
+    /* column sums over rows read contiguously: each thread owns a band of 256 columns */
+#pragma omp parallel for if ((size_t)M * OC > CAV_PAR_MIN)
+    for (int o0 = 0; o0 < OC; o0 += 256) {
+        int n = OC - o0 < 256 ? OC - o0 : 256;
+        double s[256] = {0};
+        for (int m = 0; m < M; m++) {
+            const float *r = dout + (size_t)m * OC + o0;
+            for (int o = 0; o < n; o++) s[o] += r[o];
+        }
+        for (int o = 0; o < n; o++) db[o0 + o] += (float)s[o];
+    }
+}
+
 void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int M, int IC, int OC) {
     if (dinp) sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
     if (dw) sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
-    if (db) {
-        /* column sums over rows read contiguously: each thread owns a band of 256 columns */
+    if (db) bias_grad(db, dout, M, OC);
+}
+
+/* ---- bf16 mixed precision ----------------------------------------------------------------------------
+ * The emulation of a bf16 tensor-core GEMM with fp32 accumulation: the bf16 operands are widened to float
+ * (exact) and multiplied by the fp32 sgemm. Every product of two bf16 values has at most 16 significant bits
+ * and is exact in float (with or without FMA), so the only rounding past the operands' is that of the float
+ * sums, in OpenBLAS's order here and in cuBLASLt's on a GPU. */
+
+void cav_cast_bf16(uint16_t *out, const float *inp, size_t n) {
+#pragma omp parallel for if (n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = cav_bf16_from_f32(inp[i]);
+}
+
+/* n bf16 values widened into a new float array (NULL when out of memory) */
+static float *widen(const uint16_t *x, size_t n) {
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    if (!f) return NULL;
+#pragma omp parallel for if (n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) f[i] = cav_bf16_to_f32(x[i]);
+    return f;
+}
+static void widen_oom(void) {
+    fprintf(stderr, "cpu backend: out of memory widening bf16 operands\n");
+    exit(3);
+}
+
+void cav_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b, int M,
+                             int IC, int OC) {
+    float *x = widen(inp, (size_t)M * IC), *wf = widen(w, (size_t)OC * IC);
+    if (!x || !wf) widen_oom();
+    sgemm_par(CblasNoTrans, CblasTrans, M, OC, IC, 1.0f, x, IC, wf, IC, 0.0f, out, OC);
+    free(x), free(wf);
+    if (b) {
+        /* the bias after the finished dot product, as cuBLASLt's BIAS epilogue and bf16.h's dot_bias */
 #pragma omp parallel for if ((size_t)M * OC > CAV_PAR_MIN)
-        for (int o0 = 0; o0 < OC; o0 += 256) {
-            int n = OC - o0 < 256 ? OC - o0 : 256;
-            double s[256] = {0};
-            for (int m = 0; m < M; m++) {
-                const float *r = dout + (size_t)m * OC + o0;
-                for (int o = 0; o < n; o++) s[o] += r[o];
-            }
-            for (int o = 0; o < n; o++) db[o0 + o] += (float)s[o];
-        }
+        for (int m = 0; m < M; m++)
+            for (int o = 0; o < OC; o++) out[(size_t)m * OC + o] += cav_bf16_to_f32(b[o]);
     }
+}
+
+void cav_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const uint16_t *dout16,
+                              const uint16_t *inp, const uint16_t *w, int M, int IC, int OC) {
+    if (dinp || dw) {
+        float *g = widen(dout16, (size_t)M * OC);
+        if (!g) widen_oom();
+        if (dinp) {
+            float *wf = widen(w, (size_t)OC * IC);
+            if (!wf) widen_oom();
+            sgemm_par(CblasNoTrans, CblasNoTrans, M, IC, OC, 1.0f, g, OC, wf, IC, 1.0f, dinp, IC);
+            free(wf);
+        }
+        if (dw) {
+            float *x = widen(inp, (size_t)M * IC);
+            if (!x) widen_oom();
+            sgemm_par(CblasTrans, CblasNoTrans, OC, IC, M, 1.0f, g, OC, x, IC, 1.0f, dw, IC);
+            free(x);
+        }
+        free(g);
+    }
+    if (db) bias_grad(db, dout, M, OC);
 }
 
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,

@@ -94,6 +94,12 @@ void cav_cuda_linear_forward(float *out, const float *inp, const float *w, const
                              int OC);
 void cav_cuda_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                               const float *w, int M, int IC, int OC);
+void cav_cuda_cast_bf16(uint16_t *out, const float *inp, size_t n);
+void cav_cuda_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b,
+                                  int M, int IC, int OC);
+void cav_cuda_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,
+                                   const uint16_t *dout16, const uint16_t *inp, const uint16_t *w, int M,
+                                   int IC, int OC);
 void cav_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                                 const float *b, int M, int C);
 void cav_cuda_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,

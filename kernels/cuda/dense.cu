@@ -8,7 +8,15 @@
  * summation order (a few ulp, the tolerance of tests/unit/test_kernels.c), not by where the bias enters.
  * Where no algorithm accepts the epilogue (an unaligned bias pointer), the bias is added after the GEMM
  * with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
- * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order. */
+ * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order.
+ *
+ * The bf16 Linear (--precision bf16) is the same GEMM with bf16 A and B (CUDA_R_16BF), fp32 D and
+ * CUBLAS_COMPUTE_32F: tensor cores, products exact in fp32, fp32 sums in cuBLASLt's order; the CPU's
+ * emulation (kernels/cpu/dense.c) differs only by that order. Its bf16 bias is widened into an fp32 vector
+ * for the BIAS epilogue (the epilogue's proven fp32 bias type; the values are the bf16 ones exactly), and
+ * its bias gradient is the fp32 path's column sum of the fp32 dout. The cast fp32 -> bf16 is bf16.h's
+ * rounding, the one the CPU uses. */
+#include "bf16.h"
 #include "cuda_ops.h"
 
 /* D[:, j] += bias for each of the n columns of the column-major D[m,n] (a row-major out[n,m] += b[m]) */
@@ -22,8 +30,8 @@ static void add_rows(float *D, const float *bias, int m, int n, int ldd) {
 
 /* ---- cuBLASLt GEMM, column-major: D[m,n] = op(A) op(B) (+ beta D) (+ bias[m] per row of D) ------------- */
 
-static void lt_gemm(bool ta, bool tb, int m, int n, int k, const float *A, int lda, const float *B, int ldb,
-                    float beta, float *D, int ldd, const float *bias) {
+static void lt_gemm(bool ta, bool tb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                    float beta, float *D, int ldd, const float *bias, cudaDataType_t ab = CUDA_R_32F) {
     if (m == 0 || n == 0) return;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
@@ -31,14 +39,28 @@ static void lt_gemm(bool ta, bool tb, int m, int n, int k, const float *A, int l
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, ta ? k : m, ta ? m : k, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, tb ? n : k, tb ? k : n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab, ta ? k : m, ta ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab, tb ? n : k, tb ? k : n, ldb));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, ldd));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &cav_cuda.lt_work_bytes,
                                                       sizeof cav_cuda.lt_work_bytes));
+    if (ab != CUDA_R_32F) {
+        /* The heuristic assumes 256-byte aligned operands unless told; a bf16 weight's slice of the flat bf16
+         * copy, or a decoder row block, may be less aligned: give it each pointer's true alignment. (The fp32
+         * path keeps its algorithm choice as it was.) */
+        const void *ptr[4] = {A, B, D, D};
+        const cublasLtMatmulPreferenceAttributes_t attr[4] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4; i++) {
+            uint32_t al = 256;
+            while (al > 1 && (uintptr_t)ptr[i] % al) al /= 2;
+            CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al, sizeof al));
+        }
+    }
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
     bool fused = false;
@@ -60,7 +82,8 @@ static void lt_gemm(bool ta, bool tb, int m, int n, int k, const float *A, int l
     if (!fused) {
         CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, op, la, lb, ld, ld, pref, 1, &h, &found));
         if (found == 0)
-            cav_cuda_die("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no fp32 algorithm");
+            cav_cuda_die("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__,
+                         ab == CUDA_R_32F ? "no fp32 algorithm" : "no bf16 algorithm");
     }
     const float one = 1.0f;
     CUBLAS_CHECK(cublasLtMatmul(cav_cuda.lt, op, &one, A, la, B, lb, &beta, D, ld, D, ld, &h.algo,
@@ -82,6 +105,40 @@ void cav_cuda_linear_backward(float *dinp, float *dw, float *db, const float *do
     if (dinp)
         lt_gemm(false, false, IC, M, OC, w, IC, dout, OC, 1.0f, dinp, IC, NULL);    /* dinp^T += w^T dout^T */
     if (dw) lt_gemm(false, true, IC, OC, M, inp, IC, dout, OC, 1.0f, dw, IC, NULL); /* dw^T += inp^T dout */
+    if (db) cav_cuda_colsum(db, dout, NULL, M, OC, M, M, 0);
+}
+
+/* ---- bf16 mixed precision ---------------------------------------------------------------------------- */
+
+static __global__ void cast_bf16_kernel(uint16_t *out, const float *inp, size_t n) {
+    CAV_FOR_EACH(i, n) out[i] = cav_bf16_from_f32(inp[i]);
+}
+static __global__ void widen_bf16_kernel(float *out, const uint16_t *inp, size_t n) {
+    CAV_FOR_EACH(i, n) out[i] = cav_bf16_to_f32(inp[i]);
+}
+
+void cav_cuda_cast_bf16(uint16_t *out, const float *inp, size_t n) {
+    if (!n) return;
+    cast_bf16_kernel<<<cav_grid(n, 256), 256>>>(out, inp, n);
+    LAUNCHED();
+}
+
+void cav_cuda_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b,
+                                  int M, int IC, int OC) {
+    float *bias = NULL;
+    if (b) { /* the bf16 bias as the fp32 vector the epilogue takes (slot 1: no column sum runs here) */
+        bias = (float *)cav_cuda_scratch(1, sizeof(float) * OC);
+        widen_bf16_kernel<<<cav_grid(OC, 256), 256>>>(bias, b, OC);
+        LAUNCHED();
+    }
+    lt_gemm(true, false, OC, M, IC, w, IC, inp, IC, 0.0f, out, OC, bias, CUDA_R_16BF);
+}
+
+void cav_cuda_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,
+                                   const uint16_t *dout16, const uint16_t *inp, const uint16_t *w, int M,
+                                   int IC, int OC) {
+    if (dinp) lt_gemm(false, false, IC, M, OC, w, IC, dout16, OC, 1.0f, dinp, IC, NULL, CUDA_R_16BF);
+    if (dw) lt_gemm(false, true, IC, OC, M, inp, IC, dout16, OC, 1.0f, dw, IC, NULL, CUDA_R_16BF);
     if (db) cav_cuda_colsum(db, dout, NULL, M, OC, M, M, 0);
 }
 

@@ -488,6 +488,17 @@ static void plan(cav_model *m) {
     m->d_vec1 = bump(m, B * m->Dh), m->d_vec2 = bump(m, B * m->Dh), m->d_vec3 = bump(m, B * D),
     m->d_vec4 = bump(m, B * D);
     m->d_tok = bump(m, B * Ltok * D);
+    /* The largest operand of one Linear, input [M,IC] or output [M,OC], over every Linear of every task (an
+     * upper bound: the bf16 operands' buffers, cav_model_set_precision) */
+    size_t lin = 3 * max_mc > max_mh ? 3 * max_mc : max_mh;
+    size_t lins[] = {B * m->La_full * (size_t)(D > 256 ? D : 256),
+                     B * m->Lv_full * (size_t)(D > 768 ? D : 768),
+                     B * Ltok * (size_t)(D > Dd ? D : Dd),
+                     (size_t)m->La_full * (Dd > 256 ? Dd : 256),
+                     (size_t)m->Lv_full * (Dd > 768 ? Dd : 768),
+                     B * (size_t)(m->Dh > c->label_dim ? m->Dh : c->label_dim)};
+    for (size_t i = 0; i < sizeof lins / sizeof lins[0]; i++) lin = lins[i] > lin ? lins[i] : lin;
+    m->lin16_cap = lin;
     if (c->task != CAV_TASK_FEAT) {
         /* gradient scratch shared by every block */
         m->sc_ln = bump(m, max_mc), m->sc_atty = bump(m, max_mc), m->sc_qkv = bump(m, 3 * max_mc);
@@ -695,9 +706,24 @@ void cav_model_free(cav_model *m) {
     cav_backend *be = m->be;
     be->free(m->params), be->free(m->grads), be->free(m->adam_m), be->free(m->adam_v), be->free(m->acts);
     be->free(m->in_mem), be->free(m->split.ca);
+    be->free(m->params16), be->free(m->lin_in16), be->free(m->lin_dout16);
     if (m->in_host) be->upload_wait(), be->host_free(m->in_host); /* no copy may still read it */
     free(m->passes), free(m->final);
     free(m->table), free(m);
+}
+
+int cav_model_set_precision(cav_model *m, int bf16) {
+    cav_backend *be = m->be;
+    be->free(m->params16), be->free(m->lin_in16), be->free(m->lin_dout16);
+    m->params16 = m->lin_in16 = m->lin_dout16 = NULL;
+    m->bf16 = 0;
+    if (!bf16) return 0;
+    m->params16 = be->alloc(sizeof(uint16_t) * m->nparams);
+    m->lin_in16 = be->alloc(sizeof(uint16_t) * m->lin16_cap);
+    m->lin_dout16 = be->alloc(sizeof(uint16_t) * m->lin16_cap);
+    if (!m->params16 || !m->lin_in16 || !m->lin_dout16) return cav_model_set_precision(m, 0), -1;
+    m->bf16 = 1, m->params16_stale = 1;
+    return 0;
 }
 
 cav_param *cav_model_param(cav_model *m, const char *name) {
@@ -727,6 +753,12 @@ void cav_model_describe(const cav_model *m, FILE *f) {
         "activations %.1f MiB; inputs %.1f MiB\n%s: model: %s memory: %.1f MiB (%.2f GiB)\n",
         cav_tool(), m->nparams, cav_model_trainable(m), mem.params * mb, mem.grads * mb, mem.adam * mb,
         mem.acts * mb, mem.inputs * mb, cav_tool(), m->be->name, mem.total * mb, mem.total * mb / 1024);
+    if (m->bf16)
+        fprintf(
+            f,
+            "%s: model: precision bf16: the Linears on bf16 operands (weights' bf16 copy %.1f MiB, operands "
+            "%.1f MiB, on top), fp32 elsewhere\n",
+            cav_tool(), m->nparams * 2 * mb, m->lin16_cap * 4 * mb);
 }
 
 /* ---- initialisation and masks ------------------------------------------------------------------ */
@@ -799,6 +831,7 @@ void cav_model_init(cav_model *m, uint64_t seed) {
         xavier(p->head_w, c->label_dim, m->Dh, &s), memset(p->head_b, 0, sizeof(float) * c->label_dim);
     }
     m->be->upload(m->params, host, sizeof(float) * m->nparams);
+    m->params16_stale = 1;
     free(host);
 }
 
@@ -941,6 +974,46 @@ int cav_model_on_grads_final(cav_model *m, void (*fn)(void *ctx, size_t lo, size
     return 0;
 }
 
+/* ---- the Linears, in the model's precision ---------------------------------------------------------- */
+
+/* a parameter's bf16 copy: the same offset in params16 */
+static const uint16_t *p16(const cav_model *m, const float *p) {
+    return p ? m->params16 + (p - m->params) : NULL;
+}
+static void lin16_check(const cav_model *m, size_t n) {
+    if (n > m->lin16_cap) { /* plan() bounds every Linear: a new one it does not know */
+        fprintf(stderr, "%s: model: a Linear operand of %zu exceeds the bf16 buffers (%zu)\n", cav_tool(), n,
+                m->lin16_cap);
+        abort();
+    }
+}
+
+/* out[M,OC] = inp[M,IC] @ w^T + b: fp32, or bf16 operands (the input cast here, the weights' copy) */
+static void lin_fwd(cav_model *m, float *out, const float *inp, const float *w, const float *b, int M, int IC,
+                    int OC) {
+    if (!m->bf16) {
+        m->be->linear_forward(out, inp, w, b, M, IC, OC);
+        return;
+    }
+    lin16_check(m, (size_t)M * IC);
+    m->be->cast_bf16(m->lin_in16, inp, (size_t)M * IC);
+    m->be->linear_forward_bf16(out, m->lin_in16, p16(m, w), p16(m, b), M, IC, OC);
+}
+
+/* its backward (kernels.h): in bf16 the output gradient and the saved input are cast again here, which
+ * keeps no bf16 activation between the passes */
+static void lin_bwd(cav_model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                    const float *w, int M, int IC, int OC) {
+    if (!m->bf16) {
+        m->be->linear_backward(dinp, dw, db, dout, inp, w, M, IC, OC);
+        return;
+    }
+    lin16_check(m, (size_t)M * IC), lin16_check(m, (size_t)M * OC);
+    if (dinp || dw) m->be->cast_bf16(m->lin_dout16, dout, (size_t)M * OC);
+    if (dw) m->be->cast_bf16(m->lin_in16, inp, (size_t)M * IC);
+    m->be->linear_backward_bf16(dinp, dw, db, dout, m->lin_dout16, m->lin_in16, p16(m, w), M, IC, OC);
+}
+
 /* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
 static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_block_params *p = s->p[i];
@@ -950,14 +1023,14 @@ static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     float *w1, *b1, *w2, *b2;
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
     m->be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
-    m->be->linear_forward(a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    lin_fwd(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
     m->be->attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
-    m->be->linear_forward(a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
+    lin_fwd(m, a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
     m->be->add_forward(a->x1, x, a->x1, (size_t)M * C);
     m->be->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, w2, b2, M, C);
-    m->be->linear_forward(a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
+    lin_fwd(m, a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
     m->be->gelu_forward(a->gelu, a->fc1, (size_t)M * s->hidden);
-    m->be->linear_forward(a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
+    lin_fwd(m, a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
     m->be->add_forward(a->out, a->x1, a->out, (size_t)M * C);
 }
 
@@ -970,17 +1043,17 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
     block_lns(g, s->mod, &gw1, &gb1, &gw2, &gb2);
     m->be->zero(m->sc_h1, sizeof(float) * M * hid);
-    m->be->linear_backward(m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
+    lin_bwd(m, m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
     m->be->zero(m->sc_h2, sizeof(float) * M * hid);
     m->be->gelu_backward(m->sc_h2, a->fc1, m->sc_h1, (size_t)M * hid);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
-    m->be->linear_backward(m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
+    lin_bwd(m, m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
     m->be->layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     m->be->zero(m->sc_atty, sizeof(float) * M * C);
-    m->be->linear_backward(m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
+    lin_bwd(m, m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
     m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C, s->H);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
-    m->be->linear_backward(m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
+    lin_bwd(m, m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
     pass_done(m, p);
 }
@@ -1013,13 +1086,13 @@ static void final_ln_backward(cav_model *m, cav_stream *s, cav_ln_acts *l, float
 /* patch embedding + position table + modality embedding: emb [B,L,D] */
 static void embed_audio(cav_model *m) {
     m->be->patchify_audio(m->cols_a, m->in.audio, m->B, m->T, m->F);
-    m->be->linear_forward(m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
+    lin_fwd(m, m->emb_a, m->cols_a, m->p.patch_a_w, m->p.patch_a_b, m->B * m->La_full, 256, m->D);
     m->be->add_pos_forward(m->emb_a, m->p.pos_embed_a, m->p.modality_a, m->B, m->La_full, 0, m->La_full,
                            m->D);
 }
 static void embed_video(cav_model *m) {
     m->be->im2col_video(m->cols_v, m->in.video, m->B, m->S);
-    m->be->linear_forward(m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
+    lin_fwd(m, m->emb_v, m->cols_v, m->p.patch_v_w, m->p.patch_v_b, m->B * m->Lv_full, 768, m->D);
     m->be->add_pos_forward(m->emb_v, m->p.pos_embed_v, m->p.modality_v, m->B, m->Lv_full, 0, m->Lv_full,
                            m->D);
 }
@@ -1027,14 +1100,14 @@ static void embed_video(cav_model *m) {
 static void embed_audio_backward(cav_model *m, const float *demb) {
     m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_a : NULL, m->g.modality_a, demb, m->B, m->La_full,
                             0, m->La_full, m->D);
-    m->be->linear_backward(NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w,
-                           m->B * m->La_full, 256, m->D);
+    lin_bwd(m, NULL, m->g.patch_a_w, m->g.patch_a_b, demb, m->cols_a, m->p.patch_a_w, m->B * m->La_full, 256,
+            m->D);
 }
 static void embed_video_backward(cav_model *m, const float *demb) {
     m->be->add_pos_backward(m->cfg.tr_pos ? m->g.pos_embed_v : NULL, m->g.modality_v, demb, m->B, m->Lv_full,
                             0, m->Lv_full, m->D);
-    m->be->linear_backward(NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w,
-                           m->B * m->Lv_full, 768, m->D);
+    lin_bwd(m, NULL, m->g.patch_v_w, m->g.patch_v_b, demb, m->cols_v, m->p.patch_v_w, m->B * m->Lv_full, 768,
+            m->D);
 }
 
 /* contrastive pass of one modality: stream -> norm_x -> mean over tokens -> L2 normalise */
@@ -1095,8 +1168,7 @@ static void forward_pretrain(cav_model *m) {
         stream_forward(m, &m->s_u, xin);
         final_ln_forward(m, &m->ln_u, m->s_u.out, p->norm_w, p->norm_b, (size_t)B * Lvis, D);
         /* decoder: visible audio tokens first, then the visible video tokens (cav-numerics(7) 2.8) */
-        m->be->linear_forward(m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D,
-                              Dd);
+        lin_fwd(m, m->dec_emb, m->ln_u.out, p->decoder_embed_w, p->decoder_embed_b, B * Lvis, D, Dd);
         if (ua)
             m->be->unshuffle_forward(m->dec_ua, m->dec_emb, m->in.keep_a, p->mask_token, B, m->La_full, m->La,
                                      Lvis, 0, Dd);
@@ -1119,11 +1191,11 @@ static void forward_pretrain(cav_model *m) {
         for (int b = 0; b < B; b++) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             if (ua)
-                m->be->linear_forward(m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
-                                      p->decoder_pred_a_b, m->La_full, Dd, 256);
+                lin_fwd(m, m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
+                        p->decoder_pred_a_b, m->La_full, Dd, 256);
             if (uv)
-                m->be->linear_forward(m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                                      p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
+                lin_fwd(m, m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                        p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
         }
         /* targets: the patchified input (audio's im2col is its patchify) */
         if (ua) {
@@ -1226,13 +1298,13 @@ static void backward_pretrain(cav_model *m) {
             const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
             float *dxb = m->d_dn + (size_t)b * Ld * Dd;
             if (ua)
-                m->be->linear_backward(dxb, g->decoder_pred_a_w, g->decoder_pred_a_b,
-                                       m->d_pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
-                                       m->La_full, Dd, 256);
+                lin_bwd(m, dxb, g->decoder_pred_a_w, g->decoder_pred_a_b,
+                        m->d_pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w, m->La_full, Dd,
+                        256);
             if (uv)
-                m->be->linear_backward(dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
-                                       m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                                       p->decoder_pred_v_w, m->Lv_full, Dd, 768);
+                lin_bwd(m, dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
+                        m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
+                        p->decoder_pred_v_w, m->Lv_full, Dd, 768);
         }
         final_ln_backward(m, &m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn,
                           p->decoder_norm_w, (size_t)B * Ld);
@@ -1259,8 +1331,8 @@ static void backward_pretrain(cav_model *m) {
             m->be->unshuffle_backward(m->d_dec_emb, g->mask_token, duv, m->in.keep_v, B, m->Lv_full, m->Lv,
                                       Lvis, m->La, Dd);
         m->be->zero(m->d_lat, sizeof(float) * B * Lvis * D);
-        m->be->linear_backward(m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
-                               p->decoder_embed_w, B * Lvis, D, Dd);
+        lin_bwd(m, m->d_lat, g->decoder_embed_w, g->decoder_embed_b, m->d_dec_emb, m->ln_u.out,
+                p->decoder_embed_w, B * Lvis, D, Dd);
         final_ln_backward(m, &m->s_u, &m->ln_u, g->norm_w, g->norm_b, m->d_lat, p->norm_w, (size_t)B * Lvis);
         stream_backward(m, &m->s_u);
         if (ua && uv)
@@ -1365,7 +1437,7 @@ static void forward_finetune(cav_model *m, int audio_kept) {
     }
     m->be->layernorm_forward(m->ln_head.out, m->ln_head.mean, m->ln_head.rstd, m->pooled, p->head_norm_w,
                              p->head_norm_b, B, m->Dh);
-    m->be->linear_forward(m->logits, m->ln_head.out, p->head_w, p->head_b, B, m->Dh, K);
+    lin_fwd(m, m->logits, m->ln_head.out, p->head_w, p->head_b, B, m->Dh, K);
     m->out.loss = c->loss_ce ? m->be->soft_ce_forward(m->logits, m->in.labels, B, K)
                              : m->be->bce_logits_forward(m->logits, m->in.labels, B, K);
 }
@@ -1381,7 +1453,7 @@ static void backward_finetune(cav_model *m) {
         m->be->bce_logits_backward(m->d_logits, m->dloss, m->logits, m->in.labels, B, K);
     int Dh = m->Dh;
     m->be->zero(m->d_vec1, sizeof(float) * B * Dh), m->be->zero(m->d_vec2, sizeof(float) * B * Dh);
-    m->be->linear_backward(m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, Dh, K);
+    lin_bwd(m, m->d_vec1, g->head_w, g->head_b, m->d_logits, m->ln_head.out, p->head_w, B, Dh, K);
     /* linear probing: nothing below the head learns, so its backward is not run (d pooled neither) */
     m->be->layernorm_backward(c->freeze_base ? NULL : m->d_vec2, g->head_norm_w, g->head_norm_b, m->d_vec1,
                               m->pooled, p->head_norm_w, m->ln_head.mean, m->ln_head.rstd, B, Dh);
@@ -1456,7 +1528,15 @@ static void forward_feat(cav_model *m) {
     }
 }
 
+/* The bf16 copy of the master weights, when they changed since it was made. */
+static void refresh16(cav_model *m) {
+    if (!m->bf16 || !m->params16_stale) return;
+    m->be->cast_bf16(m->params16, m->params, m->nparams);
+    m->params16_stale = 0;
+}
+
 void cav_model_forward(cav_model *m) {
+    refresh16(m);
     if (m->passes) memset(m->passes, 0, sizeof *m->passes * (size_t)m->ntable);
     if (m->cfg.task == CAV_TASK_PRETRAIN)
         forward_pretrain(m);
@@ -1468,7 +1548,7 @@ void cav_model_forward(cav_model *m) {
 
 void cav_model_forward_keep_audio(cav_model *m) {
     if (m->cfg.task == CAV_TASK_FINETUNE)
-        forward_finetune(m, 1);
+        refresh16(m), forward_finetune(m, 1);
     else
         cav_model_forward(m);
 }
@@ -1522,6 +1602,7 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
         abort();
     }
     m->adam_t++;
+    m->params16_stale = 1; /* the next forward casts the updated master weights */
     size_t lo = m->shard_lo, hi = m->shard_hi;
     for (int i = 0; i < m->ntable; i++) { /* each tensor's part inside the shard: Adam is elementwise */
         cav_param *e = &m->table[i];
@@ -1635,6 +1716,7 @@ static void read_range(const cav_model *m, cav_buffer buf, size_t a, size_t n, f
 static void write_range(cav_model *m, cav_buffer buf, size_t a, size_t n, const float *host) {
     float *b = buffer_w(m, buf);
     if (!b) return;
+    if (buf == CAV_BUF_PARAMS) m->params16_stale = 1;
     if (!is_moment(buf)) {
         m->be->upload(b + a, host, sizeof(float) * n);
         return;
@@ -1660,6 +1742,7 @@ void cav_model_write_buffer(cav_model *m, cav_buffer buf, const float *host) {
 }
 
 float *cav_model_buffer_ptr(cav_model *m, cav_buffer buf) {
+    if (buf == CAV_BUF_PARAMS) m->params16_stale = 1; /* a collective may write them */
     return is_moment(buf) ? NULL : buffer(m, buf);
 }
 

@@ -177,6 +177,15 @@ typedef struct {
     float *params, *grads, *adam_m, *adam_v;
     size_t nparams;
     size_t shard_lo, shard_hi; /* the elements Adam updates and its moments hold (all: 0, nparams) */
+    /* Mixed precision (cav_model_set_precision): bf16 1 runs every Linear (patch embeddings, qkv, proj, fc1,
+     * fc2, decoder embed and predictions, head) on bf16 operands with fp32 results (kernels.h); the master
+     * weights, gradients, Adam moments and everything else stay fp32. params16 [nparams] is the bf16 copy of
+     * params the Linears read; each writer of params (init, the write calls, Adam, the buffer handed to the
+     * collectives) marks it stale and the next forward remakes it. lin_in16, lin_dout16 [lin16_cap]: one
+     * Linear's bf16 input and output gradient. */
+    int bf16, params16_stale;
+    uint16_t *params16, *lin_in16, *lin_dout16;
+    size_t lin16_cap;
     cav_param *table;
     int ntable;
     int adam_t;
@@ -250,6 +259,10 @@ typedef struct {
 int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, cav_model_mem *out, cav_err *err);
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
 void cav_model_free(cav_model *m);
+/* The precision of the Linears: "fp32" (bf16 0, the default) or "bf16" (1: model.h's cav_model.bf16; its
+ * bf16 buffers, 2 bytes per parameter and two Linear operands, are allocated here, on top of
+ * cav_model_memory's figure). 0 ok, -1 out of memory (the model stays fp32). */
+int cav_model_set_precision(cav_model *m, int bf16);
 /* The reference's initialisation (cav-numerics(7) 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
  * patch-embedding weights, zero Linear biases, PyTorch's default conv bias, LN (1,0), N(0, 0.02) tokens. */
 void cav_model_init(cav_model *m, uint64_t seed);

@@ -214,6 +214,10 @@ int cav_ft_eval_model(const cav_ft_eval_setup *s, const char *model, int replace
     if (!be) return cav_fail(err, berr.code ? berr.code : 1, "%s", berr.msg), err->code;
     cav_model *m = cav_model_create_on(be, cfg, rows, err);
     if (!m) return err->code ? err->code : 3;
+    if (cav_model_set_precision(m, o->precision)) { /* the run's precision, as its per-epoch evaluation */
+        cav_model_free(m);
+        return cav_fail(err, 3, "out of memory for the bf16 weights and operands"), 3;
+    }
     /* what this mode's model reads decides the passes */
     int audio = cav_model_input_size(m, CAV_IN_AUDIO) > 0, video = cav_model_input_size(m, CAV_IN_VIDEO) > 0;
     int frames[CAV_FT_FRAMES], nf = frames_of(s, video, frames);

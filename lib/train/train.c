@@ -141,6 +141,7 @@ static const cav_opt model_table[] = {
     {0},
 };
 
+static const cav_opt_choice precisions[] = {{"fp32", 0}, {"bf16", 1}, {NULL, 0}};
 #define RUN(f) offsetof(cav_train_opts, f)
 static const cav_opt train_table[] = {
     {.name = "out",
@@ -199,6 +200,15 @@ static const cav_opt train_table[] = {
      .help = "compute backend: cpu, or cuda / cuda:N in a build with CUDA (several ranks: cuda is each "
              "rank's cuda:LOCAL_RANK)",
      .key = "device"},
+    {.name = "precision",
+     .type = CAV_OPTT_CHOICE,
+     .offset = RUN(precision),
+     .def = "fp32",
+     .arg = "P",
+     .choices = precisions,
+     .help = "fp32, or bf16: the Linears on bf16 operands with fp32 accumulation (fp32 master weights, Adam, "
+             "LayerNorm, softmax, losses); a resumed run keeps its precision",
+     .key = "precision"},
     {.name = "zero",
      .type = CAV_OPTT_INT,
      .offset = RUN(zero),
@@ -664,6 +674,8 @@ static int save_checkpoint(cav_trainer *t, const position *p, const char *cfgjso
     snprintf(num, sizeof num, "{\"epoch\":%d,\"batch\":%lld,\"step\":%lld,\"adam_t\":%d,\"seed\":%llu",
              p->epoch, (long long)p->batch, (long long)p->step, t->m->adam_t, (unsigned long long)t->o->seed);
     bad |= cav_json_append_raw(&s, &len, &cap, num);
+    snprintf(num, sizeof num, ",\"precision\":\"%s\"", precisions[t->o->precision].name);
+    bad |= cav_json_append_raw(&s, &len, &cap, num);
     for (int i = 0; i < k->nstats; i++) {
         snprintf(num, sizeof num, ",\"%s\":%.17g", k->state_keys[i], p->sums[i]);
         bad |= cav_json_append_raw(&s, &len, &cap, num);
@@ -712,6 +724,9 @@ static int load_checkpoint(cav_trainer *t, const char *dir, position *p, cav_err
     p->best = cav_json_get_number(j, k->best_key, k->best_higher ? -INFINITY : INFINITY);
     p->best_epoch = (int)cav_json_get_number(j, "best_epoch", 0);
     uint64_t seed = (uint64_t)cav_json_get_number(j, "seed", 0);
+    /* a checkpoint from before --precision existed was written in fp32 */
+    char prec[16];
+    snprintf(prec, sizeof prec, "%s", cav_json_get_string(j, "precision", "fp32"));
     const cav_json *rows = cav_json_get(j, "results");
     int rc = 0;
     for (int i = 0; rows && rows->type == CAV_JSON_ARRAY && i < rows->n && !rc; i++)
@@ -723,6 +738,8 @@ static int load_checkpoint(cav_trainer *t, const char *dir, position *p, cav_err
     if (seed != t->o->seed)
         return cav_fail(err, 1, "%s: the run used --seed %llu; resume with the same seed", dir,
                         (unsigned long long)seed);
+    if (strcmp(prec, precisions[t->o->precision].name))
+        return cav_fail(err, 1, "%s: the run used --precision %s; resume with the same precision", dir, prec);
     return 0;
 }
 
@@ -1011,6 +1028,10 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
     if (exchange_open(&x, o, task, d, m, err)) goto done; /* before the moments: ZeRO allocates a shard's */
     if (cav_model_alloc_adam(m)) {
         cav_fail(err, 3, "out of memory for the optimiser state");
+        goto done;
+    }
+    if (cav_model_set_precision(m, o->precision)) {
+        cav_fail(err, 3, "out of memory for the bf16 weights and operands");
         goto done;
     }
     if (task->prepare && task->prepare(&t, err)) goto fail;

@@ -47,6 +47,7 @@ typedef struct {
     int loader_only;    /* run one epoch of the data loader alone and report its rate (no model) */
     const char *args_json; /* the option values, saved as args.json */
     const char *device;    /* compute backend by name ("cpu") */
+    int precision;         /* the Linears' precision: 0 fp32, 1 bf16 (cav_model_set_precision) */
     int zero;              /* 1: ZeRO stage 1 (Adam's moments and update sharded over ranks) */
     double bucket_mb;      /* gradient exchange bucket size in MiB (0: one exchange after the backward) */
 } cav_train_opts;
