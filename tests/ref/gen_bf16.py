@@ -13,6 +13,14 @@ rounding and its emulated bf16 linear (tests/unit/test_bf16.c). All files are ra
       accumulation, the output rounded to bf16), and
   linear_M_K_N_f32.f32          F.linear on the bf16-rounded inputs widened to float32: the fp32 matmul of
       the same values.
+  The backward of each linear case, for the seam's bf16 Linear (kernels.h linear_backward_bf16):
+  linear_M_K_N_dy.f32           a random output gradient dy[M,N], and
+  linear_M_K_N_d{x,w,b}.f64     the seam's contract computed in float64 (exact products and sums of the
+      bf16-rounded operands): dx = bf16(dy) @ bf16(w), dw = bf16(dy)^T @ bf16(x), db = the column sum of the
+      fp32 dy;
+  linear_M_K_N_d{x,w}_bf16.u16  torch's own: autograd through F.linear under torch.autocast('cpu', bfloat16)
+      on fp32 leaves (master weights), backward from dy in bf16: each gradient a bf16 matmul (fp32
+      accumulation, rounded to bf16) of the same operands.
   index.txt                     "round COUNT", then one "linear M K N" per linear case.
 """
 import os
@@ -82,6 +90,22 @@ for (M, K, N, scale) in ((37, 192, 64, 1.0), (64, 768, 96, 0.5), (16, 3072, 48, 
     save(name + "_b.f32", bs, "<f4")
     save(name + "_bf16.u16", yb.view(torch.int16).numpy().view(np.uint16), "<u2")
     save(name + "_f32.f32", yf.numpy(), "<f4")
+    # the backward: the contract in float64, and torch.autocast's autograd on fp32 master weights
+    dys = (rng.standard_normal((M, N)) * 0.1).astype(np.float32)
+    tdy = torch.from_numpy(dys)
+    x64, w64, dy64 = (t.bfloat16().double() for t in (tx, tw, tdy))
+    save(name + "_dy.f32", dys, "<f4")
+    save(name + "_dx.f64", (dy64 @ w64).numpy(), "<f8")
+    save(name + "_dw.f64", (dy64.T @ x64).numpy(), "<f8")
+    save(name + "_db.f64", tdy.double().sum(0).numpy(), "<f8")
+    lx, lw, lb = (t.clone().requires_grad_() for t in (tx, tw, tb))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = F.linear(lx, lw, lb)
+    assert ya.dtype == torch.bfloat16
+    ya.backward(tdy.bfloat16())
+    for g, nm in ((lx.grad, "dx"), (lw.grad, "dw")):
+        assert g.dtype == torch.float32 and torch.equal(g.bfloat16().float(), g)  # bf16 values, widened
+        save(name + "_" + nm + "_bf16.u16", g.bfloat16().view(torch.int16).numpy().view(np.uint16), "<u2")
     index.append(f"linear {M} {K} {N}")
 
 with open(os.path.join(out, "index.txt"), "w") as f:
