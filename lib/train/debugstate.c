@@ -22,7 +22,7 @@ static int not_model_key(const char *key) {
 static int not_param(const char *name, void *ctx) {
     (void)ctx;
     return strncmp(name, "in.", 3) == 0 || strncmp(name, "out.", 4) == 0 || strncmp(name, "grad.", 5) == 0 ||
-           strncmp(name, "final.", 6) == 0;
+           strncmp(name, "final.", 6) == 0 || strncmp(name, "autocast.", 9) == 0;
 }
 
 /* max |a-b| and that over max |b|. */
@@ -36,6 +36,16 @@ static void compare(const float *c, const float *p, size_t n, double *max_abs, d
     *max_abs = ma;
     *rel = mb > 0 ? ma / mb : (ma > 0 ? INFINITY : 0);
     if (isnan(ma)) *rel = NAN;
+}
+
+/* ||c - p|| / ||p|| (2-norms; 0 for two zero tensors) */
+static double rel_l2(const float *c, const float *p, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)c[i] - (double)p[i];
+        d += e * e, r += (double)p[i] * p[i];
+    }
+    return r > 0 ? sqrt(d / r) : (d > 0 ? INFINITY : 0);
 }
 
 static double worse(double a, double b) {
@@ -135,6 +145,20 @@ int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debu
         rc = err->code ? err->code : 3;
         goto done;
     }
+    /* A bf16 state (gen_bf16_states.py) is run in bf16 and judged with the bf16 tolerances. */
+    const char *prec = cav_weights_meta(&w, "precision");
+    int bf16 = prec && strcmp(prec, "bf16") == 0;
+    if (prec && !bf16 && strcmp(prec, "fp32")) {
+        cav_fail(err, 2, "%s: metadata precision %.32s: expected fp32 or bf16", path, prec);
+        goto done;
+    }
+    double tol_loss = bf16 ? CAV_DEBUG_TOL_LOSS_BF16 : CAV_DEBUG_TOL_LOSS,
+           tol_grad = bf16 ? CAV_DEBUG_TOL_GRAD_BF16 : CAV_DEBUG_TOL_GRAD;
+    if (bf16 && cav_model_set_precision(m, 1)) {
+        cav_fail(err, 3, "out of memory");
+        rc = 3;
+        goto done;
+    }
     /* Parameters: every model parameter must be in the file, and the file must hold no other. */
     cav_weights_load_opts lo = {.ignore = not_param};
     if (cav_weights_load(m, &w, &lo, err)) goto done;
@@ -189,6 +213,23 @@ int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debu
         goto done;
     }
     const double sc[6] = {o6[0], o6[5], o6[1], o6[2], o6[3], o6[4]}; /* in the order of scalars[] */
+    /* A bf16 state's autocast.<scalar>: PyTorch's own autocast, which also rounds each Linear's output to
+     * bf16: the losses within CAV_DEBUG_TOL_AUTOCAST of it (gated as a loss). */
+    for (int k = 0; bf16 && k < 6; k++) {
+        char an[32];
+        float av;
+        snprintf(an, sizeof an, "autocast.%s", scalars[k]);
+        const cav_st_tensor *t = cav_st_find(&w.st, an);
+        if (!t) continue;
+        if (t->numel != 1 || cav_st_copy_f32(&w.st, t, &av, 1, err)) {
+            if (t->numel != 1) cav_fail(err, 2, "%s: %s: not one value", path, an);
+            goto done;
+        }
+        double d = fabs(sc[k] - av), rel = av != 0 ? d / fabs(av) : (d > 0 ? INFINITY : 0);
+        fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e (tolerance %g)\n", tool, an, d, rel,
+                CAV_DEBUG_TOL_AUTOCAST);
+        if (!(rel <= CAV_DEBUG_TOL_AUTOCAST)) rep->max_rel_loss = worse(rep->max_rel_loss, INFINITY);
+    }
     /* Outputs: every out.* of the file that the C model has. */
     for (int i = 0; i < w.st.n; i++) {
         const cav_st_tensor *t = &w.st.t[i];
@@ -249,14 +290,22 @@ int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debu
         }
         double ma, rel;
         compare(c, buf, t->numel, &ma, &rel);
+        double l2 = rel_l2(c, buf, t->numel);
         if (t->numel == 1) { /* a loss: relative to its own value */
             double p = fabs((double)buf[0]);
             rel = p > 0 ? ma / p : (ma > 0 ? INFINITY : 0);
-            rep->max_rel_loss = worse(rep->max_rel_loss, rel);
+            if (!bf16 || !strcmp(name, "loss"))
+                rep->max_rel_loss = worse(rep->max_rel_loss, rel);
+            else if (!(rel <= CAV_DEBUG_TOL_PARTS_BF16)) /* the other losses of a bf16 state */
+                rep->max_rel_loss = worse(rep->max_rel_loss, INFINITY);
         } else {
             rep->max_rel_out = worse(rep->max_rel_out, rel);
+            if (bf16) rep->max_l2 = worse(rep->max_l2, l2);
         }
-        fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e\n", tool, t->name, ma, rel);
+        if (bf16 && t->numel > 1)
+            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e rel_l2=%.3e\n", tool, t->name, ma, rel, l2);
+        else
+            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e\n", tool, t->name, ma, rel);
         rep->tensors++;
     }
     /* The parameters PyTorch leaves without a gradient (metadata no_grad, when present) must be exactly the
@@ -307,7 +356,12 @@ int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debu
         double ma, rel;
         compare(host + p->offset, buf, p->numel, &ma, &rel);
         rep->max_rel_grad = worse(rep->max_rel_grad, rel);
-        fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e\n", tool, gname, ma, rel);
+        if (bf16) {
+            double l2 = rel_l2(host + p->offset, buf, p->numel);
+            rep->max_l2 = worse(rep->max_l2, l2);
+            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e rel_l2=%.3e\n", tool, gname, ma, rel, l2);
+        } else
+            fprintf(out, "%s: %-48s max_abs=%.3e max_rel=%.3e\n", tool, gname, ma, rel);
         rep->tensors++;
     }
     /* An Adam state: the losses before each of adam_steps torch.optim.Adam steps and after the last, and
@@ -365,15 +419,17 @@ int cav_debug_state_check(cav_backend *be, const char *path, FILE *out, cav_debu
                     ma, rel);
         }
     }
+    if (bf16)
+        fprintf(out, "%s: bf16: max_rel_l2=%.3e (tolerance %g)\n", tool, rep->max_l2, CAV_DEBUG_TOL_L2_BF16);
     fprintf(out, "%s: max_rel_loss=%.3e max_rel_grad=%.3e on %s\n", tool, rep->max_rel_loss,
             worse(rep->max_rel_grad, rep->max_rel_out), be->name);
-    rc = rep->max_rel_loss <= CAV_DEBUG_TOL_LOSS && rep->max_rel_grad <= CAV_DEBUG_TOL_GRAD &&
-                 !rep->reach_mismatches && rep->max_rel_out <= CAV_DEBUG_TOL_GRAD
+    rc = rep->max_rel_loss <= tol_loss && rep->max_rel_grad <= tol_grad && !rep->reach_mismatches &&
+                 rep->max_rel_out <= tol_grad && (!bf16 || rep->max_l2 <= CAV_DEBUG_TOL_L2_BF16)
              ? 0
              : 2;
     if (rc)
-        cav_fail(err, 2, "%s: outside tolerance (losses %g, outputs and gradients %g)", path,
-                 CAV_DEBUG_TOL_LOSS, CAV_DEBUG_TOL_GRAD);
+        cav_fail(err, 2, "%s: outside tolerance (%slosses %g, outputs and gradients %g)", path,
+                 bf16 ? "bf16: " : "", tol_loss, tol_grad);
 done:
     for (int k = 0; k < 3; k++) free(in.gath[k]);
     free(buf), free(host), free(feat), free(in.fa), free(in.fv), free(in.fl), free(in.fka), free(in.fkv);
