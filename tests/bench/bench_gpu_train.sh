@@ -4,7 +4,8 @@
 # memory and MFU (train_step.c's FLOP count per sample, checked by tests/tools/test_bench_flops.py, against
 # the GPU's dense bf16 peak: H100 SXM 989.4 TFLOPS, H100 PCIe 756, H200 989.4, A100 312; another GPU: "n/a"
 # unless PEAK_TFLOPS is given) for
-#   the C model (tests/bench/train_step.c) on the GPU in fp32, CAV_ATTENTION=plain and =fused;
+#   the C model (tests/bench/train_step.c) on the GPU in fp32, CAV_ATTENTION=plain and =fused, and in bf16
+#   (--precision bf16's Linears, CAV_BENCH_PRECISION=bf16) with the fused attention;
 #   the independent PyTorch model (tests/bench/train_step_torch.py over tests/ref/cavmae_ref.py) in fp32 (TF32
 #   off), under torch.autocast(bfloat16), and under the reference's fp16 AMP (autocast(float16), GradScaler);
 # at batch B and at the largest batch that fits (doubling from B then bisecting to 1/8, one-step probes), with
@@ -13,8 +14,8 @@
 # capped at MAXB_LIMIT 8; no fp16 AMP, which needs a GPU).
 # Env: DEVICE (cuda; cuda:N; cpu), CONFIG (base; tiny when DEVICE=cpu), B (48), STEPS (10), MAXB (search;
 # off; a batch to use as the large one), MAXB_LIMIT (4096), MEM_LIMIT_MIB (a probe whose peak passes it does
-# not fit: exercises the search on the CPU), TASKS ("pretrain finetune"), IMPLS ("c-plain c-fused torch-fp32
-# torch-bf16 torch-fp16"), RUN_TIMEOUT (300 s a run), BUDGET_S (no batch search starts after this many
+# not fit: exercises the search on the CPU), TASKS ("pretrain finetune"), IMPLS ("c-plain c-fused c-fused-bf16
+# torch-fp32 torch-bf16 torch-fp16"), RUN_TIMEOUT (300 s a run), BUDGET_S (no batch search starts after this many
 # seconds; 0: none), PEAK_TFLOPS, PYTHON (/usr/bin/python3: a torch >= 2.0 that sees the GPU).
 # Without a GPU and without DEVICE=cpu it says so and exits 0 (make bench). Not a test: timings are never
 # asserted.

@@ -64,7 +64,7 @@ stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/
 # `make tests` builds the ASan tree too, minutes this session does not have).
 stage build 300 make -j"$jobs" all build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
 grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
-stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp
+stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp build/ref/gen_bf16_states.stamp
 
 stage cuda-arith 60 build/rel/tests/test_cuda_arith
 # check-cuda's stages, each under its own limit: a hung one does not take the benchmark's time
@@ -72,6 +72,10 @@ stage "check-cuda kernels" 120 make check-cuda DEVICE="$device" STAGES=kernels
 stage "check-cuda debug states" 150 make check-cuda DEVICE="$device" STAGES=debug_states
 stage "check-cuda train" 360 make check-cuda DEVICE="$device" STAGES=train
 stage "check-cuda sanitizer" 150 make check-cuda DEVICE="$device" STAGES=sanitizer
+# bf16 (--precision bf16): the device's bf16 states and training, then tiny against the CPU's emulation; the
+# 200 steps of make check-cuda's default (tiny and base) do not fit a session: BF16_STEPS (50) of tiny here
+stage "check-cuda bf16" 400 make check-cuda DEVICE="$device" STAGES=bf16 BF16_STEPS="${BF16_STEPS:-50}" \
+    PARITY_CONFIGS=tiny
 
 # The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.
 step() { # NAME CONFIG B STEPS DEVICE CMD...

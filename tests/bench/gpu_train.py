@@ -1,7 +1,7 @@
 """gpu_train.py: the python side of bench_gpu_train.sh (read its header for what is measured and the environment
 it takes; not named bench_*, which make bench runs by themselves). Runs each implementation's training step as
 its own process, one at a time on one device: the C model (tests/bench/train_step.c, CAV_ATTENTION=plain and
-=fused, fp32) and the independent PyTorch model (tests/bench/train_step_torch.py, CAV_BENCH_PRECISION=fp32,
+=fused in fp32, and =fused with CAV_BENCH_PRECISION=bf16) and the independent PyTorch model (tests/bench/train_step_torch.py, CAV_BENCH_PRECISION=fp32,
 bf16, fp16), for pretraining and fine-tuning, at batch B and at the largest batch that fits (doubling from B,
 then bisecting, each probe one step). Peak memory of a run: on a GPU the most nvidia-smi saw in use on the
 device during the run less what was in use before it (the process's whole footprint: CUDA context, allocator
@@ -31,7 +31,7 @@ MEM_LIMIT_MIB = float(E.get("MEM_LIMIT_MIB", "0"))  # > 0: a probe whose peak pa
 RUN_TIMEOUT = float(E.get("RUN_TIMEOUT", "300"))
 BUDGET_S = float(E.get("BUDGET_S", "0"))  # > 0: no run starts after this many seconds
 TASKS = E.get("TASKS", "pretrain finetune").split()
-IMPLS = E.get("IMPLS", "c-plain c-fused torch-fp32 torch-bf16 torch-fp16").split()
+IMPLS = E.get("IMPLS", "c-plain c-fused c-fused-bf16 torch-fp32 torch-bf16 torch-fp16").split()
 PEAK_TFLOPS = E.get("PEAK_TFLOPS")  # overrides the table below
 
 # Dense bf16 peaks (TFLOPS, no sparsity) by nvidia-smi's name: (words that must all be in it, words that must
@@ -39,7 +39,8 @@ PEAK_TFLOPS = E.get("PEAK_TFLOPS")  # overrides the table below
 BF16_PEAKS = [(("H100", "PCIe"), (), 756.0), (("H100", "HBM3"), ("NVL",), 989.4), (("H100", "SXM"), ("NVL",), 989.4),
               (("H200",), ("NVL",), 989.4), (("A100",), (), 312.0)]
 
-LABELS = {"c-plain": "C fp32, plain attention", "c-fused": "C fp32, fused attention", "torch-fp32": "PyTorch fp32",
+LABELS = {"c-plain": "C fp32, plain attention", "c-fused": "C fp32, fused attention",
+          "c-fused-bf16": "C bf16, fused attention", "torch-fp32": "PyTorch fp32",
           "torch-bf16": "PyTorch autocast bf16", "torch-fp16": "PyTorch fp16 AMP"}
 BASELINES = ("torch-bf16", "torch-fp16", "torch-fp32")
 T_START = time.monotonic()
@@ -85,8 +86,9 @@ class GpuPeak:
 def command(impl, task, batch, steps):
     """argv and environment of one run"""
     env = dict(E, CAV_BENCH_DEVICE=DEVICE)
-    if impl.startswith("c-"):
-        env["CAV_ATTENTION"] = impl[2:]
+    if impl.startswith("c-"):  # c-ATTENTION[-bf16]: the attention path, and --precision bf16's Linears
+        env["CAV_ATTENTION"] = impl.split("-")[1]
+        env["CAV_BENCH_PRECISION"] = "bf16" if impl.endswith("-bf16") else "fp32"
         return [os.path.join(BENCH, "train_step"), "step" if task == "pretrain" else "ft", CONFIG, str(batch),
                 str(steps)], env
     env["CAV_BENCH_PRECISION"] = impl[6:]
@@ -314,7 +316,8 @@ def main():
     print(f"{note}; torch {torch_v}; {commit}; config {CONFIG}, {STEPS} timed steps at batch {B0} after one "
           "warm-up (as many samples at the largest). MFU against "
           f"the dense bf16 peak ({fmt(peak, '%.1f')} TFLOPS) with train_step.c's count: "
-          + ", ".join(f"{t} {gflop[t]:.1f} GFLOP per sample" for t in TASKS) + ". The C model runs fp32; "
+          + ", ".join(f"{t} {gflop[t]:.1f} GFLOP per sample" for t in TASKS) + ". The C model runs fp32 but for its bf16 row (--precision bf16: the Linears on bf16 operands, "
+          "attention fp32); "
           "x NAME = samples/s over PyTorch NAME's at the same batch kind.\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")

@@ -132,7 +132,10 @@ int main(int argc, char **argv) {
     const char *device = getenv("CAV_BENCH_DEVICE");
     cav_backend *be = cav_backend_open(device ? device : "cpu", &err);
     cav_model *m = be ? cav_model_create_on(be, &cfg, B, &err) : NULL;
-    if (!m || cav_model_alloc_adam(m)) {
+    /* CAV_BENCH_PRECISION=bf16: the Linears on bf16 operands (--precision bf16); fp32 otherwise */
+    const char *prec = getenv("CAV_BENCH_PRECISION");
+    int bf16 = prec && !strcmp(prec, "bf16");
+    if (!m || cav_model_alloc_adam(m) || cav_model_set_precision(m, bf16)) {
         fprintf(stderr, "train_step: %s\n", m ? "out of memory" : err.msg);
         return 3;
     }

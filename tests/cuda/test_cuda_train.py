@@ -8,7 +8,9 @@ a synthetic shard at the model's full input size (1024 x 128 fbank, 224 x 224 fr
   - resume_<a>_to_<b>: a run checkpointed on one device resumes on the other (the checkpoints are the same
     files), both ways, and its remaining steps follow the straight run of the device it resumed on.
 DEVICE=cpu runs every comparison cpu against cpu (then everything must be exact): the script's own check where
-no GPU is at hand. PARITY_CONFIGS ("tiny base") narrows the configs."""
+no GPU is at hand. PARITY_CONFIGS ("tiny base") narrows the configs. PRECISION=bf16 (check_cuda.sh's bf16 stage,
+with PARITY_STEPS 200) runs every run with --precision bf16, names each check with a _bf16 suffix, and holds
+the losses to lossparity.py's bf16 bound: the device's bf16 against the CPU's exact emulation of it."""
 import os
 import shutil
 import subprocess
@@ -28,6 +30,9 @@ DEVICE = os.environ.get("DEVICE", "cuda")
 STEPS = int(os.environ.get("PARITY_STEPS", "50"))
 BATCH = {"tiny": int(os.environ.get("PARITY_B_TINY", "4")), "base": int(os.environ.get("PARITY_B_BASE", "4"))}
 CONFIGS = os.environ.get("PARITY_CONFIGS", "tiny base").split()
+PRECISION = os.environ.get("PRECISION", "fp32")
+BF16 = PRECISION == "bf16"
+SUFFIX = "_bf16" if BF16 else ""
 STEPS_PER_EPOCH = 10
 TMP = toolenv.scratch("cav-cuda-train-")
 
@@ -45,7 +50,7 @@ def make_shard(path, rows, seed):
 def pretrain(out, device, config, *args):
     cmd = [toolenv.tool("cav-pretrain"), "-o", out, "--device", device, "--model", config, "--seed", "7",
            "-b", str(BATCH[config]), "--contrast-groups", "1", "--log-every", "1", "--loader-threads", "2",
-           "--keep", "1"] + list(args)
+           "--keep", "1", "--precision", PRECISION] + list(args)
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -63,7 +68,7 @@ def ran(name, r):
 
 
 def follows(name, ref, got, first_step=1):
-    ok, worst, where = lossparity.compare(ref, got, first_step)
+    ok, worst, where = lossparity.compare(ref, got, first_step, bf16=BF16)
     print("  %s: worst |difference| / bound %.3g at %s" % (name, worst, where))
     report(name, ok, where)
 
@@ -71,7 +76,7 @@ def follows(name, ref, got, first_step=1):
 # ---- 50 steps on the device against the CPU: one epoch (an epoch's end saves the model and a checkpoint,
 # 3 GB at the base config) -------------------------------------------------------------------------------------
 for config in CONFIGS:
-    name = "train_follows_cpu_%s" % config
+    name = "train_follows_cpu_%s%s" % (config, SUFFIX)
     shard = os.path.join(TMP, "steps-%s.h5" % config)
     make_shard(shard, STEPS * BATCH[config], seed=11)
     runs = {}
@@ -96,11 +101,11 @@ common = ["-e", "1", "--save-every", "1", shard]
 straight = {}
 for dev in sorted({"cpu", DEVICE}):
     out = os.path.join(TMP, "straight-" + dev)
-    if ran("resume_straight_" + dev, pretrain(out, dev, config, *common)):
+    if ran("resume_straight_" + dev + SUFFIX, pretrain(out, dev, config, *common)):
         straight[dev] = out
 
 if DEVICE in straight:
-    name = "resume_bit_identical_" + DEVICE.replace(":", "")
+    name = "resume_bit_identical_" + DEVICE.replace(":", "") + SUFFIX
     out = os.path.join(TMP, "split-" + DEVICE)
     if ran(name, pretrain(out, DEVICE, config, "--max-steps", str(half), *common)) and \
             ran(name, pretrain(out, DEVICE, config, "--resume", *common)):
@@ -113,7 +118,7 @@ if DEVICE in straight:
         report(name, same, "the resumed run's %s or %s differs from the straight run's" % (model, optim))
 
 for a, b in sorted({(DEVICE, "cpu"), ("cpu", DEVICE)}):  # one pair when DEVICE=cpu
-    name = "resume_%s_to_%s" % (a.replace(":", ""), b.replace(":", ""))
+    name = "resume_%s_to_%s%s" % (a.replace(":", ""), b.replace(":", ""), SUFFIX)
     if b not in straight:
         report(name, False, "no straight run on %s to compare with" % b)
         continue

@@ -1,7 +1,7 @@
 """test_cuda_scripts.py: the logic of make check-cuda's scripts (tests/cuda), cheaply and without a GPU, so that
 a mistake in them shows before a GPU is lent: lossparity.py's bound (equal, within, over, NaN, misaligned and
-short runs; c_acc ignored); test_sanitizer.py's verdict on a stand-in compute-sanitizer that reports 0 errors,
-then 2; check_cuda.sh's SKIPPED where the build has no CUDA backend or the machine no GPU, and its FAIL where
+short runs; c_acc ignored) and its bf16 bound (relative to the step's total loss); test_sanitizer.py's verdict
+on a stand-in compute-sanitizer that reports 0 errors, then 2; check_cuda.sh's SKIPPED where the build has no CUDA backend or the machine no GPU, and its FAIL where
 nvidia-smi sees a GPU that the backend does not open (stand-ins for test_kernels and nvidia-smi)."""
 import math
 import os
@@ -47,6 +47,28 @@ shifted = [dict(r, step=r["step"] + 1) for r in lines(50)]
 report("lossparity_misaligned", not lossparity.compare(ref, shifted)[0])
 report("lossparity_from_step", lossparity.compare(ref, lines(50, lambda s, k: 2 if s < 5 else 1), first_step=5)[0])
 
+# the bf16 bound (PRECISION=bf16): relative to the step's total loss, 5e-4 * (1 + step / 100)
+small_c = lambda s, k: 0.01 if k == "loss_c" else 1  # noqa: E731  (loss_c a small part of the total)
+ref200 = lines(200, small_c)
+bf16_cases = [
+    ("first_step_within", lines(200, lambda s, k: small_c(s, k) * (1 + 5e-4 if (s, k) == (1, "loss") else 1)),
+     True),
+    ("first_step_over", lines(200, lambda s, k: small_c(s, k) * (1 + 5.2e-4 if s == 1 and k == "loss" else 1)),
+     False),
+    ("last_step_within", lines(200, lambda s, k: small_c(s, k) * (1 + 1.45e-3 if (s, k) == (200, "loss") else 1)),
+     True),
+    ("last_step_over", lines(200, lambda s, k: small_c(s, k) * (1 + 1.6e-3 if (s, k) == (200, "loss") else 1)),
+     False),
+    # loss_c 2% off itself but 1e-4 of the total loss: within (the fp32 bound, relative to itself, refuses it)
+    ("small_part_against_total", lines(200, lambda s, k: small_c(s, k) * (1.02 if (s, k) == (100, "loss_c") else 1)),
+     True),
+    ("nan", lines(200, lambda s, k: math.nan if s == 20 and k == "loss_c" else small_c(s, k)), False),
+]
+for name, got, want in bf16_cases:
+    ok, worst, where = lossparity.compare(ref200, got, bf16=True)
+    report("lossparity_bf16_" + name, ok == want, "compare said %s (%g: %s)" % (ok, worst, where))
+report("lossparity_fp32_refuses_small_part", not lossparity.compare(ref200, bf16_cases[4][1])[0])
+
 # test_sanitizer.py against a stand-in: it drops the sanitizer's options, runs the tool, prints the summary.
 fake = os.path.join(TMP, "compute-sanitizer")
 with open(fake, "w") as f:
@@ -82,7 +104,7 @@ for name, built, path, rc, last in (
     r = subprocess.run(["bash", driver, kernels], capture_output=True, text=True, env=env, cwd=toolenv.SRC)
     out = r.stdout.strip().splitlines()
     skips = sum(ln.startswith("SKIP ") for ln in out)
-    good = r.returncode == rc and out and out[-1].startswith(last) and (rc or skips == 4)
+    good = r.returncode == rc and out and out[-1].startswith(last) and (rc or skips == 5)  # 5 stages
     report(name, good, "exit %d: %s" % (r.returncode, (r.stdout + r.stderr)[-400:]))
 
 sys.exit(toolenv.status())
