@@ -935,6 +935,50 @@ static int backend_case_rest(int B, int N, int C, double tol) {
     return ok;
 }
 
+/* The bf16 ops (--precision bf16) against the CPU's: the cast bit for bit (both are kernels/cuda/bf16.h's
+ * rounding), the Linear's forward and backward within tol of each tensor's largest value, as the fp32 Linear:
+ * the products of bf16 operands are exact in fp32 on both sides, so only the order of the fp32 sums differs
+ * (tensor-core tiles against OpenBLAS's), a few float ulps of the largest terms; the bias gradient is the
+ * fp32 column sum on both. The backward accumulates onto random gradients. M rows, IC inputs, OC outputs. */
+static int backend_bf16_case(int M, int IC, int OC, double tol) {
+    const cav_backend *be = cur_be;
+    size_t ni = (size_t)M * IC, nw = (size_t)OC * IC, no = (size_t)M * OC;
+    float *x = rnd(ni, 2), *w = rnd(nw, 0.3), *b = rnd(OC, 0.1), *dy = rnd(no, 1);
+    uint16_t *x16 = malloc(2 * ni + 2), *w16 = malloc(2 * nw + 2), *b16 = malloc(2 * (size_t)OC + 2),
+             *dy16 = malloc(2 * no + 2), *got16 = malloc(2 * (ni + nw + no) + 2);
+    cav_cast_bf16(x16, x, ni), cav_cast_bf16(w16, w, nw), cav_cast_bf16(b16, b, OC),
+        cav_cast_bf16(dy16, dy, no);
+    /* the cast on the backend, from its own copies of the floats */
+    float *Dx = dev(x, 4 * ni), *Dw = dev(w, 4 * nw), *Db = dev(b, 4 * (size_t)OC), *Ddy = dev(dy, 4 * no);
+    uint16_t *Dx16 = dev(NULL, 2 * ni), *Dw16 = dev(NULL, 2 * nw), *Db16 = dev(NULL, 2 * (size_t)OC),
+             *Ddy16 = dev(NULL, 2 * no);
+    be->cast_bf16(Dx16, Dx, ni), be->cast_bf16(Dw16, Dw, nw), be->cast_bf16(Db16, Db, OC);
+    be->cast_bf16(Ddy16, Ddy, no);
+    be->download(got16, Dx16, 2 * ni), be->download(got16 + ni, Dw16, 2 * nw);
+    be->download(got16 + ni + nw, Ddy16, 2 * no);
+    int ok = memcmp(got16, x16, 2 * ni) == 0 && memcmp(got16 + ni, w16, 2 * nw) == 0 &&
+             memcmp(got16 + ni + nw, dy16, 2 * no) == 0;
+    if (!ok) fprintf(stderr, "  backend %s: cast_bf16 differs\n", be->name);
+    /* forward */
+    float *y = zeros(no), *Dy = dev(NULL, 4 * no);
+    cav_linear_forward_bf16(y, x16, w16, b16, M, IC, OC);
+    be->linear_forward_bf16(Dy, Dx16, Dw16, Db16, M, IC, OC);
+    ok &= same("linear_forward_bf16", Dy, y, no, tol);
+    /* backward, onto random gradients */
+    float *gi = rnd(ni, 1), *gw = rnd(nw, 1), *gb = rnd(OC, 1);
+    float *Dgi = dev(gi, 4 * ni), *Dgw = dev(gw, 4 * nw), *Dgb = dev(gb, 4 * (size_t)OC);
+    cav_linear_backward_bf16(gi, gw, gb, dy, dy16, x16, w16, M, IC, OC);
+    be->linear_backward_bf16(Dgi, Dgw, Dgb, Ddy, Ddy16, Dx16, Dw16, M, IC, OC);
+    ok &= same("linear_backward_bf16 dinp", Dgi, gi, ni, tol) &
+          same("linear_backward_bf16 dw", Dgw, gw, nw, tol) &
+          same("linear_backward_bf16 db", Dgb, gb, OC, tol);
+    void *devs[] = {Dx, Dw, Db, Ddy, Dx16, Dw16, Db16, Ddy16, Dy, Dgi, Dgw, Dgb};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) be->free(devs[i]);
+    void *hosts[] = {x, w, b, dy, x16, w16, b16, dy16, got16, y, gi, gw, gb};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+    return ok;
+}
+
 /* backend_case's shapes (B, N, C, H): odd token counts, one row, one token, head dims 2 to 6 */
 static const int backend_shapes[][4] = {
     {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
@@ -1000,6 +1044,10 @@ static void test_backends(void) {
                                       {1, 33, 6}, {4, 2, 4}, {3, 300, 520}};
         for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
             ok &= backend_case_rest(more[i][0], more[i][1], more[i][2], 1e-5);
+        /* the bf16 Linear: the models' odd and round shapes, and one of a block's size (M x 192 -> 576) */
+        static const int lin16[][3] = {{10, 12, 25}, {1, 8, 17}, {21, 16, 33}, {33, 6, 13}, {96, 192, 576}};
+        for (size_t i = 0; i < sizeof lin16 / sizeof lin16[0]; i++)
+            ok &= backend_bf16_case(lin16[i][0], lin16[i][1], lin16[i][2], 1e-5);
         ok &= backend_upload_case(cur_be);
         CHECK(ok);
         ran++;
