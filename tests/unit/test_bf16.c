@@ -68,6 +68,18 @@ static void widening_matches_torch(void) {
     free(want);
 }
 
+/* gen_bf16's index.txt, and its next "linear M K N" case (0 at the end) */
+static FILE *open_index(void) {
+    char path[1200];
+    return ref_path(path, sizeof path, GEN, "index.txt") ? fopen(path, "r") : NULL;
+}
+static int next_linear(FILE *idx, int *M, int *K, int *N) {
+    char line[256];
+    while (fgets(line, sizeof line, idx))
+        if (sscanf(line, "linear %d %d %d", M, K, N) == 3) return 1;
+    return 0;
+}
+
 /* bf16 values as integers ordered like the values (negatives below positives), for ulp distances */
 static int32_t bf16_order(uint16_t h) {
     return h & 0x8000 ? -(int32_t)(h & 0x7FFF) : (int32_t)h;
@@ -82,14 +94,10 @@ static int32_t bf16_order(uint16_t h) {
  * to a tie between two bf16 neighbours), and most of them equal. */
 #define LIN_TOL 4e-6
 static void linear_matches_torch(void) {
-    char path[1200];
-    FILE *idx = ref_path(path, sizeof path, GEN, "index.txt") ? fopen(path, "r") : NULL;
+    FILE *idx = open_index();
     REQUIRE(idx != NULL);
-    char line[256];
-    int cases = 0;
-    while (fgets(line, sizeof line, idx)) {
-        int M, K, N;
-        if (sscanf(line, "linear %d %d %d", &M, &K, &N) != 3) continue;
+    int cases = 0, M, K, N;
+    while (next_linear(idx, &M, &K, &N)) {
         char name[5][96];
         static const char *suffix[5] = {"x.f32", "w.f32", "b.f32", "f32.f32", "bf16.u16"};
         void *d[5];
@@ -156,14 +164,10 @@ static void ulps(const float *a, const uint16_t *t, long n, long *far, long *equ
  * the same buffers doubles them exactly. */
 static void seam_linear_matches_torch(void) {
     cav_backend *be = cav_backend_cpu();
-    char path[1200];
-    FILE *idx = ref_path(path, sizeof path, GEN, "index.txt") ? fopen(path, "r") : NULL;
+    FILE *idx = open_index();
     REQUIRE(idx != NULL);
-    char line[256];
-    int cases = 0;
-    while (fgets(line, sizeof line, idx)) {
-        int M, K, N;
-        if (sscanf(line, "linear %d %d %d", &M, &K, &N) != 3) continue;
+    int cases = 0, M, K, N;
+    while (next_linear(idx, &M, &K, &N)) {
         enum { X, W, BIAS, F32, B16, DY, DX, DW, DB, DX16, DW16, NF };
         static const char *suffix[NF] = {"x.f32",  "w.f32",  "b.f32",  "f32.f32",     "bf16.u16",   "dy.f32",
                                          "dx.f64", "dw.f64", "db.f64", "dx_bf16.u16", "dw_bf16.u16"};
