@@ -10,7 +10,9 @@
   - resume_bf16_bit_identical: bf16 to step 10, then --resume to the end (24): the final model and optimiser
     state byte-identical to the straight bf16 run's;
   - resume_other_precision_refused: resuming that bf16 run with --precision fp32 exits 1 naming bf16;
-    args.json and state.json record the precision.
+    args.json and state.json record the precision;
+  - mpi_two_ranks_zero1_bf16_equal_one_process (DEVICE=cpu, where mpirun is): two ranks with ZeRO-1 in bf16
+    write one process's checkpoints byte for byte.
 
 The bound. bf16 rounds each Linear's operands to 8 significant bits: a relative error of up to 2^-9 per
 operand, random in sign, which a loss (a mean over many elements) averages down: the first step's losses are
@@ -140,6 +142,27 @@ if "bf16" in runs:
            state.get("precision") == "bf16",
            "exit %d: %s; args.json %s, state.json %s" % (r.returncode, r.stderr.strip()[-200:], args.get("precision"),
                                                           state.get("precision")))
+
+# ---- data parallel in bf16: two ranks with ZeRO-1 (each rank's Adam on its shard, the parameters all-gathered,
+# then the bf16 copy remade) compute one process's checkpoints byte for byte (micro model, 2 groups of 4) ------
+mpirun = toolenv.mpirun(2)
+if DEVICE != "cpu" or not mpirun:
+    print("SKIP mpi_two_ranks_zero1_bf16_equal_one_process: %s" % ("DEVICE=" + DEVICE if mpirun else "no mpirun"))
+else:
+    name, outs = "mpi_two_ranks_zero1_bf16_equal_one_process", []
+    for pre, extra in (([], []), (mpirun, ["--zero", "1"])):
+        out = os.path.join(TMP, "dp%d" % len(outs))
+        r = subprocess.run(pre + [PRETRAIN, "-o", out, "--seed", "7", "-b", "8", "--contrast-groups", "2", "-e", "2",
+                                  "--lr", "1e-3", "--loader-threads", "1", "--precision", "bf16"] + toolenv.MICRO +
+                           extra + [shard], capture_output=True, text=True, env=toolenv.mpi_env())
+        if ran(name, r):
+            outs.append(out)
+    if len(outs) == 2:
+        last = "checkpoints/e0002-s0000000016"
+        bad = [f for f in ("model.safetensors", "optim.safetensors", "state.json")
+               if not os.path.exists(os.path.join(outs[0], last, f)) or
+               ftfixture.read(os.path.join(outs[0], last, f)) != ftfixture.read(os.path.join(outs[1], last, f))]
+        report(name, not bad, "%s differ" % bad)
 
 # ---- fine-tuning: 10 steps bf16 against fp32 ------------------------------------------------------------------
 K = 5
