@@ -207,7 +207,7 @@ static const cav_opt train_table[] = {
      .arg = "P",
      .choices = precisions,
      .help = "fp32, or bf16: the Linears on bf16 operands with fp32 accumulation (fp32 master weights, Adam, "
-             "LayerNorm, softmax, losses); a resumed run keeps its precision",
+             "LayerNorm, softmax, losses); --resume in another precision is refused",
      .key = "precision"},
     {.name = "zero",
      .type = CAV_OPTT_INT,
