@@ -1,12 +1,12 @@
-"""gpu_train.py: the python side of bench_gpu_train.sh (read its header for what is measured and the environment
-it takes; not named bench_*, which make bench runs by themselves). Runs each implementation's training step as
-its own process, one at a time on one device: the C model (tests/bench/train_step.c, CAV_ATTENTION=plain and
-=fused in fp32, and =fused with CAV_BENCH_PRECISION=bf16) and the independent PyTorch model (tests/bench/train_step_torch.py, CAV_BENCH_PRECISION=fp32,
-bf16, fp16), for pretraining and fine-tuning, at batch B and at the largest batch that fits (doubling from B,
-then bisecting, each probe one step). Peak memory of a run: on a GPU the most nvidia-smi saw in use on the
-device during the run less what was in use before it (the process's whole footprint: CUDA context, allocator
-caches); on the CPU the process's resident peak. MFU = samples/s x train_step.c's FLOP count per sample / the
-GPU's dense bf16 peak. Prints the table, the per-phase split (forward, backward, optimizer) and a block for
+"""gpu_train.py: the python side of bench_gpu_train.sh (read its header for what is measured and the environment it
+takes; not named bench_*, which make bench runs by themselves). Runs each implementation's training step as its own
+process, one at a time on one device: the C model (tests/bench/train_step.c, CAV_ATTENTION=plain and =fused in
+fp32, and =fused with CAV_BENCH_PRECISION=bf16) and the independent PyTorch model (tests/bench/train_step_torch.py,
+CAV_BENCH_PRECISION=fp32, bf16, fp16), for pretraining and fine-tuning, at batch B and at the largest batch that
+fits (doubling from B, then bisecting, each probe one step). Peak memory of a run: on a GPU the most nvidia-smi saw
+in use on the device during the run less what was in use before it (the process's whole footprint: CUDA context,
+allocator caches); on the CPU the process's resident peak. MFU = samples/s x train_step.c's FLOP count per sample /
+the GPU's dense bf16 peak. Prints the table, the per-phase split (forward, backward, optimizer) and a block for
 tests/bench/RESULTS.md."""
 import datetime
 import os
@@ -316,7 +316,8 @@ def main():
     print(f"{note}; torch {torch_v}; {commit}; config {CONFIG}, {STEPS} timed steps at batch {B0} after one "
           "warm-up (as many samples at the largest). MFU against "
           f"the dense bf16 peak ({fmt(peak, '%.1f')} TFLOPS) with train_step.c's count: "
-          + ", ".join(f"{t} {gflop[t]:.1f} GFLOP per sample" for t in TASKS) + ". The C model runs fp32 but for its bf16 row (--precision bf16: the Linears on bf16 operands, "
+          + ", ".join(f"{t} {gflop[t]:.1f} GFLOP per sample" for t in TASKS)
+          + ". The C model runs fp32 but for its bf16 row (--precision bf16: the Linears on bf16 operands, "
           "attention fp32); "
           "x NAME = samples/s over PyTorch NAME's at the same batch kind.\n")
     print("| " + " | ".join(head) + " |")

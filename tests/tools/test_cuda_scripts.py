@@ -1,8 +1,9 @@
-"""test_cuda_scripts.py: the logic of make check-cuda's scripts (tests/cuda), cheaply and without a GPU, so that
-a mistake in them shows before a GPU is lent: lossparity.py's bound (equal, within, over, NaN, misaligned and
-short runs; c_acc ignored) and its bf16 bound (relative to the step's total loss); test_sanitizer.py's verdict
-on a stand-in compute-sanitizer that reports 0 errors, then 2; check_cuda.sh's SKIPPED where the build has no CUDA backend or the machine no GPU, and its FAIL where
-nvidia-smi sees a GPU that the backend does not open (stand-ins for test_kernels and nvidia-smi)."""
+"""test_cuda_scripts.py: the logic of make check-cuda's scripts (tests/cuda), cheaply and without a GPU, so that a
+mistake in them shows before a GPU is lent: lossparity.py's bound (equal, within, over, NaN, misaligned and short
+runs; c_acc ignored) and its bf16 bound (relative to the step's total loss); test_sanitizer.py's verdict on a
+stand-in compute-sanitizer that reports 0 errors, then 2; check_cuda.sh's SKIPPED where the build has no CUDA
+backend or the machine no GPU, and its FAIL where nvidia-smi sees a GPU that the backend does not open (stand-ins
+for test_kernels and nvidia-smi)."""
 import math
 import os
 import subprocess
