@@ -246,8 +246,13 @@ def main():
     p = subprocess.Popen(PREP + ['-j', '1', '--videos', vid, '--labels', os.path.join(TMP, 'labels.csv'), '--out',
                                  out, 'train=' + js], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          start_new_session=True, text=True)
-    line = p.stderr.readline()  # "prepare: ... to decode": the decode has started
-    time.sleep(0.3)
+    line = p.stderr.readline()  # "prepare: ... to decode": the decode is about to start
+    # Killed once shard-pack has opened its part (decoding is under way, nothing committed), not after a fixed
+    # sleep: on a fast machine the 8 clips are done within a few tenths of a second.
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 60 and \
+            not [f for f in os.listdir(os.path.join(out, 'parts')) if '.tmp' in f]:
+        time.sleep(0.001)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     idx = json.load(open(os.path.join(out, 'index.json')))['clips']
