@@ -37,6 +37,12 @@ typedef struct {
 #endif
 } mpi_op;
 
+/* a part x[lo, hi) of a gradient buffer whose bf16 sum is in the wire */
+typedef struct {
+    float *x;
+    size_t lo, hi;
+} widen_range;
+
 struct cav_dist_state {
     const char *transport; /* "none", "mpi", "nccl" */
     cav_nccl *nccl;
@@ -47,10 +53,7 @@ struct cav_dist_state {
     const cav_backend *be; /* whose memory the gradients and the wire are in */
     uint16_t *wire;        /* [n] bf16 payloads, element i for the gradient's i (backend memory) */
     size_t nwire;
-    struct widen {         /* NCCL: the bf16 results to widen into x at the wait */
-        float *x;
-        size_t lo, hi;
-    } *widen;
+    widen_range *widen; /* [capw] NCCL: the bf16 results to widen into x at the wait */
     int nwiden, capw;
 };
 
@@ -322,12 +325,12 @@ static int nccl_bf16(const cav_dist *d, float *x, size_t lo, size_t hi, size_t a
     cav_dist_state *st = d->st;
     if (st->nwiden == st->capw) {
         int cap = st->capw ? 2 * st->capw : 16;
-        struct widen *w = realloc(st->widen, (size_t)cap * sizeof *w);
+        widen_range *w = realloc(st->widen, (size_t)cap * sizeof *w);
         if (!w) return cav_fail(err, 3, "out of memory for the gradient exchange");
         st->widen = w, st->capw = cap;
     }
     st->be->cast_bf16(st->wire + lo, x + lo, hi - lo);
-    if (b > a) st->widen[st->nwiden++] = (struct widen){x, a, b};
+    if (b > a) st->widen[st->nwiden++] = (widen_range){x, a, b};
     return 0;
 }
 #endif
@@ -335,7 +338,9 @@ static int nccl_bf16(const cav_dist *d, float *x, size_t lo, size_t hi, size_t a
 /* the collectives' hi is within the wire (cav_dist_set_grad_dtype's n) */
 static int bf16_on(const cav_dist *d, size_t hi, cav_err *err) {
     if (d->st->dtype != CAV_DIST_BF16) return 0;
-    if (hi > d->st->nwire) return cav_fail(err, 3, "gradient exchange past the bf16 payload's %zu", d->st->nwire);
+    if (hi > d->st->nwire)
+        return cav_fail(err, 3, "gradient exchange of element %zu past the bf16 payload's %zu", hi - 1,
+                        d->st->nwire);
     return 1;
 }
 
@@ -375,7 +380,8 @@ int cav_dist_scatter_start(const cav_dist *d, float *x, size_t lo, size_t hi, co
 #ifdef CAV_HAVE_NCCL
     if (d->st->nccl) {
         if (!bf16) return cav_nccl_scatter(d->st->nccl, x, lo, hi, part, 0, err);
-        size_t a = part[d->rank] > lo ? part[d->rank] : lo, b = part[d->rank + 1] < hi ? part[d->rank + 1] : hi;
+        size_t a = part[d->rank] > lo ? part[d->rank] : lo,
+               b = part[d->rank + 1] < hi ? part[d->rank + 1] : hi;
         if (nccl_bf16(d, x, lo, hi, a, b, err)) return -1;
         return cav_nccl_scatter(d->st->nccl, d->st->wire, lo, hi, part, 1, err);
     }
@@ -397,7 +403,7 @@ int cav_dist_wait(const cav_dist *d, cav_err *err) {
     if (d->st->nccl) { /* the compute stream waits for the collectives, then widens the bf16 results */
         int rc = cav_nccl_wait(d->st->nccl, err);
         for (int i = 0; !rc && i < d->st->nwiden; i++) {
-            struct widen *w = &d->st->widen[i];
+            widen_range *w = &d->st->widen[i];
             d->st->be->widen_bf16(w->x + w->lo, d->st->wire + w->lo, w->hi - w->lo);
         }
         d->st->nwiden = 0;

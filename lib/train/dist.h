@@ -20,11 +20,12 @@
  * goes back to the ranks (the all-gather of an all-reduce in bf16 too), and every rank widens it into x.
  * With a reduce-scatter each rank's part is that same value, so ZeRO-1 sees what an all-reduce gives. The
  * MPI transport computes exactly this, whatever Open MPI's algorithm. The NCCL transport runs ncclAllReduce
- * / ncclReduce on ncclBfloat16 payloads: NCCL adds in its ring's order and may round partial sums to bf16
- * on the way, so its result matches the MPI transport's only within a bound (a few bf16 ulps of the
- * largest term per rank, growing with the ranks), while staying the same run to run on the same ranks,
- * sizes and NCCL version. The parameter all-gather (cav_dist_gather_parts) always carries fp32: the
- * master weights. */
+ * / ncclReduce on ncclBfloat16 payloads: NCCL adds in its ring's (or tree's) order and rounds each partial
+ * sum to bf16 on the way (W - 1 roundings for W ranks), so with u = 2^-8 (bf16's unit roundoff) and b_r
+ * the ranks' payloads its sum is within (W - 1) u sum_r |b_r| of the exact sum of the payloads, the MPI
+ * transport's within u |sum_r b_r| (plus fp32's (W - 1) 2^-24 sum_r |b_r|): the two differ by at most
+ * about W u sum_r |b_r|. NCCL's stays the same run to run on the same ranks, sizes and NCCL version. The
+ * parameter all-gather (cav_dist_gather_parts) always carries fp32: the master weights. */
 #ifndef CAV_DIST_H
 #define CAV_DIST_H
 

@@ -120,8 +120,8 @@ static void *at(void *x, size_t i, int bf16) {
 /* bf16: NCCL adds the bf16 payloads in its ring's order (dist.h says what that means for the result) */
 int cav_nccl_sum(cav_nccl *c, void *x, size_t lo, size_t hi, int bf16, cav_err *err) {
     if (after_compute(c, err)) return -1;
-    ncclResult_t r = ncclAllReduce(at(x, lo, bf16), at(x, lo, bf16), hi - lo, bf16 ? ncclBfloat16 : ncclFloat32,
-                                   ncclSum, c->comm, c->stream);
+    ncclResult_t r = ncclAllReduce(at(x, lo, bf16), at(x, lo, bf16), hi - lo,
+                                   bf16 ? ncclBfloat16 : ncclFloat32, ncclSum, c->comm, c->stream);
     return r == ncclSuccess ? 0 : nccl_fail(err, "ncclAllReduce", r);
 }
 
@@ -131,8 +131,8 @@ int cav_nccl_scatter(cav_nccl *c, void *x, size_t lo, size_t hi, const size_t *p
     for (int s = 0; r == ncclSuccess && s < c->world; s++) {
         size_t a = part[s] > lo ? part[s] : lo, b = part[s + 1] < hi ? part[s + 1] : hi;
         if (b > a)
-            r = ncclReduce(at(x, a, bf16), at(x, a, bf16), b - a, bf16 ? ncclBfloat16 : ncclFloat32, ncclSum, s,
-                           c->comm, c->stream);
+            r = ncclReduce(at(x, a, bf16), at(x, a, bf16), b - a, bf16 ? ncclBfloat16 : ncclFloat32, ncclSum,
+                           s, c->comm, c->stream);
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;

@@ -237,9 +237,9 @@ static const cav_opt train_table[] = {
      .def = "fp32",
      .arg = "T",
      .choices = grad_dtypes,
-     .help = "gradient exchange payloads: fp32, or bf16 (each rank's gradient rounded to bf16, summed in fp32 "
-             "in rank order, the sum rounded to bf16; one process: each contrast group as a rank); --resume "
-             "with another is refused",
+     .help = "gradient exchange payloads: fp32, or bf16 (each rank's gradient rounded to bf16, summed in "
+             "fp32 in rank order, the sum rounded to bf16; one process: each contrast group as a rank); "
+             "--resume with another is refused",
      .key = "grad_dtype"},
     {.name = "batch-size",
      .short_name = 'b',
@@ -760,7 +760,8 @@ static int load_checkpoint(cav_trainer *t, const char *dir, position *p, cav_err
     if (strcmp(prec, precisions[t->o->precision].name))
         return cav_fail(err, 1, "%s: the run used --precision %s; resume with the same precision", dir, prec);
     if (strcmp(gdt, grad_dtypes[t->o->grad_dtype].name))
-        return cav_fail(err, 1, "%s: the run used --grad-dtype %s; resume with the same --grad-dtype", dir, gdt);
+        return cav_fail(err, 1, "%s: the run used --grad-dtype %s; resume with the same --grad-dtype", dir,
+                        gdt);
     return 0;
 }
 
@@ -839,7 +840,7 @@ typedef struct {
     int early;              /* buckets started during this step's backward */
     int failed;             /* a start inside the backward failed (err) */
     cav_err err;
-    uint16_t *round16;      /* [nparams] one process with --grad-dtype bf16: the gradient's bf16 copy */
+    uint16_t *round16; /* [nparams] one process with --grad-dtype bf16: the gradient's bf16 copy */
 } exchange;
 
 static int bucket_start(exchange *x, size_t k, cav_err *err) {

@@ -18,8 +18,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftfixture  # noqa: E402
 import toolenv  # noqa: E402
@@ -37,6 +35,9 @@ def read(p):
         return f.read()
 
 
+last_ck, same_run = toolenv.last_checkpoint, toolenv.same_checkpoints
+
+
 def pretrain(name, ranks, batch, groups, *extra):
     """cav-pretrain as `ranks` MPI ranks (1: one process), global batch `batch` in `groups` contrast groups,
     2 epochs (of 24 // batch steps); returns (run dir, finished process)."""
@@ -46,33 +47,6 @@ def pretrain(name, ranks, batch, groups, *extra):
                                                   "-e", "2", "--loader-threads", "1", "--weight-decay", "0.5"]
     r = subprocess.run(cmd + MICRO + list(extra) + [train], capture_output=True, text=True, env=env)
     return out, r
-
-
-def last_ck(run):
-    d = os.path.join(run, "checkpoints")
-    return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1])
-
-
-def params(run):
-    b = read(os.path.join(last_ck(run), "model.safetensors"))
-    n = int.from_bytes(b[:8], "little")
-    h = json.loads(b[8:8 + n])
-    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], np.float32)
-            for k, v in h.items() if k != "__metadata__"}
-
-
-def same_run(a, b):
-    """'' when two runs' last checkpoints are byte-identical (model, optimiser, state), else what differs"""
-    ca, cb = last_ck(a), last_ck(b)
-    if os.path.basename(ca) != os.path.basename(cb):
-        return "checkpoints %s vs %s" % (os.path.basename(ca), os.path.basename(cb))
-    bad = [f for f in ("model.safetensors", "optim.safetensors", "state.json")
-           if read(os.path.join(ca, f)) != read(os.path.join(cb, f))]
-    if not bad:
-        return ""
-    pa, pb = params(a), params(b)
-    return "%s differ (parameters: max abs %.3g)" % (
-        ",".join(bad), max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa))
 
 
 def losses(run):

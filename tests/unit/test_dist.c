@@ -75,10 +75,12 @@ static void parts_cover_the_buffer(void) {
         }
 }
 
-/* a bf16 pattern as a number, without bf16.h: sign, 8-bit exponent, 7-bit fraction (no NaN or infinity here) */
+/* a bf16 pattern as a number, without bf16.h: sign, 8-bit exponent, 7-bit fraction (no NaN or infinity here)
+ */
 static double bf16_value(uint16_t h) {
     int e = (h >> 7) & 0xFF, f = h & 0x7F;
-    double v = e ? ldexp(128 + f, e - 134) : ldexp(f, -133); /* normal: 1.f 2^(e-127); subnormal: 0.f 2^-126 */
+    double v =
+        e ? ldexp(128 + f, e - 134) : ldexp(f, -133); /* normal: 1.f 2^(e-127); subnormal: 0.f 2^-126 */
     return h & 0x8000 ? -v : v;
 }
 /* x (a float's value, normal in bf16's range or zero) rounded to the nearest bf16, ties to even: the
@@ -97,8 +99,10 @@ static void bf16_sum_is_exact(void) {
     static const struct {
         int world;
         uint16_t in[3], want;
-    } hand[] = {{3, {0x3F80, 0x3B80, 0x3B80}, 0x3F81}, {2, {0x3F80, 0x3B80, 0}, 0x3F80},
-                {2, {0x3F80, 0x3C40, 0}, 0x3F82},       {2, {0x4049, 0xC049, 0}, 0x0000},
+    } hand[] = {{3, {0x3F80, 0x3B80, 0x3B80}, 0x3F81},
+                {2, {0x3F80, 0x3B80, 0}, 0x3F80},
+                {2, {0x3F80, 0x3C40, 0}, 0x3F82},
+                {2, {0x4049, 0xC049, 0}, 0x0000},
                 {1, {0xC0A0, 0, 0}, 0xC0A0}};
     for (size_t k = 0; k < sizeof hand / sizeof *hand; k++) {
         uint16_t out = 1;
