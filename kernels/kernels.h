@@ -65,6 +65,9 @@ struct cav_backend {
      * (the column sum of the fp32 gradient dout[M,OC], as linear_backward's; dout16 is dout rounded, and is
      * not read when dinp and dw are both NULL, nor inp when dw is). */
     void (*cast_bf16)(uint16_t *out, const float *inp, size_t n);
+    /* out[n] = inp widened to fp32 (exact: the 16 bits on top of a float); the gradient exchange's way back
+     * from a bf16 payload (--grad-dtype bf16) */
+    void (*widen_bf16)(float *out, const uint16_t *inp, size_t n);
     void (*linear_forward_bf16)(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b, int M,
                                 int IC, int OC);
     void (*linear_backward_bf16)(float *dinp, float *dw, float *db, const float *dout, const uint16_t *dout16,

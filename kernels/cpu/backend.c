@@ -50,6 +50,7 @@ static cav_backend cpu = {
     .linear_forward = cav_linear_forward,
     .linear_backward = cav_linear_backward,
     .cast_bf16 = cav_cast_bf16,
+    .widen_bf16 = cav_widen_bf16,
     .linear_forward_bf16 = cav_linear_forward_bf16,
     .linear_backward_bf16 = cav_linear_backward_bf16,
     .layernorm_forward = cav_layernorm_forward,

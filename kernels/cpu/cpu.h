@@ -31,6 +31,7 @@ void cav_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
                          const float *w, int M, int IC, int OC);
 /* bf16 mixed precision (kernels.h): the cast, and the Linear on bf16 operands with fp32 results */
 void cav_cast_bf16(uint16_t *out, const float *inp, size_t n);
+void cav_widen_bf16(float *out, const uint16_t *inp, size_t n);
 void cav_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b, int M,
                              int IC, int OC);
 void cav_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const uint16_t *dout16,

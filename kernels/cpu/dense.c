@@ -93,12 +93,16 @@ void cav_cast_bf16(uint16_t *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = cav_bf16_from_f32(inp[i]);
 }
 
+void cav_widen_bf16(float *out, const uint16_t *inp, size_t n) {
+#pragma omp parallel for if (n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = cav_bf16_to_f32(inp[i]);
+}
+
 /* n bf16 values widened into a new float array (NULL when out of memory) */
 static float *widen(const uint16_t *x, size_t n) {
     float *f = malloc(sizeof(float) * (n ? n : 1));
     if (!f) return NULL;
-#pragma omp parallel for if (n > CAV_PAR_MIN)
-    for (size_t i = 0; i < n; i++) f[i] = cav_bf16_to_f32(x[i]);
+    cav_widen_bf16(f, x, n);
     return f;
 }
 static void widen_oom(void) {

@@ -113,7 +113,7 @@ static void fill_table(cav_backend *t) {
     t->host_alloc = cuda_host_alloc, t->host_free = cuda_host_free;
     t->upload_async = cuda_upload_async, t->upload_wait = cuda_upload_wait;
     t->linear_forward = cav_cuda_linear_forward, t->linear_backward = cav_cuda_linear_backward;
-    t->cast_bf16 = cav_cuda_cast_bf16;
+    t->cast_bf16 = cav_cuda_cast_bf16, t->widen_bf16 = cav_cuda_widen_bf16;
     t->linear_forward_bf16 = cav_cuda_linear_forward_bf16;
     t->linear_backward_bf16 = cav_cuda_linear_backward_bf16;
     t->layernorm_forward = cav_cuda_layernorm_forward, t->layernorm_backward = cav_cuda_layernorm_backward;

@@ -95,6 +95,7 @@ void cav_cuda_linear_forward(float *out, const float *inp, const float *w, const
 void cav_cuda_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                               const float *w, int M, int IC, int OC);
 void cav_cuda_cast_bf16(uint16_t *out, const float *inp, size_t n);
+void cav_cuda_widen_bf16(float *out, const uint16_t *inp, size_t n);
 void cav_cuda_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b,
                                   int M, int IC, int OC);
 void cav_cuda_linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,

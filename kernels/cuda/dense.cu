@@ -123,6 +123,12 @@ void cav_cuda_cast_bf16(uint16_t *out, const float *inp, size_t n) {
     LAUNCHED();
 }
 
+void cav_cuda_widen_bf16(float *out, const uint16_t *inp, size_t n) {
+    if (!n) return;
+    widen_bf16_kernel<<<cav_grid(n, 256), 256>>>(out, inp, n);
+    LAUNCHED();
+}
+
 void cav_cuda_linear_forward_bf16(float *out, const uint16_t *inp, const uint16_t *w, const uint16_t *b,
                                   int M, int IC, int OC) {
     float *bias = NULL;

@@ -2,7 +2,10 @@
  * transport of the model-buffer collectives, which dispatch to the NCCL transport (dist_nccl.c) when that
  * one is bound. A sum of x[lo, hi) over ranks is an ordered reduce-scatter: an all-to-all sends each rank
  * the other ranks' values of its own part, which it adds in rank order from 0; an all-reduce then shares
- * the parts (all-gather). Message counts are int in MPI: buffers go in chunks below 2^30 elements. */
+ * the parts (all-gather). Message counts are int in MPI: buffers go in chunks below 2^30 elements.
+ * With bf16 gradients (dist.h) the payloads are bf16 on both legs: the values cast into a bf16 copy of the
+ * buffer (the wire), the received ones widened and added in fp32 in rank order, the sum rounded to bf16 in
+ * the wire and shared from there, then widened into x. */
 #include "dist.h"
 
 #include <stdint.h>
@@ -27,16 +30,31 @@ typedef struct {
     int share;              /* all-reduce: all-gather the parts at the wait */
     int *counts, *displs;   /* [world] each: every rank's part of [lo, hi), relative to lo */
     float *recv;            /* [world, mine_n]: every rank's values of this rank's part */
+    int bf16;               /* the payloads are the wire's bf16 values, recv16 receives */
+    uint16_t *recv16;       /* [world, mine_n] */
 #ifdef CAV_HAVE_MPI
     MPI_Request req;
 #endif
 } mpi_op;
+
+/* a part x[lo, hi) of a gradient buffer whose bf16 sum is in the wire */
+typedef struct {
+    float *x;
+    size_t lo, hi;
+} widen_range;
 
 struct cav_dist_state {
     const char *transport; /* "none", "mpi", "nccl" */
     cav_nccl *nccl;
     mpi_op *ops;
     int nops, cap;
+    /* the gradients' wire type (cav_dist_set_grad_dtype) */
+    int dtype;
+    const cav_backend *be; /* whose memory the gradients and the wire are in */
+    uint16_t *wire;        /* [n] bf16 payloads, element i for the gradient's i (backend memory) */
+    size_t nwire;
+    widen_range *widen; /* [capw] NCCL: the bf16 results to widen into x at the wait */
+    int nwiden, capw;
 };
 
 void cav_dist_init(cav_dist *d, int *argc, char ***argv) {
@@ -74,7 +92,8 @@ void cav_dist_finalize(cav_dist *d) {
 #ifdef CAV_HAVE_NCCL
         if (d->st->nccl) cav_nccl_close(d->st->nccl);
 #endif
-        free(d->st->ops);
+        if (d->st->wire) d->st->be->free(d->st->wire);
+        free(d->st->ops), free(d->st->widen);
         free(d->st);
         d->st = NULL;
     }
@@ -87,9 +106,10 @@ void cav_dist_finalize(cav_dist *d) {
 /* ---- the MPI transport ---------------------------------------------------------------------------- */
 
 #ifdef CAV_HAVE_MPI
-/* Starts the ordered reduce-scatter of x[lo, hi) (hi - lo below CHUNK) over the parts part[0..world]. */
+/* Starts the ordered reduce-scatter of x[lo, hi) (hi - lo below CHUNK) over the parts part[0..world];
+ * bf16: in bf16 payloads through the wire. */
 static int mpi_start(const cav_dist *d, float *x, size_t lo, size_t hi, const size_t *part, int share,
-                     cav_err *err) {
+                     int bf16, cav_err *err) {
     cav_dist_state *st = d->st;
     if (st->nops == st->cap) {
         int cap = st->cap ? 2 * st->cap : 16;
@@ -108,27 +128,55 @@ static int mpi_start(const cav_dist *d, float *x, size_t lo, size_t hi, const si
         sc[s] = b > a ? (int)(b - a) : 0;
         sd[s] = b > a ? (int)(a - lo) : 0;
     }
-    o->x = x, o->lo = lo, o->hi = hi, o->share = share;
+    o->x = x, o->lo = lo, o->hi = hi, o->share = share, o->bf16 = bf16;
     o->counts = sc, o->displs = sd;
     o->mine_n = (size_t)sc[d->rank];
     o->mine_lo = lo + (size_t)sd[d->rank];
-    if (o->mine_n && !(o->recv = malloc((size_t)W * o->mine_n * sizeof *o->recv))) {
+    if (o->mine_n && !(bf16 ? (void *)(o->recv16 = malloc((size_t)W * o->mine_n * sizeof *o->recv16))
+                            : (void *)(o->recv = malloc((size_t)W * o->mine_n * sizeof *o->recv)))) {
         free(sc);
         return cav_fail(err, 3, "out of memory for the gradient exchange");
     }
     for (int r = 0; r < W; r++) rc[r] = (int)o->mine_n, rd[r] = r * (int)o->mine_n;
-    if (MPI_Ialltoallv(x + lo, sc, sd, MPI_FLOAT, o->recv, rc, rd, MPI_FLOAT, MPI_COMM_WORLD, &o->req) !=
-        MPI_SUCCESS) {
-        free(sc), free(o->recv);
+    int mrc;
+    if (bf16) {
+        st->be->cast_bf16(st->wire + lo, x + lo, hi - lo);
+        mrc = MPI_Ialltoallv(st->wire + lo, sc, sd, MPI_UINT16_T, o->recv16, rc, rd, MPI_UINT16_T,
+                             MPI_COMM_WORLD, &o->req);
+    } else {
+        mrc = MPI_Ialltoallv(x + lo, sc, sd, MPI_FLOAT, o->recv, rc, rd, MPI_FLOAT, MPI_COMM_WORLD, &o->req);
+    }
+    if (mrc != MPI_SUCCESS) {
+        free(sc), free(o->recv), free(o->recv16);
         return cav_fail(err, 3, "MPI_Ialltoallv failed");
     }
     st->nops++;
     return 0;
 }
 
+/* the bf16 op's end: this rank's part summed into the wire, shared in bf16 (all-reduce), widened into x */
+static int mpi_finish_bf16(const cav_dist *d, mpi_op *o) {
+    uint16_t *wire = d->st->wire;
+    if (o->mine_n) cav_dist_sum_bf16(wire + o->mine_lo, o->recv16, d->world, o->mine_n);
+    if (!o->share) {
+        d->st->be->widen_bf16(o->x + o->mine_lo, wire + o->mine_lo, o->mine_n);
+        return 0;
+    }
+    if (MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, wire + o->lo, o->counts, o->displs, MPI_UINT16_T,
+                       MPI_COMM_WORLD) != MPI_SUCCESS)
+        return -1;
+    d->st->be->widen_bf16(o->x + o->lo, wire + o->lo, o->hi - o->lo);
+    return 0;
+}
+
 static int mpi_finish(const cav_dist *d, mpi_op *o, cav_err *err) {
     int rc = 0;
     if (MPI_Wait(&o->req, MPI_STATUS_IGNORE) != MPI_SUCCESS) rc = cav_fail(err, 3, "MPI_Wait failed");
+    if (!rc && o->bf16) {
+        if (mpi_finish_bf16(d, o)) rc = cav_fail(err, 3, "MPI_Allgatherv failed");
+        free(o->counts), free(o->recv16);
+        return rc;
+    }
     for (size_t i = 0; !rc && i < o->mine_n; i++) {
         float s = 0.0f; /* from 0, as one process's accumulator of its groups' gradients */
         for (int r = 0; r < d->world; r++) s += o->recv[(size_t)r * o->mine_n + i];
@@ -138,7 +186,7 @@ static int mpi_finish(const cav_dist *d, mpi_op *o, cav_err *err) {
         MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, o->x + o->lo, o->counts, o->displs, MPI_FLOAT,
                        MPI_COMM_WORLD) != MPI_SUCCESS)
         rc = cav_fail(err, 3, "MPI_Allgatherv failed");
-    free(o->counts), free(o->recv);
+    free(o->counts), free(o->recv), free(o->recv16);
     return rc;
 }
 
@@ -174,7 +222,7 @@ void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n) {
     for (size_t o = 0; !rc && o < n; o += CHUNK) {
         size_t hi = n - o < CHUNK ? n : o + CHUNK;
         range_parts(d, o, hi, part);
-        rc = mpi_start(d, x, o, hi, part, 1, &err) || mpi_wait_all(d, &err);
+        rc = mpi_start(d, x, o, hi, part, 1, 0, &err) || mpi_wait_all(d, &err);
     }
     free(part);
     if (rc) {
@@ -258,10 +306,54 @@ const char *cav_dist_transport(const cav_dist *d) {
     return d->st ? d->st->transport : "none";
 }
 
+int cav_dist_set_grad_dtype(const cav_dist *d, int dtype, const cav_backend *be, size_t n, cav_err *err) {
+    cav_dist_state *st = d->st;
+    if (!st) return 0;
+    if (st->wire) st->be->free(st->wire);
+    st->wire = NULL, st->nwire = 0, st->dtype = CAV_DIST_FP32, st->be = be;
+    if (dtype != CAV_DIST_BF16) return 0;
+    if (!(st->wire = be->alloc((n ? n : 1) * sizeof *st->wire)))
+        return cav_fail(err, 3, "out of memory for the bf16 gradient payload");
+    st->nwire = n, st->dtype = CAV_DIST_BF16;
+    return 0;
+}
+
+#ifdef CAV_HAVE_NCCL
+/* the bf16 payload of x[lo, hi) (cast on the compute stream, before the collective queued after it), and
+ * the part [a, b) to widen back into x at the wait */
+static int nccl_bf16(const cav_dist *d, float *x, size_t lo, size_t hi, size_t a, size_t b, cav_err *err) {
+    cav_dist_state *st = d->st;
+    if (st->nwiden == st->capw) {
+        int cap = st->capw ? 2 * st->capw : 16;
+        widen_range *w = realloc(st->widen, (size_t)cap * sizeof *w);
+        if (!w) return cav_fail(err, 3, "out of memory for the gradient exchange");
+        st->widen = w, st->capw = cap;
+    }
+    st->be->cast_bf16(st->wire + lo, x + lo, hi - lo);
+    if (b > a) st->widen[st->nwiden++] = (widen_range){x, a, b};
+    return 0;
+}
+#endif
+
+/* the collectives' hi is within the wire (cav_dist_set_grad_dtype's n) */
+static int bf16_on(const cav_dist *d, size_t hi, cav_err *err) {
+    if (d->st->dtype != CAV_DIST_BF16) return 0;
+    if (hi > d->st->nwire)
+        return cav_fail(err, 3, "gradient exchange of element %zu past the bf16 payload's %zu", hi - 1,
+                        d->st->nwire);
+    return 1;
+}
+
 int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_err *err) {
     if (!d->st || hi <= lo) return 0;
+    int bf16 = bf16_on(d, hi, err);
+    if (bf16 < 0) return -1;
 #ifdef CAV_HAVE_NCCL
-    if (d->st->nccl) return cav_nccl_sum(d->st->nccl, x, lo, hi, err);
+    if (d->st->nccl) {
+        if (!bf16) return cav_nccl_sum(d->st->nccl, x, lo, hi, 0, err);
+        if (nccl_bf16(d, x, lo, hi, lo, hi, err)) return -1;
+        return cav_nccl_sum(d->st->nccl, d->st->wire, lo, hi, 1, err);
+    }
 #endif
 #ifdef CAV_HAVE_MPI
     size_t *part = malloc((size_t)(d->world + 1) * sizeof *part);
@@ -270,7 +362,7 @@ int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_er
     for (size_t o = lo; !rc && o < hi; o += CHUNK) {
         size_t e = hi - o < CHUNK ? hi : o + CHUNK;
         range_parts(d, o, e, part);
-        rc = mpi_start(d, x, o, e, part, 1, err);
+        rc = mpi_start(d, x, o, e, part, 1, bf16, err);
     }
     free(part);
     return rc;
@@ -283,12 +375,20 @@ int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_er
 int cav_dist_scatter_start(const cav_dist *d, float *x, size_t lo, size_t hi, const size_t *part,
                            cav_err *err) {
     if (!d->st || hi <= lo) return 0;
+    int bf16 = bf16_on(d, hi, err);
+    if (bf16 < 0) return -1;
 #ifdef CAV_HAVE_NCCL
-    if (d->st->nccl) return cav_nccl_scatter(d->st->nccl, x, lo, hi, part, err);
+    if (d->st->nccl) {
+        if (!bf16) return cav_nccl_scatter(d->st->nccl, x, lo, hi, part, 0, err);
+        size_t a = part[d->rank] > lo ? part[d->rank] : lo,
+               b = part[d->rank + 1] < hi ? part[d->rank + 1] : hi;
+        if (nccl_bf16(d, x, lo, hi, a, b, err)) return -1;
+        return cav_nccl_scatter(d->st->nccl, d->st->wire, lo, hi, part, 1, err);
+    }
 #endif
 #ifdef CAV_HAVE_MPI
     for (size_t o = lo; o < hi; o += CHUNK)
-        if (mpi_start(d, x, o, hi - o < CHUNK ? hi : o + CHUNK, part, 0, err)) return -1;
+        if (mpi_start(d, x, o, hi - o < CHUNK ? hi : o + CHUNK, part, 0, bf16, err)) return -1;
     return 0;
 #else
     (void)x;
@@ -300,7 +400,15 @@ int cav_dist_scatter_start(const cav_dist *d, float *x, size_t lo, size_t hi, co
 int cav_dist_wait(const cav_dist *d, cav_err *err) {
     if (!d->st) return 0;
 #ifdef CAV_HAVE_NCCL
-    if (d->st->nccl) return cav_nccl_wait(d->st->nccl, err);
+    if (d->st->nccl) { /* the compute stream waits for the collectives, then widens the bf16 results */
+        int rc = cav_nccl_wait(d->st->nccl, err);
+        for (int i = 0; !rc && i < d->st->nwiden; i++) {
+            widen_range *w = &d->st->widen[i];
+            d->st->be->widen_bf16(w->x + w->lo, d->st->wire + w->lo, w->hi - w->lo);
+        }
+        d->st->nwiden = 0;
+        return rc;
+    }
 #endif
 #ifdef CAV_HAVE_MPI
     return mpi_wait_all(d, err);

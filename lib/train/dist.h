@@ -10,12 +10,28 @@
  * The MPI transport sums in rank order (rank 0's value, plus rank 1's, ...; each element on the rank that
  * owns it, then shared), so a sum does not depend on Open MPI's choice of algorithm, is the same run to run,
  * and equals one process that adds its groups' gradients in that order. NCCL sums in its ring's order (the
- * same for the same ranks, sizes and NCCL version). */
+ * same for the same ranks, sizes and NCCL version).
+ *
+ * The gradient collectives (cav_dist_sum_start, cav_dist_scatter_start) carry fp32, or bf16 as chosen
+ * (cav_dist_set_grad_dtype; the tools' --grad-dtype), half the bytes on the wire. In bf16 each rank rounds
+ * its values to bf16 (the backend's cast_bf16: kernels/cuda/bf16.h's rounding, ties to even) and sends
+ * those; the sum is bf16(fp32(b_0) + fp32(b_1) + ... ) over ranks in rank order from 0, each term widened
+ * exactly and the additions in fp32 (cav_dist_sum_bf16), rounded once to bf16; that bf16 result is what
+ * goes back to the ranks (the all-gather of an all-reduce in bf16 too), and every rank widens it into x.
+ * With a reduce-scatter each rank's part is that same value, so ZeRO-1 sees what an all-reduce gives. The
+ * MPI transport computes exactly this, whatever Open MPI's algorithm. The NCCL transport runs ncclAllReduce
+ * / ncclReduce on ncclBfloat16 payloads: NCCL adds in its ring's (or tree's) order and rounds each partial
+ * sum to bf16 on the way (W - 1 roundings for W ranks), so with u = 2^-8 (bf16's unit roundoff) and b_r
+ * the ranks' payloads its sum is within (W - 1) u sum_r |b_r| of the exact sum of the payloads, the MPI
+ * transport's within u |sum_r b_r| (plus fp32's (W - 1) 2^-24 sum_r |b_r|): the two differ by at most
+ * about W u sum_r |b_r|. NCCL's stays the same run to run on the same ranks, sizes and NCCL version. The
+ * parameter all-gather (cav_dist_gather_parts) always carries fp32: the master weights. */
 #ifndef CAV_DIST_H
 #define CAV_DIST_H
 
 #include <stddef.h>
 
+#include "kernels.h"
 #include "record.h"
 
 typedef struct cav_dist_state cav_dist_state; /* the transport's state and pending collectives (dist.c) */
@@ -70,6 +86,18 @@ const char *cav_dist_transport(const cav_dist *d);
 /* Splits n elements into world parts of near-equal size on 64-element bounds: part[r] .. part[r+1] is
  * rank r's (part: world + 1 entries). */
 void cav_dist_parts(const cav_dist *d, size_t n, size_t *part);
+/* The gradient collectives' wire type: CAV_DIST_FP32 (the default) or CAV_DIST_BF16 (see above). be: the
+ * backend whose memory the gradient buffer is in (its cast_bf16 and widen_bf16 run the conversions, its
+ * alloc holds the bf16 payload); n: the buffer's length in elements (the collectives' hi stays <= n).
+ * Setting fp32 again frees the payload, before the backend closes. One process: nothing. 0 ok; -1 with
+ * err (code 3: out of memory). */
+#define CAV_DIST_FP32 0
+#define CAV_DIST_BF16 1
+int cav_dist_set_grad_dtype(const cav_dist *d, int dtype, const cav_backend *be, size_t n, cav_err *err);
+/* The bf16 sum of world payloads: out[i] = bf16(fp32(in[0 n + i]) + fp32(in[1 n + i]) + ...), the fp32 sum
+ * in rank order from 0 (a fp32 zero plus rank 0's first), rounded once to nearest, ties to even. in:
+ * [world, n]. */
+void cav_dist_sum_bf16(uint16_t *out, const uint16_t *in, int world, size_t n);
 /* Starts a sum over ranks of x[lo, hi): every rank ends with the sum (all-reduce). Non-blocking: x[lo, hi)
  * must not be touched before cav_dist_wait. */
 int cav_dist_sum_start(const cav_dist *d, float *x, size_t lo, size_t hi, cav_err *err);
@@ -113,8 +141,9 @@ cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t byt
 void cav_nccl_close(cav_nccl *c);
 /* The model-buffer collectives above on device pointers, each queued on the communication stream after the
  * work queued on the compute stream so far. 0 ok, -1 with err. */
-int cav_nccl_sum(cav_nccl *c, float *x, size_t lo, size_t hi, cav_err *err);
-int cav_nccl_scatter(cav_nccl *c, float *x, size_t lo, size_t hi, const size_t *part, cav_err *err);
+/* x: float, or uint16_t bf16 payloads when bf16 (ncclBfloat16); lo, hi in elements */
+int cav_nccl_sum(cav_nccl *c, void *x, size_t lo, size_t hi, int bf16, cav_err *err);
+int cav_nccl_scatter(cav_nccl *c, void *x, size_t lo, size_t hi, const size_t *part, int bf16, cav_err *err);
 int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err);
 /* The compute stream waits for every collective queued so far. */
 int cav_nccl_wait(cav_nccl *c, cav_err *err);

@@ -4,10 +4,13 @@
  * non-blocking communication stream after an event recorded on the compute stream, so a bucket's sum runs
  * while the backward goes on with the next buckets; the wait makes the compute stream wait for the
  * communication stream. A reduce-scatter over parts of unequal size is a group of ncclReduce calls, one
- * per owner; the all-gather a group of ncclBroadcast calls. Nothing here can run without a GPU. */
+ * per owner; the all-gather a group of ncclBroadcast calls. The gradient collectives take fp32 or bf16
+ * payloads (--grad-dtype: dist.c casts before and widens after, on the compute stream); the parameter
+ * all-gather is fp32. Nothing here can run without a GPU. */
 #include "dist.h"
 
 #ifdef CAV_HAVE_NCCL
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <cuda_runtime_api.h>
@@ -109,18 +112,27 @@ static int after_compute(cav_nccl *c, cav_err *err) {
     return 0;
 }
 
-int cav_nccl_sum(cav_nccl *c, float *x, size_t lo, size_t hi, cav_err *err) {
+/* element i of a float or bf16 buffer */
+static void *at(void *x, size_t i, int bf16) {
+    return (char *)x + i * (bf16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+/* bf16: NCCL adds the bf16 payloads in its ring's order (dist.h says what that means for the result) */
+int cav_nccl_sum(cav_nccl *c, void *x, size_t lo, size_t hi, int bf16, cav_err *err) {
     if (after_compute(c, err)) return -1;
-    ncclResult_t r = ncclAllReduce(x + lo, x + lo, hi - lo, ncclFloat32, ncclSum, c->comm, c->stream);
+    ncclResult_t r = ncclAllReduce(at(x, lo, bf16), at(x, lo, bf16), hi - lo,
+                                   bf16 ? ncclBfloat16 : ncclFloat32, ncclSum, c->comm, c->stream);
     return r == ncclSuccess ? 0 : nccl_fail(err, "ncclAllReduce", r);
 }
 
-int cav_nccl_scatter(cav_nccl *c, float *x, size_t lo, size_t hi, const size_t *part, cav_err *err) {
+int cav_nccl_scatter(cav_nccl *c, void *x, size_t lo, size_t hi, const size_t *part, int bf16, cav_err *err) {
     if (after_compute(c, err)) return -1;
     ncclResult_t r = ncclGroupStart();
     for (int s = 0; r == ncclSuccess && s < c->world; s++) {
         size_t a = part[s] > lo ? part[s] : lo, b = part[s + 1] < hi ? part[s + 1] : hi;
-        if (b > a) r = ncclReduce(x + a, x + a, b - a, ncclFloat32, ncclSum, s, c->comm, c->stream);
+        if (b > a)
+            r = ncclReduce(at(x, a, bf16), at(x, a, bf16), b - a, bf16 ? ncclBfloat16 : ncclFloat32, ncclSum,
+                           s, c->comm, c->stream);
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;

@@ -1,10 +1,11 @@
 /* distdev.c: the arithmetic of dist.h that needs no MPI or CUDA call, so that it is the same in every build
  * and testable anywhere: which device a rank uses, from the launcher's variables alone, and how the flat
- * parameter buffer splits into the ranks' parts. */
+ * parameter buffer splits into the ranks' parts, and the bf16 gradient exchange's sum. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/bf16.h" /* the one float <-> bf16 rounding */
 #include "dist.h"
 
 /* a variable's value as a number >= 0; -1 when unset; -2 when set to something else */
@@ -49,5 +50,13 @@ void cav_dist_parts(const cav_dist *d, size_t n, size_t *part) {
     for (int r = 0; r <= d->world; r++) {
         size_t b = blocks * (size_t)r / (size_t)d->world * 64;
         part[r] = b < n ? b : n;
+    }
+}
+
+void cav_dist_sum_bf16(uint16_t *out, const uint16_t *in, int world, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float s = 0.0f; /* from 0, as one process's accumulator of its groups' gradients */
+        for (int r = 0; r < world; r++) s += cav_bf16_to_f32(in[(size_t)r * n + i]);
+        out[i] = cav_bf16_from_f32(s);
     }
 }

@@ -263,6 +263,8 @@ int cav_pretrain_run(const cav_pretrain_opts *o, const cav_dist *d, cav_err *err
     p.gsize = batch / o->groups;
     p.g.groups_total = o->groups;
     p.g.scale = o->group_mean ? 1.0 / o->groups : 1.0;
+    /* one process emulates the bf16 exchange over its groups, each as one rank of one group would send it */
+    p.g.bf16_groups = d->world == 1 && o->run.grad_dtype == CAV_DIST_BF16;
     if (o->groups >= d->world) { /* whole groups on every rank */
         p.g.ngroups = o->groups / d->world;
         p.mrows = p.gsize;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "blas.h"
+#include "cuda/bf16.h" /* the one float <-> bf16 rounding (--grad-dtype bf16 over groups) */
 #include "checkpoint.h"
 #include "cli.h"
 #include "json.h"
@@ -142,6 +143,7 @@ static const cav_opt model_table[] = {
 };
 
 static const cav_opt_choice precisions[] = {{"fp32", 0}, {"bf16", 1}, {NULL, 0}};
+static const cav_opt_choice grad_dtypes[] = {{"fp32", CAV_DIST_FP32}, {"bf16", CAV_DIST_BF16}, {NULL, 0}};
 #define RUN(f) offsetof(cav_train_opts, f)
 static const cav_opt train_table[] = {
     {.name = "out",
@@ -229,6 +231,16 @@ static const cav_opt train_table[] = {
      .help = "gradient exchange in buckets of MB MiB, each started when the backward has finished it "
              "(0: one exchange after the backward)",
      .key = "bucket_mb"},
+    {.name = "grad-dtype",
+     .type = CAV_OPTT_CHOICE,
+     .offset = RUN(grad_dtype),
+     .def = "fp32",
+     .arg = "T",
+     .choices = grad_dtypes,
+     .help = "gradient exchange payloads: fp32, or bf16 (each rank's gradient rounded to bf16, summed in "
+             "fp32 in rank order, the sum rounded to bf16; one process: each contrast group as a rank); "
+             "--resume with another is refused",
+     .key = "grad_dtype"},
     {.name = "batch-size",
      .short_name = 'b',
      .type = CAV_OPTT_INT,
@@ -603,7 +615,11 @@ void cav_groups_run(cav_groups *g, cav_model *m, int train, cav_group_fill fill,
             cav_model_backward(m);
             if (g->acc) {
                 cav_model_read_buffer(m, CAV_BUF_GRADS, g->tmp);
-                for (size_t i = 0; i < m->nparams; i++) g->acc[i] += (float)g->scale * g->tmp[i];
+                if (g->bf16_groups) /* the group's payload as a rank's, widened; added in fp32 */
+                    for (size_t i = 0; i < m->nparams; i++)
+                        g->acc[i] += cav_bf16_round((float)g->scale * g->tmp[i]);
+                else
+                    for (size_t i = 0; i < m->nparams; i++) g->acc[i] += (float)g->scale * g->tmp[i];
             }
         }
     }
@@ -674,7 +690,8 @@ static int save_checkpoint(cav_trainer *t, const position *p, const char *cfgjso
     snprintf(num, sizeof num, "{\"epoch\":%d,\"batch\":%lld,\"step\":%lld,\"adam_t\":%d,\"seed\":%llu",
              p->epoch, (long long)p->batch, (long long)p->step, t->m->adam_t, (unsigned long long)t->o->seed);
     bad |= cav_json_append_raw(&s, &len, &cap, num);
-    snprintf(num, sizeof num, ",\"precision\":\"%s\"", precisions[t->o->precision].name);
+    snprintf(num, sizeof num, ",\"precision\":\"%s\",\"grad_dtype\":\"%s\"", precisions[t->o->precision].name,
+             grad_dtypes[t->o->grad_dtype].name);
     bad |= cav_json_append_raw(&s, &len, &cap, num);
     for (int i = 0; i < k->nstats; i++) {
         snprintf(num, sizeof num, ",\"%s\":%.17g", k->state_keys[i], p->sums[i]);
@@ -727,6 +744,8 @@ static int load_checkpoint(cav_trainer *t, const char *dir, position *p, cav_err
     /* a checkpoint from before --precision existed was written in fp32 */
     char prec[16];
     snprintf(prec, sizeof prec, "%s", cav_json_get_string(j, "precision", "fp32"));
+    char gdt[16]; /* and before --grad-dtype, exchanged fp32 gradients */
+    snprintf(gdt, sizeof gdt, "%s", cav_json_get_string(j, "grad_dtype", "fp32"));
     const cav_json *rows = cav_json_get(j, "results");
     int rc = 0;
     for (int i = 0; rows && rows->type == CAV_JSON_ARRAY && i < rows->n && !rc; i++)
@@ -740,6 +759,9 @@ static int load_checkpoint(cav_trainer *t, const char *dir, position *p, cav_err
                         (unsigned long long)seed);
     if (strcmp(prec, precisions[t->o->precision].name))
         return cav_fail(err, 1, "%s: the run used --precision %s; resume with the same precision", dir, prec);
+    if (strcmp(gdt, grad_dtypes[t->o->grad_dtype].name))
+        return cav_fail(err, 1, "%s: the run used --grad-dtype %s; resume with the same --grad-dtype", dir,
+                        gdt);
     return 0;
 }
 
@@ -818,6 +840,7 @@ typedef struct {
     int early;              /* buckets started during this step's backward */
     int failed;             /* a start inside the backward failed (err) */
     cav_err err;
+    uint16_t *round16; /* [nparams] one process with --grad-dtype bf16: the gradient's bf16 copy */
 } exchange;
 
 static int bucket_start(exchange *x, size_t k, cav_err *err) {
@@ -863,11 +886,17 @@ static int exchange_open(exchange *x, const cav_train_opts *o, const cav_train_t
         return cav_fail(err, 3, "out of memory for the optimiser state");
     if (d->world > 1 && task->overlap && cav_model_on_grads_final(m, grads_final, x))
         return cav_fail(err, 3, "out of memory");
+    if (d->world > 1) return cav_dist_set_grad_dtype(d, o->grad_dtype, m->be, n, err);
+    if (o->grad_dtype == CAV_DIST_BF16 && !(x->round16 = m->be->alloc((n ? n : 1) * sizeof *x->round16)))
+        return cav_fail(err, 3, "out of memory for the bf16 gradient");
     return 0;
 }
 
 static void exchange_close(exchange *x) {
+    cav_err err = {0, ""};
     if (x->m) cav_model_on_grads_final(x->m, NULL, NULL);
+    if (x->d) cav_dist_set_grad_dtype(x->d, CAV_DIST_FP32, x->m->be, 0, &err); /* the payload freed */
+    if (x->round16) x->m->be->free(x->round16);
     free(x->part), free(x->left), free(x->started);
 }
 
@@ -884,6 +913,11 @@ static void exchange_begin(exchange *x) {
 
 /* after the step: the buckets not started yet (all of them without the hook), then all waited for */
 static int exchange_grads(exchange *x, cav_err *err) {
+    if (x->round16) { /* one process, one rank's bf16 exchange: the gradient (its groups' sum) rounded */
+        float *g = cav_model_buffer_ptr(x->m, CAV_BUF_GRADS);
+        x->m->be->cast_bf16(x->round16, g, x->m->nparams);
+        x->m->be->widen_bf16(g, x->round16, x->m->nparams);
+    }
     if (x->d->world <= 1) return 0;
     for (size_t k = 0; k < x->nb && !x->failed; k++)
         if (!x->started[k] && bucket_start(x, k, &x->err)) x->failed = 1;
@@ -1066,8 +1100,8 @@ int cav_train_run(const cav_train_opts *o, const cav_config *cfg, int rows, cons
                 (long long)cav_loader_rows(tl), (long long)cav_loader_batches(tl), o->batch, d->world,
                 d->world > 1 ? "es" : "", more);
         if (d->world > 1)
-            cav_msg("data parallel: %d ranks over %s, gradient buckets of %g MiB%s", d->world,
-                    cav_dist_transport(d), o->bucket_mb,
+            cav_msg("data parallel: %d ranks over %s, gradient buckets of %g MiB in %s%s", d->world,
+                    cav_dist_transport(d), o->bucket_mb, grad_dtypes[o->grad_dtype].name,
                     x.zero ? ", ZeRO-1 (each rank's Adam on its shard of the parameters)" : "");
         wrote = write_results(o, &pos, err); /* the checkpoint's rows only: none of a lost epoch */
         snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);

@@ -50,6 +50,7 @@ typedef struct {
     int precision;         /* the Linears' precision: 0 fp32, 1 bf16 (cav_model_set_precision) */
     int zero;              /* 1: ZeRO stage 1 (Adam's moments and update sharded over ranks) */
     double bucket_mb;      /* gradient exchange bucket size in MiB (0: one exchange after the backward) */
+    int grad_dtype;        /* the gradient exchange's payloads: CAV_DIST_FP32 or CAV_DIST_BF16 (dist.h) */
 } cav_train_opts;
 
 /* The model's options: a size, a variant (pretraining) and knobs by the reference's names, applied in that
@@ -208,6 +209,8 @@ typedef struct {
     cav_dist_block *blk; /* the ranks sharing one group; NULL or size 1: whole groups */
     float *acc, *tmp;    /* [nparams] each; needed when ngroups > 1 or scale != 1 */
     float *ca, *cv, *gca, *gcv; /* a spread group's embeddings: [rows, D] mine, [group rows, D] gathered */
+    int bf16_groups; /* one process with --grad-dtype bf16: each group's gradient rounded to bf16 as a rank's
+                      * payload is (dist.h), added in fp32 in group order (the driver rounds the sum) */
 } cav_groups;
 
 /* Sets a group's inputs (and masks) into the model, before its forward. */

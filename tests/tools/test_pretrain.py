@@ -14,7 +14,6 @@ import re
 import shutil
 import json
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -56,17 +55,7 @@ def pretrain(out, *args, check=True, **kw):
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
-def tensors(path):
-    b = read(path)
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32)
-    return out
+tensors = toolenv.safetensors_f32
 
 
 def read(p):
@@ -223,22 +212,7 @@ else:
         r = subprocess.run(pre + [BIN + "/cav-pretrain"] + base, capture_output=True, text=True, env=env)
         return out, r
 
-    def last_ck(run):
-        d = os.path.join(run, "checkpoints")
-        return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith("e"))[-1])
-
-    def same_run(a, b):
-        """'' when two runs' last checkpoints are byte-identical (model, optimiser, state), else what differs"""
-        ca, cb = last_ck(a), last_ck(b)
-        if os.path.basename(ca) != os.path.basename(cb):
-            return "checkpoints %s vs %s" % (os.path.basename(ca), os.path.basename(cb))
-        bad = [f for f in ("model.safetensors", "optim.safetensors", "state.json")
-               if read(os.path.join(ca, f)) != read(os.path.join(cb, f))]
-        if not bad:
-            return ""
-        ta, tb = tensors(os.path.join(ca, "model.safetensors")), tensors(os.path.join(cb, "model.safetensors"))
-        diff = max(float(np.max(np.abs(ta[k] - tb[k]))) for k in ta)
-        return "%s differ (parameters: max abs %.3g)" % (",".join(bad), diff)
+    last_ck, same_run = toolenv.last_checkpoint, toolenv.same_checkpoints
 
     one3, r1 = dp_run("dp_one", 1)
     runs = {"three_ranks": dp_run("dp_three", 3),

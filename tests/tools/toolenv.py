@@ -1,7 +1,8 @@
 """toolenv.py: what a tool test starts with: where the source, the tools and the golden data are
 ($CAV_SRC, $CAV_BIN, $CAV_ASAN_BIN, $CAV_REF and $CAV_TEST_LOGS as the Makefile sets them, else the build
-tree beside this file), the micro model's options, mpirun's prefix, a scratch directory per test, and the
-PASS/FAIL lines tests/run.sh counts, with the failure count for the exit status (sys.exit(toolenv.status()))."""
+tree beside this file), the micro model's options, mpirun's prefix, a scratch directory per test, the
+comparison of two runs' last checkpoints, and the PASS/FAIL lines tests/run.sh counts, with the failure count
+for the exit status (sys.exit(toolenv.status()))."""
 import os
 import shutil
 import sys
@@ -60,6 +61,43 @@ def mpi_env():
     """The environment for mpirun (and for the one-process run it is compared with): root allowed, one OpenMP
     thread a process."""
     return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', OMP_NUM_THREADS='1')
+
+
+def safetensors_f32(path):
+    """A .safetensors file of float32 tensors as name -> flat numpy array."""
+    import json
+    import struct
+    import numpy as np
+    with open(path, 'rb') as f:
+        b = f.read()
+    n = struct.unpack('<Q', b[:8])[0]
+    return {k: np.frombuffer(b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]], dtype=np.float32)
+            for k, v in json.loads(b[8:8 + n]).items() if k != '__metadata__'}
+
+
+def last_checkpoint(run):
+    """The newest epoch-named checkpoint directory of a run."""
+    d = os.path.join(run, 'checkpoints')
+    return os.path.join(d, sorted(x for x in os.listdir(d) if x.startswith('e'))[-1])
+
+
+def same_checkpoints(a, b):
+    """'' when two runs' last checkpoints are byte-identical (model, optimiser, state), else what differs."""
+    import numpy as np
+    ca, cb = last_checkpoint(a), last_checkpoint(b)
+    if os.path.basename(ca) != os.path.basename(cb):
+        return 'checkpoints %s vs %s' % (os.path.basename(ca), os.path.basename(cb))
+
+    def read(p):
+        with open(p, 'rb') as f:
+            return f.read()
+    bad = [f for f in ('model.safetensors', 'optim.safetensors', 'state.json')
+           if read(os.path.join(ca, f)) != read(os.path.join(cb, f))]
+    if not bad:
+        return ''
+    ta, tb = (safetensors_f32(os.path.join(c, 'model.safetensors')) for c in (ca, cb))
+    diff = max(float(np.max(np.abs(ta[k] - tb[k]))) for k in ta)
+    return '%s differ (parameters: max abs %.3g)' % (','.join(bad), diff)
 
 
 def use_ref():

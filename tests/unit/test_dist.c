@@ -1,8 +1,12 @@
 /* test_dist.c: the distributed layer's arithmetic that needs no launcher (dist.h): the local rank from the
  * launcher's variables in their order of precedence, the device each rank of `--device cuda` gets (also
  * under srun --gpus-per-task=1, where each task sees one device), and the ranks' parts of the flat buffer
- * (contiguous, covering, near-equal, 64-aligned). The collectives themselves are tested through mpirun in
- * tests/tools/test_pretrain.py. */
+ * (contiguous, covering, near-equal, 64-aligned), and the bf16 gradient exchange's sum (--grad-dtype bf16:
+ * widened bf16 payloads added in fp32 in rank order, rounded once) against an exact computation written
+ * independently of bf16.h (frexp and rint). The collectives themselves are tested through mpirun in
+ * tests/tools/test_pretrain.py and test_grad_dtype.py. */
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,9 +75,69 @@ static void parts_cover_the_buffer(void) {
         }
 }
 
+/* a bf16 pattern as a number, without bf16.h: sign, 8-bit exponent, 7-bit fraction (no NaN or infinity here)
+ */
+static double bf16_value(uint16_t h) {
+    int e = (h >> 7) & 0xFF, f = h & 0x7F;
+    double v =
+        e ? ldexp(128 + f, e - 134) : ldexp(f, -133); /* normal: 1.f 2^(e-127); subnormal: 0.f 2^-126 */
+    return h & 0x8000 ? -v : v;
+}
+/* x (a float's value, normal in bf16's range or zero) rounded to the nearest bf16, ties to even: the
+ * significand scaled to 8 bits and rint'd in the default rounding mode (to nearest, ties to even) */
+static double bf16_nearest(double x) {
+    if (x == 0) return x;
+    int e;
+    double m = frexp(x, &e); /* x = m 2^e, 0.5 <= |m| < 1 */
+    return ldexp(rint(ldexp(m, 8)), e - 8);
+}
+
+static void bf16_sum_is_exact(void) {
+    /* hand cases: 1 + 2^-8 + 2^-8 is 1 + 2^-7 in fp32, a bf16 value; a bf16 accumulator would round the
+     * first partial sum (a tie) down to 1 and end at 1. 1 + 2^-8 alone is a tie: to even, 1. 1 + 3 2^-8
+     * is a tie between 1 + 2^-7 (odd) and 1 + 2^-6: 1 + 2^-6. Opposite payloads cancel to +0. */
+    static const struct {
+        int world;
+        uint16_t in[3], want;
+    } hand[] = {{3, {0x3F80, 0x3B80, 0x3B80}, 0x3F81},
+                {2, {0x3F80, 0x3B80, 0}, 0x3F80},
+                {2, {0x3F80, 0x3C40, 0}, 0x3F82},
+                {2, {0x4049, 0xC049, 0}, 0x0000},
+                {1, {0xC0A0, 0, 0}, 0xC0A0}};
+    for (size_t k = 0; k < sizeof hand / sizeof *hand; k++) {
+        uint16_t out = 1;
+        cav_dist_sum_bf16(&out, hand[k].in, hand[k].world, 1);
+        CHECK(out == hand[k].want);
+    }
+    /* random payloads of 1 to 5 ranks, gradient-like (normal values of mixed sign over 2^-30 .. 2^4): the
+     * fp32 sum in rank order is each partial sum rounded to float (a double holds every sum of two floats
+     * exactly enough to round once), then the bf16 of that */
+    uint64_t s = 12345;
+    for (int world = 1; world <= 5; world++) {
+        size_t n = 20000;
+        uint16_t *in = malloc((size_t)world * n * sizeof *in), *out = malloc(n * sizeof *out);
+        for (size_t i = 0; i < (size_t)world * n; i++) {
+            s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t r = (uint32_t)(s >> 33);
+            in[i] = (uint16_t)((r & 0x8000) | ((97 + (r >> 16) % 35) << 7) | (r & 0x7F)); /* exp 2^-30..2^4 */
+        }
+        cav_dist_sum_bf16(out, in, world, n);
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            float acc = 0.0f;
+            for (int r = 0; r < world; r++) acc = (float)((double)acc + bf16_value(in[(size_t)r * n + i]));
+            bad += bf16_value(out[i]) != bf16_nearest(acc);
+        }
+        if (bad) fprintf(stderr, "  world %d: %d of %zu sums differ\n", world, bad, n);
+        CHECK(bad == 0);
+        free(in), free(out);
+    }
+}
+
 int main(void) {
     TEST(local_rank_from_the_launcher);
     TEST(device_of_each_rank);
     TEST(parts_cover_the_buffer);
+    TEST(bf16_sum_is_exact);
     return harness_exit();
 }

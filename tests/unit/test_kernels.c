@@ -959,6 +959,19 @@ static int backend_bf16_case(int M, int IC, int OC, double tol) {
     int ok = memcmp(got16, x16, 2 * ni) == 0 && memcmp(got16 + ni, w16, 2 * nw) == 0 &&
              memcmp(got16 + ni + nw, dy16, 2 * no) == 0;
     if (!ok) fprintf(stderr, "  backend %s: cast_bf16 differs\n", be->name);
+    /* and back: widen_bf16 puts the 16 bits on top of a float whose low half is zero, bit for bit */
+    float *Dxw = dev(NULL, 4 * ni), *xw = zeros(ni);
+    be->widen_bf16(Dxw, Dx16, ni);
+    be->download(xw, Dxw, 4 * ni);
+    int wok = 1;
+    for (size_t i = 0; i < ni; i++) {
+        uint32_t u;
+        memcpy(&u, &xw[i], sizeof u);
+        wok &= u == (uint32_t)x16[i] << 16;
+    }
+    if (!wok) fprintf(stderr, "  backend %s: widen_bf16 differs\n", be->name);
+    ok &= wok;
+    be->free(Dxw), free(xw);
     /* forward */
     float *y = zeros(no), *Dy = dev(NULL, 4 * no);
     cav_linear_forward_bf16(y, x16, w16, b16, M, IC, OC);
