@@ -1,4 +1,5 @@
-/* retrieval.c: see retrieval.h. Per block of queries x items, one float product F [br, bc]; then, per query,
+/* retrieval.c: see retrieval.h. Per block of queries x items, one float product F [br, bc] (on the host, or
+ * on a backend's device with the next block computed while the host scans this one); then, per query,
  * a vectorisable pass counts the items whose float cosine lies above the threshold's band and flags the
  * query when some item falls inside the band (or may enter its top-k list, or its class maximum); only
  * flagged queries are rescanned, and only entries inside the band are recomputed in double. The reverse
@@ -65,8 +66,15 @@ double cav_retr_sim(const cav_retr_set *q, int64_t i, const cav_retr_set *g, int
 /* |t / |q| - sim| where t = F * (1 / |g|) in float: the float sum of D products of rows that were themselves
  * rounded (gamma_D times sum |q_d g_d| <= |q| |g|), two more float roundings (the reciprocal and the
  * product), and the double evaluation of the reference; with 1 % and 1e-12 to spare. Valid for any summation
- * order, FMA or not (it is the worst case of a float dot product); it assumes IEEE float products (no TF32).
- */
+ * order, FMA or not (it is the worst case of a float dot product), so for any sgemm: OpenBLAS's kernels, and
+ * a GPU's (cuBLASLt's tiles, split-K partial sums added in any order, atomics included: every one is a binary
+ * tree over the same D products, each path through it at most D - 1 float additions). The device rows'
+ * zero padding (cav_retrieve's blocks) adds exact zeros: a sum with a zero is exact, so the tree over the D
+ * real terms keeps the bound. Underflow (the rows are scaled so that max |x| is in [1, 2), so |q|, |g| >= 1)
+ * costs at most 2^-126 per product and per addition, even where a GPU flushes subnormals to zero: under
+ * 2 D 2^-126 absolute, far inside the 1e-12. It assumes IEEE float products and sums: no TF32 (the CUDA
+ * backend's GEMM asks cuBLASLt for CUBLAS_COMPUTE_32F and its handle for CUBLAS_DEFAULT_MATH, kernels/cuda),
+ * and no emulated-float mode switched on from outside (cuBLAS's CUBLAS_EMULATE_SINGLE_PRECISION). */
 double cav_retr_margin(int D) {
     const double u = 0x1p-24, g = (D + 3) * u / (1 - (D + 3) * u);
     return 1.01 * g + (D + 8) * 0x1p-52 + 1e-12;
@@ -274,8 +282,98 @@ static void sort_top(cav_retr_dir *d, int64_t n, const int *heapn) {
     }
 }
 
+/* Where the blocks' products come from. The host path: each product straight into one host buffer F. A
+ * backend (--device): both sets uploaded once, rows padded to a 256-byte stride (cuBLASLt's default alignment
+ * for every row a block starts at; the padding's exact zeros add nothing to a dot product, nor any rounding),
+ * and a double buffer: block t's product in dF[t & 1], downloaded into the pinned hF[t & 1] in slot t & 1
+ * (kernels.h's download_async), so that while the host scans block t the device computes and downloads block
+ * t + 1 into the other pair. */
+typedef struct {
+    const cav_retr_set *q, *g;
+    int64_t B, ncb, nb;     /* block size, column blocks, blocks (rows outer, columns inner) */
+    struct cav_backend *be; /* NULL: the host path */
+    int Dp;                 /* the device rows' stride in floats */
+    float *F;               /* host path: [B, B] */
+    float *dq, *dg;         /* [nq, Dp], [ng, Dp] on the device */
+    float *dF[2], *hF[2];   /* [B, B] each: device products, host copies */
+} blocks;
+
+static void block_at(const blocks *b, int64_t t, int64_t *r0, int *br, int64_t *c0, int *bc) {
+    *r0 = t / b->ncb * b->B, *c0 = t % b->ncb * b->B;
+    *br = (int)(b->q->n - *r0 < b->B ? b->q->n - *r0 : b->B);
+    *bc = (int)(b->g->n - *c0 < b->B ? b->g->n - *c0 : b->B);
+}
+
+/* x [n, D] into the device as [n, Dp], the padding zero */
+static float *upload_padded(struct cav_backend *be, const cav_retr_set *s, int Dp) {
+    size_t n = (size_t)(s->n ? s->n : 1);
+    float *d = be->alloc(n * Dp * sizeof *d), *h = calloc(n * Dp, sizeof *h);
+    if (d && h) {
+        for (int64_t i = 0; i < s->n; i++) memcpy(h + i * Dp, s->x + i * s->D, (size_t)s->D * sizeof *h);
+        be->upload(d, h, (size_t)s->n * Dp * sizeof *h);
+    } else if (d)
+        be->free(d), d = NULL;
+    free(h);
+    return d;
+}
+
+static int blocks_init(blocks *b, const cav_retr_set *q, const cav_retr_set *g, int64_t B,
+                       struct cav_backend *be) {
+    memset(b, 0, sizeof *b);
+    b->q = q, b->g = g, b->B = B, b->be = be;
+    b->ncb = (g->n + B - 1) / B, b->nb = (q->n + B - 1) / B * b->ncb;
+    size_t fb = (size_t)B * B * sizeof(float);
+    if (!be) return (b->F = malloc(fb)) ? 0 : -1;
+    b->Dp = (q->D + 63) / 64 * 64;
+    b->dq = upload_padded(be, q, b->Dp), b->dg = upload_padded(be, g, b->Dp);
+    int bad = !b->dq || !b->dg;
+    for (int k = 0; k < 2; k++) {
+        bad |= !(b->dF[k] = be->alloc(fb));
+        bad |= !(b->hF[k] = be->host_alloc(fb));
+    }
+    return bad ? -1 : 0;
+}
+
+static void blocks_free(blocks *b) {
+    free(b->F);
+    if (!b->be) return;
+    for (int k = 0; k < 2; k++) { /* every download was waited for: nothing reads these any more */
+        if (b->dF[k]) b->be->free(b->dF[k]);
+        if (b->hF[k]) b->be->host_free(b->hF[k]);
+    }
+    if (b->dq) b->be->free(b->dq);
+    if (b->dg) b->be->free(b->dg);
+}
+
+/* The device's block t: F [br, bc] = q[r0:] @ g[c0:]^T into dF[t & 1], then its download */
+static void issue(blocks *b, int64_t t) {
+    int64_t r0, c0;
+    int br, bc, k = (int)(t & 1);
+    block_at(b, t, &r0, &br, &c0, &bc);
+    b->be->linear_forward(b->dF[k], b->dq + r0 * b->Dp, b->dg + c0 * b->Dp, NULL, br, b->Dp, bc);
+    b->be->download_async(b->hF[k], b->dF[k], (size_t)br * bc * sizeof(float), k);
+}
+
+/* Block t's product F [br, bc] in host memory, for the scans. On a backend, block t was issued one call
+ * earlier (block 0 by the caller); block t + 1 is issued before waiting for t, so the device is never idle
+ * while the host scans. */
+static const float *block_product(blocks *b, int64_t t) {
+    int64_t r0, c0;
+    int br, bc;
+    if (!b->be) {
+        block_at(b, t, &r0, &br, &c0, &bc);
+        /* the block product behind the kernel seam: OpenBLAS sgemm */
+        cav_backend_cpu()->linear_forward(b->F, b->q->x + r0 * b->q->D, b->g->x + c0 * b->g->D, NULL, br,
+                                          b->q->D, bc);
+        return b->F;
+    }
+    if (t + 1 < b->nb) issue(b, t + 1);
+    b->be->download_wait((int)(t & 1));
+    return b->hF[t & 1];
+}
+
 int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev,
-                 int64_t block) {
+                 int64_t block, struct cav_backend *be) {
     if (block <= 0) {
         const char *e = getenv("CAV_RECALL_BLOCK");
         block = e && atoll(e) > 0 ? atoll(e) : DEFAULT_BLOCK;
@@ -284,10 +382,11 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
     if (B > q->n && B > g->n) B = q->n > g->n ? q->n : g->n;
     if (B < 1) B = 1;
     dstate sf, sr;
-    float *F = malloc((size_t)B * B * sizeof *F);
+    blocks bl;
     int *gtbuf = malloc((size_t)B * sizeof *gtbuf);
     unsigned char *flagbuf = malloc((size_t)B);
-    int bad = !F || !gtbuf || !flagbuf;
+    int bad = !gtbuf || !flagbuf;
+    bad |= blocks_init(&bl, q, g, B, be) != 0;
     bad |= dstate_init(&sf, fwd, q, g) != 0;
     if (rev) bad |= dstate_init(&sr, rev, g, q) != 0;
     if (!bad) {
@@ -300,16 +399,14 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
         for (int pass = 0; pass < passes; pass++) {
             int run_f = sf.mode == CLASSMAX || pass == passes - 1;
             int run_r = rev && (sr.mode == CLASSMAX || pass == passes - 1);
-            for (int64_t r0 = 0; r0 < q->n; r0 += B) {
-                int br = (int)(q->n - r0 < B ? q->n - r0 : B);
-                for (int64_t c0 = 0; c0 < g->n; c0 += B) {
-                    int bc = (int)(g->n - c0 < B ? g->n - c0 : B);
-                    /* F [br, bc] = q[r0:] @ g[c0:]^T: the block product, behind the kernel seam */
-                    cav_backend_cpu()->linear_forward(F, q->x + r0 * q->D, g->x + c0 * g->D, NULL, br, q->D,
-                                                      bc);
-                    if (run_f) scan_rows(&sf, F, r0, br, c0, bc);
-                    if (run_r) scan_cols(&sr, F, r0, br, c0, bc, gtbuf, flagbuf);
-                }
+            if (be && bl.nb) issue(&bl, 0);
+            for (int64_t t = 0; t < bl.nb; t++) {
+                int64_t r0, c0;
+                int br, bc;
+                block_at(&bl, t, &r0, &br, &c0, &bc);
+                const float *F = block_product(&bl, t);
+                if (run_f) scan_rows(&sf, F, r0, br, c0, bc);
+                if (run_r) scan_cols(&sr, F, r0, br, c0, bc, gtbuf, flagbuf);
             }
             if (sf.mode == CLASSMAX) to_count(&sf);
             if (rev && sr.mode == CLASSMAX) to_count(&sr);
@@ -320,6 +417,7 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
     }
     dstate_free(&sf);
     if (rev) dstate_free(&sr);
-    free(F), free(gtbuf), free(flagbuf);
+    blocks_free(&bl);
+    free(gtbuf), free(flagbuf);
     return bad ? -1 : 0;
 }
