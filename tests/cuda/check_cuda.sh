@@ -5,22 +5,25 @@
 #   2. tests/tools/test_debug_states.sh with DEVICE: the model's debug states with the CPU's tolerances;
 #   3. tests/cuda/test_cuda_train.py: 50 steps of tiny and base following the CPU's losses; resume bit-exact
 #      on the device; a checkpoint of one device resumed on the other, both ways;
-#   4. tests/cuda/test_sanitizer.py: compute-sanitizer memcheck and racecheck clean on short runs.
+#   4. tests/cuda/test_sanitizer.py: compute-sanitizer memcheck and racecheck clean on short runs;
+#   5. tests/cuda/test_cuda_recall.py: cav-recall --device cuda against the CPU on 20,000 clips with exact
+#      ties, every output byte-equal.
 # Where this build has no CUDA backend or the machine no GPU, each stage prints SKIP and the run ends
 # "SKIPPED check-cuda: <why>" with status 0; a GPU that nvidia-smi sees but the backend cannot open is a
-# failure. DEVICE=cpu runs stages 2-4 on the CPU against the CPU (their own check where no GPU is at hand).
-# STAGES (default "kernels debug_states train sanitizer") narrows the run (tests/bench/gpu_session.sh times
-# each stage on its own).
+# failure. DEVICE=cpu runs stages 2-5 on the CPU against the CPU (their own check where no GPU is at hand).
+# STAGES (default "kernels debug_states train sanitizer recall") narrows the run (tests/bench/gpu_session.sh
+# times each stage on its own).
 # Usage: check_cuda.sh TEST_KERNELS_BINARY (run from the repository root with make's test environment)
 set -u
 kernels=$1
 device=${DEVICE:-cuda}
 logs=${CAV_TEST_LOGS:-build/test-logs}
-want=" ${STAGES:-kernels debug_states train sanitizer} "
+want=" ${STAGES:-kernels debug_states train sanitizer recall} "
 stages=()
 [[ $want == *" debug_states "* ]] && stages+=(tests/tools/test_debug_states.sh)
 [[ $want == *" train "* ]] && stages+=(tests/cuda/test_cuda_train.py)
 [[ $want == *" sanitizer "* ]] && stages+=(tests/cuda/test_sanitizer.py)
+[[ $want == *" recall "* ]] && stages+=(tests/cuda/test_cuda_recall.py)
 mkdir -p "$logs"
 # the CPU's side of the comparisons trains the base config: every core (make's test environment says 2), and
 # up to an hour a script (a GPU machine's CPU does it in minutes; two cores take over 15)
@@ -47,7 +50,7 @@ if [ "$device" != cpu ]; then
     [[ $want == *" kernels "* ]] && stages=("$kernels" "${stages[@]}")
 fi
 if [ ${#stages[@]} -eq 0 ]; then
-    echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer"
+    echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer recall"
     exit 1
 fi
 DEVICE=$device tests/run.sh cuda "${stages[@]}"

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import toolenv  # noqa: E402
 from toolenv import BIN, report  # noqa: E402
 import cavstream  # noqa: E402
+from recallfix import make, write  # noqa: E402
 
 OLD = os.environ.get('CAV_RECALL_OLD', '')
 TMP = tempfile.mkdtemp(prefix='cav-recall-scale-')
@@ -83,38 +84,6 @@ def np_csv(dataset, rank_ties, first=False):
     f = io.BytesIO()
     np.savetxt(f, res, delimiter=',', fmt='%s')
     return f.getvalue().decode()
-
-
-def make(n, D, g):
-    """planted matches, integer rows with repeats (exact ties), a zero row and an inf row"""
-    a = g.standard_normal((n, D)).astype(np.float32)
-    v = (a + 1.5 * g.standard_normal((n, D))).astype(np.float32)
-    nq = n // 3
-    if nq:
-        ai = g.integers(-2, 3, (nq, D)).astype(np.float32)
-        vi = g.integers(-2, 3, (nq, D)).astype(np.float32)
-        ai[np.abs(ai).sum(1) == 0, 0] = 1
-        vi[np.abs(vi).sum(1) == 0, 0] = 1
-        vi[::2] = ai[::2]                      # exact own matches
-        vi[1::5] = vi[0]                       # repeated rows: many exact ties
-        if nq > 3:
-            ai[3::7] = ai[1]
-        a[:nq], v[:nq] = ai, vi * np.float32(2.0 ** g.integers(-3, 4))  # a power of two keeps ties exact
-    if n > 10:
-        a[7] = 0                               # zero: NaN similarities
-        v[9, 1] = np.inf                       # non-finite
-    return a, v
-
-
-def write(path, a, v, ids, labels=None):
-    recs = []
-    for i in range(len(a)):
-        t = [('emb_a', a[i]), ('emb_v', v[i])]
-        if labels is not None:
-            t.append(('labels', labels[i].astype(np.float32)))
-        recs.append((ids[i], {}, t))
-    with open(path, 'wb') as f:
-        f.write(cavstream.encode(recs))
 
 
 def run(*args, env=None, binary=None):
