@@ -539,18 +539,14 @@ static void check_labels(const embs *e, const char *what) {
                 what);
 }
 
-static void warn_invalid(const embs *e, const char *what) {
-    for (int64_t i = 0; i < e->n; i++) {
-        double sa = 0, sv = 0;
-        for (int d = 0; d < e->D; d++)
-            sa += (double)e->a[i * e->D + d] * e->a[i * e->D + d],
-                sv += (double)e->v[i * e->D + d] * e->v[i * e->D + d];
-        if (!(sa > 0 && isfinite(sa)) || !(sv > 0 && isfinite(sv)))
+/* the rows cav_retr_set_init found invalid (a NaN norm), named */
+static void warn_invalid(const embs *e, const cav_retr_set *a, const cav_retr_set *v, const char *what) {
+    for (int64_t i = 0; (a->invalid || v->invalid) && i < e->n; i++)
+        if (isnan(a->norm[i]) || isnan(v->norm[i]))
             cav_msg("warning: %srecord %lld (%s): a zero or non-finite embedding: its similarities are NaN "
                     "and it has "
                     "no hit, as in the reference",
                     what, (long long)i, e->ids[i]);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -603,14 +599,13 @@ int main(int argc, char **argv) {
         if (!paired && eg.K != e.K)
             cav_die(CAV_EXIT_INPUT, "--class: queries have %d classes, the gallery %d", e.K, eg.K);
     }
-    warn_invalid(&e, paired ? "" : "query ");
-    if (!paired) warn_invalid(&eg, "gallery ");
-
     cav_retr_set qa, qv, ga, gv;
     if (cav_retr_set_init(&qa, e.a, e.n, e.D) || cav_retr_set_init(&qv, e.v, e.n, e.D))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (!paired && (cav_retr_set_init(&ga, eg.a, eg.n, eg.D) || cav_retr_set_init(&gv, eg.v, eg.n, eg.D)))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    warn_invalid(&e, &qa, &qv, paired ? "" : "query ");
+    if (!paired) warn_invalid(&eg, &ga, &gv, "gallery ");
     int k = matches_path || html_dir ? topk : 0;
     int64_t show = matches_path ? -1 : html_dir ? nshow : 0; /* the queries needing a top-k list: -1 all */
     direction dv, da; /* video: visual queries against audio items; audio: the reverse */

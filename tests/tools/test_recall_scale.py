@@ -141,6 +141,10 @@ for n, D, block in cases:
         report('scale_n%d_block%d_ranks_%s' % (n, block, d), okr,
                'queries %s: got %s want %s' % (bad, [(got[d][0][i], got[d][1][i]) for i in bad],
                                               [(want[d][0][i], want[d][1][i]) for i in bad]))
+    if n > 10:  # the zero row and the row with an infinity are named, and no other
+        warned = [ln for ln in r.stderr.decode().splitlines() if 'zero or non-finite' in ln]
+        report('scale_n%d_warns_invalid_rows' % n, len(warned) == 2 and 'record 7 (c00007)' in warned[0] and
+               'record 9 (c00009)' in warned[1], str(warned))
     if n > 1:
         multi = sum(int(np.sum(want[d][1] > 1)) for d in want)
         if n >= 64:
