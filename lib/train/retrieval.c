@@ -173,37 +173,60 @@ static void visit(dstate *s, int64_t qi, int64_t oj, float t, int64_t *rechecked
 }
 
 /* Whether visit can act on the entry: visit's own conditions (inside the band; at or above the cut, which a
- * push may have raised), tested inline by the rescans of flagged queries. The band is about 2 (D+3) 2^-24
- * wide, so nearly every query of a block has an entry in it and is flagged; a call per entry of its row made
- * the rescan cost as much as the counting pass (perf, 8,000 clips: visit alone 6.7 % of the CPU time). */
+ * push may have raised), tested before the call. The band is about 2 (D+3) 2^-24 wide, so nearly every query
+ * of a block has an entry in it; a call per entry of its row made the rescan cost as much as the counting
+ * pass (perf, 8,000 clips: visit alone 6.7 % of the CPU time). */
 static inline int acts(const dstate *s, int64_t qi, float t) {
     return t >= s->cut[qi] || (s->mode == COUNT && t >= s->lo[qi] && t <= s->hi[qi]);
 }
 
-/* The counting passes, compiled per instruction set (CAV_VEC: the build's baseline is 4 floats wide). One
- * query's row f [n] with the items' 1 / |g| rn [n]: returns the entries above the band, *flag |= whether one
- * lies inside it or at or above the cut. */
+/* The counting passes, compiled per instruction set (CAV_VEC: the build's baseline is 4 floats wide), and the
+ * same tests without the counts for the rescans, which visit only the chunks of RESCAN entries where one
+ * holds (a chunk tested with the cuts of its start: a cut only rises, so no entry that acts is skipped). */
+#define RESCAN 64
+
+/* One query's row f [n] with the items' 1 / |g| rn [n], its band [lo, hi] and cut: returns the entries above
+ * the band; *hit |= whether one lies inside it or at or above the cut. */
 CAV_VEC static int count_row(const float *f, const float *rn, int n, float hi, float lo, float cut,
-                             int *flag) {
-    int gt = 0, fl = 0;
+                             int *hit) {
+    int gt = 0, h = 0;
     for (int j = 0; j < n; j++) {
         float t = f[j] * rn[j];
         gt += t > hi;
-        fl |= ((t >= lo) & (t <= hi)) | (t >= cut);
+        h |= ((t >= lo) & (t <= hi)) | (t >= cut);
     }
-    *flag |= fl;
+    *hit |= h;
     return gt;
+}
+CAV_VEC static int hits_row(const float *f, const float *rn, int n, float hi, float lo, float cut) {
+    int h = 0;
+    for (int j = 0; j < n; j++) {
+        float t = f[j] * rn[j];
+        h |= ((t >= lo) & (t <= hi)) | (t >= cut);
+    }
+    return h;
 }
 
 /* One item's row f [n] (times its 1 / |g|, r) against n column queries with their bands and cuts: gt [n]
- * counts the entries above the band, flag [n] marks those inside it or at or above the cut. */
-CAV_VEC static void count_cols(const float *f, float r, const float *hi, const float *lo, const float *cut,
-                               int n, int *gt, int *flag) {
+ * counts the entries above each band; returns whether one lies inside its band or at or above its cut. */
+CAV_VEC static int count_cols(const float *f, float r, const float *hi, const float *lo, const float *cut,
+                              int n, int *gt) {
+    int h = 0;
     for (int j = 0; j < n; j++) {
         float t = f[j] * r;
         gt[j] += t > hi[j];
-        flag[j] |= ((t >= lo[j]) & (t <= hi[j])) | (t >= cut[j]);
+        h |= ((t >= lo[j]) & (t <= hi[j])) | (t >= cut[j]);
     }
+    return h;
+}
+CAV_VEC static int hits_cols(const float *f, float r, const float *hi, const float *lo, const float *cut,
+                             int n) {
+    int h = 0;
+    for (int j = 0; j < n; j++) {
+        float t = f[j] * r;
+        h |= ((t >= lo[j]) & (t <= hi[j])) | (t >= cut[j]);
+    }
+    return h;
 }
 
 /* Queries [r0, r0 + br) of self against items [c0, c0 + bc) of other; F [br, bc] row-major. */
@@ -214,47 +237,45 @@ static void scan_rows(dstate *s, const float *F, int64_t r0, int br, int64_t c0,
     for (int i = 0; i < br; i++) {
         int64_t qi = r0 + i;
         const float *f = F + (size_t)i * bc;
-        int flag = s->mode == CLASSMAX;
-        if (s->mode == COUNT) s->d->rank[qi] += count_row(f, rn, bc, s->hi[qi], s->lo[qi], s->cut[qi], &flag);
-        if (flag)
-            for (int j = 0; j < bc; j++)
+        int hit = s->mode == CLASSMAX; /* the class pass: every entry may act */
+        if (s->mode == COUNT) s->d->rank[qi] += count_row(f, rn, bc, s->hi[qi], s->lo[qi], s->cut[qi], &hit);
+        for (int j0 = 0; hit && j0 < bc; j0 += RESCAN) {
+            int n = bc - j0 < RESCAN ? bc - j0 : RESCAN;
+            if (s->mode == COUNT && !hits_row(f + j0, rn + j0, n, s->hi[qi], s->lo[qi], s->cut[qi])) continue;
+            for (int j = j0; j < j0 + n; j++)
                 if (acts(s, qi, f[j] * rn[j])) visit(s, qi, c0 + j, f[j] * rn[j], &rech);
+        }
     }
     s->rechecked += rech;
 }
 
 /* The reverse direction on the same block: queries [c0, c0 + bc) of self (the columns of F) against items
- * [r0, r0 + br) of other (its rows). Each thread owns a stripe of columns. */
-static void scan_cols(dstate *s, const float *F, int64_t r0, int br, int64_t c0, int bc, int *gtbuf,
-                      int *flagbuf) {
+ * [r0, r0 + br) of other (its rows). Each thread owns a stripe of columns and walks the block by rows (a walk
+ * down a column strides by bc floats); a row whose stripe has an entry that acts is rescanned at once, so
+ * each column query still sees its items in order. */
+static void scan_cols(dstate *s, const float *F, int64_t r0, int br, int64_t c0, int bc, int *gtbuf) {
     const float *rn = s->other->rnorm + r0;
     int64_t rech = 0;
 #pragma omp parallel reduction(+ : rech)
     {
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
         int w = ((bc + nt - 1) / nt + 15) / 16 * 16, j0 = id * w, j1 = j0 + w < bc ? j0 + w : bc;
-        int *gt = gtbuf + j0, *flag = flagbuf + j0;
-        if (j0 < j1) {
-            for (int j = 0; j < j1 - j0; j++) gt[j] = 0, flag[j] = s->mode == CLASSMAX;
-            if (s->mode == COUNT)
-                for (int i = 0; i < br; i++)
-                    count_cols(F + (size_t)i * bc + j0, rn[i], s->hi + c0 + j0, s->lo + c0 + j0,
-                               s->cut + c0 + j0, j1 - j0, gt, flag);
-            int any = 0;
-            for (int j = j0; j < j1; j++) {
-                if (s->mode == COUNT) s->d->rank[c0 + j] += gt[j - j0];
-                any |= flag[j - j0];
-            }
-            /* the flagged columns' entries, row by row: a walk down a column strides by bc floats (a cache
-             * line and often a page per entry), and nearly every column is flagged (acts); each column still
-             * sees its items in order */
-            for (int i = 0; i < br && any; i++) {
-                const float *f = F + (size_t)i * bc;
-                for (int j = j0; j < j1; j++)
-                    if (flag[j - j0] && acts(s, c0 + j, f[j] * rn[i]))
-                        visit(s, c0 + j, r0 + i, f[j] * rn[i], &rech);
+        int *gt = gtbuf + j0;
+        const float *hi = s->hi + c0, *lo = s->lo + c0, *cut = s->cut + c0;
+        for (int j = 0; j < j1 - j0; j++) gt[j] = 0;
+        for (int i = 0; i < br && j0 < j1; i++) {
+            const float *f = F + (size_t)i * bc;
+            if (s->mode == COUNT && !count_cols(f + j0, rn[i], hi + j0, lo + j0, cut + j0, j1 - j0, gt))
+                continue;
+            for (int k0 = j0; k0 < j1; k0 += RESCAN) {
+                int n = j1 - k0 < RESCAN ? j1 - k0 : RESCAN;
+                if (s->mode == COUNT && !hits_cols(f + k0, rn[i], hi + k0, lo + k0, cut + k0, n)) continue;
+                for (int j = k0; j < k0 + n; j++)
+                    if (acts(s, c0 + j, f[j] * rn[i])) visit(s, c0 + j, r0 + i, f[j] * rn[i], &rech);
             }
         }
+        if (s->mode == COUNT)
+            for (int j = j0; j < j1; j++) s->d->rank[c0 + j] += gt[j - j0];
     }
     s->rechecked += rech;
 }
@@ -415,8 +436,7 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
     dstate sf, sr;
     blocks bl;
     int *gtbuf = malloc((size_t)B * sizeof *gtbuf);
-    int *flagbuf = malloc((size_t)B * sizeof *flagbuf);
-    int bad = !gtbuf || !flagbuf;
+    int bad = !gtbuf;
     bad |= blocks_init(&bl, q, g, B, be) != 0;
     bad |= dstate_init(&sf, fwd, q, g) != 0;
     if (rev) bad |= dstate_init(&sr, rev, g, q) != 0;
@@ -437,7 +457,7 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
                 block_at(&bl, t, &r0, &br, &c0, &bc);
                 const float *F = block_product(&bl, t);
                 if (run_f) scan_rows(&sf, F, r0, br, c0, bc);
-                if (run_r) scan_cols(&sr, F, r0, br, c0, bc, gtbuf, flagbuf);
+                if (run_r) scan_cols(&sr, F, r0, br, c0, bc, gtbuf);
             }
             if (sf.mode == CLASSMAX) to_count(&sf);
             if (rev && sr.mode == CLASSMAX) to_count(&sr);
@@ -449,6 +469,6 @@ int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd
     dstate_free(&sf);
     if (rev) dstate_free(&sr);
     blocks_free(&bl);
-    free(gtbuf), free(flagbuf);
+    free(gtbuf);
     return bad ? -1 : 0;
 }
