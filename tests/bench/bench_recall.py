@@ -105,14 +105,14 @@ for n in SIZES:
     numpy_baseline(a, v)
     np_wall, np_cpu = time.time() - t0, time.process_time() - c0
     rss_np = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    numpy_cols = "%.1f | %.1f | %.0f (+%.0f over the data)" % (np_wall, np_cpu, rss_np, rss_np - rss0)
-    print("| %d | host | %.1f (%.1f) | %.1f | %.0f | %s | %.2f |" % (
+    numpy_cols = "%.2f | %.2f | %.0f (+%.0f over the data)" % (np_wall, np_cpu, rss_np, rss_np - rss0)
+    print("| %d | host | %.2f (%.2f) | %.2f | %.0f | %s | %.2f |" % (
         n, wall, ranking, cpu_tool, rss_tool, numpy_cols, np_wall / wall), flush=True)
     if rc:
         print("cav-recall failed: %s" % err[-500:])
     print("  cav-recall: %s; rechecked in double: %s" % (out.decode().strip().replace("\n", " | "), rech), flush=True)
     if dev and dev[6] == 0:
-        print("| %d | --device %s | %.2f (%.2f) | %.1f | %.0f | %s | %.2f |" % (
+        print("| %d | --device %s | %.2f (%.2f) | %.2f | %.0f | %s | %.2f |" % (
             n, DEVICE, dev[0], dev[1], dev[2], dev[3], numpy_cols, np_wall / dev[0]), flush=True)
         print("  --device %s: CSV %s the host path's" % (DEVICE, "equal to" if dev[5] == out else "DIFFERENT from"),
               flush=True)
