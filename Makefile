@@ -247,9 +247,10 @@ check-long: tests refs | $(BUILD)/.check-deps
 	$(TEST_ENV) CAV_TEST_TIMEOUT=36000 tests/run.sh long $(LONG_TESTS); $(TEST_ENV) tests/run.sh --total
 
 # make check-cuda: the CUDA backend against the CPU (tests/cuda/check_cuda.sh: test_kernels' backend list, the
-# debug states, 50 training steps of tiny and base, resume, compute-sanitizer, bf16): SKIPPED where this build has
-# no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees but the backend cannot open is a
-# failure. DEVICE=cpu runs its scripts CPU against CPU (their own check without a GPU; needs the ASan tool);
+# debug states, 50 training steps of tiny and base, resume, compute-sanitizer, bf16, cav-recall --device against
+# the CPU): SKIPPED where this build has no CUDA backend or the machine has no GPU; a GPU that nvidia-smi sees
+# but the backend cannot open is a failure. DEVICE=cpu runs its scripts CPU against CPU (their own check without
+# a GPU; needs the ASan tool);
 # STAGES narrows it (tests/cuda/check_cuda.sh; the debug states need their golden data from make refs).
 CUDA_REFS := $(if $(filter debug_states,$(or $(STAGES),debug_states)),$(BUILD)/ref/gen_debug_states.stamp) \
   $(if $(filter bf16,$(or $(STAGES),bf16)),$(BUILD)/ref/gen_bf16_states.stamp)

@@ -3,7 +3,7 @@
  * of every query's own item (or, with --class, of its best item sharing a label), R@1, R@5, R@10 and the
  * median rank, as one CSV line like its retrieval_result.csv; top-k lists per query, a gallery page of them,
  * and queries against another set (--gallery). The ranks are lib/train/retrieval.c (blocks, never the n x n
- * matrix), the statistics lib/train/metrics.c. */
+ * matrix; their products on the host or on a --device backend), the statistics lib/train/metrics.c. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +18,7 @@
 #include "clip.h"
 #include "idset.h"
 #include "io.h"
+#include "kernels.h"
 #include "metrics.h"
 #include "opts.h"
 #include "picture.h"
@@ -37,7 +38,7 @@ static const char usage_tail[] =
     "Exit status: 0 ok, 1 usage, 2 bad input (file, record and field named), 3 internal failure.\n";
 
 typedef struct {
-    const char *dataset, *ranks, *matches, *html, *out;
+    const char *dataset, *ranks, *matches, *html, *out, *device;
     int dirs, first_only, class_level, topk, nshow;
     int64_t block; /* 0: CAV_RECALL_BLOCK or 2048 */
     cav_opt_list gallery, labels, media;
@@ -136,6 +137,13 @@ static const cav_opt options[] = {
      .max = 16384,
      .arg = "N",
      .help = "rows and columns per similarity block (default 2048, or CAV_RECALL_BLOCK)"},
+    {.name = "device",
+     .type = CAV_OPTT_STRING,
+     .offset = TO(device),
+     .arg = "NAME",
+     .help = "the similarity blocks on a compute backend: cpu, or cuda / cuda:N in a build\n"
+             "with CUDA (uploaded once, each block computed there while the host scans\n"
+             "the one before; the same results). Default: the host's sgemm, no copies"},
     {.name = "out",
      .short_name = 'o',
      .type = CAV_OPTT_STRING,
@@ -531,18 +539,14 @@ static void check_labels(const embs *e, const char *what) {
                 what);
 }
 
-static void warn_invalid(const embs *e, const char *what) {
-    for (int64_t i = 0; i < e->n; i++) {
-        double sa = 0, sv = 0;
-        for (int d = 0; d < e->D; d++)
-            sa += (double)e->a[i * e->D + d] * e->a[i * e->D + d],
-                sv += (double)e->v[i * e->D + d] * e->v[i * e->D + d];
-        if (!(sa > 0 && isfinite(sa)) || !(sv > 0 && isfinite(sv)))
+/* the rows cav_retr_set_init found invalid (a NaN norm), named */
+static void warn_invalid(const embs *e, const cav_retr_set *a, const cav_retr_set *v, const char *what) {
+    for (int64_t i = 0; (a->invalid || v->invalid) && i < e->n; i++)
+        if (isnan(a->norm[i]) || isnan(v->norm[i]))
             cav_msg("warning: %srecord %lld (%s): a zero or non-finite embedding: its similarities are NaN "
                     "and it has "
                     "no hit, as in the reference",
                     what, (long long)i, e->ids[i]);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -595,30 +599,37 @@ int main(int argc, char **argv) {
         if (!paired && eg.K != e.K)
             cav_die(CAV_EXIT_INPUT, "--class: queries have %d classes, the gallery %d", e.K, eg.K);
     }
-    warn_invalid(&e, paired ? "" : "query ");
-    if (!paired) warn_invalid(&eg, "gallery ");
-
     cav_retr_set qa, qv, ga, gv;
     if (cav_retr_set_init(&qa, e.a, e.n, e.D) || cav_retr_set_init(&qv, e.v, e.n, e.D))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
     if (!paired && (cav_retr_set_init(&ga, eg.a, eg.n, eg.D) || cav_retr_set_init(&gv, eg.v, eg.n, eg.D)))
         cav_die(CAV_EXIT_INTERNAL, "out of memory");
+    warn_invalid(&e, &qa, &qv, paired ? "" : "query ");
+    if (!paired) warn_invalid(&eg, &ga, &gv, "gallery ");
     int k = matches_path || html_dir ? topk : 0;
     int64_t show = matches_path ? -1 : html_dir ? nshow : 0; /* the queries needing a top-k list: -1 all */
     direction dv, da; /* video: visual queries against audio items; audio: the reverse */
     direction_init(&dv, e.n, k, show, class_level, &e, G, paired);
     direction_init(&da, e.n, k, show, class_level, &e, G, paired);
+    cav_backend *be = NULL; /* no --device: the host path */
+    if (o.device) {
+        cav_err berr = {0, ""};
+        if (!(be = cav_backend_open(o.device, &berr))) cav_die(berr.code ? berr.code : 1, "%s", berr.msg);
+    }
     double t0 = cav_now();
     int rc = 0;
     if (paired && dirs == 3)
-        rc = cav_retrieve(&qv, &qa, &dv.d, &da.d, block); /* one product, both directions */
+        rc = cav_retrieve(&qv, &qa, &dv.d, &da.d, block, be); /* one product, both directions */
     else {
-        if (dirs & 1) rc |= cav_retrieve(&qv, paired ? &qa : &ga, &dv.d, NULL, block);
-        if (dirs & 2) rc |= cav_retrieve(&qa, paired ? &qv : &gv, &da.d, NULL, block);
+        if (dirs & 1) rc |= cav_retrieve(&qv, paired ? &qa : &ga, &dv.d, NULL, block, be);
+        if (dirs & 2) rc |= cav_retrieve(&qa, paired ? &qv : &gv, &da.d, NULL, block, be);
     }
-    if (rc) cav_die(CAV_EXIT_INTERNAL, "out of memory for the similarity blocks (--block)");
-    cav_msg("%lld queries x %lld items, %d-dim: ranked in %.2f s (%lld entries rechecked in double)",
-            (long long)e.n, (long long)G->n, e.D, cav_now() - t0,
+    if (rc)
+        cav_die(CAV_EXIT_INTERNAL,
+                "out of memory for the embeddings or the similarity blocks (%s%s, --block)",
+                be ? "--device " : "host", be ? be->name : "");
+    cav_msg("%lld queries x %lld items, %d-dim: ranked in %.2f s on %s (%lld entries rechecked in double)",
+            (long long)e.n, (long long)G->n, e.D, cav_now() - t0, be ? be->name : "the host",
             (long long)(dv.d.rechecked + da.d.rechecked));
 
     FILE *out = create(out_path), *rf = create(ranks_path), *mf = create(matches_path);

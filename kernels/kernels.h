@@ -1,8 +1,9 @@
 /* kernels.h: the device seam. Every operation the CAV-MAE models run goes through a cav_backend, a table of
- * function pointers: memory (alloc, free, zero, copy, upload, download; pinned host memory and an
- * asynchronous upload for the batch) and each compute op with its forward and its backward, on flat float
- * arrays in the backend's memory. A backend is a folder under kernels/ (kernels/cpu, the readable
- * specification, is always built) and is chosen at run time by name (cav_backend_open; the tools' --device).
+ * function pointers: memory (alloc, free, zero, copy, upload, download; pinned host memory, an
+ * asynchronous upload for the batch and an asynchronous download for retrieval's blocks) and each compute op
+ * with its forward and its backward, on flat float arrays in the backend's memory. A backend is a folder
+ * under kernels/ (kernels/cpu, the readable specification, is always built) and is chosen at run time by name
+ * (cav_backend_open; the tools' --device).
  *
  * Conventions, following llm.c: forwards overwrite their outputs; backwards ACCUMULATE (+=) into every
  * gradient they are handed (parameters and inputs), so a caller zeroes gradients once per step and lets
@@ -25,6 +26,7 @@
 
 #define CAV_LN_EPS 1e-5f       /* LayerNorm eps (torch default) */
 #define CAV_CONTRAST_TAU 0.05f /* contrastive temperature (cav-numerics(7) 2.10) */
+#define CAV_DOWNLOAD_SLOTS 2   /* download_async's transfers in flight: a double buffer */
 
 typedef struct cav_backend cav_backend;
 struct cav_backend {
@@ -46,6 +48,16 @@ struct cav_backend {
     void (*host_free)(void *p);
     void (*upload_async)(void *dst, const void *host, size_t bytes);
     void (*upload_wait)(void);
+    /* The block download, overlapping compute (cav-recall's similarity blocks): download_async copies src
+     * (backend) -> host (host_alloc memory) on the copy stream once the ops already issued are done with src,
+     * as the transfer of one of CAV_DOWNLOAD_SLOTS slots; download_wait(slot) blocks until the slot's last
+     * download has completed. Ops issued later do NOT wait for the copy (that is the overlap): until
+     * download_wait(slot) returns, host must not be read and src must not be written, so a caller computing
+     * the next block writes another buffer. On the CPU the copy is made by download_wait, the latest moment
+     * this contract allows: a caller that reads host early, or overwrites src early, goes wrong on the CPU
+     * too, where its tests run. */
+    void (*download_async)(void *host, const void *src, size_t bytes, int slot);
+    void (*download_wait)(int slot);
 
     /* ---- dense layers ---- */
     /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear.

@@ -21,6 +21,22 @@ static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 static void cpu_upload_wait(void) {}
+/* The downloads in flight, one per slot: copied when waited for (kernels.h), so that the CPU, where the tests
+ * run, shows a caller that breaks the contract the way a GPU would at random. A backend table is shared by
+ * the process, as a device's copy stream is. */
+static struct {
+    void *host;
+    const void *src;
+    size_t bytes;
+} pending[CAV_DOWNLOAD_SLOTS];
+static void cpu_download_wait(int slot) {
+    if (pending[slot].bytes) memcpy(pending[slot].host, pending[slot].src, pending[slot].bytes);
+    pending[slot].bytes = 0;
+}
+static void cpu_download_async(void *host, const void *src, size_t bytes, int slot) {
+    cpu_download_wait(slot); /* the slot's earlier download first: a copy stream runs them in order */
+    pending[slot].host = host, pending[slot].src = src, pending[slot].bytes = bytes;
+}
 static size_t cpu_attention_state_size(int B, int H, int N) {
     return (size_t)B * H * N * N;
 }
@@ -47,6 +63,8 @@ static cav_backend cpu = {
     .host_free = cpu_free,
     .upload_async = cpu_copy,
     .upload_wait = cpu_upload_wait,
+    .download_async = cpu_download_async,
+    .download_wait = cpu_download_wait,
     .linear_forward = cav_linear_forward,
     .linear_backward = cav_linear_backward,
     .cast_bf16 = cav_cast_bf16,

@@ -1,12 +1,11 @@
 /* backend.cu: the CUDA backend's table (kernels/kernels.h's cav_backend) over the ops of the .cu files beside
- * it, device memory for its memory, pinned host memory and a copy stream for the batch upload, and device
- * discovery: cav_backend_cuda(device, err) opens device N (one per process), cav_backend_cuda_open(name, err)
- * parses "cuda" / "cuda:N" for cav_backend_open. Where there
- * is no usable GPU (no driver, no device, N out of range) it answers NULL with "no CUDA device: <reason>",
- * error code 1 (a usage error: the tools exit 1). The attention path is chosen when the device opens, from
- * the environment: CAV_ATTENTION=plain (the default: attention.cu, cuBLAS and the N x N probabilities, the
- * oracle) or fused (flash.cu); cav_backend_cuda_attention sets it on a copy of the table (the tests compare
- * the two). */
+ * it, device memory for its memory, pinned host memory and a copy stream for the batch upload and the block
+ * download, and device discovery: cav_backend_cuda(device, err) opens device N (one per process),
+ * cav_backend_cuda_open(name, err) parses "cuda" / "cuda:N" for cav_backend_open. Where there is no usable
+ * GPU (no driver, no device, N out of range) it answers NULL with "no CUDA device: <reason>", error code 1 (a
+ * usage error: the tools exit 1). The attention path is chosen when the device opens, from the environment:
+ * CAV_ATTENTION=plain (the default: attention.cu, cuBLAS and the N x N probabilities, the oracle) or fused
+ * (flash.cu); cav_backend_cuda_attention sets it on a copy of the table (the tests compare the two). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +91,20 @@ static void cuda_upload_wait(void) {
     /* the copy stream runs in order: its last copy done means all are (never recorded: returns at once) */
     CUDA_CHECK(cudaEventSynchronize(ev_copied));
 }
+/* The block download (kernels.h): on the same copy stream, after the compute issued before it (an event on
+ * the compute stream, as for the upload), each slot's completion its own event. Unlike the upload, the
+ * compute stream does not wait for it: the next block's product, into another buffer, runs while it copies. */
+static cudaEvent_t ev_downloaded[CAV_DOWNLOAD_SLOTS];
+static_assert(CAV_DOWNLOAD_SLOTS == 2, "cav_backend_cuda creates one event per slot");
+static void cuda_download_async(void *host, const void *src, size_t bytes, int slot) {
+    CUDA_CHECK(cudaEventRecord(ev_issued, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, ev_issued, 0));
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, copy_stream));
+    CUDA_CHECK(cudaEventRecord(ev_downloaded[slot], copy_stream));
+}
+static void cuda_download_wait(int slot) {
+    CUDA_CHECK(cudaEventSynchronize(ev_downloaded[slot])); /* never recorded: returns at once */
+}
 
 static cav_backend cuda_be;
 static char cuda_name[32];
@@ -112,6 +125,7 @@ static void fill_table(cav_backend *t) {
     t->upload = cuda_upload, t->download = cuda_download;
     t->host_alloc = cuda_host_alloc, t->host_free = cuda_host_free;
     t->upload_async = cuda_upload_async, t->upload_wait = cuda_upload_wait;
+    t->download_async = cuda_download_async, t->download_wait = cuda_download_wait;
     t->linear_forward = cav_cuda_linear_forward, t->linear_backward = cav_cuda_linear_backward;
     t->cast_bf16 = cav_cuda_cast_bf16, t->widen_bf16 = cav_cuda_widen_bf16;
     t->linear_forward_bf16 = cav_cuda_linear_forward_bf16;
@@ -203,7 +217,9 @@ extern "C" cav_backend *cav_backend_cuda(int device, cav_err *err) {
     cav_cuda.lt_work_bytes = LT_WORK_BYTES;
     if ((e = cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&ev_issued, cudaEventDisableTiming)) != cudaSuccess ||
-        (e = cudaEventCreateWithFlags(&ev_copied, cudaEventDisableTiming)) != cudaSuccess) {
+        (e = cudaEventCreateWithFlags(&ev_copied, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&ev_downloaded[0], cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&ev_downloaded[1], cudaEventDisableTiming)) != cudaSuccess) {
         cudaGetLastError();
         cav_fail(err, 3, "cuda:%d: copy stream: %s", device, cudaGetErrorString(e));
         return NULL;

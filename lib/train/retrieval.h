@@ -1,11 +1,12 @@
 /* retrieval.h: retrieval ranks at any scale (cav-recall(1)). The similarity matrix of the reference
  * (dot / (|q| |g|) in double, cav-numerics(7) 4) is never held: it is computed in blocks by a float product
- * (the kernel seam's cav_linear_forward, OpenBLAS sgemm on the CPU), every entry is compared with its query's
- * threshold (the similarity of its own item, or its best same-label item), and the entries that the float
- * product cannot decide within its rounding bound are recomputed in double exactly as the reference does.
- * So ranks, ties and top-k lists equal the full double matrix's, bit for bit, with O(n D + block^2) memory.
- * Queries q [nq, D] are matched against a gallery g [ng, D]; one product also serves the reverse direction
- * (gallery items as queries against q), which is how both directions of a paired set cost one product. */
+ * (the kernel seam's linear_forward: OpenBLAS sgemm on the CPU, or a backend's device), every entry is
+ * compared with its query's threshold (the similarity of its own item, or its best same-label item), and the
+ * entries that the float product cannot decide within its rounding bound are recomputed in double exactly as
+ * the reference does. So ranks, ties and top-k lists equal the full double matrix's, bit for bit, with O(n D
+ * + block^2) memory. Queries q [nq, D] are matched against a gallery g [ng, D]; one product also serves the
+ * reverse direction (gallery items as queries against q), which is how both directions of a paired set cost
+ * one product. */
 #ifndef CAV_RETRIEVAL_H
 #define CAV_RETRIEVAL_H
 
@@ -52,9 +53,13 @@ typedef struct {
 
 /* Ranks q's rows against g (fwd) and, when rev is not NULL, g's rows against q from the same products.
  * block: rows and columns per product (<= 0: the default, 2048, or CAV_RECALL_BLOCK from the environment).
- * 0 ok, -1 out of memory. */
+ * be: NULL, the products into host memory by the CPU's sgemm; a backend (kernels.h: cav-recall --device),
+ * both sets uploaded once and each block's product computed there (its linear_forward), downloaded into
+ * pinned host memory and scanned by the host while the backend computes the next block. The results are the
+ * same either way (cav_retr_margin covers any float sgemm). 0 ok, -1 out of memory (host or device). */
+struct cav_backend;
 int cav_retrieve(const cav_retr_set *q, const cav_retr_set *g, cav_retr_dir *fwd, cav_retr_dir *rev,
-                 int64_t block);
+                 int64_t block, struct cav_backend *be);
 
 /* The absolute bound on |float product cosine - reference similarity| used to decide entries (D terms). */
 double cav_retr_margin(int D);

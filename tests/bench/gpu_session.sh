@@ -8,9 +8,12 @@
 #      the CPU's (tests/unit/test_kernels.c); the model's debug states on the GPU with the CPU's tolerances;
 #      50 training steps of tiny and base following the CPU's losses, resume bit-exact on the GPU and across
 #      devices (tests/cuda/test_cuda_train.py); compute-sanitizer memcheck and racecheck (test_sanitizer.py);
+#      and cav-recall --device against the CPU on 20,000 clips (test_cuda_recall.py);
 #   4. the training step (forward + backward + Adam, tests/bench/train_step.c) at the tiny and base configs,
 #      samples/s on the GPU against the reference PyTorch model (tests/ref/cavmae_ref.py) on the same GPU in
-#      fp32 (TF32 off), and the C model on the CPU for scale.
+#      fp32 (TF32 off), and the C model on the CPU for scale;
+#   5. issue 11's training benchmark (bench_gpu_train.sh) and issue 14's retrieval benchmark (bench_recall.py:
+#      cav-recall on the host and on the device against NumPy at N = 8,000, 30,000, 100,000).
 # Each stage has its own time limit and a failure does not stop the later ones; the log ends with a summary
 # line per stage and the samples/s of each step run; the logs of the check-cuda stages are under
 # build/test-logs/cuda. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8), STEPS_TINY (10), STEPS_BASE
@@ -76,6 +79,7 @@ stage "check-cuda sanitizer" 150 make check-cuda DEVICE="$device" STAGES=sanitiz
 # 200 steps of make check-cuda's default (tiny and base) do not fit a session: BF16_STEPS (50) of tiny here
 stage "check-cuda bf16" 400 make check-cuda DEVICE="$device" STAGES=bf16 BF16_STEPS="${BF16_STEPS:-50}" \
     PARITY_CONFIGS=tiny
+stage "check-cuda recall" 200 make check-cuda DEVICE="$device" STAGES=recall
 
 # The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.
 step() { # NAME CONFIG B STEPS DEVICE CMD...
@@ -109,6 +113,10 @@ fi
 # are limited to 10 minutes, run it as a call of its own after this script's build.
 stage bench-gpu-train 600 env DEVICE="$device" PYTHON="$python" BUDGET_S=${BENCH_BUDGET_S:-420} \
     bash tests/bench/bench_gpu_train.sh
+
+# Issue 14's retrieval benchmark: cav-recall on the host and with --device at N = 8,000, 30,000 and 100,000
+# (D = 768) against NumPy, in one stage (BENCH_RECALL_N narrows it).
+stage bench-recall 480 env BENCH_RECALL_DEVICE="$device" "$python" tests/bench/bench_recall.py
 
 echo
 echo "==== summary (rc 124: over its time limit)"

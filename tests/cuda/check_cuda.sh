@@ -9,22 +9,25 @@
 #   5. bf16 (tests/cuda/test_cuda_bf16.sh): --precision bf16 on the device: its bf16 debug states, training
 #      against fp32 and resume (tests/tools/test_bf16.py), and BF16_STEPS (200) steps of tiny and base against
 #      the CPU's emulation of the same bf16 arithmetic (test_cuda_train.py with PRECISION=bf16).
+#   6. tests/cuda/test_cuda_recall.py: cav-recall --device cuda against the CPU on 20,000 clips with exact
+#      ties, every output byte-equal.
 # Where this build has no CUDA backend or the machine no GPU, each stage prints SKIP and the run ends
 # "SKIPPED check-cuda: <why>" with status 0; a GPU that nvidia-smi sees but the backend cannot open is a
-# failure. DEVICE=cpu runs stages 2-4 on the CPU against the CPU (their own check where no GPU is at hand).
-# STAGES (default "kernels debug_states train sanitizer bf16") narrows the run (tests/bench/gpu_session.sh times
-# each stage on its own).
+# failure. DEVICE=cpu runs stages 2-6 on the CPU against the CPU (their own check where no GPU is at hand).
+# STAGES (default "kernels debug_states train sanitizer bf16 recall") narrows the run
+# (tests/bench/gpu_session.sh times each stage on its own).
 # Usage: check_cuda.sh TEST_KERNELS_BINARY (run from the repository root with make's test environment)
 set -u
 kernels=$1
 device=${DEVICE:-cuda}
 logs=${CAV_TEST_LOGS:-build/test-logs}
-want=" ${STAGES:-kernels debug_states train sanitizer bf16} "
+want=" ${STAGES:-kernels debug_states train sanitizer bf16 recall} "
 stages=()
 [[ $want == *" debug_states "* ]] && stages+=(tests/tools/test_debug_states.sh)
 [[ $want == *" train "* ]] && stages+=(tests/cuda/test_cuda_train.py)
 [[ $want == *" sanitizer "* ]] && stages+=(tests/cuda/test_sanitizer.py)
 [[ $want == *" bf16 "* ]] && stages+=(tests/cuda/test_cuda_bf16.sh)
+[[ $want == *" recall "* ]] && stages+=(tests/cuda/test_cuda_recall.py)
 mkdir -p "$logs"
 # the CPU's side of the comparisons trains the base config: every core (make's test environment says 2), and
 # up to an hour a script (a GPU machine's CPU does it in minutes; two cores take over 15)
@@ -51,7 +54,7 @@ if [ "$device" != cpu ]; then
     [[ $want == *" kernels "* ]] && stages=("$kernels" "${stages[@]}")
 fi
 if [ ${#stages[@]} -eq 0 ]; then
-    echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer bf16"
+    echo "FAIL check-cuda: STAGES names none of kernels debug_states train sanitizer bf16 recall"
     exit 1
 fi
 DEVICE=$device tests/run.sh cuda "${stages[@]}"

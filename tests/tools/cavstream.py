@@ -37,10 +37,11 @@ def record_payload(rid, attrs, tensors):
 
 
 def encode(records, dataset_attrs=None):
-    out = MAGIC + struct.pack("<II", 1, 0) + frame(b"HDR\0", _attrs(dataset_attrs or {}))
+    # a list joined once: bytes += frame copies the whole stream each time (minutes at 20,000 records)
+    out = [MAGIC + struct.pack("<II", 1, 0) + frame(b"HDR\0", _attrs(dataset_attrs or {}))]
     for rid, attrs, tensors in records:
-        out += frame(b"REC\0", record_payload(rid, attrs, tensors))
-    return out + b"END\0" + struct.pack("<QQ", 0, len(records))
+        out.append(frame(b"REC\0", record_payload(rid, attrs, tensors)))
+    return b"".join(out) + b"END\0" + struct.pack("<QQ", 0, len(records))
 
 
 def decode(data):

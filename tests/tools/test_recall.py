@@ -4,7 +4,8 @@ directions 'video' then 'audio', np.savetxt(fmt='%s') of [dataset, direction, R1
 
 Cases: random embeddings (no ties); quantised embeddings with exact ties, where np.where gives a query
 several hits (checked to happen); --ties first against first-position ranks; --ranks per query; the pipe
-cav-embed | cav-recall on a micro model against the PyTorch reference model's embeddings; bad input
+cav-embed | cav-recall on a micro model against the PyTorch reference model's embeddings; rows of
+subnormals and rows near FLT_MAX (ties across magnitudes), also with --device cpu; bad input
 (missing field, no records) exits 2 naming it; the ASan build on the tie case."""
 import io
 import json
@@ -174,7 +175,33 @@ try:
 except ImportError as e:
     print('SKIP embed_pipe_recall: %s' % e)
 
-# 5. bad input
+# 5. magnitudes at the ends of float's range: cav_retr_set_init scales each row by a power of two into
+# [1, 2) (rows of subnormals by more than 2^127: two steps; rows near FLT_MAX down by 2^-127), exactly, so
+# the similarities (small integers: exact in any order) and their ties are the unscaled rows'; a copy of a row
+# at another magnitude ties with it. Also through the device path.
+n = 60
+xa = g.integers(-2, 3, (n, 8)).astype(np.float64)
+xv = g.integers(-2, 3, (n, 8)).astype(np.float64)
+xa[np.abs(xa).sum(1) == 0, 0] = 1
+xv[np.abs(xv).sum(1) == 0, 0] = 1
+xv[::3] = xa[::3]
+xa[50:], xv[50:] = xa[:10], xv[:10]         # the same rows again, scaled below
+for rows, ea, ev in ((slice(0, 20), -147, 100), (slice(20, 35), 125, -140), (slice(35, 45), 126, 126),
+                     (slice(50, 55), -140, 0)):
+    xa[rows] *= 2.0 ** ea
+    xv[rows] *= 2.0 ** ev
+for x in (xa, xv):  # every value a float, exactly
+    assert np.all(np.isfinite(x.astype(np.float32))) and np.all(x.astype(np.float32).astype(np.float64) == x)
+p = os.path.join(TMP, 'range.cavs')
+write(p, xa, xv)
+want, hits = reference_csv('range', xa, xv)
+report('range_ties_present', hits['audio'] > n and hits['video'] > n, str(hits))
+for extra in ([], ['--device', 'cpu', '--block', '7']):
+    r = recall(*extra, p)
+    report('range_csv_equals_reference%s' % ('_device_cpu' if extra else ''), r.returncode == 0 and
+           r.stdout.decode() == want, 'got %r want %r; %s' % (r.stdout.decode(), want, r.stderr.decode()[-300:]))
+
+# 6. bad input
 p = os.path.join(TMP, 'bad.cavs')
 write(p, a[:5], v[:5], drop=2)
 r = recall(p)
@@ -185,7 +212,7 @@ report('no_records_exit_2', r.returncode == 2, '%d %s' % (r.returncode, r.stderr
 r = recall('--ties', 'some', p)
 report('bad_option_exit_1', r.returncode == 1, str(r.returncode))
 
-# 6. ASan/UBSan on the tie case
+# 7. ASan/UBSan on the tie case
 if ASAN_BIN and os.path.exists(os.path.join(ASAN_BIN, 'cav-recall')):
     p = os.path.join(TMP, 'ties.cavs')
     want, _ = reference_csv('ties', a.astype(np.float64), v.astype(np.float64))

@@ -1028,6 +1028,41 @@ static int backend_upload_case(const cav_backend *be) {
     return bad == 0;
 }
 
+/* The block download in the order lib/train/retrieval.c issues it: an op writes buffer A, A's download in
+ * slot 0; an op writes buffer B (issued before slot 0 is waited for: it must not wait for that copy), B's
+ * download in slot 1; each slot, waited for, holds what its op wrote, and a slot reused holds its new copy.
+ * 16 MiB, so that on a GPU a download that overtook the op before it would show (A and B start zeroed). */
+static int backend_download_case(const cav_backend *be) {
+    size_t n = (size_t)4 << 20, bytes = n * sizeof(float), bad = 0;
+    float *h0 = be->host_alloc(bytes), *h1 = be->host_alloc(bytes), *chk = malloc(bytes);
+    float *s1 = be->alloc(bytes), *s2 = be->alloc(bytes), *a = be->alloc(bytes), *b = be->alloc(bytes);
+    if (h0 && h1 && chk && s1 && s2 && a && b) {
+        for (size_t i = 0; i < n; i++) chk[i] = (float)i;
+        be->upload(s1, chk, bytes);
+        for (size_t i = 0; i < n; i++) chk[i] = -(float)i - 1;
+        be->upload(s2, chk, bytes);
+        be->copy(a, s1, bytes);
+        be->download_async(h0, a, bytes, 0);
+        be->copy(b, s2, bytes);
+        be->download_async(h1, b, bytes, 1);
+        be->download_wait(1);
+        for (size_t i = 0; i < n; i++) bad += h1[i] != -(float)i - 1;
+        be->download_wait(0);
+        for (size_t i = 0; i < n; i++) bad += h0[i] != (float)i;
+        be->copy(a, s2, bytes); /* slot 0 again, for the next block */
+        be->download_async(h0, a, bytes / 2, 0);
+        be->download_wait(0);
+        for (size_t i = 0; i < n; i++) bad += h0[i] != (i < n / 2 ? -(float)i - 1 : (float)i);
+    } else {
+        bad = 1;
+    }
+    if (bad) fprintf(stderr, "  backend %s: the block download: %zu values out of order\n", be->name, bad);
+    if (h0) be->host_free(h0);
+    if (h1) be->host_free(h1);
+    be->free(s1), be->free(s2), be->free(a), be->free(b), free(chk);
+    return bad == 0;
+}
+
 /* Each backend built in against the CPU kernels on random shapes, awkward ones included (odd token counts,
  * one row, one token); a backend not present here is skipped. */
 static void test_backends(void) {
@@ -1062,6 +1097,7 @@ static void test_backends(void) {
         for (size_t i = 0; i < sizeof lin16 / sizeof lin16[0]; i++)
             ok &= backend_bf16_case(lin16[i][0], lin16[i][1], lin16[i][2], 1e-5);
         ok &= backend_upload_case(cur_be);
+        ok &= backend_download_case(cur_be);
         CHECK(ok);
         ran++;
     }
