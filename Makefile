@@ -11,6 +11,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 BUILD ?= build
 PREFIX ?= /usr/local
+# the Python of the golden data and the Python tests: Debian's, with the packages CHECK_DEBS installs
+CAV_PYTHON ?= /usr/bin/python3
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
 BUILD_DEBS := gcc make pkg-config libavformat-dev libavcodec-dev libavutil-dev libswresample-dev \
@@ -143,7 +145,7 @@ REL := $(BUILD)/rel
 ASAN := $(BUILD)/asan
 PLUGIN := $(BUILD)/plugin/libcav_h5zstd.so
 
-.PHONY: demo all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz
+.PHONY: demo all tools tests clean check check-unit check-tools check-long check-cuda refs bench install config fuzz gpu-bundle
 all: tools $(if $(wildcard lib/formats/h5zstd_plugin.c),$(PLUGIN))
 tools: $(TOOLS:%=$(BUILD)/bin/%)
 config: $(BUILD)/config.mk
@@ -209,7 +211,7 @@ tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=
 # not named gen_*), is newer than its stamp.
 $(BUILD)/ref/%.stamp: tests/ref/%.py $(filter-out tests/ref/gen_%,$(wildcard tests/ref/*.py)) | $(BUILD)/.check-deps
 	@mkdir -p $(BUILD)/ref/$*
-	/usr/bin/python3 $< $(BUILD)/ref/$*
+	$(CAV_PYTHON) $< $(BUILD)/ref/$*
 	@touch $@
 refs: $(REF_GENS:tests/ref/%.py=$(BUILD)/ref/%.stamp)
 
@@ -222,7 +224,7 @@ TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bi
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
   CAV_REF="$(abspath $(BUILD)/ref)" CAV_FAULTINJ="$(abspath $(FAULTINJ))" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
   CAV_BENCH_BIN="$(abspath $(BUILD)/bench)" CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-  UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
+  UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive CAV_PYTHON="$(CAV_PYTHON)"
 
 check: tests refs | $(BUILD)/.check-deps
 	@rm -rf $(BUILD)/test-logs; mkdir -p $(BUILD)/test-logs; st=0; \
@@ -267,7 +269,13 @@ $(BUILD)/bench/%: tests/bench/%.c $(REL)/libcav.a
 bench: all refs $(BENCH_PROGS) | $(BUILD)/.check-deps
 	@$(call ensure_debs,$(BENCH_DEBS))
 	@for b in $(sort $(wildcard tests/bench/bench_*.sh tests/bench/bench_*.py)); do \
-	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) /usr/bin/python3 $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
+	  echo "== $$b"; case $$b in *.py) $(TEST_ENV) $(CAV_PYTHON) $$b ;; *) $(TEST_ENV) bash $$b ;; esac; done
+
+# make gpu-bundle: .gpu-bundle/, what a lent GPU machine (no HDF5, Open MPI or network there) needs to run
+# tests/bench/gpu_session.sh: the tools built here with their libraries (tests/bench/gpu_bundle.sh).
+gpu-bundle: | $(BUILD)/config.mk
+	@$(call ensure_debs,patchelf xz-utils)
+	tests/bench/gpu_bundle.sh
 
 # The README's demo: a small real dataset built here, pretraining and retrieval through the tools.
 demo: all

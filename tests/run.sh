@@ -4,6 +4,8 @@
 # (a crash, a sanitizer report) counts as one failure. Ends with "N passed, N failed, N skipped" and
 # exits 1 if anything failed. Each run also appends its counts to $CAV_TEST_LOGS/counts, and
 # `run.sh --total` prints the sum over all runs as the closing line.
+# Python scripts run under $CAV_PYTHON (default /usr/bin/python3, which has the Debian packages the Makefile
+# installs; a GPU machine's image may hold numpy and torch in another Python).
 # Usage: run.sh LABEL PROGRAM...   |   run.sh --total
 set -u
 root=${CAV_TEST_LOGS:-build/test-logs}
@@ -21,7 +23,7 @@ for t in "$@"; do
     name=$(basename "$t")
     log="$logdir/$name.log"
     case "$t" in
-        *.py) cmd=(/usr/bin/python3 "$t") ;;
+        *.py) cmd=("${CAV_PYTHON:-/usr/bin/python3}" "$t") ;;
         *.sh) cmd=(bash "$t") ;;
         *) cmd=("$t") ;;
     esac

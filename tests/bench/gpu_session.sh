@@ -21,6 +21,10 @@
 # to run, the others skipped: a lent device runs at most 600 s a command, so one session is split into calls
 # on the same warm machine, e.g. ONLY='machine build refs cuda-arith check-cuda*' then ONLY='step* bench*',
 # each with its own log argument; a pattern has no spaces: 'step?tiny*' for the stage "step tiny ...").
+# The device tool's machines have CUDA, PyTorch and NumPy but not the C libraries the tools link, and no
+# network: run tests/bench/gpu_bundle.sh here first and carry .gpu-bundle; this script then unpacks the tools
+# built here with their libraries (stage "bundle", instead of "build") and never calls make. PYTHON defaults to
+# the first of /usr/bin/python3 and python3 that imports numpy and torch; it runs the Python tests too.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log=${1:-build/gpu-session.log}
@@ -28,7 +32,16 @@ mkdir -p "$(dirname "$log")"
 exec > >(tee "$log") 2>&1
 jobs=${JOBS:-$(nproc)}
 b_tiny=${B_TINY:-16} b_base=${B_BASE:-8} steps_tiny=${STEPS_TINY:-10} steps_base=${STEPS_BASE:-5}
-device=${DEVICE:-cuda} python=${PYTHON:-/usr/bin/python3}
+device=${DEVICE:-cuda} python=${PYTHON:-}
+if [ -z "$python" ]; then
+    for p in /usr/bin/python3 python3; do
+        "$p" -c 'import numpy, torch' 2>/dev/null && python=$(command -v "$p") && break
+    done
+    python=${python:-/usr/bin/python3}
+fi
+export CAV_PYTHON=$python
+bundle=
+[ -f .gpu-bundle/build.tar.xz ] && bundle=1
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_WAIT_POLICY=passive
@@ -63,23 +76,48 @@ stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/
     '"$python"' -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
         \"available\", torch.cuda.is_available())"'
 
-# Only what the later stages run: the tools, the unit test of the kernels and the step benchmark (a full
-# `make tests` builds the ASan tree too, minutes this session does not have).
-stage build 300 make -j"$jobs" all build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
-grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
-stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp build/ref/gen_bf16_states.stamp
+if [ -n "$bundle" ]; then
+    # The tools built by gpu_bundle.sh, newer than the sources (nothing here is rebuilt), and their libraries;
+    # CUDA's libraries are this machine's: the toolkit's, else those PyTorch's packages hold.
+    stage bundle 120 bash -c 'cat .gpu-bundle/MANIFEST && "$0" -m tarfile -e .gpu-bundle/build.tar.xz . &&
+        rm -rf build/gpu-lib && "$0" -m tarfile -e .gpu-bundle/lib.tar.xz build/gpu-lib &&
+        find build -type f -exec touch {} +' "$python"
+    cudalib=$(find /usr/local/cuda/lib64 /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib \
+        \( -name 'libcublasLt.so.13' -o -name 'libnccl.so.2' \) 2>/dev/null | xargs -r -n1 dirname | awk '!s[$0]++' |
+        tr '\n' ':')
+    export LD_LIBRARY_PATH=$PWD/build/gpu-lib:$cudalib${LD_LIBRARY_PATH:-}
+    echo "gpu_session: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    stage libraries 30 bash -c 'ldd build/bin/cav-pretrain build/rel/tests/test_kernels | grep -E "not found|lib(cudart|cublas|nccl)";
+        ! ldd build/bin/cav-pretrain build/rel/tests/test_kernels | grep -q "not found"'
+    stage refs 150 bash -c 'for g in gen_debug_states gen_bf16_states; do
+        [ -f build/ref/$g.stamp ] || { mkdir -p build/ref/$g && "$0" tests/ref/$g.py build/ref/$g && touch build/ref/$g.stamp; } || exit 1
+        done' "$python"
+    # make check-cuda's run without make, in make's test environment (Makefile: TEST_ENV, check-cuda)
+    mkdir -p build/test-logs
+    cc=(env PATH="$PWD/build/bin:$PATH" CAV_BIN="$PWD/build/bin" HDF5_PLUGIN_PATH="$PWD/build/plugin"
+        CAV_REF="$PWD/build/ref" CAV_BUILD="$PWD/build" CAV_SRC="$PWD" CAV_BENCH_BIN="$PWD/build/bench"
+        CAV_TEST_LOGS="$PWD/build/test-logs" OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive CAV_HAVE_CUDA_BUILD=1
+        DEVICE="$device" tests/cuda/check_cuda.sh "$PWD/build/rel/tests/test_kernels")
+else
+    # Only what the later stages run: the tools, the unit test of the kernels and the step benchmark (a full
+    # `make tests` builds the ASan tree too, minutes this session does not have).
+    stage build 300 make -j"$jobs" all build/rel/tests/test_kernels build/rel/tests/test_cuda_arith build/bench/train_step
+    grep -E '^(NVCC|CUDA_HOME|HAVE_CUBLAS)' build/config.mk || echo "gpu_session: build/config.mk has no CUDA: the backend was not built"
+    stage refs 150 make -j"$jobs" build/ref/gen_debug_states.stamp build/ref/gen_bf16_states.stamp
+    cc=(make check-cuda DEVICE="$device")
+fi
 
 stage cuda-arith 60 build/rel/tests/test_cuda_arith
 # check-cuda's stages, each under its own limit: a hung one does not take the benchmark's time
-stage "check-cuda kernels" 120 make check-cuda DEVICE="$device" STAGES=kernels
-stage "check-cuda debug states" 150 make check-cuda DEVICE="$device" STAGES=debug_states
-stage "check-cuda train" 360 make check-cuda DEVICE="$device" STAGES=train
-stage "check-cuda sanitizer" 150 make check-cuda DEVICE="$device" STAGES=sanitizer
+# (STAGES and the scripts' settings go through the environment, which make passes on)
+stage "check-cuda kernels" 120 env STAGES=kernels "${cc[@]}"
+stage "check-cuda debug states" 150 env STAGES=debug_states "${cc[@]}"
+stage "check-cuda train" 360 env STAGES=train "${cc[@]}"
+stage "check-cuda sanitizer" 150 env STAGES=sanitizer "${cc[@]}"
 # bf16 (--precision bf16): the device's bf16 states and training, then tiny against the CPU's emulation; the
 # 200 steps of make check-cuda's default (tiny and base) do not fit a session: BF16_STEPS (50) of tiny here
-stage "check-cuda bf16" 400 make check-cuda DEVICE="$device" STAGES=bf16 BF16_STEPS="${BF16_STEPS:-50}" \
-    PARITY_CONFIGS=tiny
-stage "check-cuda recall" 200 make check-cuda DEVICE="$device" STAGES=recall
+stage "check-cuda bf16" 400 env STAGES=bf16 BF16_STEPS="${BF16_STEPS:-50}" PARITY_CONFIGS=tiny "${cc[@]}"
+stage "check-cuda recall" 200 env STAGES=recall "${cc[@]}"
 
 # The step: C on the GPU, PyTorch on the GPU (strict fp32), C on the CPU, per config.
 step() { # NAME CONFIG B STEPS DEVICE CMD...
@@ -112,7 +150,7 @@ fi
 # PyTorch fp32, autocast bf16 and fp16 AMP). BUDGET_S keeps it inside its stage; on a device whose commands
 # are limited to 10 minutes, run it as a call of its own after this script's build.
 stage bench-gpu-train 600 env DEVICE="$device" PYTHON="$python" BUDGET_S=${BENCH_BUDGET_S:-420} \
-    bash tests/bench/bench_gpu_train.sh
+    CAV_BENCH_BIN="$PWD/build/bench" bash tests/bench/bench_gpu_train.sh
 
 # Issue 14's retrieval benchmark: cav-recall on the host and with --device at N = 8,000, 30,000 and 100,000
 # (D = 768) against NumPy, in one stage (BENCH_RECALL_N narrows it).

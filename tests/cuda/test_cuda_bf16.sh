@@ -8,6 +8,7 @@
 set -u
 here=$(dirname "$0")
 st=0
-DEVICE=${DEVICE:-cuda} /usr/bin/python3 "$here/../tools/test_bf16.py" || st=1
-DEVICE=${DEVICE:-cuda} PRECISION=bf16 PARITY_STEPS=${BF16_STEPS:-200} /usr/bin/python3 "$here/test_cuda_train.py" || st=1
+DEVICE=${DEVICE:-cuda} "${CAV_PYTHON:-/usr/bin/python3}" "$here/../tools/test_bf16.py" || st=1
+DEVICE=${DEVICE:-cuda} PRECISION=bf16 PARITY_STEPS=${BF16_STEPS:-200} "${CAV_PYTHON:-/usr/bin/python3}" \
+    "$here/test_cuda_train.py" || st=1
 exit $st

@@ -1,10 +1,17 @@
 """cavstream.py: an independent Python reader/writer of the record stream, written from cav-stream(5)
 (not from the C code), for the tool tests. Records are (id, attrs dict, [(name, numpy array)]). Also one
-field of one row of a shard opened with h5py, from cav-shard(5)."""
+field of one row of a shard opened with h5py, from cav-shard(5). zstd through the zstandard module, or
+through libzstd with ctypes where that module is missing (a GPU machine's Python, tests/bench/gpu_session.sh)."""
+import ctypes
+import ctypes.util
 import struct
 
 import numpy as np
-import zstandard
+
+try:
+    import zstandard
+except ImportError:
+    zstandard = None
 
 MAGIC = b"\x89CAV\r\n\x1a\n"
 DTYPES = {1: np.uint8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32, 7: np.float64}
@@ -19,8 +26,69 @@ def _attrs(d):
     return struct.pack("<I", len(d)) + b"".join(_s(k.encode()) + _s(v.encode()) for k, v in d.items())
 
 
+_lib = None
+
+
+def _libzstd():
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("zstd") or "libzstd.so.1")
+        lib.ZSTD_compressBound.restype = ctypes.c_size_t
+        lib.ZSTD_createCCtx.restype = ctypes.c_void_p
+        lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.ZSTD_CCtx_setParameter.restype = ctypes.c_size_t
+        lib.ZSTD_compress2.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                       ctypes.c_size_t]
+        lib.ZSTD_compress2.restype = ctypes.c_size_t
+        lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
+        lib.ZSTD_getFrameContentSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.ZSTD_getFrameContentSize.restype = ctypes.c_ulonglong
+        lib.ZSTD_decompress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        lib.ZSTD_decompress.restype = ctypes.c_size_t
+        lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+        _lib = lib
+    return _lib
+
+
+def compress(payload, level=3):
+    """One zstd frame with its checksum and content size."""
+    if zstandard:
+        return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True).compress(payload)
+    lib = _libzstd()
+    cap = lib.ZSTD_compressBound(ctypes.c_size_t(len(payload)))
+    out = ctypes.create_string_buffer(cap)
+    cctx = lib.ZSTD_createCCtx()
+    try:
+        # ZSTD_c_compressionLevel 100, ZSTD_c_contentSizeFlag 200, ZSTD_c_checksumFlag 201 (zstd.h)
+        for k, v in ((100, level), (200, 1), (201, 1)):
+            if lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(cctx, k, v)):
+                raise ValueError("zstd parameter %d" % k)
+        n = lib.ZSTD_compress2(cctx, out, cap, payload, len(payload))
+    finally:
+        lib.ZSTD_freeCCtx(cctx)
+    if lib.ZSTD_isError(n):
+        raise ValueError("zstd compression failed")
+    return out.raw[:n]
+
+
+def decompress(c):
+    """A whole zstd frame that records its content size, as the stream's frames do."""
+    if zstandard:
+        return zstandard.ZstdDecompressor().decompress(c)
+    lib = _libzstd()
+    c = bytes(c)
+    n = lib.ZSTD_getFrameContentSize(c, len(c))
+    if n >= 2**64 - 2:  # ZSTD_CONTENTSIZE_UNKNOWN / _ERROR
+        raise ValueError("zstd frame without a content size")
+    out = ctypes.create_string_buffer(max(n, 1))
+    got = lib.ZSTD_decompress(out, n, c, len(c))
+    if lib.ZSTD_isError(got) or got != n:
+        raise ValueError("zstd frame corrupt")
+    return out.raw[:n]
+
+
 def frame(tag, payload, level=3):
-    c = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True).compress(payload)
+    c = compress(payload, level)
     return tag + struct.pack("<QQ", len(c), len(payload)) + c
 
 
@@ -57,7 +125,7 @@ def decode(data):
             if pos != len(data) or us != len(frames) - 1:
                 raise ValueError("bad end frame")
             break
-        p = zstandard.ZstdDecompressor().decompress(data[pos:pos + cs])
+        p = decompress(data[pos:pos + cs])
         if len(p) != us:
             raise ValueError("size")
         frames.append(p)

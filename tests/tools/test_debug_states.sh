@@ -36,7 +36,7 @@ done
 # A state outside tolerance must fail: perturb one gradient of a copy and expect exit 2.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-/usr/bin/python3 - "$dir/tiny_small_input.safetensors" "$tmp/bad.safetensors" <<'PY'
+"${CAV_PYTHON:-/usr/bin/python3}" - "$dir/tiny_small_input.safetensors" "$tmp/bad.safetensors" <<'PY'
 import json, struct, sys
 src, dst = sys.argv[1], sys.argv[2]
 b = bytearray(open(src, 'rb').read())
