@@ -20,7 +20,8 @@
 # (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU), ONLY (shell patterns of the stages
 # to run, the others skipped: a lent device runs at most 600 s a command, so one session is split into calls
 # on the same warm machine, e.g. ONLY='machine build refs cuda-arith check-cuda*' then ONLY='step* bench*',
-# each with its own log argument; a pattern has no spaces: 'step?tiny*' for the stage "step tiny ...").
+# each with its own log argument; a pattern has no spaces: 'step?tiny*' for the stage "step tiny ..."; with a
+# bundle the first call's patterns are 'machine bundle libraries refs cuda-arith check-cuda*').
 # The device tool's machines have CUDA, PyTorch and NumPy but not the C libraries the tools link, and no
 # network: run tests/bench/gpu_bundle.sh here first and carry .gpu-bundle; this script then unpacks the tools
 # built here with their libraries (stage "bundle", instead of "build") and never calls make. PYTHON defaults to
@@ -77,15 +78,17 @@ stage machine 60 bash -c 'nvidia-smi; nvidia-smi -L; command -v nvcc || ls /usr/
         \"available\", torch.cuda.is_available())"'
 
 if [ -n "$bundle" ]; then
-    # The tools built by gpu_bundle.sh, newer than the sources (nothing here is rebuilt), and their libraries;
-    # CUDA's libraries are this machine's: the toolkit's, else those PyTorch's packages hold.
+    # The tools built by gpu_bundle.sh, newer than the sources (nothing here is rebuilt), and their libraries
+    # in build/gpu-lib, which their library paths name (not LD_LIBRARY_PATH: this machine's Python must keep
+    # its own libssl, libffi...). CUDA's libraries are this machine's: the toolkit's (the tools' path names
+    # /usr/local/cuda/lib64), else those of PyTorch's packages, through LD_LIBRARY_PATH.
     stage bundle 120 bash -c 'cat .gpu-bundle/MANIFEST && "$0" -m tarfile -e .gpu-bundle/build.tar.xz . &&
         rm -rf build/gpu-lib && "$0" -m tarfile -e .gpu-bundle/lib.tar.xz build/gpu-lib &&
         find build -type f -exec touch {} +' "$python"
-    cudalib=$(find /usr/local/cuda/lib64 /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib \
+    cudalib=$(find -H /usr/local/cuda/lib64 /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib \
         \( -name 'libcublasLt.so.13' -o -name 'libnccl.so.2' \) 2>/dev/null | xargs -r -n1 dirname | awk '!s[$0]++' |
         tr '\n' ':')
-    export LD_LIBRARY_PATH=$PWD/build/gpu-lib:$cudalib${LD_LIBRARY_PATH:-}
+    export LD_LIBRARY_PATH=$cudalib${LD_LIBRARY_PATH:-}
     echo "gpu_session: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     stage libraries 30 bash -c 'ldd build/bin/cav-pretrain build/rel/tests/test_kernels | grep -E "not found|lib(cudart|cublas|nccl)";
         ! ldd build/bin/cav-pretrain build/rel/tests/test_kernels | grep -q "not found"'
