@@ -53,56 +53,28 @@ fi
 NX=$((PT_TRAIN > FT_TRAIN ? PT_TRAIN : FT_TRAIN))
 stamp="data $(md5sum <"$DATA/provenance.jsonl" | cut -c1-12) train $NX test $FT_TEST"
 if [ "$(cat "$RUN/data.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f "$RUN/train.ids" ]; then
-    rm -f "$RUN"/*.h5 "$RUN"/*.json "$RUN"/*.csv "$RUN"/*.ids "$RUN/data.stamp" "$RUN/pt.stamp"
+    rm -rf "$RUN"/*.h5 "$RUN"/labels-* "$RUN"/*.ids "$RUN/data.stamp" "$RUN/pt.stamp"
 fi
-# The label files of the three versions for the first NX / FT_TEST clips (written each run, the same for the
-# same data): the reference's dataset JSON (labels a comma-separated list of mids) and class_labels_indices.csv;
-# multi adds one class per scene, scene has those alone.
-    "$PY" - "$DATA" "$RUN" "$NX" "$FT_TEST" <<'EOF' >>"$LOG" 2>&1 ||
-import csv, json, sys
-data, run = sys.argv[1:3]
-nx, nt = map(int, sys.argv[3:5])
-scene = {}
-for line in open(data + '/provenance.jsonl'):
-    c = json.loads(line)
-    scene[c['video_id']] = c['scene']
-scenes = sorted(set(scene.values()))
-rows = list(csv.reader(open(data + '/class_labels_indices.csv')))
-with open(run + '/single.csv', 'w', newline='') as f:
-    csv.writer(f, lineterminator='\n').writerows(rows)
-with open(run + '/multi.csv', 'w', newline='') as f:
-    w = csv.writer(f, lineterminator='\n')
-    w.writerows(rows)
-    for k, s in enumerate(scenes):
-        w.writerow([len(rows) - 1 + k, '/m/scene_' + s, 'scene ' + s])
-with open(run + '/scene.csv', 'w', newline='') as f:
-    w = csv.writer(f, lineterminator='\n')
-    w.writerow(rows[0])
-    for k, s in enumerate(scenes):
-        w.writerow([k, '/m/scene_' + s, 'scene ' + s])
-for split, n in (('train', nx), ('test', nt)):
-    d = json.load(open('%s/%s.json' % (data, split)))['data']
-    if len(d) < n:
-        sys.exit('%s/%s.json has %d clips, fewer than the %d asked for' % (data, split, len(d), n))
-    d = d[:n]
-    json.dump({'data': d}, open('%s/%s-single.json' % (run, split), 'w'))
-    multi = [dict(e, labels=e['labels'] + ',/m/scene_' + scene[e['video_id']]) for e in d]
-    json.dump({'data': multi}, open('%s/%s-multi.json' % (run, split), 'w'))
-    only = [dict(e, labels='/m/scene_' + scene[e['video_id']]) for e in d]
-    json.dump({'data': only}, open('%s/%s-scene.json' % (run, split), 'w'))
-    with open('%s/%s.files' % (run, split), 'w') as f:
-        f.writelines(e['video_path'] + '\n' for e in d)
-    with open('%s/%s.ids' % (run, split), 'w') as f:
-        f.writelines(e['video_id'] + '\n' for e in d)
-print('labels: single %d classes, multi %d, scene %d' % (len(rows) - 1, len(rows) - 1 + len(scenes), len(scenes)))
-EOF
-    fail finetune_av_digits_labels
+# The label files of the three versions for the first NX / FT_TEST clips (pipelines/av-digits/labels.py; written
+# each run, the same for the same data): single the digit, multi the digit and the scene, scene the scene alone.
+for lab in single multi scene; do
+    case $lab in single) v=digit ;; multi) v=digit+scene ;; *) v=scene ;; esac
+    "$PY" "$SRC/pipelines/av-digits/labels.py" "$DATA" "$v" "$RUN/labels-$lab" --first-train "$NX" \
+        --first-test "$FT_TEST" >>"$LOG" 2>&1 || fail finetune_av_digits_labels
+done
+for split in train test; do
+    "$PY" -c 'import json, sys
+d = json.load(open(sys.argv[1]))["data"]
+open(sys.argv[2] + ".files", "w").writelines(e["video_path"] + "\n" for e in d)
+open(sys.argv[2] + ".ids", "w").writelines(e["video_id"] + "\n" for e in d)' \
+        "$RUN/labels-single/$split.json" "$RUN/$split" >>"$LOG" 2>&1 || fail finetune_av_digits_labels
+done
 if [ "$(cat "$RUN/data.stamp" 2>/dev/null)" != "$stamp" ]; then
     for split in train test; do
         mapfile -t files <"$RUN/$split.files"
         av-extract -j 2 "${files[@]}" | fbank |
-            shard-pack -j "$RUN/$split-single.json" -c "$RUN/single.csv" -o "$RUN/$split-single.h5" - \
-            >>"$LOG" 2>&1 || fail finetune_av_digits_shards
+            shard-pack -j "$RUN/labels-single/$split.json" -c "$RUN/labels-single/class_labels_indices.csv" \
+                -o "$RUN/$split-single.h5" - >>"$LOG" 2>&1 || fail finetune_av_digits_shards
     done
     echo "$stamp" >"$RUN/data.stamp"
 fi
@@ -110,8 +82,8 @@ fi
 for split in train test; do
     for lab in multi scene; do
         [ -f "$RUN/$split-$lab.h5" ] ||
-            shard-pack -j "$RUN/$split-$lab.json" -c "$RUN/$lab.csv" -o "$RUN/$split-$lab.h5" \
-                "$RUN/$split-single.h5" >>"$LOG" 2>&1 || fail finetune_av_digits_shards
+            shard-pack -j "$RUN/labels-$lab/$split.json" -c "$RUN/labels-$lab/class_labels_indices.csv" \
+                -o "$RUN/$split-$lab.h5" "$RUN/$split-single.h5" >>"$LOG" 2>&1 || fail finetune_av_digits_shards
     done
 done
 # the fine-tuning subset: the first FT_TRAIN clips (made each run: FT_TRAIN is not in the stamp)
@@ -151,7 +123,7 @@ RECIPE=(--recipe as20k -b 12 -e "$FT_EPOCHS" --lr 2e-4 --head-lr 100 --lr-decay-
 declare -A fig other secs
 mkdir -p "$RUN/ft"
 for lab in $LABELS; do
-    K=$(($(wc -l <"$RUN/$lab.csv") - 1))
+    K=$(($(wc -l <"$RUN/labels-$lab/class_labels_indices.csv") - 1))
     for mode in $MODES; do
         for init in pretrained random; do
             dir=$RUN/ft/$lab-$mode-$init

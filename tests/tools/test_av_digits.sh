@@ -4,7 +4,7 @@
 # placed as the plan says, the reference's JSON data files and label CSV, labels in range, train/test voices
 # and images disjoint (from the provenance file), each clip's scene shown by both modalities (its background
 # hue in the decoded frames, its noise or silence in the decoded audio), balanced classes and scenes, same
-# seed -> same bytes, the multi-label variant, and refusal of bad settings.
+# seed -> same bytes, the label versions (labels.py), the multi-label variant, and refusal of bad settings.
 set -u
 SRC=${CAV_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 BUILD=${CAV_BUILD:-$SRC/build}
@@ -267,6 +267,49 @@ sys.exit(1 if bad else 0)
 EOF
 }
 check "$TMP/a" 40 10 0 || fails=$((fails + 1))
+
+# the label versions (labels.py): each clip's labels are its digit and/or its scene from provenance.jsonl, every
+# mid is a row of the version's CSV, the indices run 0..K-1; --first-train cuts the split
+for v in digit scene digit+scene; do
+    if "$PY" "$SRC/pipelines/av-digits/labels.py" "$TMP/a" "$v" "$TMP/lab-$v" --first-train 30 >"$TMP/lab.log" 2>&1 &&
+        out=$("$PY" - "$TMP/a" "$TMP/lab-$v" "$v" <<'EOF'
+import csv, json, sys
+build, out, v = sys.argv[1:]
+prov = {c['video_id']: c for c in map(json.loads, open(build + '/provenance.jsonl'))}
+rows = list(csv.DictReader(open(out + '/class_labels_indices.csv')))
+mids = [r['mid'] for r in rows]
+want_k = {'digit': 10, 'scene': 17, 'digit+scene': 27}[v]
+errs = []
+if len(rows) != want_k or [int(r['index']) for r in rows] != list(range(want_k)) or len(set(mids)) != want_k:
+    errs.append('%d classes, indices %s' % (len(rows), [r['index'] for r in rows][:5]))
+for split, n in (('train', 30), ('test', 10)):
+    d = json.load(open('%s/%s.json' % (out, split)))['data']
+    orig = json.load(open('%s/%s.json' % (build, split)))['data'][:n]
+    if [e['video_id'] for e in d] != [e['video_id'] for e in orig] or \
+            [e['video_path'] for e in d] != [e['video_path'] for e in orig]:
+        errs.append('%s: %d clips, not the first %d of the build' % (split, len(d), n))
+    for e in d:
+        digit = ['/m/digit%d' % x for x in prov[e['video_id']]['digits']]
+        scene = ['/m/scene_' + prov[e['video_id']]['scene']]
+        want = {'digit': digit, 'scene': scene, 'digit+scene': digit + scene}[v]
+        if e['labels'].split(',') != want or any(m not in mids for m in want):
+            errs.append('%s %s: labels %s, want %s' % (split, e['video_id'], e['labels'], want))
+print('; '.join(errs[:3]) if errs else '%d classes' % len(rows))
+sys.exit(1 if errs else 0)
+EOF
+); then
+        pass "label_version_$v ($out)"
+    else
+        fail "label_version_$v" "${out:-$(cat "$TMP/lab.log")}"
+    fi
+done
+if "$PY" "$SRC/pipelines/av-digits/labels.py" "$TMP/a" scene "$TMP/lab-x" --first-train 41 >"$TMP/lab.log" 2>&1; then
+    fail label_version_too_few "labels.py accepted --first-train 41 on 40 clips"
+elif [[ $? == 2 ]] && grep -q "train.json has 40 clips, fewer than the 41" "$TMP/lab.log"; then
+    pass label_version_too_few
+else
+    fail label_version_too_few "wrong exit or message: $(cat "$TMP/lab.log")"
+fi
 
 # reproducible: the same seed gives the same plan, and rendering it again gives the same bytes, also from
 # voice segments made afresh (a new voice cache) and with other clips rendered in another order
