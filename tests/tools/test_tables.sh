@@ -10,7 +10,8 @@
 # tests/long/test_tables_mini.sh at the mini defaults, not here. Then Tables 2h and 2i from those pretraining runs
 # (2 fine-tuning epochs): 2h's Middle and Aggregation are the final evaluation's frame-5 and aggregated scores of
 # the same runs; tables.py's ensemble of a run with itself equals the mAP cav-finetune computed (an independent
-# implementation: C against sklearn); a run without final_eval.json falls back to result.csv with a note.
+# implementation: C against sklearn); a run without final_eval.json falls back to result.csv with a note. Another
+# label version (LABELS_avd) prepares the data again from the decoded clips, and only once.
 # The fine-tuning runs mix waveforms, as the reference: prepare.py's shards hold each clip's waveform, and no
 # fine-tuning log has cav-finetune's warning that mixup mixes fbanks; a run whose log has it (one made on shards of
 # an earlier prepare.py) is noted in the table and, once its shards hold waveforms, redone from the start.
@@ -205,5 +206,21 @@ if "${ft[@]}" >>"$log" 2>&1 && grep -q "cav-finetune: $run mixed fbanks (its sha
     pass "fbank_mixup_run_redone (${run##*/}: started afresh, old log kept as ${run##*/}.fbank-mixup.log)"
 else
     fail fbank_mixup_run_redone "$(tail -5 "$log")"
+fi
+# Another label version (LABELS_avd) prepares the dataset again, the decoded clips reused; the same version again
+# does nothing; back to the default, the shards carry its classes again.
+lv=(make -s --no-print-directory -C "$SRC/pipelines" SCALE=mini W="$W" AVD_TRAIN="$N_TRAIN" AVD_TEST="$N_TEST")
+ready=$W/data/avd/ready
+t_old=$(stat -c %Y.%y "$ready")
+out1=$("${lv[@]}" LABELS_avd=scene "$ready" 2>&1) && k1=$(cat "$W/data/avd/label-dim")
+out2=$("${lv[@]}" LABELS_avd=scene "$ready" 2>&1)
+t_mid=$(stat -c %Y.%y "$ready")
+out3=$("${lv[@]}" "$ready" 2>&1) && k3=$(cat "$W/data/avd/label-dim")
+out4=$("${lv[@]}" "$ready" 2>&1)
+if [ "${k1:-}" = 17 ] && [ "${k3:-}" = 27 ] && [ -z "$out2" ] && [ -z "$out4" ] && [ "$t_mid" != "$t_old" ] &&
+    grep -q "0 to decode" <<<"$out1" && grep -q "0 to decode" <<<"$out3"; then
+    pass "label_version_switch (scene: $k1 classes, default: $k3; no clip decoded again; the same version twice: nothing)"
+else
+    fail label_version_switch "label-dim ${k1:-?} / ${k3:-?} (want 17 / 27); second makes printed '$out2' '$out4'; $(tail -3 <<<"$out1")"
 fi
 exit $((fails > 0))
