@@ -97,7 +97,8 @@ CFLAGS_REL := $(CFLAGS_BASE) $(OPT)
 CFLAGS_ASAN := $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LIBS := $(DEP_LIBS) -fopenmp -lm -lpthread
 
-LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))) $(foreach d,$(KERNEL_DIRS),$(wildcard $(d)/*.c))
+LIB_SRC := $(filter-out lib/formats/h5zstd_plugin.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))) $(foreach d,$(KERNEL_DIRS),$(wildcard $(d)/*.c)) \
+  kernels/profile.c
 TOOLS := $(patsubst bin/%.c,%,$(wildcard bin/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 TOOL_TESTS := $(sort $(wildcard tests/tools/test_*.sh tests/tools/test_*.py))

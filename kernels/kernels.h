@@ -58,6 +58,9 @@ struct cav_backend {
      * too, where its tests run. */
     void (*download_async)(void *host, const void *src, size_t bytes, int slot);
     void (*download_wait)(int slot);
+    /* Blocks until every op issued so far has finished (NULL where ops finish before they return: the CPU).
+     * Only the profiler (kernels/profile.c) needs it: the ops' own contracts order them. */
+    void (*sync)(void);
 
     /* ---- dense layers ---- */
     /* out[M,OC] = inp[M,IC] @ w[OC,IC]^T + b[OC] (b may be NULL), as torch.nn.Linear.
@@ -186,6 +189,10 @@ struct cav_backend {
 cav_backend *cav_backend_open(const char *name, cav_err *err);
 /* The CPU backend (always built). */
 cav_backend *cav_backend_cpu(void);
+/* be's table with every op timed (kernels/profile.c; cav_backend_open's, when CAV_PROFILE is set): a report
+ * of the time per op at exit. One backend a process is profiled; another is returned as it is. An op added to
+ * the table above needs its line in kernels/profile.c, or it runs untimed. */
+cav_backend *cav_backend_profiled(cav_backend *be);
 
 /* The fixed 2-D sin-cos position table (cav-numerics(7) 2.4) for a gh x gw grid, computed in double and
  * rounded to float, in host memory: out[gh*gw, D], token k = i*gw + j, [sin(j w), cos(j w), sin(i w), cos(i

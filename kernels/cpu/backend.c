@@ -121,12 +121,17 @@ cav_backend *cav_backend_cpu(void) {
 
 /* A backend folder other than kernels/cpu registers itself by defining CAV_HAVE_<NAME> in the build and
  * providing cav_backend_<name>_open; until kernels/cuda exists, "cuda" answers that it is not built. */
+static cav_backend *profiled(cav_backend *be) {
+    const char *p = getenv("CAV_PROFILE");
+    return be && p && *p && strcmp(p, "0") ? cav_backend_profiled(be) : be;
+}
+
 cav_backend *cav_backend_open(const char *name, cav_err *err) {
-    if (!strcmp(name, "cpu")) return &cpu;
+    if (!strcmp(name, "cpu")) return profiled(&cpu);
     if (!strcmp(name, "cuda") || !strncmp(name, "cuda:", 5)) {
 #ifdef CAV_HAVE_CUDA
         cav_backend *cav_backend_cuda_open(const char *name, cav_err *err);
-        return cav_backend_cuda_open(name, err);
+        return profiled(cav_backend_cuda_open(name, err));
 #else
         cav_fail(err, 1, "--device %s: this build has no CUDA backend (only cpu)", name);
         return NULL;

@@ -106,6 +106,11 @@ static void cuda_download_wait(int slot) {
     CUDA_CHECK(cudaEventSynchronize(ev_downloaded[slot])); /* never recorded: returns at once */
 }
 
+/* the profiler's wait (kernels.h): the compute stream and the copy stream */
+static void cuda_sync(void) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 static cav_backend cuda_be;
 static char cuda_name[32];
 
@@ -125,7 +130,7 @@ static void fill_table(cav_backend *t) {
     t->upload = cuda_upload, t->download = cuda_download;
     t->host_alloc = cuda_host_alloc, t->host_free = cuda_host_free;
     t->upload_async = cuda_upload_async, t->upload_wait = cuda_upload_wait;
-    t->download_async = cuda_download_async, t->download_wait = cuda_download_wait;
+    t->download_async = cuda_download_async, t->download_wait = cuda_download_wait, t->sync = cuda_sync;
     t->linear_forward = cav_cuda_linear_forward, t->linear_backward = cav_cuda_linear_backward;
     t->cast_bf16 = cav_cuda_cast_bf16, t->widen_bf16 = cav_cuda_widen_bf16;
     t->linear_forward_bf16 = cav_cuda_linear_forward_bf16;

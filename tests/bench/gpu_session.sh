@@ -12,14 +12,15 @@
 #   4. the training step (forward + backward + Adam, tests/bench/train_step.c) at the tiny and base configs,
 #      samples/s on the GPU against the reference PyTorch model (tests/ref/cavmae_ref.py) on the same GPU in
 #      fp32 (TF32 off), and the C model on the CPU for scale;
-#   5. issue 11's training benchmark (bench_gpu_train.sh) and issue 14's retrieval benchmark (bench_recall.py:
-#      cav-recall on the host and on the device against NumPy at N = 8,000, 30,000, 100,000).
+#   5. the op-by-op profile of the base step (CAV_PROFILE), issue 11's training benchmark (bench_gpu_train.sh)
+#      and issue 14's retrieval benchmark (bench_recall.py: cav-recall on the host and on the device against
+#      NumPy at N = 8,000, 30,000, 100,000).
 # Each stage has its own time limit and a failure does not stop the later ones; the log ends with a summary
 # line per stage and the samples/s of each step run; the logs of the check-cuda stages are under
 # build/test-logs/cuda. Env: JOBS (default: the cores), B_TINY (16), B_BASE (8), STEPS_TINY (10), STEPS_BASE
 # (5), DEVICE (cuda), PYTHON (/usr/bin/python3: a torch that sees the GPU), ONLY (shell patterns of the stages
 # to run, the others skipped: a lent device runs at most 600 s a command, so one session is split into calls
-# on the same warm machine, e.g. ONLY='machine build refs cuda-arith check-cuda*' then ONLY='step* bench*',
+# on the same warm machine, e.g. ONLY='machine build refs cuda-arith check-cuda*' then ONLY='step* profile* bench*',
 # each with its own log argument; a pattern has no spaces: 'step?tiny*' for the stage "step tiny ..."; with a
 # bundle the first call's patterns are 'machine bundle libraries refs cuda-arith check-cuda*').
 # The device tool's machines have CUDA, PyTorch and NumPy but not the C libraries the tools link, and no
@@ -148,6 +149,13 @@ if [ -s "$results/tiny_loss" ]; then
     if [ "$again" = "$(cat "$results/tiny_loss")" ]; then verdict="same bits"; else verdict="DIFFERENT"; fi
     echo "determinism: last loss $(cat "$results/tiny_loss") then $again: $verdict" | tee -a "$results/summary"
 fi
+
+# Where the base step's time goes on the device, op by op (CAV_PROFILE: kernels/profile.c, each op waited for),
+# in fp32 with the plain attention and in bf16 with the fused one; the tables are in this log.
+stage "profile base $device fp32" 150 env CAV_BENCH_DEVICE="$device" CAV_PROFILE=1 build/bench/train_step step \
+    base "$b_base" "$steps_base"
+stage "profile base $device bf16 fused" 150 env CAV_BENCH_DEVICE="$device" CAV_BENCH_PRECISION=bf16 \
+    CAV_ATTENTION=fused CAV_PROFILE=1 build/bench/train_step step base "$b_base" "$steps_base"
 
 # Issue 11's benchmark (base config: samples/s, peak memory, MFU; C fp32 plain and fused attention against
 # PyTorch fp32, autocast bf16 and fp16 AMP). BUDGET_S keeps it inside its stage; on a device whose commands
