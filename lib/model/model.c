@@ -1594,6 +1594,16 @@ int cav_model_shard_adam(cav_model *m, size_t lo, size_t hi) {
     return cav_model_alloc_adam(m);
 }
 
+/* A part of the parameter buffer that one Adam call updates, [a, b) at learning rate lr. */
+typedef struct {
+    size_t a, b;
+    double lr;
+} adam_span;
+static int span_cmp(const void *x, const void *y) {
+    const adam_span *p = x, *q = y;
+    return p->a < q->a ? -1 : p->a > q->a;
+}
+
 void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double beta1, double beta2,
                          double eps, double wd) {
     if (!m->grads) return;
@@ -1604,14 +1614,31 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
     m->adam_t++;
     m->params16_stale = 1; /* the next forward casts the updated master weights */
     size_t lo = m->shard_lo, hi = m->shard_hi;
-    for (int i = 0; i < m->ntable; i++) { /* each tensor's part inside the shard: Adam is elementwise */
+    /* Each tensor's part inside the shard. Adam is elementwise, so the parts that are neighbours in the buffer
+     * and share a learning rate go as one span: one call (one kernel launch on a GPU) for each run of them
+     * rather than one a tensor (hundreds at the base config), with the same numbers. The table is not in
+     * buffer order (a Linear's bias may sit before its weight), hence the sort. */
+    adam_span *sp = malloc((size_t)(m->ntable + 1) * sizeof *sp);
+    if (!sp) {
+        fprintf(stderr, "%s: model: out of memory\n", cav_tool());
+        abort();
+    }
+    int n = 0;
+    for (int i = 0; i < m->ntable; i++) {
         cav_param *e = &m->table[i];
         if (!e->trainable || !e->used) continue;
         size_t a = e->offset > lo ? e->offset : lo, b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
-        if (b <= a) continue;
-        m->be->adam_step(m->params + a, m->grads + a, m->adam_m + (a - lo), m->adam_v + (a - lo), b - a,
-                         e->head ? lr * head_lr_scale : lr, beta1, beta2, eps, wd, m->adam_t);
+        if (b > a) sp[n++] = (adam_span){a, b, e->head ? lr * head_lr_scale : lr};
     }
+    qsort(sp, (size_t)n, sizeof *sp, span_cmp);
+    for (int i = 0, j; i < n; i = j) {
+        size_t b = sp[i].b;
+        for (j = i + 1; j < n && sp[j].a == b && sp[j].lr == sp[i].lr; j++) b = sp[j].b;
+        size_t a = sp[i].a;
+        m->be->adam_step(m->params + a, m->grads + a, m->adam_m + (a - lo), m->adam_v + (a - lo), b - a,
+                         sp[i].lr, beta1, beta2, eps, wd, m->adam_t);
+    }
+    free(sp);
 }
 
 /* ---- model memory ------------------------------------------------------------------------------- */

@@ -1,9 +1,10 @@
 """test_profile.py: CAV_PROFILE, the per-op profile of a run (kernels/profile.c), as a user reads it: off, a
 tool prints nothing of it; CAV_PROFILE=1 appends the table to standard error, every line under the tool's name;
 CAV_PROFILE=FILE writes it there. The table's counts follow the run (the model's ops are called the same number
-of times each step, so 4 steps call them twice as often as 2, less what the first step's setup adds), its shares
-sum to 100%, its ops' time fits inside the wall time; and a profiled run trains to the same bytes as a plain one
-(the profile times the ops, it changes none)."""
+of times each step, so 4 steps call them twice as often as 2), its shares
+sum to 100%, its ops' time fits inside the wall time, Adam takes one call for each run of neighbouring parameters
+(not one a tensor); and a profiled run trains to the same bytes as a plain one (the profile times the ops, it
+changes none)."""
 import os
 import re
 import subprocess
@@ -81,6 +82,16 @@ def file_table_counts_and_shares():
         assert abs(shares - 100) < 0.1 * len(ops), "shares sum to %.2f%%" % shares
         assert abs(sum(s for _, s, _ in ops.values()) - total) < 1e-3 * len(ops), "the ops do not sum to all ops"
         assert 0 < total <= wall, "all ops %.4f s, wall %.4f s" % (total, wall)
+
+
+@toolenv.test
+def adam_one_call_a_span():
+    """The optimiser updates each run of neighbouring parameters with one call (one kernel on a GPU), not one a
+    tensor: far fewer calls a step than the model has tensors."""
+    calls = table(open(os.path.join(TMP, "p2.txt")).read())[0]["adam_step"][0] // 2
+    tensors = len(toolenv.safetensors_f32(os.path.join(toolenv.last_checkpoint(os.path.join(TMP, "p2")),
+                                                       "model.safetensors")))
+    assert 0 < calls * 3 <= tensors, "%d Adam calls a step for %d tensors" % (calls, tensors)
 
 
 @toolenv.test
