@@ -1,11 +1,11 @@
 /* profile.c: where a run's time goes, op by op, on any backend. With CAV_PROFILE set in the environment,
- * cav_backend_open hands out a copy of the backend's table whose every entry times the real one: the wall time
- * from the call until the device has finished it (the backend's sync), summed per op with its call count, and a
- * table of them is written when the program exits (to standard error, or to the file CAV_PROFILE names when it
- * is not "1"). Waiting for each op serialises what would overlap (the batch upload with the compute, a kernel
- * with the next launch), so the profiled run is slower than a plain one; the shares are what to read. Time
- * spent outside the backend (decoding, the loader's waits, the host's own arithmetic) is the difference
- * between the ops' sum and the wall time since the backend was opened, also printed. */
+ * cav_backend_open hands out a copy of the backend's table whose every entry times the real one: the wall
+ * time from the call until the device has finished it (the backend's sync), summed per op with its call
+ * count, and a table of them is written when the program exits (to standard error, or to the file CAV_PROFILE
+ * names when it is not "1"). Waiting for each op serialises what would overlap (the batch upload with the
+ * compute, a kernel with the next launch), so the profiled run is slower than a plain one; the shares are
+ * what to read. Time spent outside the backend (decoding, the loader's waits, the host's own arithmetic) is
+ * the difference between the ops' sum and the wall time since the backend was opened, also printed. */
 #include <errno.h> /* program_invocation_short_name (_GNU_SOURCE) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,20 +42,20 @@ static void done(prof_stat *s, double t0) {
 }
 
 /* One timed entry per op: OP, its parameter list and its argument list (a void op or one returning R). */
-#define TIME_V(OP, PARAMS, ARGS)                                                                               \
-    static prof_stat st_##OP = {#OP, 0, 0, NULL};                                                              \
-    static void p_##OP PARAMS {                                                                                \
-        double t0 = now();                                                                                     \
-        inner->OP ARGS;                                                                                        \
-        done(&st_##OP, t0);                                                                                    \
+#define TIME_V(OP, PARAMS, ARGS)                                                                             \
+    static prof_stat st_##OP = {#OP, 0, 0, NULL};                                                            \
+    static void p_##OP PARAMS {                                                                              \
+        double t0 = now();                                                                                   \
+        inner->OP ARGS;                                                                                      \
+        done(&st_##OP, t0);                                                                                  \
     }
-#define TIME_R(R, OP, PARAMS, ARGS)                                                                            \
-    static prof_stat st_##OP = {#OP, 0, 0, NULL};                                                              \
-    static R p_##OP PARAMS {                                                                                   \
-        double t0 = now();                                                                                     \
-        R r = inner->OP ARGS;                                                                                  \
-        done(&st_##OP, t0);                                                                                    \
-        return r;                                                                                              \
+#define TIME_R(R, OP, PARAMS, ARGS)                                                                          \
+    static prof_stat st_##OP = {#OP, 0, 0, NULL};                                                            \
+    static R p_##OP PARAMS {                                                                                 \
+        double t0 = now();                                                                                   \
+        R r = inner->OP ARGS;                                                                                \
+        done(&st_##OP, t0);                                                                                  \
+        return r;                                                                                            \
     }
 
 TIME_R(void *, alloc, (size_t n), (n))
@@ -76,7 +76,7 @@ TIME_V(linear_backward,
        (float *di, float *dw, float *db, const float *dout, const float *i, const float *w, int M, int IC,
         int OC),
        (di, dw, db, dout, i, w, M, IC, OC))
-TIME_V(cast_bf16, (uint16_t *o, const float *i, size_t n), (o, i, n))
+TIME_V(cast_bf16, (uint16_t * o, const float *i, size_t n), (o, i, n))
 TIME_V(widen_bf16, (float *o, const uint16_t *i, size_t n), (o, i, n))
 TIME_V(linear_forward_bf16,
        (float *o, const uint16_t *i, const uint16_t *w, const uint16_t *b, int M, int IC, int OC),
@@ -101,8 +101,8 @@ TIME_V(average_backward, (float *da, const float *dout, size_t n), (da, dout, n)
 TIME_V(attention_forward, (float *o, float *state, const float *qkv, int B, int N, int C, int H),
        (o, state, qkv, B, N, C, H))
 TIME_V(attention_backward,
-       (float *dqkv, const float *dout, const float *qkv, const float *o, const float *state, float *work, int B,
-        int N, int C, int H),
+       (float *dqkv, const float *dout, const float *qkv, const float *o, const float *state, float *work,
+        int B, int N, int C, int H),
        (dqkv, dout, qkv, o, state, work, B, N, C, H))
 TIME_V(gather_tokens_forward, (float *o, const float *i, const int64_t *idx, int B, int N, int L, int C),
        (o, i, idx, B, N, L, C))
@@ -110,21 +110,21 @@ TIME_V(gather_tokens_backward, (float *di, const float *dout, const int64_t *idx
        (di, dout, idx, B, N, L, C))
 TIME_V(mask_from_keep, (float *m, const int64_t *idx, int B, int N, int L), (m, idx, B, N, L))
 TIME_V(unshuffle_forward,
-       (float *o, const float *src, const int64_t *idx, const float *fill, int B, int N, int L, int Ns, int off,
-        int C),
+       (float *o, const float *src, const int64_t *idx, const float *fill, int B, int N, int L, int Ns,
+        int off, int C),
        (o, src, idx, fill, B, N, L, Ns, off, C))
 TIME_V(unshuffle_backward,
-       (float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N, int L, int Ns, int off,
-        int C),
+       (float *dsrc, float *dfill, const float *dout, const int64_t *idx, int B, int N, int L, int Ns,
+        int off, int C),
        (dsrc, dfill, dout, idx, B, N, L, Ns, off, C))
 TIME_V(concat_forward, (float *o, const float *a, const float *b, int B, int N1, int N2, int C),
        (o, a, b, B, N1, N2, C))
 TIME_V(concat_backward, (float *da, float *db, const float *dout, int B, int N1, int N2, int C),
        (da, db, dout, B, N1, N2, C))
-TIME_V(add_pos_forward, (float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C),
+TIME_V(add_pos_forward,
+       (float *x, const float *pos, const float *mod, int B, int Ntot, int off, int N, int C),
        (x, pos, mod, B, Ntot, off, N, C))
-TIME_V(add_pos_backward,
-       (float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C),
+TIME_V(add_pos_backward, (float *dpos, float *dmod, const float *dx, int B, int Ntot, int off, int N, int C),
        (dpos, dmod, dx, B, Ntot, off, N, C))
 TIME_V(mean_tokens_forward, (float *o, const float *i, int B, int N, int C), (o, i, B, N, C))
 TIME_V(mean_tokens_backward, (float *di, const float *dout, int B, int N, int C), (di, dout, B, N, C))
@@ -193,8 +193,9 @@ static void report(void) {
     fprintf(f, "%sprofile of the backend %s: each op timed until the device finished it\n", pre, inner->name);
     fprintf(f, "%s%-24s %10s %12s %7s %12s\n", pre, "op", "calls", "seconds", "share", "ms per call");
     for (int i = 0; i < n; i++)
-        fprintf(f, "%s%-24s %10ld %12.4f %6.2f%% %12.4f\n", pre, order[i]->op, order[i]->calls, order[i]->seconds,
-                total > 0 ? 100 * order[i]->seconds / total : 0, 1e3 * order[i]->seconds / order[i]->calls);
+        fprintf(f, "%s%-24s %10ld %12.4f %6.2f%% %12.4f\n", pre, order[i]->op, order[i]->calls,
+                order[i]->seconds, total > 0 ? 100 * order[i]->seconds / total : 0,
+                1e3 * order[i]->seconds / order[i]->calls);
     fprintf(f, "%s%-24s %10s %12.4f %6.2f%%\n", pre, "all ops", "", total, 100.0);
     fprintf(f, "%s%-24s %10s %12.4f   (outside the backend: %.4f s)\n", pre, "wall since opened", "", wall,
             wall - total);
@@ -215,7 +216,8 @@ cav_backend *cav_backend_profiled(cav_backend *be) {
     SET(attention_forward), SET(attention_backward), SET(gather_tokens_forward), SET(gather_tokens_backward);
     SET(mask_from_keep), SET(unshuffle_forward), SET(unshuffle_backward), SET(concat_forward);
     SET(concat_backward), SET(add_pos_forward), SET(add_pos_backward), SET(mean_tokens_forward);
-    SET(mean_tokens_backward), SET(patchify_audio), SET(patchify_video), SET(im2col_video), SET(l2norm_forward);
+    SET(mean_tokens_backward), SET(patchify_audio), SET(patchify_video), SET(im2col_video),
+        SET(l2norm_forward);
     SET(l2norm_backward), SET(contrastive_forward), SET(contrastive_backward), SET(normpix);
     SET(masked_mse_sums), SET(masked_mse_backward_den), SET(masked_mse_forward), SET(masked_mse_backward);
     SET(bce_logits_forward), SET(bce_logits_backward), SET(soft_ce_forward), SET(soft_ce_backward);

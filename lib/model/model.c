@@ -1614,9 +1614,9 @@ void cav_model_adam_step(cav_model *m, double lr, double head_lr_scale, double b
     m->adam_t++;
     m->params16_stale = 1; /* the next forward casts the updated master weights */
     size_t lo = m->shard_lo, hi = m->shard_hi;
-    /* Each tensor's part inside the shard. Adam is elementwise, so the parts that are neighbours in the buffer
-     * and share a learning rate go as one span: one call (one kernel launch on a GPU) for each run of them
-     * rather than one a tensor (hundreds at the base config), with the same numbers. The table is not in
+    /* Each tensor's part inside the shard. Adam is elementwise, so the parts that are neighbours in the
+     * buffer and share a learning rate go as one span: one call (one kernel launch on a GPU) for each run of
+     * them rather than one a tensor (hundreds at the base config), with the same numbers. The table is not in
      * buffer order (a Linear's bias may sit before its weight), hence the sort. */
     adam_span *sp = malloc((size_t)(m->ntable + 1) * sizeof *sp);
     if (!sp) {
