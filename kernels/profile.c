@@ -180,9 +180,9 @@ static void report(void) {
     double total = 0, wall = now() - t_open;
     for (prof_stat *s = seen; s; s = s->next) total += s->seconds;
     /* the ops by time spent, largest first (a few dozen: a selection sort) */
-    prof_stat *order[64];
+    prof_stat *order[128];
     int n = 0;
-    for (prof_stat *s = seen; s && n < 64; s = s->next) order[n++] = s;
+    for (prof_stat *s = seen; s && n < 128; s = s->next) order[n++] = s;
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++)
             if (order[j]->seconds > order[i]->seconds) {
