@@ -34,6 +34,8 @@ export LAUNCH_LOG=$W/launch.log
 for v in as2m as20k; do
     mkdir -p "$W/src/avd" "$W/data/avd" "$W/view/$v"
     touch -d '-3 sec' "$W/src/avd/manifest.txt"
+    echo 'digit+scene' >"$W/src/avd/label-version" # the default LABELS_avd (pipelines/Makefile)
+    touch -d '-3 sec' "$W/src/avd/label-version"
     touch -d '-2 sec' "$W/data/avd/ready"
     for s in train eval ret; do : >"$W/view/$v/$s.h5"; done
     echo 4 >"$W/view/$v/label-dim"
