@@ -119,13 +119,14 @@ cav_backend *cav_backend_cpu(void) {
     return &cpu;
 }
 
-/* A backend folder other than kernels/cpu registers itself by defining CAV_HAVE_<NAME> in the build and
- * providing cav_backend_<name>_open; until kernels/cuda exists, "cuda" answers that it is not built. */
+/* CAV_PROFILE set (and not 0): the backend opened, every op timed (kernels/profile.c) */
 static cav_backend *profiled(cav_backend *be) {
     const char *p = getenv("CAV_PROFILE");
     return be && p && *p && strcmp(p, "0") ? cav_backend_profiled(be) : be;
 }
 
+/* A backend folder other than kernels/cpu registers itself by defining CAV_HAVE_<NAME> in the build and
+ * providing cav_backend_<name>_open; until kernels/cuda exists, "cuda" answers that it is not built. */
 cav_backend *cav_backend_open(const char *name, cav_err *err) {
     if (!strcmp(name, "cpu")) return profiled(&cpu);
     if (!strcmp(name, "cuda") || !strncmp(name, "cuda:", 5)) {
