@@ -17,12 +17,15 @@ Usage: labels.py BUILD VERSION OUT [--first-train N] [--first-test N]
 """
 import argparse
 import csv
+import io
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from avdigits import SCENES  # noqa: E402
+from prepare import write_atomic  # noqa: E402
 
 VERSIONS = ('digit', 'scene', 'digit+scene')
 
@@ -49,13 +52,6 @@ def read_build(build):
     except OSError as e:
         die(2, str(e))
     return scene, rows
-
-
-def write_atomic(path, write):
-    tmp = path + '.tmp'
-    with open(tmp, 'w', newline='') as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def main(argv):
@@ -94,9 +90,10 @@ def main(argv):
             s = '/m/scene_' + scene[e['video_id']]
             lab = {'digit': e['labels'], 'scene': s, 'digit+scene': e['labels'] + ',' + s}[a.version]
             out.append(dict(e, labels=lab))
-        write_atomic(os.path.join(a.out, split + '.json'), lambda f: json.dump({'data': out}, f, indent=1))
-    write_atomic(os.path.join(a.out, 'class_labels_indices.csv'),
-                 lambda f: csv.writer(f, lineterminator='\n').writerows([header] + classes))
+        write_atomic(os.path.join(a.out, split + '.json'), json.dumps({'data': out}, indent=1))
+    text = io.StringIO()
+    csv.writer(text, lineterminator='\n').writerows([header] + classes)
+    write_atomic(os.path.join(a.out, 'class_labels_indices.csv'), text.getvalue())
 
 
 if __name__ == '__main__':
