@@ -3,7 +3,8 @@
 # the tools: a tiny CAV-MAE is pretrained once (cav-pretrain, the mini tables' setting: batch 12 in one
 # contrast group, lr 2e-4, lambda_c 0.01), then cav-finetune trains it in each of the modes audioonly (A),
 # videoonly (V) and multimodal (AV) from that checkpoint and from a random start (no --init), with the same
-# seed and settings, on three label versions of the same clips:
+# seed and settings, on three label versions of the same clips (a mode NAME-probe is NAME with --freeze-base:
+# linear probing, which trains mlp_head alone on the frozen encoder):
 #   single  the digit, 10 classes, one positive per clip; the figure is the held-out accuracy;
 #   multi   the digit and the scene (16 noises + quiet: 27 classes, two positives per clip, a multi-hot
 #           label written from provenance.jsonl); the figure is the held-out mAP;
@@ -21,7 +22,7 @@
 # Environment (defaults): DATA=build/data/av-digits (built by build.sh with its defaults, 1,200 + 300 clips,
 # when it has no manifest.txt); FT_TRAIN=300 FT_TEST=150 (the first clips of each split in train.json/test.json
 # order), PT_TRAIN=1200 (the first clips of the train split, unlabelled to cav-pretrain), PT_EPOCHS=6,
-# FT_EPOCHS=4, MODES="audioonly videoonly multimodal", LABELS="single multi scene", FT_EXTRA (options added to
+# FT_EPOCHS=4, MODES="audioonly videoonly multimodal videoonly-probe", LABELS="single multi scene", FT_EXTRA (options added to
 # every fine-tuning run), RUN=build/runs/av-digits-ft-test.
 # The data shards and the pretrained model are reused from RUN when their settings match (RUN/*.stamp); every
 # fine-tuning run is made anew. The two runs of a cell (pretrained, random) run side by side, one thread each.
@@ -36,7 +37,7 @@ DATA=${DATA:-$BUILD/data/av-digits}
 export CACHE=${CACHE:-$BUILD/cache/av-digits}
 FT_TRAIN=${FT_TRAIN:-300} FT_TEST=${FT_TEST:-150} PT_TRAIN=${PT_TRAIN:-1200}
 PT_EPOCHS=${PT_EPOCHS:-6} FT_EPOCHS=${FT_EPOCHS:-4} SEED=${SEED:-1}
-MODES=${MODES:-audioonly videoonly multimodal} LABELS=${LABELS:-single multi scene} FT_EXTRA=${FT_EXTRA:-}
+MODES=${MODES:-audioonly videoonly multimodal videoonly-probe} LABELS=${LABELS:-single multi scene} FT_EXTRA=${FT_EXTRA:-}
 LOG=$BUILD/finetune-av-digits-long.log
 PY=/usr/bin/python3
 export OMP_WAIT_POLICY=passive
@@ -128,10 +129,11 @@ for lab in $LABELS; do
         for init in pretrained random; do
             dir=$RUN/ft/$lab-$mode-$init
             rm -rf "$dir"
-            args=(--model tiny --mode "$mode" --label-dim "$K" "${RECIPE[@]}" --seed "$SEED" --loader-threads 1
+            args=(--model tiny --mode "${mode%-probe}" --label-dim "$K" "${RECIPE[@]}" --seed "$SEED" --loader-threads 1
                   --metric "$([ $lab != multi ] && echo acc || echo map)"
                   --log-every 25 --eval "$RUN/test-$lab.h5" -o "$dir")
             [ $init = pretrained ] && args+=(--init "$ckpt")
+            [ "$mode" != "${mode%-probe}" ] && args+=(--freeze-base)
             # shellcheck disable=SC2086
             (s=$(date +%s); OMP_NUM_THREADS=1 cav-finetune "${args[@]}" $FT_EXTRA "$RUN/ft-$lab.h5" \
                 >"$dir.log" 2>&1 && echo $(($(date +%s) - s)) >"$dir.secs") &
@@ -158,12 +160,12 @@ done
 
 echo "  fine-tuning, last epoch ($FT_EPOCHS) on the $FT_TEST held-out clips (frame 5); single and scene:" \
     "accuracy (mAP), multi: mAP (accuracy of the digit-or-scene argmax)"
-printf '  %-7s %-11s %-8s %12s %12s %8s %10s\n' labels mode figure pretrained random diff "s (pt/rd)"
+printf '  %-7s %-15s %-8s %12s %12s %8s %10s\n' labels mode figure pretrained random diff "s (pt/rd)"
 st=0
 for lab in $LABELS; do
     for mode in $MODES; do
         p=${fig[$lab-$mode-pretrained]} r=${fig[$lab-$mode-random]}
-        printf '  %-7s %-11s %-8s %5.3f (%.3f) %5.3f (%.3f) %+8.3f %5s/%-5s\n' "$lab" "$mode" \
+        printf '  %-7s %-15s %-8s %5.3f (%.3f) %5.3f (%.3f) %+8.3f %5s/%-5s\n' "$lab" "$mode" \
             "$([ $lab != multi ] && echo acc || echo mAP)" "$p" "${other[$lab-$mode-pretrained]}" "$r" \
             "${other[$lab-$mode-random]}" "$(awk -v p="$p" -v r="$r" 'BEGIN {print p - r}')" \
             "${secs[$lab-$mode-pretrained]}" "${secs[$lab-$mode-random]}"
@@ -183,7 +185,7 @@ done
 FRAME_AGG_TOL=${FRAME_AGG_TOL:-0.02}
 for lab in $LABELS; do
     for mode in $MODES; do
-        [ "$mode" = audioonly ] && continue
+        [ "${mode%-probe}" = audioonly ] && continue
         for init in pretrained random; do
             f=$RUN/ft/$lab-$mode-$init/final_eval.json
             read -r a m < <(/usr/bin/python3 -c 'import json, sys
