@@ -27,8 +27,10 @@
 # The data shards and the pretrained model are reused from RUN when their settings match (RUN/*.stamp); every
 # fine-tuning run is made anew. The two runs of a cell (pretrained, random) run side by side, one thread each.
 # Measured on 2026-12-07 on the 2-core development machine at these defaults (load 2-3): the clips 19.5 min,
-# pretraining 17 min, the 18 fine-tuning runs about 28 min. The digit is NOT learnt from either start at this
-# size (single fails), the scene is; tests/bench/RESULTS.md ("Fine-tuning on AV-Digits") has the figures.
+# pretraining 17 min, the 18 fine-tuning runs of the first three modes about 28 min, the 6 linear probes about
+# 5 min more. The digit is NOT learnt from either start at this size (single fails), the scene is; full
+# fine-tuning of the visual mode ties at 4 epochs, its linear probe does not; tests/bench/RESULTS.md
+# ("Fine-tuning on AV-Digits") has the figures.
 set -u
 SRC=${CAV_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 BUILD=${CAV_BUILD:-$SRC/build}
