@@ -164,20 +164,17 @@ else:
         report("mpi_two_ranks_zero1_buckets_equal_two_ranks", not bad and "ZeRO-1" in rz.stderr, "differ: %s" % bad)
         # The final evaluation's files are rank 0's: one it cannot write (a directory holds final_eval.json's
         # name: the writer refuses to replace it, exit 1) stops both ranks with rank 0's exit code, the other
-        # saying so (it used to exit 0). Each rank's exit code is printed by a shell around it; mpirun is told
-        # not to kill the job at the first non-zero exit, or the slower rank's shell may die before it prints.
+        # saying so (it used to exit 0). Each rank's exit code is printed (toolenv.each_rank).
         fe = os.path.join(TMP, "mpi_final_eval_unwritable")
         os.makedirs(os.path.join(fe, "final_eval.json"))
         i = base.index("--max-steps")
-        each = ["bash", "-c", '"$@"; st=$?; echo "rank exit $st" >&2; exit $st', "bash"]
         try:
-            rf = subprocess.run(mpi + each + [ftfixture.FINETUNE, "-o", fe, "--force", "--eval", evals] + base[:i] +
-                                base[i + 2:], capture_output=True, text=True, timeout=60,
-                                env=dict(toolenv.mpi_env(), OMPI_MCA_orte_abort_on_non_zero_status='0',
-                                         PRTE_MCA_prte_abort_on_non_zero_status='0'))
-            codes = re.findall(r"rank exit (\d+)", rf.stderr)
+            rf = subprocess.run(mpi + toolenv.each_rank([ftfixture.FINETUNE, "-o", fe, "--force", "--eval", evals] +
+                                                        base[:i] + base[i + 2:]),
+                                capture_output=True, text=True, timeout=60, env=toolenv.mpi_env_all_exit())
+            codes = toolenv.rank_exits(rf.stderr)
             print("  final evaluation unwritable on rank 0, 2 ranks: exit codes %s" % codes)
-            report("mpi_failed_final_eval_stops_every_rank", len(codes) == 2 and codes[0] == codes[1] != "0" and
+            report("mpi_failed_final_eval_stops_every_rank", len(codes) == 2 and codes[0] == codes[1] != 0 and
                    "rank 0 could not write the final evaluation's files" in rf.stderr and
                    "final_eval.json" in rf.stderr, "exit codes %s: %s" % (codes, rf.stderr[-500:]))
         except subprocess.TimeoutExpired:

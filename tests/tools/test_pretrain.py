@@ -262,16 +262,18 @@ else:
     # (the others say so) instead of leaving them waiting for rank 0 in the next step; with ZeRO-1 too, whose
     # checkpoint gathers the moments from every rank first. TCP between the ranks: the shared-memory transport's
     # backing file would meet the limit too.
+    limited = "trap '' XFSZ; ulimit -f 8; "  # rank 0's file size limit: 8 blocks
     for name, extra in (("mpi_failed_checkpoint_stops_every_rank", []),
                         ("mpi_failed_checkpoint_stops_every_rank_zero1", ["--zero", "1"])):
         args = [BIN + "/cav-pretrain", "-o", os.path.join(TMP, name), "-b", "8", "--contrast-groups", "2", "-e", "1",
                 "--save-every", "2", "--loader-threads", "1"] + MICRO + extra + [train]
         try:
-            r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1",
-                                "bash", "-c", "trap '' XFSZ; ulimit -f 8; exec \"$@\"", "bash"] + args +
-                               [":", "-np", "1"] + args, capture_output=True, text=True, env=env, timeout=120)
-            report(name, r.returncode == 3 and "rank 0 could not write the checkpoint" in r.stderr,
-                   "exit %d: %s" % (r.returncode, r.stderr[-400:]))
+            r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1"] +
+                               toolenv.each_rank(args, limited) + [":", "-np", "1"] + toolenv.each_rank(args),
+                               capture_output=True, text=True, env=toolenv.mpi_env_all_exit(env), timeout=120)
+            codes = toolenv.rank_exits(r.stderr)
+            report(name, codes == [3, 3] and "rank 0 could not write the checkpoint" in r.stderr,
+                   "exit codes %s: %s" % (codes, r.stderr[-400:]))
         except subprocess.TimeoutExpired:
             report(name, False, "the ranks still ran 120 s after rank 0's failed checkpoint")
 
@@ -291,16 +293,17 @@ else:
             "1e-3", "-e", "2", "--loader-threads", "1"] + MICRO + [train]
     t0 = time.time()
     try:
-        r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1",
-                            "bash", "-c", "trap '' XFSZ; ulimit -f 8; exec \"$@\"", "bash"] + args +
-                           [":", "-np", "1"] + args, capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run([mpirun, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "-np", "1"] +
+                           toolenv.each_rank(args, limited) + [":", "-np", "1"] + toolenv.each_rank(args),
+                           capture_output=True, text=True, env=toolenv.mpi_env_all_exit(env), timeout=60)
+        codes = toolenv.rank_exits(r.stderr)
         now = [read(os.path.join(out, f)) for f in kept_files]
         # result.csv may have gained epoch 2's row (written before the model); its first row is unchanged
         kept = now[0].startswith(before[0]) and now[1:] == before[1:] and last_ck(out) == ck_before
-        print("  failed epoch-end write, 2 ranks: exit %d after %.1f s" % (r.returncode, time.time() - t0))
-        report(name, r.returncode == 3 and "rank 0 could not write the epoch's results" in r.stderr and kept and
-               "audio_model.2.safetensors" in r.stderr, "exit %d, earlier results kept: %s: %s" %
-               (r.returncode, kept, r.stderr[-600:]))
+        print("  failed epoch-end write, 2 ranks: exit codes %s after %.1f s" % (codes, time.time() - t0))
+        report(name, codes == [3, 3] and "rank 0 could not write the epoch's results" in r.stderr and kept and
+               "audio_model.2.safetensors" in r.stderr, "exit codes %s, earlier results kept: %s: %s" %
+               (codes, kept, r.stderr[-600:]))
     except subprocess.TimeoutExpired:
         report(name, False, "the ranks still ran 60 s after rank 0's failed epoch-end write")
 
@@ -308,14 +311,17 @@ else:
     # or the user's CAV_LOCAL_RANK). No device is visible here (CUDA_VISIBLE_DEVICES empty, or no CUDA in the
     # build): every rank stops with a usage error naming the device it was given.
     novis = dict(env, CUDA_VISIBLE_DEVICES="")
-    dev = [mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none", BIN + "/cav-pretrain", "-o",
-           os.path.join(TMP, "dev"), "-b", "8", "--device", "cuda"] + MICRO + [train]
-    r = subprocess.run(dev, capture_output=True, text=True, env=novis)
-    report("mpi_device_cuda_is_local_rank", r.returncode == 1 and "--device cuda:0" in r.stderr and
-           "--device cuda:1" in r.stderr, "exit %d: %s" % (r.returncode, r.stderr[-600:]))
-    r = subprocess.run(dev, capture_output=True, text=True, env=dict(novis, CAV_LOCAL_RANK="5"))
-    report("mpi_device_cuda_local_rank_override", r.returncode == 1 and r.stderr.count("--device cuda:5") == 2,
-           "exit %d: %s" % (r.returncode, r.stderr[-600:]))
+    dev = [mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none"] + toolenv.each_rank(
+        [BIN + "/cav-pretrain", "-o", os.path.join(TMP, "dev"), "-b", "8", "--device", "cuda"] + MICRO + [train])
+    r = subprocess.run(dev, capture_output=True, text=True, env=toolenv.mpi_env_all_exit(novis))
+    codes = toolenv.rank_exits(r.stderr)
+    report("mpi_device_cuda_is_local_rank", codes == [1, 1] and "--device cuda:0" in r.stderr and
+           "--device cuda:1" in r.stderr, "exit codes %s: %s" % (codes, r.stderr[-600:]))
+    r = subprocess.run(dev, capture_output=True, text=True,
+                       env=toolenv.mpi_env_all_exit(dict(novis, CAV_LOCAL_RANK="5")))
+    codes = toolenv.rank_exits(r.stderr)
+    report("mpi_device_cuda_local_rank_override", codes == [1, 1] and r.stderr.count("--device cuda:5") == 2,
+           "exit codes %s: %s" % (codes, r.stderr[-600:]))
 
 # Finite but absurd inputs (fbank values of 1e37, raw reconstruction targets) overflow the loss: the run
 # stops at a named step.

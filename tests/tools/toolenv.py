@@ -63,6 +63,27 @@ def mpi_env():
     return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', OMP_NUM_THREADS='1')
 
 
+# Tests of a failure that every rank must stop on: mpirun kills the whole job at the first rank's non-zero exit,
+# so another rank may die before it prints or exits (a race CI met). mpi_env_all_exit() tells mpirun to let
+# every rank finish (Open MPI 4's name and 5's); mpirun then exits 0 whatever the ranks did, so each rank's
+# command goes through each_rank(), which prints its exit code, and rank_exits() reads them back.
+def mpi_env_all_exit(env=None):
+    return dict(env or mpi_env(), OMPI_MCA_orte_abort_on_non_zero_status='0',
+                PRTE_MCA_prte_abort_on_non_zero_status='0')
+
+
+def each_rank(args, before=''):
+    """args run by a shell that prints 'rank exit N' to stderr after it; `before`: shell commands run first
+    (e.g. a ulimit for that rank alone)."""
+    return ['bash', '-c', before + '"$@"; st=$?; echo "rank exit $st" >&2; exit $st', 'bash'] + list(args)
+
+
+def rank_exits(stderr):
+    """The exit codes each_rank() printed, as ints, in the order the ranks finished."""
+    import re
+    return [int(c) for c in re.findall(r'rank exit (\d+)', stderr)]
+
+
 def safetensors_f32(path):
     """A .safetensors file of float32 tensors as name -> flat numpy array."""
     import json
