@@ -6,8 +6,8 @@
  * fp32 dot product. The CPU gives the bias to OpenBLAS as the C operand (beta = 1), which computes
  * fl(b + acc) as long as the K dimension is one OpenBLAS block, so the two differ only by the dot product's
  * summation order (a few ulp, the tolerance of tests/unit/test_kernels.c), not by where the bias enters.
- * Where no algorithm accepts the epilogue (an unaligned bias pointer), the bias is added after the GEMM
- * with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
+ * The epilogue needs a 16-byte aligned bias, which the heuristic is not relied on to check: an unaligned
+ * one (or no algorithm for the epilogue) gets the bias added after the GEMM, with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
  * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order.
  *
  * The bf16 Linear (--precision bf16) is the same GEMM with bf16 A and B (CUDA_R_16BF), fp32 D and
@@ -64,7 +64,7 @@ static void lt_gemm(bool ta, bool tb, int m, int n, int k, const void *A, int ld
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
     bool fused = false;
-    if (bias) {
+    if (bias && (uintptr_t)bias % 16 == 0) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         CUBLAS_CHECK(

@@ -44,6 +44,12 @@
 #define CAV_FA_BR 64 /* query rows of a forward or dq block (its threads) */
 #define CAV_FA_BC 32 /* key rows of a forward tile in shared memory */
 #define CAV_FA_BK 64 /* key rows of a dk/dv block (twice as many threads: one for dk, one for dv) */
+/* the host drivers' row buffers are CAV_FA_BR long and hold a key block's rows too */
+#ifdef __cplusplus
+static_assert(CAV_FA_BK <= CAV_FA_BR, "a key block must fit the row buffers");
+#else
+_Static_assert(CAV_FA_BK <= CAV_FA_BR, "a key block must fit the row buffers");
+#endif
 #define CAV_FA_BT 16 /* rows of a backward pass's streamed tile: queries for dk/dv, keys for dq */
 
 /* q . k in float, in index order */
