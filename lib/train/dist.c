@@ -226,8 +226,8 @@ void cav_dist_sum_f32(const cav_dist *d, float *x, size_t n) {
     }
     free(part);
     if (rc) {
-        fprintf(stderr, "%s: rank %d: %s\n", cav_tool(), d->rank, err.msg[0] ? err.msg : "out of memory");
-        MPI_Abort(MPI_COMM_WORLD, 3);
+        if (!err.msg[0]) cav_fail(&err, 3, "out of memory");
+        cav_dist_abort(d, &err);
     }
 #else
     (void)x;
@@ -434,6 +434,17 @@ int cav_dist_gather_parts(const cav_dist *d, float *x, const size_t *part, cav_e
     (void)part;
     (void)err;
     return 0;
+#endif
+}
+
+void cav_dist_abort(const cav_dist *d, const cav_err *err) {
+#ifdef CAV_HAVE_MPI
+    if (d->world <= 1) return;
+    fprintf(stderr, "%s: rank %d: %s\n", cav_tool(), d->rank, err->msg[0] ? err->msg : "failed");
+    MPI_Abort(MPI_COMM_WORLD, err->code ? err->code : 3);
+#else
+    (void)d;
+    (void)err;
 #endif
 }
 

@@ -24,7 +24,10 @@
  * sum to bf16 on the way (W - 1 roundings for W ranks), so with u = 2^-8 (bf16's unit roundoff) and b_r
  * the ranks' payloads its sum is within (W - 1) u sum_r |b_r| of the exact sum of the payloads, the MPI
  * transport's within u |sum_r b_r| (plus fp32's (W - 1) 2^-24 sum_r |b_r|): the two differ by at most
- * about W u sum_r |b_r|. NCCL's stays the same run to run on the same ranks, sizes and NCCL version. The
+ * about W u sum_r |b_r|. NCCL's stays the same run to run on the same ranks, sizes and NCCL version while
+ * NCCL picks the same algorithm and protocol (NCCL_ALGO / NCCL_PROTO pin them); and over NCCL a reduce to
+ * each part's owner (ZeRO-1) adds in another order than the all-reduce, so the two agree only within that
+ * rounding (in fp32 too), where over MPI they are equal. The
  * parameter all-gather (cav_dist_gather_parts) always carries fp32: the master weights. */
 #ifndef CAV_DIST_H
 #define CAV_DIST_H
@@ -108,8 +111,13 @@ int cav_dist_scatter_start(const cav_dist *d, float *x, size_t lo, size_t hi, co
                            cav_err *err);
 /* Ends every collective started, in start order. 0 ok; -1 with err (code 3) on a transport failure. */
 int cav_dist_wait(const cav_dist *d, cav_err *err);
-/* All-gather: every rank's part [part[r], part[r+1]) of x to every rank. Blocking. 0 ok, -1 with err. */
+/* All-gather: every rank's part [part[r], part[r+1]) of x to every rank: the host may continue at once (on
+ * a GPU the compute stream waits for it), the next op that reads x sees the result. 0 ok, -1 with err. */
 int cav_dist_gather_parts(const cav_dist *d, float *x, const size_t *part, cav_err *err);
+/* A collective that failed on this rank leaves the other ranks waiting inside it, where no agreement can
+ * reach them: with several ranks this prints err under the rank's number and ends the whole job
+ * (MPI_Abort, err's code); with one it returns. */
+void cav_dist_abort(const cav_dist *d, const cav_err *err);
 
 /* ---- contrast groups spread over ranks -------------------------------------------------------------- */
 

@@ -922,14 +922,17 @@ static int exchange_grads(exchange *x, cav_err *err) {
     for (size_t k = 0; k < x->nb && !x->failed; k++)
         if (!x->started[k] && bucket_start(x, k, &x->err)) x->failed = 1;
     int rc = cav_dist_wait(x->d, err);
-    if (x->failed) return cav_fail(err, x->err.code ? x->err.code : 3, "%s", x->err.msg);
+    if (x->failed) rc = cav_fail(err, x->err.code ? x->err.code : 3, "%s", x->err.msg);
+    if (rc) cav_dist_abort(x->d, err); /* the other ranks wait in this step's exchange */
     return rc;
 }
 
 /* After Adam on the shards: every rank's updated shard to all. */
 static int exchange_params(exchange *x, cav_err *err) {
-    return x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err)
-                   : 0;
+    int rc = x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err)
+                     : 0;
+    if (rc) cav_dist_abort(x->d, err);
+    return rc;
 }
 
 /* A checkpoint, written by rank 0; with ZeRO every rank sends it its shard of the moments first (so every
