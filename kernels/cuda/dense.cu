@@ -7,8 +7,9 @@
  * fl(b + acc) as long as the K dimension is one OpenBLAS block, so the two differ only by the dot product's
  * summation order (a few ulp, the tolerance of tests/unit/test_kernels.c), not by where the bias enters.
  * The epilogue needs a 16-byte aligned bias, which the heuristic is not relied on to check: an unaligned
- * one (or no algorithm for the epilogue) gets the bias added after the GEMM, with the same single rounding. The bias gradient does not use the BGRADB epilogue: it overwrites where
- * the seam accumulates, and its order is not documented; it is a column sum in reduce.h's order.
+ * one (or no algorithm for the epilogue) gets the bias added after the GEMM, with the same single rounding.
+ * The bias gradient does not use the BGRADB epilogue: it overwrites where the seam accumulates, and its order
+ * is not documented; it is a column sum in reduce.h's order.
  *
  * The bf16 Linear (--precision bf16) is the same GEMM with bf16 A and B (CUDA_R_16BF), fp32 D and
  * CUBLAS_COMPUTE_32F: tensor cores, products exact in fp32, fp32 sums in cuBLASLt's order; the CPU's

@@ -929,8 +929,8 @@ static int exchange_grads(exchange *x, cav_err *err) {
 
 /* After Adam on the shards: every rank's updated shard to all. */
 static int exchange_params(exchange *x, cav_err *err) {
-    int rc = x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err)
-                     : 0;
+    int rc =
+        x->zero ? cav_dist_gather_parts(x->d, cav_model_buffer_ptr(x->m, CAV_BUF_PARAMS), x->part, err) : 0;
     if (rc) cav_dist_abort(x->d, err);
     return rc;
 }
