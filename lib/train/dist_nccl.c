@@ -16,6 +16,12 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
+#error "the NCCL transport needs NCCL 2.18 or newer (ncclCommSplit); make NCCL= builds without it"
+#endif
+/* ncclBfloat16, which nccl.h before 2.20 or so declares only where cuda_bf16.h's types exist (C++) */
+#define WIRE_BF16 ((ncclDataType_t)9)
+
 struct cav_nccl {
     ncclComm_t comm;
     cudaStream_t stream;       /* communication */
@@ -47,13 +53,19 @@ static cav_nccl *new_state(int rank, int world, cav_err *err) {
 }
 
 cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err) {
-    ncclUniqueId id;
+    struct {
+        int ok; /* rank 0 got an id: every rank learns it from the broadcast, so all fail together */
+        ncclUniqueId id;
+    } u = {1, {{0}}};
     ncclResult_t r = ncclSuccess;
-    if (rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess)
-        nccl_fail(err, "ncclGetUniqueId",
-                  r); /* the others wait in the broadcast: its id fails for them too */
-    bcast(&id, sizeof id);
-    cav_nccl *c = r == ncclSuccess ? new_state(rank, world, err) : NULL;
+    if (rank == 0 && (r = ncclGetUniqueId(&u.id)) != ncclSuccess) u.ok = 0;
+    bcast(&u, sizeof u);
+    if (!u.ok)
+        return rank == 0 ? nccl_fail(err, "ncclGetUniqueId", r)
+                         : cav_fail(err, 3, "NCCL: rank 0 has no unique id"),
+               NULL;
+    ncclUniqueId id = u.id;
+    cav_nccl *c = new_state(rank, world, err);
     if (!c) return NULL;
     if ((r = ncclCommInitRank(&c->comm, world, id, rank)) != ncclSuccess)
         return nccl_fail(err, "ncclCommInitRank", r), free(c), NULL;
@@ -120,8 +132,8 @@ static void *at(void *x, size_t i, int bf16) {
 /* bf16: NCCL adds the bf16 payloads in its ring's order (dist.h says what that means for the result) */
 int cav_nccl_sum(cav_nccl *c, void *x, size_t lo, size_t hi, int bf16, cav_err *err) {
     if (after_compute(c, err)) return -1;
-    ncclResult_t r = ncclAllReduce(at(x, lo, bf16), at(x, lo, bf16), hi - lo,
-                                   bf16 ? ncclBfloat16 : ncclFloat32, ncclSum, c->comm, c->stream);
+    ncclResult_t r = ncclAllReduce(at(x, lo, bf16), at(x, lo, bf16), hi - lo, bf16 ? WIRE_BF16 : ncclFloat32,
+                                   ncclSum, c->comm, c->stream);
     return r == ncclSuccess ? 0 : nccl_fail(err, "ncclAllReduce", r);
 }
 
@@ -131,8 +143,8 @@ int cav_nccl_scatter(cav_nccl *c, void *x, size_t lo, size_t hi, const size_t *p
     for (int s = 0; r == ncclSuccess && s < c->world; s++) {
         size_t a = part[s] > lo ? part[s] : lo, b = part[s + 1] < hi ? part[s + 1] : hi;
         if (b > a)
-            r = ncclReduce(at(x, a, bf16), at(x, a, bf16), b - a, bf16 ? ncclBfloat16 : ncclFloat32, ncclSum,
-                           s, c->comm, c->stream);
+            r = ncclReduce(at(x, a, bf16), at(x, a, bf16), b - a, bf16 ? WIRE_BF16 : ncclFloat32, ncclSum, s,
+                           c->comm, c->stream);
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;
