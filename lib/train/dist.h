@@ -153,7 +153,8 @@ void cav_nccl_close(cav_nccl *c);
 int cav_nccl_sum(cav_nccl *c, void *x, size_t lo, size_t hi, int bf16, cav_err *err);
 int cav_nccl_scatter(cav_nccl *c, void *x, size_t lo, size_t hi, const size_t *part, int bf16, cav_err *err);
 int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err);
-/* The compute stream waits for every collective queued so far. */
+/* The compute stream waits for every collective queued so far, and the host until they have finished
+ * (watching for a failed peer: the communicator is then aborted and -1 returned). */
 int cav_nccl_wait(cav_nccl *c, cav_err *err);
 /* The communicator of c's ranks with this color, ranked by key (ncclCommSplit: every rank of c calls it
  * together). NULL with err. */

@@ -3,13 +3,15 @@
  * queues its work on the legacy default stream (the compute stream); each collective is queued on a
  * non-blocking communication stream after an event recorded on the compute stream, so a bucket's sum runs
  * while the backward goes on with the next buckets; the wait makes the compute stream wait for the
- * communication stream. A reduce-scatter over parts of unequal size is a group of ncclReduce calls, one
- * per owner; the all-gather a group of ncclBroadcast calls. The gradient collectives take fp32 or bf16
- * payloads (--grad-dtype: dist.c casts before and widens after, on the compute stream); the parameter
- * all-gather is fp32. Nothing here can run without a GPU. */
+ * communication stream, and the host until it is done, watching for a failed peer. A reduce-scatter over
+ * parts of unequal size is a group of ncclReduce calls, one per owner; the all-gather a group of
+ * ncclBroadcast calls. The gradient collectives take fp32 or bf16 payloads (--grad-dtype: dist.c casts before
+ * and widens after, on the compute stream); the parameter all-gather is fp32. Nothing here can run without a
+ * GPU. */
 #include "dist.h"
 
 #ifdef CAV_HAVE_NCCL
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -106,14 +108,18 @@ int cav_nccl_gather_host(cav_nccl *c, const float *mine, float *all, size_t n, c
 
 void cav_nccl_close(cav_nccl *c) {
     if (!c) return;
-    cudaStreamSynchronize(c->stream);
-    ncclCommDestroy(c->comm);
+    if (c->comm) { /* NULL: aborted after a failure */
+        cudaStreamSynchronize(c->stream);
+        ncclCommDestroy(c->comm);
+    }
     cudaFree(c->stage);
     cudaEventDestroy(c->compute);
     cudaEventDestroy(c->done);
     cudaStreamDestroy(c->stream);
     free(c);
 }
+
+static int compute_waits(cav_nccl *c, cav_err *err);
 
 /* the communication stream after the compute stream's work so far */
 static int after_compute(cav_nccl *c, cav_err *err) {
@@ -161,20 +167,41 @@ int cav_nccl_gather(cav_nccl *c, float *x, const size_t *part, cav_err *err) {
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;
     if (r != ncclSuccess) return nccl_fail(err, "ncclBroadcast", r);
-    return cav_nccl_wait(c, err);
+    return compute_waits(c, err);
 }
 
-int cav_nccl_wait(cav_nccl *c, cav_err *err) {
+/* NCCL reports a peer's failure asynchronously; a communicator that failed is aborted, so that nothing
+ * waits on it afterwards (its teardown included) */
+static int async_error(cav_nccl *c, cav_err *err) {
+    ncclResult_t async, r = ncclCommGetAsyncError(c->comm, &async);
+    if (r == ncclSuccess && (async == ncclSuccess || async == ncclInProgress)) return 0;
+    nccl_fail(err, r != ncclSuccess ? "ncclCommGetAsyncError" : "a collective", r != ncclSuccess ? r : async);
+    ncclCommAbort(c->comm);
+    c->comm = NULL;
+    return -1;
+}
+
+/* the compute stream after the communication stream's work so far */
+static int compute_waits(cav_nccl *c, cav_err *err) {
     cudaError_t e;
     if ((e = cudaEventRecord(c->done, c->stream)) != cudaSuccess ||
         (e = cudaStreamWaitEvent(cudaStreamLegacy, c->done, 0)) != cudaSuccess)
         return cuda_fail(err, "event", e);
-    /* NCCL reports a peer's failure asynchronously */
-    ncclResult_t async;
-    ncclResult_t r = ncclCommGetAsyncError(c->comm, &async);
-    if (r != ncclSuccess) return nccl_fail(err, "ncclCommGetAsyncError", r);
-    if (async != ncclSuccess && async != ncclInProgress) return nccl_fail(err, "a collective", async);
-    return 0;
+    return async_error(c, err);
+}
+
+/* The host waits too, polling NCCL's error state: a peer that died leaves the collectives unfinished for
+ * ever, and a host blocked in a CUDA call (the next host copy) would never see it. The step reads the
+ * gradients on the host right after (their finite check), so this wait costs no overlap. */
+int cav_nccl_wait(cav_nccl *c, cav_err *err) {
+    if (compute_waits(c, err)) return -1;
+    for (;;) {
+        cudaError_t e = cudaEventQuery(c->done);
+        if (e == cudaSuccess) return 0;
+        if (e != cudaErrorNotReady) return cuda_fail(err, "cudaEventQuery", e);
+        if (async_error(c, err)) return -1;
+        sched_yield();
+    }
 }
 #else
 typedef int cav_dist_nccl_not_built; /* ISO C wants a translation unit to declare something */
