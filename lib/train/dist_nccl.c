@@ -41,6 +41,15 @@ static int cuda_fail(cav_err *err, const char *what, cudaError_t e) {
     return cav_fail(err, 3, "CUDA: %s: %s", what, cudaGetErrorString(e));
 }
 
+/* frees what of c was made (the communicator is the caller's) */
+static void drop(cav_nccl *c) {
+    if (c->done) cudaEventDestroy(c->done);
+    if (c->compute) cudaEventDestroy(c->compute);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    cudaFree(c->stage);
+    free(c);
+}
+
 /* a communicator's stream and events */
 static cav_nccl *new_state(int rank, int world, cav_err *err) {
     cav_nccl *c = calloc(1, sizeof *c);
@@ -50,7 +59,7 @@ static cav_nccl *new_state(int rank, int world, cav_err *err) {
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&c->compute, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming)) != cudaSuccess)
-        return cuda_fail(err, "stream", e), free(c), NULL;
+        return cuda_fail(err, "stream", e), drop(c), NULL;
     return c;
 }
 
@@ -70,7 +79,7 @@ cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t byt
     cav_nccl *c = new_state(rank, world, err);
     if (!c) return NULL;
     if ((r = ncclCommInitRank(&c->comm, world, id, rank)) != ncclSuccess)
-        return nccl_fail(err, "ncclCommInitRank", r), free(c), NULL;
+        return nccl_fail(err, "ncclCommInitRank", r), drop(c), NULL;
     return c;
 }
 
@@ -78,9 +87,13 @@ cav_nccl *cav_nccl_split(cav_nccl *parent, int color, int key, cav_err *err) {
     cav_nccl *c = new_state(0, 1, err);
     if (!c) return NULL;
     ncclResult_t r = ncclCommSplit(parent->comm, color, key, &c->comm, NULL);
-    if (r != ncclSuccess || (r = ncclCommUserRank(c->comm, &c->rank)) != ncclSuccess ||
-        (r = ncclCommCount(c->comm, &c->world)) != ncclSuccess)
-        return nccl_fail(err, "ncclCommSplit", r), free(c), NULL;
+    if (r != ncclSuccess) return nccl_fail(err, "ncclCommSplit", r), drop(c), NULL;
+    if ((r = ncclCommUserRank(c->comm, &c->rank)) != ncclSuccess ||
+        (r = ncclCommCount(c->comm, &c->world)) != ncclSuccess) {
+        nccl_fail(err, "the split communicator's rank and size", r);
+        ncclCommDestroy(c->comm);
+        return drop(c), NULL;
+    }
     return c;
 }
 
@@ -112,11 +125,7 @@ void cav_nccl_close(cav_nccl *c) {
         cudaStreamSynchronize(c->stream);
         ncclCommDestroy(c->comm);
     }
-    cudaFree(c->stage);
-    cudaEventDestroy(c->compute);
-    cudaEventDestroy(c->done);
-    cudaStreamDestroy(c->stream);
-    free(c);
+    drop(c);
 }
 
 static int compute_waits(cav_nccl *c, cav_err *err);
