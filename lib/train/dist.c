@@ -292,7 +292,10 @@ int cav_dist_bind(const cav_dist *d, const char *backend, cav_err *err) {
     int gpu = !strncmp(backend, "cuda", 4);
     if (!gpu) return d->st->transport = "mpi", 0;
 #if defined(CAV_HAVE_NCCL) && defined(CAV_HAVE_MPI)
-    if (!(d->st->nccl = cav_nccl_open(d->rank, d->world, bcast_world, err))) return -1;
+    /* the ranks that made their part of the communicator wait in ncclCommInitRank for the others: a
+     * failure on one rank cannot be agreed on, so it ends the job */
+    if (!(d->st->nccl = cav_nccl_open(d->rank, d->world, bcast_world, err)))
+        return cav_dist_abort(d, err), -1;
     d->st->transport = "nccl";
     return 0;
 #else

@@ -82,7 +82,7 @@ void cav_dist_gather_parts_f32(const cav_dist *d, float *x, const size_t *part);
 
 /* Picks the transport for the backend the run uses (name as cav_backend.name: "cpu", "cuda:N"): NCCL for
  * a CUDA backend, MPI otherwise. One process: none. 0 ok; -1 with err (code 1: this build has no NCCL for
- * several GPU ranks; 3: NCCL failed). */
+ * several GPU ranks); NCCL failing to make its communicator ends the job (cav_dist_abort). */
 int cav_dist_bind(const cav_dist *d, const char *backend, cav_err *err);
 /* The transport bound: "none" (one process, or not bound yet), "mpi" or "nccl". */
 const char *cav_dist_transport(const cav_dist *d);

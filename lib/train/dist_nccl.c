@@ -65,7 +65,7 @@ static cav_nccl *new_state(int rank, int world, cav_err *err) {
 
 cav_nccl *cav_nccl_open(int rank, int world, void (*bcast)(void *buf, size_t bytes), cav_err *err) {
     struct {
-        int ok; /* rank 0 got an id: every rank learns it from the broadcast, so all fail together */
+        int ok; /* rank 0 got an id: every rank learns it from the broadcast, so none waits in the init */
         ncclUniqueId id;
     } u = {1, {{0}}};
     ncclResult_t r = ncclSuccess;
