@@ -205,7 +205,14 @@ $(FAULTINJ): tests/faultinj/faultinj.c
 	@mkdir -p $(@D)
 	$(Q)$(CC) -std=c11 -Wall -Wextra $(WERROR) -O1 -fPIC -shared $< -o $@ -ldl
 
-tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) $(FAULTINJ) all
+# The gradient-exchange failure injector test_pretrain preloads into one MPI rank (tests/faultinj/mpifail.c),
+# where Open MPI was found.
+MPIFAIL := $(if $(MPI_CFLAGS),$(BUILD)/mpifail.so)
+$(BUILD)/mpifail.so: tests/faultinj/mpifail.c $(BUILD)/config.mk
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -Wall -Wextra $(WERROR) -O1 -fPIC -shared $(MPI_CFLAGS) $< -o $@ $(filter-out -lnccl,$(MPI_LIBS))
+
+tests: $(UNIT_TESTS:%=$(REL)/tests/%) $(UNIT_TESTS:%=$(ASAN)/tests/%) $(TOOLS:%=$(ASAN)/bin/%) $(FAULTINJ) $(MPIFAIL) all
 
 # Golden data from the independent references (tests/ref/gen_*.py, Debian's python3 packages) goes to
 # $(BUILD)/ref/NAME/; a generator reruns when its script, or a module the generators share (the tests/ref files
@@ -223,7 +230,7 @@ $(BUILD)/.check-deps: $(BUILD)/config.mk
 # What the tests see: the built tools first on PATH, the filter plugin for h5py/h5dump, the golden data.
 TEST_ENV := PATH="$(abspath $(BUILD)/bin):$$PATH" CAV_BIN="$(abspath $(BUILD)/bin)" \
   CAV_ASAN_BIN="$(abspath $(ASAN)/bin)" HDF5_PLUGIN_PATH="$(abspath $(BUILD)/plugin)" \
-  CAV_REF="$(abspath $(BUILD)/ref)" CAV_FAULTINJ="$(abspath $(FAULTINJ))" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
+  CAV_REF="$(abspath $(BUILD)/ref)" CAV_FAULTINJ="$(abspath $(FAULTINJ))" CAV_MPIFAIL="$(abspath $(BUILD)/mpifail.so)" CAV_BUILD="$(abspath $(BUILD))" CAV_SRC="$(CURDIR)" \
   CAV_BENCH_BIN="$(abspath $(BUILD)/bench)" CAV_TEST_LOGS="$(abspath $(BUILD)/test-logs)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive CAV_PYTHON="$(CAV_PYTHON)"
 

@@ -323,6 +323,24 @@ else:
     report("mpi_device_cuda_local_rank_override", codes == [1, 1] and r.stderr.count("--device cuda:5") == 2,
            "exit codes %s: %s" % (codes, r.stderr[-600:]))
 
+    # A gradient exchange that fails on one rank alone (tests/faultinj/mpifail.c: rank 1's second bucket never
+    # starts) leaves the other rank waiting inside it, where no agreement reaches it: the failing rank ends
+    # the whole job (MPI_Abort, exit 3) with its message, instead of leaving rank 0 in the step for ever.
+    name = "mpi_failed_exchange_ends_the_job"
+    fail_env = toolenv.mpi_env_all_exit(dict(env, MPIFAIL_RANK="1", MPIFAIL_AT="2"))
+    args = [BIN + "/cav-pretrain", "-o", os.path.join(TMP, name), "-b", "8", "--contrast-groups", "2", "-e", "1",
+            "--bucket-mb", "0.01", "--loader-threads", "1"] + MICRO + [train]
+    t0 = time.time()
+    try:
+        r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none"] +
+                           toolenv.each_rank(args, "export LD_PRELOAD=%s; " % toolenv.MPIFAIL),
+                           capture_output=True, text=True, env=fail_env, timeout=60)
+        print("  exchange failed on rank 1: mpirun exit %d after %.1f s" % (r.returncode, time.time() - t0))
+        report(name, r.returncode == 3 and "rank 1: MPI_Ialltoallv failed" in r.stderr,
+               "exit %d: %s" % (r.returncode, r.stderr[-600:]))
+    except subprocess.TimeoutExpired:
+        report(name, False, "the ranks still ran 60 s after rank 1's failed exchange")
+
 # Finite but absurd inputs (fbank values of 1e37, raw reconstruction targets) overflow the loss: the run
 # stops at a named step.
 huge = os.path.join(TMP, "huge.h5")

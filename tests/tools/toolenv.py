@@ -11,6 +11,7 @@ import tempfile
 SRC = os.environ.get('CAV_SRC', os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.environ.get('CAV_BIN', os.path.join(SRC, 'build', 'bin'))
 ASAN_BIN = os.environ.get('CAV_ASAN_BIN', os.path.join(SRC, 'build', 'asan', 'bin'))
+MPIFAIL = os.environ.get('CAV_MPIFAIL', os.path.join(SRC, 'build', 'mpifail.so'))  # tests/faultinj/mpifail.c
 REF = os.environ.get('CAV_REF', os.path.join(SRC, 'build', 'ref'))
 LOGS = os.environ.get('CAV_TEST_LOGS', os.path.join(SRC, 'build', 'test-logs'))
 REF_PY = os.path.join(SRC, 'tests', 'ref')  # the independent references (cavmae_ref, st_io, ...)
