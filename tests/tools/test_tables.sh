@@ -97,6 +97,16 @@ if [ -z "$out" ] && [ "$(stat -c %Y "$T")" = "$m0" ]; then
 else
     fail second_make_does_nothing "output: $out"
 fi
+# An upgrade of the data scripts (make -W: as if prepare.py and labels.py were new) prepares the data again,
+# decoding nothing, and reruns no stage: the prepared data did not change, so neither does data/avd/ready.
+r0=$(stat -c %Y.%y "$W/data/avd/ready")
+out=$("${mk[@]}" -W "$SRC/pipelines/prepare.py" -W "$SRC/pipelines/av-digits/labels.py" 2>&1)
+if grep -q "0 to decode" <<<"$out" && ! grep -q "stage:" <<<"$out" && [ "$(stat -c %Y "$T")" = "$m0" ] &&
+    [ "$(stat -c %Y.%y "$W/data/avd/ready")" = "$r0" ]; then
+    pass "new_data_scripts_rerun_no_stage (prepared again, nothing decoded, no stage, ready and table untouched)"
+else
+    fail new_data_scripts_rerun_no_stage "output: $(tail -5 <<<"$out")"
+fi
 
 # Fine-tuning tables from the same pretraining runs: Table 2h (Middle = frame 5 of the final evaluation, Aggregation =
 # the ten frames' mean, from the same two runs) and Table 2i (linear probes; SM Ensemble = the mean of an audio-only
