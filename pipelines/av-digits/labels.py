@@ -6,8 +6,12 @@ reference's data files and label CSV for one version, with the clips and paths o
   digit        the build's own labels: /m/digit0../m/digit9 (one per clip, three with MULTI=1)
   scene        the scene alone: 17 classes /m/scene_NAME, one per clip (single-label, like VGGSound)
   digit+scene  both: 27 classes, the digit classes first (multi-label, like AudioSet)
+  scene+tags   the scene and the tags of its sound (SCENE_TAGS): 17 + 11 classes, 2-5 per clip (multi-label)
 
-The scene classes are all 17 scenes in sorted name order, after the digits. The scene is what contrastive
+The scene classes are all 17 scenes in sorted name order, after the digits. The tags play the part of
+AudioSet's ontology, where a clip labelled with a sound is also labelled with its ancestors ("Rain" with
+"Water" and "Natural sounds"): coarse classes that several scenes share. They come after the scenes, in
+TAGS order. The scene is what contrastive
 pretraining can align at AV-Digits' small scales; the digit needs far longer pretraining (tests/bench/RESULTS.md,
 fine-tuning on AV-Digits), so the scene versions are the ones on which pretrained and random starts differ.
 
@@ -27,7 +31,26 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from avdigits import SCENES  # noqa: E402
 from prepare import write_atomic  # noqa: E402
 
-VERSIONS = ('digit', 'scene', 'digit+scene')
+VERSIONS = ('digit', 'scene', 'digit+scene', 'scene+tags')
+# The tags of each scene's sound: what an AudioSet annotator would add above the leaf. Kept here rather than in
+# avdigits.py, whose digest keys the rendered clips: a new label version must not re-render anything.
+TAGS = ('natural', 'rain', 'animal', 'water', 'boat', 'vehicle', 'rail', 'engine', 'aircraft', 'industrial',
+        'silence')
+SCENE_TAGS = {
+    'rain_garden': ('natural', 'rain', 'water'),
+    'frogs_storm': ('natural', 'rain', 'water', 'animal'),
+    'train_slowing': ('vehicle', 'rail'),
+    'car_engine': ('vehicle', 'engine'),
+    'harbor1': ('water', 'boat', 'vehicle'),
+    'harbor2': ('water', 'boat', 'vehicle'),
+    'water': ('water',),
+    'water_fill': ('water',),
+    'railroad_train': ('vehicle', 'rail'),
+    'helicopter': ('vehicle', 'engine', 'aircraft'),
+    'quiet': ('silence',),
+}
+SCENE_TAGS.update({'factory_%02d' % i: ('industrial', 'engine') for i in range(1, 7)})
+assert sorted(SCENE_TAGS) == sorted(SCENES) and all(t in TAGS for v in SCENE_TAGS.values() for t in v)
 
 
 def die(code, msg):
@@ -69,7 +92,8 @@ def main(argv):
     scenes = sorted(SCENES)    # all of them, whichever a small build happens to hold
     header, digits = rows[0], rows[1:]
     classes = (digits if 'digit' in a.version else []) + \
-        ([['/m/scene_' + s, 'scene ' + s] for s in scenes] if 'scene' in a.version else [])
+        ([['/m/scene_' + s, 'scene ' + s] for s in scenes] if 'scene' in a.version else []) + \
+        ([['/m/tag_' + t, 'tag ' + t] for t in TAGS] if 'tags' in a.version else [])
     classes = [[str(k)] + r[-2:] for k, r in enumerate(classes)]
     os.makedirs(a.out, exist_ok=True)
     for split, first in (('train', a.first_train), ('test', a.first_test)):
@@ -88,7 +112,9 @@ def main(argv):
             if e.get('video_id') not in scene:
                 die(2, '%s: entry %d: video_id %r is not in provenance.jsonl' % (path, i, e.get('video_id')))
             s = '/m/scene_' + scene[e['video_id']]
-            lab = {'digit': e['labels'], 'scene': s, 'digit+scene': e['labels'] + ',' + s}[a.version]
+            tags = ','.join('/m/tag_' + t for t in SCENE_TAGS[scene[e['video_id']]])
+            lab = {'digit': e['labels'], 'scene': s, 'digit+scene': e['labels'] + ',' + s,
+                   'scene+tags': s + ',' + tags}[a.version]
             out.append(dict(e, labels=lab))
         write_atomic(os.path.join(a.out, split + '.json'), json.dumps({'data': out}, indent=1))
     text = io.StringIO()

@@ -269,16 +269,19 @@ EOF
 check "$TMP/a" 40 10 0 || fails=$((fails + 1))
 
 # the label versions (labels.py): each clip's labels are its digit and/or its scene from provenance.jsonl, every
-# mid is a row of the version's CSV, the indices run 0..K-1; --first-train cuts the split
-for v in digit scene digit+scene; do
+# mid is a row of the version's CSV, the indices run 0..K-1; --first-train cuts the split; scene+tags adds the
+# scene's tags (labels.py's SCENE_TAGS) after it
+for v in digit scene digit+scene scene+tags; do
     if "$PY" "$SRC/pipelines/av-digits/labels.py" "$TMP/a" "$v" "$TMP/lab-$v" --first-train 30 >"$TMP/lab.log" 2>&1 &&
-        out=$("$PY" - "$TMP/a" "$TMP/lab-$v" "$v" <<'EOF'
+        out=$("$PY" - "$TMP/a" "$TMP/lab-$v" "$v" "$SRC/pipelines/av-digits" <<'EOF'
 import csv, json, sys
-build, out, v = sys.argv[1:]
+build, out, v, here = sys.argv[1:]
+sys.path[:0] = [here, here + '/..']
+from labels import SCENE_TAGS
 prov = {c['video_id']: c for c in map(json.loads, open(build + '/provenance.jsonl'))}
 rows = list(csv.DictReader(open(out + '/class_labels_indices.csv')))
 mids = [r['mid'] for r in rows]
-want_k = {'digit': 10, 'scene': 17, 'digit+scene': 27}[v]
+want_k = {'digit': 10, 'scene': 17, 'digit+scene': 27, 'scene+tags': 28}[v]
 errs = []
 if len(rows) != want_k or [int(r['index']) for r in rows] != list(range(want_k)) or len(set(mids)) != want_k:
     errs.append('%d classes, indices %s' % (len(rows), [r['index'] for r in rows][:5]))
@@ -291,7 +294,8 @@ for split, n in (('train', 30), ('test', 10)):
     for e in d:
         digit = ['/m/digit%d' % x for x in prov[e['video_id']]['digits']]
         scene = ['/m/scene_' + prov[e['video_id']]['scene']]
-        want = {'digit': digit, 'scene': scene, 'digit+scene': digit + scene}[v]
+        tags = ['/m/tag_' + t for t in SCENE_TAGS[prov[e['video_id']]['scene']]]
+        want = {'digit': digit, 'scene': scene, 'digit+scene': digit + scene, 'scene+tags': scene + tags}[v]
         if e['labels'].split(',') != want or any(m not in mids for m in want):
             errs.append('%s %s: labels %s, want %s' % (split, e['video_id'], e['labels'], want))
 print('; '.join(errs[:3]) if errs else '%d classes' % len(rows))
