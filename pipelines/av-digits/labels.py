@@ -11,9 +11,9 @@ reference's data files and label CSV for one version, with the clips and paths o
 The scene classes are all 17 scenes in sorted name order, after the digits. The tags play the part of
 AudioSet's ontology, where a clip labelled with a sound is also labelled with its ancestors ("Rain" with
 "Water" and "Natural sounds"): coarse classes that several scenes share. They come after the scenes, in
-TAGS order. The scene is what contrastive
-pretraining can align at AV-Digits' small scales; the digit needs far longer pretraining (tests/bench/RESULTS.md,
-fine-tuning on AV-Digits), so the scene versions are the ones on which pretrained and random starts differ.
+TAGS order. The scene is what contrastive pretraining can align at AV-Digits' small scales; the digit needs
+far longer pretraining (tests/bench/RESULTS.md, fine-tuning on AV-Digits), so the scene versions are the ones
+on which pretrained and random starts differ.
 
 Usage: labels.py BUILD VERSION OUT [--first-train N] [--first-test N]
   writes OUT/train.json, OUT/test.json (the first N clips of each split when given) and

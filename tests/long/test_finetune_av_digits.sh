@@ -61,7 +61,7 @@ stamp="data $(md5sum <"$DATA/provenance.jsonl" | cut -c1-12) train $NX test $FT_
 if [ "$(cat "$RUN/data.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f "$RUN/train.ids" ]; then
     rm -rf "$RUN"/*.h5 "$RUN"/labels-* "$RUN"/*.ids "$RUN/data.stamp" "$RUN/pt.stamp"
 fi
-# The label files of the three versions for the first NX / FT_TEST clips (pipelines/av-digits/labels.py; written
+# The label files of the four versions for the first NX / FT_TEST clips (pipelines/av-digits/labels.py; written
 # each run, the same for the same data): single the digit, multi the digit and the scene, scene the scene alone,
 # tags the scene and its tags.
 version() { case $1 in single) echo digit ;; multi) echo digit+scene ;; scene) echo scene ;; tags) echo scene+tags ;; esac; }
