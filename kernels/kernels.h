@@ -92,8 +92,20 @@ struct cav_backend {
                               const float *b, int M, int C);
     void (*layernorm_backward)(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                const float *w, const float *mean, const float *rstd, int M, int C);
-    /* exact GELU over n values */
+    /* The fused forms (one pass over memory where the plain ops take two or three). out16 is the fp32
+     * result rounded to bf16 as cast_bf16 rounds: the bf16 Linear's input, kept between the passes in
+     * place of the fp32 activation (--precision bf16). Each equals the plain ops it replaces bit for bit.
+     * layernorm_forward_bf16: out16[M,C] = bf16(LayerNorm(inp)), mean[M], rstd[M] saved.
+     * add_layernorm_forward: sum[M,C] = a + r (sum may be r: in place), then LayerNorm(sum) into out[M,C]
+     * (fp32) or out16[M,C] (bf16): exactly one of the two is non-NULL; mean[M], rstd[M] saved. */
+    void (*layernorm_forward_bf16)(uint16_t *out16, float *mean, float *rstd, const float *inp,
+                                   const float *w, const float *b, int M, int C);
+    void (*add_layernorm_forward)(float *sum, float *out, uint16_t *out16, float *mean, float *rstd,
+                                  const float *a, const float *r, const float *w, const float *b, int M,
+                                  int C);
+    /* exact GELU over n values; gelu_forward_bf16: out16[n] = bf16(GELU(inp)) */
     void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_forward_bf16)(uint16_t *out16, const float *inp, size_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
     /* out[n] = a + b (in place allowed); dst[n] += src */
     void (*add_forward)(float *out, const float *a, const float *b, size_t n);

@@ -92,7 +92,15 @@ TIME_V(layernorm_backward,
        (float *di, float *dw, float *db, const float *dout, const float *i, const float *w, const float *mean,
         const float *rstd, int M, int C),
        (di, dw, db, dout, i, w, mean, rstd, M, C))
+TIME_V(layernorm_forward_bf16,
+       (uint16_t * o, float *mean, float *rstd, const float *i, const float *w, const float *b, int M, int C),
+       (o, mean, rstd, i, w, b, M, C))
+TIME_V(add_layernorm_forward,
+       (float *s, float *o, uint16_t *o16, float *mean, float *rstd, const float *a, const float *r,
+        const float *w, const float *b, int M, int C),
+       (s, o, o16, mean, rstd, a, r, w, b, M, C))
 TIME_V(gelu_forward, (float *o, const float *i, size_t n), (o, i, n))
+TIME_V(gelu_forward_bf16, (uint16_t * o, const float *i, size_t n), (o, i, n))
 TIME_V(gelu_backward, (float *di, const float *i, const float *dout, size_t n), (di, i, dout, n))
 TIME_V(add_forward, (float *o, const float *a, const float *b, size_t n), (o, a, b, n))
 TIME_V(accumulate, (float *d, const float *s, size_t n), (d, s, n))
@@ -221,7 +229,8 @@ cav_backend *cav_backend_profiled(cav_backend *be) {
     SET(l2norm_backward), SET(contrastive_forward), SET(contrastive_backward), SET(normpix);
     SET(masked_mse_sums), SET(masked_mse_backward_den), SET(masked_mse_forward), SET(masked_mse_backward);
     SET(bce_logits_forward), SET(bce_logits_backward), SET(soft_ce_forward), SET(soft_ce_backward);
-    SET(adam_step), SET(all_finite);
+    SET(adam_step), SET(all_finite), SET(layernorm_forward_bf16), SET(add_layernorm_forward);
+    SET(gelu_forward_bf16);
     t_open = now();
     atexit(report);
     return &outer;

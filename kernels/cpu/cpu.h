@@ -40,11 +40,16 @@ void cav_linear_backward_bf16(float *dinp, float *dw, float *db, const float *do
 /* LayerNorm over the last dimension, eps 1e-5 (torch default): out[M,C], and mean[M], rstd[M] saved. */
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int M, int C);
+void cav_layernorm_forward_bf16(uint16_t *out16, float *mean, float *rstd, const float *inp, const float *w,
+                                const float *b, int M, int C);
+void cav_add_layernorm_forward(float *sum, float *out, uint16_t *out16, float *mean, float *rstd,
+                               const float *a, const float *r, const float *w, const float *b, int M, int C);
 void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *mean, const float *rstd, int M, int C);
 
 /* Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), elementwise over n values. */
 void cav_gelu_forward(float *out, const float *inp, size_t n);
+void cav_gelu_forward_bf16(uint16_t *out16, const float *inp, size_t n);
 void cav_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* Row softmax: out[M,N] = softmax(inp[M,N]) over the last dimension (in place allowed). */

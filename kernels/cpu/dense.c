@@ -1,7 +1,8 @@
 /* dense.c: the CPU reference of the transformer's dense ops — Linear on OpenBLAS sgemm (and its bf16
  * mixed-precision form: the cast to bf16 and the Linear on bf16 operands, emulated exactly by widening them
- * to float for the sgemm), LayerNorm, exact GELU, softmax and timm's multi-head attention — forward and
- * backward (contracts in kernels.h).
+ * to float for the sgemm), LayerNorm, exact GELU (with their fused forms: the residual add before a
+ * LayerNorm, outputs rounded to bf16), softmax and timm's multi-head attention — forward and backward
+ * (contracts in kernels.h).
  * Every matmul, including attention's QK^T and att @ V per (batch, head), goes through cblas_sgemm with
  * leading dimensions that address q, k and v inside the qkv buffer, so no head is copied. OpenBLAS runs
  * single-threaded inside these kernels; the parallelism is OpenMP's (row bands, (batch, head) pairs). */
@@ -146,21 +147,62 @@ void cav_linear_backward_bf16(float *dinp, float *dw, float *db, const float *do
     if (db) bias_grad(db, dout, M, OC);
 }
 
+/* One row of LayerNorm: y[C] from x[C], its mean and 1/std. */
+static void layernorm_row(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                          int C) {
+    double s = 0, ss = 0;
+    for (int c = 0; c < C; c++) s += x[c];
+    double mu = s / C;
+    for (int c = 0; c < C; c++) ss += (x[c] - mu) * (x[c] - mu);
+    float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / C + (double)CAV_LN_EPS));
+    for (int c = 0; c < C; c++) y[c] = (x[c] - mf) * rs * w[c] + b[c];
+    *mean = mf, *rstd = rs;
+}
+
+/* The LayerNorms of kernels.h, plain and fused: rows of a[M,C] (plus r[M,C] into sum when r is given) to
+ * out, or to out16 through a row of fp32 (each thread its own) */
+static void layernorm_rows(float *sum, float *out, uint16_t *out16, float *mean, float *rstd, const float *a,
+                           const float *r, const float *w, const float *b, int M, int C) {
+    int oom = 0;
+#pragma omp parallel if ((size_t)M * C > CAV_PAR_MIN) reduction(| : oom)
+    {
+        float *tmp = out ? NULL : malloc(sizeof(float) * (size_t)C);
+        oom = !out && !tmp;
+#pragma omp for
+        for (int m = 0; m < M; m++) {
+            if (oom) continue;
+            size_t o = (size_t)m * C;
+            const float *x = a + o;
+            if (r) {
+                for (int c = 0; c < C; c++) sum[o + c] = a[o + c] + r[o + c];
+                x = sum + o;
+            }
+            float *y = out ? out + o : tmp;
+            layernorm_row(y, mean + m, rstd + m, x, w, b, C);
+            if (out16)
+                for (int c = 0; c < C; c++) out16[o + c] = cav_bf16_from_f32(y[c]);
+        }
+        free(tmp);
+    }
+    if (oom) {
+        fprintf(stderr, "cpu backend: out of memory in LayerNorm\n");
+        exit(3);
+    }
+}
+
 void cav_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int M, int C) {
-#pragma omp parallel for if ((size_t)M * C > CAV_PAR_MIN)
-    for (int m = 0; m < M; m++) {
-        const float *x = inp + (size_t)m * C;
-        float *y = out + (size_t)m * C;
-        double s = 0, ss = 0;
-        for (int c = 0; c < C; c++) s += x[c];
-        double mu = s / C;
-        for (int c = 0; c < C; c++) ss += (x[c] - mu) * (x[c] - mu);
-        float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / C + (double)CAV_LN_EPS));
-        for (int c = 0; c < C; c++) y[c] = (x[c] - mf) * rs * w[c] + b[c];
-        mean[m] = mf;
-        rstd[m] = rs;
-    }
+    layernorm_rows(NULL, out, NULL, mean, rstd, inp, NULL, w, b, M, C);
+}
+
+void cav_layernorm_forward_bf16(uint16_t *out16, float *mean, float *rstd, const float *inp, const float *w,
+                                const float *b, int M, int C) {
+    layernorm_rows(NULL, NULL, out16, mean, rstd, inp, NULL, w, b, M, C);
+}
+
+void cav_add_layernorm_forward(float *sum, float *out, uint16_t *out16, float *mean, float *rstd,
+                               const float *a, const float *r, const float *w, const float *b, int M, int C) {
+    layernorm_rows(sum, out, out16, mean, rstd, a, r, w, b, M, C);
 }
 
 void cav_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -219,6 +261,16 @@ void cav_gelu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > CAV_PAR_MIN)
     for (size_t i = 0; i < n; i += GELU_BLOCK)
         gelu_forward_block(out + i, inp + i, n - i < GELU_BLOCK ? n - i : GELU_BLOCK);
+}
+
+void cav_gelu_forward_bf16(uint16_t *out16, const float *inp, size_t n) {
+#pragma omp parallel for if (n > CAV_PAR_MIN)
+    for (size_t i = 0; i < n; i += GELU_BLOCK) {
+        float y[GELU_BLOCK];
+        size_t k = n - i < GELU_BLOCK ? n - i : GELU_BLOCK;
+        gelu_forward_block(y, inp + i, k);
+        for (size_t j = 0; j < k; j++) out16[i + j] = cav_bf16_from_f32(y[j]);
+    }
 }
 
 CAV_VEC static void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {

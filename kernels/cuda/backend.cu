@@ -136,7 +136,10 @@ static void fill_table(cav_backend *t) {
     t->linear_forward_bf16 = cav_cuda_linear_forward_bf16;
     t->linear_backward_bf16 = cav_cuda_linear_backward_bf16;
     t->layernorm_forward = cav_cuda_layernorm_forward, t->layernorm_backward = cav_cuda_layernorm_backward;
+    t->layernorm_forward_bf16 = cav_cuda_layernorm_forward_bf16;
+    t->add_layernorm_forward = cav_cuda_add_layernorm_forward;
     t->gelu_forward = cav_cuda_gelu_forward, t->gelu_backward = cav_cuda_gelu_backward;
+    t->gelu_forward_bf16 = cav_cuda_gelu_forward_bf16;
     t->add_forward = cav_cuda_add_forward, t->accumulate = cav_cuda_accumulate;
     t->average_forward = cav_cuda_average_forward, t->average_backward = cav_cuda_average_backward;
     cav_backend_cuda_sizes(t); /* the plain attention's; cav_backend_cuda_attention sets the path chosen */

@@ -105,7 +105,13 @@ void cav_cuda_layernorm_forward(float *out, float *mean, float *rstd, const floa
                                 const float *b, int M, int C);
 void cav_cuda_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                  const float *w, const float *mean, const float *rstd, int M, int C);
+void cav_cuda_layernorm_forward_bf16(uint16_t *out16, float *mean, float *rstd, const float *inp,
+                                     const float *w, const float *b, int M, int C);
+void cav_cuda_add_layernorm_forward(float *sum, float *out, uint16_t *out16, float *mean, float *rstd,
+                                    const float *a, const float *r, const float *w, const float *b, int M,
+                                    int C);
 void cav_cuda_gelu_forward(float *out, const float *inp, size_t n);
+void cav_cuda_gelu_forward_bf16(uint16_t *out16, const float *inp, size_t n);
 void cav_cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 void cav_cuda_add_forward(float *out, const float *a, const float *b, size_t n);
 void cav_cuda_accumulate(float *dst, const float *src, size_t n);

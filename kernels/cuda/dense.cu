@@ -1,6 +1,7 @@
 /* dense.cu: the CUDA backend's dense ops, mirroring kernels/cpu/dense.c — Linear through cuBLASLt (fp32
- * compute, no TF32), LayerNorm, exact GELU, the elementwise adds — and the deterministic column sums that
- * the parameter gradients (bias, LayerNorm, embeddings) use. Contracts in kernels.h.
+ * compute, no TF32), LayerNorm, exact GELU, the elementwise adds, the fused forms (the residual add with the
+ * next LayerNorm, outputs written in bf16) — and the deterministic column sums that the parameter gradients
+ * (bias, LayerNorm, embeddings) use. Contracts in kernels.h.
  *
  * The Linear bias rides cuBLASLt's BIAS epilogue: D = fl(acc + b) per element, the acc being the finished
  * fp32 dot product. The CPU gives the bias to OpenBLAS as the C operand (beta = 1), which computes
@@ -194,23 +195,57 @@ void cav_cuda_colsum_ln(float *dw, const float *dy, const float *x, const float 
 /* ---- LayerNorm: one block of CAV_RD_T threads per row
  * ------------------------------------------------------ */
 
-static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
-                                                const float *w, const float *b, int C) {
+/* The row's LayerNorm output, stored as the op asks: fp32, or rounded to bf16 (cast_bf16's rounding) */
+static __device__ inline void ln_store(float *y, size_t i, float v) {
+    y[i] = v;
+}
+static __device__ inline void ln_store(uint16_t *y, size_t i, float v) {
+    y[i] = cav_bf16_from_f32(v);
+}
+
+/* One row per block: with r, the row of sum = a + r first (written, then read back by the whole block: the
+ * barrier makes the block's global writes visible to it), then LayerNorm of the row into out. */
+template <typename T>
+static __global__ void layernorm_forward_kernel(float *sum, T *out, float *mean, float *rstd, const float *a,
+                                                const float *r, const float *w, const float *b, int C) {
     __shared__ double sh[CAV_RD_T];
     int l = threadIdx.x;
-    const float *x = inp + (size_t)blockIdx.x * C;
-    float *y = out + (size_t)blockIdx.x * C;
+    size_t o = (size_t)blockIdx.x * C;
+    const float *x = a + o;
+    if (r) {
+        for (int c = l; c < C; c += CAV_RD_T) sum[o + c] = a[o + c] + r[o + c];
+        __syncthreads();
+        x = sum + o;
+    }
     double mu = cav_block_sum(cav_rd_sum(x, C, l), sh) / C;
     double ss = cav_block_sum(cav_rd_sqdev(x, C, mu, l), sh);
     float mf = (float)mu, rs = (float)(1.0 / sqrt(ss / C + (double)CAV_LN_EPS));
-    for (int c = l; c < C; c += CAV_RD_T) y[c] = (x[c] - mf) * rs * w[c] + b[c];
+    for (int c = l; c < C; c += CAV_RD_T) ln_store(out, o + c, (x[c] - mf) * rs * w[c] + b[c]);
     if (l == 0) mean[blockIdx.x] = mf, rstd[blockIdx.x] = rs;
 }
 
 void cav_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                                 const float *b, int M, int C) {
     if (M <= 0) return;
-    layernorm_forward_kernel<<<M, CAV_RD_T>>>(out, mean, rstd, inp, w, b, C);
+    layernorm_forward_kernel<float><<<M, CAV_RD_T>>>(NULL, out, mean, rstd, inp, NULL, w, b, C);
+    LAUNCHED();
+}
+
+void cav_cuda_layernorm_forward_bf16(uint16_t *out16, float *mean, float *rstd, const float *inp,
+                                     const float *w, const float *b, int M, int C) {
+    if (M <= 0) return;
+    layernorm_forward_kernel<uint16_t><<<M, CAV_RD_T>>>(NULL, out16, mean, rstd, inp, NULL, w, b, C);
+    LAUNCHED();
+}
+
+void cav_cuda_add_layernorm_forward(float *sum, float *out, uint16_t *out16, float *mean, float *rstd,
+                                    const float *a, const float *r, const float *w, const float *b, int M,
+                                    int C) {
+    if (M <= 0) return;
+    if (out16)
+        layernorm_forward_kernel<uint16_t><<<M, CAV_RD_T>>>(sum, out16, mean, rstd, a, r, w, b, C);
+    else
+        layernorm_forward_kernel<float><<<M, CAV_RD_T>>>(sum, out, mean, rstd, a, r, w, b, C);
     LAUNCHED();
 }
 
@@ -248,11 +283,14 @@ void cav_cuda_layernorm_backward(float *dinp, float *dw, float *db, const float 
 /* ---- elementwise
  * ------------------------------------------------------------------------------------------- */
 
+static __device__ inline float gelu(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
 static __global__ void gelu_forward_kernel(float *out, const float *inp, size_t n) {
-    CAV_FOR_EACH(i, n) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    }
+    CAV_FOR_EACH(i, n) out[i] = gelu(inp[i]);
+}
+static __global__ void gelu_forward_bf16_kernel(uint16_t *out, const float *inp, size_t n) {
+    CAV_FOR_EACH(i, n) out[i] = cav_bf16_from_f32(gelu(inp[i]));
 }
 static __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n) {
     const float k = 0.39894228040143268f; /* 1/sqrt(2 pi) */
@@ -279,6 +317,11 @@ static __global__ void half_kernel(float *da, const float *dout, size_t n) {
 void cav_cuda_gelu_forward(float *out, const float *inp, size_t n) {
     if (!n) return;
     gelu_forward_kernel<<<cav_grid(n, 256), 256>>>(out, inp, n);
+    LAUNCHED();
+}
+void cav_cuda_gelu_forward_bf16(uint16_t *out16, const float *inp, size_t n) {
+    if (!n) return;
+    gelu_forward_bf16_kernel<<<cav_grid(n, 256), 256>>>(out16, inp, n);
     LAUNCHED();
 }
 void cav_cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {

@@ -366,6 +366,11 @@ static float *bump(cav_model *m, size_t n) {
     return m->acts ? m->acts + o : NULL;
 }
 
+/* n bf16 values in the float arena */
+static uint16_t *bump16(cav_model *m, size_t n) {
+    return (uint16_t *)bump(m, (n + 1) / 2);
+}
+
 static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params *pb, cav_block_params *gb,
                         int N, int C, int H, int hidden, int mod) {
     size_t B = (size_t)m->B, M = B * N;
@@ -373,12 +378,17 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     for (int i = 0; i < nblk; i++) {
         cav_block_acts *a = &s->a[i];
         s->p[i] = pb + i, s->g[i] = gb + i;
-        a->ln1 = bump(m, M * C), a->ln1_mean = bump(m, M), a->ln1_rstd = bump(m, M);
+        memset(a, 0, sizeof *a);
+        if (m->bf16)
+            a->ln1_16 = bump16(m, M * C), a->ln2_16 = bump16(m, M * C), a->gelu16 = bump16(m, M * hidden);
+        else
+            a->ln1 = bump(m, M * C), a->ln2 = bump(m, M * C), a->gelu = bump(m, M * hidden);
+        a->ln1_mean = bump(m, M), a->ln1_rstd = bump(m, M);
         a->qkv = bump(m, M * 3 * C), a->att = bump(m, m->be->attention_state_size(m->B, H, N));
         a->atty = bump(m, M * C);
         a->x1 = bump(m, M * C);
-        a->ln2 = bump(m, M * C), a->ln2_mean = bump(m, M), a->ln2_rstd = bump(m, M);
-        a->fc1 = bump(m, M * hidden), a->gelu = bump(m, M * hidden), a->out = bump(m, M * C);
+        a->ln2_mean = bump(m, M), a->ln2_rstd = bump(m, M);
+        a->fc1 = bump(m, M * hidden), a->out = bump(m, M * C);
     }
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
@@ -636,14 +646,16 @@ static cav_model_mem memory_of(const cav_model *m) {
     r.adam = c->task == CAV_TASK_FEAT ? 0 : 2 * (m->shard_hi - m->shard_lo) * sizeof(float);
     r.acts = m->acts_size * sizeof(float);
     r.inputs = sizeof(int64_t) * n[0] + sizeof(float) * (n[1] + n[2] + n[3]) + 64;
-    r.total = r.params + r.grads + r.adam + r.acts + r.inputs;
+    r.bf16 = m->bf16 ? sizeof(uint16_t) * (m->nparams + 2 * m->lin16_cap) : 0;
+    r.total = r.params + r.grads + r.adam + r.acts + r.inputs + r.bf16;
     return r;
 }
 
-int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, cav_model_mem *out, cav_err *err) {
+int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, int bf16, cav_model_mem *out,
+                     cav_err *err) {
     cav_model m;
     memset(&m, 0, sizeof m);
-    m.be = be;
+    m.be = be, m.bf16 = bf16 != 0;
     int rc = layout(&m, cfg, B, err);
     if (!rc) *out = memory_of(&m);
     free(m.table);
@@ -716,13 +728,21 @@ int cav_model_set_precision(cav_model *m, int bf16) {
     cav_backend *be = m->be;
     be->free(m->params16), be->free(m->lin_in16), be->free(m->lin_dout16);
     m->params16 = m->lin_in16 = m->lin_dout16 = NULL;
-    m->bf16 = 0;
+    bf16 = bf16 != 0;
+    if (bf16 != m->bf16) { /* the arena again, planned for the precision (sized, then assigned) */
+        be->free(m->acts);
+        m->acts = NULL, m->bf16 = bf16;
+        plan(m);
+        m->acts_size = m->acts_used;
+        if (!(m->acts = be->alloc(m->acts_size * sizeof(float)))) return -1;
+        plan(m);
+    }
     if (!bf16) return 0;
     m->params16 = be->alloc(sizeof(uint16_t) * m->nparams);
     m->lin_in16 = be->alloc(sizeof(uint16_t) * m->lin16_cap);
     m->lin_dout16 = be->alloc(sizeof(uint16_t) * m->lin16_cap);
-    if (!m->params16 || !m->lin_in16 || !m->lin_dout16) return cav_model_set_precision(m, 0), -1;
-    m->bf16 = 1, m->params16_stale = 1;
+    if (!m->params16 || !m->lin_in16 || !m->lin_dout16) return -1;
+    m->params16_stale = 1;
     return 0;
 }
 
@@ -750,15 +770,17 @@ void cav_model_describe(const cav_model *m, FILE *f) {
     fprintf(
         f,
         "\n%s: model: parameters %zu (%zu trainable) %.1f MiB; gradients %.1f MiB; Adam moments %.1f MiB; "
-        "activations %.1f MiB; inputs %.1f MiB\n%s: model: %s memory: %.1f MiB (%.2f GiB)\n",
+        "activations %.1f MiB; inputs %.1f MiB",
         cav_tool(), m->nparams, cav_model_trainable(m), mem.params * mb, mem.grads * mb, mem.adam * mb,
-        mem.acts * mb, mem.inputs * mb, cav_tool(), m->be->name, mem.total * mb, mem.total * mb / 1024);
+        mem.acts * mb, mem.inputs * mb);
+    if (m->bf16) fprintf(f, "; bf16 weights and operands %.1f MiB", mem.bf16 * mb);
+    fprintf(f, "\n%s: model: %s memory: %.1f MiB (%.2f GiB)\n", cav_tool(), m->be->name, mem.total * mb,
+            mem.total * mb / 1024);
     if (m->bf16)
-        fprintf(
-            f,
-            "%s: model: precision bf16: the Linears on bf16 operands (weights' bf16 copy %.1f MiB, operands "
-            "%.1f MiB, on top), fp32 elsewhere\n",
-            cav_tool(), m->nparams * 2 * mb, m->lin16_cap * 4 * mb);
+        fprintf(f,
+                "%s: model: precision bf16: the Linears on bf16 operands (the Blocks' inputs kept in bf16), "
+                "fp32 elsewhere\n",
+                cav_tool());
 }
 
 /* ---- initialisation and masks ------------------------------------------------------------------ */
@@ -988,7 +1010,13 @@ static void lin16_check(const cav_model *m, size_t n) {
     }
 }
 
-/* out[M,OC] = inp[M,IC] @ w^T + b: fp32, or bf16 operands (the input cast here, the weights' copy) */
+/* out[M,OC] = inp16[M,IC] @ w^T + b on bf16 operands: the input already rounded, the weights' copy */
+static void lin16_fwd(cav_model *m, float *out, const uint16_t *inp16, const float *w, const float *b, int M,
+                      int IC, int OC) {
+    m->be->linear_forward_bf16(out, inp16, p16(m, w), p16(m, b), M, IC, OC);
+}
+
+/* out[M,OC] = inp[M,IC] @ w^T + b: fp32, or bf16 operands (the input cast here) */
 static void lin_fwd(cav_model *m, float *out, const float *inp, const float *w, const float *b, int M, int IC,
                     int OC) {
     if (!m->bf16) {
@@ -997,41 +1025,70 @@ static void lin_fwd(cav_model *m, float *out, const float *inp, const float *w, 
     }
     lin16_check(m, (size_t)M * IC);
     m->be->cast_bf16(m->lin_in16, inp, (size_t)M * IC);
-    m->be->linear_forward_bf16(out, m->lin_in16, p16(m, w), p16(m, b), M, IC, OC);
+    lin16_fwd(m, out, m->lin_in16, w, b, M, IC, OC);
 }
 
-/* its backward (kernels.h): in bf16 the output gradient and the saved input are cast again here, which
- * keeps no bf16 activation between the passes */
+/* its backward (kernels.h) in bf16, the saved input given rounded (read only for dw); the output gradient
+ * is cast here */
+static void lin16_bwd(cav_model *m, float *dinp, float *dw, float *db, const float *dout,
+                      const uint16_t *inp16, const float *w, int M, int IC, int OC) {
+    lin16_check(m, (size_t)M * OC);
+    if (dinp || dw) m->be->cast_bf16(m->lin_dout16, dout, (size_t)M * OC);
+    m->be->linear_backward_bf16(dinp, dw, db, dout, m->lin_dout16, inp16, p16(m, w), M, IC, OC);
+}
+
+/* the backward from the fp32 input: in bf16 it is cast again here (a Linear outside the Blocks keeps no bf16
+ * activation between the passes) */
 static void lin_bwd(cav_model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                     const float *w, int M, int IC, int OC) {
     if (!m->bf16) {
         m->be->linear_backward(dinp, dw, db, dout, inp, w, M, IC, OC);
         return;
     }
-    lin16_check(m, (size_t)M * IC), lin16_check(m, (size_t)M * OC);
-    if (dinp || dw) m->be->cast_bf16(m->lin_dout16, dout, (size_t)M * OC);
+    lin16_check(m, (size_t)M * IC);
     if (dw) m->be->cast_bf16(m->lin_in16, inp, (size_t)M * IC);
-    m->be->linear_backward_bf16(dinp, dw, db, dout, m->lin_dout16, m->lin_in16, p16(m, w), M, IC, OC);
+    lin16_bwd(m, dinp, dw, db, dout, m->lin_in16, w, M, IC, OC);
 }
 
-/* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))) */
+/* x1 = x + proj(attn(N1(x))); out = x1 + fc2(gelu(fc1(N2(x1)))). In bf16 N1, N2 and gelu are written rounded
+ * (cav_block_acts), which the Linears would otherwise round from fp32 copies. */
 static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
     cav_block_params *p = s->p[i];
     count_pass(m, p);
     cav_block_acts *a = &s->a[i];
-    int B = m->B, N = s->N, C = s->C, M = B * N;
+    int B = m->B, N = s->N, C = s->C, M = B * N, hid = s->hidden;
     float *w1, *b1, *w2, *b2;
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
-    m->be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
-    lin_fwd(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    if (m->bf16) {
+        m->be->layernorm_forward_bf16(a->ln1_16, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
+        lin16_fwd(m, a->qkv, a->ln1_16, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    } else {
+        m->be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
+        lin_fwd(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
+    }
     m->be->attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
     lin_fwd(m, a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
-    m->be->add_forward(a->x1, x, a->x1, (size_t)M * C);
-    m->be->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, w2, b2, M, C);
-    lin_fwd(m, a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, s->hidden);
-    m->be->gelu_forward(a->gelu, a->fc1, (size_t)M * s->hidden);
-    lin_fwd(m, a->out, a->gelu, p->fc2_w, p->fc2_b, M, s->hidden, C);
+    /* x1 = x + proj in place, and N2(x1) in the same pass */
+    m->be->add_layernorm_forward(a->x1, a->ln2, a->ln2_16, a->ln2_mean, a->ln2_rstd, x, a->x1, w2, b2, M, C);
+    if (m->bf16) {
+        lin16_fwd(m, a->fc1, a->ln2_16, p->fc1_w, p->fc1_b, M, C, hid);
+        m->be->gelu_forward_bf16(a->gelu16, a->fc1, (size_t)M * hid);
+        lin16_fwd(m, a->out, a->gelu16, p->fc2_w, p->fc2_b, M, hid, C);
+    } else {
+        lin_fwd(m, a->fc1, a->ln2, p->fc1_w, p->fc1_b, M, C, hid);
+        m->be->gelu_forward(a->gelu, a->fc1, (size_t)M * hid);
+        lin_fwd(m, a->out, a->gelu, p->fc2_w, p->fc2_b, M, hid, C);
+    }
     m->be->add_forward(a->out, a->x1, a->out, (size_t)M * C);
+}
+
+/* A Block's Linear backward from its saved input: fp32, or the bf16 one the forward kept */
+static void block_lin_bwd(cav_model *m, float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const uint16_t *inp16, const float *w, int M, int IC, int OC) {
+    if (m->bf16)
+        lin16_bwd(m, dinp, dw, db, dout, inp16, w, M, IC, OC);
+    else
+        lin_bwd(m, dinp, dw, db, dout, inp, w, M, IC, OC);
 }
 
 /* On entry s->d holds d out; on exit d x (in place: the residual path carries it through). */
@@ -1043,17 +1100,17 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     block_lns(p, s->mod, &w1, &b1, &w2, &b2);
     block_lns(g, s->mod, &gw1, &gb1, &gw2, &gb2);
     m->be->zero(m->sc_h1, sizeof(float) * M * hid);
-    lin_bwd(m, m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, p->fc2_w, M, hid, C);
+    block_lin_bwd(m, m->sc_h1, g->fc2_w, g->fc2_b, d, a->gelu, a->gelu16, p->fc2_w, M, hid, C);
     m->be->zero(m->sc_h2, sizeof(float) * M * hid);
     m->be->gelu_backward(m->sc_h2, a->fc1, m->sc_h1, (size_t)M * hid);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
-    lin_bwd(m, m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, p->fc1_w, M, C, hid);
+    block_lin_bwd(m, m->sc_ln, g->fc1_w, g->fc1_b, m->sc_h2, a->ln2, a->ln2_16, p->fc1_w, M, C, hid);
     m->be->layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     m->be->zero(m->sc_atty, sizeof(float) * M * C);
     lin_bwd(m, m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
     m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C, s->H);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
-    lin_bwd(m, m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, p->qkv_w, M, C, 3 * C);
+    block_lin_bwd(m, m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, a->ln1_16, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);
     pass_done(m, p);
 }

@@ -143,6 +143,10 @@ typedef struct {
     float *ln2, *ln2_mean, *ln2_rstd;
     float *fc1, *gelu; /* [B,N,hidden] */
     float *out;        /* [B,N,C] */
+    /* In bf16 (cav_model_set_precision) ln1, ln2 and gelu, read only as Linear inputs, are kept rounded to
+     * bf16 here instead (NULL in fp32): the Linears' forward and backward read the same bits either way. */
+    uint16_t *ln1_16, *ln2_16; /* [B,N,C] */
+    uint16_t *gelu16;          /* [B,N,hidden] */
 } cav_block_acts;
 
 /* A run of Blocks over one token sequence, with the modality's LayerNorms (0 none, 1 'a', 2 'v'). */
@@ -248,20 +252,23 @@ size_t cav_config_param_count(const cav_config *cfg, size_t *trainable);
 /* Builds the model for batch size B on a backend (cav_backend_open: "cpu", "cuda", ...; parameters
  * uninitialised). NULL with err filled on failure. cav_model_create is the same on the CPU. */
 cav_model *cav_model_create_on(cav_backend *be, const cav_config *cfg, int B, cav_err *err);
-/* The memory, in bytes, that cav_model_create_on(be, cfg, B) and the trainers' cav_model_alloc_adam take on
- * the backend (the same computation: cav_model_describe prints it at start); the backend's own workspaces
- * (cuBLASLt's, a few scratch buffers) come on top. 0, or 1 with err filled for a config or batch the model
- * refuses. Allocates nothing on the backend. */
+/* The memory, in bytes, that cav_model_create_on(be, cfg, B), cav_model_set_precision(m, bf16) and the
+ * trainers' cav_model_alloc_adam take on the backend (the same computation: cav_model_describe prints it at
+ * start); the backend's own workspaces (cuBLASLt's, a few scratch buffers) come on top. 0, or 1 with err
+ * filled for a config or batch the model refuses. Allocates nothing on the backend. */
 typedef struct {
     size_t params, grads, adam, acts, inputs; /* adam: both moments; grads and adam 0 for embedding */
+    size_t bf16; /* bf16's buffers: the weights' copy and two Linear operands (0 in fp32) */
     size_t total;
 } cav_model_mem;
-int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, cav_model_mem *out, cav_err *err);
+int cav_model_memory(cav_backend *be, const cav_config *cfg, int B, int bf16, cav_model_mem *out,
+                     cav_err *err);
 cav_model *cav_model_create(const cav_config *cfg, int B, cav_err *err);
 void cav_model_free(cav_model *m);
 /* The precision of the Linears: "fp32" (bf16 0, the default) or "bf16" (1: model.h's cav_model.bf16; its
- * bf16 buffers, 2 bytes per parameter and two Linear operands, are allocated here, on top of
- * cav_model_memory's figure). 0 ok, -1 out of memory (the model stays fp32). */
+ * bf16 buffers, 2 bytes per parameter and two Linear operands, are allocated here). The activations are
+ * planned again for the precision (bf16 keeps the Blocks' Linear inputs in bf16, cav_block_acts) in a new
+ * arena: their contents are lost. 0 ok, -1 out of memory (the model can then only be freed). */
 int cav_model_set_precision(cav_model *m, int bf16);
 /* The reference's initialisation (cav-numerics(7) 2.5) from a seed: sin-cos tables, xavier-uniform Linear and
  * patch-embedding weights, zero Linear biases, PyTorch's default conv bias, LN (1,0), N(0, 0.02) tokens. */

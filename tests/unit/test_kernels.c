@@ -992,6 +992,64 @@ static int backend_bf16_case(int M, int IC, int OC, double tol) {
     return ok;
 }
 
+/* n bf16 values on the backend against the reference's: at most `ulps` apart (adjacent bf16 values of one
+ * sign differ by 1 in their bits) */
+static int same16(const char *op, const void *d, const uint16_t *ref, size_t n, int ulps) {
+    uint16_t *h = malloc(2 * n + 2);
+    cur_be->download(h, d, 2 * n);
+    int worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        int e = (h[i] & 0x8000) != (ref[i] & 0x8000) ? 0x10000 : abs((int)h[i] - (int)ref[i]);
+        worst = e > worst ? e : worst;
+    }
+    free(h);
+    if (worst > ulps) fprintf(stderr, "  backend %s: %s differs: %d bf16 ulps\n", cur_be->name, op, worst);
+    return worst <= ulps;
+}
+
+/* The fused forms of kernels.h (LayerNorm and GELU written in bf16, the residual add with LayerNorm) against
+ * the plain CPU ops they replace: on the CPU bit for bit; elsewhere the fp32 values within tol and a bf16
+ * value at most one ulp off (an fp32 result an ulp away can round to the neighbour). M rows of C. */
+static int backend_fused_case(int M, int C, double tol) {
+    const cav_backend *be = cur_be;
+    int ulps = strcmp(be->name, "cpu") ? 1 : 0;
+    double t = ulps ? tol : 0;
+    size_t n = (size_t)M * C;
+    float *x = rnd(n, 2), *r = rnd(n, 1), *g = rnd(C, 1), *bb = rnd(C, 0.1);
+    float *sum = zeros(n), *ln = zeros(n), *mean = zeros(M), *rstd = zeros(M), *gl = zeros(n);
+    uint16_t *ln16 = malloc(2 * n + 2), *gl16 = malloc(2 * n + 2);
+    float *Dx = dev(x, 4 * n), *Dr = dev(r, 4 * n), *Dg = dev(g, 4 * (size_t)C), *Db = dev(bb, 4 * (size_t)C);
+    float *Ds = dev(NULL, 4 * n), *Do = dev(NULL, 4 * n), *Dm = dev(NULL, 4 * (size_t)M),
+          *Drs = dev(NULL, 4 * (size_t)M);
+    uint16_t *D16 = dev(NULL, 2 * n);
+    /* LayerNorm in bf16 */
+    cav_layernorm_forward(ln, mean, rstd, x, g, bb, M, C), cav_cast_bf16(ln16, ln, n);
+    be->layernorm_forward_bf16(D16, Dm, Drs, Dx, Dg, Db, M, C);
+    int ok = same16("layernorm_forward_bf16", D16, ln16, n, ulps) &
+             same("layernorm_forward_bf16 mean", Dm, mean, M, t) &
+             same("layernorm_forward_bf16 rstd", Drs, rstd, M, t);
+    /* sum = x + r and its LayerNorm in fp32, into a new buffer */
+    cav_add_forward(sum, x, r, n), cav_layernorm_forward(ln, mean, rstd, sum, g, bb, M, C);
+    cav_cast_bf16(ln16, ln, n);
+    be->add_layernorm_forward(Ds, Do, NULL, Dm, Drs, Dx, Dr, Dg, Db, M, C);
+    ok &= same("add_layernorm_forward sum", Ds, sum, n, 0) & same("add_layernorm_forward out", Do, ln, n, t) &
+          same("add_layernorm_forward rstd", Drs, rstd, M, t);
+    /* in place over r, in bf16, as the Block runs it */
+    be->add_layernorm_forward(Dr, NULL, D16, Dm, Drs, Dx, Dr, Dg, Db, M, C);
+    ok &= same("add_layernorm_forward in place", Dr, sum, n, 0) &
+          same16("add_layernorm_forward bf16", D16, ln16, n, ulps) &
+          same("add_layernorm_forward bf16 mean", Dm, mean, M, t);
+    /* GELU in bf16 */
+    cav_gelu_forward(gl, x, n), cav_cast_bf16(gl16, gl, n);
+    be->gelu_forward_bf16(D16, Dx, n);
+    ok &= same16("gelu_forward_bf16", D16, gl16, n, ulps);
+    void *devs[] = {Dx, Dr, Dg, Db, Ds, Do, Dm, Drs, D16};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) be->free(devs[i]);
+    void *hosts[] = {x, r, g, bb, sum, ln, mean, rstd, gl, ln16, gl16};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+    return ok;
+}
+
 /* backend_case's shapes (B, N, C, H): odd token counts, one row, one token, head dims 2 to 6 */
 static const int backend_shapes[][4] = {
     {2, 5, 12, 3}, {1, 1, 8, 2}, {3, 7, 16, 4}, {1, 33, 6, 1}, {4, 2, 4, 2}};
@@ -1096,6 +1154,10 @@ static void test_backends(void) {
         static const int lin16[][3] = {{10, 12, 25}, {1, 8, 17}, {21, 16, 33}, {33, 6, 13}, {96, 192, 576}};
         for (size_t i = 0; i < sizeof lin16 / sizeof lin16[0]; i++)
             ok &= backend_bf16_case(lin16[i][0], lin16[i][1], lin16[i][2], 1e-5);
+        /* the fused LayerNorm and GELU: odd rows, one row, rows longer than a GPU block's lanes */
+        static const int fused[][2] = {{10, 12}, {1, 8}, {7, 33}, {3, 520}, {96, 192}};
+        for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
+            ok &= backend_fused_case(fused[i][0], fused[i][1], 1e-5);
         ok &= backend_upload_case(cur_be);
         ok &= backend_download_case(cur_be);
         CHECK(ok);

@@ -32,7 +32,8 @@ void cav_backend_cuda_sizes(cav_backend *t); /* kernels/cuda/backend.cu: host co
 
 /* Issue 10: the base config pretraining at the reference's batch 48 fits an 80 GB GPU, by the computation
  * cav_model_describe prints at start (cav_model_memory). With the CUDA backend built, its own sizes of the
- * attention state and workspaces (the only sizes a backend decides) replace the CPU's. */
+ * attention state and workspaces (the only sizes a backend decides) replace the CPU's. In bf16 the Blocks
+ * keep their three Linear inputs (N1, N2 [B,N,C] and the GELU [B,N,hidden]) in 2 bytes instead of 4. */
 static void test_memory_base_b48(void) {
     cav_backend be = *cav_backend_cpu();
 #ifdef CAV_HAVE_CUDA
@@ -40,16 +41,18 @@ static void test_memory_base_b48(void) {
     cav_backend_cuda_sizes(&be);
 #endif
     cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
-    cav_model_mem mem, one;
+    cav_model_mem mem, one, h;
     cav_err err = {0, ""};
-    REQUIRE(cav_model_memory(&be, &c, 48, &mem, &err) == 0);
-    REQUIRE(cav_model_memory(&be, &c, 1, &one, &err) == 0);
+    REQUIRE(cav_model_memory(&be, &c, 48, 0, &mem, &err) == 0);
+    REQUIRE(cav_model_memory(&be, &c, 1, 0, &one, &err) == 0);
+    REQUIRE(cav_model_memory(&be, &c, 48, 1, &h, &err) == 0);
     double gib = 1073741824.0;
-    printf("  base pretraining, batch 48, on %s: %.2f GiB (parameters %.2f, gradients %.2f, Adam %.2f, "
-           "activations %.2f, inputs %.2f)\n",
-           be.name, mem.total / gib, mem.params / gib, mem.grads / gib, mem.adam / gib, mem.acts / gib,
-           mem.inputs / gib);
-    CHECK(mem.total < 80e9);
+    printf(
+        "  base pretraining, batch 48, on %s: %.2f GiB (parameters %.2f, gradients %.2f, Adam %.2f, "
+        "activations %.2f, inputs %.2f); bf16: %.2f GiB (activations %.2f, bf16 weights and operands %.2f)\n",
+        be.name, mem.total / gib, mem.params / gib, mem.grads / gib, mem.adam / gib, mem.acts / gib,
+        mem.inputs / gib, h.total / gib, h.acts / gib, h.bf16 / gib);
+    CHECK(mem.total < 80e9 && h.total < 80e9);
     /* the parts: 191,036,160 parameters (test_param_counts); inputs: fbank 1024 x 128 and a 224 x 224 RGB
      * frame in float, 128 + 49 kept token indices in int64 per sample */
     CHECK(mem.params == (size_t)191036160 * 4 && mem.grads == mem.params && mem.adam == 2 * mem.params);
@@ -57,9 +60,43 @@ static void test_memory_base_b48(void) {
     /* activations grow with the batch: at least 40 times batch 1's at batch 48 (the B x B contrastive
      * workspace and the slices' alignment aside, they are linear in B) */
     CHECK(mem.acts > 40 * one.acts && mem.acts < 49 * one.acts);
-    CHECK(mem.total == mem.params + mem.grads + mem.adam + mem.acts + mem.inputs);
+    CHECK(mem.bf16 == 0 && mem.total == mem.params + mem.grads + mem.adam + mem.acts + mem.inputs);
+    /* bf16: the Blocks' streams (tokens, blocks, width, hidden): audio 128 x 11, video 49 x 11, the two
+     * contrastive passes through the last joint block, the joint block on 177, the decoder 708 x 8 of 512
+     * (every slice a multiple of 64 bytes, so the saving is exactly 2 bytes a value) */
+    const size_t s[][4] = {{128, 11, 768, 3072}, {49, 11, 768, 3072}, {128, 1, 768, 3072},
+                           {49, 1, 768, 3072},   {177, 1, 768, 3072}, {708, 8, 512, 2048}};
+    size_t saved = 0;
+    for (int i = 0; i < 6; i++) saved += 48 * s[i][0] * s[i][1] * (2 * s[i][2] + s[i][3]) * 2;
+    CHECK(h.acts + saved == mem.acts);
+    CHECK(h.bf16 > mem.params / 2 && h.total == h.params + h.grads + h.adam + h.acts + h.inputs + h.bf16);
     /* a refused batch is an error, not a size */
-    CHECK(cav_model_memory(&be, &c, 0, &mem, &err) == 1);
+    CHECK(cav_model_memory(&be, &c, 0, 0, &mem, &err) == 1);
+}
+
+/* cav_model_set_precision plans the arena again: the model's own figure follows cav_model_memory's for each
+ * precision, there and back, and the bf16 forward reads its Blocks' inputs from the bf16 slices. */
+static void test_precision_replans(void) {
+    cav_config c = cav_config_default(CAV_TASK_PRETRAIN);
+    REQUIRE(cav_config_size(&c, "tiny") == 0);
+    c.audio_length = 64, c.img_size = 32;
+    cav_err err = {0, ""};
+    cav_model_mem m32, m16;
+    REQUIRE(cav_model_memory(cav_backend_cpu(), &c, 2, 0, &m32, &err) == 0);
+    REQUIRE(cav_model_memory(cav_backend_cpu(), &c, 2, 1, &m16, &err) == 0);
+    CHECK(m16.acts < m32.acts);
+    cav_model *m = cav_model_create(&c, 2, &err);
+    REQUIRE(m);
+    CHECK(m->acts_size * sizeof(float) == m32.acts);
+    REQUIRE(cav_model_set_precision(m, 1) == 0);
+    CHECK(m->acts_size * sizeof(float) == m16.acts);
+    CHECK(m->s_a.a[0].ln1 == NULL && m->s_a.a[0].ln1_16 != NULL && m->s_dec.a[0].gelu16 != NULL);
+    cav_model_init(m, 3);
+    cav_model_forward(m);
+    CHECK(isfinite(m->out.loss) && m->out.loss > 0);
+    REQUIRE(cav_model_set_precision(m, 0) == 0);
+    CHECK(m->acts_size * sizeof(float) == m32.acts && m->s_a.a[0].ln1 != NULL && m->s_a.a[0].ln1_16 == NULL);
+    cav_model_free(m);
 }
 
 /* Names, shapes and state-dict order at a small config (building a base model is too big for ASan). */
@@ -812,5 +849,6 @@ int main(void) {
     TEST(test_model_adam);
     TEST(test_split_group);
     TEST(test_memory_base_b48);
+    TEST(test_precision_replans);
     return harness_exit();
 }
