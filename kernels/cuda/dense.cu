@@ -32,67 +32,121 @@ static void add_rows(float *D, const float *bias, int m, int n, int ldd) {
 
 /* ---- cuBLASLt GEMM, column-major: D[m,n] = op(A) op(B) (+ beta D) (+ bias[m] per row of D) ------------- */
 
-static void lt_gemm(bool ta, bool tb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                    float beta, float *D, int ldd, const float *bias, cudaDataType_t ab = CUDA_R_32F) {
-    if (m == 0 || n == 0) return;
+/* What decides a GEMM's descriptors and algorithm: a step issues the same few dozen shapes hundreds of times,
+ * so each is planned once (descriptors, heuristic query) and kept for the process's life. The heuristic is
+ * asked once per key, so a shape always runs the same algorithm: the same bits on every step. */
+struct lt_key {
+    bool ta, tb, bias; /* bias: the BIAS epilogue wanted (a 16-byte aligned bias vector) */
+    int m, n, k, lda, ldb, ldd;
+    cudaDataType_t ab;
+    uint32_t align[3]; /* A, B, D pointers' alignment told to the heuristic (bf16 only; 0 for fp32) */
+};
+struct lt_plan {
+    lt_key key;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
-    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab, ta ? k : m, ta ? m : k, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab, tb ? n : k, tb ? k : n, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, ldd));
+    cublasLtMatmulAlgo_t algo;
+    bool fused; /* the BIAS epilogue is in op (else a wanted bias is added after the GEMM) */
+};
+#define LT_PLANS 512 /* a base pretraining step has under 100 keys; past this the plans are not kept */
+static lt_plan lt_plans[LT_PLANS];
+static int lt_nplans;
+
+static bool lt_same(const lt_key &a, const lt_key &b) {
+    return a.ta == b.ta && a.tb == b.tb && a.bias == b.bias && a.m == b.m && a.n == b.n && a.k == b.k &&
+           a.lda == b.lda && a.ldb == b.ldb && a.ldd == b.ldd && a.ab == b.ab && a.align[0] == b.align[0] &&
+           a.align[1] == b.align[1] && a.align[2] == b.align[2];
+}
+
+/* the largest power of two up to 256 dividing the address */
+static uint32_t alignment(const void *p) {
+    uint32_t al = 256;
+    while (al > 1 && (uintptr_t)p % al) al /= 2;
+    return al;
+}
+
+/* Descriptors and algorithm for key into pl; the BIAS epilogue when the key wants it and an algorithm has it.
+ */
+static void lt_plan_make(lt_plan *pl, const lt_key &key) {
+    pl->key = key;
+    cublasOperation_t opa = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int m = key.m, n = key.n, k = key.k;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->la, key.ab, key.ta ? k : m, key.ta ? m : k, key.lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->lb, key.ab, key.tb ? n : k, key.tb ? k : n, key.ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->ld, CUDA_R_32F, m, n, key.ldd));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &cav_cuda.lt_work_bytes,
                                                       sizeof cav_cuda.lt_work_bytes));
-    if (ab != CUDA_R_32F) {
+    if (key.ab != CUDA_R_32F) {
         /* The heuristic assumes 256-byte aligned operands unless told; a bf16 weight's slice of the flat bf16
-         * copy, or a decoder row block, may be less aligned: give it each pointer's true alignment. (The fp32
-         * path keeps its algorithm choice as it was.) */
-        const void *ptr[4] = {A, B, D, D};
+         * copy, or a decoder row block, may be less aligned: give it each pointer's true alignment (C is D).
+         * (The fp32 path keeps its algorithm choice as it was.) */
         const cublasLtMatmulPreferenceAttributes_t attr[4] = {
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-        for (int i = 0; i < 4; i++) {
-            uint32_t al = 256;
-            while (al > 1 && (uintptr_t)ptr[i] % al) al /= 2;
-            CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al, sizeof al));
-        }
+        const uint32_t al[4] = {key.align[0], key.align[1], key.align[2], key.align[2]};
+        for (int i = 0; i < 4; i++)
+            CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof al[i]));
     }
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
-    bool fused = false;
-    if (bias && (uintptr_t)bias % 16 == 0) {
+    pl->fused = false;
+    if (key.bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-        CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        if (cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, op, la, lb, ld, ld, pref, 1, &h, &found) ==
-                CUBLAS_STATUS_SUCCESS &&
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        if (cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, pl->op, pl->la, pl->lb, pl->ld, pl->ld, pref, 1, &h,
+                                           &found) == CUBLAS_STATUS_SUCCESS &&
             found > 0)
-            fused = true;
+            pl->fused = true;
         else {
             cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
             CUBLAS_CHECK(
-                cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof none));
+                cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof none));
         }
     }
-    if (!fused) {
-        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, op, la, lb, ld, ld, pref, 1, &h, &found));
+    if (!pl->fused) {
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, pl->op, pl->la, pl->lb, pl->ld, pl->ld, pref,
+                                                    1, &h, &found));
         if (found == 0)
             cav_cuda_die("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__,
-                         ab == CUDA_R_32F ? "no fp32 algorithm" : "no bf16 algorithm");
+                         key.ab == CUDA_R_32F ? "no fp32 algorithm" : "no bf16 algorithm");
     }
-    const float one = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(cav_cuda.lt, op, &one, A, la, B, lb, &beta, D, ld, D, ld, &h.algo,
-                                cav_cuda.lt_work, cav_cuda.lt_work_bytes, 0));
+    pl->algo = h.algo;
     cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(op);
+}
+
+static void lt_plan_free(lt_plan *pl) {
+    cublasLtMatrixLayoutDestroy(pl->la), cublasLtMatrixLayoutDestroy(pl->lb),
+        cublasLtMatrixLayoutDestroy(pl->ld);
+    cublasLtMatmulDescDestroy(pl->op);
+}
+
+static void lt_gemm(bool ta, bool tb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                    float beta, float *D, int ldd, const float *bias, cudaDataType_t ab = CUDA_R_32F) {
+    if (m == 0 || n == 0) return;
+    lt_key key = {ta, tb, bias && (uintptr_t)bias % 16 == 0, m, n, k, lda, ldb, ldd, ab, {0, 0, 0}};
+    if (ab != CUDA_R_32F)
+        key.align[0] = alignment(A), key.align[1] = alignment(B), key.align[2] = alignment(D);
+    lt_plan *pl = NULL, once;
+    for (int i = 0; i < lt_nplans && !pl; i++)
+        if (lt_same(lt_plans[i].key, key)) pl = &lt_plans[i];
+    if (!pl) {
+        pl = lt_nplans < LT_PLANS ? &lt_plans[lt_nplans++] : &once;
+        lt_plan_make(pl, key);
+    }
+    if (pl->fused)
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(cav_cuda.lt, pl->op, &one, A, pl->la, B, pl->lb, &beta, D, pl->ld, D, pl->ld,
+                                &pl->algo, cav_cuda.lt_work, cav_cuda.lt_work_bytes, 0));
+    bool fused = pl->fused;
+    if (pl == &once) lt_plan_free(pl);
     if (bias && !fused) add_rows(D, bias, m, n, ldd);
 }
 
