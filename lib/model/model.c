@@ -504,8 +504,8 @@ static void plan(cav_model *m) {
     size_t lins[] = {B * m->La_full * (size_t)(D > 256 ? D : 256),
                      B * m->Lv_full * (size_t)(D > 768 ? D : 768),
                      B * Ltok * (size_t)(D > Dd ? D : Dd),
-                     (size_t)m->La_full * (Dd > 256 ? Dd : 256),
-                     (size_t)m->Lv_full * (Dd > 768 ? Dd : 768),
+                     B * m->La_full * (size_t)(Dd > 256 ? Dd : 256),
+                     B * m->Lv_full * (size_t)(Dd > 768 ? Dd : 768),
                      B * (size_t)(m->Dh > c->label_dim ? m->Dh : c->label_dim)};
     for (size_t i = 0; i < sizeof lins / sizeof lins[0]; i++) lin = lins[i] > lin ? lins[i] : lin;
     m->lin16_cap = lin;
@@ -1245,15 +1245,18 @@ static void forward_pretrain(cav_model *m) {
         stream_forward(m, &m->s_dec, m->dec_x);
         final_ln_forward(m, &m->ln_dec, m->s_dec.out, p->decoder_norm_w, p->decoder_norm_b, (size_t)B * Ld,
                          Dd);
-        for (int b = 0; b < B; b++) {
-            const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
-            if (ua)
-                lin_fwd(m, m->pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w,
-                        p->decoder_pred_a_b, m->La_full, Dd, 256);
-            if (uv)
-                lin_fwd(m, m->pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                        p->decoder_pred_v_w, p->decoder_pred_v_b, m->Lv_full, Dd, 768);
+        /* the predictions, one Linear over every sample's tokens of a modality: with both, the decoder's
+         * output split by modality first (into dec_ua, dec_uv, free since dec_x was built; kept for the
+         * backward) */
+        const float *xa = m->ln_dec.out, *xv = m->ln_dec.out;
+        if (ua && uv) {
+            m->be->zero(m->dec_ua, sizeof(float) * B * m->La_full * Dd);
+            m->be->zero(m->dec_uv, sizeof(float) * B * m->Lv_full * Dd);
+            m->be->concat_backward(m->dec_ua, m->dec_uv, m->ln_dec.out, B, m->La_full, m->Lv_full, Dd);
+            xa = m->dec_ua, xv = m->dec_uv;
         }
+        if (ua) lin_fwd(m, m->pred_a, xa, p->decoder_pred_a_w, p->decoder_pred_a_b, B * m->La_full, Dd, 256);
+        if (uv) lin_fwd(m, m->pred_v, xv, p->decoder_pred_v_w, p->decoder_pred_v_b, B * m->Lv_full, Dd, 768);
         /* targets: the patchified input (audio's im2col is its patchify) */
         if (ua) {
             m->be->copy(m->tgt_a, m->cols_a, sizeof(float) * B * m->La_full * 256);
@@ -1351,17 +1354,20 @@ static void backward_pretrain(cav_model *m) {
                 m->be->masked_mse_backward(m->d_pred_v, w, m->pred_v, m->tgt_v, m->mask_v, B * m->Lv_full,
                                            768);
         }
-        for (int b = 0; b < B; b++) {
-            const float *xb = m->ln_dec.out + (size_t)b * Ld * Dd;
-            float *dxb = m->d_dn + (size_t)b * Ld * Dd;
-            if (ua)
-                lin_bwd(m, dxb, g->decoder_pred_a_w, g->decoder_pred_a_b,
-                        m->d_pred_a + (size_t)b * m->La_full * 256, xb, p->decoder_pred_a_w, m->La_full, Dd,
-                        256);
-            if (uv)
-                lin_bwd(m, dxb + (size_t)voff * Dd, g->decoder_pred_v_w, g->decoder_pred_v_b,
-                        m->d_pred_v + (size_t)b * m->Lv_full * 768, xb + (size_t)voff * Dd,
-                        p->decoder_pred_v_w, m->Lv_full, Dd, 768);
+        if (ua && uv) { /* the forward's split, backwards: each modality's gradient, then joined */
+            m->be->zero(m->d_ua, sizeof(float) * B * m->La_full * Dd);
+            m->be->zero(m->d_uv, sizeof(float) * B * m->Lv_full * Dd);
+            lin_bwd(m, m->d_ua, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a, m->dec_ua,
+                    p->decoder_pred_a_w, B * m->La_full, Dd, 256);
+            lin_bwd(m, m->d_uv, g->decoder_pred_v_w, g->decoder_pred_v_b, m->d_pred_v, m->dec_uv,
+                    p->decoder_pred_v_w, B * m->Lv_full, Dd, 768);
+            m->be->concat_forward(m->d_dn, m->d_ua, m->d_uv, B, m->La_full, m->Lv_full, Dd);
+        } else if (ua) {
+            lin_bwd(m, m->d_dn, g->decoder_pred_a_w, g->decoder_pred_a_b, m->d_pred_a, m->ln_dec.out,
+                    p->decoder_pred_a_w, B * m->La_full, Dd, 256);
+        } else {
+            lin_bwd(m, m->d_dn, g->decoder_pred_v_w, g->decoder_pred_v_b, m->d_pred_v, m->ln_dec.out,
+                    p->decoder_pred_v_w, B * m->Lv_full, Dd, 768);
         }
         final_ln_backward(m, &m->s_dec, &m->ln_dec, g->decoder_norm_w, g->decoder_norm_b, m->d_dn,
                           p->decoder_norm_w, (size_t)B * Ld);

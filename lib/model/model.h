@@ -221,10 +221,11 @@ typedef struct {
     float *x_a, *x_v, *x_cat; /* masked [B,La,D] [B,Lv,D]; joint input [B,La+Lv,D] */
     cav_ln_acts ln_u, ln_ca, ln_cv, ln_dec, ln_head;
     float *ca_mean, *cv_mean, *ca_n, *cv_n, *ca_norm, *cv_norm; /* [B,D] x4, [B] x2 */
-    float *dec_emb, *dec_ua, *dec_uv, *dec_x;                   /* [B,La+Lv,Dd] [B,La_full,Dd] ... */
-    float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v;   /* [B,La_full,256] [B,Lv_full,768] ... */
-    float *pool_u, *pool_s, *pooled, *logits;                   /* [B,D] x2, [B,Dh], [B,K] */
-    float *feat_a, *feat_v;                                     /* forward_feat outputs */
+    /* dec_ua, dec_uv: the un-shuffled tokens of each modality, then the decoder's output split by modality */
+    float *dec_emb, *dec_ua, *dec_uv, *dec_x; /* [B,La+Lv,Dd] [B,La_full,Dd] [B,Lv_full,Dd] [B,Ld,Dd] */
+    float *pred_a, *pred_v, *tgt_a, *tgt_v, *mask_a, *mask_v; /* [B,La_full,256] [B,Lv_full,768] ... */
+    float *pool_u, *pool_s, *pooled, *logits;                 /* [B,D] x2, [B,Dh], [B,K] */
+    float *feat_a, *feat_v;                                   /* forward_feat outputs */
     float *pool_a, *pool_v; /* [B,D] x2: the single-modal pooled outputs of the Table 2f fusions */
     /* gradient scratch */
     float *d_emb_a, *d_emb_v, *d_lat, *d_dec_emb, *d_ua, *d_uv, *d_pred_a, *d_pred_v, *d_dn;
