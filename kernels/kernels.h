@@ -122,6 +122,32 @@ struct cav_backend {
     void (*attention_forward)(float *out, float *state, const float *qkv, int B, int N, int C, int H);
     void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *out,
                                const float *state, float *work, int B, int N, int C, int H);
+    /* The bf16 attention (--precision bf16, issue 11): attention_forward/backward's shapes and contract
+     * (qkv[B,N,3C] fp32 in, out[B,N,C] fp32 out; backward dqkv[B,N,3C] SET from dout, qkv, the forward's out
+     * and its state) with bf16 operands to every product and fp32 sums, as a tensor-core kernel computes it.
+     * Per (batch, head), hd = C / H, scale = hd^-0.5, r(x) = x rounded to the nearest bf16, ties to even
+     * (kernels/cuda/bf16.h's rounding, cast_bf16's), all else fp32:
+     *   forward   S = (r(q) r(k)^T) * scale          the scale on each finished dot product, as timm's
+     *             lse_i = log sum_j exp(S_ij)         m_i + log(sum_j exp(S_ij - m_i)), m_i = max_j S_ij
+     *             P = exp(S - lse)                    normalised before its rounding
+     *             out = r(P) r(v)
+     *   backward  P recomputed from the saved lse as above (S the same products)
+     *             dV = r(P)^T r(dO)                   dO = dout
+     *             dP = r(dO) r(v)^T
+     *             D_i = sum_d dout_id out_id          the fp32 values, d in order
+     *             dS = P (dP - D) scale               P unrounded; evaluated ((P (dP - D)) scale)
+     *             dQ = r(dS) r(k),  dK = r(dS)^T r(q)
+     * A product of two bf16 values is exact in fp32, so backends differ only in the order of the fp32 sums
+     * (OpenBLAS's on the CPU; tensor-core tiles on a GPU, whose lse is an online softmax's rescaled sum), and
+     * where that moves an operand of r() across a rounding boundary, one bf16 ulp of that P or dS
+     * (tests/unit/test_cuda_arith.c measures both). state: attention_bf16_state_size(B,H,N) floats
+     * (lse[B,H,N] on every backend: nothing N x N); work: attention_bf16_workspace(B,H,N) floats (D[B,H,N]).
+     */
+    size_t (*attention_bf16_state_size)(int B, int H, int N);
+    size_t (*attention_bf16_workspace)(int B, int H, int N);
+    void (*attention_forward_bf16)(float *out, float *state, const float *qkv, int B, int N, int C, int H);
+    void (*attention_backward_bf16)(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                    const float *state, float *work, int B, int N, int C, int H);
 
     /* ---- token bookkeeping ---- */
     /* Masking: out[B,L,C] = inp[b, idx[b,l], :] for inp[B,N,C]; backward dinp[b, idx[b,l], :] += dout. */

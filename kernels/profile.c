@@ -112,6 +112,12 @@ TIME_V(attention_backward,
        (float *dqkv, const float *dout, const float *qkv, const float *o, const float *state, float *work,
         int B, int N, int C, int H),
        (dqkv, dout, qkv, o, state, work, B, N, C, H))
+TIME_V(attention_forward_bf16, (float *o, float *state, const float *qkv, int B, int N, int C, int H),
+       (o, state, qkv, B, N, C, H))
+TIME_V(attention_backward_bf16,
+       (float *dqkv, const float *dout, const float *qkv, const float *o, const float *state, float *work,
+        int B, int N, int C, int H),
+       (dqkv, dout, qkv, o, state, work, B, N, C, H))
 TIME_V(gather_tokens_forward, (float *o, const float *i, const int64_t *idx, int B, int N, int L, int C),
        (o, i, idx, B, N, L, C))
 TIME_V(gather_tokens_backward, (float *di, const float *dout, const int64_t *idx, int B, int N, int L, int C),
@@ -221,7 +227,9 @@ cav_backend *cav_backend_profiled(cav_backend *be) {
     SET(linear_forward), SET(linear_backward), SET(cast_bf16), SET(widen_bf16), SET(linear_forward_bf16);
     SET(linear_backward_bf16), SET(layernorm_forward), SET(layernorm_backward), SET(gelu_forward);
     SET(gelu_backward), SET(add_forward), SET(accumulate), SET(average_forward), SET(average_backward);
-    SET(attention_forward), SET(attention_backward), SET(gather_tokens_forward), SET(gather_tokens_backward);
+    SET(attention_forward), SET(attention_backward), SET(attention_forward_bf16),
+        SET(attention_backward_bf16);
+    SET(gather_tokens_forward), SET(gather_tokens_backward);
     SET(mask_from_keep), SET(unshuffle_forward), SET(unshuffle_backward), SET(concat_forward);
     SET(concat_backward), SET(add_pos_forward), SET(add_pos_backward), SET(mean_tokens_forward);
     SET(mean_tokens_backward), SET(patchify_audio), SET(patchify_video), SET(im2col_video),

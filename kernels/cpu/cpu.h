@@ -74,6 +74,14 @@ void cav_attention_forward(float *out, float *att, const float *qkv, int B, int 
 size_t cav_attention_workspace(int N);
 void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *work,
                             int B, int N, int C, int H);
+/* The bf16 attention (kernels.h's attention_*_bf16: its rounding points are the contract): state lse[B,H,N]
+ * (cav_attention_bf16_state_size), work D[B,H,N] (cav_attention_bf16_workspace); dqkv SET. The (batch, head)
+ * pairs run on OpenMP threads, each with its own N x N scratch. */
+size_t cav_attention_bf16_state_size(int B, int H, int N);
+size_t cav_attention_bf16_workspace(int B, int H, int N);
+void cav_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int N, int C, int H);
+void cav_attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                 const float *lse, float *D, int B, int N, int C, int H);
 
 /* ---- token bookkeeping ------------------------------------------------------------------------- */
 

@@ -411,3 +411,136 @@ void cav_attention_backward(float *dqkv, const float *dout, const float *qkv, co
     }
     blas_single_end(nb);
 }
+
+/* ---- bf16 attention (kernels.h's attention_*_bf16) ------------------------------------------------------
+ * The contract's arithmetic written out on float buffers that hold bf16 values: q, k, v, dO, P and dS are
+ * rounded into copies (bf16.h's rounding) and multiplied by the fp32 sgemm, whose products of two bf16
+ * values are exact, so only its order of sums is OpenBLAS's. The state is lse[B,H,N] as a GPU keeps it; the
+ * backward recomputes P from it with the forward's own code, so on the CPU both see the same P. Per (batch,
+ * head) scratch (an N x N pair and the rounded rows) is allocated here, as the bf16 Linear widens its
+ * operands: the contract gives the forward no workspace. */
+
+/* head rows src[N, hd] (ld apart) rounded to bf16 into dst[N, hd] */
+static void round_rows_bf16(float *dst, const float *src, int N, int ld, int hd) {
+    for (int i = 0; i < N; i++)
+        for (int d = 0; d < hd; d++) dst[(size_t)i * hd + d] = cav_bf16_round(src[(size_t)i * ld + d]);
+}
+
+/* S[N,N] = (q16 k16^T) scale: alpha multiplies each finished dot product */
+static void scores_bf16(float *S, const float *q16, const float *k16, int N, int hd, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q16, hd, k16, hd, 0.0f, S, N);
+}
+/* lse[N] of the rows of S[N,N]: m + log(sum exp(S - m)), m the row's max, j in order */
+static void lse_rows(float *lse, const float *S, int N) {
+    for (int i = 0; i < N; i++) {
+        const float *s = S + (size_t)i * N;
+        float m = s[0], l = 0;
+        for (int j = 1; j < N; j++) m = s[j] > m ? s[j] : m;
+        for (int j = 0; j < N; j++) l += expf(s[j] - m);
+        lse[i] = m + logf(l);
+    }
+}
+/* S[N,N] to P = exp(S - lse), in place */
+static void probs_from_lse(float *S, const float *lse, int N) {
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) S[(size_t)i * N + j] = expf(S[(size_t)i * N + j] - lse[i]);
+}
+
+static void round_inplace_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = cav_bf16_round(x[i]);
+}
+
+/* per thread: two N x N matrices and four sets of rounded head rows */
+static float *attention_bf16_scratch(int N, int hd, size_t *per) {
+    *per = 2 * (size_t)N * N + 4 * (size_t)N * hd;
+    float *w = malloc(sizeof(float) * *per * omp_get_max_threads());
+    if (!w) {
+        fprintf(stderr, "cpu backend: out of memory for the bf16 attention's scratch\n");
+        exit(3);
+    }
+    return w;
+}
+
+size_t cav_attention_bf16_state_size(int B, int H, int N) {
+    return (size_t)B * H * N;
+}
+size_t cav_attention_bf16_workspace(int B, int H, int N) {
+    return (size_t)B * H * N;
+}
+
+void cav_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int N, int C, int H) {
+    if (B <= 0 || N <= 0) return;
+    int hd = C / H, nb = blas_single_begin();
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t per;
+    float *scratch = attention_bf16_scratch(N, hd, &per);
+#pragma omp parallel if ((size_t)B * H * N * N > CAV_PAR_MIN)
+    {
+        float *S = scratch + per * omp_get_thread_num(), *q16 = S + 2 * (size_t)N * N,
+              *k16 = q16 + (size_t)N * hd, *v16 = k16 + (size_t)N * hd;
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const float *q = qkv + (size_t)b * N * 3 * C + (size_t)h * hd;
+                round_rows_bf16(q16, q, N, 3 * C, hd), round_rows_bf16(k16, q + C, N, 3 * C, hd);
+                round_rows_bf16(v16, q + 2 * C, N, 3 * C, hd);
+                float *L = lse + ((size_t)b * H + h) * N;
+                scores_bf16(S, q16, k16, N, hd, scale);
+                lse_rows(L, S, N);
+                probs_from_lse(S, L, N);
+                round_inplace_bf16(S, (size_t)N * N);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, S, N, v16, hd, 0.0f,
+                            out + (size_t)b * N * C + (size_t)h * hd, C);
+            }
+    }
+    free(scratch);
+    blas_single_end(nb);
+}
+
+void cav_attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                 const float *lse, float *D, int B, int N, int C, int H) {
+    if (B <= 0 || N <= 0) return;
+    int hd = C / H, nb = blas_single_begin();
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t per;
+    float *scratch = attention_bf16_scratch(N, hd, &per);
+#pragma omp parallel if ((size_t)B * H * N * N > CAV_PAR_MIN)
+    {
+        float *P = scratch + per * omp_get_thread_num(), *G = P + (size_t)N * N, *q16 = G + (size_t)N * N,
+              *k16 = q16 + (size_t)N * hd, *v16 = k16 + (size_t)N * hd, *do16 = v16 + (size_t)N * hd;
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                size_t o = (size_t)b * N * 3 * C + (size_t)h * hd, bh = (size_t)b * H + h;
+                const float *q = qkv + o, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
+                const float *O = out + (size_t)b * N * C + (size_t)h * hd, *L = lse + bh * N;
+                float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C, *Dr = D + bh * N;
+                round_rows_bf16(q16, q, N, 3 * C, hd), round_rows_bf16(k16, q + C, N, 3 * C, hd);
+                round_rows_bf16(v16, q + 2 * C, N, 3 * C, hd), round_rows_bf16(do16, dO, N, C, hd);
+                for (int i = 0; i < N; i++) {
+                    float s = 0;
+                    for (int d = 0; d < hd; d++) s += dO[(size_t)i * C + d] * O[(size_t)i * C + d];
+                    Dr[i] = s;
+                }
+                scores_bf16(P, q16, k16, N, hd, scale);
+                probs_from_lse(P, L, N);
+                /* G = dP = dO16 v16^T, then dS = P (dP - D) scale, rounded */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, do16, hd, v16, hd, 0.0f,
+                            G, N);
+                for (int i = 0; i < N; i++)
+                    for (int j = 0; j < N; j++) {
+                        size_t e = (size_t)i * N + j;
+                        G[e] = cav_bf16_round(P[e] * (G[e] - Dr[i]) * scale);
+                    }
+                round_inplace_bf16(P, (size_t)N * N);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, P, N, do16, hd, 0.0f, dv,
+                            3 * C);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, G, N, k16, hd, 0.0f,
+                            dq, 3 * C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, G, N, q16, hd, 0.0f, dk,
+                            3 * C);
+            }
+    }
+    free(scratch);
+    blas_single_end(nb);
+}

@@ -121,6 +121,8 @@ extern "C" void cav_backend_cuda_sizes(cav_backend *t) {
     t->attention_state_size = cav_cuda_attention_state_size;
     t->attention_workspace = cav_cuda_attention_workspace;
     t->contrastive_workspace = cav_cuda_contrastive_workspace;
+    t->attention_bf16_state_size = cav_cuda_flash_bf16_state_size;
+    t->attention_bf16_workspace = cav_cuda_flash_bf16_workspace;
 }
 
 static void fill_table(cav_backend *t) {
@@ -143,6 +145,8 @@ static void fill_table(cav_backend *t) {
     t->add_forward = cav_cuda_add_forward, t->accumulate = cav_cuda_accumulate;
     t->average_forward = cav_cuda_average_forward, t->average_backward = cav_cuda_average_backward;
     cav_backend_cuda_sizes(t); /* the plain attention's; cav_backend_cuda_attention sets the path chosen */
+    t->attention_forward_bf16 = cav_cuda_flash_forward_bf16; /* one path: flash_bf16.cu */
+    t->attention_backward_bf16 = cav_cuda_flash_backward_bf16;
     t->gather_tokens_forward = cav_cuda_gather_tokens_forward;
     t->gather_tokens_backward = cav_cuda_gather_tokens_backward;
     t->mask_from_keep = cav_cuda_mask_from_keep;

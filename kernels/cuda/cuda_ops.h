@@ -131,6 +131,15 @@ size_t cav_cuda_flash_workspace(int B, int H, int N);
 void cav_cuda_flash_forward(float *out, float *lse, const float *qkv, int B, int N, int C, int H);
 void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
                              const float *lse, float *D, int B, int N, int C, int H);
+/* D[B,H,N] = rowsum(dout * out) per head, d in order (the fused backwards' first step, fp32 and bf16) */
+void cav_cuda_attention_rowdot(float *D, const float *dout, const float *out, int B, int N, int C, int H);
+
+/* ---- flash_bf16.cu: the bf16 attention, tensor cores (state lse[B,H,N], work D[B,H,N]; head dims <= 64) */
+size_t cav_cuda_flash_bf16_state_size(int B, int H, int N);
+size_t cav_cuda_flash_bf16_workspace(int B, int H, int N);
+void cav_cuda_flash_forward_bf16(float *out, float *lse, const float *qkv, int B, int N, int C, int H);
+void cav_cuda_flash_backward_bf16(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                  const float *lse, float *D, int B, int N, int C, int H);
 
 /* ---- tokens.cu ---- */
 void cav_cuda_gather_tokens_forward(float *out, const float *inp, const int64_t *idx, int B, int N, int L,

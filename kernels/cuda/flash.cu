@@ -123,6 +123,11 @@ static __global__ void __launch_bounds__(CAV_FA_BR)
     if (i < N) cav_fa_store(dqkv + off + (size_t)i * ld, dq, HD, hd);
 }
 
+void cav_cuda_attention_rowdot(float *D, const float *dout, const float *out, int B, int N, int C, int H) {
+    fa_rowdot_kernel<<<cav_grid((size_t)B * H * N, 256), 256>>>(D, dout, out, B, N, C, H, C / H);
+    LAUNCHED();
+}
+
 size_t cav_cuda_flash_state_size(int B, int H, int N) {
     return (size_t)B * H * N;
 }
@@ -161,11 +166,9 @@ void cav_cuda_flash_backward(float *dqkv, const float *dout, const float *qkv, c
     if (B <= 0 || N <= 0) return;
     int hd = fa_head_dim(C, H);
     float scale = 1.0f / sqrtf((float)hd);
-    size_t rows = (size_t)B * H * N;
     dim3 gk((unsigned)((N + CAV_FA_BK - 1) / CAV_FA_BK), (unsigned)(B * H));
     dim3 gq((unsigned)((N + CAV_FA_BR - 1) / CAV_FA_BR), (unsigned)(B * H));
-    fa_rowdot_kernel<<<cav_grid(rows, 256), 256>>>(D, dout, out, B, N, C, H, hd);
-    LAUNCHED();
+    cav_cuda_attention_rowdot(D, dout, out, B, N, C, H);
     if (cav_fa_hd_pad(hd) == 64) {
         fa_dkdv_kernel<64><<<gk, 2 * CAV_FA_BK>>>(dqkv, dout, qkv, lse, D, N, C, H, hd, scale);
         LAUNCHED();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # check_cuda.sh: make check-cuda, everything issue 10 asks of a GPU, each as PASS/FAIL/SKIP lines counted by
 # tests/run.sh (logs under $CAV_TEST_LOGS/cuda):
-#   1. test_kernels: every op of every backend in its list against the CPU's (the cuda entry required);
+#   1. test_kernels: every op of every backend in its list against the CPU's (the cuda entry required), the
+#      fused fp32 attention against the plain one, and the bf16 tensor-core attention against the CPU's bf16 op;
 #   2. tests/tools/test_debug_states.sh with DEVICE: the model's debug states with the CPU's tolerances;
 #   3. tests/cuda/test_cuda_train.py: 50 steps of tiny and base following the CPU's losses; resume bit-exact
 #      on the device; a checkpoint of one device resumed on the other, both ways;

@@ -4,13 +4,16 @@
  * c10::BFloat16, and bf16.h, write 0x7FC0), bf16 -> float for all 65536 patterns, and the emulated bf16
  * linear against torch's bf16 F.linear and its float32 matmul of the rounded inputs; and the CPU backend's
  * bf16 ops of the seam (kernels.h: cast_bf16, linear_forward_bf16, linear_backward_bf16) on the same cases
- * against the contract computed in float64 and against torch.autocast's own forward and autograd. */
+ * against the contract computed in float64 and against torch.autocast's own forward and autograd; and the
+ * CPU's bf16 attention (attention_*_bf16) against the same contract in torch's ops
+ * (tests/ref/gen_bf16_attention.py) and against the fp32 attention. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu.h"
 #include "cuda/bf16.h"
 #include "harness.h"
 #include "kernels.h"
@@ -236,10 +239,139 @@ static void seam_linear_matches_torch(void) {
     CHECK(cases >= 4);
 }
 
+/* ---- the bf16 attention (kernels.h's attention_*_bf16) of the CPU -----------------------------------------
+ */
+
+/* max |got - want| over max |want|, and the count of values off by more than bound * max |want| */
+static double attn_diff(const char *what, const float *got, const float *want, size_t n, double bound,
+                        long *over) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)want[i]));
+    *over = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]);
+        d = fmax(d, e), *over += e > bound * m;
+    }
+    double r = m > 0 ? d / m : d;
+    fprintf(stderr, "  %-34s rel %.3g, %ld of %zu over %g\n", what, r, *over, n, bound);
+    return r;
+}
+
+/* Against torch (tests/ref/gen_bf16_attention.py: the contract's arithmetic in torch's own ops). Both sum
+ * the same exact bf16 products in fp32, in OpenBLAS's order here and in torch's there, so they differ as
+ * flash_bf16.h's host drivers and the CPU op do (tests/unit/test_cuda_arith.c's FB_*): fp32 rounding, except
+ * where it moves the operand of a rounding of P or dS across a boundary, one bf16 ulp of that term. The same
+ * checks: no value off by more than 2^-6 of the largest, at most a tenth over 1e-5 of it (a dropped rounding
+ * point moves nearly all); lse, a sum of exps and a log on the same scores, within 1e-5 of its largest. */
+static void attention_matches_torch(void) {
+    char path[1200], line[256];
+    FILE *idx = ref_path(path, sizeof path, "gen_bf16_attention", "index.txt") ? fopen(path, "r") : NULL;
+    if (!idx) fprintf(stderr, "  cannot read $CAV_REF/gen_bf16_attention/index.txt (make refs)\n");
+    REQUIRE(idx);
+    int cases = 0;
+    long over_all = 0;
+    size_t n_all = 0;
+    double worst = 0;
+    while (fgets(line, sizeof line, idx)) {
+        int B, N, C, H;
+        if (sscanf(line, "attn %d %d %d %d", &B, &N, &C, &H) != 4) continue;
+        size_t nx = (size_t)B * N * C, nl = (size_t)B * H * N;
+        char name[64], f[160];
+        snprintf(name, sizeof name, "attn_%d_%d_%d_%d", B, N, C, H);
+        long nb[5];
+        const char *suffix[] = {"qkv", "dout", "out", "lse", "dqkv"};
+        size_t want_n[] = {3 * nx, nx, nx, nl, 3 * nx};
+        float *t[5];
+        for (int i = 0; i < 5; i++) {
+            snprintf(f, sizeof f, "%s_%s.f32", name, suffix[i]);
+            size_t got = 0;
+            t[i] = ref_read("gen_bf16_attention", f, &got);
+            nb[i] = (long)got;
+            if (!t[i] || (size_t)nb[i] != 4 * want_n[i]) fprintf(stderr, "  cannot read %s\n", f);
+            REQUIRE(t[i] && (size_t)nb[i] == 4 * want_n[i]);
+        }
+        float *out = calloc(nx, sizeof(float)), *lse = calloc(nl, sizeof(float)),
+              *dqkv = calloc(3 * nx, sizeof(float)), *D = calloc(nl, sizeof(float));
+        cav_attention_forward_bf16(out, lse, t[0], B, N, C, H);
+        cav_attention_backward_bf16(dqkv, t[1], t[0], out, lse, D, B, N, C, H);
+        long o1, o2, o3;
+        char what[96];
+        snprintf(what, sizeof what, "%s out", name);
+        double r1 = attn_diff(what, out, t[2], nx, 1e-5, &o1);
+        snprintf(what, sizeof what, "%s lse", name);
+        double r2 = attn_diff(what, lse, t[3], nl, 1e-5, &o2);
+        snprintf(what, sizeof what, "%s dqkv", name);
+        double r3 = attn_diff(what, dqkv, t[4], 3 * nx, 1e-5, &o3);
+        CHECK(r2 <= 1e-5);
+        worst = fmax(worst, fmax(r1, r3)), over_all += o1 + o3, n_all += 4 * nx;
+        for (int i = 0; i < 5; i++) free(t[i]);
+        free(out), free(lse), free(dqkv), free(D);
+        cases++;
+    }
+    fclose(idx);
+    fprintf(stderr,
+            "  bf16 attention against torch: %d cases, worst rel %.3g (at most %g), %ld of %zu over 1e-5\n",
+            cases, worst, 1.0 / 64, over_all, n_all);
+    CHECK(cases >= 4);
+    CHECK(worst <= 1.0 / 64 && over_all <= 0.1 * (double)n_all);
+}
+
+/* Against the fp32 attention (cav_attention_*): the bf16 roundings are the only difference. Each of q, k, v,
+ * dO is off by up to 2^-9 of itself, so a score by up to 2^-8 of the sum of its |q_d k_d| times the scale
+ * (about 2^-8 sqrt(hd) / 4 at spread 1, and spread^2 times that: the scores grow with q and k), which moves
+ * P by as much relatively; r(P) and r(dS) add 2^-9 each. Sums over many tokens average most of it out:
+ * measured at spread 1 at most 3.0e-3 of the largest value, at spread 4 1.7e-2 (out of a peaked softmax).
+ * The bound, 1e-2 times max(1, spread^2 / 4), keeps a margin of 2.4 or more; and the fp32 attention is
+ * within 1e-5 of float64 (test_kernels.c), so this says the bf16 op computes attention and its gradient:
+ * a missing term or a wrong index is off by O(1). */
+static void attention_near_fp32(void) {
+    static const struct {
+        int B, N, C, H;
+        float spread;
+    } cases[] = {{2, 49, 192, 3, 4},
+                 {2, 177, 192, 3, 1},
+                 {1, 708, 128, 4, 1},
+                 {1, 196, 768, 12, 1},
+                 {2, 17, 48, 3, 1}};
+    uint64_t st = 0x853c49e6748fea9bull;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int B = cases[c].B, N = cases[c].N, C = cases[c].C, H = cases[c].H;
+        size_t nx = (size_t)B * N * C;
+        float *qkv = malloc(sizeof(float) * 3 * nx), *dout = malloc(sizeof(float) * nx);
+        for (size_t i = 0; i < 3 * nx + nx; i++) {
+            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+            float u = (float)((st >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1;
+            if (i < 3 * nx)
+                qkv[i] = (i % (3 * C) < (size_t)2 * C ? cases[c].spread : 1.0f) * u;
+            else
+                dout[i - 3 * nx] = u;
+        }
+        float *o16 = calloc(nx, sizeof(float)), *lse = calloc((size_t)B * H * N, sizeof(float)),
+              *d16 = calloc(3 * nx, sizeof(float)), *D = calloc((size_t)B * H * N, sizeof(float));
+        float *o32 = calloc(nx, sizeof(float)), *att = calloc((size_t)B * H * N * N, sizeof(float)),
+              *d32 = calloc(3 * nx, sizeof(float)), *work = calloc(cav_attention_workspace(N), sizeof(float));
+        cav_attention_forward_bf16(o16, lse, qkv, B, N, C, H);
+        cav_attention_backward_bf16(d16, dout, qkv, o16, lse, D, B, N, C, H);
+        cav_attention_forward(o32, att, qkv, B, N, C, H);
+        cav_attention_backward(d32, dout, qkv, att, work, B, N, C, H);
+        long over;
+        char what[96];
+        snprintf(what, sizeof what, "bf16 vs fp32 %d %d %d %d out", B, N, C, H);
+        double tol = 1e-2 * fmax(1, cases[c].spread * cases[c].spread / 4);
+        CHECK(attn_diff(what, o16, o32, nx, tol, &over) <= tol);
+        snprintf(what, sizeof what, "bf16 vs fp32 %d %d %d %d dqkv", B, N, C, H);
+        CHECK(attn_diff(what, d16, d32, 3 * nx, tol, &over) <= tol);
+        free(qkv), free(dout), free(o16), free(lse), free(d16), free(D), free(o32), free(att), free(d32),
+            free(work);
+    }
+}
+
 int main(void) {
     TEST(rounding_matches_torch);
     TEST(widening_matches_torch);
     TEST(linear_matches_torch);
     TEST(seam_linear_matches_torch);
+    TEST(attention_matches_torch);
+    TEST(attention_near_fp32);
     return harness_exit();
 }

@@ -5,7 +5,9 @@
  * the arithmetic around it shows here, on a machine without a GPU. The sums are in double on both sides
  * (float for softmax, as the CPU's), so the results agree to rel 1e-6 (measured: ~1e-7 at worst).
  * And the fused attention (kernels/cuda/flash.h's host drivers, the kernels' tiles one thread after the
- * other) against the CPU's attention at the models' shapes, forward and all of dqkv (FA_TOL below). */
+ * other) against the CPU's attention at the models' shapes, forward and all of dqkv (FA_TOL below); and the
+ * bf16 tensor-core attention (kernels/cuda/flash_bf16.h's host drivers) against the CPU's bf16 op
+ * (FB_* below). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 
 #include "cpu.h"
 #include "cuda/flash.h"
+#include "cuda/flash_bf16.h"
 #include "cuda/reduce.h"
 #include "harness.h"
 
@@ -390,6 +393,120 @@ static void test_flash_attention(void) {
     CHECK(worst <= FA_TOL);
 }
 
+/* ---- the bf16 attention (flash_bf16.h's host drivers) against the CPU's bf16 op, at the models' shapes ----
+ */
+
+/* got against want over n values: the largest |diff| relative to max |want|, and the count of values whose
+ * |diff| is over bound * max |want| */
+typedef struct {
+    double rel;
+    long over;
+    size_t n;
+} fb_diff;
+static fb_diff fb_compare(const float *got, const float *want, size_t n, double bound) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)want[i]));
+    fb_diff r = {0, 0, n};
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]);
+        d = fmax(d, e);
+        r.over += e > bound * m;
+    }
+    r.rel = m > 0 ? d / m : d;
+    return r;
+}
+
+/* Tolerances of the bf16 attention. Its products are of bf16 values, exact in fp32, so the host drivers and
+ * the CPU op differ in the order of their fp32 sums (index order and the online softmax's rescaled lse here,
+ * OpenBLAS's blocks there), as the fp32 fused attention's do (FA_TOL) -- and where that moves an operand of a
+ * bf16 rounding (P, dS) across a rounding boundary: that P or dS then differs by one bf16 ulp (up to 2^-7 of
+ * it), and every value summed from it (a row of out or dV, a row of dQ or dK) by up to 2^-7 of that term.
+ * A flip needs the operand within its fp32 difference (a few 2^-24) of a boundary, a chance of about 2^-16
+ * per rounding, so few values move: measured at these shapes, 1.5 to 2.5% of each tensor's values over
+ * FB_BOUND (5.8% at worst in one head), the largest 8.3e-4 of the tensor's largest value. The checks:
+ * - FB_FRACTION: at most a tenth of the values over FB_BOUND, the fp32 agreement of the fused attention.
+ *   A dropped rounding point moves every value: measured 80 to 98% over it (P unrounded in out or in dV,
+ *   dS unrounded in dQ, q unrounded);
+ * - FB_GROSS: no value off by more than 2^-6 of the largest, two bf16 ulps of a term as large as the
+ *   largest output (a flipped P of about 1 in a peaked row); a misplaced term, a padded key in the
+ *   softmax's sum or a missing rescale is off by O(1) (measured: 0.98 and more). */
+#define FB_BOUND 1e-5
+#define FB_FRACTION 0.1
+#define FB_GROSS (1.0 / 64)
+
+/* B samples of N tokens, C channels, H heads, the heads listed (all when nh is 0) run on the host; spread
+ * scales q and k. Folds each tensor's worst into worst[4] (out, dq, dk, dv) and its count over FB_BOUND
+ * into over[4], n[4]. */
+static void fb_case(int B, int N, int C, int H, float spread, const int *heads, int nh, double *worst,
+                    long *over, size_t *cnt) {
+    int hd = C / H;
+    size_t nx = (size_t)B * N * C, nl = (size_t)B * H * N;
+    float *qkv = rnd(3 * nx, 1), *dO = rnd(nx, 1), *ro = zeros(nx), *rl = zeros(nl), *rdq = zeros(3 * nx);
+    float *rD = zeros(nl);
+    for (size_t r = 0; r < (size_t)B * N; r++)
+        for (int c = 0; c < 2 * C; c++) qkv[r * 3 * C + c] *= spread;
+    cav_attention_forward_bf16(ro, rl, qkv, B, N, C, H);
+    cav_attention_backward_bf16(rdq, dO, qkv, ro, rl, rD, B, N, C, H);
+    float *ho = zeros(nx), *hdq = zeros(3 * nx), *lse = zeros(nl), *D = zeros(nl);
+    size_t ns = (size_t)B * N * hd;
+    float *a = zeros(ns), *r = zeros(ns);
+    char what[64];
+    for (int k = 0; k < (nh ? nh : H); k++) {
+        int h = nh ? heads[k] : k;
+        for (int b = 0; b < B; b++) cav_fb_forward_host(ho, lse, qkv, b, h, N, C, H);
+        for (int b = 0; b < B; b++) cav_fb_backward_host(hdq, dO, qkv, ho, lse, D, b, h, N, C, H);
+        static const char *names[] = {"out", "dq", "dk", "dv"};
+        for (int q = 0; q < 4; q++) {
+            const float *got = q ? hdq : ho, *want = q ? rdq : ro;
+            int ld = q ? 3 * C : C, off = q ? (q - 1) * C : 0;
+            head_slice(a, got, B, N, ld, off, h, hd), head_slice(r, want, B, N, ld, off, h, hd);
+            fb_diff f = fb_compare(a, r, ns, FB_BOUND);
+            snprintf(what, sizeof what, "bf16 %d %d %d %d h%d %s", B, N, C, H, h, names[q]);
+            fprintf(stderr, "  %-28s rel %.3g, %ld of %zu over %g\n", what, f.rel, f.over, f.n, FB_BOUND);
+            worst[q] = fmax(worst[q], f.rel), over[q] += f.over, cnt[q] += f.n;
+        }
+    }
+    free(qkv), free(dO), free(ro), free(rl), free(rdq), free(rD), free(ho), free(hdq), free(lse), free(D);
+    free(a), free(r);
+}
+
+static void test_flash_bf16_attention(void) {
+    static const int two[] = {0, -1}; /* the first and the last head */
+    struct {
+        int B, N, C, H, nh;
+        float spread;
+    } cases[] = {
+        {3, 1, 192, 3, 0, 1},    /* one token */
+        {2, 17, 128, 4, 0, 1},   /* hd 32, under one tile */
+        {2, 49, 192, 3, 0, 4},   /* tiny, the kept video tokens; peaked scores */
+        {2, 128, 512, 16, 2, 1}, /* base decoder heads (hd 32), the kept audio tokens */
+        {2, 177, 192, 3, 0, 1},  /* tiny encoder's joint layer */
+        {1, 708, 128, 4, 2, 1},  /* tiny decoder (hd 32), all tokens */
+        {1, 708, 768, 12, 2, 1}, /* base encoder, fine-tuning's joint layer */
+        {1, 512, 768, 12, 2, 3}, /* base, audio alone, peaked */
+        {2, 196, 768, 12, 2, 1}, /* base, video alone */
+        {1, 65, 192, 3, 0, 2},   /* one past a block */
+        {1, 100, 48, 3, 0, 1},   /* head dim 16: the 32-wide kernel, zero-padded */
+        {2, 5, 12, 3, 0, 1},     /* head dim 4 */
+    };
+    double worst[4] = {0};
+    long over[4] = {0};
+    size_t cnt[4] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int heads[2] = {two[0], cases[i].H - 1};
+        fb_case(cases[i].B, cases[i].N, cases[i].C, cases[i].H, cases[i].spread, heads, cases[i].nh, worst,
+                over, cnt);
+    }
+    static const char *names[] = {"out", "dq", "dk", "dv"};
+    for (int q = 0; q < 4; q++) {
+        fprintf(stderr,
+                "  bf16 attention %s: worst rel %.3g (tolerance %g), %ld of %zu over %g (at most %g)\n",
+                names[q], worst[q], FB_GROSS, over[q], cnt[q], FB_BOUND, FB_FRACTION);
+        CHECK(worst[q] <= FB_GROSS);
+        CHECK(over[q] <= FB_FRACTION * (double)cnt[q]);
+    }
+}
+
 int main(void) {
     TEST(test_layernorm);
     TEST(test_softmax);
@@ -398,5 +515,6 @@ int main(void) {
     TEST(test_mae_losses);
     TEST(test_classification_losses);
     TEST(test_flash_attention);
+    TEST(test_flash_bf16_attention);
     return harness_exit();
 }

@@ -1240,6 +1240,103 @@ static void test_fused_attention(void) {
 #endif
 }
 
+/* The bf16 attention (kernels.h's attention_*_bf16) of every backend built in against the CPU's op
+ * (kernels/cpu/dense.c, itself checked against flash_bf16.h's tiles in test_cuda_arith.c and against torch in
+ * test_bf16.c), forward and dqkv, at the models' shapes (tiny and base, encoder and decoder heads, 49 to 708
+ * tokens) and awkward ones (one token, a tile and one, head dims 4 and 16), each with a backend's own state
+ * and workspace sizes; dqkv starts as garbage (it is SET). The CPU's table must give the reference's bits. A
+ * GPU's tensor cores sum in their own order, so its values differ as test_cuda_arith.c's host drivers do:
+ * fp32 rounding, and one bf16 ulp of a P or dS where that rounding moves its operand across a boundary. So
+ * the same two checks (test_cuda_arith.c's FB_* explain them): no value off by more than 2^-6 of the
+ * tensor's largest, and few over 1e-5 of it -- a quarter, where the host drivers measured 1.5 to 2.5% (5.8%
+ * in one head) and a dropped rounding point 80 to 98%; the margin is for the tensor cores' truncating
+ * accumulation, not measured here (no GPU). And the GPU's path run twice gives the same bits (no atomics). */
+static int bf16_attention_case(const cav_backend *be, int B, int N, int C, int H, float spread, long *over,
+                               size_t *cnt, double *worst) {
+    size_t nx = (size_t)B * N * C;
+    float *qkv = rnd(3 * nx, 1), *dout = rnd(nx, 1);
+    for (size_t r = 0; r < (size_t)B * N; r++)
+        for (int c = 0; c < 2 * C; c++) qkv[r * 3 * C + c] *= spread;
+    float *ro = zeros(nx), *rl = zeros(cav_attention_bf16_state_size(B, H, N)), *rd = zeros(3 * nx);
+    float *rD = zeros(cav_attention_bf16_workspace(B, H, N));
+    cav_attention_forward_bf16(ro, rl, qkv, B, N, C, H);
+    cav_attention_backward_bf16(rd, dout, qkv, ro, rl, rD, B, N, C, H);
+    float *d_qkv = dev(qkv, sizeof(float) * 3 * nx), *d_dout = dev(dout, sizeof(float) * nx);
+    float *garbage = rnd(3 * nx, 1), *got[2][2] = {{NULL, NULL}, {NULL, NULL}};
+    int runs = strcmp(be->name, "cpu") ? 2 : 1;
+    for (int run = 0; run < runs; run++) {
+        float *o = dev(NULL, sizeof(float) * nx), *d = dev(garbage, sizeof(float) * 3 * nx);
+        float *st = dev(NULL, sizeof(float) * be->attention_bf16_state_size(B, H, N));
+        float *wk = dev(NULL, sizeof(float) * be->attention_bf16_workspace(B, H, N));
+        be->attention_forward_bf16(o, st, d_qkv, B, N, C, H);
+        be->attention_backward_bf16(d, d_dout, d_qkv, o, st, wk, B, N, C, H);
+        got[run][0] = back(o, nx), got[run][1] = back(d, 3 * nx);
+        be->free(o), be->free(d), be->free(st), be->free(wk);
+    }
+    int ok = 1;
+    for (int t = 0; t < 2; t++) {
+        const float *g = got[0][t], *want = t ? rd : ro;
+        size_t n = t ? 3 * nx : nx;
+        double m = 0, e = 0;
+        long o = 0;
+        for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)want[i]));
+        for (size_t i = 0; i < n; i++) {
+            double di = fabs((double)g[i] - want[i]);
+            e = fmax(e, di), o += di > 1e-5 * m;
+        }
+        double r = m > 0 ? e / m : e;
+        fprintf(stderr, "  %s bf16 attention %d %d %d %d %s: rel %.3g, %ld of %zu over 1e-5\n", be->name, B,
+                N, C, H, t ? "dqkv" : "out", r, o, n);
+        worst[t] = fmax(worst[t], r), over[t] += o, cnt[t] += n;
+        if (runs == 1) ok &= e == 0; /* the CPU's table: the reference itself */
+        if (runs == 2) ok &= memcmp(got[0][t], got[1][t], sizeof(float) * n) == 0;
+    }
+    if (!ok)
+        fprintf(stderr, "  %s bf16 attention %d %d %d %d: not the bits expected\n", be->name, B, N, C, H);
+    be->free(d_qkv), be->free(d_dout);
+    free(qkv), free(dout), free(ro), free(rl), free(rd), free(rD), free(garbage);
+    for (int run = 0; run < runs; run++) free(got[run][0]), free(got[run][1]);
+    return ok;
+}
+
+static void test_bf16_attention(void) {
+    static const char *names[] = {"cpu", "cuda"};
+    static const struct {
+        int B, N, C, H;
+        float spread;
+    } shapes[] = {
+        {2, 177, 192, 3, 1},  {4, 49, 192, 3, 4},   {2, 708, 128, 4, 1},  {2, 708, 768, 12, 1},
+        {2, 512, 768, 12, 3}, {4, 196, 768, 12, 1}, {2, 708, 512, 16, 1}, {4, 128, 512, 16, 1},
+        {3, 1, 192, 3, 1},    {2, 17, 128, 4, 1},   {1, 33, 128, 4, 2},   {1, 65, 192, 3, 2},
+        {2, 5, 12, 3, 1},     {1, 100, 48, 3, 1},
+    };
+    int ran = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        cav_err err = {0, ""};
+        cur_be = cav_backend_open(names[k], &err);
+        if (!cur_be) continue; /* test_backends says SKIP backend_cuda */
+        REQUIRE(cur_be->attention_forward_bf16 && cur_be->attention_backward_bf16 &&
+                cur_be->attention_bf16_state_size && cur_be->attention_bf16_workspace);
+        double worst[2] = {0, 0};
+        long over[2] = {0, 0};
+        size_t cnt[2] = {0, 0};
+        int ok = 1;
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            ok &= bf16_attention_case(cur_be, shapes[s].B, shapes[s].N, shapes[s].C, shapes[s].H,
+                                      shapes[s].spread, over, cnt, worst);
+        CHECK(ok);
+        for (int t = 0; t < 2; t++) {
+            fprintf(stderr,
+                    "  %s bf16 attention %s: worst rel %.3g (at most %g), %ld of %zu over 1e-5 (at most a "
+                    "quarter)\n",
+                    names[k], t ? "dqkv" : "out", worst[t], 1.0 / 64, over[t], cnt[t]);
+            CHECK(worst[t] <= 1.0 / 64 && over[t] <= 0.25 * (double)cnt[t]);
+        }
+        ran++;
+    }
+    CHECK(ran >= 1);
+}
+
 int main(void) {
     TEST(test_linear);
     TEST(test_linear_banded);
@@ -1255,5 +1352,6 @@ int main(void) {
     TEST(test_adam);
     TEST(test_backends);
     TEST(test_fused_attention);
+    TEST(test_bf16_attention);
     return harness_exit();
 }
