@@ -371,6 +371,14 @@ static uint16_t *bump16(cav_model *m, size_t n) {
     return (uint16_t *)bump(m, (n + 1) / 2);
 }
 
+/* attention's saved state and backward workspace, in floats, for the model's precision (kernels.h) */
+static size_t att_state(const cav_model *m, int H, int N) {
+    return m->bf16 ? m->be->attention_bf16_state_size(m->B, H, N) : m->be->attention_state_size(m->B, H, N);
+}
+static size_t att_work(const cav_model *m, int H, int N) {
+    return m->bf16 ? m->be->attention_bf16_workspace(m->B, H, N) : m->be->attention_workspace(m->B, H, N);
+}
+
 static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params *pb, cav_block_params *gb,
                         int N, int C, int H, int hidden, int mod) {
     size_t B = (size_t)m->B, M = B * N;
@@ -384,7 +392,7 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
         else
             a->ln1 = bump(m, M * C), a->ln2 = bump(m, M * C), a->gelu = bump(m, M * hidden);
         a->ln1_mean = bump(m, M), a->ln1_rstd = bump(m, M);
-        a->qkv = bump(m, M * 3 * C), a->att = bump(m, m->be->attention_state_size(m->B, H, N));
+        a->qkv = bump(m, M * 3 * C), a->att = bump(m, att_state(m, H, N));
         a->atty = bump(m, M * C);
         a->x1 = bump(m, M * C);
         a->ln2_mean = bump(m, M), a->ln2_rstd = bump(m, M);
@@ -393,8 +401,7 @@ static void plan_stream(cav_model *m, cav_stream *s, int nblk, cav_block_params 
     s->d = bump(m, M * C);
     if (M * C > max_mc) max_mc = M * C;
     if (M * hidden > max_mh) max_mh = M * hidden;
-    if (nblk && m->be->attention_workspace(m->B, H, N) > max_att)
-        max_att = m->be->attention_workspace(m->B, H, N);
+    if (nblk && att_work(m, H, N) > max_att) max_att = att_work(m, H, N);
 }
 
 static void plan_ln(cav_model *m, cav_ln_acts *l, size_t M, int C) {
@@ -1066,7 +1073,10 @@ static void block_forward(cav_model *m, cav_stream *s, int i, const float *x) {
         m->be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w1, b1, M, C);
         lin_fwd(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, M, C, 3 * C);
     }
-    m->be->attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
+    if (m->bf16)
+        m->be->attention_forward_bf16(a->atty, a->att, a->qkv, B, N, C, s->H);
+    else
+        m->be->attention_forward(a->atty, a->att, a->qkv, B, N, C, s->H);
     lin_fwd(m, a->x1, a->atty, p->proj_w, p->proj_b, M, C, C);
     /* x1 = x + proj in place, and N2(x1) in the same pass */
     m->be->add_layernorm_forward(a->x1, a->ln2, a->ln2_16, a->ln2_mean, a->ln2_rstd, x, a->x1, w2, b2, M, C);
@@ -1108,7 +1118,11 @@ static void block_backward(cav_model *m, cav_stream *s, int i, const float *x) {
     m->be->layernorm_backward(d, gw2, gb2, m->sc_ln, a->x1, w2, a->ln2_mean, a->ln2_rstd, M, C);
     m->be->zero(m->sc_atty, sizeof(float) * M * C);
     lin_bwd(m, m->sc_atty, g->proj_w, g->proj_b, d, a->atty, p->proj_w, M, C, C);
-    m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C, s->H);
+    if (m->bf16)
+        m->be->attention_backward_bf16(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C,
+                                       s->H);
+    else
+        m->be->attention_backward(m->sc_qkv, m->sc_atty, a->qkv, a->atty, a->att, m->sc_att, B, N, C, s->H);
     m->be->zero(m->sc_ln, sizeof(float) * M * C);
     block_lin_bwd(m, m->sc_ln, g->qkv_w, g->qkv_b, m->sc_qkv, a->ln1, a->ln1_16, p->qkv_w, M, C, 3 * C);
     m->be->layernorm_backward(d, gw1, gb1, m->sc_ln, x, w1, a->ln1_mean, a->ln1_rstd, M, C);

@@ -5,7 +5,7 @@
 # the GPU's dense bf16 peak: H100 SXM 989.4 TFLOPS, H100 PCIe 756, H200 989.4, A100 312; another GPU: "n/a"
 # unless PEAK_TFLOPS is given) for
 #   the C model (tests/bench/train_step.c) on the GPU in fp32, CAV_ATTENTION=plain and =fused, and in bf16
-#   (--precision bf16's Linears, CAV_BENCH_PRECISION=bf16) with the fused attention;
+#   (--precision bf16: its Linears and its own tensor-core attention, CAV_BENCH_PRECISION=bf16);
 #   the independent PyTorch model (tests/bench/train_step_torch.py over tests/ref/cavmae_ref.py) in fp32 (TF32
 #   off), under torch.autocast(bfloat16), and under the reference's fp16 AMP (autocast(float16), GradScaler);
 # at batch B and at the largest batch that fits (doubling from B then bisecting to 1/8, one-step probes), with

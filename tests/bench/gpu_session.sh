@@ -151,7 +151,7 @@ if [ -s "$results/tiny_loss" ]; then
 fi
 
 # Where the base step's time goes on the device, op by op (CAV_PROFILE: kernels/profile.c, each op waited for),
-# in fp32 with the plain attention and in bf16 with the fused one; the tables are in this log.
+# in fp32 with the plain attention and in bf16 (its tensor-core attention); the tables are in this log.
 stage "profile base $device fp32" 150 env CAV_BENCH_DEVICE="$device" CAV_PROFILE=1 build/bench/train_step step \
     base "$b_base" "$steps_base"
 stage "profile base $device bf16 fused" 150 env CAV_BENCH_DEVICE="$device" CAV_BENCH_PRECISION=bf16 \

@@ -1,7 +1,7 @@
 """gpu_train.py: the python side of bench_gpu_train.sh (read its header for what is measured and the environment it
 takes; not named bench_*, which make bench runs by themselves). Runs each implementation's training step as its own
 process, one at a time on one device: the C model (tests/bench/train_step.c, CAV_ATTENTION=plain and =fused in
-fp32, and =fused with CAV_BENCH_PRECISION=bf16) and the independent PyTorch model (tests/bench/train_step_torch.py,
+fp32, and CAV_BENCH_PRECISION=bf16, whose attention is its own whatever CAV_ATTENTION says) and the independent PyTorch model (tests/bench/train_step_torch.py,
 CAV_BENCH_PRECISION=fp32, bf16, fp16), for pretraining and fine-tuning, at batch B and at the largest batch that
 fits (doubling from B, then bisecting, each probe one step). Peak memory of a run: on a GPU the most nvidia-smi saw
 in use on the device during the run less what was in use before it (the process's whole footprint: CUDA context,

@@ -10,12 +10,14 @@ fine-tuning) with metadata `precision` = `bf16`, and:
   to even, from the float32 value as the C model rounds its fp32 activations) and add their bias rounded to
   bf16 after the product; in the backward the output gradient is rounded to bf16 for the products giving the
   input and weight gradients, and the bias gradient is the sum of the unrounded output gradient. Everything
-  else (attention's products, LayerNorm, softmax, GELU, the losses) is exact arithmetic: the float64 stand-in
-  for the C model's fp32.
+  else (LayerNorm, softmax, GELU, the losses) is exact arithmetic: the float64 stand-in for the C model's fp32.
+  Attention's two products take bf16 operands too (kernels/kernels.h's attention_forward_bf16): S = r(q) r(k)^T
+  times the scale, P = softmax(S), out = r(P) r(v); in the backward the output gradient is rounded for dV and
+  dP, and dS (the gradient of the unscaled product, the scale included) for dQ and dK.
 - `autocast.loss` (and the other scalar outputs `autocast.<name>`): the same state's forward in float32 with
-  torch.autocast('cpu', dtype=torch.bfloat16) restricted to the nn.Linear and nn.Conv2d modules (attention's
-  matmuls, which autocast would also take, stay float32): PyTorch's own mixed precision, which in addition
-  rounds each Linear's output to bf16.
+  torch.autocast('cpu', dtype=torch.bfloat16) over the nn.Linear and nn.Conv2d modules and attention's two
+  matmuls (the softmax in float32, as autocast runs it): PyTorch's own mixed precision, which in addition
+  rounds each product's output to bf16.
 """
 import copy
 import json
@@ -71,6 +73,54 @@ def conv_bf16(self, x):
     return y if self.bias is None else y + RoundFwd.apply(self.bias).view(1, -1, 1, 1)
 
 
+def heads(self, x):
+    """q, k, v [B, H, N, C/H] of timm's attention, as cavmae_ref.Attention splits them"""
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+class AttentionCore(torch.autograd.Function):
+    """attention_forward_bf16 / attention_backward_bf16 of kernels/kernels.h on q, k, v [B, H, N, C/H], written
+    out (autograd's softmax backward would form D from the rounded products, the contract from dout and out)"""
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        q16, k16, v16 = bf(q), bf(k), bf(v)
+        p = ((q16 @ k16.transpose(-2, -1)) * scale).softmax(dim=-1)
+        p16 = bf(p)
+        out = p16 @ v16
+        ctx.save_for_backward(q16, k16, v16, p, p16, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q16, k16, v16, p, p16, out = ctx.saved_tensors
+        do16 = bf(dout)
+        dv = p16.transpose(-2, -1) @ do16
+        dp = do16 @ v16.transpose(-2, -1)
+        d = (dout * out).sum(dim=-1, keepdim=True)
+        ds16 = bf((p * (dp - d)) * ctx.scale)
+        return ds16 @ k16, ds16.transpose(-2, -1) @ q16, dv, None
+
+
+def attention_bf16(self, x):
+    B, N, C = x.shape
+    q, k, v = heads(self, x)
+    o = AttentionCore.apply(q, k, v, self.scale)
+    return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+
+def attention_autocast(self, x):
+    B, N, C = x.shape
+    q, k, v = heads(self, x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        s = (q @ k.transpose(-2, -1)) * self.scale
+        o = s.float().softmax(dim=-1) @ v
+    assert o.dtype == torch.bfloat16
+    return self.proj(o.float().transpose(1, 2).reshape(B, N, C))
+
+
 def linear_autocast(self, x):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = F.linear(x, self.weight, self.bias)
@@ -92,14 +142,14 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     torch.set_num_threads(2)
     S = G.states()
-    plain = (nn.Linear.forward, nn.Conv2d.forward)
+    plain = (nn.Linear.forward, nn.Conv2d.forward, G.R.Attention.forward)
     for i, (name, src) in enumerate((('pretrain_tiny', 'tiny_small_input'), ('ft_tiny', 'ft_multimodal_bce'))):
         t0 = time.time()
         cfg = S[src]
         model, gen = G.build(cfg, 5000 + i)
         ins = G.inputs(cfg, model, gen)
         # the contract, in float64
-        nn.Linear.forward, nn.Conv2d.forward = linear_bf16, conv_bf16
+        nn.Linear.forward, nn.Conv2d.forward, G.R.Attention.forward = linear_bf16, conv_bf16, attention_bf16
         m64 = copy.deepcopy(model).double()
         ins64 = {k: v.double() if v.is_floating_point() else v for k, v in ins.items()}
         outs, grads = G.run(cfg, m64, ins64)
@@ -111,10 +161,11 @@ def main():
                 p.grad = p64.grad.float()
         no_grad = G.no_grad_names(model)
         # PyTorch's autocast on the Linears and the patch convolutions, float32 elsewhere
-        nn.Linear.forward, nn.Conv2d.forward = linear_autocast, conv_autocast
+        nn.Linear.forward, nn.Conv2d.forward, G.R.Attention.forward = (linear_autocast, conv_autocast,
+                                                                       attention_autocast)
         with torch.no_grad():
             ac, _ = G.run(cfg, copy.deepcopy(model).requires_grad_(False), ins)
-        nn.Linear.forward, nn.Conv2d.forward = plain
+        nn.Linear.forward, nn.Conv2d.forward, G.R.Attention.forward = plain
         extra = {'autocast.' + k[4:]: v.float().reshape(1) for k, v in ac.items() if k[4:] in SCALARS}
         tensors = {n: p.detach() for n, p in model.named_parameters()}
         for d in (ins, outs, grads, extra):
