@@ -20,8 +20,10 @@ value falls on the other side of a rounding boundary; the losses, means over man
 down. Measured on the CPU between two OpenBLAS kernel sets (two orders of the same sums, as the GPU's against
 the CPU's), tiny config on small inputs: the first step's losses 3e-5 of the total loss apart, at most 3.8e-5
 over 20 steps (lr 1e-4) and 7.1e-5 over 216 steps (lr 5e-5, with no growth: 7.1e-5 in the first 20, 3.6e-5 in
-the last 66); the bf16 debug states put one step of the C model 1e-5 to 5e-5 from PyTorch's float64 answer.
-Not yet measured on a GPU, whose tensor cores sum in yet another order. Each loss (loss_c, a small part of the
+the last 66); with attention on bf16 operands as well (its rounded probabilities and scores' gradients flip
+too), the first step's losses 1.0e-5 apart and at most 6.7e-5 over 200 steps (lr 1e-4, batch 4; the worst at
+step 23, none larger after it); the bf16 debug states put one step of the C model 1e-5 to 5e-5 from PyTorch's
+float64 answer. Not yet measured on a GPU, whose tensor cores sum in yet another order. Each loss (loss_c, a small part of the
 total, included) is held relative to the step's total loss, within bound_bf16(k) = 5e-4 * (1 + k / 100): 5e-4
 at the start, 1.5e-3 at step 200, seven times the measured spread. bf16 against fp32 is itself only 1e-4 to
 5e-4 apart (tests/tools/test_bf16.py), so a bf16 path that silently ran fp32 is not what this catches: the
