@@ -65,9 +65,9 @@ static uint32_t alignment(const void *p) {
     return al;
 }
 
-/* Descriptors and algorithm for key into pl; the BIAS epilogue when the key wants it and an algorithm has it.
- */
-static void lt_plan_make(lt_plan *pl, const lt_key &key) {
+/* Descriptors and algorithm for key into pl; the BIAS epilogue when the key wants it and an algorithm has it
+ * (asked with this call's bias pointer set, as cuBLASLt may check the descriptor's pointers). */
+static void lt_plan_make(lt_plan *pl, const lt_key &key, const float *bias) {
     pl->key = key;
     cublasOperation_t opa = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     int m = key.m, n = key.n, k = key.k;
@@ -99,6 +99,8 @@ static void lt_plan_make(lt_plan *pl, const lt_key &key) {
     if (key.bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
         if (cublasLtMatmulAlgoGetHeuristic(cav_cuda.lt, pl->op, pl->la, pl->lb, pl->ld, pl->ld, pref, 1, &h,
                                            &found) == CUBLAS_STATUS_SUCCESS &&
             found > 0)
@@ -137,7 +139,7 @@ static void lt_gemm(bool ta, bool tb, int m, int n, int k, const void *A, int ld
         if (lt_same(lt_plans[i].key, key)) pl = &lt_plans[i];
     if (!pl) {
         pl = lt_nplans < LT_PLANS ? &lt_plans[lt_nplans++] : &once;
-        lt_plan_make(pl, key);
+        lt_plan_make(pl, key, bias);
     }
     if (pl->fused)
         CUBLAS_CHECK(
