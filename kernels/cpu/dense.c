@@ -426,6 +426,12 @@ static void round_rows_bf16(float *dst, const float *src, int N, int ld, int hd)
         for (int d = 0; d < hd; d++) dst[(size_t)i * hd + d] = cav_bf16_round(src[(size_t)i * ld + d]);
 }
 
+/* one head's q, k, v rows (q at its place in qkv[N,3C]) rounded into q16, k16, v16 [N,hd] */
+static void round_qkv_bf16(float *q16, float *k16, float *v16, const float *q, int N, int C, int hd) {
+    round_rows_bf16(q16, q, N, 3 * C, hd), round_rows_bf16(k16, q + C, N, 3 * C, hd);
+    round_rows_bf16(v16, q + 2 * C, N, 3 * C, hd);
+}
+
 /* S[N,N] = (q16 k16^T) scale: alpha multiplies each finished dot product */
 static void scores_bf16(float *S, const float *q16, const float *k16, int N, int hd, float scale) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q16, hd, k16, hd, 0.0f, S, N);
@@ -482,8 +488,7 @@ void cav_attention_forward_bf16(float *out, float *lse, const float *qkv, int B,
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
                 const float *q = qkv + (size_t)b * N * 3 * C + (size_t)h * hd;
-                round_rows_bf16(q16, q, N, 3 * C, hd), round_rows_bf16(k16, q + C, N, 3 * C, hd);
-                round_rows_bf16(v16, q + 2 * C, N, 3 * C, hd);
+                round_qkv_bf16(q16, k16, v16, q, N, C, hd);
                 float *L = lse + ((size_t)b * H + h) * N;
                 scores_bf16(S, q16, k16, N, hd, scale);
                 lse_rows(L, S, N);
@@ -515,8 +520,7 @@ void cav_attention_backward_bf16(float *dqkv, const float *dout, const float *qk
                 const float *q = qkv + o, *dO = dout + (size_t)b * N * C + (size_t)h * hd;
                 const float *O = out + (size_t)b * N * C + (size_t)h * hd, *L = lse + bh * N;
                 float *dq = dqkv + o, *dk = dq + C, *dv = dq + 2 * C, *Dr = D + bh * N;
-                round_rows_bf16(q16, q, N, 3 * C, hd), round_rows_bf16(k16, q + C, N, 3 * C, hd);
-                round_rows_bf16(v16, q + 2 * C, N, 3 * C, hd), round_rows_bf16(do16, dO, N, C, hd);
+                round_qkv_bf16(q16, k16, v16, q, N, C, hd), round_rows_bf16(do16, dO, N, C, hd);
                 for (int i = 0; i < N; i++) {
                     float s = 0;
                     for (int d = 0; d < hd; d++) s += dO[(size_t)i * C + d] * O[(size_t)i * C + d];
