@@ -208,8 +208,9 @@ static const cav_opt train_table[] = {
      .def = "fp32",
      .arg = "P",
      .choices = precisions,
-     .help = "fp32, or bf16: the Linears on bf16 operands with fp32 accumulation (fp32 master weights, Adam, "
-             "LayerNorm, softmax, losses); --resume in another precision is refused",
+     .help =
+         "fp32, or bf16: the Linears and attention's products on bf16 operands with fp32 accumulation (fp32 "
+         "master weights, Adam, LayerNorm, softmax, losses); --resume in another precision is refused",
      .key = "precision"},
     {.name = "zero",
      .type = CAV_OPTT_INT,
